@@ -1,0 +1,39 @@
+# Everyday commands. The first use builds .venv from the project's own files.
+PYTHON ?= $(shell command -v python3.11 || command -v python3)
+VENV   := .venv
+BIN    := $(VENV)/bin
+STAMP  := $(VENV)/.installed-stamp
+EXTRAS ?= torch,dev
+
+.PHONY: venv quick run test test-fast lint format clean
+
+$(STAMP): pyproject.toml requirements.lock
+	$(PYTHON) -m venv $(VENV)
+	$(BIN)/pip install --quiet --upgrade pip
+	$(BIN)/pip install --quiet -c requirements.lock -e '.[$(EXTRAS)]'
+	touch $(STAMP)
+
+venv: $(STAMP)
+
+quick: venv  ## the main job: every framework and model, small, on CPU
+	$(BIN)/python -m mlbench run configs/quick.yaml
+
+run: venv  ## CONFIG=configs/benchmark_config.yaml ARGS=--resume
+	$(BIN)/python -m mlbench run $(or $(CONFIG),configs/benchmark_config.yaml) $(ARGS)
+
+test: venv
+	$(BIN)/python -m pytest -q
+
+test-fast: venv  ## unit tests only
+	$(BIN)/python -m pytest -q -m "not e2e"
+
+lint: venv
+	$(BIN)/ruff check mlbench workers tests
+	$(BIN)/ruff format --check mlbench workers tests
+
+format: venv
+	$(BIN)/ruff format mlbench workers tests
+	$(BIN)/ruff check --fix mlbench workers tests
+
+clean:
+	rm -rf $(VENV) runs .pytest_cache .ruff_cache

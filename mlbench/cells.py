@@ -1,0 +1,76 @@
+"""Cells: the product of a suite's axes, minus excludes, each with a stable id."""
+
+from __future__ import annotations
+
+import hashlib
+import itertools
+import json
+from dataclasses import dataclass
+from typing import Any, Iterable
+
+from mlbench.config import CELL_AXES, ConfigError, Suite
+
+
+@dataclass(frozen=True)
+class Cell:
+    """framework x model x device x precision x batch_size, with everything else that shapes its figures."""
+
+    framework: str
+    model: str
+    device: str
+    precision: str
+    batch_size: int
+    spec: str  # canonical JSON of everything that determines the measurement
+
+    @property
+    def cell_id(self) -> str:
+        """Short hash of the canonical spec: the same spec always gets the same id."""
+        return hashlib.sha256(self.spec.encode()).hexdigest()[:12]
+
+    @property
+    def label(self) -> str:
+        return f"{self.framework} {self.model} {self.device} {self.precision} bs={self.batch_size}"
+
+    def spec_dict(self) -> dict[str, Any]:
+        return json.loads(self.spec)
+
+    def worker_payload(self, data_dir: str) -> dict[str, Any]:
+        """What the worker receives as `--cell JSON`: the spec, its id and where the data lives."""
+        return {**self.spec_dict(), "cell_id": self.cell_id, "data_dir": data_dir}
+
+
+def make_cell(suite: Suite, framework: str, model: str, device: str, precision: str, batch_size: int) -> Cell:
+    """One cell of a suite."""
+    spec = {
+        "framework": framework, "worker": suite.worker_module(framework), "model": model,
+        "model_overrides": suite.model_overrides.get(model, {}), "device": device, "precision": precision,
+        "batch_size": batch_size, "epochs": suite.epochs, "seed": suite.seed,
+        "dataset": suite.dataset.model_dump(), "warmup_steps": suite.warmup_steps,
+        "inference": suite.inference.model_dump(), "compile": suite.compile, "threads": suite.threads,
+    }
+    canonical = json.dumps(spec, sort_keys=True, separators=(",", ":"))
+    return Cell(framework, model, device, precision, batch_size, canonical)
+
+
+def _excluded(values: dict[str, Any], excludes: Iterable[dict[str, Any]]) -> bool:
+    return any(all(values[k] == v or (isinstance(v, list) and values[k] in v) for k, v in ex.items()) for ex in excludes)
+
+
+def expand(suite: Suite, only: dict[str, list[Any]] | None = None) -> list[Cell]:
+    """All cells of the suite in a stable order, narrowed by `only` (axis -> allowed values)."""
+    axes = {"framework": suite.frameworks, "model": suite.models, "device": suite.devices,
+            "precision": suite.precisions, "batch_size": suite.batch_sizes}
+    for axis, wanted in (only or {}).items():
+        if not wanted:
+            continue
+        unknown = [w for w in wanted if w not in axes[axis]]
+        if unknown:
+            allowed = ", ".join(str(a) for a in axes[axis])
+            raise ConfigError(f"--{axis.replace('_', '-')}s: {unknown[0]!r} is not in this suite's grid; allowed: {allowed}")
+        axes[axis] = [a for a in axes[axis] if a in wanted]
+    cells = []
+    for combo in itertools.product(*(axes[a] for a in CELL_AXES)):
+        values = dict(zip(CELL_AXES, combo))
+        if not _excluded(values, suite.excludes):
+            cells.append(make_cell(suite, **values))
+    return cells

@@ -1,0 +1,163 @@
+"""Command line: `python -m mlbench run|validate|list|env|report|schema`. Thin: parse, then call."""
+
+from __future__ import annotations
+
+import json
+import signal
+import sys
+from pathlib import Path
+from typing import Any, NoReturn
+
+import click
+
+from mlbench import environment, orchestrator, runner, store
+from mlbench.cells import expand
+from mlbench.config import BUILTIN_WORKERS, PRECISIONS, ConfigError, load_suite, parse_suite
+from workers.common import specs
+
+EXIT_CONFIG = 2
+EXIT_INTERRUPTED = 130
+
+
+def _fail(message: str, code: int = EXIT_CONFIG) -> NoReturn:
+    click.echo(f"error: {message}", err=True)
+    sys.exit(code)
+
+
+def _split(values: tuple[str, ...], comma: bool = True) -> list[str]:
+    out: list[str] = []
+    for v in values:
+        out.extend(x.strip() for x in (v.split(",") if comma else [v]) if x.strip())
+    return out
+
+
+def _only(frameworks: tuple[str, ...], models: tuple[str, ...], devices: tuple[str, ...], precisions: tuple[str, ...],
+          batch_sizes: tuple[str, ...]) -> dict[str, list[Any]]:
+    try:
+        sizes = [int(b) for b in _split(batch_sizes)]
+    except ValueError:
+        _fail(f"--batch-sizes takes whole numbers, got {', '.join(batch_sizes)!r}")
+    return {"framework": _split(frameworks), "model": _split(models), "device": _split(devices, comma=False),
+            "precision": _split(precisions), "batch_size": sizes}
+
+
+def _filters(f: Any) -> Any:
+    for opt in reversed([
+        click.option("--frameworks", multiple=True, help="Only these frameworks (comma-separated or repeated)."),
+        click.option("--models", multiple=True, help="Only these models."),
+        click.option("--devices", multiple=True, help="Only these devices (repeat the flag; cuda:0,1 is one device)."),
+        click.option("--precisions", multiple=True, help="Only these precisions."),
+        click.option("--batch-sizes", multiple=True, help="Only these batch sizes."),
+    ]):
+        f = opt(f)
+    return f
+
+
+def _load(config: str, name: str | None = None) -> Any:
+    try:
+        suite = load_suite(config)
+        if name:  # validated like the file's own `name`
+            suite = parse_suite({**suite.model_dump(), "name": name}, f"{config} (with --name)")
+        return suite
+    except ConfigError as exc:
+        _fail(str(exc))
+
+
+@click.group(context_settings={"help_option_names": ["-h", "--help"]})
+@click.version_option(package_name="mlbench")
+def main() -> None:
+    """Train and measure identical models across PyTorch, TensorFlow and JAX/Flax."""
+
+
+@main.command()
+@click.argument("config", type=click.Path(dir_okay=False))
+@click.option("--resume", is_flag=True, help="Keep stored cells; run only those without a stored result.")
+@click.option("--retry-failed", is_flag=True, help="With --resume, also re-run cells stored as not ok.")
+@click.option("--name", help="Run name (folder under runs/), instead of the config's `name`.")
+@click.option("--runs-dir", default="runs", show_default=True, type=click.Path(file_okay=False), help="Where runs go.")
+@_filters
+def run(config: str, resume: bool, retry_failed: bool, name: str | None, runs_dir: str, frameworks: tuple[str, ...],
+        models: tuple[str, ...], devices: tuple[str, ...], precisions: tuple[str, ...], batch_sizes: tuple[str, ...]) -> None:
+    """Run every cell of CONFIG (narrowed by the filters) and write results and report."""
+    suite = _load(config, name)
+    only = _only(frameworks, models, devices, precisions, batch_sizes)
+    try:
+        expand(suite, only)
+    except ConfigError as exc:
+        _fail(str(exc))
+
+    def _sigterm(signum: int, frame: Any) -> None:
+        raise KeyboardInterrupt
+
+    signal.signal(signal.SIGTERM, _sigterm)
+    resume_cmd = f"python -m mlbench run {config} --resume" + (f" --name {name}" if name else "")
+    try:
+        summary = orchestrator.run_suite(suite, resume=resume, retry_failed=retry_failed, only=only,
+                                         runs_root=Path(runs_dir))
+    except (runner.Interrupted, KeyboardInterrupt):
+        click.echo(f"\ninterrupted: the cell in flight was stopped and not stored; finished cells are kept.\n"
+                   f"resume with: {resume_cmd}", err=True)
+        sys.exit(EXIT_INTERRUPTED)
+    except store.RunLocked as exc:
+        _fail(str(exc), 1)
+    except store.StoreError as exc:
+        _fail(f"{exc}; finished cells are kept, resume with: {resume_cmd}", 1)
+    counts = ", ".join(f"{v} {k}" for k, v in sorted(summary.counts.items())) or "nothing to run"
+    kept = f" ({summary.already_stored} already stored)" if summary.already_stored else ""
+    click.echo(f"{counts}{kept}. results: {summary.run_dir / 'results.parquet'}  report: {summary.run_dir / 'report.html'}")
+
+
+@main.command()
+@click.argument("config", type=click.Path(dir_okay=False))
+@_filters
+def validate(config: str, frameworks: tuple[str, ...], models: tuple[str, ...], devices: tuple[str, ...],
+             precisions: tuple[str, ...], batch_sizes: tuple[str, ...]) -> None:
+    """Check CONFIG without running anything."""
+    suite = _load(config)
+    try:
+        cells = expand(suite, _only(frameworks, models, devices, precisions, batch_sizes))
+    except ConfigError as exc:
+        _fail(str(exc))
+    click.echo(f"{config}: ok, {len(cells)} cells -> runs/{suite.name}/")
+
+
+@main.command(name="list")
+def list_() -> None:
+    """Frameworks (and whether installed here), models, precisions."""
+    click.echo("frameworks:")
+    for fw, module in BUILTIN_WORKERS.items():
+        version = environment.installed_version(environment.FRAMEWORK_PACKAGES[fw])
+        worker = "worker ready" if not orchestrator._worker_missing(module) else "worker missing"
+        click.echo(f"  {fw:<11} {module:<26} {'installed ' + version if version else 'not installed'}; {worker}")
+    click.echo("models:")
+    for name in specs.MODELS:
+        spec = specs.get_spec(name)
+        click.echo(f"  {name:<9} {specs.num_parameters(spec):>11,} parameters  ({spec.family} data)")
+    click.echo(f"precisions: {', '.join(PRECISIONS)}")
+    click.echo("devices: cpu, cuda:N, cuda:N,M (data parallel)")
+
+
+@main.command()
+def env() -> None:
+    """Print the environment record stored with every cell."""
+    click.echo(json.dumps(environment.capture(), indent=1, default=str))
+
+
+@main.command()
+@click.argument("run_dir", type=click.Path(file_okay=False, exists=True))
+def report(run_dir: str) -> None:
+    """Rebuild RUN_DIR's results exports and report.html from its stored cells."""
+    try:
+        written = orchestrator.rebuild(Path(run_dir))
+    except (FileNotFoundError, ConfigError) as exc:
+        _fail(str(exc))
+    for p in written:
+        click.echo(str(p))
+
+
+@main.command()
+def schema() -> None:
+    """Print the results columns as a Markdown table."""
+    from mlbench.schema import markdown_table
+
+    click.echo(markdown_table())

@@ -1,0 +1,235 @@
+"""Suite files: YAML -> a validated, typed `Suite`, with one-line errors that say how to fix them."""
+
+from __future__ import annotations
+
+import difflib
+import re
+from pathlib import Path
+from typing import Any, Literal
+
+import yaml
+from pydantic import BaseModel, ConfigDict, Field, PositiveFloat, PositiveInt, ValidationError, field_validator, model_validator
+
+from workers.common import specs
+
+BUILTIN_WORKERS = {
+    "pytorch": "workers.pytorch_worker",
+    "tensorflow": "workers.tensorflow_worker",
+    "jax": "workers.jax_worker",
+}
+PRECISIONS = ("fp32", "fp16", "bf16")
+DEVICE_RE = re.compile(r"^(cpu|cuda:\d+(,\d+)*)$")
+MODULE_RE = re.compile(r"^[A-Za-z_][A-Za-z0-9_]*(\.[A-Za-z_][A-Za-z0-9_]*)*$")
+CELL_AXES = ("framework", "model", "device", "precision", "batch_size")
+
+
+class ConfigError(Exception):
+    """A suite file that cannot be used; the message is one line and says what is allowed."""
+
+
+class Strict(BaseModel):
+    model_config = ConfigDict(extra="forbid", frozen=True)
+
+
+class DatasetConfig(Strict):
+    name: Literal["synthetic", "cifar10"] = "synthetic"  # cifar10 reads a local folder, never downloads
+    path: str | None = None  # folder with the CIFAR-10 python batches
+    train_samples: PositiveInt = 1024
+    val_samples: PositiveInt = 256
+
+    @model_validator(mode="after")
+    def _cifar_needs_path(self) -> DatasetConfig:
+        if self.name == "cifar10" and not self.path:
+            raise ValueError("dataset cifar10 needs `path`: a local folder holding cifar-10-batches-py")
+        return self
+
+
+class InferenceConfig(Strict):
+    warmup: int = Field(5, ge=0)  # untimed forward passes first
+    runs: PositiveInt = 100  # timed forward passes (p99 of 100 runs is their second-largest)
+    min_runs: PositiveInt = 10  # at least this many, even past max_s
+    max_s: PositiveFloat = 30.0  # stop adding runs after this long
+
+
+class Suite(Strict):
+    """One benchmark grid. Defaults live here, each with its reason."""
+
+    name: str = Field(pattern=r"^[A-Za-z0-9][A-Za-z0-9._-]*$")  # output goes to runs/<name>/
+    frameworks: list[str] = Field(min_length=1)
+    models: list[str] = Field(min_length=1)
+    devices: list[str] = Field(["cpu"], min_length=1)  # cpu | cuda:0 | cuda:0,1 (data parallel)
+    precisions: list[Literal["fp32", "fp16", "bf16"]] = Field(["fp32"], min_length=1)
+    batch_sizes: list[PositiveInt] = Field(min_length=1)
+    epochs: PositiveInt = 1
+    seed: int = Field(0, ge=0)
+    dataset: DatasetConfig = DatasetConfig()
+    warmup_steps: int = Field(5, ge=0)  # first training steps kept out of steady-state throughput
+    inference: InferenceConfig = InferenceConfig()
+    compile: bool = False  # torch.compile / XLA jit_compile where the framework offers a choice
+    threads: PositiveInt | None = None  # intra-op threads per worker; None: the framework's default
+    timeout_s: PositiveFloat = 900  # wall-clock limit per cell
+    idle_timeout_s: PositiveFloat = 300  # limit without any event from the worker
+    monitor_interval_s: PositiveFloat = 0.2  # outside sampling period of RSS, CPU and GPU
+    model_overrides: dict[str, dict[str, Any]] = {}  # model -> spec fields, e.g. {bert: {layers: 2}}
+    excludes: list[dict[str, Any]] = []  # cells matching every key of an entry are left out
+    workers: dict[str, str] = {}  # framework -> module run as `python -m MODULE --cell JSON`
+
+    @field_validator("frameworks", "models", "devices", "precisions", "batch_sizes")
+    @classmethod
+    def _unique(cls, v: list[Any]) -> list[Any]:
+        dupes = sorted({str(x) for x in v if v.count(x) > 1})
+        if dupes:
+            raise ValueError(f"listed more than once: {', '.join(dupes)}")
+        return v
+
+    @field_validator("models")
+    @classmethod
+    def _known_models(cls, v: list[str]) -> list[str]:
+        for m in v:
+            _check_choice(m, list(specs.MODELS), "model")
+        return v
+
+    @field_validator("devices")
+    @classmethod
+    def _devices(cls, v: list[str]) -> list[str]:
+        for d in v:
+            if not DEVICE_RE.match(d):
+                raise ValueError(f"device {d!r} is not one of: cpu, cuda:N, cuda:N,M,... (data parallel)")
+        return v
+
+    @field_validator("workers")
+    @classmethod
+    def _modules(cls, v: dict[str, str]) -> dict[str, str]:
+        for name, module in v.items():
+            if not MODULE_RE.match(module):
+                raise ValueError(f"workers.{name}: {module!r} is not a Python module path such as workers.my_worker")
+        return v
+
+    @model_validator(mode="after")
+    def _cross_checks(self) -> Suite:
+        known = {**BUILTIN_WORKERS, **self.workers}
+        for fw in self.frameworks:
+            _check_choice(fw, list(known), "framework", hint=" (or map it to a module under `workers`)")
+        for model, overrides in self.model_overrides.items():
+            _check_choice(model, list(specs.MODELS), "model in model_overrides")
+            for key in overrides:
+                _check_choice(key, specs.override_keys(model), f"setting of {model} in model_overrides")
+            try:
+                spec = specs.get_spec(model, overrides)
+                specs.num_parameters(spec)
+            except (TypeError, ValueError, AssertionError, KeyError) as exc:
+                raise ValueError(f"model_overrides.{model}: {exc}") from None
+        for i, ex in enumerate(self.excludes):
+            if not ex:
+                raise ValueError(f"excludes[{i}] is empty: it would exclude every cell")
+            for key in ex:
+                _check_choice(key, list(CELL_AXES), f"key of excludes[{i}]")
+        return self
+
+    def worker_module(self, framework: str) -> str:
+        """The module a framework's cells run in."""
+        return {**BUILTIN_WORKERS, **self.workers}[framework]
+
+
+def _check_choice(value: str, allowed: list[str], what: str, hint: str = "") -> None:
+    if value not in allowed:
+        close = difflib.get_close_matches(str(value), allowed, n=1)
+        guess = f"; did you mean {close[0]!r}?" if close else ""
+        raise ValueError(f"unknown {what} {value!r}{guess} allowed: {', '.join(allowed)}{hint}")
+
+
+# --- YAML that cannot surprise: duplicate keys and object-building tags are errors -----------
+
+
+class _StrictLoader(yaml.SafeLoader):
+    pass
+
+
+def _mapping_no_duplicates(loader: yaml.SafeLoader, node: yaml.MappingNode, deep: bool = False) -> dict[Any, Any]:
+    seen: set[Any] = set()
+    for key_node, _ in node.value:
+        key = loader.construct_object(key_node, deep=deep)
+        if key in seen:
+            raise ConfigError(f"line {key_node.start_mark.line + 1}: key {key!r} appears twice in one mapping")
+        seen.add(key)
+    return loader.construct_mapping(node, deep=deep)
+
+
+_StrictLoader.add_constructor(yaml.resolver.BaseResolver.DEFAULT_MAPPING_TAG, _mapping_no_duplicates)
+
+
+def _loc(loc: tuple[Any, ...]) -> str:
+    out = ""
+    for part in loc:
+        if isinstance(part, int):
+            out += f"[{part}]"
+        elif str(part).startswith(("function-", "literal[", "list[", "dict[")):
+            continue
+        else:
+            out += ("." if out else "") + str(part)
+    return out or "(top level)"
+
+
+def _allowed_keys(loc: tuple[Any, ...]) -> list[str]:
+    model: Any = Suite
+    for part in loc[:-1]:
+        field = model.model_fields.get(part) if isinstance(part, str) else None
+        ann = getattr(field, "annotation", None)
+        if isinstance(ann, type) and issubclass(ann, BaseModel):
+            model = ann
+        else:
+            return []
+    return list(model.model_fields)
+
+
+def _describe(err: dict[str, Any]) -> str:
+    loc = tuple(err["loc"])
+    where = _loc(loc)
+    if err["type"] == "extra_forbidden":
+        allowed = _allowed_keys(loc)
+        close = difflib.get_close_matches(str(loc[-1]), allowed, n=1)
+        guess = f"; did you mean {close[0]!r}?" if close else ""
+        return f"{where}: unknown key{guess} allowed: {', '.join(allowed)}"
+    if err["type"] == "missing":
+        return f"{where}: required key is missing"
+    msg = err["msg"].removeprefix("Value error, ")
+    shown = err.get("input")
+    got = f" (got {shown!r})" if not isinstance(shown, (dict, list)) and err["type"] != "value_error" else ""
+    return f"{where}: {msg}{got}"
+
+
+def parse_suite(data: Any, source: str = "<config>") -> Suite:
+    """Validate a loaded mapping; raises ConfigError with a one-line message."""
+    if data is None:
+        raise ConfigError(f"{source}: the file is empty; it needs at least name, frameworks, models and batch_sizes")
+    if not isinstance(data, dict):
+        raise ConfigError(f"{source}: the top level must be a mapping of keys, not a {type(data).__name__}")
+    try:
+        return Suite.model_validate(data)
+    except ValidationError as exc:
+        errors = exc.errors()
+        more = f" (and {len(errors) - 1} more error(s))" if len(errors) > 1 else ""
+        raise ConfigError(f"{source}: {_describe(errors[0])}{more}") from None
+
+
+def load_suite(path: str | Path) -> Suite:
+    """Read and validate a suite file."""
+    p = Path(path)
+    if not p.is_file():
+        raise ConfigError(f"{p}: no such config file")
+    try:
+        text = p.read_text(encoding="utf-8")
+    except (OSError, UnicodeDecodeError) as exc:
+        raise ConfigError(f"{p}: cannot read it ({exc})") from None
+    try:
+        data = yaml.load(text, Loader=_StrictLoader)  # noqa: S506 - a SafeLoader subclass
+    except ConfigError as exc:
+        raise ConfigError(f"{p}: {exc}") from None
+    except yaml.constructor.ConstructorError as exc:
+        line = exc.problem_mark.line + 1 if exc.problem_mark else "?"
+        raise ConfigError(f"{p}: line {line}: YAML tag refused ({exc.problem}); only plain YAML values are allowed") from None
+    except yaml.YAMLError as exc:
+        mark = getattr(exc, "problem_mark", None)
+        line = f"line {mark.line + 1}: " if mark else ""
+        raise ConfigError(f"{p}: {line}not valid YAML ({getattr(exc, 'problem', exc)})") from None
+    return parse_suite(data, str(p))

@@ -1,0 +1,184 @@
+"""Outside monitoring: samples a worker's whole process tree while it runs (psutil, NVIDIA NVML).
+
+Figures nothing measured stay None (missing), never zero: a CPU-only machine has no GPU
+utilisation, and a GPU without a total-energy counter has no energy figure.
+"""
+
+from __future__ import annotations
+
+import threading
+import time
+from typing import Any
+
+import psutil
+
+try:  # NVIDIA's NVML bindings (package nvidia-ml-py); absent or failing on machines without a driver
+    import pynvml
+except ImportError:  # pragma: no cover - the package is a dependency, the library may still be missing
+    pynvml = None
+
+
+class NVML:
+    """NVML initialised once per orchestrator; `available` says whether a driver answered."""
+
+    _lock = threading.Lock()
+    _state: bool | None = None
+    error: str | None = None
+
+    @classmethod
+    def available(cls) -> bool:
+        with cls._lock:
+            if cls._state is None:
+                try:
+                    if pynvml is None:
+                        raise RuntimeError("nvidia-ml-py is not installed")
+                    pynvml.nvmlInit()
+                    cls._state = True
+                except Exception as exc:  # noqa: BLE001 - NVMLError_LibraryNotFound and friends
+                    cls._state, cls.error = False, str(exc) or type(exc).__name__
+            return cls._state
+
+
+def gpu_indices(device: str) -> list[int]:
+    """Physical GPU indices of a device string ('cuda:0,1' -> [0, 1]; 'cpu' -> [])."""
+    if not device.startswith("cuda:"):
+        return []
+    return [int(i) for i in device.split(":", 1)[1].split(",")]
+
+
+class _GpuSampler:
+    def __init__(self, indices: list[int]) -> None:
+        self.handles = [pynvml.nvmlDeviceGetHandleByIndex(i) for i in indices]
+        self.energy0 = [self._energy_mj(h) for h in self.handles]
+        self.util: list[float] = []
+        self.mem: list[float] = []
+        self.power: list[float] = []
+        self.sm_clock_max = 0
+        self.throttle = 0
+
+    @staticmethod
+    def _energy_mj(h: Any) -> int | None:
+        try:
+            return pynvml.nvmlDeviceGetTotalEnergyConsumption(h)  # millijoules since driver load (Volta+)
+        except Exception:  # noqa: BLE001 - not supported on this GPU
+            return None
+
+    def sample(self) -> None:
+        util = mem = power = 0.0
+        for h in self.handles:
+            util += pynvml.nvmlDeviceGetUtilizationRates(h).gpu
+            mem += pynvml.nvmlDeviceGetMemoryInfo(h).used
+            try:
+                power += pynvml.nvmlDeviceGetPowerUsage(h) / 1000.0
+            except Exception:  # noqa: BLE001
+                pass
+            try:
+                self.sm_clock_max = max(self.sm_clock_max, pynvml.nvmlDeviceGetClockInfo(h, pynvml.NVML_CLOCK_SM))
+                self.throttle |= pynvml.nvmlDeviceGetCurrentClocksThrottleReasons(h)
+            except Exception:  # noqa: BLE001
+                pass
+        self.util.append(util / len(self.handles))
+        self.mem.append(mem)
+        self.power.append(power)
+
+    def summary(self) -> dict[str, Any]:
+        energy = [self._energy_mj(h) for h in self.handles]
+        joules = None
+        if all(e is not None for e in [*self.energy0, *energy]):
+            joules = sum(b - a for a, b in zip(self.energy0, energy)) / 1000.0
+        n = len(self.util)
+        return {
+            "gpu_utilization_pct": sum(self.util) / n if n else None,
+            "gpu_utilization_peak_pct": max(self.util) if n else None,
+            "gpu_memory_used_peak_bytes": max(self.mem) if n else None,
+            "gpu_memory_used_avg_bytes": sum(self.mem) / n if n else None,
+            "gpu_power_avg_w": sum(self.power) / n if n and any(self.power) else None,
+            "gpu_energy_j": joules,
+            "gpu_sm_clock_max_mhz": self.sm_clock_max or None,
+            "gpu_throttle_reasons": self.throttle if n else None,
+        }
+
+
+class Monitor:
+    """Samples RSS and CPU of a process and all its descendants every `interval_s` on a thread."""
+
+    def __init__(self, pid: int, interval_s: float = 0.2, device: str = "cpu") -> None:
+        self.pid, self.interval_s = pid, interval_s
+        self.rss: list[int] = []
+        self.cpu: list[float] = []
+        self._procs: dict[int, psutil.Process] = {}
+        self._stop = threading.Event()
+        self._thread = threading.Thread(target=self._loop, name=f"monitor-{pid}", daemon=True)
+        self.gpu = None
+        self.gpu_error: str | None = None
+        indices = gpu_indices(device)
+        if indices:
+            if NVML.available():
+                try:
+                    self.gpu = _GpuSampler(indices)
+                except Exception as exc:  # noqa: BLE001
+                    self.gpu_error = str(exc)
+            else:
+                self.gpu_error = NVML.error
+
+    def start(self) -> Monitor:
+        self._thread.start()
+        return self
+
+    def _tree(self) -> list[psutil.Process]:
+        try:
+            root = self._procs.get(self.pid) or psutil.Process(self.pid)
+            procs = [root, *root.children(recursive=True)]
+        except psutil.Error:
+            return []
+        alive = {}
+        for p in procs:  # keep Process objects so cpu_percent() measures since the last sample
+            alive[p.pid] = self._procs.get(p.pid, p)
+        self._procs = alive
+        return list(alive.values())
+
+    def sample(self) -> None:
+        rss, cpu = 0, 0.0
+        for p in self._tree():
+            try:
+                with p.oneshot():
+                    rss += p.memory_info().rss
+                    cpu += p.cpu_percent(None)
+            except psutil.Error:
+                continue
+        if rss:
+            self.rss.append(rss)
+            self.cpu.append(cpu)
+        if self.gpu is not None:
+            try:
+                self.gpu.sample()
+            except Exception as exc:  # noqa: BLE001
+                self.gpu_error = str(exc)
+
+    def _loop(self) -> None:
+        while not self._stop.is_set():
+            t0 = time.perf_counter()
+            self.sample()
+            self._stop.wait(max(0.0, self.interval_s - (time.perf_counter() - t0)))
+
+    def stop(self) -> dict[str, Any]:
+        """Stop sampling; the summary of what was measured (None where nothing was)."""
+        self._stop.set()
+        if self._thread.is_alive():
+            self._thread.join(timeout=5)
+        n = len(self.rss)
+        out: dict[str, Any] = {
+            "monitor_samples": n,
+            "host_rss_peak_bytes": max(self.rss) if n else None,
+            "host_rss_avg_bytes": sum(self.rss) / n if n else None,
+            # the first cpu_percent() of a process reads 0 by definition: leave it out
+            "cpu_util_avg_pct": (sum(self.cpu[1:]) / (n - 1)) if n > 1 else None,
+            "cpu_util_peak_pct": max(self.cpu[1:]) if n > 1 else None,
+        }
+        gpu = self.gpu.summary() if self.gpu is not None else {}
+        for key in ("gpu_utilization_pct", "gpu_utilization_peak_pct", "gpu_memory_used_peak_bytes",
+                    "gpu_memory_used_avg_bytes", "gpu_power_avg_w", "gpu_energy_j", "gpu_sm_clock_max_mhz",
+                    "gpu_throttle_reasons"):
+            out[key] = gpu.get(key)
+        out["gpu_monitor_error"] = self.gpu_error
+        return out

@@ -1,0 +1,112 @@
+"""Runs a suite: expands its cells, skips what is stored (with --resume), runs the rest one at a
+time, stores each as it finishes, and rebuilds the exports and the report."""
+
+from __future__ import annotations
+
+import importlib.util
+import json
+import time
+from dataclasses import dataclass, field
+from pathlib import Path
+from typing import Any
+
+from mlbench import environment, report, rows, runner, store
+from mlbench.cells import Cell, expand
+from mlbench.config import Suite, parse_suite
+from mlbench.progress import RunProgress
+
+SUITE_FILE = "suite.json"
+ENV_FILE = "environment.json"
+JOURNAL = "journal.ndjson"
+
+
+@dataclass
+class RunSummary:
+    run_dir: Path
+    counts: dict[str, int] = field(default_factory=dict)
+    already_stored: int = 0
+    interrupted_cell: str | None = None
+
+
+def _journal(run_dir: Path, **entry: Any) -> None:
+    """Append-only log of what the orchestrator did (run starts, each cell's end, interruptions)."""
+    with open(run_dir / JOURNAL, "a", encoding="utf-8") as f:
+        f.write(json.dumps({"time": time.strftime("%Y-%m-%dT%H:%M:%SZ", time.gmtime()), **entry}) + "\n")
+
+
+def _worker_missing(module: str) -> bool:
+    try:
+        return importlib.util.find_spec(module) is None
+    except (ImportError, ValueError):
+        return True
+
+
+def _skip_outcome(reason: str) -> runner.Outcome:
+    return runner.Outcome(status="skipped", reason=reason, exit_code=None, duration_s=0.0, started_at=time.time())
+
+
+def cells_to_run(suite: Suite, cells: list[Cell], run_dir: Path, resume: bool, retry_failed: bool) -> tuple[list[Cell], int]:
+    """The cells this invocation runs, and how many it leaves because they are stored already."""
+    if not resume:
+        return cells, 0
+    stored = store.stored_statuses(run_dir, [c.cell_id for c in cells])
+    todo = [c for c in cells if stored[c.cell_id] is None or (retry_failed and stored[c.cell_id] != "ok")]
+    return todo, len(cells) - len(todo)
+
+
+def run_suite(suite: Suite, *, resume: bool = False, retry_failed: bool = False,
+              only: dict[str, list[Any]] | None = None, runs_root: Path = Path("runs"),
+              tty: bool | None = None) -> RunSummary:
+    """Run a suite's cells; raises runner.Interrupted (after storing what finished) on Ctrl-C/SIGTERM."""
+    run_dir = runs_root / suite.name
+    cells = expand(suite, only)
+    run_dir.mkdir(parents=True, exist_ok=True)
+    with store.RunLock(run_dir):
+        env = environment.capture()
+        store.atomic_write(run_dir / SUITE_FILE, lambda p: p.write_text(suite.model_dump_json(indent=1)))
+        store.atomic_write(run_dir / ENV_FILE, lambda p: p.write_text(json.dumps(env, indent=1, default=str)))
+        todo, already = cells_to_run(suite, cells, run_dir, resume, retry_failed)
+        summary = RunSummary(run_dir, already_stored=already)
+        _journal(run_dir, action="start", cells=len(cells), to_run=len(todo), resume=resume)
+        with RunProgress(todo, tty=tty) as progress:
+            for cell in todo:
+                progress.start_cell(cell)
+                module = suite.worker_module(cell.framework)
+                if _worker_missing(module):
+                    outcome = _skip_outcome(f"worker module {module} is not installed")
+                else:
+                    try:
+                        outcome = runner.run_cell(
+                            cell, run_dir, module=module, timeout_s=suite.timeout_s,
+                            idle_timeout_s=suite.idle_timeout_s, threads=suite.threads,
+                            monitor_interval_s=suite.monitor_interval_s, on_event=progress.on_event)
+                    except runner.Interrupted:
+                        summary.interrupted_cell = cell.cell_id
+                        _journal(run_dir, action="interrupted", cell_id=cell.cell_id, cell=cell.label)
+                        raise
+                flags = {k: v for k, v in runner.worker_env(cell, suite.threads, run_dir / "cache").items()
+                         if k in environment.ENV_FLAGS}
+                row = rows.build(cell, suite.name, outcome, env, flags)
+                store.write_cell(run_dir, row)
+                summary.counts[outcome.status] = summary.counts.get(outcome.status, 0) + 1
+                _journal(run_dir, action="cell", cell_id=cell.cell_id, cell=cell.label, status=outcome.status,
+                         reason=outcome.reason, duration_s=round(outcome.duration_s, 3))
+                progress.finish_cell(cell, outcome.status, outcome.duration_s, outcome.reason)
+        rebuild(run_dir)
+    return summary
+
+
+def rebuild(run_dir: Path) -> list[Path]:
+    """Rebuild results.* and report.html from the cell files of the run's suite grid."""
+    suite_path = run_dir / SUITE_FILE
+    if not suite_path.is_file():
+        raise FileNotFoundError(f"{run_dir} has no {SUITE_FILE}: is it an mlbench run folder?")
+    suite_data = json.loads(suite_path.read_text())
+    suite = parse_suite(suite_data, str(suite_path))
+    grid = [c.cell_id for c in expand(suite)]
+    table = store.read_cells(run_dir, grid)
+    env_path = run_dir / ENV_FILE
+    env = json.loads(env_path.read_text()) if env_path.is_file() else {}
+    written = store.write_exports(run_dir, table)
+    written.append(report.write(run_dir, table.to_pylist(), suite_data, env))
+    return written

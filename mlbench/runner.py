@@ -1,0 +1,275 @@
+"""Runs one cell as a fresh worker subprocess in its own process group, and says what happened.
+
+No busy waiting: reader threads turn the worker's stdout lines, stdout EOF and its exit into
+items of one queue, and the main thread blocks on that queue with a timeout equal to the
+nearest deadline (wall-clock limit, no-event limit).
+"""
+
+from __future__ import annotations
+
+import json
+import os
+import queue
+import signal
+import subprocess
+import sys
+import threading
+import time
+from dataclasses import dataclass, field
+from pathlib import Path
+from typing import Any, Callable
+
+from mlbench import protocol
+from mlbench.cells import Cell
+from mlbench.logs import BoundedLog
+from mlbench.monitor import Monitor, gpu_indices
+
+TERM_GRACE_S = 5.0  # between SIGTERM and SIGKILL of the group
+DUMP_WAIT_S = 1.0  # after SIGUSR1 (faulthandler stack dump), before SIGTERM
+ORPHAN_GRACE_S = 2.0  # after the worker exits, how long its children may keep stdout open
+MAX_KEPT_EVENTS = 20000
+MAX_KEPT_LOGS = 200  # log events and stray stdout lines kept in the row: head and tail halves
+
+
+class Interrupted(Exception):
+    """The orchestrator was asked to stop (Ctrl-C or SIGTERM) while a cell ran."""
+
+
+@dataclass
+class Outcome:
+    """Everything the orchestrator learnt about one cell run."""
+
+    status: str
+    reason: str
+    exit_code: int | None
+    duration_s: float
+    events: list[dict[str, Any]] = field(default_factory=list)
+    logs: list[str] = field(default_factory=list)
+    stderr_tail: str = ""
+    monitor: dict[str, Any] = field(default_factory=dict)
+    started_at: float = 0.0
+    killed_for: str | None = None
+
+
+def worker_env(cell: Cell, threads: int | None, cache_dir: Path) -> dict[str, str]:
+    """The worker's environment, fixed before it imports anything."""
+    env = dict(os.environ)
+    root = str(Path(__file__).resolve().parent.parent)
+    env["PYTHONPATH"] = root + (os.pathsep + env["PYTHONPATH"] if env.get("PYTHONPATH") else "")
+    env["PYTHONUNBUFFERED"] = "1"
+    env["PYTHONFAULTHANDLER"] = "1"
+    env["XLA_PYTHON_CLIENT_PREALLOCATE"] = "false"  # memory figures mean the same in every framework
+    env["TF_FORCE_GPU_ALLOW_GROWTH"] = "true"
+    env.setdefault("TF_CPP_MIN_LOG_LEVEL", "1")
+    env["TORCHINDUCTOR_CACHE_DIR"] = str(cache_dir / "inductor")
+    env["JAX_COMPILATION_CACHE_DIR"] = str(cache_dir / "jax")
+    # Only the cell's GPUs are visible (renumbered from 0); a CPU cell sees none, so no framework
+    # initialises CUDA behind a CPU measurement.
+    env["CUDA_VISIBLE_DEVICES"] = ",".join(str(i) for i in gpu_indices(cell.device))
+    if threads:
+        for var in ("OMP_NUM_THREADS", "MKL_NUM_THREADS", "OPENBLAS_NUM_THREADS", "TF_NUM_INTRAOP_THREADS"):
+            env[var] = str(threads)
+    return env
+
+
+def visible_device(device: str) -> str:
+    """The device name inside the worker, after CUDA_VISIBLE_DEVICES renumbering."""
+    n = len(gpu_indices(device))
+    return "cpu" if n == 0 else "cuda:" + ",".join(str(i) for i in range(n))
+
+
+def _cgroup_oom_kills() -> int | None:
+    """The kernel's OOM-kill counter of this process's cgroup (v2), if readable."""
+    try:
+        rel = Path("/proc/self/cgroup").read_text().strip().splitlines()[-1].split("::", 1)[1]
+        for line in (Path("/sys/fs/cgroup") / rel.lstrip("/") / "memory.events").read_text().splitlines():
+            if line.startswith("oom_kill "):
+                return int(line.split()[1])
+    except (OSError, IndexError, ValueError):
+        return None
+    return None
+
+
+def _signal_group(pgid: int, sig: int) -> None:
+    try:
+        os.killpg(pgid, sig)
+    except (ProcessLookupError, PermissionError):
+        pass
+
+
+def _terminate(proc: subprocess.Popen[bytes], dump: bool) -> None:
+    """Ask for a stack dump, then SIGTERM and finally SIGKILL the worker's whole process group."""
+    if dump and hasattr(signal, "SIGUSR1") and proc.poll() is None:
+        try:
+            proc.send_signal(signal.SIGUSR1)
+            proc.wait(timeout=DUMP_WAIT_S)
+        except (ProcessLookupError, subprocess.TimeoutExpired):
+            pass
+    _signal_group(proc.pid, signal.SIGTERM)
+    try:
+        proc.wait(timeout=TERM_GRACE_S)
+    except subprocess.TimeoutExpired:
+        pass
+    _signal_group(proc.pid, signal.SIGKILL)
+
+
+def _read_stdout(stream: Any, q: queue.Queue[tuple[str, Any]]) -> None:
+    while True:
+        line = stream.readline(protocol.MAX_LINE_BYTES + 1)
+        if not line:
+            break
+        if len(line) > protocol.MAX_LINE_BYTES and not line.endswith(b"\n"):
+            cut = len(line)
+            while True:  # drop the rest of the over-long line
+                more = stream.readline(protocol.MAX_LINE_BYTES)
+                cut += len(more)
+                if not more or more.endswith(b"\n"):
+                    break
+            q.put(("long", cut))
+            continue
+        q.put(("line", line))
+    q.put(("eof", None))
+
+
+def _copy_stderr(stream: Any, log: BoundedLog) -> None:
+    for chunk in iter(lambda: stream.read1(65536), b""):
+        log.write(chunk)
+
+
+def _wait_exit(proc: subprocess.Popen[bytes], q: queue.Queue[tuple[str, Any]]) -> None:
+    q.put(("exit", proc.wait()))
+
+
+def classify(exit_code: int | None, events: list[dict[str, Any]], killed_for: str | None,
+             oom_kills: int, stderr_tail: str, limits: tuple[float, float]) -> tuple[str, str]:
+    """(status, one-line reason) from how the worker ended."""
+    last_line = next((ln.strip() for ln in reversed(stderr_tail.splitlines()) if ln.strip()), "")
+    last_line = f": {last_line[:300]}" if last_line else ""
+    if killed_for == "timeout":
+        return "timeout", f"no result within the {limits[0]:g} s wall-clock limit; process group killed"
+    if killed_for == "idle":
+        return "timeout", f"no event for {limits[1]:g} s (hung); process group killed"
+    error = next((e for e in reversed(events) if e["event"] == "error"), None)
+    has_result = any(e["event"] == "result" for e in events)
+    if error is not None:
+        message = error["message"].splitlines()[0][:500] if error["message"] else error["kind"]
+        return {"oom": "oom", "unsupported": "skipped", "exception": "failed"}[error["kind"]], message
+    if exit_code is not None and exit_code < 0:
+        try:
+            name = signal.Signals(-exit_code).name
+        except ValueError:
+            name = f"signal {-exit_code}"
+        if name == "SIGKILL" and oom_kills > 0:
+            return "oom", "killed by the kernel's OOM killer (SIGKILL; the cgroup's oom_kill count rose)"
+        return "crashed", f"killed by {name}{last_line}"
+    if has_result and exit_code == 0:
+        return "ok", ""
+    if has_result:
+        return "crashed", f"exited with status {exit_code} after its result{last_line}"
+    return "crashed", f"exited with status {exit_code} without a result{last_line}"
+
+
+def run_cell(cell: Cell, run_dir: Path, *, module: str, timeout_s: float, idle_timeout_s: float,
+             threads: int | None = None, monitor_interval_s: float = 0.2,
+             on_event: Callable[[dict[str, Any]], None] | None = None,
+             python: str = sys.executable) -> Outcome:
+    """Run one cell to its end, whatever that end is; raises Interrupted on Ctrl-C/SIGTERM."""
+    logs_dir, cache_dir = run_dir / "logs", run_dir / "cache"
+    logs_dir.mkdir(parents=True, exist_ok=True)
+    payload = cell.worker_payload(str((run_dir / "data").resolve()))
+    payload["device"] = visible_device(cell.device)
+    argv = [python, "-m", module, "--cell", json.dumps(payload, separators=(",", ":"))]  # no shell
+    stream_log = BoundedLog(logs_dir / f"{cell.cell_id}.ndjson", 8 << 20, 8 << 20)
+    stderr_log = BoundedLog(logs_dir / f"{cell.cell_id}.stderr.log")
+    oom_before = _cgroup_oom_kills()
+    started_at, t0 = time.time(), time.monotonic()
+    proc = subprocess.Popen(argv, stdin=subprocess.DEVNULL, stdout=subprocess.PIPE, stderr=subprocess.PIPE,
+                            env=worker_env(cell, threads, cache_dir), start_new_session=True)
+    monitor = Monitor(proc.pid, monitor_interval_s, cell.device).start()
+    q: queue.Queue[tuple[str, Any]] = queue.Queue()
+    threads_ = [threading.Thread(target=_read_stdout, args=(proc.stdout, q), daemon=True),
+                threading.Thread(target=_copy_stderr, args=(proc.stderr, stderr_log), daemon=True),
+                threading.Thread(target=_wait_exit, args=(proc, q), daemon=True)]
+    for t in threads_:
+        t.start()
+    events: list[dict[str, Any]] = []
+    logs: list[str] = []
+    n_logs = 0
+    exit_code: int | None = None
+    eof = False
+    killed_for: str | None = None
+    exited_at = 0.0
+    drain_until: float | None = None  # once set: stop waiting for the streams at this instant
+    deadline, idle_deadline = t0 + timeout_s, t0 + idle_timeout_s
+
+    def keep_log(text: str) -> None:
+        nonlocal n_logs
+        n_logs += 1
+        logs.append(text)
+        if len(logs) > MAX_KEPT_LOGS:  # keep the first half and a sliding tail
+            del logs[MAX_KEPT_LOGS // 2]
+
+    try:
+        while not (eof and exit_code is not None):
+            now = time.monotonic()
+            if drain_until is not None:
+                wait = drain_until - now
+            elif exit_code is not None:  # exited; a child of it may still hold stdout open
+                wait = exited_at + ORPHAN_GRACE_S - now
+            else:
+                wait = min(deadline, idle_deadline) - now
+            try:
+                kind, value = q.get(timeout=max(0.0, wait))
+            except queue.Empty:
+                if drain_until is not None:
+                    break  # a process outside the group holds the pipe: stop reading it
+                if exit_code is None:
+                    killed_for = "timeout" if time.monotonic() >= deadline else "idle"
+                    _terminate(proc, dump=True)
+                else:
+                    _signal_group(proc.pid, signal.SIGKILL)  # children of the exited worker
+                drain_until = time.monotonic() + ORPHAN_GRACE_S
+                continue
+            if kind == "exit":
+                exit_code, exited_at = value, time.monotonic()
+            elif kind == "eof":
+                eof = True
+            elif kind == "long":
+                keep_log(f"[mlbench] a stdout line of {value} bytes was cut (limit {protocol.MAX_LINE_BYTES})")
+            else:
+                stream_log.write(value)
+                idle_deadline = time.monotonic() + idle_timeout_s
+                text = value.decode("utf-8", "replace").rstrip("\n")
+                try:
+                    event = protocol.parse_line(text)
+                except protocol.ProtocolError as exc:
+                    keep_log(f"[stdout, {exc}] {text[:1000]}")
+                    continue
+                if event["event"] == "log":
+                    keep_log(f"[{event.get('level', 'info')}] {event['message'][:1000]}")
+                elif event["event"] != "progress" and len(events) < MAX_KEPT_EVENTS:
+                    events.append(event)
+                if on_event is not None:
+                    on_event(event)
+    except KeyboardInterrupt:
+        _terminate(proc, dump=False)
+        raise Interrupted(cell.cell_id) from None
+    finally:
+        if proc.poll() is None:
+            _terminate(proc, dump=False)
+        _signal_group(proc.pid, signal.SIGKILL)  # nothing of the cell outlives it
+        monitor_summary = monitor.stop()
+        for t in threads_[:2]:
+            t.join(timeout=2)
+        stream_log.close()
+        stderr_log.close()
+    oom_after = _cgroup_oom_kills()
+    oom_kills = (oom_after - oom_before) if (oom_before is not None and oom_after is not None) else 0
+    if n_logs > len(logs):
+        logs.insert(MAX_KEPT_LOGS // 2, f"[mlbench] {n_logs - len(logs)} log lines cut")
+    tail = stderr_log.tail_text()
+    status, reason = classify(exit_code if exit_code is not None else proc.poll(), events, killed_for, oom_kills,
+                              tail, (timeout_s, idle_timeout_s))
+    return Outcome(status=status, reason=reason, exit_code=exit_code, duration_s=time.monotonic() - t0,
+                   events=events, logs=logs, stderr_tail=tail, monitor=monitor_summary, started_at=started_at,
+                   killed_for=killed_for)

@@ -1,0 +1,120 @@
+"""The results schema: every column of a cell file, its Arrow type and what it means.
+
+The single source for the Parquet files, the CSV/JSON exports and the README's column table
+(`python -m mlbench schema` prints it; a test keeps the README in step).
+"""
+
+from __future__ import annotations
+
+import pyarrow as pa
+
+S, I, F, B = pa.string(), pa.int64(), pa.float64(), pa.bool_()
+EPOCH = pa.struct([("epoch", I), ("train_loss", F), ("train_accuracy", F), ("val_loss", F), ("val_accuracy", F),
+                   ("train_s", F), ("eval_s", F), ("samples", I), ("samples_per_second", F), ("data_wait_s", F)])
+
+# (name, type, meaning). Units are in the names; figures nothing measured are null, never 0.
+COLUMNS: list[tuple[str, pa.DataType, str]] = [
+    ("cell_id", S, "short hash of the cell's canonical spec: the same spec always has the same id"),
+    ("run_name", S, "the suite's `name` (the folder under runs/)"),
+    ("framework", S, "pytorch, tensorflow, jax, or a framework added under `workers`"),
+    ("model_name", S, "mlp, resnet18, resnet34 or bert"),
+    ("device", S, "cpu, cuda:N, or cuda:N,M for data parallel (physical GPU indices)"),
+    ("precision", S, "fp32, fp16 or bf16 (mixed precision with fp32 master weights)"),
+    ("batch_size", I, "training batch size, also the batch size of the inference latency figures"),
+    ("epochs", I, "training epochs asked for"),
+    ("seed", I, "seed of the data, the batch order and the initial weights"),
+    ("dataset", S, "synthetic or cifar10"),
+    ("train_samples", I, "training samples in the dataset the worker read"),
+    ("val_samples", I, "validation samples"),
+    ("compile", B, "whether the framework's compiler was asked for"),
+    ("worker_module", S, "the module the cell ran in (`python -m MODULE --cell JSON`)"),
+    ("spec_json", S, "the cell's canonical spec as JSON (what cell_id hashes)"),
+    ("status", S, "ok, failed, oom, timeout, crashed or skipped"),
+    ("reason", S, "one line saying why, for every status but ok"),
+    ("exit_code", I, "the worker's exit status (negative: the signal that ended it)"),
+    ("duration_s", F, "wall time of the cell through the orchestrator, start to stored"),
+    ("started_at", S, "UTC time the worker was started (ISO 8601)"),
+    ("stderr_tail", S, "the last lines of the worker's stderr (the whole log is in runs/<run>/logs/)"),
+    ("log_lines", S, "log events and non-event stdout lines of the worker, head and tail, as JSON"),
+    ("num_parameters", I, "trainable parameters, as the framework counts them (equal to the spec's)"),
+    ("parameter_bytes", I, "bytes of the trainable parameters in fp32"),
+    ("model_size_mb", F, "size on disk of the model saved in the framework's native format (MiB)"),
+    ("model_save_s", F, "time to save the model in the native format"),
+    ("train_time_per_epoch", F, "mean wall time of one training epoch (s), warm-up included, evaluation excluded"),
+    ("total_train_time", F, "wall time of all training epochs (s), warm-up included, evaluation excluded"),
+    ("samples_per_second", F, "steady-state training throughput: timed samples over the wall time of the timed window"),
+    ("samples_per_second_ci_low", F, "throughput at the upper end of the 95% CI of the median step time"),
+    ("samples_per_second_ci_high", F, "throughput at the lower end of the 95% CI of the median step time"),
+    ("step_time_median_s", F, "median wall time of a timed training step (data preparation included)"),
+    ("step_time_mean_s", F, "mean of the timed training steps"),
+    ("step_time_min_s", F, "fastest timed training step"),
+    ("step_time_max_s", F, "slowest timed training step"),
+    ("step_time_cv", F, "coefficient of variation of the timed steps (std / mean)"),
+    ("step_time_outliers", I, "timed steps flagged by the modified Z-score (> 3.5) on the MAD"),
+    ("steps_timed", I, "training steps after warm-up that the figures above come from"),
+    ("noisy", B, "true where the step-time CV is above 10%: too noisy to rank on"),
+    ("first_step_s", F, "wall time of the first training step (tracing, compilation, autotuning)"),
+    ("warmup_time_s", F, "wall time of all warm-up steps"),
+    ("data_wait_s", F, "time spent preparing host batches during training, all epochs"),
+    ("final_train_loss", F, "mean training loss over the last epoch"),
+    ("final_train_accuracy", F, "training accuracy over the last epoch (running, in training mode)"),
+    ("final_val_loss", F, "validation loss after the last epoch"),
+    ("final_val_accuracy", F, "validation accuracy after the last epoch"),
+    ("inference_batch_size", I, "batch size of the latency figures"),
+    ("inference_runs", I, "timed inference forward passes behind the latency figures"),
+    ("inference_latency_mean_ms", F, "mean latency of an inference forward pass, input copy included (ms)"),
+    ("inference_latency_p50_ms", F, "median inference latency (ms)"),
+    ("inference_latency_p95_ms", F, "95th percentile inference latency (ms)"),
+    ("inference_latency_p99_ms", F, "99th percentile inference latency (ms)"),
+    ("peak_memory_mb", F, "peak memory of the cell (MiB): on GPU the framework's peak allocation, on CPU the "
+                          "larger of the sampled process-tree RSS peak and the worker's own maximum RSS"),
+    ("avg_memory_mb", F, "average memory (MiB): on GPU NVML's device memory in use, on CPU the process-tree RSS"),
+    ("memory_source", S, "what peak_memory_mb and avg_memory_mb measure for this cell"),
+    ("host_rss_peak_mb", F, "peak RSS of the worker's process tree, sampled from outside (MiB)"),
+    ("host_rss_avg_mb", F, "average RSS of the worker's process tree, sampled from outside (MiB)"),
+    ("worker_max_rss_mb", F, "the worker process's own maximum RSS (getrusage) (MiB)"),
+    ("device_peak_allocated_mb", F, "the framework allocator's peak device allocation (MiB)"),
+    ("cpu_util_avg_pct", F, "average CPU use of the process tree (100 = one core busy)"),
+    ("gpu_utilization_pct", F, "average GPU utilisation sampled by NVML (%); null where nothing measured it"),
+    ("gpu_utilization_peak_pct", F, "peak sampled GPU utilisation (%)"),
+    ("gpu_memory_used_peak_mb", F, "peak device memory in use (NVML, whole device) (MiB)"),
+    ("gpu_memory_used_avg_mb", F, "average device memory in use (NVML, whole device) (MiB)"),
+    ("gpu_power_avg_w", F, "average board power (NVML) (W)"),
+    ("gpu_energy_j", F, "energy from the device's total-energy counter over the cell (J)"),
+    ("monitor_samples", I, "outside monitor samples taken during the cell"),
+    ("framework_version", S, "version of the framework the worker imported"),
+    ("cuda_version", S, "CUDA version the framework was built with"),
+    ("cudnn_version", S, "cuDNN version the framework reports"),
+    ("devices_seen", S, "devices the framework saw (JSON list)"),
+    ("threads_json", S, "thread settings the worker reported (JSON)"),
+    ("precision_mode", S, "how the framework ran the precision (e.g. autocast fp16 + GradScaler)"),
+    ("compiler", S, "compiler used, or null"),
+    ("python_version", S, "Python of the orchestrator and workers"),
+    ("os", S, "operating system and kernel"),
+    ("cpu_model", S, "CPU model name"),
+    ("cpu_count_logical", I, "logical CPUs"),
+    ("cpu_count_physical", I, "physical cores"),
+    ("memory_total_gb", F, "host memory (GiB)"),
+    ("gpu_model", S, "GPU model(s) of the cell's device, from NVML"),
+    ("gpu_driver", S, "NVIDIA driver version"),
+    ("hostname", S, "machine the cell ran on"),
+    ("env_flags", S, "allocator, thread and cache environment variables given to the worker (JSON)"),
+    ("mlbench_version", S, "mlbench version"),
+    ("epochs_detail", pa.list_(EPOCH), "per-epoch loss, accuracy and timing (nested; flat in epochs.parquet)"),
+    ("step_times_s", pa.list_(F), "raw wall times of the timed training steps (nested; flat in steps.parquet)"),
+    ("warmup_times_s", pa.list_(F), "raw wall times of the warm-up steps"),
+    ("inference_times_ms", pa.list_(F), "raw latencies of the timed inference passes"),
+]
+
+SCHEMA = pa.schema([pa.field(name, typ) for name, typ, _ in COLUMNS],
+                   metadata={b"mlbench_schema": b"1"})
+NESTED = [name for name, typ, _ in COLUMNS if pa.types.is_list(typ)]
+FLAT = [name for name, _, _ in COLUMNS if name not in NESTED]
+
+
+def markdown_table() -> str:
+    """The column table for the README."""
+    lines = ["| column | type | meaning |", "| --- | --- | --- |"]
+    for name, typ, doc in COLUMNS:
+        lines.append(f"| `{name}` | {typ} | {doc} |")
+    return "\n".join(lines)

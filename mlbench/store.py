@@ -1,0 +1,186 @@
+"""Cell files, written atomically, and the exports rebuilt from them.
+
+runs/<run>/cells/<cell_id>.parquet holds one row (schema.SCHEMA). A file is written under a
+temporary name, fsynced and renamed, so a kill at any instant leaves the whole file or none.
+"""
+
+from __future__ import annotations
+
+import errno
+import fcntl
+import json
+import os
+from pathlib import Path
+from typing import Any, Iterable
+
+import pyarrow as pa
+import pyarrow.csv as pacsv
+import pyarrow.parquet as pq
+
+from mlbench import schema
+
+
+class StoreError(Exception):
+    """The run folder cannot be written (full disk, permissions): the run stops, nothing half-written."""
+
+
+class RunLocked(Exception):
+    """Another orchestrator holds this run folder."""
+
+
+def cells_dir(run_dir: Path) -> Path:
+    return run_dir / "cells"
+
+
+def cell_path(run_dir: Path, cell_id: str) -> Path:
+    return cells_dir(run_dir) / f"{cell_id}.parquet"
+
+
+def _fsync_dir(path: Path) -> None:
+    fd = os.open(path, os.O_RDONLY)
+    try:
+        os.fsync(fd)
+    finally:
+        os.close(fd)
+
+
+def atomic_write(path: Path, write: Any) -> None:
+    """Call write(tmp_path), fsync it, and rename it over `path`; on failure remove the temporary."""
+    tmp = path.with_name(f".{path.name}.{os.getpid()}.tmp")
+    try:
+        write(tmp)
+        fd = os.open(tmp, os.O_RDONLY)
+        try:
+            os.fsync(fd)
+        finally:
+            os.close(fd)
+        os.replace(tmp, path)
+        _fsync_dir(path.parent)
+    except OSError as exc:
+        tmp.unlink(missing_ok=True)
+        what = "the disk is full" if exc.errno == errno.ENOSPC else (exc.strerror or str(exc))
+        raise StoreError(f"cannot write {path}: {what}") from None
+    except BaseException:
+        tmp.unlink(missing_ok=True)
+        raise
+
+
+def write_cell(run_dir: Path, row: dict[str, Any]) -> Path:
+    """Store one cell's row atomically."""
+    path = cell_path(run_dir, row["cell_id"])
+    try:
+        path.parent.mkdir(parents=True, exist_ok=True)
+    except OSError as exc:
+        raise StoreError(f"cannot create {path.parent}: {exc.strerror or exc}") from None
+    table = pa.Table.from_pylist([row], schema=schema.SCHEMA)
+    atomic_write(path, lambda tmp: pq.write_table(table, str(tmp)))
+    return path
+
+
+def read_status(path: Path) -> str | None:
+    """The status stored in a cell file, or None if the file is not a whole, readable cell file."""
+    try:
+        meta = pq.read_metadata(path)  # reads the footer: a truncated file fails here
+        if meta.num_rows != 1:
+            return None
+        return pq.read_table(path, columns=["status"]).column("status")[0].as_py()
+    except (OSError, pa.ArrowException, KeyError):
+        return None
+
+
+def stored_statuses(run_dir: Path, cell_ids: Iterable[str]) -> dict[str, str | None]:
+    """cell_id -> stored status (None: no valid file) for the given cells."""
+    return {cid: (read_status(cell_path(run_dir, cid)) if cell_path(run_dir, cid).exists() else None)
+            for cid in cell_ids}
+
+
+def read_cells(run_dir: Path, cell_ids: Iterable[str] | None = None) -> pa.Table:
+    """Valid cell files as one table: those of `cell_ids` in that order, or all of them by file name."""
+    folder = cells_dir(run_dir)
+    if cell_ids is None:
+        paths = sorted(folder.glob("*.parquet")) if folder.is_dir() else []
+    else:
+        paths = [p for p in (cell_path(run_dir, cid) for cid in cell_ids) if p.exists()]
+    tables = []
+    for path in paths:
+        try:
+            t = pq.read_table(path)
+        except (OSError, pa.ArrowException):
+            continue  # a damaged file counts as not stored; --resume runs its cell again
+        if set(schema.SCHEMA.names) <= set(t.column_names):
+            tables.append(t.select(schema.SCHEMA.names).cast(schema.SCHEMA))
+    return pa.concat_tables(tables) if tables else schema.SCHEMA.empty_table()
+
+
+def epochs_table(results: pa.Table) -> pa.Table:
+    """One row per cell and epoch."""
+    rows = []
+    for r in results.select(["cell_id", "framework", "model_name", "device", "precision", "batch_size",
+                             "epochs_detail"]).to_pylist():
+        for e in r.pop("epochs_detail") or []:
+            rows.append({**r, **e})
+    return pa.Table.from_pylist(rows) if rows else pa.table({"cell_id": pa.array([], pa.string())})
+
+
+def steps_table(results: pa.Table) -> pa.Table:
+    """One row per raw sample: training steps (warm-up and timed) and inference passes."""
+    cols: dict[str, list[Any]] = {"cell_id": [], "kind": [], "index": [], "seconds": []}
+    for r in results.select(["cell_id", "warmup_times_s", "step_times_s", "inference_times_ms"]).to_pylist():
+        for kind, values, scale in (("warmup_step", r["warmup_times_s"], 1.0), ("train_step", r["step_times_s"], 1.0),
+                                    ("inference", r["inference_times_ms"], 1e-3)):
+            for i, v in enumerate(values or []):
+                cols["cell_id"].append(r["cell_id"])
+                cols["kind"].append(kind)
+                cols["index"].append(i)
+                cols["seconds"].append(v * scale)
+    return pa.table(cols, schema=pa.schema([("cell_id", pa.string()), ("kind", pa.string()), ("index", pa.int64()),
+                                            ("seconds", pa.float64())]))
+
+
+def write_exports(run_dir: Path, results: pa.Table) -> list[Path]:
+    """results.parquet/csv/json plus epochs and raw steps, each written atomically."""
+    flat = results.select(schema.FLAT)
+    epochs, steps = epochs_table(results), steps_table(results)
+    rows = results.drop_columns(["step_times_s", "warmup_times_s", "inference_times_ms"]).to_pylist()
+    outputs = {
+        "results.parquet": lambda p: pq.write_table(results, str(p)),
+        "results.csv": lambda p: pacsv.write_csv(flat, str(p)),
+        "results.json": lambda p: p.write_text(json.dumps(rows, indent=1, default=str), encoding="utf-8"),
+        "epochs.parquet": lambda p: pq.write_table(epochs, str(p)),
+        "epochs.csv": lambda p: pacsv.write_csv(epochs, str(p)),
+        "steps.parquet": lambda p: pq.write_table(steps, str(p)),
+    }
+    written = []
+    for name, write in outputs.items():
+        atomic_write(run_dir / name, write)
+        written.append(run_dir / name)
+    return written
+
+
+class RunLock:
+    """An exclusive lock on a run folder (flock: the kernel drops it when its holder dies)."""
+
+    def __init__(self, run_dir: Path) -> None:
+        self.path = run_dir / ".lock"
+        self.fd: int | None = None
+
+    def __enter__(self) -> RunLock:
+        self.path.parent.mkdir(parents=True, exist_ok=True)
+        fd = os.open(self.path, os.O_RDWR | os.O_CREAT, 0o644)
+        try:
+            fcntl.flock(fd, fcntl.LOCK_EX | fcntl.LOCK_NB)
+        except BlockingIOError:
+            holder = os.read(fd, 64).decode(errors="replace").strip() or "another process"
+            os.close(fd)
+            raise RunLocked(f"{self.path.parent} is in use by another mlbench run (pid {holder}); "
+                            "wait for it to finish or stop it first") from None
+        os.ftruncate(fd, 0)
+        os.write(fd, str(os.getpid()).encode())
+        self.fd = fd
+        return self
+
+    def __exit__(self, *exc: object) -> None:
+        if self.fd is not None:
+            fcntl.flock(self.fd, fcntl.LOCK_UN)
+            os.close(self.fd)
+            self.fd = None

@@ -1,0 +1,1 @@
+"""Framework workers: each runs one benchmark cell in a fresh process and streams NDJSON events."""

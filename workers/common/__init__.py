@@ -1,0 +1,1 @@
+"""Framework-free code shared by every worker (and readable by the orchestrator)."""

@@ -1,0 +1,82 @@
+"""Command line shared by every worker: `python -m workers.<name> --cell JSON` or flags by hand.
+
+Run by hand to debug one cell, for example:
+    python -m workers.pytorch_worker --model resnet18 --batch-size 64 --device cpu --precision fp32 --epochs 1
+"""
+
+from __future__ import annotations
+
+import argparse
+import faulthandler
+import json
+import os
+import signal
+import sys
+from typing import Any, Callable
+
+from workers.common import harness
+from workers.common.events import Emitter, protect_stdout
+
+# The defaults a cell gets when run by hand; the orchestrator always passes every key.
+DEFAULTS: dict[str, Any] = {
+    "cell_id": "manual",
+    "epochs": 1,
+    "seed": 0,
+    "dataset": {"name": "synthetic", "train_samples": 1024, "val_samples": 256, "path": None},
+    "warmup_steps": 3,
+    "inference": {"warmup": 3, "runs": 50, "min_runs": 5, "max_s": 20.0},
+    "compile": False,
+    "threads": None,
+    "model_overrides": {},
+    "data_dir": os.path.join("runs", "_manual", "data"),
+}
+
+
+def parse(argv: list[str] | None, framework: str) -> dict[str, Any]:
+    """Build the cell dict from `--cell JSON` or from individual flags."""
+    p = argparse.ArgumentParser(prog=f"python -m workers.{framework}_worker",
+                                description="Run one benchmark cell and print NDJSON events on stdout.")
+    p.add_argument("--cell", help="the whole cell as JSON (what the orchestrator passes)")
+    p.add_argument("--model", default="mlp")
+    p.add_argument("--batch-size", type=int, default=32)
+    p.add_argument("--device", default="cpu")
+    p.add_argument("--precision", default="fp32", choices=["fp32", "fp16", "bf16"])
+    p.add_argument("--epochs", type=int, default=DEFAULTS["epochs"])
+    p.add_argument("--seed", type=int, default=DEFAULTS["seed"])
+    p.add_argument("--train-samples", type=int, default=DEFAULTS["dataset"]["train_samples"])
+    p.add_argument("--val-samples", type=int, default=DEFAULTS["dataset"]["val_samples"])
+    p.add_argument("--warmup-steps", type=int, default=DEFAULTS["warmup_steps"])
+    p.add_argument("--compile", action="store_true", help="use the framework's compiler")
+    p.add_argument("--threads", type=int, default=None)
+    p.add_argument("--data-dir", default=DEFAULTS["data_dir"])
+    a = p.parse_args(argv)
+    if a.cell:
+        cell = {**DEFAULTS, **json.loads(a.cell)}
+    else:
+        cell = {**DEFAULTS, "model": a.model, "batch_size": a.batch_size, "device": a.device,
+                "precision": a.precision, "epochs": a.epochs, "seed": a.seed, "warmup_steps": a.warmup_steps,
+                "compile": a.compile, "threads": a.threads, "data_dir": a.data_dir,
+                "dataset": {**DEFAULTS["dataset"], "train_samples": a.train_samples, "val_samples": a.val_samples}}
+    cell["framework"] = framework
+    return cell
+
+
+def apply_threads(cell: dict[str, Any]) -> None:
+    """Thread settings go into the environment before any framework is imported."""
+    if cell.get("threads"):
+        n = str(cell["threads"])
+        for var in ("OMP_NUM_THREADS", "MKL_NUM_THREADS", "OPENBLAS_NUM_THREADS", "TF_NUM_INTRAOP_THREADS"):
+            os.environ.setdefault(var, n)
+    os.environ.setdefault("XLA_PYTHON_CLIENT_PREALLOCATE", "false")
+    os.environ.setdefault("TF_FORCE_GPU_ALLOW_GROWTH", "true")
+
+
+def main(framework: str, loader: Callable[[dict[str, Any]], harness.Backend], argv: list[str] | None = None) -> int:
+    """Entry point of every worker: protect stdout, then run the cell with the framework's backend."""
+    cell = parse(argv, framework)
+    events = protect_stdout()
+    faulthandler.enable(file=sys.stderr, all_threads=True)
+    if hasattr(signal, "SIGUSR1"):  # the orchestrator asks for a stack dump before killing a hung worker
+        faulthandler.register(signal.SIGUSR1, file=sys.stderr, all_threads=True)
+    apply_threads(cell)
+    return harness.run(loader, cell, Emitter(cell["cell_id"], events))

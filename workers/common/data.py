@@ -1,0 +1,193 @@
+"""Datasets every worker reads: made once per run into the run's data folder, seed-stable batch order.
+
+A dataset is stored as plain .npy files (x_train, y_train, x_val, y_val) in a folder named by a
+hash of what made it, written to a temporary folder and renamed, so two workers never see half of
+one. Images are stored as uint8 NCHW and normalised per batch; tokens as int32; tabular as float32.
+"""
+
+from __future__ import annotations
+
+import hashlib
+import json
+import os
+import pickle
+import shutil
+import tempfile
+from dataclasses import dataclass
+from pathlib import Path
+from typing import Any, Iterator
+
+import numpy as np
+
+from workers.common.specs import InputSpec
+
+CIFAR_MEAN = np.array([0.4914, 0.4822, 0.4465], np.float32).reshape(1, 3, 1, 1)
+CIFAR_STD = np.array([0.2470, 0.2435, 0.2616], np.float32).reshape(1, 3, 1, 1)
+
+
+class DataUnavailable(Exception):
+    """The dataset asked for cannot serve this model (the cell is skipped, not failed)."""
+
+
+@dataclass
+class Dataset:
+    """Train and validation arrays plus the per-batch transform into model inputs."""
+
+    x_train: np.ndarray
+    y_train: np.ndarray
+    x_val: np.ndarray
+    y_val: np.ndarray
+    family: str
+    key: str
+
+    def inputs(self, x: np.ndarray) -> np.ndarray:
+        """Raw stored samples -> model inputs (float32 normalised images; others unchanged)."""
+        if self.family == "image":
+            return ((x.astype(np.float32) / 255.0) - CIFAR_MEAN) / CIFAR_STD
+        return x if x.flags.writeable else np.array(x)  # frameworks want writable arrays
+
+
+def epoch_order(n: int, seed: int, epoch: int) -> np.ndarray:
+    """The sample order of one epoch: the same in every framework for the same seed."""
+    return np.random.default_rng(np.random.SeedSequence([seed, epoch, 0xDA7A])).permutation(n)
+
+
+def train_batches(ds: Dataset, batch_size: int, seed: int, epoch: int) -> Iterator[tuple[np.ndarray, np.ndarray]]:
+    """Full training batches of one epoch in the seed-stable order (the last partial one dropped)."""
+    order = epoch_order(len(ds.y_train), seed, epoch)
+    for i in range(len(order) // batch_size):
+        idx = np.sort(order[i * batch_size : (i + 1) * batch_size])  # sorted: faster gathers, same set
+        yield ds.inputs(ds.x_train[idx]), ds.y_train[idx]
+
+
+def val_batches(ds: Dataset, batch_size: int) -> Iterator[tuple[np.ndarray, np.ndarray]]:
+    """Validation batches in stored order, the last one possibly smaller."""
+    for i in range(0, len(ds.y_val), batch_size):
+        yield ds.inputs(ds.x_val[i : i + batch_size]), np.array(ds.y_val[i : i + batch_size])
+
+
+# --- synthetic data ---------------------------------------------------------------------------
+
+
+def _synthetic(family: str, inp: InputSpec, n: int, rng: np.random.Generator, proto: Any) -> tuple[np.ndarray, np.ndarray]:
+    y = rng.integers(0, inp.num_classes, n).astype(np.int32)
+    if family == "image":
+        # class prototypes (smooth colour patterns) + per-sample noise, brightness and shift
+        noise = rng.normal(0.0, 0.9, (n, *inp.shape)).astype(np.float32)
+        x = proto[y] * rng.uniform(0.6, 1.4, (n, 1, 1, 1)).astype(np.float32) + noise
+        shifts = rng.integers(-3, 4, (n, 2))
+        for i, (dy, dx) in enumerate(shifts):
+            x[i] = np.roll(x[i], (dy, dx), axis=(1, 2))
+        x = np.clip(x * 40.0 + 128.0, 0, 255).astype(np.uint8)
+        return x, y
+    if family == "tokens":
+        # token 0 is the classification token; each class has marker tokens; both classes'
+        # markers appear, the label's more often, so the model has to count
+        vocab, seq = inp.extra["vocab_size"], inp.shape[0]
+        x = rng.integers(proto["background"], vocab, (n, seq)).astype(np.int32)
+        x[:, 0] = 0
+        for i in range(n):
+            pos = rng.choice(np.arange(1, seq), 12, replace=False)
+            own, other = pos[:7], pos[7:]
+            x[i, own] = rng.choice(proto["markers"][y[i]], len(own))
+            x[i, other] = rng.choice(proto["markers"][1 - y[i] if inp.num_classes == 2 else (y[i] + 1) % inp.num_classes], len(other))
+        return x, y
+    # tabular: Gaussian classes around random centres
+    x = proto[y] + rng.normal(0.0, 1.0, (n, *inp.shape)).astype(np.float32)
+    return x.astype(np.float32), y
+
+
+def _prototypes(family: str, inp: InputSpec, rng: np.random.Generator) -> Any:
+    if family == "image":
+        c, h, w = inp.shape
+        coarse = rng.normal(0.0, 1.0, (inp.num_classes, c, 4, 4)).astype(np.float32)
+        return np.kron(coarse, np.ones((1, 1, h // 4, w // 4), np.float32))
+    if family == "tokens":
+        markers = rng.choice(np.arange(1, 1 + 64 * inp.num_classes), (inp.num_classes, 64), replace=False)
+        return {"markers": markers, "background": 1 + 64 * inp.num_classes}
+    return rng.normal(0.0, 0.12, (inp.num_classes, *inp.shape)).astype(np.float32)
+
+
+def make_synthetic(family: str, inp: InputSpec, train: int, val: int, seed: int) -> dict[str, np.ndarray]:
+    """A deterministic, learnable dataset for one model family."""
+    rng = np.random.default_rng(np.random.SeedSequence([seed, 0x5E7]))
+    proto = _prototypes(family, inp, rng)
+    x_train, y_train = _synthetic(family, inp, train, rng, proto)
+    x_val, y_val = _synthetic(family, inp, val, rng, proto)
+    return {"x_train": x_train, "y_train": y_train, "x_val": x_val, "y_val": y_val}
+
+
+# --- CIFAR-10 from a local folder ------------------------------------------------------------
+
+
+class _CifarUnpickler(pickle.Unpickler):
+    """Unpickles only what the CIFAR-10 python batches contain: dicts, lists, bytes and arrays."""
+
+    ALLOWED = {("numpy.core.multiarray", "_reconstruct"), ("numpy._core.multiarray", "_reconstruct"),
+               ("numpy", "ndarray"), ("numpy", "dtype")}
+
+    def find_class(self, module: str, name: str) -> Any:
+        if (module, name) in self.ALLOWED:
+            return super().find_class(module, name)
+        raise pickle.UnpicklingError(f"refusing to load {module}.{name} from a CIFAR batch file")
+
+
+def _read_cifar_batch(path: Path) -> tuple[np.ndarray, np.ndarray]:
+    with open(path, "rb") as f:
+        d = _CifarUnpickler(f, encoding="bytes").load()
+    x = np.asarray(d[b"data"], np.uint8).reshape(-1, 3, 32, 32)
+    return x, np.asarray(d[b"labels"], np.int32)
+
+
+def read_cifar10(path: str, train: int | None, val: int | None) -> dict[str, np.ndarray]:
+    """CIFAR-10 in the standard python format (data_batch_1..5, test_batch); nothing is downloaded."""
+    root = Path(path)
+    if (root / "cifar-10-batches-py").is_dir():
+        root = root / "cifar-10-batches-py"
+    files = [root / f"data_batch_{i}" for i in range(1, 6)]
+    missing = [str(f) for f in [*files, root / "test_batch"] if not f.is_file()]
+    if missing:
+        raise DataUnavailable(f"CIFAR-10 python batches not found: {missing[0]}")
+    xs, ys = zip(*(_read_cifar_batch(f) for f in files))
+    x_val, y_val = _read_cifar_batch(root / "test_batch")
+    x_train, y_train = np.concatenate(xs), np.concatenate(ys)
+    return {"x_train": x_train[:train], "y_train": y_train[:train], "x_val": x_val[:val], "y_val": y_val[:val]}
+
+
+# --- the cache in the run's folder ------------------------------------------------------------
+
+
+def dataset_key(dataset: dict[str, Any], family: str, inp: InputSpec, seed: int) -> str:
+    """Folder name of a dataset: what made it, hashed."""
+    made_of = {"dataset": dataset, "family": family, "shape": inp.shape, "classes": inp.num_classes,
+               "extra": inp.extra, "seed": seed, "format": 1}
+    digest = hashlib.sha256(json.dumps(made_of, sort_keys=True, default=str).encode()).hexdigest()[:12]
+    return f"{dataset['name']}-{family}-{digest}"
+
+
+def load(dataset: dict[str, Any], family: str, inp: InputSpec, seed: int, data_dir: str) -> Dataset:
+    """The dataset for a cell: read from data_dir, made there first if absent."""
+    if dataset["name"] == "cifar10" and family != "image":
+        raise DataUnavailable(f"cifar10 holds images; this model reads {family} data")
+    key = dataset_key(dataset, family, inp, seed)
+    folder = Path(data_dir) / key
+    if not (folder / "y_val.npy").is_file():
+        if dataset["name"] == "synthetic":
+            arrays = make_synthetic(family, inp, dataset["train_samples"], dataset["val_samples"], seed)
+        elif dataset["name"] == "cifar10":
+            if not dataset.get("path"):
+                raise DataUnavailable("dataset cifar10 needs `path`: a local folder with the python batches")
+            arrays = read_cifar10(dataset["path"], dataset.get("train_samples"), dataset.get("val_samples"))
+        else:
+            raise DataUnavailable(f"unknown dataset {dataset['name']!r}")
+        folder.parent.mkdir(parents=True, exist_ok=True)
+        tmp = Path(tempfile.mkdtemp(prefix=f".{key}.", dir=folder.parent))
+        for name, arr in arrays.items():
+            np.save(tmp / f"{name}.npy", arr)
+        try:
+            os.rename(tmp, folder)
+        except OSError:  # another worker made it first: theirs is identical
+            shutil.rmtree(tmp, ignore_errors=True)
+    arrays = {n: np.load(folder / f"{n}.npy", mmap_mode="r", allow_pickle=False)
+              for n in ("x_train", "y_train", "x_val", "y_val")}
+    return Dataset(**arrays, family=family, key=key)

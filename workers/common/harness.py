@@ -1,0 +1,196 @@
+"""The measurement loop every worker shares: the same timing, data order and events for all frameworks.
+
+A framework worker supplies a `Backend` (build, train_step, eval_step, predict, save, memory);
+this module does everything that must not differ between frameworks: seeds, data, the
+training epochs with warm-up split from steady state, evaluation, inference latency, model
+size on disk, and the events. Each backend call returns only after its device work is done
+(it hands back host numbers), so every clock read below follows a device sync.
+"""
+
+from __future__ import annotations
+
+import os
+import resource
+import tempfile
+import time
+import traceback
+from typing import Any, Protocol
+
+import numpy as np
+
+from workers.common import data as datasets
+from workers.common.events import PROTOCOL_VERSION, Emitter
+from workers.common.specs import ModelSpec, get_spec, input_spec, num_parameters, spec_dict
+from workers.common.stats import percentiles_ms
+from workers.common.weights import initial_weights
+
+
+class Unsupported(Exception):
+    """This framework cannot run this cell here (precision, device, feature): the cell is skipped."""
+
+
+class Backend(Protocol):
+    """What a framework worker implements; every method that returns numbers has synced the device."""
+
+    framework: str
+
+    def info(self) -> dict[str, Any]: ...  # version, devices seen, threads, compiler
+    def build(self, spec: ModelSpec, weights: dict[str, np.ndarray]) -> None: ...
+    def num_parameters(self) -> int: ...
+    def train_step(self, x: np.ndarray, y: np.ndarray) -> tuple[float, int]: ...  # (mean loss, correct)
+    def eval_step(self, x: np.ndarray, y: np.ndarray) -> tuple[float, int]: ...  # (summed loss, correct)
+    def predict(self, x: np.ndarray) -> None: ...  # inference forward pass, synced
+    def save(self, path: str) -> str: ...  # native format; returns the file or folder written
+    def memory(self) -> dict[str, Any]: ...  # framework allocator figures, bytes
+    def is_oom(self, exc: BaseException) -> bool: ...
+
+
+def _disk_bytes(path: str) -> int:
+    if os.path.isdir(path):
+        return sum(os.path.getsize(os.path.join(d, f)) for d, _, fs in os.walk(path) for f in fs)
+    return os.path.getsize(path)
+
+
+def host_peak_rss_bytes() -> int:
+    """Peak resident set of this process (Linux reports KiB)."""
+    return resource.getrusage(resource.RUSAGE_SELF).ru_maxrss * 1024
+
+
+def train(backend: Backend, ds: datasets.Dataset, cell: dict[str, Any], em: Emitter) -> dict[str, Any]:
+    """Train for the cell's epochs, evaluating after each; returns the figures for the result."""
+    bs, seed, warmup = cell["batch_size"], cell["seed"], cell["warmup_steps"]
+    steps_per_epoch = len(ds.y_train) // bs
+    if steps_per_epoch == 0:
+        raise Unsupported(f"batch size {bs} is larger than the {len(ds.y_train)} training samples")
+    total_steps = steps_per_epoch * cell["epochs"]
+    step_times: list[float] = []  # timed (post-warm-up) steps, seconds
+    warmup_times: list[float] = []
+    window_s = 0.0  # wall time of the timed windows (includes data preparation between steps)
+    window_samples = 0
+    epochs, global_step = [], 0
+    total_train_s = 0.0
+    for epoch in range(cell["epochs"]):
+        loss_sum, correct, seen, data_s = 0.0, 0, 0, 0.0
+        window_start = None
+        t_epoch = time.perf_counter()
+        t_prev = t_epoch
+        for x_host, y_host in datasets.train_batches(ds, bs, seed, epoch):
+            t_data = time.perf_counter()
+            loss, n_correct = backend.train_step(x_host, y_host)
+            t_end = time.perf_counter()
+            data_s += t_data - t_prev
+            step_s = t_end - t_prev
+            if global_step < warmup:
+                warmup_times.append(step_s)
+            else:
+                if window_start is None:
+                    window_start = t_prev
+                step_times.append(step_s)
+                window_samples += bs
+            t_prev = t_end
+            loss_sum += loss * bs
+            correct += n_correct
+            seen += bs
+            global_step += 1
+            if global_step % max(1, total_steps // 20) == 0 or global_step == total_steps:
+                em.emit("progress", step=global_step, total_steps=total_steps, epoch=epoch)
+        train_s = time.perf_counter() - t_epoch
+        if window_start is not None:
+            window_s += t_prev - window_start
+        total_train_s += train_s
+        t_eval = time.perf_counter()
+        val_loss, val_correct, val_seen = 0.0, 0, 0
+        for x_host, y_host in datasets.val_batches(ds, bs):
+            l_sum, n_correct = backend.eval_step(x_host, y_host)
+            val_loss += l_sum
+            val_correct += n_correct
+            val_seen += len(y_host)
+        eval_s = time.perf_counter() - t_eval
+        record = {
+            "epoch": epoch, "train_loss": loss_sum / seen, "train_accuracy": correct / seen,
+            "val_loss": val_loss / val_seen, "val_accuracy": val_correct / val_seen,
+            "train_s": train_s, "eval_s": eval_s, "samples": seen, "samples_per_second": seen / train_s,
+            "data_wait_s": data_s,
+        }
+        epochs.append(record)
+        em.emit("epoch", **record)
+    em.emit("steps", phase="train", warmup_s=warmup_times, step_s=step_times, batch_size=bs,
+            window_s=window_s, window_samples=window_samples)
+    if not step_times:
+        em.log(f"no timed steps: {total_steps} steps in all, {warmup} of them warm-up; "
+               "throughput is missing; raise train_samples or lower warmup_steps", level="warning")
+    return {
+        "epochs": epochs, "total_train_s": total_train_s, "warmup_s": warmup_times, "step_s": step_times,
+        "window_s": window_s, "window_samples": window_samples,
+    }
+
+
+def measure_inference(backend: Backend, ds: datasets.Dataset, batch_size: int, cell: dict[str, Any],
+                      em: Emitter) -> dict[str, Any]:
+    """Latency of the inference forward pass at one batch size, after warm-up runs."""
+    inf = cell["inference"]
+    n_val = len(ds.y_val)
+    idx = np.arange(batch_size) % n_val  # repeat validation samples when there are too few
+    x = ds.inputs(ds.x_val[np.sort(idx)] if batch_size <= n_val else ds.x_val[idx])
+    for _ in range(inf["warmup"]):
+        backend.predict(x)
+    times: list[float] = []
+    deadline = time.perf_counter() + inf["max_s"]
+    while len(times) < inf["runs"] and (len(times) < inf["min_runs"] or time.perf_counter() < deadline):
+        t0 = time.perf_counter()
+        backend.predict(x)
+        times.append(time.perf_counter() - t0)
+    summary = percentiles_ms(times)
+    em.emit("inference", batch_size=batch_size, runs=len(times), warmup=inf["warmup"], **summary,
+            times_ms=[t * 1e3 for t in times])
+    return {"batch_size": batch_size, "runs": len(times), **summary}
+
+
+def run(backend_loader: Any, cell: dict[str, Any], em: Emitter) -> int:
+    """Run one cell end to end and emit its events; returns the process exit status."""
+    backend = None
+    try:
+        backend = backend_loader(cell)
+        info = backend.info()
+        em.emit("hello", protocol=PROTOCOL_VERSION, framework=backend.framework, pid=os.getpid(), **info)
+        spec = get_spec(cell["model"], cell.get("model_overrides"))
+        inp = input_spec(spec)
+        ds = datasets.load(cell["dataset"], spec.family, inp, cell["seed"], cell["data_dir"])
+        t0 = time.perf_counter()
+        backend.build(spec, initial_weights(spec, cell["seed"]))
+        build_s = time.perf_counter() - t0
+        n_params = backend.num_parameters()
+        expected = num_parameters(spec)
+        if n_params != expected:
+            raise AssertionError(f"{backend.framework} built {n_params} parameters; the spec has {expected}")
+        with tempfile.TemporaryDirectory(prefix="mlbench-save-") as tmp:
+            t0 = time.perf_counter()
+            saved = backend.save(os.path.join(tmp, "model"))
+            save_s = time.perf_counter() - t0
+            size = _disk_bytes(saved)
+        em.emit("model", name=cell["model"], num_parameters=n_params, parameter_bytes=4 * n_params,
+                size_on_disk_bytes=size, save_s=save_s, build_s=build_s, format=os.path.basename(saved),
+                spec=spec_dict(spec), dataset=ds.key, train_samples=len(ds.y_train), val_samples=len(ds.y_val))
+        trained = train(backend, ds, cell, em)
+        latency = measure_inference(backend, ds, cell["batch_size"], cell, em)
+        memory = {**backend.memory(), "host_peak_rss_bytes": host_peak_rss_bytes()}
+        em.emit("memory", **memory)
+        last = trained["epochs"][-1]
+        em.emit("result", num_parameters=n_params, final_train_accuracy=last["train_accuracy"],
+                final_val_accuracy=last["val_accuracy"], total_train_s=trained["total_train_s"],
+                samples_per_second=(trained["window_samples"] / trained["window_s"]) if trained["window_s"] else None,
+                inference=latency)
+        return 0
+    except Unsupported as exc:
+        em.emit("error", kind="unsupported", message=str(exc), traceback="")
+        return 3
+    except datasets.DataUnavailable as exc:
+        em.emit("error", kind="unsupported", message=str(exc), traceback="")
+        return 3
+    except BaseException as exc:  # noqa: BLE001 - every failure becomes an event, then a status
+        if isinstance(exc, KeyboardInterrupt):
+            raise
+        oom = isinstance(exc, MemoryError) or (backend is not None and backend.is_oom(exc))
+        em.emit("error", kind="oom" if oom else "exception", message=f"{type(exc).__name__}: {exc}"[:2000],
+                traceback=traceback.format_exc()[-8000:])
+        return 1

@@ -1,0 +1,70 @@
+"""Summary statistics of raw timing samples (framework-free; used by workers and the orchestrator)."""
+
+from __future__ import annotations
+
+import math
+from typing import Sequence
+
+import numpy as np
+
+NOISE_CV = 0.10  # coefficient of variation above which a figure is too noisy to rank on
+OUTLIER_Z = 3.5  # modified Z-score (Iglewicz and Hoaglin) above which a sample is an outlier
+
+
+def percentiles_ms(samples_s: Sequence[float]) -> dict[str, float | None]:
+    """Mean, p50, p95 and p99 in milliseconds of samples given in seconds (None when empty)."""
+    if len(samples_s) == 0:
+        return {"mean_ms": None, "p50_ms": None, "p95_ms": None, "p99_ms": None}
+    a = np.asarray(samples_s, dtype=np.float64) * 1e3
+    p50, p95, p99 = np.percentile(a, [50, 95, 99])
+    return {"mean_ms": float(a.mean()), "p50_ms": float(p50), "p95_ms": float(p95), "p99_ms": float(p99)}
+
+
+def median_ci(samples: Sequence[float], confidence: float = 0.95) -> tuple[float | None, float | None]:
+    """Distribution-free confidence interval of the median from order statistics (binomial)."""
+    n = len(samples)
+    if n < 6:  # too few samples for a 95% order-statistic interval to exist
+        return None, None
+    a = np.sort(np.asarray(samples, dtype=np.float64))
+    z = 1.959963984540054 if confidence == 0.95 else float(np.sqrt(2) * _erfinv(confidence))
+    half = z * math.sqrt(n) / 2.0
+    lo = max(int(math.floor(n / 2.0 - half)), 0)
+    hi = min(int(math.ceil(1 + n / 2.0 + half)) - 1, n - 1)
+    return float(a[lo]), float(a[hi])
+
+
+def _erfinv(y: float) -> float:
+    # Winitzki's approximation; only used for confidence levels other than 95%
+    a = 0.147
+    ln = math.log(1 - y * y)
+    t = 2 / (math.pi * a) + ln / 2
+    return math.copysign(math.sqrt(math.sqrt(t * t - ln / a) - t), y)
+
+
+def outliers(samples: Sequence[float]) -> list[bool]:
+    """Outlier flags by modified Z-score on the median absolute deviation."""
+    a = np.asarray(samples, dtype=np.float64)
+    if len(a) < 3:
+        return [False] * len(a)
+    med = np.median(a)
+    mad = np.median(np.abs(a - med))
+    if mad == 0:
+        return [bool(x != med) for x in a]  # any departure from a constant is an outlier
+    z = 0.6745 * (a - med) / mad
+    return [bool(abs(v) > OUTLIER_Z) for v in z]
+
+
+def summarize(samples: Sequence[float]) -> dict[str, float | int | bool | None]:
+    """Median, mean, min, max, standard deviation, CV, 95% CI of the median, outliers, noise flag."""
+    n = len(samples)
+    if n == 0:
+        return {"n": 0, "median": None, "mean": None, "min": None, "max": None, "std": None, "cv": None,
+                "ci_low": None, "ci_high": None, "outliers": 0, "noisy": None}
+    a = np.asarray(samples, dtype=np.float64)
+    mean = float(a.mean())
+    std = float(a.std(ddof=1)) if n > 1 else None
+    cv = (std / mean) if (std is not None and mean > 0) else None
+    lo, hi = median_ci(a)
+    return {"n": n, "median": float(np.median(a)), "mean": mean, "min": float(a.min()), "max": float(a.max()),
+            "std": std, "cv": cv, "ci_low": lo, "ci_high": hi, "outliers": int(sum(outliers(a))),
+            "noisy": (cv > NOISE_CV) if cv is not None else None}

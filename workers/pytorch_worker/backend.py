@@ -1,0 +1,147 @@
+"""PyTorch backend of the shared harness: placement, precision, optimizer and the step functions."""
+
+from __future__ import annotations
+
+import contextlib
+import os
+from typing import Any
+
+import numpy as np
+import torch
+import torch.nn.functional as F
+
+from workers.common.harness import Unsupported
+from workers.common.specs import ModelSpec, OptimizerSpec
+from workers.pytorch_worker import models
+
+DTYPES = {"fp16": torch.float16, "bf16": torch.bfloat16}
+
+
+def make_optimizer(params: Any, opt: OptimizerSpec) -> torch.optim.Optimizer:
+    """The spec's optimizer; SGD weight decay is coupled (L2 in the gradient), AdamW's decoupled."""
+    if opt.name == "sgd":
+        return torch.optim.SGD(params, lr=opt.lr, momentum=opt.momentum, weight_decay=opt.weight_decay)
+    if opt.name == "adamw":
+        return torch.optim.AdamW(params, lr=opt.lr, betas=(opt.beta1, opt.beta2), eps=opt.eps,
+                                 weight_decay=opt.weight_decay)
+    raise Unsupported(f"optimizer {opt.name!r} is not implemented in the PyTorch worker")
+
+
+class TorchBackend:
+    """One cell's model, optimizer and steps in PyTorch."""
+
+    framework = "pytorch"
+
+    def __init__(self, cell: dict[str, Any]) -> None:
+        self.cell = cell
+        device = cell["device"]
+        if "," in device:
+            raise Unsupported("multi-GPU data parallel is not implemented in the PyTorch worker yet")
+        if device.startswith("cuda"):
+            if not torch.cuda.is_available():
+                raise Unsupported(f"{device} asked for, but this PyTorch ({torch.__version__}) sees no CUDA device")
+            if int(device.split(":")[1]) >= torch.cuda.device_count():
+                raise Unsupported(f"{device} asked for, but PyTorch sees {torch.cuda.device_count()} CUDA device(s)")
+            torch.backends.cudnn.benchmark = True  # autotuning happens in the warm-up steps
+        elif device != "cpu":
+            raise Unsupported(f"device {device!r} is not supported by the PyTorch worker")
+        self.device = torch.device(device)
+        self.precision = cell["precision"]
+        if self.precision == "bf16" and self.device.type == "cuda" and not torch.cuda.is_bf16_supported():
+            raise Unsupported(f"bf16 is not supported on {torch.cuda.get_device_name(self.device)}")
+        if cell.get("threads"):
+            torch.set_num_threads(int(cell["threads"]))
+        torch.manual_seed(cell["seed"])
+        # fp16 needs loss scaling; bf16 has fp32's exponent range and does not
+        self.scaler = torch.amp.GradScaler(self.device.type, enabled=self.precision == "fp16")
+        self.training: bool | None = None
+
+    def info(self) -> dict[str, Any]:
+        cuda = torch.cuda.is_available()
+        return {
+            "framework_version": torch.__version__,
+            "cuda_version": torch.version.cuda,
+            "cudnn_version": torch.backends.cudnn.version() if cuda else None,
+            "devices": [f"cuda:{i} {torch.cuda.get_device_name(i)}" for i in range(torch.cuda.device_count())] or ["cpu"],
+            "threads": {"intra_op": torch.get_num_threads(), "inter_op": torch.get_num_interop_threads(),
+                        "OMP_NUM_THREADS": os.environ.get("OMP_NUM_THREADS")},
+            "compiler": "torch.compile (inductor)" if self.cell.get("compile") else None,
+            "precision_mode": {"fp32": "fp32", "fp16": "autocast fp16 + GradScaler",
+                               "bf16": "autocast bf16"}[self.precision],
+        }
+
+    def _autocast(self) -> contextlib.AbstractContextManager[Any]:
+        if self.precision == "fp32":
+            return contextlib.nullcontext()
+        return torch.autocast(self.device.type, dtype=DTYPES[self.precision])
+
+    def build(self, spec: ModelSpec, weights: dict[str, np.ndarray]) -> None:
+        self.model = models.build(spec)
+        models.load_canonical(self.model, weights)
+        self.model.to(self.device)
+        self.optimizer = make_optimizer(self.model.parameters(), spec.optimizer)
+        self.forward = torch.compile(self.model) if self.cell.get("compile") else self.model
+
+    def num_parameters(self) -> int:
+        return sum(p.numel() for p in self.model.parameters() if p.requires_grad)
+
+    def _inputs(self, x: np.ndarray, y: np.ndarray | None = None) -> tuple[torch.Tensor, torch.Tensor | None]:
+        xb = torch.from_numpy(x).to(self.device, non_blocking=True)
+        if xb.dtype == torch.int32:
+            xb = xb.long()
+        yb = None if y is None else torch.from_numpy(np.asarray(y)).to(self.device, non_blocking=True).long()
+        return xb, yb
+
+    def _mode(self, training: bool) -> None:
+        if self.training is not training:
+            self.model.train(training)
+            self.training = training
+
+    def train_step(self, x: np.ndarray, y: np.ndarray) -> tuple[float, int]:
+        self._mode(True)
+        xb, yb = self._inputs(x, y)
+        with self._autocast():
+            logits = self.forward(xb)
+        loss = F.cross_entropy(logits.float(), yb)
+        self.optimizer.zero_grad(set_to_none=True)
+        self.scaler.scale(loss).backward()
+        self.scaler.step(self.optimizer)
+        self.scaler.update()
+        correct = (logits.argmax(-1) == yb).sum()
+        out = torch.stack([loss.detach().float(), correct.float()]).cpu()  # one copy; waits for the step
+        return float(out[0]), int(out[1])
+
+    @torch.inference_mode()
+    def eval_step(self, x: np.ndarray, y: np.ndarray) -> tuple[float, int]:
+        self._mode(False)
+        xb, yb = self._inputs(x, y)
+        with self._autocast():
+            logits = self.forward(xb)
+        loss = F.cross_entropy(logits.float(), yb, reduction="sum")
+        out = torch.stack([loss.float(), (logits.argmax(-1) == yb).sum().float()]).cpu()
+        return float(out[0]), int(out[1])
+
+    @torch.inference_mode()
+    def predict(self, x: np.ndarray) -> None:
+        self._mode(False)
+        xb, _ = self._inputs(x)
+        with self._autocast():
+            self.forward(xb)
+        if self.device.type == "cuda":
+            torch.cuda.synchronize(self.device)
+
+    def save(self, path: str) -> str:
+        target = path + ".pt"
+        torch.save(self.model.state_dict(), target)
+        return target
+
+    def memory(self) -> dict[str, Any]:
+        if self.device.type != "cuda":
+            return {"device_peak_bytes": None, "device_current_bytes": None, "allocator": "cpu (no allocator statistics)"}
+        return {"device_peak_bytes": torch.cuda.max_memory_allocated(self.device),
+                "device_current_bytes": torch.cuda.memory_allocated(self.device),
+                "device_reserved_peak_bytes": torch.cuda.max_memory_reserved(self.device),
+                "allocator": "torch.cuda caching allocator"}
+
+    def is_oom(self, exc: BaseException) -> bool:
+        return isinstance(exc, torch.cuda.OutOfMemoryError) or "out of memory" in str(exc).lower()
