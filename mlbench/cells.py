@@ -5,8 +5,9 @@ from __future__ import annotations
 import hashlib
 import itertools
 import json
+from collections.abc import Iterable
 from dataclasses import dataclass
-from typing import Any, Iterable
+from typing import Any
 
 from mlbench.config import CELL_AXES, ConfigError, Suite
 
@@ -42,31 +43,49 @@ class Cell:
 def make_cell(suite: Suite, framework: str, model: str, device: str, precision: str, batch_size: int) -> Cell:
     """One cell of a suite."""
     spec = {
-        "framework": framework, "worker": suite.worker_module(framework), "model": model,
-        "model_overrides": suite.model_overrides.get(model, {}), "device": device, "precision": precision,
-        "batch_size": batch_size, "epochs": suite.epochs, "seed": suite.seed,
-        "dataset": suite.dataset.model_dump(), "warmup_steps": suite.warmup_steps,
-        "inference": suite.inference.model_dump(), "compile": suite.compile, "threads": suite.threads,
+        "framework": framework,
+        "worker": suite.worker_module(framework),
+        "model": model,
+        "model_overrides": suite.model_overrides.get(model, {}),
+        "device": device,
+        "precision": precision,
+        "batch_size": batch_size,
+        "epochs": suite.epochs,
+        "seed": suite.seed,
+        "dataset": suite.dataset.model_dump(),
+        "warmup_steps": suite.warmup_steps,
+        "inference": suite.inference.model_dump(),
+        "compile": suite.compile,
+        "threads": suite.threads,
     }
     canonical = json.dumps(spec, sort_keys=True, separators=(",", ":"))
     return Cell(framework, model, device, precision, batch_size, canonical)
 
 
 def _excluded(values: dict[str, Any], excludes: Iterable[dict[str, Any]]) -> bool:
-    return any(all(values[k] == v or (isinstance(v, list) and values[k] in v) for k, v in ex.items()) for ex in excludes)
+    return any(
+        all(values[k] == v or (isinstance(v, list) and values[k] in v) for k, v in ex.items()) for ex in excludes
+    )
 
 
 def expand(suite: Suite, only: dict[str, list[Any]] | None = None) -> list[Cell]:
     """All cells of the suite in a stable order, narrowed by `only` (axis -> allowed values)."""
-    axes = {"framework": suite.frameworks, "model": suite.models, "device": suite.devices,
-            "precision": suite.precisions, "batch_size": suite.batch_sizes}
+    axes = {
+        "framework": suite.frameworks,
+        "model": suite.models,
+        "device": suite.devices,
+        "precision": suite.precisions,
+        "batch_size": suite.batch_sizes,
+    }
     for axis, wanted in (only or {}).items():
         if not wanted:
             continue
         unknown = [w for w in wanted if w not in axes[axis]]
         if unknown:
             allowed = ", ".join(str(a) for a in axes[axis])
-            raise ConfigError(f"--{axis.replace('_', '-')}s: {unknown[0]!r} is not in this suite's grid; allowed: {allowed}")
+            raise ConfigError(
+                f"--{axis.replace('_', '-')}s: {unknown[0]!r} is not in this suite's grid; allowed: {allowed}"
+            )
         axes[axis] = [a for a in axes[axis] if a in wanted]
     cells = []
     for combo in itertools.product(*(axes[a] for a in CELL_AXES)):

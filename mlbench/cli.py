@@ -31,24 +31,38 @@ def _split(values: tuple[str, ...], comma: bool = True) -> list[str]:
     return out
 
 
-def _only(frameworks: tuple[str, ...], models: tuple[str, ...], devices: tuple[str, ...], precisions: tuple[str, ...],
-          batch_sizes: tuple[str, ...]) -> dict[str, list[Any]]:
+def _only(
+    frameworks: tuple[str, ...],
+    models: tuple[str, ...],
+    devices: tuple[str, ...],
+    precisions: tuple[str, ...],
+    batch_sizes: tuple[str, ...],
+) -> dict[str, list[Any]]:
     try:
         sizes = [int(b) for b in _split(batch_sizes)]
     except ValueError:
         _fail(f"--batch-sizes takes whole numbers, got {', '.join(batch_sizes)!r}")
-    return {"framework": _split(frameworks), "model": _split(models), "device": _split(devices, comma=False),
-            "precision": _split(precisions), "batch_size": sizes}
+    return {
+        "framework": _split(frameworks),
+        "model": _split(models),
+        "device": _split(devices, comma=False),
+        "precision": _split(precisions),
+        "batch_size": sizes,
+    }
 
 
 def _filters(f: Any) -> Any:
-    for opt in reversed([
-        click.option("--frameworks", multiple=True, help="Only these frameworks (comma-separated or repeated)."),
-        click.option("--models", multiple=True, help="Only these models."),
-        click.option("--devices", multiple=True, help="Only these devices (repeat the flag; cuda:0,1 is one device)."),
-        click.option("--precisions", multiple=True, help="Only these precisions."),
-        click.option("--batch-sizes", multiple=True, help="Only these batch sizes."),
-    ]):
+    for opt in reversed(
+        [
+            click.option("--frameworks", multiple=True, help="Only these frameworks (comma-separated or repeated)."),
+            click.option("--models", multiple=True, help="Only these models."),
+            click.option(
+                "--devices", multiple=True, help="Only these devices (repeat the flag; cuda:0,1 is one device)."
+            ),
+            click.option("--precisions", multiple=True, help="Only these precisions."),
+            click.option("--batch-sizes", multiple=True, help="Only these batch sizes."),
+        ]
+    ):
         f = opt(f)
     return f
 
@@ -76,8 +90,18 @@ def main() -> None:
 @click.option("--name", help="Run name (folder under runs/), instead of the config's `name`.")
 @click.option("--runs-dir", default="runs", show_default=True, type=click.Path(file_okay=False), help="Where runs go.")
 @_filters
-def run(config: str, resume: bool, retry_failed: bool, name: str | None, runs_dir: str, frameworks: tuple[str, ...],
-        models: tuple[str, ...], devices: tuple[str, ...], precisions: tuple[str, ...], batch_sizes: tuple[str, ...]) -> None:
+def run(
+    config: str,
+    resume: bool,
+    retry_failed: bool,
+    name: str | None,
+    runs_dir: str,
+    frameworks: tuple[str, ...],
+    models: tuple[str, ...],
+    devices: tuple[str, ...],
+    precisions: tuple[str, ...],
+    batch_sizes: tuple[str, ...],
+) -> None:
     """Run every cell of CONFIG (narrowed by the filters) and write results and report."""
     suite = _load(config, name)
     only = _only(frameworks, models, devices, precisions, batch_sizes)
@@ -92,11 +116,15 @@ def run(config: str, resume: bool, retry_failed: bool, name: str | None, runs_di
     signal.signal(signal.SIGTERM, _sigterm)
     resume_cmd = f"python -m mlbench run {config} --resume" + (f" --name {name}" if name else "")
     try:
-        summary = orchestrator.run_suite(suite, resume=resume, retry_failed=retry_failed, only=only,
-                                         runs_root=Path(runs_dir))
+        summary = orchestrator.run_suite(
+            suite, resume=resume, retry_failed=retry_failed, only=only, runs_root=Path(runs_dir)
+        )
     except (runner.Interrupted, KeyboardInterrupt):
-        click.echo(f"\ninterrupted: the cell in flight was stopped and not stored; finished cells are kept.\n"
-                   f"resume with: {resume_cmd}", err=True)
+        click.echo(
+            f"\ninterrupted: the cell in flight was stopped and not stored; finished cells are kept.\n"
+            f"resume with: {resume_cmd}",
+            err=True,
+        )
         sys.exit(EXIT_INTERRUPTED)
     except store.RunLocked as exc:
         _fail(str(exc), 1)
@@ -104,14 +132,22 @@ def run(config: str, resume: bool, retry_failed: bool, name: str | None, runs_di
         _fail(f"{exc}; finished cells are kept, resume with: {resume_cmd}", 1)
     counts = ", ".join(f"{v} {k}" for k, v in sorted(summary.counts.items())) or "nothing to run"
     kept = f" ({summary.already_stored} already stored)" if summary.already_stored else ""
-    click.echo(f"{counts}{kept}. results: {summary.run_dir / 'results.parquet'}  report: {summary.run_dir / 'report.html'}")
+    click.echo(
+        f"{counts}{kept}. results: {summary.run_dir / 'results.parquet'}  report: {summary.run_dir / 'report.html'}"
+    )
 
 
 @main.command()
 @click.argument("config", type=click.Path(dir_okay=False))
 @_filters
-def validate(config: str, frameworks: tuple[str, ...], models: tuple[str, ...], devices: tuple[str, ...],
-             precisions: tuple[str, ...], batch_sizes: tuple[str, ...]) -> None:
+def validate(
+    config: str,
+    frameworks: tuple[str, ...],
+    models: tuple[str, ...],
+    devices: tuple[str, ...],
+    precisions: tuple[str, ...],
+    batch_sizes: tuple[str, ...],
+) -> None:
     """Check CONFIG without running anything."""
     suite = _load(config)
     try:

@@ -8,7 +8,16 @@ from pathlib import Path
 from typing import Any, Literal
 
 import yaml
-from pydantic import BaseModel, ConfigDict, Field, PositiveFloat, PositiveInt, ValidationError, field_validator, model_validator
+from pydantic import (
+    BaseModel,
+    ConfigDict,
+    Field,
+    PositiveFloat,
+    PositiveInt,
+    ValidationError,
+    field_validator,
+    model_validator,
+)
 
 from workers.common import specs
 
@@ -222,12 +231,14 @@ def load_suite(path: str | Path) -> Suite:
     except (OSError, UnicodeDecodeError) as exc:
         raise ConfigError(f"{p}: cannot read it ({exc})") from None
     try:
-        data = yaml.load(text, Loader=_StrictLoader)  # noqa: S506 - a SafeLoader subclass
+        data = yaml.load(text, Loader=_StrictLoader)
     except ConfigError as exc:
         raise ConfigError(f"{p}: {exc}") from None
     except yaml.constructor.ConstructorError as exc:
         line = exc.problem_mark.line + 1 if exc.problem_mark else "?"
-        raise ConfigError(f"{p}: line {line}: YAML tag refused ({exc.problem}); only plain YAML values are allowed") from None
+        raise ConfigError(
+            f"{p}: line {line}: YAML tag refused ({exc.problem}); only plain YAML values are allowed"
+        ) from None
     except yaml.YAMLError as exc:
         mark = getattr(exc, "problem_mark", None)
         line = f"line {mark.line + 1}: " if mark else ""

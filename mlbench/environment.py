@@ -15,10 +15,22 @@ from mlbench import __version__
 from mlbench.monitor import NVML, gpu_indices, pynvml
 
 FRAMEWORK_PACKAGES = {"pytorch": "torch", "tensorflow": "tensorflow", "jax": "jax"}
-ENV_FLAGS = ("OMP_NUM_THREADS", "MKL_NUM_THREADS", "OPENBLAS_NUM_THREADS", "TF_NUM_INTRAOP_THREADS",
-             "XLA_PYTHON_CLIENT_PREALLOCATE", "XLA_PYTHON_CLIENT_MEM_FRACTION", "XLA_FLAGS",
-             "TF_FORCE_GPU_ALLOW_GROWTH", "TF_XLA_FLAGS", "PYTORCH_CUDA_ALLOC_CONF", "CUDA_VISIBLE_DEVICES",
-             "TORCHINDUCTOR_CACHE_DIR", "JAX_COMPILATION_CACHE_DIR", "OPENBLAS_CORETYPE")
+ENV_FLAGS = (
+    "OMP_NUM_THREADS",
+    "MKL_NUM_THREADS",
+    "OPENBLAS_NUM_THREADS",
+    "TF_NUM_INTRAOP_THREADS",
+    "XLA_PYTHON_CLIENT_PREALLOCATE",
+    "XLA_PYTHON_CLIENT_MEM_FRACTION",
+    "XLA_FLAGS",
+    "TF_FORCE_GPU_ALLOW_GROWTH",
+    "TF_XLA_FLAGS",
+    "PYTORCH_CUDA_ALLOC_CONF",
+    "CUDA_VISIBLE_DEVICES",
+    "TORCHINDUCTOR_CACHE_DIR",
+    "JAX_COMPILATION_CACHE_DIR",
+    "OPENBLAS_CORETYPE",
+)
 
 
 def cpu_model() -> str:
@@ -48,8 +60,13 @@ def gpus() -> list[dict[str, Any]]:
     for i in range(pynvml.nvmlDeviceGetCount()):
         h = pynvml.nvmlDeviceGetHandleByIndex(i)
         name = pynvml.nvmlDeviceGetName(h)
-        out.append({"index": i, "name": name.decode() if isinstance(name, bytes) else name,
-                    "memory_total_bytes": pynvml.nvmlDeviceGetMemoryInfo(h).total})
+        out.append(
+            {
+                "index": i,
+                "name": name.decode() if isinstance(name, bytes) else name,
+                "memory_total_bytes": pynvml.nvmlDeviceGetMemoryInfo(h).total,
+            }
+        )
     return out
 
 

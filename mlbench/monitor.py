@@ -34,7 +34,7 @@ class NVML:
                         raise RuntimeError("nvidia-ml-py is not installed")
                     pynvml.nvmlInit()
                     cls._state = True
-                except Exception as exc:  # noqa: BLE001 - NVMLError_LibraryNotFound and friends
+                except Exception as exc:
                     cls._state, cls.error = False, str(exc) or type(exc).__name__
             return cls._state
 
@@ -60,7 +60,7 @@ class _GpuSampler:
     def _energy_mj(h: Any) -> int | None:
         try:
             return pynvml.nvmlDeviceGetTotalEnergyConsumption(h)  # millijoules since driver load (Volta+)
-        except Exception:  # noqa: BLE001 - not supported on this GPU
+        except Exception:
             return None
 
     def sample(self) -> None:
@@ -70,12 +70,12 @@ class _GpuSampler:
             mem += pynvml.nvmlDeviceGetMemoryInfo(h).used
             try:
                 power += pynvml.nvmlDeviceGetPowerUsage(h) / 1000.0
-            except Exception:  # noqa: BLE001
+            except Exception:
                 pass
             try:
                 self.sm_clock_max = max(self.sm_clock_max, pynvml.nvmlDeviceGetClockInfo(h, pynvml.NVML_CLOCK_SM))
                 self.throttle |= pynvml.nvmlDeviceGetCurrentClocksThrottleReasons(h)
-            except Exception:  # noqa: BLE001
+            except Exception:
                 pass
         self.util.append(util / len(self.handles))
         self.mem.append(mem)
@@ -116,7 +116,7 @@ class Monitor:
             if NVML.available():
                 try:
                     self.gpu = _GpuSampler(indices)
-                except Exception as exc:  # noqa: BLE001
+                except Exception as exc:
                     self.gpu_error = str(exc)
             else:
                 self.gpu_error = NVML.error
@@ -152,7 +152,7 @@ class Monitor:
         if self.gpu is not None:
             try:
                 self.gpu.sample()
-            except Exception as exc:  # noqa: BLE001
+            except Exception as exc:
                 self.gpu_error = str(exc)
 
     def _loop(self) -> None:
@@ -176,9 +176,16 @@ class Monitor:
             "cpu_util_peak_pct": max(self.cpu[1:]) if n > 1 else None,
         }
         gpu = self.gpu.summary() if self.gpu is not None else {}
-        for key in ("gpu_utilization_pct", "gpu_utilization_peak_pct", "gpu_memory_used_peak_bytes",
-                    "gpu_memory_used_avg_bytes", "gpu_power_avg_w", "gpu_energy_j", "gpu_sm_clock_max_mhz",
-                    "gpu_throttle_reasons"):
+        for key in (
+            "gpu_utilization_pct",
+            "gpu_utilization_peak_pct",
+            "gpu_memory_used_peak_bytes",
+            "gpu_memory_used_avg_bytes",
+            "gpu_power_avg_w",
+            "gpu_energy_j",
+            "gpu_sm_clock_max_mhz",
+            "gpu_throttle_reasons",
+        ):
             out[key] = gpu.get(key)
         out["gpu_monitor_error"] = self.gpu_error
         return out

@@ -10,6 +10,8 @@ from dataclasses import dataclass, field
 from pathlib import Path
 from typing import Any
 
+import psutil
+
 from mlbench import environment, report, rows, runner, store
 from mlbench.cells import Cell, expand
 from mlbench.config import Suite, parse_suite
@@ -45,7 +47,31 @@ def _skip_outcome(reason: str) -> runner.Outcome:
     return runner.Outcome(status="skipped", reason=reason, exit_code=None, duration_s=0.0, started_at=time.time())
 
 
-def cells_to_run(suite: Suite, cells: list[Cell], run_dir: Path, resume: bool, retry_failed: bool) -> tuple[list[Cell], int]:
+def _reap_stale_workers(run_dir: Path) -> list[int]:
+    """Kill the process groups of workers that an orchestrator killed earlier left behind."""
+    journal, reaped = run_dir / JOURNAL, []
+    if not journal.is_file():
+        return reaped
+    for line in journal.read_text(encoding="utf-8", errors="replace").splitlines():
+        try:
+            entry = json.loads(line)
+        except ValueError:
+            continue  # a line torn by a kill
+        if entry.get("action") != "cell_start":
+            continue
+        try:
+            cmdline = psutil.Process(entry["pid"]).cmdline()
+        except (psutil.Error, KeyError, TypeError):
+            continue
+        if any(entry.get("cell_id", "?") in arg for arg in cmdline) and "--cell" in cmdline:
+            runner.kill_group(entry["pid"])
+            reaped.append(entry["pid"])
+    return reaped
+
+
+def cells_to_run(
+    suite: Suite, cells: list[Cell], run_dir: Path, resume: bool, retry_failed: bool
+) -> tuple[list[Cell], int]:
     """The cells this invocation runs, and how many it leaves because they are stored already."""
     if not resume:
         return cells, 0
@@ -54,9 +80,15 @@ def cells_to_run(suite: Suite, cells: list[Cell], run_dir: Path, resume: bool, r
     return todo, len(cells) - len(todo)
 
 
-def run_suite(suite: Suite, *, resume: bool = False, retry_failed: bool = False,
-              only: dict[str, list[Any]] | None = None, runs_root: Path = Path("runs"),
-              tty: bool | None = None) -> RunSummary:
+def run_suite(
+    suite: Suite,
+    *,
+    resume: bool = False,
+    retry_failed: bool = False,
+    only: dict[str, list[Any]] | None = None,
+    runs_root: Path = Path("runs"),
+    tty: bool | None = None,
+) -> RunSummary:
     """Run a suite's cells; raises runner.Interrupted (after storing what finished) on Ctrl-C/SIGTERM."""
     run_dir = runs_root / suite.name
     cells = expand(suite, only)
@@ -65,6 +97,9 @@ def run_suite(suite: Suite, *, resume: bool = False, retry_failed: bool = False,
         env = environment.capture()
         store.atomic_write(run_dir / SUITE_FILE, lambda p: p.write_text(suite.model_dump_json(indent=1)))
         store.atomic_write(run_dir / ENV_FILE, lambda p: p.write_text(json.dumps(env, indent=1, default=str)))
+        _reap_stale_workers(run_dir)
+        for torn in store.cells_dir(run_dir).glob(".*.tmp"):  # a kill mid-write; never read as a cell
+            torn.unlink(missing_ok=True)
         todo, already = cells_to_run(suite, cells, run_dir, resume, retry_failed)
         summary = RunSummary(run_dir, already_stored=already)
         _journal(run_dir, action="start", cells=len(cells), to_run=len(todo), resume=resume)
@@ -77,20 +112,39 @@ def run_suite(suite: Suite, *, resume: bool = False, retry_failed: bool = False,
                 else:
                     try:
                         outcome = runner.run_cell(
-                            cell, run_dir, module=module, timeout_s=suite.timeout_s,
-                            idle_timeout_s=suite.idle_timeout_s, threads=suite.threads,
-                            monitor_interval_s=suite.monitor_interval_s, on_event=progress.on_event)
+                            cell,
+                            run_dir,
+                            module=module,
+                            timeout_s=suite.timeout_s,
+                            idle_timeout_s=suite.idle_timeout_s,
+                            threads=suite.threads,
+                            monitor_interval_s=suite.monitor_interval_s,
+                            on_event=progress.on_event,
+                            on_start=lambda pid, c=cell: _journal(
+                                run_dir, action="cell_start", cell_id=c.cell_id, pid=pid
+                            ),
+                        )
                     except runner.Interrupted:
                         summary.interrupted_cell = cell.cell_id
                         _journal(run_dir, action="interrupted", cell_id=cell.cell_id, cell=cell.label)
                         raise
-                flags = {k: v for k, v in runner.worker_env(cell, suite.threads, run_dir / "cache").items()
-                         if k in environment.ENV_FLAGS}
+                flags = {
+                    k: v
+                    for k, v in runner.worker_env(cell, suite.threads, run_dir / "cache").items()
+                    if k in environment.ENV_FLAGS
+                }
                 row = rows.build(cell, suite.name, outcome, env, flags)
                 store.write_cell(run_dir, row)
                 summary.counts[outcome.status] = summary.counts.get(outcome.status, 0) + 1
-                _journal(run_dir, action="cell", cell_id=cell.cell_id, cell=cell.label, status=outcome.status,
-                         reason=outcome.reason, duration_s=round(outcome.duration_s, 3))
+                _journal(
+                    run_dir,
+                    action="cell",
+                    cell_id=cell.cell_id,
+                    cell=cell.label,
+                    status=outcome.status,
+                    reason=outcome.reason,
+                    duration_s=round(outcome.duration_s, 3),
+                )
                 progress.finish_cell(cell, outcome.status, outcome.duration_s, outcome.reason)
         rebuild(run_dir)
     return summary
@@ -108,5 +162,5 @@ def rebuild(run_dir: Path) -> list[Path]:
     env_path = run_dir / ENV_FILE
     env = json.loads(env_path.read_text()) if env_path.is_file() else {}
     written = store.write_exports(run_dir, table)
-    written.append(report.write(run_dir, table.to_pylist(), suite_data, env))
+    written.append(report.write(run_dir, table.to_pylist(), suite_data, env, grid_size=len(grid)))
     return written

@@ -19,7 +19,7 @@ PLAIN_EVERY_S = 30.0
 def fmt_duration(seconds: float | None) -> str:
     if seconds is None:
         return "?"
-    seconds = int(round(seconds))
+    seconds = round(seconds)
     h, rem = divmod(seconds, 3600)
     m, s = divmod(rem, 60)
     return f"{h}h{m:02d}m" if h else (f"{m}m{s:02d}s" if m else f"{s}s")
@@ -42,7 +42,9 @@ class Eta:
             return sum(same) / len(same)
         return sum(self.all) / len(self.all) if self.all else None
 
-    def remaining(self, pending: list[Cell], current: Cell | None, current_elapsed: float, fraction: float) -> float | None:
+    def remaining(
+        self, pending: list[Cell], current: Cell | None, current_elapsed: float, fraction: float
+    ) -> float | None:
         if not self.all:
             return None
         total = sum(self.estimate(c) or 0.0 for c in pending)
@@ -73,9 +75,17 @@ class RunProgress:
 
     def __enter__(self) -> RunProgress:
         if self.tty:
-            self.bar = Progress(SpinnerColumn(), TextColumn("{task.description}"), BarColumn(), MofNCompleteColumn(),
-                                TextColumn("{task.fields[counts]}"), TimeElapsedColumn(),
-                                TextColumn("ETA {task.fields[eta]}"), console=self.console, transient=False)
+            self.bar = Progress(
+                SpinnerColumn(),
+                TextColumn("{task.description}"),
+                BarColumn(),
+                MofNCompleteColumn(),
+                TextColumn("{task.fields[counts]}"),
+                TimeElapsedColumn(),
+                TextColumn("ETA {task.fields[eta]}"),
+                console=self.console,
+                transient=False,
+            )
             self.bar.start()
             self.task = self.bar.add_task("starting", total=self.total, counts="", eta="?")
         return self
@@ -94,9 +104,13 @@ class RunProgress:
     def _refresh(self) -> None:
         if self.bar is not None:
             done = self.total - len(self.pending) - (1 if self.current else 0)
-            self.bar.update(self.task, completed=done + self.fraction, counts=self._counts(),
-                            eta=fmt_duration(self._eta()),
-                            description=self.current.label if self.current else "done")
+            self.bar.update(
+                self.task,
+                completed=done + self.fraction,
+                counts=self._counts(),
+                eta=fmt_duration(self._eta()),
+                description=self.current.label if self.current else "done",
+            )
 
     def start_cell(self, cell: Cell) -> None:
         self.pending.remove(cell)
@@ -109,8 +123,12 @@ class RunProgress:
             self._refresh()
             if not self.tty and time.monotonic() - self.last_plain >= PLAIN_EVERY_S and self.current:
                 self.last_plain = time.monotonic()
-                print(f"  ... {self.current.label}: step {event['step']}/{event['total_steps']}, "
-                      f"ETA {fmt_duration(self._eta())}", file=self.stream, flush=True)
+                print(
+                    f"  ... {self.current.label}: step {event['step']}/{event['total_steps']}, "
+                    f"ETA {fmt_duration(self._eta())}",
+                    file=self.stream,
+                    flush=True,
+                )
 
     def finish_cell(self, cell: Cell, status: str, duration_s: float, reason: str) -> None:
         self.counts[status] += 1
@@ -121,7 +139,9 @@ class RunProgress:
         line = f"[{done}/{self.total}] {cell.label}: {status} in {fmt_duration(duration_s)}{why}; ETA {fmt_duration(self._eta())}"
         if self.bar is not None:
             style = {"ok": "green", "skipped": "yellow"}.get(status, "red")
-            self.console.print(f"[{style}]{status:>7}[/] {escape(cell.label)} ({fmt_duration(duration_s)}){escape(why)}", markup=True)
+            self.console.print(
+                f"[{style}]{status:>7}[/] {escape(cell.label)} ({fmt_duration(duration_s)}){escape(why)}", markup=True
+            )
         else:
             print(line, file=self.stream, flush=True)
             self.last_plain = time.monotonic()

@@ -12,10 +12,24 @@ _NUM = (int, float, type(None))  # figures may be null: missing, never invented
 REQUIRED: dict[str, dict[str, tuple[type, ...]]] = {
     "hello": {"protocol": (int,), "framework": (str,), "pid": (int,)},
     "model": {"num_parameters": (int,), "size_on_disk_bytes": (int,)},
-    "epoch": {"epoch": (int,), "train_loss": _NUM, "train_accuracy": _NUM, "val_loss": _NUM,
-              "val_accuracy": _NUM, "train_s": _NUM, "samples": (int,)},
+    "epoch": {
+        "epoch": (int,),
+        "train_loss": _NUM,
+        "train_accuracy": _NUM,
+        "val_loss": _NUM,
+        "val_accuracy": _NUM,
+        "train_s": _NUM,
+        "samples": (int,),
+    },
     "steps": {"step_s": (list,), "warmup_s": (list,)},
-    "inference": {"batch_size": (int,), "runs": (int,), "mean_ms": _NUM, "p50_ms": _NUM, "p95_ms": _NUM, "p99_ms": _NUM},
+    "inference": {
+        "batch_size": (int,),
+        "runs": (int,),
+        "mean_ms": _NUM,
+        "p50_ms": _NUM,
+        "p95_ms": _NUM,
+        "p99_ms": _NUM,
+    },
     "memory": {},
     "result": {},
     "error": {"kind": (str,), "message": (str,)},
@@ -45,7 +59,7 @@ def parse_line(line: str) -> dict[str, Any]:
     for key, types in REQUIRED[kind].items():
         if key not in obj:
             raise ProtocolError(f"{kind} event without `{key}`")
-        if not isinstance(obj[key], types) or isinstance(obj[key], bool) and bool not in types:
+        if not isinstance(obj[key], types) or (isinstance(obj[key], bool) and bool not in types):
             raise ProtocolError(f"{kind} event: `{key}` has type {type(obj[key]).__name__}")
     if kind == "error" and obj["kind"] not in ERROR_KINDS:
         raise ProtocolError(f"error event of unknown kind {obj['kind']!r}")

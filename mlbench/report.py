@@ -39,11 +39,21 @@ def throughput_chart(rows: list[dict[str, Any]]) -> str:
         rs = [r for r in ok if r["framework"] == fw]
         x = [f"{r['model_name']} {r['device']} {r['precision']} bs{r['batch_size']}" for r in rs]
         y = [r["samples_per_second"] for r in rs]
-        hi = [(r["samples_per_second_ci_high"] - r["samples_per_second"]) if r["samples_per_second_ci_high"] else 0 for r in rs]
-        lo = [(r["samples_per_second"] - r["samples_per_second_ci_low"]) if r["samples_per_second_ci_low"] else 0 for r in rs]
+        hi = [
+            (r["samples_per_second_ci_high"] - r["samples_per_second"]) if r["samples_per_second_ci_high"] else 0
+            for r in rs
+        ]
+        lo = [
+            (r["samples_per_second"] - r["samples_per_second_ci_low"]) if r["samples_per_second_ci_low"] else 0
+            for r in rs
+        ]
         fig.add_bar(name=fw, x=x, y=y, error_y=dict(type="data", symmetric=False, array=hi, arrayminus=lo))
-    fig.update_layout(title="Training throughput (samples/s, 95% CI of the median step)", barmode="group",
-                      yaxis_title="samples/s", yaxis_type="log")
+    fig.update_layout(
+        title="Training throughput (samples/s, 95% CI of the median step)",
+        barmode="group",
+        yaxis_title="samples/s",
+        yaxis_type="log",
+    )
     return _figure_html(fig)
 
 
@@ -53,19 +63,35 @@ def latency_chart(rows: list[dict[str, Any]]) -> str:
         return "<p class='empty'>No inference latency to show: no cell finished ok.</p>"
     fig = go.Figure()
     for q in ("p50", "p95", "p99"):
-        fig.add_bar(name=q, x=[f"{r['framework']} {r['model_name']} bs{r['batch_size']} {r['precision']}" for r in ok],
-                    y=[r[f"inference_latency_{q}_ms"] for r in ok])
+        fig.add_bar(
+            name=q,
+            x=[f"{r['framework']} {r['model_name']} bs{r['batch_size']} {r['precision']}" for r in ok],
+            y=[r[f"inference_latency_{q}_ms"] for r in ok],
+        )
     fig.update_layout(title="Inference latency (ms)", barmode="group", yaxis_title="ms", yaxis_type="log")
     return _figure_html(fig)
 
 
 def cells_table(rows: list[dict[str, Any]]) -> str:
-    cols = [("status", "status"), ("reason", "reason"), ("framework", "framework"), ("model_name", "model"),
-            ("device", "device"), ("precision", "precision"), ("batch_size", "batch"),
-            ("samples_per_second", "samples/s"), ("step_time_cv", "step CV"), ("total_train_time", "train s"),
-            ("final_val_accuracy", "val acc"), ("inference_latency_p50_ms", "p50 ms"),
-            ("inference_latency_p99_ms", "p99 ms"), ("peak_memory_mb", "peak MiB"), ("num_parameters", "params"),
-            ("model_size_mb", "disk MiB"), ("cell_id", "cell")]
+    cols = [
+        ("status", "status"),
+        ("reason", "reason"),
+        ("framework", "framework"),
+        ("model_name", "model"),
+        ("device", "device"),
+        ("precision", "precision"),
+        ("batch_size", "batch"),
+        ("samples_per_second", "samples/s"),
+        ("step_time_cv", "step CV"),
+        ("total_train_time", "train s"),
+        ("final_val_accuracy", "val acc"),
+        ("inference_latency_p50_ms", "p50 ms"),
+        ("inference_latency_p99_ms", "p99 ms"),
+        ("peak_memory_mb", "peak MiB"),
+        ("num_parameters", "params"),
+        ("model_size_mb", "disk MiB"),
+        ("cell_id", "cell"),
+    ]
     ordered = sorted(rows, key=lambda r: (STATUS_ORDER.get(r["status"], 9), r["model_name"], r["framework"]))
     head = "".join(f"<th>{_esc(label)}</th>" for _, label in cols)
     body = []
@@ -89,21 +115,29 @@ th{background:#f5f5f5}.st-ok{color:#17803d}.st-failed,.st-crashed,.st-oom,.st-ti
 """
 
 
-def build_html(rows: list[dict[str, Any]], suite: dict[str, Any], env: dict[str, Any]) -> str:
+def build_html(
+    rows: list[dict[str, Any]], suite: dict[str, Any], env: dict[str, Any], grid_size: int | None = None
+) -> str:
     """The whole report as one HTML string; every piece of text from configs and workers is escaped."""
     counts: dict[str, int] = {}
     for r in rows:
         counts[r["status"]] = counts.get(r["status"], 0) + 1
     summary = ", ".join(f"{v} {_esc(k)}" for k, v in sorted(counts.items())) or "no cells stored"
     noisy = [r for r in rows if r.get("noisy")]
-    warn = (f"<p>⚠ {len(noisy)} cell(s) have a step-time coefficient of variation above 10%: "
-            "their throughput is too noisy to rank on.</p>") if noisy else ""
+    warn = (
+        (
+            f"<p>⚠ {len(noisy)} cell(s) have a step-time coefficient of variation above 10%: "
+            "their throughput is too noisy to rank on.</p>"
+        )
+        if noisy
+        else ""
+    )
     return f"""<!DOCTYPE html>
-<html lang="en"><head><meta charset="utf-8"><title>mlbench report: {_esc(suite.get('name'))}</title>
+<html lang="en"><head><meta charset="utf-8"><title>mlbench report: {_esc(suite.get("name"))}</title>
 <style>{CSS}</style><script type="text/javascript">{get_plotlyjs()}</script></head>
 <body>
-<h1>mlbench: {_esc(suite.get('name'))}</h1>
-<p class="sub">{len(rows)} cells: {summary}</p>{warn}
+<h1>mlbench: {_esc(suite.get("name"))}</h1>
+<p class="sub">{len(rows)} of the grid's {grid_size if grid_size is not None else len(rows)} cells stored: {summary}</p>{warn}
 <h2>Training throughput</h2>{throughput_chart(rows)}
 <h2>Inference latency</h2>{latency_chart(rows)}
 <h2>Cells</h2>{cells_table(rows)}
@@ -113,9 +147,11 @@ def build_html(rows: list[dict[str, Any]], suite: dict[str, Any], env: dict[str,
 """
 
 
-def write(run_dir: Path, rows: list[dict[str, Any]], suite: dict[str, Any], env: dict[str, Any]) -> Path:
+def write(
+    run_dir: Path, rows: list[dict[str, Any]], suite: dict[str, Any], env: dict[str, Any], grid_size: int | None = None
+) -> Path:
     from mlbench.store import atomic_write
 
     path = run_dir / "report.html"
-    atomic_write(path, lambda p: p.write_text(build_html(rows, suite, env), encoding="utf-8"))
+    atomic_write(path, lambda p: p.write_text(build_html(rows, suite, env, grid_size), encoding="utf-8"))
     return path

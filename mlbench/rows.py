@@ -26,7 +26,9 @@ def _throughput(batch_size: int, step_s: float | None) -> float | None:
     return batch_size / step_s if step_s else None
 
 
-def build(cell: Cell, run_name: str, outcome: Outcome, env: dict[str, Any], env_flags: dict[str, str]) -> dict[str, Any]:
+def build(
+    cell: Cell, run_name: str, outcome: Outcome, env: dict[str, Any], env_flags: dict[str, str]
+) -> dict[str, Any]:
     """The cell's row: every schema column present, null where nothing was measured."""
     ev = outcome.events
     spec = cell.spec_dict()
@@ -43,8 +45,9 @@ def build(cell: Cell, run_name: str, outcome: Outcome, env: dict[str, Any], env_
     if on_gpu:
         peak = memory.get("device_peak_bytes") or mon.get("gpu_memory_used_peak_bytes")
         avg = mon.get("gpu_memory_used_avg_bytes")
-        source = ("peak: framework allocator peak" if memory.get("device_peak_bytes") else "peak: NVML device memory in use") \
-            + "; avg: NVML device memory in use"
+        source = (
+            "peak: framework allocator peak" if memory.get("device_peak_bytes") else "peak: NVML device memory in use"
+        ) + "; avg: NVML device memory in use"
     else:
         candidates = [v for v in (mon.get("host_rss_peak_bytes"), worker_rss) if v is not None]
         peak = max(candidates) if candidates else None
@@ -52,55 +55,94 @@ def build(cell: Cell, run_name: str, outcome: Outcome, env: dict[str, Any], env_
         source = "peak and avg: host RSS of the worker's process tree"
     window_s, window_samples = steps.get("window_s"), steps.get("window_samples")
     row: dict[str, Any] = {
-        "cell_id": cell.cell_id, "run_name": run_name, "framework": cell.framework, "model_name": cell.model,
-        "device": cell.device, "precision": cell.precision, "batch_size": cell.batch_size,
-        "epochs": spec["epochs"], "seed": spec["seed"], "dataset": spec["dataset"]["name"],
-        "train_samples": model.get("train_samples"), "val_samples": model.get("val_samples"),
-        "compile": spec["compile"], "worker_module": spec["worker"], "spec_json": cell.spec,
-        "status": outcome.status, "reason": outcome.reason, "exit_code": outcome.exit_code,
+        "cell_id": cell.cell_id,
+        "run_name": run_name,
+        "framework": cell.framework,
+        "model_name": cell.model,
+        "device": cell.device,
+        "precision": cell.precision,
+        "batch_size": cell.batch_size,
+        "epochs": spec["epochs"],
+        "seed": spec["seed"],
+        "dataset": spec["dataset"]["name"],
+        "train_samples": model.get("train_samples"),
+        "val_samples": model.get("val_samples"),
+        "compile": spec["compile"],
+        "worker_module": spec["worker"],
+        "spec_json": cell.spec,
+        "status": outcome.status,
+        "reason": outcome.reason,
+        "exit_code": outcome.exit_code,
         "duration_s": outcome.duration_s,
         "started_at": datetime.fromtimestamp(outcome.started_at, timezone.utc).isoformat(timespec="seconds"),
-        "stderr_tail": outcome.stderr_tail, "log_lines": json.dumps(outcome.logs) if outcome.logs else None,
-        "num_parameters": model.get("num_parameters"), "parameter_bytes": model.get("parameter_bytes"),
-        "model_size_mb": _mb(model.get("size_on_disk_bytes")), "model_save_s": model.get("save_s"),
+        "stderr_tail": outcome.stderr_tail,
+        "log_lines": json.dumps(outcome.logs) if outcome.logs else None,
+        "num_parameters": model.get("num_parameters"),
+        "parameter_bytes": model.get("parameter_bytes"),
+        "model_size_mb": _mb(model.get("size_on_disk_bytes")),
+        "model_save_s": model.get("save_s"),
         "train_time_per_epoch": (sum(e["train_s"] for e in epochs) / len(epochs)) if epochs else None,
         "total_train_time": sum(e["train_s"] for e in epochs) if epochs else None,
         "samples_per_second": (window_samples / window_s) if (ok and window_s) else None,
         "samples_per_second_ci_low": _throughput(cell.batch_size, st["ci_high"]),
         "samples_per_second_ci_high": _throughput(cell.batch_size, st["ci_low"]),
-        "step_time_median_s": st["median"], "step_time_mean_s": st["mean"], "step_time_min_s": st["min"],
-        "step_time_max_s": st["max"], "step_time_cv": st["cv"], "step_time_outliers": st["outliers"] if step_s else None,
-        "steps_timed": len(step_s) if steps else None, "noisy": st["noisy"],
-        "first_step_s": (warm or step_s or [None])[0], "warmup_time_s": sum(warm) if warm else None,
+        "step_time_median_s": st["median"],
+        "step_time_mean_s": st["mean"],
+        "step_time_min_s": st["min"],
+        "step_time_max_s": st["max"],
+        "step_time_cv": st["cv"],
+        "step_time_outliers": st["outliers"] if step_s else None,
+        "steps_timed": len(step_s) if steps else None,
+        "noisy": st["noisy"],
+        "first_step_s": (warm or step_s or [None])[0],
+        "warmup_time_s": sum(warm) if warm else None,
         "data_wait_s": sum(e.get("data_wait_s") or 0.0 for e in epochs) if epochs else None,
         "final_train_loss": epochs[-1]["train_loss"] if epochs else None,
         "final_train_accuracy": result.get("final_train_accuracy", epochs[-1]["train_accuracy"] if epochs else None),
         "final_val_loss": epochs[-1]["val_loss"] if epochs else None,
         "final_val_accuracy": result.get("final_val_accuracy", epochs[-1]["val_accuracy"] if epochs else None),
-        "inference_batch_size": inference.get("batch_size"), "inference_runs": inference.get("runs"),
-        "inference_latency_mean_ms": inference.get("mean_ms"), "inference_latency_p50_ms": inference.get("p50_ms"),
-        "inference_latency_p95_ms": inference.get("p95_ms"), "inference_latency_p99_ms": inference.get("p99_ms"),
-        "peak_memory_mb": _mb(peak), "avg_memory_mb": _mb(avg), "memory_source": source if (peak or avg) else None,
-        "host_rss_peak_mb": _mb(mon.get("host_rss_peak_bytes")), "host_rss_avg_mb": _mb(mon.get("host_rss_avg_bytes")),
-        "worker_max_rss_mb": _mb(worker_rss), "device_peak_allocated_mb": _mb(memory.get("device_peak_bytes")),
+        "inference_batch_size": inference.get("batch_size"),
+        "inference_runs": inference.get("runs"),
+        "inference_latency_mean_ms": inference.get("mean_ms"),
+        "inference_latency_p50_ms": inference.get("p50_ms"),
+        "inference_latency_p95_ms": inference.get("p95_ms"),
+        "inference_latency_p99_ms": inference.get("p99_ms"),
+        "peak_memory_mb": _mb(peak),
+        "avg_memory_mb": _mb(avg),
+        "memory_source": source if (peak or avg) else None,
+        "host_rss_peak_mb": _mb(mon.get("host_rss_peak_bytes")),
+        "host_rss_avg_mb": _mb(mon.get("host_rss_avg_bytes")),
+        "worker_max_rss_mb": _mb(worker_rss),
+        "device_peak_allocated_mb": _mb(memory.get("device_peak_bytes")),
         "cpu_util_avg_pct": mon.get("cpu_util_avg_pct"),
-        "gpu_utilization_pct": mon.get("gpu_utilization_pct"), "gpu_utilization_peak_pct": mon.get("gpu_utilization_peak_pct"),
+        "gpu_utilization_pct": mon.get("gpu_utilization_pct"),
+        "gpu_utilization_peak_pct": mon.get("gpu_utilization_peak_pct"),
         "gpu_memory_used_peak_mb": _mb(mon.get("gpu_memory_used_peak_bytes")),
         "gpu_memory_used_avg_mb": _mb(mon.get("gpu_memory_used_avg_bytes")),
-        "gpu_power_avg_w": mon.get("gpu_power_avg_w"), "gpu_energy_j": mon.get("gpu_energy_j"),
+        "gpu_power_avg_w": mon.get("gpu_power_avg_w"),
+        "gpu_energy_j": mon.get("gpu_energy_j"),
         "monitor_samples": mon.get("monitor_samples"),
-        "framework_version": hello.get("framework_version"), "cuda_version": hello.get("cuda_version"),
+        "framework_version": hello.get("framework_version"),
+        "cuda_version": hello.get("cuda_version"),
         "cudnn_version": None if hello.get("cudnn_version") is None else str(hello.get("cudnn_version")),
         "devices_seen": json.dumps(hello["devices"]) if "devices" in hello else None,
         "threads_json": json.dumps(hello["threads"]) if "threads" in hello else None,
-        "precision_mode": hello.get("precision_mode"), "compiler": hello.get("compiler"),
-        "python_version": env["python_version"], "os": env["os"], "cpu_model": env["cpu_model"],
-        "cpu_count_logical": env["cpu_count_logical"], "cpu_count_physical": env["cpu_count_physical"],
-        "memory_total_gb": env["memory_total_gb"], "gpu_model": environment.gpu_model(env, cell.device),
-        "gpu_driver": env.get("gpu_driver"), "hostname": env["hostname"], "env_flags": json.dumps(env_flags),
+        "precision_mode": hello.get("precision_mode"),
+        "compiler": hello.get("compiler"),
+        "python_version": env["python_version"],
+        "os": env["os"],
+        "cpu_model": env["cpu_model"],
+        "cpu_count_logical": env["cpu_count_logical"],
+        "cpu_count_physical": env["cpu_count_physical"],
+        "memory_total_gb": env["memory_total_gb"],
+        "gpu_model": environment.gpu_model(env, cell.device),
+        "gpu_driver": env.get("gpu_driver"),
+        "hostname": env["hostname"],
+        "env_flags": json.dumps(env_flags),
         "mlbench_version": env["mlbench_version"],
         "epochs_detail": [{k: e.get(k) for k in schema.EPOCH.names} for e in epochs],
-        "step_times_s": step_s, "warmup_times_s": warm,
+        "step_times_s": step_s,
+        "warmup_times_s": warm,
         "inference_times_ms": [float(x) for x in inference.get("times_ms", [])],
     }
     missing = set(schema.FLAT + schema.NESTED) ^ set(row)

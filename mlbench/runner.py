@@ -15,9 +15,10 @@ import subprocess
 import sys
 import threading
 import time
+from collections.abc import Callable
 from dataclasses import dataclass, field
 from pathlib import Path
-from typing import Any, Callable
+from typing import Any
 
 from mlbench import protocol
 from mlbench.cells import Cell
@@ -90,11 +91,30 @@ def _cgroup_oom_kills() -> int | None:
     return None
 
 
+def _die_with_parent() -> None:  # pragma: no cover - runs in the child between fork and exec
+    """Linux: the kernel SIGKILLs the worker if the orchestrator dies (even by SIGKILL)."""
+    if _LIBC is not None:
+        _LIBC.prctl(1, signal.SIGKILL)  # PR_SET_PDEATHSIG
+
+
+try:
+    import ctypes
+
+    _LIBC = ctypes.CDLL("libc.so.6", use_errno=True) if sys.platform.startswith("linux") else None
+except OSError:  # pragma: no cover
+    _LIBC = None
+
+
 def _signal_group(pgid: int, sig: int) -> None:
     try:
         os.killpg(pgid, sig)
     except (ProcessLookupError, PermissionError):
         pass
+
+
+def kill_group(pgid: int) -> None:
+    """SIGKILL a whole process group (a worker started by this module leads its own)."""
+    _signal_group(pgid, signal.SIGKILL)
 
 
 def _terminate(proc: subprocess.Popen[bytes], dump: bool) -> None:
@@ -140,8 +160,14 @@ def _wait_exit(proc: subprocess.Popen[bytes], q: queue.Queue[tuple[str, Any]]) -
     q.put(("exit", proc.wait()))
 
 
-def classify(exit_code: int | None, events: list[dict[str, Any]], killed_for: str | None,
-             oom_kills: int, stderr_tail: str, limits: tuple[float, float]) -> tuple[str, str]:
+def classify(
+    exit_code: int | None,
+    events: list[dict[str, Any]],
+    killed_for: str | None,
+    oom_kills: int,
+    stderr_tail: str,
+    limits: tuple[float, float],
+) -> tuple[str, str]:
     """(status, one-line reason) from how the worker ended."""
     last_line = next((ln.strip() for ln in reversed(stderr_tail.splitlines()) if ln.strip()), "")
     last_line = f": {last_line[:300]}" if last_line else ""
@@ -169,10 +195,19 @@ def classify(exit_code: int | None, events: list[dict[str, Any]], killed_for: st
     return "crashed", f"exited with status {exit_code} without a result{last_line}"
 
 
-def run_cell(cell: Cell, run_dir: Path, *, module: str, timeout_s: float, idle_timeout_s: float,
-             threads: int | None = None, monitor_interval_s: float = 0.2,
-             on_event: Callable[[dict[str, Any]], None] | None = None,
-             python: str = sys.executable) -> Outcome:
+def run_cell(
+    cell: Cell,
+    run_dir: Path,
+    *,
+    module: str,
+    timeout_s: float,
+    idle_timeout_s: float,
+    threads: int | None = None,
+    monitor_interval_s: float = 0.2,
+    on_event: Callable[[dict[str, Any]], None] | None = None,
+    on_start: Callable[[int], None] | None = None,
+    python: str = sys.executable,
+) -> Outcome:
     """Run one cell to its end, whatever that end is; raises Interrupted on Ctrl-C/SIGTERM."""
     logs_dir, cache_dir = run_dir / "logs", run_dir / "cache"
     logs_dir.mkdir(parents=True, exist_ok=True)
@@ -183,13 +218,24 @@ def run_cell(cell: Cell, run_dir: Path, *, module: str, timeout_s: float, idle_t
     stderr_log = BoundedLog(logs_dir / f"{cell.cell_id}.stderr.log")
     oom_before = _cgroup_oom_kills()
     started_at, t0 = time.time(), time.monotonic()
-    proc = subprocess.Popen(argv, stdin=subprocess.DEVNULL, stdout=subprocess.PIPE, stderr=subprocess.PIPE,
-                            env=worker_env(cell, threads, cache_dir), start_new_session=True)
+    proc = subprocess.Popen(
+        argv,
+        stdin=subprocess.DEVNULL,
+        stdout=subprocess.PIPE,
+        stderr=subprocess.PIPE,
+        env=worker_env(cell, threads, cache_dir),
+        start_new_session=True,
+        preexec_fn=_die_with_parent if _LIBC is not None else None,
+    )
+    if on_start is not None:
+        on_start(proc.pid)
     monitor = Monitor(proc.pid, monitor_interval_s, cell.device).start()
     q: queue.Queue[tuple[str, Any]] = queue.Queue()
-    threads_ = [threading.Thread(target=_read_stdout, args=(proc.stdout, q), daemon=True),
-                threading.Thread(target=_copy_stderr, args=(proc.stderr, stderr_log), daemon=True),
-                threading.Thread(target=_wait_exit, args=(proc, q), daemon=True)]
+    threads_ = [
+        threading.Thread(target=_read_stdout, args=(proc.stdout, q), daemon=True),
+        threading.Thread(target=_copy_stderr, args=(proc.stderr, stderr_log), daemon=True),
+        threading.Thread(target=_wait_exit, args=(proc, q), daemon=True),
+    ]
     for t in threads_:
         t.start()
     events: list[dict[str, Any]] = []
@@ -268,8 +314,23 @@ def run_cell(cell: Cell, run_dir: Path, *, module: str, timeout_s: float, idle_t
     if n_logs > len(logs):
         logs.insert(MAX_KEPT_LOGS // 2, f"[mlbench] {n_logs - len(logs)} log lines cut")
     tail = stderr_log.tail_text()
-    status, reason = classify(exit_code if exit_code is not None else proc.poll(), events, killed_for, oom_kills,
-                              tail, (timeout_s, idle_timeout_s))
-    return Outcome(status=status, reason=reason, exit_code=exit_code, duration_s=time.monotonic() - t0,
-                   events=events, logs=logs, stderr_tail=tail, monitor=monitor_summary, started_at=started_at,
-                   killed_for=killed_for)
+    status, reason = classify(
+        exit_code if exit_code is not None else proc.poll(),
+        events,
+        killed_for,
+        oom_kills,
+        tail,
+        (timeout_s, idle_timeout_s),
+    )
+    return Outcome(
+        status=status,
+        reason=reason,
+        exit_code=exit_code,
+        duration_s=time.monotonic() - t0,
+        events=events,
+        logs=logs,
+        stderr_tail=tail,
+        monitor=monitor_summary,
+        started_at=started_at,
+        killed_for=killed_for,
+    )

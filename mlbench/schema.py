@@ -9,8 +9,20 @@ from __future__ import annotations
 import pyarrow as pa
 
 S, I, F, B = pa.string(), pa.int64(), pa.float64(), pa.bool_()
-EPOCH = pa.struct([("epoch", I), ("train_loss", F), ("train_accuracy", F), ("val_loss", F), ("val_accuracy", F),
-                   ("train_s", F), ("eval_s", F), ("samples", I), ("samples_per_second", F), ("data_wait_s", F)])
+EPOCH = pa.struct(
+    [
+        ("epoch", I),
+        ("train_loss", F),
+        ("train_accuracy", F),
+        ("val_loss", F),
+        ("val_accuracy", F),
+        ("train_s", F),
+        ("eval_s", F),
+        ("samples", I),
+        ("samples_per_second", F),
+        ("data_wait_s", F),
+    ]
+)
 
 # (name, type, meaning). Units are in the names; figures nothing measured are null, never 0.
 COLUMNS: list[tuple[str, pa.DataType, str]] = [
@@ -66,8 +78,12 @@ COLUMNS: list[tuple[str, pa.DataType, str]] = [
     ("inference_latency_p50_ms", F, "median inference latency (ms)"),
     ("inference_latency_p95_ms", F, "95th percentile inference latency (ms)"),
     ("inference_latency_p99_ms", F, "99th percentile inference latency (ms)"),
-    ("peak_memory_mb", F, "peak memory of the cell (MiB): on GPU the framework's peak allocation, on CPU the "
-                          "larger of the sampled process-tree RSS peak and the worker's own maximum RSS"),
+    (
+        "peak_memory_mb",
+        F,
+        "peak memory of the cell (MiB): on GPU the framework's peak allocation, on CPU the "
+        "larger of the sampled process-tree RSS peak and the worker's own maximum RSS",
+    ),
     ("avg_memory_mb", F, "average memory (MiB): on GPU NVML's device memory in use, on CPU the process-tree RSS"),
     ("memory_source", S, "what peak_memory_mb and avg_memory_mb measure for this cell"),
     ("host_rss_peak_mb", F, "peak RSS of the worker's process tree, sampled from outside (MiB)"),
@@ -106,8 +122,7 @@ COLUMNS: list[tuple[str, pa.DataType, str]] = [
     ("inference_times_ms", pa.list_(F), "raw latencies of the timed inference passes"),
 ]
 
-SCHEMA = pa.schema([pa.field(name, typ) for name, typ, _ in COLUMNS],
-                   metadata={b"mlbench_schema": b"1"})
+SCHEMA = pa.schema([pa.field(name, typ) for name, typ, _ in COLUMNS], metadata={b"mlbench_schema": b"1"})
 NESTED = [name for name, typ, _ in COLUMNS if pa.types.is_list(typ)]
 FLAT = [name for name, _, _ in COLUMNS if name not in NESTED]
 

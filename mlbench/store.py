@@ -10,8 +10,9 @@ import errno
 import fcntl
 import json
 import os
+from collections.abc import Iterable
 from pathlib import Path
-from typing import Any, Iterable
+from typing import Any
 
 import pyarrow as pa
 import pyarrow.csv as pacsv
@@ -90,8 +91,9 @@ def read_status(path: Path) -> str | None:
 
 def stored_statuses(run_dir: Path, cell_ids: Iterable[str]) -> dict[str, str | None]:
     """cell_id -> stored status (None: no valid file) for the given cells."""
-    return {cid: (read_status(cell_path(run_dir, cid)) if cell_path(run_dir, cid).exists() else None)
-            for cid in cell_ids}
+    return {
+        cid: (read_status(cell_path(run_dir, cid)) if cell_path(run_dir, cid).exists() else None) for cid in cell_ids
+    }
 
 
 def read_cells(run_dir: Path, cell_ids: Iterable[str] | None = None) -> pa.Table:
@@ -115,8 +117,9 @@ def read_cells(run_dir: Path, cell_ids: Iterable[str] | None = None) -> pa.Table
 def epochs_table(results: pa.Table) -> pa.Table:
     """One row per cell and epoch."""
     rows = []
-    for r in results.select(["cell_id", "framework", "model_name", "device", "precision", "batch_size",
-                             "epochs_detail"]).to_pylist():
+    for r in results.select(
+        ["cell_id", "framework", "model_name", "device", "precision", "batch_size", "epochs_detail"]
+    ).to_pylist():
         for e in r.pop("epochs_detail") or []:
             rows.append({**r, **e})
     return pa.Table.from_pylist(rows) if rows else pa.table({"cell_id": pa.array([], pa.string())})
@@ -126,15 +129,22 @@ def steps_table(results: pa.Table) -> pa.Table:
     """One row per raw sample: training steps (warm-up and timed) and inference passes."""
     cols: dict[str, list[Any]] = {"cell_id": [], "kind": [], "index": [], "seconds": []}
     for r in results.select(["cell_id", "warmup_times_s", "step_times_s", "inference_times_ms"]).to_pylist():
-        for kind, values, scale in (("warmup_step", r["warmup_times_s"], 1.0), ("train_step", r["step_times_s"], 1.0),
-                                    ("inference", r["inference_times_ms"], 1e-3)):
+        for kind, values, scale in (
+            ("warmup_step", r["warmup_times_s"], 1.0),
+            ("train_step", r["step_times_s"], 1.0),
+            ("inference", r["inference_times_ms"], 1e-3),
+        ):
             for i, v in enumerate(values or []):
                 cols["cell_id"].append(r["cell_id"])
                 cols["kind"].append(kind)
                 cols["index"].append(i)
                 cols["seconds"].append(v * scale)
-    return pa.table(cols, schema=pa.schema([("cell_id", pa.string()), ("kind", pa.string()), ("index", pa.int64()),
-                                            ("seconds", pa.float64())]))
+    return pa.table(
+        cols,
+        schema=pa.schema(
+            [("cell_id", pa.string()), ("kind", pa.string()), ("index", pa.int64()), ("seconds", pa.float64())]
+        ),
+    )
 
 
 def write_exports(run_dir: Path, results: pa.Table) -> list[Path]:
@@ -172,8 +182,10 @@ class RunLock:
         except BlockingIOError:
             holder = os.read(fd, 64).decode(errors="replace").strip() or "another process"
             os.close(fd)
-            raise RunLocked(f"{self.path.parent} is in use by another mlbench run (pid {holder}); "
-                            "wait for it to finish or stop it first") from None
+            raise RunLocked(
+                f"{self.path.parent} is in use by another mlbench run (pid {holder}); "
+                "wait for it to finish or stop it first"
+            ) from None
         os.ftruncate(fd, 0)
         os.write(fd, str(os.getpid()).encode())
         self.fd = fd

@@ -12,7 +12,8 @@ import json
 import os
 import signal
 import sys
-from typing import Any, Callable
+from collections.abc import Callable
+from typing import IO, Any
 
 from workers.common import harness
 from workers.common.events import Emitter, protect_stdout
@@ -34,8 +35,10 @@ DEFAULTS: dict[str, Any] = {
 
 def parse(argv: list[str] | None, framework: str) -> dict[str, Any]:
     """Build the cell dict from `--cell JSON` or from individual flags."""
-    p = argparse.ArgumentParser(prog=f"python -m workers.{framework}_worker",
-                                description="Run one benchmark cell and print NDJSON events on stdout.")
+    p = argparse.ArgumentParser(
+        prog=f"python -m workers.{framework}_worker",
+        description="Run one benchmark cell and print NDJSON events on stdout.",
+    )
     p.add_argument("--cell", help="the whole cell as JSON (what the orchestrator passes)")
     p.add_argument("--model", default="mlp")
     p.add_argument("--batch-size", type=int, default=32)
@@ -53,10 +56,20 @@ def parse(argv: list[str] | None, framework: str) -> dict[str, Any]:
     if a.cell:
         cell = {**DEFAULTS, **json.loads(a.cell)}
     else:
-        cell = {**DEFAULTS, "model": a.model, "batch_size": a.batch_size, "device": a.device,
-                "precision": a.precision, "epochs": a.epochs, "seed": a.seed, "warmup_steps": a.warmup_steps,
-                "compile": a.compile, "threads": a.threads, "data_dir": a.data_dir,
-                "dataset": {**DEFAULTS["dataset"], "train_samples": a.train_samples, "val_samples": a.val_samples}}
+        cell = {
+            **DEFAULTS,
+            "model": a.model,
+            "batch_size": a.batch_size,
+            "device": a.device,
+            "precision": a.precision,
+            "epochs": a.epochs,
+            "seed": a.seed,
+            "warmup_steps": a.warmup_steps,
+            "compile": a.compile,
+            "threads": a.threads,
+            "data_dir": a.data_dir,
+            "dataset": {**DEFAULTS["dataset"], "train_samples": a.train_samples, "val_samples": a.val_samples},
+        }
     cell["framework"] = framework
     return cell
 
@@ -71,12 +84,18 @@ def apply_threads(cell: dict[str, Any]) -> None:
     os.environ.setdefault("TF_FORCE_GPU_ALLOW_GROWTH", "true")
 
 
-def main(framework: str, loader: Callable[[dict[str, Any]], harness.Backend], argv: list[str] | None = None) -> int:
-    """Entry point of every worker: protect stdout, then run the cell with the framework's backend."""
-    cell = parse(argv, framework)
+def setup_process() -> IO[str]:
+    """What every worker does first: keep stdout for events, and dump stacks on faults and on SIGUSR1."""
     events = protect_stdout()
     faulthandler.enable(file=sys.stderr, all_threads=True)
     if hasattr(signal, "SIGUSR1"):  # the orchestrator asks for a stack dump before killing a hung worker
         faulthandler.register(signal.SIGUSR1, file=sys.stderr, all_threads=True)
+    return events
+
+
+def main(framework: str, loader: Callable[[dict[str, Any]], harness.Backend], argv: list[str] | None = None) -> int:
+    """Entry point of every worker: protect stdout, then run the cell with the framework's backend."""
+    cell = parse(argv, framework)
+    events = setup_process()
     apply_threads(cell)
     return harness.run(loader, cell, Emitter(cell["cell_id"], events))

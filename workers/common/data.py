@@ -13,9 +13,10 @@ import os
 import pickle
 import shutil
 import tempfile
+from collections.abc import Iterator
 from dataclasses import dataclass
 from pathlib import Path
-from typing import Any, Iterator
+from typing import Any
 
 import numpy as np
 
@@ -69,7 +70,9 @@ def val_batches(ds: Dataset, batch_size: int) -> Iterator[tuple[np.ndarray, np.n
 # --- synthetic data ---------------------------------------------------------------------------
 
 
-def _synthetic(family: str, inp: InputSpec, n: int, rng: np.random.Generator, proto: Any) -> tuple[np.ndarray, np.ndarray]:
+def _synthetic(
+    family: str, inp: InputSpec, n: int, rng: np.random.Generator, proto: Any
+) -> tuple[np.ndarray, np.ndarray]:
     y = rng.integers(0, inp.num_classes, n).astype(np.int32)
     if family == "image":
         # class prototypes (smooth colour patterns) + per-sample noise, brightness and shift
@@ -90,7 +93,9 @@ def _synthetic(family: str, inp: InputSpec, n: int, rng: np.random.Generator, pr
             pos = rng.choice(np.arange(1, seq), 12, replace=False)
             own, other = pos[:7], pos[7:]
             x[i, own] = rng.choice(proto["markers"][y[i]], len(own))
-            x[i, other] = rng.choice(proto["markers"][1 - y[i] if inp.num_classes == 2 else (y[i] + 1) % inp.num_classes], len(other))
+            x[i, other] = rng.choice(
+                proto["markers"][1 - y[i] if inp.num_classes == 2 else (y[i] + 1) % inp.num_classes], len(other)
+            )
         return x, y
     # tabular: Gaussian classes around random centres
     x = proto[y] + rng.normal(0.0, 1.0, (n, *inp.shape)).astype(np.float32)
@@ -123,8 +128,8 @@ def make_synthetic(family: str, inp: InputSpec, train: int, val: int, seed: int)
 class _CifarUnpickler(pickle.Unpickler):
     """Unpickles only what the CIFAR-10 python batches contain: dicts, lists, bytes and arrays."""
 
-    ALLOWED = {("numpy.core.multiarray", "_reconstruct"), ("numpy._core.multiarray", "_reconstruct"),
-               ("numpy", "ndarray"), ("numpy", "dtype")}
+    ALLOWED = {(m, n) for m in ("numpy.core.multiarray", "numpy._core.multiarray") for n in ("_reconstruct", "scalar")}
+    ALLOWED |= {("numpy", "ndarray"), ("numpy", "dtype")}
 
     def find_class(self, module: str, name: str) -> Any:
         if (module, name) in self.ALLOWED:
@@ -159,8 +164,15 @@ def read_cifar10(path: str, train: int | None, val: int | None) -> dict[str, np.
 
 def dataset_key(dataset: dict[str, Any], family: str, inp: InputSpec, seed: int) -> str:
     """Folder name of a dataset: what made it, hashed."""
-    made_of = {"dataset": dataset, "family": family, "shape": inp.shape, "classes": inp.num_classes,
-               "extra": inp.extra, "seed": seed, "format": 1}
+    made_of = {
+        "dataset": dataset,
+        "family": family,
+        "shape": inp.shape,
+        "classes": inp.num_classes,
+        "extra": inp.extra,
+        "seed": seed,
+        "format": 1,
+    }
     digest = hashlib.sha256(json.dumps(made_of, sort_keys=True, default=str).encode()).hexdigest()[:12]
     return f"{dataset['name']}-{family}-{digest}"
 
@@ -188,6 +200,8 @@ def load(dataset: dict[str, Any], family: str, inp: InputSpec, seed: int, data_d
             os.rename(tmp, folder)
         except OSError:  # another worker made it first: theirs is identical
             shutil.rmtree(tmp, ignore_errors=True)
-    arrays = {n: np.load(folder / f"{n}.npy", mmap_mode="r", allow_pickle=False)
-              for n in ("x_train", "y_train", "x_val", "y_val")}
+    arrays = {
+        n: np.load(folder / f"{n}.npy", mmap_mode="r", allow_pickle=False)
+        for n in ("x_train", "y_train", "x_val", "y_val")
+    }
     return Dataset(**arrays, family=family, key=key)

@@ -107,26 +107,47 @@ def train(backend: Backend, ds: datasets.Dataset, cell: dict[str, Any], em: Emit
             val_seen += len(y_host)
         eval_s = time.perf_counter() - t_eval
         record = {
-            "epoch": epoch, "train_loss": loss_sum / seen, "train_accuracy": correct / seen,
-            "val_loss": val_loss / val_seen, "val_accuracy": val_correct / val_seen,
-            "train_s": train_s, "eval_s": eval_s, "samples": seen, "samples_per_second": seen / train_s,
+            "epoch": epoch,
+            "train_loss": loss_sum / seen,
+            "train_accuracy": correct / seen,
+            "val_loss": val_loss / val_seen,
+            "val_accuracy": val_correct / val_seen,
+            "train_s": train_s,
+            "eval_s": eval_s,
+            "samples": seen,
+            "samples_per_second": seen / train_s,
             "data_wait_s": data_s,
         }
         epochs.append(record)
         em.emit("epoch", **record)
-    em.emit("steps", phase="train", warmup_s=warmup_times, step_s=step_times, batch_size=bs,
-            window_s=window_s, window_samples=window_samples)
+    em.emit(
+        "steps",
+        phase="train",
+        warmup_s=warmup_times,
+        step_s=step_times,
+        batch_size=bs,
+        window_s=window_s,
+        window_samples=window_samples,
+    )
     if not step_times:
-        em.log(f"no timed steps: {total_steps} steps in all, {warmup} of them warm-up; "
-               "throughput is missing; raise train_samples or lower warmup_steps", level="warning")
+        em.log(
+            f"no timed steps: {total_steps} steps in all, {warmup} of them warm-up; "
+            "throughput is missing; raise train_samples or lower warmup_steps",
+            level="warning",
+        )
     return {
-        "epochs": epochs, "total_train_s": total_train_s, "warmup_s": warmup_times, "step_s": step_times,
-        "window_s": window_s, "window_samples": window_samples,
+        "epochs": epochs,
+        "total_train_s": total_train_s,
+        "warmup_s": warmup_times,
+        "step_s": step_times,
+        "window_s": window_s,
+        "window_samples": window_samples,
     }
 
 
-def measure_inference(backend: Backend, ds: datasets.Dataset, batch_size: int, cell: dict[str, Any],
-                      em: Emitter) -> dict[str, Any]:
+def measure_inference(
+    backend: Backend, ds: datasets.Dataset, batch_size: int, cell: dict[str, Any], em: Emitter
+) -> dict[str, Any]:
     """Latency of the inference forward pass at one batch size, after warm-up runs."""
     inf = cell["inference"]
     n_val = len(ds.y_val)
@@ -141,8 +162,14 @@ def measure_inference(backend: Backend, ds: datasets.Dataset, batch_size: int, c
         backend.predict(x)
         times.append(time.perf_counter() - t0)
     summary = percentiles_ms(times)
-    em.emit("inference", batch_size=batch_size, runs=len(times), warmup=inf["warmup"], **summary,
-            times_ms=[t * 1e3 for t in times])
+    em.emit(
+        "inference",
+        batch_size=batch_size,
+        runs=len(times),
+        warmup=inf["warmup"],
+        **summary,
+        times_ms=[t * 1e3 for t in times],
+    )
     return {"batch_size": batch_size, "runs": len(times), **summary}
 
 
@@ -168,18 +195,34 @@ def run(backend_loader: Any, cell: dict[str, Any], em: Emitter) -> int:
             saved = backend.save(os.path.join(tmp, "model"))
             save_s = time.perf_counter() - t0
             size = _disk_bytes(saved)
-        em.emit("model", name=cell["model"], num_parameters=n_params, parameter_bytes=4 * n_params,
-                size_on_disk_bytes=size, save_s=save_s, build_s=build_s, format=os.path.basename(saved),
-                spec=spec_dict(spec), dataset=ds.key, train_samples=len(ds.y_train), val_samples=len(ds.y_val))
+        em.emit(
+            "model",
+            name=cell["model"],
+            num_parameters=n_params,
+            parameter_bytes=4 * n_params,
+            size_on_disk_bytes=size,
+            save_s=save_s,
+            build_s=build_s,
+            format=os.path.basename(saved),
+            spec=spec_dict(spec),
+            dataset=ds.key,
+            train_samples=len(ds.y_train),
+            val_samples=len(ds.y_val),
+        )
         trained = train(backend, ds, cell, em)
         latency = measure_inference(backend, ds, cell["batch_size"], cell, em)
         memory = {**backend.memory(), "host_peak_rss_bytes": host_peak_rss_bytes()}
         em.emit("memory", **memory)
         last = trained["epochs"][-1]
-        em.emit("result", num_parameters=n_params, final_train_accuracy=last["train_accuracy"],
-                final_val_accuracy=last["val_accuracy"], total_train_s=trained["total_train_s"],
-                samples_per_second=(trained["window_samples"] / trained["window_s"]) if trained["window_s"] else None,
-                inference=latency)
+        em.emit(
+            "result",
+            num_parameters=n_params,
+            final_train_accuracy=last["train_accuracy"],
+            final_val_accuracy=last["val_accuracy"],
+            total_train_s=trained["total_train_s"],
+            samples_per_second=(trained["window_samples"] / trained["window_s"]) if trained["window_s"] else None,
+            inference=latency,
+        )
         return 0
     except Unsupported as exc:
         em.emit("error", kind="unsupported", message=str(exc), traceback="")
@@ -187,10 +230,14 @@ def run(backend_loader: Any, cell: dict[str, Any], em: Emitter) -> int:
     except datasets.DataUnavailable as exc:
         em.emit("error", kind="unsupported", message=str(exc), traceback="")
         return 3
-    except BaseException as exc:  # noqa: BLE001 - every failure becomes an event, then a status
+    except BaseException as exc:
         if isinstance(exc, KeyboardInterrupt):
             raise
         oom = isinstance(exc, MemoryError) or (backend is not None and backend.is_oom(exc))
-        em.emit("error", kind="oom" if oom else "exception", message=f"{type(exc).__name__}: {exc}"[:2000],
-                traceback=traceback.format_exc()[-8000:])
+        em.emit(
+            "error",
+            kind="oom" if oom else "exception",
+            message=f"{type(exc).__name__}: {exc}"[:2000],
+            traceback=traceback.format_exc()[-8000:],
+        )
         return 1

@@ -9,6 +9,7 @@ Canonical parameter names and layouts follow PyTorch (Linear weight is (out, in)
 from __future__ import annotations
 
 import dataclasses
+import itertools
 import math
 from dataclasses import dataclass, field
 from functools import partial
@@ -153,7 +154,9 @@ def _norm(params: dict[str, Param], name: str, n: int, running: bool) -> None:
 
 
 def _conv(params: dict[str, Param], name: str, c_in: int, c_out: int, k: int) -> None:
-    params[f"{name}.weight"] = Param((c_out, c_in, k, k), "kaiming_normal_fan_out", std=math.sqrt(2.0 / (c_out * k * k)))
+    params[f"{name}.weight"] = Param(
+        (c_out, c_in, k, k), "kaiming_normal_fan_out", std=math.sqrt(2.0 / (c_out * k * k))
+    )
 
 
 def resnet_blocks(spec: ResNetSpec) -> list[tuple[str, int, int, int]]:
@@ -172,7 +175,7 @@ def canonical_params(spec: ModelSpec) -> dict[str, Param]:
     p: dict[str, Param] = {}
     if isinstance(spec, MLPSpec):
         sizes = [spec.in_features, *spec.hidden, spec.num_classes]
-        for i, (a, b) in enumerate(zip(sizes[:-1], sizes[1:])):
+        for i, (a, b) in enumerate(itertools.pairwise(sizes)):
             _linear(p, f"layers.{i}", a, b, "uniform_fan_in")
     elif isinstance(spec, ResNetSpec):
         _conv(p, "stem.conv", spec.in_channels, spec.widths[0], 3)

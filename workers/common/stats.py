@@ -3,7 +3,8 @@
 from __future__ import annotations
 
 import math
-from typing import Sequence
+from collections.abc import Sequence
+from statistics import NormalDist
 
 import numpy as np
 
@@ -21,24 +22,27 @@ def percentiles_ms(samples_s: Sequence[float]) -> dict[str, float | None]:
 
 
 def median_ci(samples: Sequence[float], confidence: float = 0.95) -> tuple[float | None, float | None]:
-    """Distribution-free confidence interval of the median from order statistics (binomial)."""
+    """Distribution-free confidence interval of the median: order statistics from the binomial(n, 1/2).
+
+    Exact for n <= 1000, normal approximation above; None when n is too small for the level.
+    """
     n = len(samples)
-    if n < 6:  # too few samples for a 95% order-statistic interval to exist
-        return None, None
     a = np.sort(np.asarray(samples, dtype=np.float64))
-    z = 1.959963984540054 if confidence == 0.95 else float(np.sqrt(2) * _erfinv(confidence))
-    half = z * math.sqrt(n) / 2.0
-    lo = max(int(math.floor(n / 2.0 - half)), 0)
-    hi = min(int(math.ceil(1 + n / 2.0 + half)) - 1, n - 1)
-    return float(a[lo]), float(a[hi])
-
-
-def _erfinv(y: float) -> float:
-    # Winitzki's approximation; only used for confidence levels other than 95%
-    a = 0.147
-    ln = math.log(1 - y * y)
-    t = 2 / (math.pi * a) + ln / 2
-    return math.copysign(math.sqrt(math.sqrt(t * t - ln / a) - t), y)
+    alpha = (1.0 - confidence) / 2.0
+    if n <= 1000:
+        # largest k with P(X <= k) <= alpha, X ~ Binomial(n, 1/2): the interval is [a[k], a[n-1-k]]
+        total, cdf, k = 2**n, 0, -1
+        for i in range(n // 2 + 1):
+            cdf += math.comb(n, i)
+            if cdf / total > alpha:
+                break
+            k = i
+        if k < 0:
+            return None, None
+    else:
+        z = NormalDist().inv_cdf(1.0 - alpha)
+        k = math.floor(n / 2.0 - z * math.sqrt(n) / 2.0) - 1
+    return float(a[k]), float(a[n - 1 - k])
 
 
 def outliers(samples: Sequence[float]) -> list[bool]:
@@ -58,13 +62,34 @@ def summarize(samples: Sequence[float]) -> dict[str, float | int | bool | None]:
     """Median, mean, min, max, standard deviation, CV, 95% CI of the median, outliers, noise flag."""
     n = len(samples)
     if n == 0:
-        return {"n": 0, "median": None, "mean": None, "min": None, "max": None, "std": None, "cv": None,
-                "ci_low": None, "ci_high": None, "outliers": 0, "noisy": None}
+        return {
+            "n": 0,
+            "median": None,
+            "mean": None,
+            "min": None,
+            "max": None,
+            "std": None,
+            "cv": None,
+            "ci_low": None,
+            "ci_high": None,
+            "outliers": 0,
+            "noisy": None,
+        }
     a = np.asarray(samples, dtype=np.float64)
     mean = float(a.mean())
     std = float(a.std(ddof=1)) if n > 1 else None
     cv = (std / mean) if (std is not None and mean > 0) else None
     lo, hi = median_ci(a)
-    return {"n": n, "median": float(np.median(a)), "mean": mean, "min": float(a.min()), "max": float(a.max()),
-            "std": std, "cv": cv, "ci_low": lo, "ci_high": hi, "outliers": int(sum(outliers(a))),
-            "noisy": (cv > NOISE_CV) if cv is not None else None}
+    return {
+        "n": n,
+        "median": float(np.median(a)),
+        "mean": mean,
+        "min": float(a.min()),
+        "max": float(a.max()),
+        "std": std,
+        "cv": cv,
+        "ci_low": lo,
+        "ci_high": hi,
+        "outliers": int(sum(outliers(a))),
+        "noisy": (cv > NOISE_CV) if cv is not None else None,
+    }

@@ -22,8 +22,9 @@ def make_optimizer(params: Any, opt: OptimizerSpec) -> torch.optim.Optimizer:
     if opt.name == "sgd":
         return torch.optim.SGD(params, lr=opt.lr, momentum=opt.momentum, weight_decay=opt.weight_decay)
     if opt.name == "adamw":
-        return torch.optim.AdamW(params, lr=opt.lr, betas=(opt.beta1, opt.beta2), eps=opt.eps,
-                                 weight_decay=opt.weight_decay)
+        return torch.optim.AdamW(
+            params, lr=opt.lr, betas=(opt.beta1, opt.beta2), eps=opt.eps, weight_decay=opt.weight_decay
+        )
     raise Unsupported(f"optimizer {opt.name!r} is not implemented in the PyTorch worker")
 
 
@@ -62,12 +63,17 @@ class TorchBackend:
             "framework_version": torch.__version__,
             "cuda_version": torch.version.cuda,
             "cudnn_version": torch.backends.cudnn.version() if cuda else None,
-            "devices": [f"cuda:{i} {torch.cuda.get_device_name(i)}" for i in range(torch.cuda.device_count())] or ["cpu"],
-            "threads": {"intra_op": torch.get_num_threads(), "inter_op": torch.get_num_interop_threads(),
-                        "OMP_NUM_THREADS": os.environ.get("OMP_NUM_THREADS")},
+            "devices": [f"cuda:{i} {torch.cuda.get_device_name(i)}" for i in range(torch.cuda.device_count())]
+            or ["cpu"],
+            "threads": {
+                "intra_op": torch.get_num_threads(),
+                "inter_op": torch.get_num_interop_threads(),
+                "OMP_NUM_THREADS": os.environ.get("OMP_NUM_THREADS"),
+            },
             "compiler": "torch.compile (inductor)" if self.cell.get("compile") else None,
-            "precision_mode": {"fp32": "fp32", "fp16": "autocast fp16 + GradScaler",
-                               "bf16": "autocast bf16"}[self.precision],
+            "precision_mode": {"fp32": "fp32", "fp16": "autocast fp16 + GradScaler", "bf16": "autocast bf16"}[
+                self.precision
+            ],
         }
 
     def _autocast(self) -> contextlib.AbstractContextManager[Any]:
@@ -137,11 +143,17 @@ class TorchBackend:
 
     def memory(self) -> dict[str, Any]:
         if self.device.type != "cuda":
-            return {"device_peak_bytes": None, "device_current_bytes": None, "allocator": "cpu (no allocator statistics)"}
-        return {"device_peak_bytes": torch.cuda.max_memory_allocated(self.device),
-                "device_current_bytes": torch.cuda.memory_allocated(self.device),
-                "device_reserved_peak_bytes": torch.cuda.max_memory_reserved(self.device),
-                "allocator": "torch.cuda caching allocator"}
+            return {
+                "device_peak_bytes": None,
+                "device_current_bytes": None,
+                "allocator": "cpu (no allocator statistics)",
+            }
+        return {
+            "device_peak_bytes": torch.cuda.max_memory_allocated(self.device),
+            "device_current_bytes": torch.cuda.memory_allocated(self.device),
+            "device_reserved_peak_bytes": torch.cuda.max_memory_reserved(self.device),
+            "allocator": "torch.cuda caching allocator",
+        }
 
     def is_oom(self, exc: BaseException) -> bool:
         return isinstance(exc, torch.cuda.OutOfMemoryError) or "out of memory" in str(exc).lower()

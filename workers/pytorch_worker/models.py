@@ -2,6 +2,8 @@
 
 from __future__ import annotations
 
+import itertools
+
 import numpy as np
 import torch
 import torch.nn.functional as F
@@ -14,7 +16,7 @@ class MLP(nn.Module):
     def __init__(self, spec: MLPSpec) -> None:
         super().__init__()
         sizes = [spec.in_features, *spec.hidden, spec.num_classes]
-        self.layers = nn.ModuleList(nn.Linear(a, b) for a, b in zip(sizes[:-1], sizes[1:]))
+        self.layers = nn.ModuleList(nn.Linear(a, b) for a, b in itertools.pairwise(sizes))
 
     def forward(self, x: torch.Tensor) -> torch.Tensor:  # (B, 784) -> (B, classes)
         for layer in self.layers[:-1]:
@@ -74,7 +76,9 @@ class Attention(nn.Module):
 
     def forward(self, x: torch.Tensor) -> torch.Tensor:
         B, T, C = x.shape
-        q, k, v = (p(x).view(B, T, self.heads, C // self.heads).transpose(1, 2) for p in (self.query, self.key, self.value))
+        q, k, v = (
+            p(x).view(B, T, self.heads, C // self.heads).transpose(1, 2) for p in (self.query, self.key, self.value)
+        )
         y = F.scaled_dot_product_attention(q, k, v, dropout_p=self.dropout if self.training else 0.0)  # (B, nh, T, hd)
         return self.out(y.transpose(1, 2).reshape(B, T, C))
 

@@ -1,0 +1,65 @@
+"""Shared helpers: tiny suites in a temporary folder, the CLI run as a real subprocess."""
+
+from __future__ import annotations
+
+import os
+import subprocess
+import sys
+from pathlib import Path
+from typing import Any
+
+import psutil
+import pytest
+import yaml
+
+ROOT = Path(__file__).resolve().parent.parent
+
+
+def suite_dict(**overrides: Any) -> dict[str, Any]:
+    """A tiny valid suite (one PyTorch MLP cell) with overrides."""
+    base: dict[str, Any] = {
+        "name": "t",
+        "frameworks": ["pytorch"],
+        "models": ["mlp"],
+        "devices": ["cpu"],
+        "precisions": ["fp32"],
+        "batch_sizes": [16],
+        "epochs": 1,
+        "seed": 0,
+        "dataset": {"name": "synthetic", "train_samples": 128, "val_samples": 32},
+        "warmup_steps": 2,
+        "inference": {"warmup": 1, "runs": 5, "min_runs": 3, "max_s": 2},
+        "timeout_s": 120,
+        "idle_timeout_s": 60,
+        "monitor_interval_s": 0.05,
+    }
+    base.update(overrides)
+    return base
+
+
+def fault_suite(*modes: str, **overrides: Any) -> dict[str, Any]:
+    return suite_dict(frameworks=list(modes), workers={m: "tests.fault_worker" for m in modes}, **overrides)
+
+
+@pytest.fixture
+def write_suite(tmp_path: Path):
+    def _write(data: dict[str, Any], name: str = "suite.yaml") -> Path:
+        path = tmp_path / name
+        path.write_text(yaml.safe_dump(data, sort_keys=False))
+        return path
+
+    return _write
+
+
+def cli(
+    *args: str, cwd: Path, env: dict[str, str] | None = None, timeout: float = 600
+) -> subprocess.CompletedProcess[str]:
+    """`python -m mlbench ARGS` as a user runs it."""
+    full_env = {**os.environ, "PYTHONPATH": str(ROOT), **(env or {})}
+    return subprocess.run(
+        [sys.executable, "-m", "mlbench", *args], cwd=cwd, env=full_env, capture_output=True, text=True, timeout=timeout
+    )
+
+
+def descendants_alive(pids: list[int]) -> list[int]:
+    return [p for p in pids if psutil.pid_exists(p) and psutil.Process(p).status() != psutil.STATUS_ZOMBIE]

@@ -1,0 +1,90 @@
+"""Cell expansion and ids."""
+
+from __future__ import annotations
+
+import pytest
+
+from mlbench.cells import expand
+from mlbench.config import ConfigError, parse_suite
+from tests.conftest import suite_dict
+
+
+def grid(**kw):
+    return parse_suite(suite_dict(**kw))
+
+
+def test_product_of_the_axes_in_a_stable_order() -> None:
+    s = grid(
+        frameworks=["pytorch", "jax"],
+        models=["mlp", "bert"],
+        devices=["cpu", "cuda:0"],
+        precisions=["fp32", "bf16"],
+        batch_sizes=[8, 16, 32],
+    )
+    cells = expand(s)
+    assert len(cells) == 2 * 2 * 2 * 2 * 3
+    assert len({c.cell_id for c in cells}) == len(cells)
+    assert [c.cell_id for c in cells] == [c.cell_id for c in expand(s)]
+    assert (cells[0].framework, cells[0].model, cells[0].device, cells[0].precision, cells[0].batch_size) == (
+        "pytorch",
+        "mlp",
+        "cpu",
+        "fp32",
+        8,
+    )
+
+
+def test_excludes_with_scalars_and_lists() -> None:
+    s = grid(
+        models=["mlp", "bert"],
+        devices=["cpu", "cuda:0"],
+        precisions=["fp32", "fp16", "bf16"],
+        excludes=[{"device": "cpu", "precision": ["fp16", "bf16"]}, {"model": "mlp", "device": "cuda:0"}],
+    )
+    labels = {(c.model, c.device, c.precision) for c in expand(s)}
+    assert labels == {
+        ("mlp", "cpu", "fp32"),
+        ("bert", "cpu", "fp32"),
+        ("bert", "cuda:0", "fp32"),
+        ("bert", "cuda:0", "fp16"),
+        ("bert", "cuda:0", "bf16"),
+    }
+
+
+def test_id_depends_on_the_spec_not_on_the_rest_of_the_grid() -> None:
+    one = {c.cell_id for c in expand(grid(batch_sizes=[16]))}
+    two = {c.cell_id for c in expand(grid(batch_sizes=[16, 32]))}
+    assert one < two  # adding a batch size keeps the old cell's id
+    assert expand(grid(timeout_s=5))[0].cell_id == expand(grid())[0].cell_id  # limits do not change a measurement
+    for changed in (
+        {"epochs": 2},
+        {"seed": 1},
+        {"warmup_steps": 3},
+        {"compile": True},
+        {"dataset": {"name": "synthetic", "train_samples": 256, "val_samples": 32}},
+        {"model_overrides": {"mlp": {"hidden": [64]}}},
+        {"workers": {"pytorch": "other.module"}},
+    ):
+        assert expand(grid(**changed))[0].cell_id != expand(grid())[0].cell_id, changed
+
+
+def test_overrides_only_touch_their_model() -> None:
+    base = {c.model: c.cell_id for c in expand(grid(models=["mlp", "bert"]))}
+    over = {c.model: c.cell_id for c in expand(grid(models=["mlp", "bert"], model_overrides={"bert": {"layers": 2}}))}
+    assert base["mlp"] == over["mlp"] and base["bert"] != over["bert"]
+
+
+def test_filters_narrow_and_refuse_values_outside_the_grid() -> None:
+    s = grid(frameworks=["pytorch", "jax"], models=["mlp", "bert"], devices=["cpu", "cuda:0,1"])
+    cells = expand(s, {"framework": ["jax"], "device": ["cuda:0,1"]})
+    assert {(c.framework, c.device) for c in cells} == {("jax", "cuda:0,1")}
+    assert len(expand(s, {"model": []})) == 8  # an empty filter does not narrow
+    with pytest.raises(ConfigError, match="--models: 'resnet18' is not in this suite's grid"):
+        expand(s, {"model": ["resnet18"]})
+
+
+def test_worker_payload_carries_id_and_data_dir() -> None:
+    cell = expand(grid())[0]
+    payload = cell.worker_payload("/data")
+    assert payload["cell_id"] == cell.cell_id and payload["data_dir"] == "/data"
+    assert payload["inference"]["runs"] == 5 and payload["worker"] == "workers.pytorch_worker"

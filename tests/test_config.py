@@ -1,0 +1,108 @@
+"""Suite files: every shipped config validates; every kind of bad config gets one clear line and exit 2."""
+
+from __future__ import annotations
+
+from pathlib import Path
+
+import pytest
+
+from mlbench.config import ConfigError, load_suite, parse_suite
+from tests.conftest import ROOT, cli, suite_dict
+
+CONFIGS = sorted((ROOT / "configs").glob("*.yaml"))
+
+
+@pytest.mark.parametrize("path", CONFIGS, ids=[p.name for p in CONFIGS])
+def test_every_shipped_config_is_valid(path: Path) -> None:
+    suite = load_suite(path)
+    assert suite.frameworks and suite.models and suite.batch_sizes
+
+
+def test_defaults_are_filled_in() -> None:
+    s = parse_suite(suite_dict())
+    assert s.timeout_s == 120 and s.compile is False and s.dataset.name == "synthetic"
+    assert s.worker_module("pytorch") == "workers.pytorch_worker"
+
+
+def test_workers_map_adds_and_overrides_frameworks() -> None:
+    s = parse_suite(suite_dict(frameworks=["pytorch", "mine"], workers={"mine": "my_pkg.worker", "pytorch": "alt.w"}))
+    assert s.worker_module("mine") == "my_pkg.worker" and s.worker_module("pytorch") == "alt.w"
+
+
+# (YAML text or suite overrides, fragments the one-line message must contain)
+BAD = [
+    ("", ["empty"]),
+    ("- a\n- b\n", ["top level must be a mapping"]),
+    ("name: x\nname: y\n", ["line 2", "'name' appears twice"]),
+    ("name: !!python/object/apply:os.system ['true']\n", ["tag refused"]),
+    ("name: [unclosed\n", ["not valid YAML"]),
+    ({"epoch": 3}, ["epoch: unknown key", "did you mean 'epochs'"]),
+    (
+        {"frameworks": ["pytorh"]},
+        ["unknown framework 'pytorh'", "did you mean 'pytorch'", "allowed: pytorch, tensorflow, jax"],
+    ),
+    ({"models": ["resnet19"]}, ["unknown model 'resnet19'", "did you mean 'resnet18'"]),
+    ({"devices": ["gpu0"]}, ["device 'gpu0'", "cpu, cuda:N"]),
+    ({"precisions": ["fp8"]}, ["precisions[0]", "'fp32', 'fp16' or 'bf16'"]),
+    ({"batch_sizes": [32, 0]}, ["batch_sizes[1]", "greater than 0", "got 0"]),
+    ({"batch_sizes": [-4]}, ["batch_sizes[0]", "greater than 0"]),
+    ({"batch_sizes": []}, ["batch_sizes", "at least 1"]),
+    ({"batch_sizes": "32"}, ["batch_sizes", "valid list"]),
+    ({"batch_sizes": [32, 32]}, ["listed more than once: 32"]),
+    ({"epochs": "two"}, ["epochs", "valid integer", "got 'two'"]),
+    ({"dataset": {"name": "imagenet"}}, ["dataset.name", "'synthetic' or 'cifar10'"]),
+    ({"dataset": {"name": "cifar10"}}, ["cifar10 needs `path`"]),
+    ({"dataset": {"train_sample": 5}}, ["dataset.train_sample: unknown key", "did you mean 'train_samples'"]),
+    ({"timeout_s": -1}, ["timeout_s", "greater than 0"]),
+    ({"name": "../evil"}, ["name", "pattern"]),
+    ({"model_overrides": {"bert": {"layer": 2}}}, ["unknown setting of bert", "did you mean 'layers'"]),
+    ({"model_overrides": {"bert": {"hidden": 250}}}, ["model_overrides.bert", "divide into heads"]),
+    ({"excludes": [{"modle": "mlp"}]}, ["unknown key of excludes[0] 'modle'", "did you mean 'model'"]),
+    ({"workers": {"x": "not a module!"}}, ["not a Python module path"]),
+]
+
+
+def _materialise(tmp_path: Path, spec: str | dict, write_suite) -> Path:
+    if isinstance(spec, str):
+        path = tmp_path / "bad.yaml"
+        path.write_text(spec)
+        return path
+    return write_suite(suite_dict(**spec), "bad.yaml")
+
+
+@pytest.mark.parametrize("spec,fragments", BAD, ids=[str(i) for i in range(len(BAD))])
+def test_bad_config_gives_one_clear_line(tmp_path: Path, write_suite, spec, fragments: list[str]) -> None:
+    path = _materialise(tmp_path, spec, write_suite)
+    with pytest.raises(ConfigError) as info:
+        load_suite(path)
+    message = str(info.value)
+    assert message.startswith(str(path)), message
+    assert "\n" not in message
+    for fragment in fragments:
+        assert fragment in message, f"{fragment!r} not in {message!r}"
+
+
+def test_missing_file(tmp_path: Path) -> None:
+    with pytest.raises(ConfigError, match="no such config file"):
+        load_suite(tmp_path / "nope.yaml")
+
+
+@pytest.mark.parametrize(
+    "spec", [BAD[2][0], BAD[3][0], BAD[6][0], BAD[10][0]], ids=["dupe", "tag", "framework", "zero"]
+)
+def test_cli_config_errors_exit_2_without_traceback_or_output(tmp_path: Path, write_suite, spec) -> None:
+    path = _materialise(tmp_path, spec, write_suite)
+    for command in (["validate", str(path)], ["run", str(path), "--runs-dir", str(tmp_path / "runs")]):
+        proc = cli(*command, cwd=tmp_path)
+        assert proc.returncode == 2, proc.stderr
+        assert proc.stderr.startswith("error: ") and proc.stderr.count("\n") == 1, proc.stderr
+        assert "Traceback" not in proc.stderr
+    assert not (tmp_path / "runs").exists()
+
+
+def test_cli_filter_outside_grid_is_a_config_error(tmp_path: Path, write_suite) -> None:
+    path = write_suite(suite_dict())
+    proc = cli("run", str(path), "--models", "bert", "--runs-dir", str(tmp_path / "runs"), cwd=tmp_path)
+    assert proc.returncode == 2
+    assert "--models: 'bert' is not in this suite's grid; allowed: mlp" in proc.stderr
+    assert not (tmp_path / "runs").exists()

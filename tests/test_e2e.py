@@ -1,0 +1,199 @@
+"""Real PyTorch cells end to end, on tiny sizes: figures, exports, report, resume, SIGKILL of the orchestrator."""
+
+from __future__ import annotations
+
+import json
+import os
+import signal
+import subprocess
+import sys
+import time
+from pathlib import Path
+
+import pandas as pd
+import pytest
+import yaml
+
+from tests.conftest import ROOT, cli, descendants_alive, suite_dict
+from workers.common import specs
+
+pytest.importorskip("torch")
+pytestmark = pytest.mark.e2e
+
+SMALL = {  # tiny versions of the real architectures, so a cell takes seconds on 2 cores
+    "resnet18": {"widths": [8, 16, 32, 64]},
+    "bert": {"layers": 1, "hidden": 64, "heads": 2, "ffn": 128, "vocab_size": 512, "seq_len": 32},
+}
+
+
+def tiny_suite(**kw) -> dict:
+    base = suite_dict(
+        models=["mlp", "resnet18", "bert"],
+        precisions=["fp32", "bf16", "fp16"],
+        batch_sizes=[16],
+        model_overrides=SMALL,
+        excludes=[{"model": ["resnet18", "bert"], "precision": ["bf16", "fp16"]}],
+        dataset={"name": "synthetic", "train_samples": 96, "val_samples": 24},
+    )
+    base.update(kw)
+    return base
+
+
+@pytest.fixture(scope="module")
+def real_run(tmp_path_factory):
+    tmp = tmp_path_factory.mktemp("e2e")
+    (tmp / "s.yaml").write_text(yaml.safe_dump(tiny_suite()))
+    proc = cli("run", "s.yaml", "--runs-dir", "runs", cwd=tmp)
+    assert proc.returncode == 0, proc.stderr[-3000:]
+    return tmp, proc
+
+
+def test_every_cell_is_ok_with_measured_figures(real_run) -> None:
+    tmp, _ = real_run
+    df = pd.read_parquet(tmp / "runs" / "t" / "results.parquet")
+    assert len(df) == 5 and set(df.status) == {"ok"}, df[["model_name", "precision", "status", "reason"]]
+    for _, r in df.iterrows():
+        assert r.num_parameters == specs.num_parameters(specs.get_spec(r.model_name, SMALL.get(r.model_name)))
+        assert r.samples_per_second > 0 and r.step_time_median_s > 0 and r.steps_timed == 96 // 16 - 2
+        assert pd.isna(r.samples_per_second_ci_low) or r.samples_per_second_ci_low <= r.samples_per_second_ci_high
+        assert 0 <= r.final_train_accuracy <= 1 and 0 <= r.final_val_accuracy <= 1
+        assert r.inference_runs >= 3
+        assert 0 < r.inference_latency_p50_ms <= r.inference_latency_p95_ms <= r.inference_latency_p99_ms
+        assert r.peak_memory_mb > 50 and r.avg_memory_mb > 0 and r.monitor_samples > 0
+        assert r.model_size_mb == pytest.approx(r.num_parameters * 4 / 2**20, rel=0.3, abs=0.05)
+        assert r.first_step_s > 0 and r.total_train_time > 0 and r.train_time_per_epoch == r.total_train_time
+        assert r.framework_version.startswith("2.") and r.python_version and r.cpu_model
+        assert pd.isna(r.gpu_utilization_pct) and pd.isna(r.gpu_energy_j)  # nothing measured them: missing, not 0
+        assert len(r.step_times_s) == r.steps_timed and len(r.epochs_detail) == 1
+
+
+def test_precisions_are_recorded_as_run(real_run) -> None:
+    tmp, _ = real_run
+    df = pd.read_parquet(tmp / "runs" / "t" / "results.parquet").set_index(["model_name", "precision"])
+    assert df.loc[("mlp", "fp16")].precision_mode == "autocast fp16 + GradScaler"
+    assert df.loc[("mlp", "bf16")].precision_mode == "autocast bf16"
+
+
+def test_exports_logs_and_report(real_run) -> None:
+    tmp, _ = real_run
+    run = tmp / "runs" / "t"
+    assert len(pd.read_csv(run / "results.csv")) == 5
+    assert len(json.loads((run / "results.json").read_text())) == 5
+    assert len(pd.read_parquet(run / "epochs.parquet")) == 5
+    html = (run / "report.html").read_text()
+    assert "Plotly.newPlot" in html and "<script src=" not in html  # self-contained
+    assert html.count("Plotly.newPlot") == 2
+    for cid in pd.read_parquet(run / "results.parquet").cell_id:
+        lines = (run / "logs" / f"{cid}.ndjson").read_text().splitlines()
+        assert json.loads(lines[0])["event"] == "hello" and json.loads(lines[-1])["event"] == "result"
+
+
+def test_resume_redoes_nothing_and_report_rebuilds(real_run) -> None:
+    tmp, _ = real_run
+    cells = sorted((tmp / "runs" / "t" / "cells").glob("*.parquet"))
+    before = {p: (p.stat().st_ino, p.stat().st_mtime_ns) for p in cells}
+    proc = cli("run", "s.yaml", "--runs-dir", "runs", "--resume", cwd=tmp)
+    assert proc.returncode == 0 and "nothing to run (5 already stored)" in proc.stdout, proc.stdout + proc.stderr
+    assert {p: (p.stat().st_ino, p.stat().st_mtime_ns) for p in cells} == before
+    proc = cli("report", "runs/t", cwd=tmp)
+    assert proc.returncode == 0 and "report.html" in proc.stdout
+
+
+def test_a_config_change_reruns_only_the_cells_it_changed(real_run) -> None:
+    tmp, _ = real_run
+    changed = tiny_suite(model_overrides={**SMALL, "mlp": {"hidden": [32]}})
+    (tmp / "s2.yaml").write_text(yaml.safe_dump(changed))
+    proc = cli("run", "s2.yaml", "--runs-dir", "runs", "--resume", "--models", "mlp", "--precisions", "fp32", cwd=tmp)
+    assert proc.returncode == 0 and "1 ok" in proc.stdout and "(0 already stored)" not in proc.stdout, proc.stdout
+    df = pd.read_parquet(tmp / "runs" / "t" / "results.parquet")
+    # the results follow the new grid: the three stale mlp cells are out, the two not yet run are missing
+    assert len(df) == 3 and sorted(df.model_name) == ["bert", "mlp", "resnet18"]
+    assert "3 of the grid's 5 cells" in (tmp / "runs" / "t" / "report.html").read_text()
+    assert df.set_index(["model_name", "precision"]).loc[("mlp", "fp32")].num_parameters == 784 * 32 + 32 + 32 * 10 + 10
+
+
+def test_worker_run_by_hand_prints_the_same_events(tmp_path: Path) -> None:
+    proc = subprocess.run(
+        [
+            sys.executable,
+            "-m",
+            "workers.pytorch_worker",
+            "--model",
+            "mlp",
+            "--batch-size",
+            "16",
+            "--train-samples",
+            "64",
+            "--val-samples",
+            "16",
+            "--warmup-steps",
+            "1",
+            "--data-dir",
+            str(tmp_path),
+        ],
+        cwd=ROOT,
+        capture_output=True,
+        text=True,
+        timeout=300,
+    )
+    assert proc.returncode == 0, proc.stderr
+    kinds = [json.loads(line)["event"] for line in proc.stdout.splitlines()]
+    assert kinds[0] == "hello" and kinds[-1] == "result"
+    assert {"model", "epoch", "steps", "inference", "memory"} <= set(kinds)
+
+
+def test_a_device_that_is_not_there_is_skipped(tmp_path: Path) -> None:
+    import torch
+
+    if torch.cuda.is_available():
+        pytest.skip("this machine has a GPU")
+    (tmp_path / "s.yaml").write_text(yaml.safe_dump(suite_dict(devices=["cuda:0"])))
+    proc = cli("run", "s.yaml", "--runs-dir", "runs", cwd=tmp_path)
+    assert proc.returncode == 0, proc.stderr
+    r = pd.read_parquet(tmp_path / "runs" / "t" / "results.parquet").iloc[0]
+    assert r.status == "skipped" and "sees no CUDA device" in r.reason
+
+
+def _start(tmp: Path) -> subprocess.Popen[str]:
+    env = {**os.environ, "PYTHONPATH": str(ROOT)}
+    return subprocess.Popen(
+        [sys.executable, "-m", "mlbench", "run", "s.yaml", "--runs-dir", "runs", "--resume"],
+        cwd=tmp,
+        env=env,
+        stdout=subprocess.DEVNULL,
+        stderr=subprocess.DEVNULL,
+        text=True,
+    )
+
+
+def _wait_for_cells(folder: Path, n: int, proc: subprocess.Popen[str], timeout: float = 300) -> None:
+    deadline = time.monotonic() + timeout
+    while len(list(folder.glob("*.parquet"))) < n:
+        assert proc.poll() is None and time.monotonic() < deadline, "the run ended before the kill"
+        time.sleep(0.05)
+
+
+def test_sigkill_of_the_orchestrator_then_resume_completes_the_run(tmp_path: Path) -> None:
+    suite = tiny_suite(models=["mlp", "bert"], precisions=["fp32"], batch_sizes=[8, 16], excludes=[])
+    (tmp_path / "s.yaml").write_text(yaml.safe_dump(suite))
+    cells = tmp_path / "runs" / "t" / "cells"
+    seen: dict[Path, tuple[int, int]] = {}
+    for kill_after, extra_delay in ((1, 0.0), (2, 1.5)):  # right after a store, and in the middle of a cell
+        proc = _start(tmp_path)
+        _wait_for_cells(cells, kill_after, proc)
+        time.sleep(extra_delay)
+        proc.send_signal(signal.SIGKILL)
+        proc.wait()
+        for p in cells.glob("*.parquet"):
+            seen.setdefault(p, (p.stat().st_ino, p.stat().st_mtime_ns))
+    proc = _start(tmp_path)
+    assert proc.wait(timeout=300) == 0
+    df = pd.read_parquet(tmp_path / "runs" / "t" / "results.parquet")
+    assert len(df) == 4 and set(df.status) == {"ok"} and df.cell_id.is_unique
+    assert not list(cells.glob(".*.tmp"))  # temporaries torn by a kill are cleared by the next run
+    for p, stamp in seen.items():  # no finished cell file was rewritten
+        assert (p.stat().st_ino, p.stat().st_mtime_ns) == stamp
+    journal = [json.loads(line) for line in (tmp_path / "runs" / "t" / "journal.ndjson").read_text().splitlines()]
+    pids = [e["pid"] for e in journal if e["action"] == "cell_start"]
+    time.sleep(0.5)
+    assert descendants_alive(pids) == []  # workers died with their orchestrator

@@ -1,0 +1,130 @@
+"""Every worker fault, run for real through the orchestrator: status, reason, the run goes on, nothing survives."""
+
+from __future__ import annotations
+
+import json
+import os
+import signal
+import subprocess
+import sys
+import time
+from pathlib import Path
+
+import pandas as pd
+import pytest
+
+from tests.conftest import ROOT, cli, descendants_alive, fault_suite
+
+FAULTS = {  # mode: (status, fragment of the reason)
+    "raise": ("failed", "KeyError"),
+    "uncaught": ("crashed", "RuntimeError: boom from the fault worker"),
+    "segfault": ("crashed", "killed by SIGSEGV"),
+    "abort": ("crashed", "killed by SIGABRT"),
+    "oom": ("oom", "CUDA out of memory"),
+    "unsupported": ("skipped", "bf16 is not supported"),
+    "noresult": ("crashed", "exited with status 0 without a result"),
+    "hang": ("timeout", "no event for 3 s"),
+    "hangchild": ("timeout", "no event for 3 s"),
+    "busy": ("timeout", "wall-clock limit"),
+    "sigterm_ignorer": ("timeout", "no event for 3 s"),
+    "orphan": ("ok", ""),
+    "flood": ("ok", ""),
+    "fine": ("ok", ""),
+}
+
+
+@pytest.fixture(scope="module")
+def fault_run(tmp_path_factory):
+    tmp = tmp_path_factory.mktemp("faults")
+    piddir = tmp / "pids"
+    piddir.mkdir()
+    import yaml
+
+    suite = fault_suite(*FAULTS, timeout_s=6, idle_timeout_s=3)
+    (tmp / "faults.yaml").write_text(yaml.safe_dump(suite))
+    t0 = time.monotonic()
+    proc = cli("run", "faults.yaml", "--runs-dir", "runs", cwd=tmp, env={"FAULT_PIDDIR": str(piddir)})
+    elapsed = time.monotonic() - t0
+    return tmp, proc, elapsed, piddir
+
+
+def test_the_run_goes_on_and_stores_every_cell(fault_run) -> None:
+    tmp, proc, elapsed, _ = fault_run
+    assert proc.returncode == 0, proc.stderr[-3000:]
+    df = pd.read_parquet(tmp / "runs" / "t" / "results.parquet")
+    assert sorted(df.framework) == sorted(FAULTS)
+    assert elapsed < 120
+
+
+@pytest.mark.parametrize("mode", list(FAULTS))
+def test_each_fault_is_classified(fault_run, mode: str) -> None:
+    tmp, _, _, _ = fault_run
+    df = pd.read_parquet(tmp / "runs" / "t" / "results.parquet").set_index("framework")
+    status, fragment = FAULTS[mode]
+    r = df.loc[mode]
+    assert r.status == status, (r.status, r.reason, r.stderr_tail)
+    assert fragment in r.reason, r.reason
+    assert "\n" not in r.reason
+
+
+def test_no_process_of_any_cell_survives(fault_run) -> None:
+    _, _, _, piddir = fault_run
+    pids = [int(p.read_text()) for p in piddir.glob("*.pid")]
+    assert len(pids) >= len(FAULTS) + 2  # every worker, plus the children of hangchild and orphan
+    assert descendants_alive(pids) == []
+
+
+def test_uncaught_exception_keeps_the_stderr_tail(fault_run) -> None:
+    tmp, _, _, _ = fault_run
+    r = pd.read_parquet(tmp / "runs" / "t" / "results.parquet").set_index("framework").loc["uncaught"]
+    assert "Traceback" in r.stderr_tail and "boom from the fault worker" in r.stderr_tail
+
+
+def test_hung_worker_dumps_its_stack_before_the_kill(fault_run) -> None:
+    tmp, _, _, _ = fault_run
+    r = pd.read_parquet(tmp / "runs" / "t" / "results.parquet").set_index("framework").loc["hang"]
+    log = (tmp / "runs" / "t" / "logs" / f"{r.cell_id}.stderr.log").read_text()
+    assert "time.sleep" in log or "File " in log, log[-2000:]
+
+
+def test_flood_is_bounded_and_said(fault_run) -> None:
+    tmp, _, _, _ = fault_run
+    r = pd.read_parquet(tmp / "runs" / "t" / "results.parquet").set_index("framework").loc["flood"]
+    logs_dir = tmp / "runs" / "t" / "logs"
+    assert (logs_dir / f"{r.cell_id}.stderr.log").stat().st_size < 3 << 20  # 8 MiB written, head and tail kept
+    assert "bytes cut by mlbench" in (logs_dir / f"{r.cell_id}.stderr.log").read_text()
+    lines = json.loads(r.log_lines)
+    assert any("was cut" in line for line in lines)  # the 3 MiB line
+    assert any("log lines cut" in line for line in lines)
+    assert len(lines) <= 202
+    assert r.samples_per_second == pytest.approx(64 / 0.008)
+
+
+def test_sigint_stops_the_cell_keeps_the_finished_and_exits_130(tmp_path: Path) -> None:
+    import yaml
+
+    (tmp_path / "s.yaml").write_text(yaml.safe_dump(fault_suite("fine", "hang", timeout_s=60, idle_timeout_s=60)))
+    piddir = tmp_path / "pids"
+    piddir.mkdir()
+    env = {**os.environ, "PYTHONPATH": str(ROOT), "FAULT_PIDDIR": str(piddir)}
+    proc = subprocess.Popen(
+        [sys.executable, "-m", "mlbench", "run", "s.yaml", "--runs-dir", "runs"],
+        cwd=tmp_path,
+        env=env,
+        stdout=subprocess.PIPE,
+        stderr=subprocess.PIPE,
+        text=True,
+    )
+    deadline = time.monotonic() + 60
+    while not (piddir / "hang-worker.pid").exists() and time.monotonic() < deadline:
+        time.sleep(0.1)
+    hang_pid = int((piddir / "hang-worker.pid").read_text())
+    proc.send_signal(signal.SIGINT)
+    out, err = proc.communicate(timeout=60)
+    assert proc.returncode == 130, err
+    assert "resume with: python -m mlbench run s.yaml --resume" in err
+    cells = list((tmp_path / "runs" / "t" / "cells").glob("*.parquet"))
+    assert len(cells) == 1  # the finished cell; the interrupted one is not stored as done
+    journal = (tmp_path / "runs" / "t" / "journal.ndjson").read_text()
+    assert '"action": "interrupted"' in journal
+    assert descendants_alive([hang_pid]) == []

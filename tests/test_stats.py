@@ -1,0 +1,60 @@
+"""Statistics on small hand-computed samples."""
+
+from __future__ import annotations
+
+import math
+
+import pytest
+
+from workers.common import stats
+
+
+def test_summary_of_five_samples() -> None:
+    s = stats.summarize([1.0, 2.0, 3.0, 4.0, 10.0])
+    assert s["n"] == 5 and s["median"] == 3.0 and s["mean"] == 4.0 and s["min"] == 1.0 and s["max"] == 10.0
+    # sample std: sqrt(((3^2 + 2^2 + 1^2 + 0 + 6^2)) / 4) = sqrt(12.5)
+    assert s["std"] == pytest.approx(math.sqrt(12.5))
+    assert s["cv"] == pytest.approx(math.sqrt(12.5) / 4.0)
+    assert s["noisy"] is True
+    assert s["ci_low"] is None  # five samples are too few for a 95% interval of the median
+
+
+def test_single_sample() -> None:
+    s = stats.summarize([0.25])
+    assert s["n"] == 1 and s["median"] == 0.25 and s["min"] == s["max"] == 0.25
+    assert s["std"] is None and s["cv"] is None and s["noisy"] is None and s["outliers"] == 0
+
+
+def test_empty() -> None:
+    assert stats.summarize([])["median"] is None
+    assert stats.percentiles_ms([]) == {"mean_ms": None, "p50_ms": None, "p95_ms": None, "p99_ms": None}
+
+
+def test_median_ci_order_statistics() -> None:
+    # n = 10: P(X <= 1) = 11/1024 = 0.011 <= 0.025 < P(X <= 2) = 56/1024, so ranks 2 and 9 (1-based)
+    assert stats.median_ci([float(i) for i in range(10)]) == (1.0, 8.0)
+    # n = 100: the textbook ranks 40 and 61 (1-based)
+    assert stats.median_ci([float(i) for i in range(100)]) == (39.0, 60.0)
+    # n = 5: P(X = 0) = 1/32 = 0.031 > 0.025, no 95% interval exists
+    assert stats.median_ci([1.0, 2.0, 3.0, 4.0, 5.0]) == (None, None)
+    # n = 6: P(X = 0) = 1/64 = 0.016: the interval is the whole range
+    assert stats.median_ci([3.0, 1.0, 2.0, 6.0, 5.0, 4.0]) == (1.0, 6.0)
+    lo, hi = stats.median_ci([float(i) for i in range(5000)])  # normal approximation
+    assert lo < 2499.5 < hi and hi - lo == pytest.approx(2 * 1.96 * math.sqrt(5000) / 2, abs=3)
+
+
+def test_outliers_by_modified_z_score() -> None:
+    # median 10, MAD 1: z(20) = 0.6745 * 10 = 6.7 > 3.5; z(12) = 1.35
+    flags = stats.outliers([9.0, 10.0, 11.0, 10.0, 12.0, 20.0, 9.0])
+    assert flags == [False, False, False, False, False, True, False]
+
+
+def test_percentiles_in_ms() -> None:
+    p = stats.percentiles_ms([0.001 * i for i in range(1, 101)])  # 1..100 ms
+    assert p["mean_ms"] == pytest.approx(50.5)
+    assert p["p50_ms"] == pytest.approx(50.5)
+    assert p["p99_ms"] == pytest.approx(99.01)
+
+
+def test_steady_samples_are_not_noisy() -> None:
+    assert stats.summarize([1.0, 1.01, 0.99, 1.0, 1.02, 0.98])["noisy"] is False

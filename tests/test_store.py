@@ -1,0 +1,120 @@
+"""Cell files, resume bookkeeping, exports and the run lock."""
+
+from __future__ import annotations
+
+import subprocess
+import sys
+import time
+from pathlib import Path
+
+import pandas as pd
+import pyarrow.parquet as pq
+import pytest
+
+from mlbench import schema, store
+from tests.conftest import ROOT
+
+
+def row(cell_id: str, status: str = "ok", **kw) -> dict:
+    r = {name: None for name in schema.FLAT}
+    r.update({name: [] for name in schema.NESTED})
+    r.update(
+        cell_id=cell_id,
+        status=status,
+        framework="pytorch",
+        model_name="mlp",
+        device="cpu",
+        precision="fp32",
+        batch_size=8,
+        samples_per_second=100.0,
+        step_times_s=[0.1, 0.2],
+        warmup_times_s=[0.5],
+        inference_times_ms=[1.0],
+        epochs_detail=[{"epoch": 0, "train_loss": 1.0, "val_accuracy": 0.5}],
+    )
+    r.update(kw)
+    return r
+
+
+def test_cell_round_trip(tmp_path: Path) -> None:
+    path = store.write_cell(tmp_path, row("aaa"))
+    assert path == tmp_path / "cells" / "aaa.parquet"
+    assert store.read_status(path) == "ok"
+    table = store.read_cells(tmp_path)
+    assert table.schema.equals(schema.SCHEMA, check_metadata=False)
+    assert table.column("step_times_s").to_pylist() == [[0.1, 0.2]]
+    assert not list((tmp_path / "cells").glob(".*tmp"))
+
+
+def test_stored_statuses_distrust_damaged_files(tmp_path: Path) -> None:
+    store.write_cell(tmp_path, row("good"))
+    store.write_cell(tmp_path, row("bad", status="failed"))
+    full = (tmp_path / "cells" / "good.parquet").read_bytes()
+    (tmp_path / "cells" / "cut.parquet").write_bytes(full[: len(full) // 2])  # a torn write
+    (tmp_path / "cells" / "empty.parquet").write_bytes(b"")
+    got = store.stored_statuses(tmp_path, ["good", "bad", "cut", "empty", "absent"])
+    assert got == {"good": "ok", "bad": "failed", "cut": None, "empty": None, "absent": None}
+    assert sorted(store.read_cells(tmp_path).column("cell_id").to_pylist()) == ["bad", "good"]
+
+
+def test_failed_write_leaves_no_file(tmp_path: Path) -> None:
+    def explode(p: Path) -> None:
+        p.write_bytes(b"half")
+        raise OSError(28, "No space left on device")
+
+    with pytest.raises(store.StoreError, match="the disk is full"):
+        store.atomic_write(tmp_path / "x.parquet", explode)
+    assert list(tmp_path.iterdir()) == []
+
+
+def test_unwritable_run_folder_is_a_store_error(tmp_path: Path) -> None:
+    blocker = tmp_path / "file"
+    blocker.write_text("not a folder")
+    with pytest.raises(store.StoreError, match="cannot create"):
+        store.write_cell(blocker / "run", row("a"))
+
+
+def test_exports_have_the_same_rows(tmp_path: Path) -> None:
+    for i, status in enumerate(["ok", "failed", "ok"]):
+        store.write_cell(tmp_path, row(f"c{i}", status=status, reason="" if status == "ok" else "KeyError: 'x'"))
+    table = store.read_cells(tmp_path, ["c2", "c0", "c1"])
+    assert table.column("cell_id").to_pylist() == ["c2", "c0", "c1"]  # grid order
+    store.write_exports(tmp_path, table)
+    parquet = pd.read_parquet(tmp_path / "results.parquet")
+    csv = pd.read_csv(tmp_path / "results.csv")
+    json_ = pd.read_json(tmp_path / "results.json")
+    assert list(parquet.cell_id) == list(csv.cell_id) == list(json_.cell_id) == ["c2", "c0", "c1"]
+    assert set(csv.columns) == set(schema.FLAT)
+    steps = pd.read_parquet(tmp_path / "steps.parquet")
+    assert len(steps) == 3 * 4 and set(steps.kind) == {"warmup_step", "train_step", "inference"}
+    assert pq.read_table(tmp_path / "epochs.parquet").num_rows == 3
+
+
+def test_lock_refuses_a_second_holder_and_dies_with_its_holder(tmp_path: Path) -> None:
+    holder = subprocess.Popen(
+        [
+            sys.executable,
+            "-c",
+            f"from pathlib import Path; from mlbench.store import RunLock\n"
+            f"with RunLock(Path({str(tmp_path)!r})):\n print('held', flush=True)\n"
+            f" import time; time.sleep(60)",
+        ],
+        cwd=ROOT,
+        stdout=subprocess.PIPE,
+        text=True,
+    )
+    assert holder.stdout.readline().strip() == "held"
+    with pytest.raises(store.RunLocked, match=f"in use by another mlbench run \\(pid {holder.pid}\\)"):
+        with store.RunLock(tmp_path):
+            pass
+    holder.kill()
+    holder.wait()
+    time.sleep(0.1)
+    with store.RunLock(tmp_path):  # a killed holder leaves nothing stuck
+        pass
+
+
+def test_schema_is_documented_in_the_readme() -> None:
+    readme = (ROOT / "README.md").read_text()
+    missing = [name for name, _, _ in schema.COLUMNS if f"`{name}`" not in readme]
+    assert not missing, f"README lacks columns: {missing}"
