@@ -20,6 +20,8 @@ from dataclasses import dataclass, field
 from pathlib import Path
 from typing import Any
 
+import psutil
+
 from mlbench import protocol
 from mlbench.cells import Cell
 from mlbench.logs import BoundedLog
@@ -67,10 +69,15 @@ def worker_env(cell: Cell, threads: int | None, cache_dir: Path) -> dict[str, st
     # Only the cell's GPUs are visible (renumbered from 0); a CPU cell sees none, so no framework
     # initialises CUDA behind a CPU measurement.
     env["CUDA_VISIBLE_DEVICES"] = ",".join(str(i) for i in gpu_indices(cell.device))
-    if threads:
+    if threads := resolved_threads(threads):
         for var in ("OMP_NUM_THREADS", "MKL_NUM_THREADS", "OPENBLAS_NUM_THREADS", "TF_NUM_INTRAOP_THREADS"):
             env[var] = str(threads)
     return env
+
+
+def resolved_threads(threads: int | None) -> int:
+    """The intra-op thread count every framework gets: the config's, else the physical cores."""
+    return threads or psutil.cpu_count(logical=False) or os.cpu_count() or 1
 
 
 def visible_device(device: str) -> str:
@@ -213,6 +220,7 @@ def run_cell(
     logs_dir.mkdir(parents=True, exist_ok=True)
     payload = cell.worker_payload(str((run_dir / "data").resolve()))
     payload["device"] = visible_device(cell.device)
+    payload["threads"] = threads = resolved_threads(threads)
     argv = [python, "-m", module, "--cell", json.dumps(payload, separators=(",", ":"))]  # no shell
     stream_log = BoundedLog(logs_dir / f"{cell.cell_id}.ndjson", 8 << 20, 8 << 20)
     stderr_log = BoundedLog(logs_dir / f"{cell.cell_id}.stderr.log")
