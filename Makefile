@@ -3,7 +3,7 @@ PYTHON ?= $(shell command -v python3.11 || command -v python3)
 VENV   := .venv
 BIN    := $(VENV)/bin
 STAMP  := $(VENV)/.installed-stamp
-EXTRAS ?= torch,dev
+EXTRAS ?= torch,tensorflow,jax,dev
 
 .PHONY: venv quick run test test-fast lint format clean
 

@@ -22,8 +22,9 @@ import numpy as np
 
 from workers.common.specs import InputSpec
 
-CIFAR_MEAN = np.array([0.4914, 0.4822, 0.4465], np.float32).reshape(1, 3, 1, 1)
-CIFAR_STD = np.array([0.2470, 0.2435, 0.2616], np.float32).reshape(1, 3, 1, 1)
+CIFAR_MEAN = np.array([0.4914, 0.4822, 0.4465], np.float32)
+CIFAR_STD = np.array([0.2470, 0.2435, 0.2616], np.float32)
+CHANNEL_SHAPE = {"NCHW": (1, 3, 1, 1), "NHWC": (1, 1, 1, 3)}
 
 
 class DataUnavailable(Exception):
@@ -40,11 +41,13 @@ class Dataset:
     y_val: np.ndarray
     family: str
     key: str
+    layout: str = "NCHW"  # of images: NCHW as stored, or NHWC (transposed once at load)
 
     def inputs(self, x: np.ndarray) -> np.ndarray:
         """Raw stored samples -> model inputs (float32 normalised images; others unchanged)."""
         if self.family == "image":
-            return ((x.astype(np.float32) / 255.0) - CIFAR_MEAN) / CIFAR_STD
+            shape = CHANNEL_SHAPE[self.layout]
+            return ((x.astype(np.float32) / 255.0) - CIFAR_MEAN.reshape(shape)) / CIFAR_STD.reshape(shape)
         return x if x.flags.writeable else np.array(x)  # frameworks want writable arrays
 
 
@@ -177,8 +180,12 @@ def dataset_key(dataset: dict[str, Any], family: str, inp: InputSpec, seed: int)
     return f"{dataset['name']}-{family}-{digest}"
 
 
-def load(dataset: dict[str, Any], family: str, inp: InputSpec, seed: int, data_dir: str) -> Dataset:
-    """The dataset for a cell: read from data_dir, made there first if absent."""
+def load(dataset: dict[str, Any], family: str, inp: InputSpec, seed: int, data_dir: str, layout: str = "NCHW") -> Dataset:
+    """The dataset for a cell: read from data_dir, made there first if absent.
+
+    Images are stored NCHW; a framework that wants NHWC gets them transposed once here, in memory,
+    outside every timed region.
+    """
     if dataset["name"] == "cifar10" and family != "image":
         raise DataUnavailable(f"cifar10 holds images; this model reads {family} data")
     key = dataset_key(dataset, family, inp, seed)
@@ -204,4 +211,7 @@ def load(dataset: dict[str, Any], family: str, inp: InputSpec, seed: int, data_d
         n: np.load(folder / f"{n}.npy", mmap_mode="r", allow_pickle=False)
         for n in ("x_train", "y_train", "x_val", "y_val")
     }
-    return Dataset(**arrays, family=family, key=key)
+    if family == "image" and layout == "NHWC":
+        for n in ("x_train", "x_val"):
+            arrays[n] = np.ascontiguousarray(arrays[n].transpose(0, 2, 3, 1))
+    return Dataset(**arrays, family=family, key=key, layout=layout)

@@ -33,6 +33,7 @@ class Backend(Protocol):
     """What a framework worker implements; every method that returns numbers has synced the device."""
 
     framework: str
+    layout: str  # of image batches: "NCHW" or "NHWC"
 
     def info(self) -> dict[str, Any]: ...  # version, devices seen, threads, compiler
     def build(self, spec: ModelSpec, weights: dict[str, np.ndarray]) -> None: ...
@@ -182,7 +183,7 @@ def run(backend_loader: Any, cell: dict[str, Any], em: Emitter) -> int:
         em.emit("hello", protocol=PROTOCOL_VERSION, framework=backend.framework, pid=os.getpid(), **info)
         spec = get_spec(cell["model"], cell.get("model_overrides"))
         inp = input_spec(spec)
-        ds = datasets.load(cell["dataset"], spec.family, inp, cell["seed"], cell["data_dir"])
+        ds = datasets.load(cell["dataset"], spec.family, inp, cell["seed"], cell["data_dir"], backend.layout)
         t0 = time.perf_counter()
         backend.build(spec, initial_weights(spec, cell["seed"]))
         build_s = time.perf_counter() - t0

@@ -130,10 +130,12 @@ def spec_dict(spec: ModelSpec) -> dict[str, Any]:
 
 @dataclass(frozen=True)
 class Param:
-    """One canonical tensor: its shape, how it is initialised, and whether it is trained."""
+    """One canonical tensor: its shape, how it is initialised, whether it is trained, and the kind of
+    layer it belongs to (which tells each framework where the tensor lives and how to transpose it)."""
 
     shape: tuple[int, ...]
     init: str  # "kaiming_normal_fan_out" | "uniform_fan_in" | "normal" | "zeros" | "ones"
+    module: str  # "linear" | "conv" | "embedding" | "layernorm" | "batchnorm"
     fan_in: int = 0
     std: float = 0.0
     trainable: bool = True
@@ -141,21 +143,22 @@ class Param:
 
 def _linear(params: dict[str, Param], name: str, n_in: int, n_out: int, init: str, std: float = 0.0) -> None:
     w_init, b_init = (init, init) if init == "uniform_fan_in" else (init, "zeros")
-    params[f"{name}.weight"] = Param((n_out, n_in), w_init, fan_in=n_in, std=std)
-    params[f"{name}.bias"] = Param((n_out,), b_init, fan_in=n_in)
+    params[f"{name}.weight"] = Param((n_out, n_in), w_init, "linear", fan_in=n_in, std=std)
+    params[f"{name}.bias"] = Param((n_out,), b_init, "linear", fan_in=n_in)
 
 
 def _norm(params: dict[str, Param], name: str, n: int, running: bool) -> None:
-    params[f"{name}.weight"] = Param((n,), "ones")
-    params[f"{name}.bias"] = Param((n,), "zeros")
+    kind = "batchnorm" if running else "layernorm"
+    params[f"{name}.weight"] = Param((n,), "ones", kind)
+    params[f"{name}.bias"] = Param((n,), "zeros", kind)
     if running:  # BatchNorm running statistics: state, not trained
-        params[f"{name}.running_mean"] = Param((n,), "zeros", trainable=False)
-        params[f"{name}.running_var"] = Param((n,), "ones", trainable=False)
+        params[f"{name}.running_mean"] = Param((n,), "zeros", kind, trainable=False)
+        params[f"{name}.running_var"] = Param((n,), "ones", kind, trainable=False)
 
 
 def _conv(params: dict[str, Param], name: str, c_in: int, c_out: int, k: int) -> None:
     params[f"{name}.weight"] = Param(
-        (c_out, c_in, k, k), "kaiming_normal_fan_out", std=math.sqrt(2.0 / (c_out * k * k))
+        (c_out, c_in, k, k), "kaiming_normal_fan_out", "conv", std=math.sqrt(2.0 / (c_out * k * k))
     )
 
 
@@ -192,8 +195,8 @@ def canonical_params(spec: ModelSpec) -> dict[str, Param]:
     elif isinstance(spec, BertSpec):
         h, std = spec.hidden, spec.init_std
         assert h % spec.heads == 0, "hidden size must divide into heads"
-        p["embeddings.word.weight"] = Param((spec.vocab_size, h), "normal", std=std)
-        p["embeddings.position.weight"] = Param((spec.seq_len, h), "normal", std=std)
+        p["embeddings.word.weight"] = Param((spec.vocab_size, h), "normal", "embedding", std=std)
+        p["embeddings.position.weight"] = Param((spec.seq_len, h), "normal", "embedding", std=std)
         _norm(p, "embeddings.norm", h, running=False)
         for i in range(spec.layers):
             for proj in ("query", "key", "value", "out"):
@@ -207,6 +210,29 @@ def canonical_params(spec: ModelSpec) -> dict[str, Param]:
     else:
         raise TypeError(f"no canonical parameters for {type(spec).__name__}")
     return p
+
+
+def framework_layout(name: str, param: Param) -> tuple[tuple[str, ...], tuple[int, ...] | None, str]:
+    """Where a canonical tensor lives in TensorFlow/Keras and Flax, and how to transpose it there.
+
+    Returns (module path, axes permutation from canonical or None, leaf role), where the module
+    path merges list indices into their parent ("stages.0.1.conv1" -> ("stages_0_1", "conv1")) and
+    the role is one of kernel, bias, scale, embedding, mean, var. Both frameworks keep kernels as
+    (in, out) and (kh, kw, in, out).
+    """
+    parts = name.split(".")
+    leaf, path = parts[-1], []
+    for part in parts[:-1]:
+        if part.isdigit():
+            path[-1] += f"_{part}"
+        else:
+            path.append(part)
+    role = {"bias": "bias", "running_mean": "mean", "running_var": "var"}.get(leaf)
+    perm: tuple[int, ...] | None = None
+    if role is None:  # a weight
+        role = {"linear": "kernel", "conv": "kernel", "embedding": "embedding"}.get(param.module, "scale")
+        perm = {"linear": (1, 0), "conv": (2, 3, 1, 0)}.get(param.module)
+    return tuple(path), perm, role
 
 
 def num_parameters(spec: ModelSpec) -> int:

@@ -32,6 +32,7 @@ class TorchBackend:
     """One cell's model, optimizer and steps in PyTorch."""
 
     framework = "pytorch"
+    layout = "NCHW"
 
     def __init__(self, cell: dict[str, Any]) -> None:
         self.cell = cell

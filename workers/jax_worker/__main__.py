@@ -1,0 +1,19 @@
+"""Entry point: stdout is protected and XLA's flags set before jax is imported."""
+
+import os
+import sys
+
+from workers.common.cli import main
+
+
+def _load(cell):
+    if cell.get("threads"):  # XLA:CPU sizes its intra-op pool from this flag, read at import
+        flag = f"--xla_cpu_multi_thread_eigen=true intra_op_parallelism_threads={int(cell['threads'])}"
+        os.environ["XLA_FLAGS"] = (os.environ.get("XLA_FLAGS", "") + " " + flag).strip()
+    from workers.jax_worker.backend import JaxBackend
+
+    return JaxBackend(cell)
+
+
+if __name__ == "__main__":
+    sys.exit(main("jax", _load))

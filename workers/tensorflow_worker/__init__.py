@@ -1,0 +1,1 @@
+"""TensorFlow/Keras worker: `python -m workers.tensorflow_worker --cell JSON` (or flags, by hand)."""

@@ -1,0 +1,147 @@
+"""TensorFlow/Keras 3 backend of the shared harness: a GradientTape step inside tf.function.
+
+XLA (`jit_compile`) is used when the cell asks for its compiler. Every method that returns
+numbers calls `.numpy()`, which waits for the device.
+"""
+
+from __future__ import annotations
+
+import os
+from typing import Any
+
+import keras
+import numpy as np
+import tensorflow as tf
+
+from workers.common.harness import Unsupported
+from workers.common.specs import ModelSpec, OptimizerSpec
+from workers.tensorflow_worker import models
+
+POLICIES = {"fp32": "float32", "fp16": "mixed_float16", "bf16": "mixed_bfloat16"}
+
+
+def make_optimizer(opt: OptimizerSpec) -> keras.optimizers.Optimizer:
+    """The spec's optimizer. SGD weight decay is coupled (PyTorch semantics): it is added to the loss as
+    an L2 term over every trained variable (see `TFBackend`), not given to Keras, which decouples it."""
+    if opt.name == "sgd":
+        return keras.optimizers.SGD(opt.lr, momentum=opt.momentum)
+    if opt.name == "adamw":
+        return keras.optimizers.AdamW(opt.lr, weight_decay=opt.weight_decay, beta_1=opt.beta1, beta_2=opt.beta2,
+                                      epsilon=opt.eps)
+    raise Unsupported(f"optimizer {opt.name!r} is not implemented in the TensorFlow worker")
+
+
+class TFBackend:
+    """One cell's model, optimizer and compiled steps in TensorFlow/Keras."""
+
+    framework = "tensorflow"
+    layout = "NHWC"  # TensorFlow's CPU convolutions support only NHWC
+
+    def __init__(self, cell: dict[str, Any]) -> None:
+        self.cell = cell
+        device = cell["device"]
+        if "," in device:
+            raise Unsupported("multi-GPU data parallel is not implemented in the TensorFlow worker yet")
+        if device.startswith("cuda"):
+            gpus = tf.config.list_physical_devices("GPU")
+            index = int(device.split(":")[1])
+            if index >= len(gpus):
+                raise Unsupported(f"{device} asked for, but this TensorFlow ({tf.__version__}) sees {len(gpus)} GPU(s)")
+            self.device = f"/GPU:{index}"
+        elif device == "cpu":
+            self.device = "/CPU:0"
+        else:
+            raise Unsupported(f"device {device!r} is not supported by the TensorFlow worker")
+        if cell.get("threads"):
+            tf.config.threading.set_intra_op_parallelism_threads(int(cell["threads"]))
+        self.precision = cell["precision"]
+        keras.mixed_precision.set_global_policy(POLICIES[self.precision])
+        keras.utils.set_random_seed(cell["seed"])  # dropout masks
+        self.jit = bool(cell.get("compile"))
+
+    def info(self) -> dict[str, Any]:
+        build = tf.sysconfig.get_build_info()
+        return {
+            "framework_version": f"tensorflow {tf.__version__}, keras {keras.__version__}",
+            "cuda_version": build.get("cuda_version"),
+            "cudnn_version": build.get("cudnn_version"),
+            "devices": [d.name for d in tf.config.list_logical_devices()],
+            "threads": {"intra_op": tf.config.threading.get_intra_op_parallelism_threads(),
+                        "inter_op": tf.config.threading.get_inter_op_parallelism_threads(),
+                        "TF_NUM_INTRAOP_THREADS": os.environ.get("TF_NUM_INTRAOP_THREADS")},
+            "compiler": "XLA (tf.function jit_compile=True)" if self.jit else "tf.function graph (no XLA)",
+            "precision_mode": {"fp32": "fp32", "fp16": "Keras mixed_float16 + LossScaleOptimizer",
+                               "bf16": "Keras mixed_bfloat16"}[self.precision],
+        }
+
+    def build(self, spec: ModelSpec, weights: dict[str, np.ndarray]) -> None:
+        self.spec = spec
+        with tf.device(self.device):
+            self.model = models.build(spec)
+            models.load_canonical(self.model, spec, weights)
+            opt = make_optimizer(spec.optimizer)
+            self.optimizer = keras.mixed_precision.LossScaleOptimizer(opt) if self.precision == "fp16" else opt
+            self.optimizer.build(self.model.trainable_variables)
+        self.l2 = spec.optimizer.weight_decay if spec.optimizer.name == "sgd" else 0.0
+        self._train = tf.function(self._train_step, jit_compile=self.jit, reduce_retracing=True)
+        self._eval = tf.function(self._eval_step, jit_compile=self.jit, reduce_retracing=True)
+        self._predict = tf.function(lambda x: self.model(x, training=False), jit_compile=self.jit, reduce_retracing=True)
+
+    def _train_step(self, x: tf.Tensor, y: tf.Tensor) -> tuple[tf.Tensor, tf.Tensor]:
+        variables = self.model.trainable_variables
+        with tf.GradientTape() as tape:
+            logits = tf.cast(self.model(x, training=True), tf.float32)
+            loss = tf.reduce_mean(tf.nn.sparse_softmax_cross_entropy_with_logits(labels=y, logits=logits))
+            total = loss
+            if self.l2:  # coupled weight decay: d/dw (wd/2 * |w|^2) = wd * w, as PyTorch's SGD adds
+                total = loss + 0.5 * self.l2 * tf.add_n([tf.reduce_sum(tf.square(tf.cast(v, tf.float32))) for v in variables])
+            scaled = self.optimizer.scale_loss(total)
+        grads = tape.gradient(scaled, variables)
+        self.optimizer.apply(grads, variables)  # a LossScaleOptimizer unscales and skips non-finite steps
+        correct = tf.reduce_sum(tf.cast(tf.equal(tf.argmax(logits, -1, output_type=y.dtype), y), tf.int32))
+        return loss, correct
+
+    def _eval_step(self, x: tf.Tensor, y: tf.Tensor) -> tuple[tf.Tensor, tf.Tensor]:
+        logits = tf.cast(self.model(x, training=False), tf.float32)
+        loss = tf.reduce_sum(tf.nn.sparse_softmax_cross_entropy_with_logits(labels=y, logits=logits))
+        return loss, tf.reduce_sum(tf.cast(tf.equal(tf.argmax(logits, -1, output_type=y.dtype), y), tf.int32))
+
+    def num_parameters(self) -> int:
+        return int(sum(np.prod(v.shape) for v in self.model.trainable_variables))
+
+    def train_step(self, x: np.ndarray, y: np.ndarray) -> tuple[float, int]:
+        with tf.device(self.device):
+            loss, correct = self._train(tf.constant(x), tf.constant(y))
+        return float(loss.numpy()), int(correct.numpy())
+
+    def eval_step(self, x: np.ndarray, y: np.ndarray) -> tuple[float, int]:
+        with tf.device(self.device):
+            loss, correct = self._eval(tf.constant(x), tf.constant(y))
+        return float(loss.numpy()), int(correct.numpy())
+
+    def predict(self, x: np.ndarray) -> None:
+        with tf.device(self.device):
+            out = self._predict(tf.constant(x))
+        out.numpy()  # waits for the device (the copy of a (B, classes) result is negligible)
+
+    def logits(self, x: np.ndarray) -> np.ndarray:
+        with tf.device(self.device):
+            return np.asarray(self._predict(tf.constant(x)).numpy(), dtype=np.float32)
+
+    def export(self) -> dict[str, np.ndarray]:
+        return models.export_canonical(self.model, self.spec)
+
+    def save(self, path: str) -> str:
+        target = path + ".weights.h5"
+        self.model.save_weights(target)
+        return target
+
+    def memory(self) -> dict[str, Any]:
+        if not self.device.startswith("/GPU"):
+            return {"device_peak_bytes": None, "device_current_bytes": None, "allocator": "cpu (no allocator statistics)"}
+        info = tf.config.experimental.get_memory_info(self.device.strip("/"))
+        return {"device_peak_bytes": info["peak"], "device_current_bytes": info["current"],
+                "allocator": "TensorFlow BFC allocator (memory growth)"}
+
+    def is_oom(self, exc: BaseException) -> bool:
+        return isinstance(exc, tf.errors.ResourceExhaustedError) or "out of memory" in str(exc).lower()
