@@ -197,3 +197,77 @@ def schema() -> None:
     from mlbench.schema import markdown_table
 
     click.echo(markdown_table())
+
+
+@main.command(name="verify")
+@click.option("--models", multiple=True, help="Models to check (default: all).")
+@click.option("--frameworks", multiple=True, help="Frameworks to compare (default: all built-in).")
+@click.option("--config", type=click.Path(dir_okay=False), help="Take workers and model_overrides from this suite.")
+@click.option("--runs-dir", default="runs", show_default=True, type=click.Path(file_okay=False))
+@click.option("--name", default="verify", show_default=True, help="Folder under --runs-dir for logs and verify.json.")
+def verify_cmd(
+    models: tuple[str, ...], frameworks: tuple[str, ...], config: str | None, runs_dir: str, name: str
+) -> None:
+    """Check that every framework builds the same model: structure, weights, outputs, SGD losses."""
+    from rich.console import Console
+    from rich.table import Table
+
+    from mlbench import verify
+
+    suite = _load(config) if config else None
+    workers = dict(suite.workers) if suite else {}
+    chosen_models = _split(models) or (suite.models if suite else list(specs.MODELS))
+    chosen_fws = _split(frameworks) or (suite.frameworks if suite else list(BUILTIN_WORKERS))
+    for m in chosen_models:
+        if m not in specs.MODELS:
+            _fail(f"--models: unknown model {m!r}; allowed: {', '.join(specs.MODELS)}")
+    for fw in chosen_fws:
+        if fw not in {**BUILTIN_WORKERS, **workers}:
+            _fail(f"--frameworks: unknown framework {fw!r}; allowed: {', '.join({**BUILTIN_WORKERS, **workers})}")
+    run_dir = Path(runs_dir) / name
+    try:
+        with store.RunLock(run_dir):
+            checks = verify.run(
+                chosen_models,
+                chosen_fws,
+                run_dir,
+                workers=workers,
+                overrides=dict(suite.model_overrides) if suite else None,
+                seed=suite.seed if suite else 0,
+            )
+    except store.RunLocked as exc:
+        _fail(str(exc), 1)
+    table = Table(title="mlbench verify (fp32, CPU, same initial weights and batches)")
+    for col in (
+        "model",
+        "framework",
+        "vs",
+        "params",
+        "structure",
+        "round trip",
+        "first diverging layer",
+        "logits rel err",
+        "1st update rel err",
+        "SGD loss rel diff",
+        "verdict",
+    ):
+        table.add_column(col)
+    for c in checks:
+        table.add_row(
+            c.model,
+            c.framework,
+            c.reference or "-",
+            f"{c.num_parameters:,}" if c.num_parameters else "-",
+            c.structure or "-",
+            "-" if c.roundtrip_max_abs is None else f"{c.roundtrip_max_abs:.1g}",
+            c.first_diverging_module or "-",
+            "-" if c.logits_rel_err is None else f"{c.logits_rel_err:.1e}",
+            "-" if c.update_rel_err is None else f"{c.update_rel_err:.1e}",
+            "-" if c.loss_rel_diff is None else f"{c.loss_rel_diff:.1e}",
+            "ok" if c.status == "ok" else f"{c.status}: {c.problems[0]}",
+        )
+    Console(width=200).print(table)
+    failed = [c for c in checks if c.status != "ok"]
+    click.echo(f"{len(checks) - len(failed)} of {len(checks)} checks passed; details: {run_dir / 'verify.json'}")
+    if failed:
+        sys.exit(1)

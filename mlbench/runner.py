@@ -213,6 +213,7 @@ def run_cell(
     monitor_interval_s: float = 0.2,
     on_event: Callable[[dict[str, Any]], None] | None = None,
     on_start: Callable[[int], None] | None = None,
+    extra: dict[str, Any] | None = None,
     python: str = sys.executable,
 ) -> Outcome:
     """Run one cell to its end, whatever that end is; raises Interrupted on Ctrl-C/SIGTERM."""
@@ -220,6 +221,7 @@ def run_cell(
     logs_dir.mkdir(parents=True, exist_ok=True)
     payload = cell.worker_payload(str((run_dir / "data").resolve()))
     payload["device"] = visible_device(cell.device)
+    payload.update(extra or {})
     payload["threads"] = threads = resolved_threads(threads)
     argv = [python, "-m", module, "--cell", json.dumps(payload, separators=(",", ":"))]  # no shell
     stream_log = BoundedLog(logs_dir / f"{cell.cell_id}.ndjson", 8 << 20, 8 << 20)

@@ -180,7 +180,9 @@ def dataset_key(dataset: dict[str, Any], family: str, inp: InputSpec, seed: int)
     return f"{dataset['name']}-{family}-{digest}"
 
 
-def load(dataset: dict[str, Any], family: str, inp: InputSpec, seed: int, data_dir: str, layout: str = "NCHW") -> Dataset:
+def load(
+    dataset: dict[str, Any], family: str, inp: InputSpec, seed: int, data_dir: str, layout: str = "NCHW"
+) -> Dataset:
     """The dataset for a cell: read from data_dir, made there first if absent.
 
     Images are stored NCHW; a framework that wants NHWC gets them transposed once here, in memory,

@@ -14,13 +14,14 @@ import resource
 import tempfile
 import time
 import traceback
+import zlib
 from typing import Any, Protocol
 
 import numpy as np
 
 from workers.common import data as datasets
 from workers.common.events import PROTOCOL_VERSION, Emitter
-from workers.common.specs import ModelSpec, get_spec, input_spec, num_parameters, spec_dict
+from workers.common.specs import ModelSpec, canonical_params, get_spec, input_spec, num_parameters, spec_dict
 from workers.common.stats import percentiles_ms
 from workers.common.weights import initial_weights
 
@@ -44,6 +45,10 @@ class Backend(Protocol):
     def save(self, path: str) -> str: ...  # native format; returns the file or folder written
     def memory(self) -> dict[str, Any]: ...  # framework allocator figures, bytes
     def is_oom(self, exc: BaseException) -> bool: ...
+    # for `mlbench verify`
+    def logits(self, x: np.ndarray) -> np.ndarray: ...  # inference-mode logits, fp32
+    def export(self) -> dict[str, np.ndarray]: ...  # canonical tensors
+    def activations(self, x: np.ndarray, modules: list[str]) -> dict[str, np.ndarray]: ...  # inference mode
 
 
 def _disk_bytes(path: str) -> int:
@@ -174,6 +179,65 @@ def measure_inference(
     return {"batch_size": batch_size, "runs": len(times), **summary}
 
 
+def probe_modules(spec: ModelSpec) -> list[str]:
+    """Canonical module names whose outputs `verify` compares, in canonical (forward) order."""
+    return list(dict.fromkeys(name.rsplit(".", 1)[0] for name in canonical_params(spec)))
+
+
+def update_fingerprint(
+    before: dict[str, np.ndarray], after: dict[str, np.ndarray], names: list[str]
+) -> dict[str, list[float]]:
+    """Per tensor, the norm of one update and its projection on a fixed random direction (seeded by the
+    name), so two frameworks' gradients can be compared without shipping them."""
+    out = {}
+    for name in names:
+        d = after[name].astype(np.float64) - before[name].astype(np.float64)
+        r = np.random.default_rng(zlib.crc32(name.encode())).standard_normal(d.shape)
+        out[name] = [float(np.linalg.norm(d)), float(np.sum(d * r) / np.linalg.norm(r))]
+    return out
+
+
+def verify(backend: Backend, spec: ModelSpec, ds: datasets.Dataset, cell: dict[str, Any], em: Emitter) -> None:
+    """What `mlbench verify` compares across frameworks: structure, weight round trip, per-module outputs,
+    logits, and the losses of a few plain-SGD steps, all from the same initial weights and batches."""
+    params = canonical_params(spec)
+    weights = initial_weights(spec, cell["seed"])
+    backend.build(spec, weights)
+    exported = backend.export()
+    worst, worst_name = 0.0, None
+    for name, ref in weights.items():
+        diff = float(np.max(np.abs(exported[name] - ref))) if exported[name].shape == ref.shape else float("inf")
+        if diff > worst:
+            worst, worst_name = diff, name
+    opts = cell["verify"]
+    x = ds.inputs(ds.x_train[: opts["batch"]])
+    acts = backend.activations(x, probe_modules(spec))
+    if ds.layout == "NHWC":  # compare in the canonical NCHW layout
+        acts = {k: (np.transpose(v, (0, 3, 1, 2)) if v.ndim == 4 else v) for k, v in acts.items()}
+    logits = backend.logits(x)
+    losses, fingerprint = [], {}
+    for i, (xb, yb) in enumerate(datasets.train_batches(ds, opts["batch"], cell["seed"], 0)):
+        if i == opts["steps"]:
+            break
+        losses.append(backend.train_step(xb, yb)[0])
+        if i == 0:  # the first update, from identical weights: a direct check of the gradients
+            fingerprint = update_fingerprint(weights, backend.export(), [k for k, p in params.items() if p.trainable])
+    path = os.path.join(cell["verify_dir"], f"{backend.framework}-{cell['model']}.npz")
+    np.savez(path, logits=logits, **{f"act:{k}": np.asarray(v, np.float32) for k, v in acts.items()})
+    em.emit(
+        "verify",
+        num_parameters=backend.num_parameters(),
+        expected_parameters=num_parameters(spec),
+        shapes={k: list(v.shape) for k, v in exported.items()},
+        trainable=[k for k, p in params.items() if p.trainable],
+        roundtrip_max_abs=worst,
+        roundtrip_worst=worst_name,
+        losses=losses,
+        arrays=path,
+        update_fingerprint=fingerprint,
+    )
+
+
 def run(backend_loader: Any, cell: dict[str, Any], em: Emitter) -> int:
     """Run one cell end to end and emit its events; returns the process exit status."""
     backend = None
@@ -181,6 +245,14 @@ def run(backend_loader: Any, cell: dict[str, Any], em: Emitter) -> int:
         backend = backend_loader(cell)
         info = backend.info()
         em.emit("hello", protocol=PROTOCOL_VERSION, framework=backend.framework, pid=os.getpid(), **info)
+        if cell.get("task") == "verify":
+            spec = get_spec(cell["model"], cell.get("model_overrides"))
+            ds = datasets.load(
+                cell["dataset"], spec.family, input_spec(spec), cell["seed"], cell["data_dir"], backend.layout
+            )
+            verify(backend, spec, ds, cell, em)
+            em.emit("result", task="verify")
+            return 0
         spec = get_spec(cell["model"], cell.get("model_overrides"))
         inp = input_spec(spec)
         ds = datasets.load(cell["dataset"], spec.family, inp, cell["seed"], cell["data_dir"], backend.layout)

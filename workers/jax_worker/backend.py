@@ -26,8 +26,9 @@ SCALE_GROWTH_INTERVAL = 2000  # steps without overflow before the fp16 loss scal
 def make_optimizer(opt: OptimizerSpec) -> optax.GradientTransformation:
     """The spec's optimizer with PyTorch's semantics: SGD decay coupled (added to the gradient), AdamW's decoupled."""
     if opt.name == "sgd":
-        return optax.chain(optax.add_decayed_weights(opt.weight_decay),
-                           optax.sgd(opt.lr, momentum=opt.momentum or None))
+        return optax.chain(
+            optax.add_decayed_weights(opt.weight_decay), optax.sgd(opt.lr, momentum=opt.momentum or None)
+        )
     if opt.name == "adamw":
         return optax.adamw(opt.lr, b1=opt.beta1, b2=opt.beta2, eps=opt.eps, weight_decay=opt.weight_decay)
     raise Unsupported(f"optimizer {opt.name!r} is not implemented in the JAX worker")
@@ -81,8 +82,11 @@ class JaxBackend:
             "devices": [str(d) for d in jax.devices()],
             "threads": {"XLA_FLAGS": os.environ.get("XLA_FLAGS"), "OMP_NUM_THREADS": os.environ.get("OMP_NUM_THREADS")},
             "compiler": "XLA (jax.jit, always on)",
-            "precision_mode": {"fp32": "fp32", "fp16": "fp16 compute, fp32 params, dynamic loss scaling",
-                               "bf16": "bf16 compute, fp32 params"}[self.precision],
+            "precision_mode": {
+                "fp32": "fp32",
+                "fp16": "fp16 compute, fp32 params, dynamic loss scaling",
+                "bf16": "bf16 compute, fp32 params",
+            }[self.precision],
         }
 
     def build(self, spec: ModelSpec, weights: dict[str, np.ndarray]) -> None:
@@ -95,10 +99,14 @@ class JaxBackend:
         variables = jax.device_put(models.from_canonical(spec, weights, flax.core.unfreeze(like)), self.device)
         self.tx = make_optimizer(spec.optimizer)
         params = variables["params"]
-        self.state = TrainState(params=params, batch_stats=variables.get("batch_stats", {}),
-                                opt_state=self.tx.init(params),
-                                loss_scale=jnp.asarray(2.0**16 if self.precision == "fp16" else 1.0, jnp.float32),
-                                good_steps=jnp.asarray(0, jnp.int32), step=jnp.asarray(0, jnp.int32))
+        self.state = TrainState(
+            params=params,
+            batch_stats=variables.get("batch_stats", {}),
+            opt_state=self.tx.init(params),
+            loss_scale=jnp.asarray(2.0**16 if self.precision == "fp16" else 1.0, jnp.float32),
+            good_steps=jnp.asarray(0, jnp.int32),
+            step=jnp.asarray(0, jnp.int32),
+        )
         self._train = jax.jit(self._train_step, donate_argnums=0)
         self._eval = jax.jit(self._eval_step)
         self._predict = jax.jit(self._predict_step)
@@ -112,8 +120,9 @@ class JaxBackend:
 
         def loss_fn(params: Any) -> tuple[jax.Array, tuple[jax.Array, jax.Array, Any]]:
             variables = {"params": params, **({"batch_stats": state.batch_stats} if has_bn else {})}
-            logits, updates = self.model.apply(variables, x, train=True, rngs={"dropout": rng},
-                                               mutable=["batch_stats"] if has_bn else [])
+            logits, updates = self.model.apply(
+                variables, x, train=True, rngs={"dropout": rng}, mutable=["batch_stats"] if has_bn else []
+            )
             logits = logits.astype(jnp.float32)
             loss = optax.softmax_cross_entropy_with_integer_labels(logits, y).mean()
             return loss * state.loss_scale, (loss, logits, updates)
@@ -133,8 +142,11 @@ class JaxBackend:
         new_state = TrainState(
             params=keep(new_params, state.params),
             batch_stats=keep(updates["batch_stats"], state.batch_stats) if has_bn else state.batch_stats,
-            opt_state=keep(opt_state, state.opt_state), loss_scale=scale, good_steps=jnp.where(grow, 0, good),
-            step=state.step + 1)
+            opt_state=keep(opt_state, state.opt_state),
+            loss_scale=scale,
+            good_steps=jnp.where(grow, 0, good),
+            step=state.step + 1,
+        )
         correct = (jnp.argmax(logits, -1) == y).sum()
         return new_state, loss, correct
 
@@ -166,6 +178,22 @@ class JaxBackend:
     def logits(self, x: np.ndarray) -> np.ndarray:
         return np.asarray(self._predict(self.state, self._put(x)), dtype=np.float32)
 
+    def activations(self, x: np.ndarray, modules: list[str]) -> dict[str, np.ndarray]:
+        _, state = self.model.apply(
+            self._variables(self.state),
+            self._put(x),
+            train=False,
+            capture_intermediates=True,
+            mutable=["intermediates"],
+        )
+        flat = models._flat(flax.core.unfreeze(state["intermediates"]))
+        out = {}
+        for name in modules:
+            key = (*models.module_path(name), "__call__")
+            if key in flat:
+                out[name] = np.asarray(flat[key][0] if isinstance(flat[key], tuple) else flat[key], dtype=np.float32)
+        return out
+
     def export(self) -> dict[str, np.ndarray]:
         return models.to_canonical(self.spec, flax.core.unfreeze(self._variables(self.state)))
 
@@ -178,11 +206,16 @@ class JaxBackend:
     def memory(self) -> dict[str, Any]:
         stats = self.device.memory_stats() if self.device.platform == "gpu" else None
         if not stats:
-            return {"device_peak_bytes": None, "device_current_bytes": None, "allocator": f"{self.device.platform} (no allocator statistics)"}
-        return {"device_peak_bytes": stats.get("peak_bytes_in_use"), "device_current_bytes": stats.get("bytes_in_use"),
-                "allocator": "XLA BFC allocator (no preallocation)"}
+            return {
+                "device_peak_bytes": None,
+                "device_current_bytes": None,
+                "allocator": f"{self.device.platform} (no allocator statistics)",
+            }
+        return {
+            "device_peak_bytes": stats.get("peak_bytes_in_use"),
+            "device_current_bytes": stats.get("bytes_in_use"),
+            "allocator": "XLA BFC allocator (no preallocation)",
+        }
 
     def is_oom(self, exc: BaseException) -> bool:
         return "RESOURCE_EXHAUSTED" in str(exc) or "out of memory" in str(exc).lower()
-
-

@@ -14,7 +14,15 @@ import jax
 import jax.numpy as jnp
 import numpy as np
 
-from workers.common.specs import BertSpec, MLPSpec, ModelSpec, ResNetSpec, canonical_params, framework_layout, resnet_blocks
+from workers.common.specs import (
+    BertSpec,
+    MLPSpec,
+    ModelSpec,
+    ResNetSpec,
+    canonical_params,
+    framework_layout,
+    resnet_blocks,
+)
 
 Dtype = Any
 
@@ -43,10 +51,22 @@ class ConvBN(nn.Module):
     @nn.compact
     def __call__(self, x: jax.Array, train: bool) -> jax.Array:
         p = self.kernel // 2  # explicit symmetric padding, as PyTorch pads (XLA's SAME is asymmetric at stride 2)
-        x = nn.Conv(self.features, (self.kernel,) * 2, (self.stride,) * 2, padding=((p, p), (p, p)), use_bias=False,
-                    dtype=self.dtype, name="conv")(x)
-        return nn.BatchNorm(use_running_average=not train, momentum=1.0 - self.spec.bn_momentum,
-                            epsilon=self.spec.bn_eps, dtype=self.dtype, name="bn")(x)
+        x = nn.Conv(
+            self.features,
+            (self.kernel,) * 2,
+            (self.stride,) * 2,
+            padding=((p, p), (p, p)),
+            use_bias=False,
+            dtype=self.dtype,
+            name="conv",
+        )(x)
+        return nn.BatchNorm(
+            use_running_average=not train,
+            momentum=1.0 - self.spec.bn_momentum,
+            epsilon=self.spec.bn_eps,
+            dtype=self.dtype,
+            name="bn",
+        )(x)
 
 
 class BasicBlock(nn.Module):
@@ -90,7 +110,9 @@ class Attention(nn.Module):
     def __call__(self, x: jax.Array, train: bool) -> jax.Array:
         B, T, C = x.shape
         nh = self.spec.heads
-        q, k, v = (nn.Dense(C, dtype=self.dtype, name=n)(x).reshape(B, T, nh, C // nh) for n in ("query", "key", "value"))
+        q, k, v = (
+            nn.Dense(C, dtype=self.dtype, name=n)(x).reshape(B, T, nh, C // nh) for n in ("query", "key", "value")
+        )
         scores = jnp.einsum("bqhd,bkhd->bhqk", q, k) / math.sqrt(C // nh)  # (B, nh, T, T)
         probs = jax.nn.softmax(scores.astype(jnp.float32), axis=-1).astype(self.dtype)
         probs = nn.Dropout(self.spec.dropout, deterministic=not train)(probs)
@@ -163,6 +185,17 @@ def build(spec: ModelSpec, dtype: Dtype = jnp.float32) -> nn.Module:
 
 
 _COLLECTION = {"mean": "batch_stats", "var": "batch_stats"}
+
+
+def module_path(module: str) -> tuple[str, ...]:
+    """Flax path of a canonical module name ("stages.0.1.conv1" -> ("stages_0_1", "conv1"))."""
+    path: list[str] = []
+    for part in module.split("."):
+        if part.isdigit():
+            path[-1] += f"_{part}"
+        else:
+            path.append(part)
+    return tuple(path)
 
 
 def _flat(tree: dict[str, Any], prefix: tuple[str, ...] = ()) -> dict[tuple[str, ...], Any]:

@@ -137,6 +137,32 @@ class TorchBackend:
         if self.device.type == "cuda":
             torch.cuda.synchronize(self.device)
 
+    @torch.inference_mode()
+    def logits(self, x: np.ndarray) -> np.ndarray:
+        self._mode(False)
+        with self._autocast():
+            return self.model(self._inputs(x)[0]).float().cpu().numpy()
+
+    def export(self) -> dict[str, np.ndarray]:
+        return models.export_canonical(self.model)
+
+    @torch.inference_mode()
+    def activations(self, x: np.ndarray, modules: list[str]) -> dict[str, np.ndarray]:
+        self._mode(False)
+        found = dict(self.model.named_modules())
+        out: dict[str, np.ndarray] = {}
+        hooks = [
+            found[name].register_forward_hook(lambda m, i, o, name=name: out.__setitem__(name, o.float().cpu().numpy()))
+            for name in modules
+        ]
+        try:
+            with self._autocast():
+                self.model(self._inputs(x)[0])
+        finally:
+            for h in hooks:
+                h.remove()
+        return out
+
     def save(self, path: str) -> str:
         target = path + ".pt"
         torch.save(self.model.state_dict(), target)

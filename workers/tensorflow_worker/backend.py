@@ -26,8 +26,9 @@ def make_optimizer(opt: OptimizerSpec) -> keras.optimizers.Optimizer:
     if opt.name == "sgd":
         return keras.optimizers.SGD(opt.lr, momentum=opt.momentum)
     if opt.name == "adamw":
-        return keras.optimizers.AdamW(opt.lr, weight_decay=opt.weight_decay, beta_1=opt.beta1, beta_2=opt.beta2,
-                                      epsilon=opt.eps)
+        return keras.optimizers.AdamW(
+            opt.lr, weight_decay=opt.weight_decay, beta_1=opt.beta1, beta_2=opt.beta2, epsilon=opt.eps
+        )
     raise Unsupported(f"optimizer {opt.name!r} is not implemented in the TensorFlow worker")
 
 
@@ -66,12 +67,17 @@ class TFBackend:
             "cuda_version": build.get("cuda_version"),
             "cudnn_version": build.get("cudnn_version"),
             "devices": [d.name for d in tf.config.list_logical_devices()],
-            "threads": {"intra_op": tf.config.threading.get_intra_op_parallelism_threads(),
-                        "inter_op": tf.config.threading.get_inter_op_parallelism_threads(),
-                        "TF_NUM_INTRAOP_THREADS": os.environ.get("TF_NUM_INTRAOP_THREADS")},
+            "threads": {
+                "intra_op": tf.config.threading.get_intra_op_parallelism_threads(),
+                "inter_op": tf.config.threading.get_inter_op_parallelism_threads(),
+                "TF_NUM_INTRAOP_THREADS": os.environ.get("TF_NUM_INTRAOP_THREADS"),
+            },
             "compiler": "XLA (tf.function jit_compile=True)" if self.jit else "tf.function graph (no XLA)",
-            "precision_mode": {"fp32": "fp32", "fp16": "Keras mixed_float16 + LossScaleOptimizer",
-                               "bf16": "Keras mixed_bfloat16"}[self.precision],
+            "precision_mode": {
+                "fp32": "fp32",
+                "fp16": "Keras mixed_float16 + LossScaleOptimizer",
+                "bf16": "Keras mixed_bfloat16",
+            }[self.precision],
         }
 
     def build(self, spec: ModelSpec, weights: dict[str, np.ndarray]) -> None:
@@ -85,7 +91,9 @@ class TFBackend:
         self.l2 = spec.optimizer.weight_decay if spec.optimizer.name == "sgd" else 0.0
         self._train = tf.function(self._train_step, jit_compile=self.jit, reduce_retracing=True)
         self._eval = tf.function(self._eval_step, jit_compile=self.jit, reduce_retracing=True)
-        self._predict = tf.function(lambda x: self.model(x, training=False), jit_compile=self.jit, reduce_retracing=True)
+        self._predict = tf.function(
+            lambda x: self.model(x, training=False), jit_compile=self.jit, reduce_retracing=True
+        )
 
     def _train_step(self, x: tf.Tensor, y: tf.Tensor) -> tuple[tf.Tensor, tf.Tensor]:
         variables = self.model.trainable_variables
@@ -94,7 +102,9 @@ class TFBackend:
             loss = tf.reduce_mean(tf.nn.sparse_softmax_cross_entropy_with_logits(labels=y, logits=logits))
             total = loss
             if self.l2:  # coupled weight decay: d/dw (wd/2 * |w|^2) = wd * w, as PyTorch's SGD adds
-                total = loss + 0.5 * self.l2 * tf.add_n([tf.reduce_sum(tf.square(tf.cast(v, tf.float32))) for v in variables])
+                total = loss + 0.5 * self.l2 * tf.add_n(
+                    [tf.reduce_sum(tf.square(tf.cast(v, tf.float32))) for v in variables]
+                )
             scaled = self.optimizer.scale_loss(total)
         grads = tape.gradient(scaled, variables)
         self.optimizer.apply(grads, variables)  # a LossScaleOptimizer unscales and skips non-finite steps
@@ -128,6 +138,12 @@ class TFBackend:
         with tf.device(self.device):
             return np.asarray(self._predict(tf.constant(x)).numpy(), dtype=np.float32)
 
+    def activations(self, x: np.ndarray, modules: list[str]) -> dict[str, np.ndarray]:
+        probe = keras.Model(self.model.inputs, [self.model.get_layer(m).output for m in modules])
+        with tf.device(self.device):
+            outs = probe(tf.constant(x), training=False)
+        return {m: np.asarray(keras.ops.convert_to_numpy(o), dtype=np.float32) for m, o in zip(modules, outs)}
+
     def export(self) -> dict[str, np.ndarray]:
         return models.export_canonical(self.model, self.spec)
 
@@ -138,10 +154,17 @@ class TFBackend:
 
     def memory(self) -> dict[str, Any]:
         if not self.device.startswith("/GPU"):
-            return {"device_peak_bytes": None, "device_current_bytes": None, "allocator": "cpu (no allocator statistics)"}
+            return {
+                "device_peak_bytes": None,
+                "device_current_bytes": None,
+                "allocator": "cpu (no allocator statistics)",
+            }
         info = tf.config.experimental.get_memory_info(self.device.strip("/"))
-        return {"device_peak_bytes": info["peak"], "device_current_bytes": info["current"],
-                "allocator": "TensorFlow BFC allocator (memory growth)"}
+        return {
+            "device_peak_bytes": info["peak"],
+            "device_current_bytes": info["current"],
+            "allocator": "TensorFlow BFC allocator (memory growth)",
+        }
 
     def is_oom(self, exc: BaseException) -> bool:
         return isinstance(exc, tf.errors.ResourceExhaustedError) or "out of memory" in str(exc).lower()

@@ -11,7 +11,15 @@ import keras
 import numpy as np
 from keras import layers, ops
 
-from workers.common.specs import BertSpec, MLPSpec, ModelSpec, ResNetSpec, canonical_params, framework_layout, resnet_blocks
+from workers.common.specs import (
+    BertSpec,
+    MLPSpec,
+    ModelSpec,
+    ResNetSpec,
+    canonical_params,
+    framework_layout,
+    resnet_blocks,
+)
 
 
 def mlp(spec: MLPSpec) -> keras.Model:
@@ -62,7 +70,9 @@ def bert(spec: BertSpec) -> keras.Model:
     x = layers.Dropout(spec.dropout)(layers.LayerNormalization(name="embeddings.norm", **ln)(x))  # (B, T, H)
     for i in range(spec.layers):
         p = f"layers.{i}"
-        q, k, v = (_split_heads(layers.Dense(h, name=f"{p}.attn.{n}")(x), spec.heads) for n in ("query", "key", "value"))
+        q, k, v = (
+            _split_heads(layers.Dense(h, name=f"{p}.attn.{n}")(x), spec.heads) for n in ("query", "key", "value")
+        )
         scores = ops.matmul(q, ops.transpose(k, (0, 1, 3, 2))) / math.sqrt(h // spec.heads)  # (B, nh, T, T)
         probs = layers.Dropout(spec.dropout)(layers.Softmax(axis=-1, dtype="float32")(scores))
         y = ops.matmul(ops.cast(probs, v.dtype), v)  # (B, nh, T, hd)
@@ -73,7 +83,7 @@ def bert(spec: BertSpec) -> keras.Model:
         f = layers.Activation(lambda t: keras.activations.gelu(t, approximate=spec.gelu != "exact"))(f)
         f = layers.Dense(h, name=f"{p}.ffn.outer")(f)
         x = layers.LayerNormalization(name=f"{p}.ffn_norm", **ln)(x + layers.Dropout(spec.dropout)(f))
-    pooled = layers.Dense(h, activation="tanh", name="pooler")(x[:, 0])
+    pooled = layers.Activation("tanh")(layers.Dense(h, name="pooler")(x[:, 0]))
     return keras.Model(tokens, layers.Dense(spec.num_classes, name="head")(pooled), name="bert")
 
 

@@ -1,0 +1,230 @@
+"""`mlbench verify`: prove, rather than assume, that the frameworks run the same model.
+
+For each model, every framework's worker (a fresh process each) builds the model from the same
+canonical initial weights and reports: its parameter count and every tensor's shape; whether the
+weights survive an import/export round trip unchanged; the output of every parametrised module
+and the logits on one batch (inference mode, fp32); and the losses of a few plain-SGD steps on
+the same batches (dropout off). Each framework is compared with the first one that ran.
+"""
+
+from __future__ import annotations
+
+import json
+import math
+from dataclasses import asdict, dataclass, field
+from pathlib import Path
+from typing import Any
+
+import numpy as np
+
+from mlbench import runner, store
+from mlbench.cells import Cell
+from mlbench.config import BUILTIN_WORKERS
+from workers.common import specs
+
+LOGITS_RTOL = 1e-4  # max |a - b| over max |b|, fp32
+LOSS_RTOL = 1e-3  # per SGD step, |a - b| / |b|
+MODULE_RTOL = 1e-4  # a module output further off than this names the first diverging module
+# First SGD update per tensor: |norm and projection differences| over the reference norm. Measured floor:
+# PyTorch's own fp32 gradients differ from its fp64 ones by up to 6e-3 (relative) in ResNet-18's early
+# layers at batch 16, where per-channel sums cancel; a wrong layer is off by far more than 1e-2.
+UPDATE_RTOL = 1e-2
+UPDATE_FLOOR = 1e-2  # ... where the reference norm is at least this fraction of the model's largest tensor update
+BATCH, STEPS, SGD_LR = 16, 3, 0.001
+
+
+@dataclass
+class Check:
+    """One framework's verdict for one model, against the reference framework."""
+
+    model: str
+    framework: str
+    reference: str
+    status: str  # ok | mismatch | error
+    num_parameters: int | None = None
+    structure: str = ""  # "ok" or the first tensor whose shape differs
+    roundtrip_max_abs: float | None = None
+    first_diverging_module: str | None = None
+    logits_rel_err: float | None = None
+    update_rel_err: float | None = None
+    update_worst: str | None = None
+    loss_rel_diff: float | None = None
+    problems: list[str] = field(default_factory=list)
+
+
+def verify_overrides(model: str, overrides: dict[str, Any] | None) -> dict[str, Any]:
+    """The cell's model overrides plus what makes the comparison deterministic: no dropout, plain SGD."""
+    out = dict(overrides or {})
+    if "dropout" in specs.override_keys(model):
+        out["dropout"] = 0.0
+    out["optimizer"] = {"name": "sgd", "lr": SGD_LR, "momentum": 0.0, "weight_decay": 0.0}
+    return out
+
+
+def verify_cell(framework: str, model: str, module: str, overrides: dict[str, Any] | None, seed: int) -> Cell:
+    spec = {
+        "task": "verify",
+        "framework": framework,
+        "worker": module,
+        "model": model,
+        "model_overrides": verify_overrides(model, overrides),
+        "device": "cpu",
+        "precision": "fp32",
+        "batch_size": BATCH,
+        "epochs": 1,
+        "seed": seed,
+        "warmup_steps": 0,
+        "compile": False,
+        "threads": None,
+        "dataset": {"name": "synthetic", "train_samples": BATCH * STEPS, "val_samples": BATCH, "path": None},
+        "inference": {"warmup": 0, "runs": 1, "min_runs": 1, "max_s": 1.0},
+        "verify": {"batch": BATCH, "steps": STEPS},
+    }
+    return Cell(framework, model, "cpu", "fp32", BATCH, json.dumps(spec, sort_keys=True, separators=(",", ":")))
+
+
+def _rel(a: np.ndarray, b: np.ndarray) -> float:
+    if a.shape != b.shape:
+        try:
+            a, b = np.broadcast_arrays(a, b)
+        except ValueError:
+            return math.inf
+    scale = float(np.max(np.abs(b))) or 1.0
+    return float(np.max(np.abs(a.astype(np.float64) - b.astype(np.float64)))) / scale
+
+
+def compare(
+    model: str,
+    framework: str,
+    reference: str,
+    got: dict[str, Any],
+    ref: dict[str, Any],
+    arrays: dict[str, np.ndarray],
+    ref_arrays: dict[str, np.ndarray],
+    modules: list[str],
+) -> Check:
+    """Compare one framework's verify report (and arrays) with the reference's."""
+    check = Check(model, framework, reference, "ok", num_parameters=got["num_parameters"])
+    if got["num_parameters"] != got["expected_parameters"]:
+        check.problems.append(f"{got['num_parameters']:,} parameters, the spec has {got['expected_parameters']:,}")
+    if got["num_parameters"] != ref["num_parameters"]:
+        check.problems.append(f"{got['num_parameters']:,} parameters, {reference} has {ref['num_parameters']:,}")
+    shapes, ref_shapes = got["shapes"], ref["shapes"]
+    bad = [n for n in ref_shapes if shapes.get(n) != ref_shapes[n]] + [n for n in shapes if n not in ref_shapes]
+    check.structure = "ok" if not bad else bad[0]
+    if bad:
+        check.problems.append(f"layer {bad[0]}: shape {shapes.get(bad[0])} vs {reference} {ref_shapes.get(bad[0])}")
+    check.roundtrip_max_abs = got["roundtrip_max_abs"]
+    if got["roundtrip_max_abs"] != 0.0:
+        check.problems.append(
+            f"weights change on import/export (worst: {got['roundtrip_worst']}, {got['roundtrip_max_abs']:.3g})"
+        )
+    for name in modules:
+        a, b = arrays.get(f"act:{name}"), ref_arrays.get(f"act:{name}")
+        if a is None or b is None:
+            continue
+        if _rel(a, b) > MODULE_RTOL:
+            check.first_diverging_module = name
+            check.problems.append(f"layer {name}: output differs from {reference} (relative error {_rel(a, b):.2g})")
+            break
+    check.logits_rel_err = _rel(arrays["logits"], ref_arrays["logits"])
+    if not check.logits_rel_err <= LOGITS_RTOL:
+        check.problems.append(f"logits differ: relative error {check.logits_rel_err:.2g} > {LOGITS_RTOL:g}")
+    worst, worst_name = 0.0, None
+    ref_fp = ref.get("update_fingerprint", {})
+    # a tensor whose update is tiny next to the largest one (e.g. attention key biases, whose gradient is
+    # zero in exact arithmetic: softmax ignores a constant shift) is compared on that floor, not its own norm
+    floor = UPDATE_FLOOR * max((v[0] for v in ref_fp.values()), default=1.0)
+    for name, (norm_b, proj_b) in ref_fp.items():
+        norm_a, proj_a = got.get("update_fingerprint", {}).get(name, (math.inf, math.inf))
+        scale = max(norm_b, floor) or 1.0
+        err = max(abs(norm_a - norm_b), abs(proj_a - proj_b)) / scale
+        if err > worst:
+            worst, worst_name = err, name
+    check.update_rel_err, check.update_worst = worst, worst_name
+    if worst > UPDATE_RTOL:
+        check.problems.append(f"layer {worst_name}: first SGD update differs from {reference} (relative {worst:.2g})")
+    la, lb = np.asarray(got["losses"], float), np.asarray(ref["losses"], float)
+    check.loss_rel_diff = float(np.max(np.abs(la - lb) / np.abs(lb))) if la.shape == lb.shape and la.size else math.inf
+    if not check.loss_rel_diff <= LOSS_RTOL:
+        check.problems.append(f"SGD losses differ: relative {check.loss_rel_diff:.2g} > {LOSS_RTOL:g}")
+    if check.problems:
+        check.status = "mismatch"
+    return check
+
+
+def _load_arrays(path: str) -> dict[str, np.ndarray]:
+    with np.load(path, allow_pickle=False) as f:
+        return {k: f[k] for k in f.files}
+
+
+def run(
+    models: list[str],
+    frameworks: list[str],
+    run_dir: Path,
+    *,
+    workers: dict[str, str] | None = None,
+    overrides: dict[str, dict[str, Any]] | None = None,
+    seed: int = 0,
+    timeout_s: float = 900,
+) -> list[Check]:
+    """Run the verify task of every framework for every model; returns one Check per framework and model."""
+    modules = {**BUILTIN_WORKERS, **(workers or {})}
+    out_dir = run_dir / "verify"
+    out_dir.mkdir(parents=True, exist_ok=True)
+    checks: list[Check] = []
+    for model in models:
+        spec = specs.get_spec(model, verify_overrides(model, (overrides or {}).get(model)))
+        probe = list(dict.fromkeys(n.rsplit(".", 1)[0] for n in specs.canonical_params(spec)))
+        reference: tuple[str, dict[str, Any], dict[str, np.ndarray]] | None = None
+        for fw in frameworks:
+            cell = verify_cell(fw, model, modules[fw], (overrides or {}).get(model), seed)
+            outcome = runner.run_cell(
+                cell,
+                out_dir,
+                module=modules[fw],
+                timeout_s=timeout_s,
+                idle_timeout_s=timeout_s,
+                extra={"verify_dir": str(out_dir.resolve())},
+            )
+            event = next((e for e in outcome.events if e["event"] == "verify"), None)
+            if outcome.status != "ok" or event is None:
+                checks.append(
+                    Check(
+                        model,
+                        fw,
+                        reference[0] if reference else "",
+                        "error",
+                        problems=[f"{outcome.status}: {outcome.reason}"],
+                    )
+                )
+                continue
+            arrays = _load_arrays(event["arrays"])
+            if reference is None:
+                reference = (fw, event, arrays)
+                check = compare(model, fw, fw, event, event, arrays, arrays, probe)
+            else:
+                check = compare(model, fw, reference[0], event, reference[1], arrays, reference[2], probe)
+            checks.append(check)
+    store.atomic_write(
+        run_dir / "verify.json",
+        lambda p: p.write_text(json.dumps([asdict(c) for c in checks], indent=1), encoding="utf-8"),
+    )
+    return checks
+
+
+def verdicts(checks: list[Check]) -> dict[str, tuple[bool, str]]:
+    """Per model: (passed, one-line detail)."""
+    out: dict[str, tuple[bool, str]] = {}
+    for model in dict.fromkeys(c.model for c in checks):
+        mine = [c for c in checks if c.model == model]
+        bad = [f"{c.framework}: {c.problems[0]}" for c in mine if c.status != "ok"]
+        out[model] = (not bad, "; ".join(bad) if bad else f"{len(mine)} frameworks agree")
+    return out
+
+
+def load(run_dir: Path) -> list[Check]:
+    path = run_dir / "verify.json"
+    if not path.is_file():
+        return []
+    return [Check(**c) for c in json.loads(path.read_text(encoding="utf-8"))]
