@@ -5,6 +5,7 @@ from __future__ import annotations
 
 import importlib.util
 import json
+import sys
 import time
 from dataclasses import dataclass, field
 from pathlib import Path
@@ -12,7 +13,7 @@ from typing import Any
 
 import psutil
 
-from mlbench import environment, report, rows, runner, store
+from mlbench import environment, parity, report, rows, runner, store, verify
 from mlbench.cells import Cell, expand
 from mlbench.config import Suite, parse_suite
 from mlbench.progress import RunProgress
@@ -102,6 +103,24 @@ def run_suite(
             torn.unlink(missing_ok=True)
         todo, already = cells_to_run(suite, cells, run_dir, resume, retry_failed)
         summary = RunSummary(run_dir, already_stored=already)
+        if suite.verify and todo and not (resume and (run_dir / "verify.json").is_file()):
+            checks = verify.run(
+                suite.models,
+                suite.frameworks,
+                run_dir,
+                workers=suite.workers,
+                overrides=suite.model_overrides,
+                seed=suite.seed,
+                timeout_s=suite.timeout_s,
+            )
+            failed = [f"{c.model}/{c.framework}: {c.problems[0]}" for c in checks if c.status != "ok"]
+            print(
+                f"verify: {len(checks) - len(failed)} of {len(checks)} checks passed"
+                + (f"; {'; '.join(failed)}" if failed else ""),
+                file=sys.stderr,
+                flush=True,
+            )
+            _journal(run_dir, action="verify", passed=len(checks) - len(failed), failed=failed)
         _journal(run_dir, action="start", cells=len(cells), to_run=len(todo), resume=resume)
         with RunProgress(todo, tty=tty) as progress:
             for cell in todo:
@@ -159,8 +178,10 @@ def rebuild(run_dir: Path) -> list[Path]:
     suite = parse_suite(suite_data, str(suite_path))
     grid = [c.cell_id for c in expand(suite)]
     table = store.read_cells(run_dir, grid)
+    table, groups = parity.annotate(table, verify.load(run_dir), suite.accuracy_parity_pts)
     env_path = run_dir / ENV_FILE
     env = json.loads(env_path.read_text()) if env_path.is_file() else {}
     written = store.write_exports(run_dir, table)
+    store.atomic_write(run_dir / "parity.json", lambda p: p.write_text(json.dumps(groups, indent=1), encoding="utf-8"))
     written.append(report.write(run_dir, table.to_pylist(), suite_data, env, grid_size=len(grid)))
     return written

@@ -95,6 +95,9 @@ def build(
         "steps_timed": len(step_s) if steps else None,
         "noisy": st["noisy"],
         "first_step_s": (warm or step_s or [None])[0],
+        "compile_time_s": ((warm or step_s)[0] - st["median"])
+        if ((warm or step_s) and st["median"] is not None)
+        else None,
         "warmup_time_s": sum(warm) if warm else None,
         "data_wait_s": sum(e.get("data_wait_s") or 0.0 for e in epochs) if epochs else None,
         "final_train_loss": epochs[-1]["train_loss"] if epochs else None,
@@ -140,6 +143,7 @@ def build(
         "hostname": env["hostname"],
         "env_flags": json.dumps(env_flags),
         "mlbench_version": env["mlbench_version"],
+        **{name: None for name in schema.DERIVED},
         "epochs_detail": [{k: e.get(k) for k in schema.EPOCH.names} for e in epochs],
         "step_times_s": step_s,
         "warmup_times_s": warm,

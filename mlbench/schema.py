@@ -66,6 +66,7 @@ COLUMNS: list[tuple[str, pa.DataType, str]] = [
     ("steps_timed", I, "training steps after warm-up that the figures above come from"),
     ("noisy", B, "true where the step-time CV is above 10%: too noisy to rank on"),
     ("first_step_s", F, "wall time of the first training step (tracing, compilation, autotuning)"),
+    ("compile_time_s", F, "first step minus the median timed step: tracing/compilation/autotuning cost"),
     ("warmup_time_s", F, "wall time of all warm-up steps"),
     ("data_wait_s", F, "time spent preparing host batches during training, all epochs"),
     ("final_train_loss", F, "mean training loss over the last epoch"),
@@ -116,6 +117,19 @@ COLUMNS: list[tuple[str, pa.DataType, str]] = [
     ("hostname", S, "machine the cell ran on"),
     ("env_flags", S, "allocator, thread and cache environment variables given to the worker (JSON)"),
     ("mlbench_version", S, "mlbench version"),
+    (
+        "verify_passed",
+        B,
+        "whether `mlbench verify` found this model identical across the frameworks (rebuilt; null: not run)",
+    ),
+    ("verify_detail", S, "verify's one-line verdict for this model (rebuilt)"),
+    (
+        "accuracy_spread_pts",
+        F,
+        "max minus min final validation accuracy (points) across frameworks for the same "
+        "model, device, precision and batch size (rebuilt; null with fewer than two)",
+    ),
+    ("accuracy_parity", B, "accuracy_spread_pts within the suite's accuracy_parity_pts (rebuilt)"),
     ("epochs_detail", pa.list_(EPOCH), "per-epoch loss, accuracy and timing (nested; flat in epochs.parquet)"),
     ("step_times_s", pa.list_(F), "raw wall times of the timed training steps (nested; flat in steps.parquet)"),
     ("warmup_times_s", pa.list_(F), "raw wall times of the warm-up steps"),
@@ -124,6 +138,7 @@ COLUMNS: list[tuple[str, pa.DataType, str]] = [
 
 SCHEMA = pa.schema([pa.field(name, typ) for name, typ, _ in COLUMNS], metadata={b"mlbench_schema": b"1"})
 NESTED = [name for name, typ, _ in COLUMNS if pa.types.is_list(typ)]
+DERIVED = ["verify_passed", "verify_detail", "accuracy_spread_pts", "accuracy_parity"]  # filled by rebuild
 FLAT = [name for name, _, _ in COLUMNS if name not in NESTED]
 
 

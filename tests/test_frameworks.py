@@ -1,0 +1,110 @@
+"""The three framework workers: canonical weight round trip in each, and real training cells side by side."""
+
+from __future__ import annotations
+
+import json
+
+import numpy as np
+import pandas as pd
+import pytest
+import yaml
+
+from tests.conftest import cli, suite_dict
+from workers.common import specs
+from workers.common.weights import initial_weights
+
+TINY = {
+    "resnet18": {"widths": [8, 16, 32, 64]},
+    "bert": {"layers": 1, "hidden": 64, "heads": 2, "ffn": 128, "vocab_size": 512, "seq_len": 32, "dropout": 0.0},
+}
+CELL = {"device": "cpu", "precision": "fp32", "seed": 0, "compile": False, "threads": None}
+
+
+def _backend(framework: str):
+    if framework == "pytorch":
+        pytest.importorskip("torch")
+        from workers.pytorch_worker.backend import TorchBackend as B
+    elif framework == "tensorflow":
+        pytest.importorskip("tensorflow")
+        from workers.tensorflow_worker.backend import TFBackend as B
+    else:
+        pytest.importorskip("jax")
+        from workers.jax_worker.backend import JaxBackend as B
+    return B(dict(CELL))
+
+
+@pytest.mark.parametrize("framework", ["pytorch", "tensorflow", "jax"])
+@pytest.mark.parametrize("model", ["mlp", "resnet18", "bert"])
+def test_canonical_weights_round_trip_exactly(framework: str, model: str, tmp_path) -> None:
+    spec = specs.get_spec(model, TINY.get(model))
+    weights = initial_weights(spec, 3)
+    backend = _backend(framework)
+    backend.build(spec, weights)
+    assert backend.num_parameters() == specs.num_parameters(spec)
+    exported = backend.export()
+    assert set(exported) == set(weights)
+    for name, arr in weights.items():
+        assert exported[name].shape == arr.shape and np.array_equal(exported[name], arr), name
+    saved = backend.save(str(tmp_path / "model"))  # the native format is written and not empty
+    assert (tmp_path / saved.split("/")[-1]).stat().st_size > 4 * specs.num_parameters(spec) * 0.9
+
+
+@pytest.mark.parametrize("framework", ["tensorflow", "jax"])
+def test_a_gpu_the_framework_cannot_see_is_unsupported(framework: str) -> None:
+    from workers.common.harness import Unsupported
+
+    _backend(framework)  # skips when the framework is not installed
+    if framework == "tensorflow":
+        from workers.tensorflow_worker.backend import TFBackend as B
+    else:
+        from workers.jax_worker.backend import JaxBackend as B
+    try:
+        B({**CELL, "device": "cuda:7"})
+    except Unsupported as exc:
+        assert "cuda:7" in str(exc)
+    else:
+        pytest.skip("this machine has 8 GPUs")
+
+
+@pytest.fixture(scope="module")
+def three_frameworks(tmp_path_factory):
+    pytest.importorskip("tensorflow")
+    pytest.importorskip("jax")
+    tmp = tmp_path_factory.mktemp("fw")
+    suite = suite_dict(
+        frameworks=["pytorch", "tensorflow", "jax"],
+        models=["mlp", "bert"],
+        model_overrides=TINY,
+        dataset={"name": "synthetic", "train_samples": 160, "val_samples": 64},
+        epochs=2,
+    )
+    (tmp / "s.yaml").write_text(yaml.safe_dump(suite))
+    proc = cli("run", "s.yaml", "--runs-dir", "runs", cwd=tmp)
+    assert proc.returncode == 0, proc.stderr[-3000:]
+    return tmp
+
+
+@pytest.mark.e2e
+def test_one_real_training_cell_per_framework(three_frameworks) -> None:
+    df = pd.read_parquet(three_frameworks / "runs" / "t" / "results.parquet")
+    assert len(df) == 6 and set(df.status) == {"ok"}, df[["framework", "model_name", "status", "reason"]]
+    for _, r in df.iterrows():
+        assert r.num_parameters == specs.num_parameters(specs.get_spec(r.model_name, TINY.get(r.model_name)))
+        assert r.samples_per_second > 0 and 0 < r.inference_latency_p50_ms <= r.inference_latency_p99_ms
+        assert r.first_step_s > 0 and r.compile_time_s is not None and r.precision_mode == "fp32"
+        assert len(r.epochs_detail) == 2
+    assert df.set_index("framework").loc["tensorflow"].compiler.iloc[0].startswith("tf.function")
+    assert df.set_index("framework").loc["jax"].compiler.iloc[0].startswith("XLA")
+
+
+@pytest.mark.e2e
+def test_same_weights_and_data_give_the_same_training_curve(three_frameworks) -> None:
+    df = pd.read_parquet(three_frameworks / "runs" / "t" / "results.parquet").set_index(["model_name", "framework"])
+    for model in ("mlp", "bert"):  # no dropout in either: the curves agree to float rounding
+        losses = {fw: df.loc[(model, fw)].final_train_loss for fw in ("pytorch", "tensorflow", "jax")}
+        assert max(losses.values()) - min(losses.values()) < 1e-3 * max(losses.values()), losses
+        assert df.loc[(model, "pytorch")].accuracy_parity == True  # noqa: E712 - numpy bool
+        assert df.loc[(model, "pytorch")].accuracy_spread_pts <= 2.0
+    groups = json.loads((three_frameworks / "runs" / "t" / "parity.json").read_text())
+    assert {g["model_name"] for g in groups} == {"mlp", "bert"}
+    assert all(set(g["val_accuracy"]) == {"pytorch", "tensorflow", "jax"} for g in groups)

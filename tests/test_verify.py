@@ -1,0 +1,104 @@
+"""`mlbench verify` through its real command: passes on the shipped models, fails naming the layer."""
+
+from __future__ import annotations
+
+import json
+
+import numpy as np
+import pytest
+import yaml
+
+from mlbench.verify import Check, compare, verdicts, verify_overrides
+from tests.conftest import cli, suite_dict
+
+pytest.importorskip("torch")
+pytest.importorskip("tensorflow")
+pytest.importorskip("jax")
+
+TINY = {
+    "resnet18": {"widths": [8, 16, 32, 64]},
+    "bert": {"layers": 2, "hidden": 64, "heads": 2, "ffn": 128, "vocab_size": 512, "seq_len": 32},
+}
+
+
+@pytest.mark.e2e
+def test_verify_passes_for_every_model_across_the_three_frameworks(tmp_path) -> None:
+    (tmp_path / "s.yaml").write_text(
+        yaml.safe_dump(
+            suite_dict(
+                frameworks=["pytorch", "tensorflow", "jax"], models=["mlp", "resnet18", "bert"], model_overrides=TINY
+            )
+        )
+    )
+    proc = cli("verify", "--config", "s.yaml", cwd=tmp_path)
+    assert proc.returncode == 0, proc.stdout + proc.stderr
+    assert "9 of 9 checks passed" in proc.stdout
+    checks = json.loads((tmp_path / "runs" / "verify" / "verify.json").read_text())
+    for c in checks:
+        assert c["status"] == "ok" and c["roundtrip_max_abs"] == 0.0 and c["structure"] == "ok"
+        assert c["logits_rel_err"] <= 1e-4 and c["loss_rel_diff"] <= 1e-3
+
+
+@pytest.mark.e2e
+@pytest.mark.parametrize(
+    "altered,fragment",
+    [
+        ("altered_activation", "layer layers.1: output differs from pytorch"),
+        ("altered_shape", "layers.1.weight"),
+    ],
+)
+def test_verify_fails_on_an_altered_model_naming_the_layer(tmp_path, altered: str, fragment: str) -> None:
+    (tmp_path / "s.yaml").write_text(
+        yaml.safe_dump(
+            suite_dict(frameworks=["pytorch", altered], models=["mlp"], workers={altered: "tests.altered_worker"})
+        )
+    )
+    proc = cli("verify", "--config", "s.yaml", cwd=tmp_path)
+    assert proc.returncode == 1, proc.stdout + proc.stderr
+    assert "1 of 2 checks passed" in proc.stdout
+    check = json.loads((tmp_path / "runs" / "verify" / "verify.json").read_text())[1]
+    assert check["framework"] == altered and check["status"] in ("mismatch", "error")
+    assert any(fragment in p for p in check["problems"]), check["problems"]
+
+
+def _report(n_params=10, shapes=None, losses=(1.0, 0.9), fp=None):
+    return {
+        "num_parameters": n_params,
+        "expected_parameters": 10,
+        "shapes": shapes or {"a.weight": [2, 5]},
+        "roundtrip_max_abs": 0.0,
+        "roundtrip_worst": None,
+        "losses": list(losses),
+        "update_fingerprint": fp or {"a.weight": [1.0, 0.5]},
+    }
+
+
+def test_compare_flags_each_kind_of_difference() -> None:
+    ref, arrays = _report(), {"logits": np.ones((2, 3)), "act:a": np.ones((2, 3))}
+    ok = compare("m", "x", "ref", _report(), ref, dict(arrays), arrays, ["a"])
+    assert ok.status == "ok" and ok.problems == []
+    bad_shape = compare("m", "x", "ref", _report(shapes={"a.weight": [2, 6]}), ref, arrays, arrays, ["a"])
+    assert bad_shape.structure == "a.weight" and "layer a.weight: shape [2, 6]" in bad_shape.problems[0]
+    off = {"logits": np.ones((2, 3)) * 1.001, "act:a": np.ones((2, 3)) * 1.001}
+    bad_math = compare("m", "x", "ref", _report(), ref, off, arrays, ["a"])
+    assert bad_math.first_diverging_module == "a" and any("logits differ" in p for p in bad_math.problems)
+    bad_loss = compare("m", "x", "ref", _report(losses=(1.0, 0.95)), ref, arrays, arrays, ["a"])
+    assert any("SGD losses differ" in p for p in bad_loss.problems)
+    bad_update = compare("m", "x", "ref", _report(fp={"a.weight": [1.1, 0.5]}), ref, arrays, arrays, ["a"])
+    assert any("layer a.weight: first SGD update differs" in p for p in bad_update.problems)
+
+
+def test_verdicts_per_model() -> None:
+    checks = [
+        Check("mlp", "pytorch", "pytorch", "ok"),
+        Check("mlp", "jax", "pytorch", "ok"),
+        Check("bert", "pytorch", "pytorch", "ok"),
+        Check("bert", "jax", "pytorch", "mismatch", problems=["layer x"]),
+    ]
+    assert verdicts(checks) == {"mlp": (True, "2 frameworks agree"), "bert": (False, "jax: layer x")}
+
+
+def test_verify_turns_dropout_off_and_uses_plain_sgd() -> None:
+    o = verify_overrides("bert", {"layers": 2})
+    assert o["dropout"] == 0.0 and o["layers"] == 2 and o["optimizer"]["name"] == "sgd"
+    assert "dropout" not in verify_overrides("mlp", None)
