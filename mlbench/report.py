@@ -106,6 +106,41 @@ def cells_table(rows: list[dict[str, Any]]) -> str:
     return f"<table><thead><tr>{head}</tr></thead><tbody>{''.join(body)}</tbody></table>"
 
 
+def parity_section(rows: list[dict[str, Any]]) -> str:
+    """Verify verdicts per model and validation accuracy per framework, with the parity verdict."""
+    models = list(dict.fromkeys(r["model_name"] for r in rows))
+    verify_rows = []
+    for m in models:
+        r = next((x for x in rows if x["model_name"] == m), {})
+        passed = r.get("verify_passed")
+        verdict = "not run" if passed is None else ("identical" if passed else "DIFFERENT")
+        cls = "" if passed is None else (" class='st-ok'" if passed else " class='st-failed'")
+        verify_rows.append(f"<tr><td>{_esc(m)}</td><td{cls}>{verdict}</td><td>{_esc(r.get('verify_detail'))}</td></tr>")
+    frameworks = list(dict.fromkeys(r["framework"] for r in rows))
+    groups: dict[tuple[Any, ...], dict[str, Any]] = {}
+    for r in rows:
+        if r["status"] == "ok":
+            key = (r["model_name"], r["device"], r["precision"], r["batch_size"])
+            g = groups.setdefault(key, {"spread": r.get("accuracy_spread_pts"), "parity": r.get("accuracy_parity")})
+            g[r["framework"]] = r["final_val_accuracy"]
+    acc_rows = []
+    for key, g in groups.items():
+        accs = "".join(f"<td>{_fmt(g.get(fw) * 100 if g.get(fw) is not None else None, 4)}</td>" for fw in frameworks)
+        verdict = "—" if g["parity"] is None else ("within tolerance" if g["parity"] else "OUTSIDE tolerance")
+        cls = "" if g["parity"] is None else (" class='st-ok'" if g["parity"] else " class='st-failed'")
+        acc_rows.append(
+            f"<tr>{''.join(f'<td>{_esc(k)}</td>' for k in key)}{accs}<td>{_fmt(g['spread'])}</td>"
+            f"<td{cls}>{verdict}</td></tr>"
+        )
+    fw_head = "".join(f"<th>{_esc(fw)} val acc %</th>" for fw in frameworks)
+    return (
+        "<h3>Same model in every framework (mlbench verify)</h3><table><thead><tr><th>model</th><th>verdict</th>"
+        f"<th>detail</th></tr></thead><tbody>{''.join(verify_rows)}</tbody></table>"
+        "<h3>Accuracy parity</h3><table><thead><tr><th>model</th><th>device</th><th>precision</th><th>batch</th>"
+        f"{fw_head}<th>spread (points)</th><th>verdict</th></tr></thead><tbody>{''.join(acc_rows)}</tbody></table>"
+    )
+
+
 CSS = """
 body{font-family:system-ui,-apple-system,Segoe UI,Roboto,sans-serif;margin:24px;color:#222}
 h1{margin-bottom:0}.sub{color:#666;margin-top:4px}
@@ -140,6 +175,7 @@ def build_html(
 <p class="sub">{len(rows)} of the grid's {grid_size if grid_size is not None else len(rows)} cells stored: {summary}</p>{warn}
 <h2>Training throughput</h2>{throughput_chart(rows)}
 <h2>Inference latency</h2>{latency_chart(rows)}
+<h2>Parity</h2>{parity_section(rows)}
 <h2>Cells</h2>{cells_table(rows)}
 <h2>Environment</h2><pre>{_esc(json.dumps(env, indent=1, default=str))}</pre>
 <h2>Configuration</h2><pre>{_esc(json.dumps(suite, indent=1, default=str))}</pre>

@@ -96,6 +96,15 @@ def stored_statuses(run_dir: Path, cell_ids: Iterable[str]) -> dict[str, str | N
     }
 
 
+def conform(table: pa.Table) -> pa.Table:
+    """A cell table in the current schema: columns an older mlbench did not write are null (missing),
+    columns it no longer knows are dropped."""
+    for field in schema.SCHEMA:
+        if field.name not in table.column_names:
+            table = table.append_column(field, pa.nulls(table.num_rows, field.type))
+    return table.select(schema.SCHEMA.names).cast(schema.SCHEMA)
+
+
 def read_cells(run_dir: Path, cell_ids: Iterable[str] | None = None) -> pa.Table:
     """Valid cell files as one table: those of `cell_ids` in that order, or all of them by file name."""
     folder = cells_dir(run_dir)
@@ -109,8 +118,7 @@ def read_cells(run_dir: Path, cell_ids: Iterable[str] | None = None) -> pa.Table
             t = pq.read_table(path)
         except (OSError, pa.ArrowException):
             continue  # a damaged file counts as not stored; --resume runs its cell again
-        if set(schema.SCHEMA.names) <= set(t.column_names):
-            tables.append(t.select(schema.SCHEMA.names).cast(schema.SCHEMA))
+        tables.append(conform(t))
     return pa.concat_tables(tables) if tables else schema.SCHEMA.empty_table()
 
 

@@ -8,6 +8,7 @@ import time
 from pathlib import Path
 
 import pandas as pd
+import pyarrow as pa
 import pyarrow.parquet as pq
 import pytest
 
@@ -118,3 +119,11 @@ def test_schema_is_documented_in_the_readme() -> None:
     readme = (ROOT / "README.md").read_text()
     missing = [name for name, _, _ in schema.COLUMNS if f"`{name}`" not in readme]
     assert not missing, f"README lacks columns: {missing}"
+
+
+def test_cells_written_by_an_older_schema_are_read_with_nulls(tmp_path: Path) -> None:
+    store.write_cell(tmp_path, row("new"))
+    old = pq.read_table(tmp_path / "cells" / "new.parquet").drop_columns(["compile_time_s", "verify_passed"])
+    pq.write_table(old.set_column(0, "cell_id", pa.array(["old"])), tmp_path / "cells" / "old.parquet")
+    table = store.read_cells(tmp_path, ["old", "new"])
+    assert table.num_rows == 2 and table.column("compile_time_s").to_pylist() == [None, None]

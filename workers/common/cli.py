@@ -52,9 +52,12 @@ def parse(argv: list[str] | None, framework: str) -> dict[str, Any]:
     p.add_argument("--compile", action="store_true", help="use the framework's compiler")
     p.add_argument("--threads", type=int, default=None)
     p.add_argument("--data-dir", default=DEFAULTS["data_dir"])
+    p.add_argument("--weights-in", help="start from these canonical weights (NPZ) instead of the seeded ones")
+    p.add_argument("--weights-out", help="write the trained weights here, canonical NPZ")
     a = p.parse_args(argv)
     if a.cell:
         cell = {**DEFAULTS, **json.loads(a.cell)}
+        cell.update({k: v for k, v in (("weights_in", a.weights_in), ("weights_out", a.weights_out)) if v})
     else:
         cell = {
             **DEFAULTS,
@@ -68,6 +71,8 @@ def parse(argv: list[str] | None, framework: str) -> dict[str, Any]:
             "compile": a.compile,
             "threads": a.threads,
             "data_dir": a.data_dir,
+            "weights_in": a.weights_in,
+            "weights_out": a.weights_out,
             "dataset": {**DEFAULTS["dataset"], "train_samples": a.train_samples, "val_samples": a.val_samples},
         }
     cell["framework"] = framework

@@ -23,7 +23,7 @@ from workers.common import data as datasets
 from workers.common.events import PROTOCOL_VERSION, Emitter
 from workers.common.specs import ModelSpec, canonical_params, get_spec, input_spec, num_parameters, spec_dict
 from workers.common.stats import percentiles_ms
-from workers.common.weights import initial_weights
+from workers.common.weights import initial_weights, load_npz, save_npz
 
 
 class Unsupported(Exception):
@@ -256,8 +256,9 @@ def run(backend_loader: Any, cell: dict[str, Any], em: Emitter) -> int:
         spec = get_spec(cell["model"], cell.get("model_overrides"))
         inp = input_spec(spec)
         ds = datasets.load(cell["dataset"], spec.family, inp, cell["seed"], cell["data_dir"], backend.layout)
+        weights = load_npz(cell["weights_in"]) if cell.get("weights_in") else initial_weights(spec, cell["seed"])
         t0 = time.perf_counter()
-        backend.build(spec, initial_weights(spec, cell["seed"]))
+        backend.build(spec, weights)
         build_s = time.perf_counter() - t0
         n_params = backend.num_parameters()
         expected = num_parameters(spec)
@@ -285,6 +286,8 @@ def run(backend_loader: Any, cell: dict[str, Any], em: Emitter) -> int:
         trained = train(backend, ds, cell, em)
         latency = measure_inference(backend, ds, cell["batch_size"], cell, em)
         memory = {**backend.memory(), "host_peak_rss_bytes": host_peak_rss_bytes()}
+        if cell.get("weights_out"):  # the trained weights in the canonical NPZ format, readable by every worker
+            save_npz(cell["weights_out"], backend.export())
         em.emit("memory", **memory)
         last = trained["epochs"][-1]
         em.emit(
