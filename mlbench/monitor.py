@@ -6,6 +6,8 @@ utilisation, and a GPU without a total-energy counter has no energy figure.
 
 from __future__ import annotations
 
+import os
+import signal
 import threading
 import time
 from typing import Any
@@ -189,3 +191,63 @@ class Monitor:
             out[key] = gpu.get(key)
         out["gpu_monitor_error"] = self.gpu_error
         return out
+
+
+def gpu_memory_used_bytes(indices: list[int]) -> int | None:
+    """Device memory in use now on these GPUs, summed (None without NVML or GPUs)."""
+    if not indices or not NVML.available():
+        return None
+    try:
+        return sum(pynvml.nvmlDeviceGetMemoryInfo(pynvml.nvmlDeviceGetHandleByIndex(i)).used for i in indices)
+    except Exception:
+        return None
+
+
+def gpu_processes(indices: list[int]) -> list[dict[str, Any]]:
+    """Processes holding these GPUs (compute and graphics contexts), with their device memory."""
+    if not indices or not NVML.available():
+        return []
+    found: dict[int, dict[str, Any]] = {}
+    for i in indices:
+        try:
+            h = pynvml.nvmlDeviceGetHandleByIndex(i)
+            procs = [*pynvml.nvmlDeviceGetComputeRunningProcesses(h), *pynvml.nvmlDeviceGetGraphicsRunningProcesses(h)]
+        except Exception:
+            continue
+        for p in procs:
+            try:
+                name = psutil.Process(p.pid).name()
+            except psutil.Error:
+                name = "?"
+            used = getattr(p, "usedGpuMemory", None)
+            found[p.pid] = {"pid": p.pid, "gpu": i, "name": name, "used_mb": (used / 2**20) if used else None}
+    return list(found.values())
+
+
+def free_gpus_of_earlier_cells(indices: list[int], our_groups: set[int], wait_s: float = 5.0) -> list[dict[str, Any]]:
+    """Before a GPU cell: end processes of earlier cells (by process group) still holding these GPUs;
+    return the other processes found there (someone else's: reported, never killed)."""
+    foreign = []
+    for proc in gpu_processes(indices):
+        try:
+            group = os.getpgid(proc["pid"])
+        except OSError:
+            continue
+        if group in our_groups:
+            try:
+                os.killpg(group, signal.SIGKILL)
+            except OSError:
+                pass
+        else:
+            foreign.append(proc)
+    deadline = time.monotonic() + wait_s
+    while time.monotonic() < deadline and any(_pgid(p["pid"]) in our_groups for p in gpu_processes(indices)):
+        time.sleep(0.2)
+    return foreign
+
+
+def _pgid(pid: int) -> int | None:
+    try:
+        return os.getpgid(pid)
+    except OSError:
+        return None

@@ -3,6 +3,7 @@ time, stores each as it finishes, and rebuilds the exports and the report."""
 
 from __future__ import annotations
 
+import contextlib
 import importlib.util
 import json
 import sys
@@ -93,8 +94,12 @@ def run_suite(
     """Run a suite's cells; raises runner.Interrupted (after storing what finished) on Ctrl-C/SIGTERM."""
     run_dir = runs_root / suite.name
     cells = expand(suite, only)
-    run_dir.mkdir(parents=True, exist_ok=True)
-    with store.RunLock(run_dir):
+    with contextlib.ExitStack() as stack:
+        try:
+            run_dir.mkdir(parents=True, exist_ok=True)
+            stack.enter_context(store.RunLock(run_dir))
+        except OSError as exc:
+            raise store.StoreError(f"cannot use the run folder {run_dir}: {exc.strerror or exc}") from None
         env = environment.capture()
         store.atomic_write(run_dir / SUITE_FILE, lambda p: p.write_text(suite.model_dump_json(indent=1)))
         store.atomic_write(run_dir / ENV_FILE, lambda p: p.write_text(json.dumps(env, indent=1, default=str)))
@@ -104,6 +109,12 @@ def run_suite(
         todo, already = cells_to_run(suite, cells, run_dir, resume, retry_failed)
         summary = RunSummary(run_dir, already_stored=already)
         if suite.verify and todo and not (resume and (run_dir / "verify.json").is_file()):
+            print(
+                f"verify: checking {len(suite.models)} model(s) in {len(suite.frameworks)} framework(s) "
+                "before timing ...",
+                file=sys.stderr,
+                flush=True,
+            )
             checks = verify.run(
                 suite.models,
                 suite.frameworks,
@@ -152,6 +163,17 @@ def run_suite(
                     for k, v in runner.worker_env(cell, suite.threads, run_dir / "cache").items()
                     if k in environment.ENV_FLAGS
                 }
+                if outcome.monitor.get("gpu_foreign_processes"):
+                    others = ", ".join(
+                        f"pid {p['pid']} ({p['name']})" for p in outcome.monitor["gpu_foreign_processes"]
+                    )
+                    print(f"warning: {cell.label}: other processes held its GPU: {others}", file=sys.stderr, flush=True)
+                    _journal(
+                        run_dir,
+                        action="gpu_shared",
+                        cell_id=cell.cell_id,
+                        processes=outcome.monitor["gpu_foreign_processes"],
+                    )
                 row = rows.build(cell, suite.name, outcome, env, flags)
                 store.write_cell(run_dir, row)
                 summary.counts[outcome.status] = summary.counts.get(outcome.status, 0) + 1

@@ -25,13 +25,16 @@ import psutil
 from mlbench import protocol
 from mlbench.cells import Cell
 from mlbench.logs import BoundedLog
-from mlbench.monitor import Monitor, gpu_indices
+from mlbench.monitor import Monitor, free_gpus_of_earlier_cells, gpu_indices, gpu_memory_used_bytes
 
 TERM_GRACE_S = 5.0  # between SIGTERM and SIGKILL of the group
 DUMP_WAIT_S = 1.0  # after SIGUSR1 (faulthandler stack dump), before SIGTERM
 ORPHAN_GRACE_S = 2.0  # after the worker exits, how long its children may keep stdout open
 MAX_KEPT_EVENTS = 20000
-MAX_KEPT_LOGS = 200  # log events and stray stdout lines kept in the row: head and tail halves
+MAX_KEPT_LOGS = 200
+STARTED_GROUPS: set[int] = (
+    set()
+)  # process groups of the workers this orchestrator started  # log events and stray stdout lines kept in the row: head and tail halves
 
 
 class Interrupted(Exception):
@@ -226,6 +229,9 @@ def run_cell(
     argv = [python, "-m", module, "--cell", json.dumps(payload, separators=(",", ":"))]  # no shell
     stream_log = BoundedLog(logs_dir / f"{cell.cell_id}.ndjson", 8 << 20, 8 << 20)
     stderr_log = BoundedLog(logs_dir / f"{cell.cell_id}.stderr.log")
+    gpus = gpu_indices(cell.device)
+    foreign = free_gpus_of_earlier_cells(gpus, STARTED_GROUPS) if gpus else []
+    gpu_before = gpu_memory_used_bytes(gpus)
     oom_before = _cgroup_oom_kills()
     started_at, t0 = time.time(), time.monotonic()
     proc = subprocess.Popen(
@@ -237,6 +243,7 @@ def run_cell(
         start_new_session=True,
         preexec_fn=_die_with_parent if _LIBC is not None else None,
     )
+    STARTED_GROUPS.add(proc.pid)  # the worker leads its own process group
     if on_start is not None:
         on_start(proc.pid)
     monitor = Monitor(proc.pid, monitor_interval_s, cell.device).start()
@@ -320,6 +327,11 @@ def run_cell(
         stream_log.close()
         stderr_log.close()
     oom_after = _cgroup_oom_kills()
+    monitor_summary.update(
+        gpu_memory_before_bytes=gpu_before,
+        gpu_memory_after_bytes=gpu_memory_used_bytes(gpus),
+        gpu_foreign_processes=foreign or None,
+    )
     oom_kills = (oom_after - oom_before) if (oom_before is not None and oom_after is not None) else 0
     if n_logs > len(logs):
         logs.insert(MAX_KEPT_LOGS // 2, f"[mlbench] {n_logs - len(logs)} log lines cut")

@@ -104,6 +104,18 @@ def main() -> int:
         while True:
             em.log("still busy")
             time.sleep(0.2)
+    elif mode == "notinstalled":  # the framework package is missing: the cell is skipped
+        sys.modules["torch"] = None  # makes `import torch` raise ImportError
+        from workers.common import harness
+
+        return harness.run(
+            lambda c: harness.import_backend("workers.pytorch_worker.backend", "TorchBackend")(c),
+            {**cell, "data_dir": "unused"},
+            em,
+        )
+    elif mode == "html":  # text that must be escaped wherever it is shown
+        em.emit("error", kind="exception", message="<script>alert('mlbench')</script> & <b>bold</b>", traceback="")
+        return 1
     elif mode == "sigterm_ignorer":  # must be SIGKILLed
         signal.signal(signal.SIGTERM, signal.SIG_IGN)
         time.sleep(3600)

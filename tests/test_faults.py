@@ -30,6 +30,9 @@ FAULTS = {  # mode: (status, fragment of the reason)
     "orphan": ("ok", ""),
     "flood": ("ok", ""),
     "fine": ("ok", ""),
+    "notinstalled": ("skipped", "torch is not installed here"),
+    "ghost": ("skipped", "worker module tests.no_such_worker is not installed"),
+    "html": ("failed", "<script>"),
 }
 
 
@@ -41,6 +44,7 @@ def fault_run(tmp_path_factory):
     import yaml
 
     suite = fault_suite(*FAULTS, timeout_s=6, idle_timeout_s=3)
+    suite["workers"]["ghost"] = "tests.no_such_worker"
     (tmp / "faults.yaml").write_text(yaml.safe_dump(suite))
     t0 = time.monotonic()
     proc = cli("run", "faults.yaml", "--runs-dir", "runs", cwd=tmp, env={"FAULT_PIDDIR": str(piddir)})
@@ -70,7 +74,7 @@ def test_each_fault_is_classified(fault_run, mode: str) -> None:
 def test_no_process_of_any_cell_survives(fault_run) -> None:
     _, _, _, piddir = fault_run
     pids = [int(p.read_text()) for p in piddir.glob("*.pid")]
-    assert len(pids) >= len(FAULTS) + 2  # every worker, plus the children of hangchild and orphan
+    assert len(pids) >= len(FAULTS) - 1 + 2  # every worker (ghost has none), plus hangchild's and orphan's children
     assert descendants_alive(pids) == []
 
 
@@ -100,7 +104,14 @@ def test_flood_is_bounded_and_said(fault_run) -> None:
     assert r.samples_per_second == pytest.approx(64 / 0.008)
 
 
-def test_sigint_stops_the_cell_keeps_the_finished_and_exits_130(tmp_path: Path) -> None:
+def test_worker_text_is_escaped_in_the_report(fault_run) -> None:
+    tmp, _, _, _ = fault_run
+    html = (tmp / "runs" / "t" / "report.html").read_text()
+    assert "<script>alert" not in html and "&lt;script&gt;alert(&#x27;mlbench&#x27;)&lt;/script&gt;" in html
+
+
+@pytest.mark.parametrize("sig", [signal.SIGINT, signal.SIGTERM], ids=["SIGINT", "SIGTERM"])
+def test_interrupt_stops_the_cell_keeps_the_finished_and_exits_130(tmp_path: Path, sig: int) -> None:
     import yaml
 
     (tmp_path / "s.yaml").write_text(yaml.safe_dump(fault_suite("fine", "hang", timeout_s=60, idle_timeout_s=60)))
@@ -119,7 +130,7 @@ def test_sigint_stops_the_cell_keeps_the_finished_and_exits_130(tmp_path: Path) 
     while not (piddir / "hang-worker.pid").exists() and time.monotonic() < deadline:
         time.sleep(0.1)
     hang_pid = int((piddir / "hang-worker.pid").read_text())
-    proc.send_signal(signal.SIGINT)
+    proc.send_signal(sig)
     out, err = proc.communicate(timeout=60)
     assert proc.returncode == 130, err
     assert "resume with: python -m mlbench run s.yaml --resume" in err
@@ -128,3 +139,58 @@ def test_sigint_stops_the_cell_keeps_the_finished_and_exits_130(tmp_path: Path) 
     journal = (tmp_path / "runs" / "t" / "journal.ndjson").read_text()
     assert '"action": "interrupted"' in journal
     assert descendants_alive([hang_pid]) == []
+
+
+def test_an_unwritable_run_folder_is_a_clear_error(tmp_path: Path) -> None:
+    import yaml
+
+    (tmp_path / "s.yaml").write_text(yaml.safe_dump(fault_suite("fine")))
+    (tmp_path / "runs").mkdir()
+    (tmp_path / "runs" / "t").write_text("a file where the run folder should be")
+    proc = cli("run", "s.yaml", "--runs-dir", "runs", cwd=tmp_path)
+    assert proc.returncode == 1 and "Traceback" not in proc.stderr
+    assert proc.stderr.startswith("error: cannot use the run folder runs/t:"), proc.stderr
+
+
+def test_a_full_disk_stops_the_run_with_no_half_written_file(tmp_path: Path, monkeypatch: pytest.MonkeyPatch) -> None:
+    import errno
+
+    import yaml
+    from click.testing import CliRunner
+
+    from mlbench import cli as mlbench_cli
+    from mlbench import store
+
+    (tmp_path / "s.yaml").write_text(yaml.safe_dump(fault_suite("fine", "slow")))
+    monkeypatch.chdir(tmp_path)
+    monkeypatch.setenv("PYTHONPATH", str(ROOT))
+    real = store.pq.write_table
+    calls = {"n": 0}
+
+    def full_after_first(table, where, *a, **kw):
+        calls["n"] += 1
+        if calls["n"] > 1:  # the first cell is stored; then the disk is full
+            with open(where, "wb") as f:
+                f.write(b"PAR1 half")
+            raise OSError(errno.ENOSPC, "No space left on device")
+        return real(table, where, *a, **kw)
+
+    monkeypatch.setattr(store.pq, "write_table", full_after_first)
+    monkeypatch.setenv("FAULT_SLOW_S", "0")
+    result = CliRunner().invoke(mlbench_cli.main, ["run", "s.yaml", "--runs-dir", "runs"])
+    assert result.exit_code == 1, result.output
+    assert "the disk is full" in result.output and "resume with: python -m mlbench run s.yaml --resume" in result.output
+    cells = tmp_path / "runs" / "t" / "cells"
+    assert [p.name for p in cells.iterdir()] == [f"{p.stem}.parquet" for p in cells.glob("*.parquet")]  # no temporaries
+    assert len(list(cells.glob("*.parquet"))) == 1 and store.read_status(next(cells.glob("*.parquet"))) == "ok"
+
+
+def test_a_kill_by_the_kernel_oom_killer_is_oom() -> None:
+    from mlbench.runner import classify
+
+    # the cgroup's oom_kill counter rose while the worker died by SIGKILL that mlbench did not send
+    assert classify(-9, [], None, 1, "", (10, 10)) == (
+        "oom",
+        "killed by the kernel's OOM killer (SIGKILL; the cgroup's oom_kill count rose)",
+    )
+    assert classify(-9, [], None, 0, "last words", (10, 10)) == ("crashed", "killed by SIGKILL: last words")

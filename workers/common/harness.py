@@ -30,6 +30,21 @@ class Unsupported(Exception):
     """This framework cannot run this cell here (precision, device, feature): the cell is skipped."""
 
 
+FRAMEWORK_PACKAGES = {"torch", "tensorflow", "keras", "jax", "jaxlib", "flax", "optax"}
+
+
+def import_backend(module: str, name: str) -> Any:
+    """Import a worker's backend class; a missing framework package makes the cell `skipped`, not failed."""
+    import importlib
+
+    try:
+        return getattr(importlib.import_module(module), name)
+    except ImportError as exc:
+        if (exc.name or "").split(".")[0] in FRAMEWORK_PACKAGES:
+            raise Unsupported(f"{exc.name} is not installed here ({exc})") from None
+        raise
+
+
 class Backend(Protocol):
     """What a framework worker implements; every method that returns numbers has synced the device."""
 

@@ -3,12 +3,11 @@
 import sys
 
 from workers.common.cli import main
+from workers.common.harness import import_backend
 
 
 def _load(cell):
-    from workers.pytorch_worker.backend import TorchBackend
-
-    return TorchBackend(cell)
+    return import_backend("workers.pytorch_worker.backend", "TorchBackend")(cell)
 
 
 if __name__ == "__main__":
