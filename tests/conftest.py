@@ -63,3 +63,25 @@ def cli(
 
 def descendants_alive(pids: list[int]) -> list[int]:
     return [p for p in pids if psutil.pid_exists(p) and psutil.Process(p).status() != psutil.STATUS_ZOMBIE]
+
+
+def by_hand(module: str, data_dir: Path, *extra: str) -> list[str]:
+    """A tiny MLP cell run by hand, as a person debugging one cell would."""
+    return [
+        sys.executable,
+        "-m",
+        module,
+        "--model",
+        "mlp",
+        "--batch-size",
+        "16",
+        "--train-samples",
+        "64",
+        "--val-samples",
+        "16",
+        "--warmup-steps",
+        "1",
+        "--data-dir",
+        str(data_dir),
+        *extra,
+    ]

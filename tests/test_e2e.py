@@ -14,7 +14,7 @@ import pandas as pd
 import pytest
 import yaml
 
-from tests.conftest import ROOT, cli, descendants_alive, suite_dict
+from tests.conftest import ROOT, by_hand, cli, descendants_alive, suite_dict
 from workers.common import specs
 
 pytest.importorskip("torch")
@@ -114,23 +114,7 @@ def test_a_config_change_reruns_only_the_cells_it_changed(real_run) -> None:
 
 def test_worker_run_by_hand_prints_the_same_events(tmp_path: Path) -> None:
     proc = subprocess.run(
-        [
-            sys.executable,
-            "-m",
-            "workers.pytorch_worker",
-            "--model",
-            "mlp",
-            "--batch-size",
-            "16",
-            "--train-samples",
-            "64",
-            "--val-samples",
-            "16",
-            "--warmup-steps",
-            "1",
-            "--data-dir",
-            str(tmp_path),
-        ],
+        by_hand("workers.pytorch_worker", tmp_path),
         cwd=ROOT,
         capture_output=True,
         text=True,

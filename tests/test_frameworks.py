@@ -114,32 +114,17 @@ def test_same_weights_and_data_give_the_same_training_curve(three_frameworks) ->
 def test_trained_weights_move_between_frameworks_as_canonical_npz(tmp_path) -> None:
     pytest.importorskip("jax")
     import subprocess
-    import sys
 
-    from tests.conftest import ROOT
+    from tests.conftest import ROOT, by_hand
     from workers.common.weights import load_npz
 
-    common = [
-        "--model",
-        "mlp",
-        "--batch-size",
-        "16",
-        "--train-samples",
-        "64",
-        "--val-samples",
-        "16",
-        "--warmup-steps",
-        "1",
-        "--data-dir",
-        str(tmp_path / "data"),
-    ]
     out_torch, out_jax = tmp_path / "torch.npz", tmp_path / "jax.npz"
     for module, extra in (
         ("workers.pytorch_worker", ["--weights-out", str(out_torch)]),
         ("workers.jax_worker", ["--weights-in", str(out_torch), "--weights-out", str(out_jax)]),
     ):
         proc = subprocess.run(
-            [sys.executable, "-m", module, *common, *extra], cwd=ROOT, capture_output=True, text=True, timeout=300
+            by_hand(module, tmp_path / "data", *extra), cwd=ROOT, capture_output=True, text=True, timeout=300
         )
         assert proc.returncode == 0 and '"event":"result"' in proc.stdout, proc.stderr[-2000:]
     spec = specs.get_spec("mlp")

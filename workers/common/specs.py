@@ -212,6 +212,18 @@ def canonical_params(spec: ModelSpec) -> dict[str, Param]:
     return p
 
 
+def module_path(module: str) -> tuple[str, ...]:
+    """A canonical module name as a path of names without list indices ("stages.0.1.conv1" ->
+    ("stages_0_1", "conv1")): how Flax names submodules, and how TensorFlow/Keras layers are found."""
+    path: list[str] = []
+    for part in module.split("."):
+        if part.isdigit():
+            path[-1] += f"_{part}"
+        else:
+            path.append(part)
+    return tuple(path)
+
+
 def framework_layout(name: str, param: Param) -> tuple[tuple[str, ...], tuple[int, ...] | None, str]:
     """Where a canonical tensor lives in TensorFlow/Keras and Flax, and how to transpose it there.
 
@@ -220,19 +232,14 @@ def framework_layout(name: str, param: Param) -> tuple[tuple[str, ...], tuple[in
     the role is one of kernel, bias, scale, embedding, mean, var. Both frameworks keep kernels as
     (in, out) and (kh, kw, in, out).
     """
-    parts = name.split(".")
-    leaf, path = parts[-1], []
-    for part in parts[:-1]:
-        if part.isdigit():
-            path[-1] += f"_{part}"
-        else:
-            path.append(part)
+    module, leaf = name.rsplit(".", 1)
+    path = module_path(module)
     role = {"bias": "bias", "running_mean": "mean", "running_var": "var"}.get(leaf)
     perm: tuple[int, ...] | None = None
     if role is None:  # a weight
         role = {"linear": "kernel", "conv": "kernel", "embedding": "embedding"}.get(param.module, "scale")
         perm = {"linear": (1, 0), "conv": (2, 3, 1, 0)}.get(param.module)
-    return tuple(path), perm, role
+    return path, perm, role
 
 
 def num_parameters(spec: ModelSpec) -> int:

@@ -16,7 +16,7 @@ import numpy as np
 import optax
 
 from workers.common.harness import Unsupported
-from workers.common.specs import ModelSpec, OptimizerSpec, input_spec
+from workers.common.specs import ModelSpec, OptimizerSpec, input_spec, module_path
 from workers.jax_worker import models
 
 DTYPES = {"fp32": jnp.float32, "fp16": jnp.float16, "bf16": jnp.bfloat16}
@@ -189,7 +189,7 @@ class JaxBackend:
         flat = models._flat(flax.core.unfreeze(state["intermediates"]))
         out = {}
         for name in modules:
-            key = (*models.module_path(name), "__call__")
+            key = (*module_path(name), "__call__")
             if key in flat:
                 out[name] = np.asarray(flat[key][0] if isinstance(flat[key], tuple) else flat[key], dtype=np.float32)
         return out

@@ -187,17 +187,6 @@ def build(spec: ModelSpec, dtype: Dtype = jnp.float32) -> nn.Module:
 _COLLECTION = {"mean": "batch_stats", "var": "batch_stats"}
 
 
-def module_path(module: str) -> tuple[str, ...]:
-    """Flax path of a canonical module name ("stages.0.1.conv1" -> ("stages_0_1", "conv1"))."""
-    path: list[str] = []
-    for part in module.split("."):
-        if part.isdigit():
-            path[-1] += f"_{part}"
-        else:
-            path.append(part)
-    return tuple(path)
-
-
 def _flat(tree: dict[str, Any], prefix: tuple[str, ...] = ()) -> dict[tuple[str, ...], Any]:
     out = {}
     for k, v in tree.items():
