@@ -58,6 +58,8 @@ def make_cell(suite: Suite, framework: str, model: str, device: str, precision: 
         "compile": suite.compile,
         "threads": suite.threads,
     }
+    if suite.target_accuracy is not None:  # only when set, so that earlier cell ids stay valid
+        spec["target_accuracy"] = suite.target_accuracy
     canonical = json.dumps(spec, sort_keys=True, separators=(",", ":"))
     return Cell(framework, model, device, precision, batch_size, canonical)
 

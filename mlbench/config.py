@@ -77,6 +77,7 @@ class Suite(Strict):
     compile: bool = False  # torch.compile / XLA jit_compile where the framework offers a choice
     verify: bool = False  # run `mlbench verify` on the suite's models and frameworks before timing
     accuracy_parity_pts: PositiveFloat = 2.0  # frameworks' validation accuracies must lie within this
+    target_accuracy: float | None = Field(None, gt=0, le=1)  # time to accuracy: when validation reaches this
     threads: PositiveInt | None = None  # intra-op threads per worker; None: the framework's default
     timeout_s: PositiveFloat = 900  # wall-clock limit per cell
     idle_timeout_s: PositiveFloat = 300  # limit without any event from the worker

@@ -33,7 +33,9 @@ def build(
     ev = outcome.events
     spec = cell.spec_dict()
     hello, model, memory = _last(ev, "hello"), _last(ev, "model"), _last(ev, "memory")
-    steps, inference, result = _last(ev, "steps"), _last(ev, "inference"), _last(ev, "result")
+    steps, result = _last(ev, "steps"), _last(ev, "result")
+    by_batch = {e["batch_size"]: e for e in ev if e["event"] == "inference"}
+    inference, b1 = by_batch.get(cell.batch_size, {}), by_batch.get(1, {})
     epochs = [e for e in ev if e["event"] == "epoch"]
     ok = outcome.status == "ok"
     step_s = [float(x) for x in steps.get("step_s", [])]
@@ -104,6 +106,18 @@ def build(
         "final_train_accuracy": result.get("final_train_accuracy", epochs[-1]["train_accuracy"] if epochs else None),
         "final_val_loss": epochs[-1]["val_loss"] if epochs else None,
         "final_val_accuracy": result.get("final_val_accuracy", epochs[-1]["val_accuracy"] if epochs else None),
+        "time_to_target_s": result.get("time_to_target_s"),
+        "epochs_to_target": result.get("epochs_to_target"),
+        "train_flops_per_sample": model.get("train_flops_per_sample"),
+        "inference_flops_per_sample": model.get("inference_flops_per_sample"),
+        "achieved_tflops": (window_samples / window_s * model["train_flops_per_sample"] / 1e12)
+        if (ok and window_s and model.get("train_flops_per_sample"))
+        else None,
+        "inference_b1_runs": b1.get("runs"),
+        "inference_b1_latency_mean_ms": b1.get("mean_ms"),
+        "inference_b1_latency_p50_ms": b1.get("p50_ms"),
+        "inference_b1_latency_p95_ms": b1.get("p95_ms"),
+        "inference_b1_latency_p99_ms": b1.get("p99_ms"),
         "inference_batch_size": inference.get("batch_size"),
         "inference_runs": inference.get("runs"),
         "inference_latency_mean_ms": inference.get("mean_ms"),

@@ -73,12 +73,35 @@ COLUMNS: list[tuple[str, pa.DataType, str]] = [
     ("final_train_accuracy", F, "training accuracy over the last epoch (running, in training mode)"),
     ("final_val_loss", F, "validation loss after the last epoch"),
     ("final_val_accuracy", F, "validation accuracy after the last epoch"),
+    (
+        "time_to_target_s",
+        F,
+        "training plus evaluation time until validation accuracy first reached target_accuracy (s)",
+    ),
+    (
+        "epochs_to_target",
+        I,
+        "epochs until validation accuracy first reached target_accuracy (null: not reached or not set)",
+    ),
+    (
+        "train_flops_per_sample",
+        I,
+        "FLOPs of one sample's training step, from the shared spec (3x forward; "
+        "matmuls and convolutions, multiply-add = 2)",
+    ),
+    ("inference_flops_per_sample", I, "FLOPs of one sample's forward pass, from the shared spec"),
+    ("achieved_tflops", F, "samples_per_second x train_flops_per_sample, in TFLOP/s"),
     ("inference_batch_size", I, "batch size of the latency figures"),
     ("inference_runs", I, "timed inference forward passes behind the latency figures"),
     ("inference_latency_mean_ms", F, "mean latency of an inference forward pass, input copy included (ms)"),
     ("inference_latency_p50_ms", F, "median inference latency (ms)"),
     ("inference_latency_p95_ms", F, "95th percentile inference latency (ms)"),
     ("inference_latency_p99_ms", F, "99th percentile inference latency (ms)"),
+    ("inference_b1_runs", I, "timed inference passes at batch size 1"),
+    ("inference_b1_latency_mean_ms", F, "mean latency of one sample's forward pass (batch 1) (ms)"),
+    ("inference_b1_latency_p50_ms", F, "median latency at batch 1 (ms)"),
+    ("inference_b1_latency_p95_ms", F, "95th percentile latency at batch 1 (ms)"),
+    ("inference_b1_latency_p99_ms", F, "99th percentile latency at batch 1 (ms)"),
     (
         "peak_memory_mb",
         F,
@@ -136,7 +159,7 @@ COLUMNS: list[tuple[str, pa.DataType, str]] = [
     ("epochs_detail", pa.list_(EPOCH), "per-epoch loss, accuracy and timing (nested; flat in epochs.parquet)"),
     ("step_times_s", pa.list_(F), "raw wall times of the timed training steps (nested; flat in steps.parquet)"),
     ("warmup_times_s", pa.list_(F), "raw wall times of the warm-up steps"),
-    ("inference_times_ms", pa.list_(F), "raw latencies of the timed inference passes"),
+    ("inference_times_ms", pa.list_(F), "raw latencies of the timed inference passes at the cell's batch size"),
 ]
 
 SCHEMA = pa.schema([pa.field(name, typ) for name, typ, _ in COLUMNS], metadata={b"mlbench_schema": b"1"})

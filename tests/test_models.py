@@ -98,3 +98,22 @@ def test_load_canonical_refuses_mismatches() -> None:
     del weights["layers.0.weight"]
     with pytest.raises(ValueError, match="canonical names differ"):
         models.load_canonical(model, weights)
+
+
+def test_flop_counts_by_hand() -> None:
+    # MLP: 2 * (784*512 + 512*512 + 512*10) multiply-adds
+    assert specs.forward_flops(specs.get_spec("mlp")) == 2 * (784 * 512 + 512 * 512 + 512 * 10) == 1_337_344
+    # BERT-Mini, per layer with T=128, H=256, F=1024:
+    #   Q, K, V, out projections 4 * 2*T*H*H = 67,108,864; QK^T and PV 2 * 2*T*T*H = 16,777,216;
+    #   FFN 2 * 2*T*H*F = 134,217,728  -> 218,103,808 per layer, x4 = 872,415,232
+    #   + pooler 2*256*256 = 131,072 + head 2*256*2 = 1,024
+    assert specs.forward_flops(specs.get_spec("bert")) == 872_415_232 + 131_072 + 1_024
+    # CIFAR ResNet-18 in multiply-adds (convolutions: c_in * c_out * k*k * H_out*W_out):
+    #   stem 3*64*9*1024 = 1,769,472; stage 1: 4 convs of 64*64*9*1024 = 150,994,944;
+    #   stages 2-4 alike: 18,874,368 (strided) + 3 * 37,748,736 + 2,097,152 (shortcut) = 134,217,728 each;
+    #   head 512*10 = 5,120  -> 555,422,720 (tools that also count BN and ReLU say 0.56 G)
+    assert specs.forward_flops(specs.get_spec("resnet18")) == 2 * (1_769_472 + 150_994_944 + 3 * 134_217_728 + 5_120)
+    # ResNet-34: stem; 6 convs at 64; 18,874,368 + 7, 11 and 5 convs of 37,748,736 + shortcuts; head
+    r34 = 1_769_472 + 6 * 37_748_736 + 3 * (18_874_368 + 2_097_152) + (7 + 11 + 5) * 37_748_736 + 5_120
+    assert specs.forward_flops(specs.get_spec("resnet34")) == 2 * r34 == 2 * 1_159_402_496
+    assert specs.train_flops(specs.get_spec("mlp")) == 3 * 1_337_344

@@ -21,7 +21,16 @@ import numpy as np
 
 from workers.common import data as datasets
 from workers.common.events import PROTOCOL_VERSION, Emitter
-from workers.common.specs import ModelSpec, canonical_params, get_spec, input_spec, num_parameters, spec_dict
+from workers.common.specs import (
+    ModelSpec,
+    canonical_params,
+    forward_flops,
+    get_spec,
+    input_spec,
+    num_parameters,
+    spec_dict,
+    train_flops,
+)
 from workers.common.stats import percentiles_ms
 from workers.common.weights import initial_weights, load_npz, save_npz
 
@@ -89,7 +98,8 @@ def train(backend: Backend, ds: datasets.Dataset, cell: dict[str, Any], em: Emit
     window_s = 0.0  # wall time of the timed windows (includes data preparation between steps)
     window_samples = 0
     epochs, global_step = [], 0
-    total_train_s = 0.0
+    total_train_s = total_eval_s = 0.0
+    target, reached = cell.get("target_accuracy"), None  # time to accuracy: training and evaluation time
     for epoch in range(cell["epochs"]):
         loss_sum, correct, seen, data_s = 0.0, 0, 0, 0.0
         window_start = None
@@ -127,6 +137,10 @@ def train(backend: Backend, ds: datasets.Dataset, cell: dict[str, Any], em: Emit
             val_correct += n_correct
             val_seen += len(y_host)
         eval_s = time.perf_counter() - t_eval
+        if target is not None and reached is None and val_seen and val_correct / val_seen >= target:
+            reached = {"time_to_target_s": total_train_s + total_eval_s + eval_s, "epochs_to_target": epoch + 1}
+            em.log(f"validation accuracy reached {target:.3f} after {epoch + 1} epoch(s)")
+        total_eval_s += eval_s
         record = {
             "epoch": epoch,
             "train_loss": loss_sum / seen,
@@ -163,6 +177,7 @@ def train(backend: Backend, ds: datasets.Dataset, cell: dict[str, Any], em: Emit
         "step_s": step_times,
         "window_s": window_s,
         "window_samples": window_samples,
+        **(reached or {"time_to_target_s": None, "epochs_to_target": None}),
     }
 
 
@@ -294,12 +309,14 @@ def run(backend_loader: Any, cell: dict[str, Any], em: Emitter) -> int:
             build_s=build_s,
             format=os.path.basename(saved),
             spec=spec_dict(spec),
+            train_flops_per_sample=train_flops(spec),
+            inference_flops_per_sample=forward_flops(spec),
             dataset=ds.key,
             train_samples=len(ds.y_train),
             val_samples=len(ds.y_val),
         )
         trained = train(backend, ds, cell, em)
-        latency = measure_inference(backend, ds, cell["batch_size"], cell, em)
+        latency = {bs: measure_inference(backend, ds, bs, cell, em) for bs in sorted({1, cell["batch_size"]})}
         memory = {**backend.memory(), "host_peak_rss_bytes": host_peak_rss_bytes()}
         if cell.get("weights_out"):  # the trained weights in the canonical NPZ format, readable by every worker
             save_npz(cell["weights_out"], backend.export())
@@ -312,7 +329,9 @@ def run(backend_loader: Any, cell: dict[str, Any], em: Emitter) -> int:
             final_val_accuracy=last["val_accuracy"],
             total_train_s=trained["total_train_s"],
             samples_per_second=(trained["window_samples"] / trained["window_s"]) if trained["window_s"] else None,
-            inference=latency,
+            inference=latency[cell["batch_size"]],
+            time_to_target_s=trained["time_to_target_s"],
+            epochs_to_target=trained["epochs_to_target"],
         )
         return 0
     except Unsupported as exc:

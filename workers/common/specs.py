@@ -264,3 +264,37 @@ def input_spec(spec: ModelSpec) -> InputSpec:
     if isinstance(spec, ResNetSpec):
         return InputSpec((spec.in_channels, spec.image_size, spec.image_size), "float32", spec.num_classes)
     return InputSpec((spec.seq_len,), "int32", spec.num_classes, {"vocab_size": spec.vocab_size})
+
+
+# --- FLOPs ------------------------------------------------------------------------------------
+# Counted as the FLOPs of matrix multiplications and convolutions, a multiply-add being 2 FLOPs;
+# normalisations, activations, pooling and the optimizer are left out (they are a few percent).
+# Training costs 3x the forward pass (the backward pass computes gradients for activations and for
+# weights, each as costly as the forward), the convention of Kaplan et al. and nanoGPT's estimate_mfu.
+
+
+def forward_flops(spec: ModelSpec) -> int:
+    """FLOPs of one sample's forward pass."""
+    if isinstance(spec, MLPSpec):
+        sizes = [spec.in_features, *spec.hidden, spec.num_classes]
+        return sum(2 * a * b for a, b in itertools.pairwise(sizes))
+    if isinstance(spec, ResNetSpec):
+        hw = spec.image_size
+        flops = 2 * 9 * spec.in_channels * spec.widths[0] * hw * hw  # stem
+        for _, c_in, c_out, stride in resnet_blocks(spec):
+            hw_out = hw // stride
+            flops += 2 * 9 * c_in * c_out * hw_out * hw_out + 2 * 9 * c_out * c_out * hw_out * hw_out
+            if stride != 1 or c_in != c_out:
+                flops += 2 * c_in * c_out * hw_out * hw_out  # 1x1 projection shortcut
+            hw = hw_out
+        return flops + 2 * spec.widths[-1] * spec.num_classes
+    if isinstance(spec, BertSpec):
+        t, h, f = spec.seq_len, spec.hidden, spec.ffn
+        per_layer = 4 * 2 * t * h * h + 2 * 2 * t * t * h + 2 * 2 * t * h * f  # projections, QK^T and PV, FFN
+        return spec.layers * per_layer + 2 * h * h + 2 * h * spec.num_classes  # + pooler and head
+    raise TypeError(f"no FLOP count for {type(spec).__name__}")
+
+
+def train_flops(spec: ModelSpec) -> int:
+    """FLOPs of one sample's training step (forward and backward)."""
+    return 3 * forward_flops(spec)
