@@ -38,8 +38,10 @@ def build(
     inference, b1 = by_batch.get(cell.batch_size, {}), by_batch.get(1, {})
     epochs = [e for e in ev if e["event"] == "epoch"]
     ok = outcome.status == "ok"
-    step_s = [float(x) for x in steps.get("step_s", [])]
-    warm = [float(x) for x in steps.get("warmup_s", [])]
+    # the worker splits off the configured warm-up; the steady state is then found from the samples
+    every = [float(x) for x in (*steps.get("warmup_s", []), *steps.get("step_s", []))]
+    start = stats.steady_state_start(every, min_start=len(steps.get("warmup_s", [])))
+    warm, step_s = every[:start], every[start:]
     st = stats.summarize(step_s)
     mon = outcome.monitor
     on_gpu = cell.device.startswith("cuda")
@@ -55,7 +57,9 @@ def build(
         peak = max(candidates) if candidates else None
         avg = mon.get("host_rss_avg_bytes")
         source = "peak and avg: host RSS of the worker's process tree"
-    window_s, window_samples = steps.get("window_s"), steps.get("window_samples")
+    # timed window: every step's wall time includes preparing its batch, and evaluation lies outside
+    # the steps, so the window's wall time is the sum of its steps
+    window_s, window_samples = (sum(step_s), cell.batch_size * len(step_s)) if step_s else (None, None)
     row: dict[str, Any] = {
         "cell_id": cell.cell_id,
         "run_name": run_name,
@@ -95,6 +99,7 @@ def build(
         "step_time_cv": st["cv"],
         "step_time_outliers": st["outliers"] if step_s else None,
         "steps_timed": len(step_s) if steps else None,
+        "warmup_steps_detected": start if steps else None,
         "noisy": st["noisy"],
         "first_step_s": (warm or step_s or [None])[0],
         "compile_time_s": ((warm or step_s)[0] - st["median"])

@@ -58,3 +58,13 @@ def test_percentiles_in_ms() -> None:
 
 def test_steady_samples_are_not_noisy() -> None:
     assert stats.summarize([1.0, 1.01, 0.99, 1.0, 1.02, 0.98])["noisy"] is False
+
+
+def test_steady_state_is_found_in_the_samples() -> None:
+    # a compile step, two slow autotuning steps, then steady around 1.0
+    samples = [30.0, 3.0, 2.0, 1.0, 1.02, 0.98, 1.01, 0.99, 1.0, 1.03, 0.97, 1.0, 1.01, 0.99, 1.0]
+    assert stats.steady_state_start(samples) == 3
+    assert stats.steady_state_start(samples, min_start=5) == 5  # never earlier than asked
+    assert stats.steady_state_start([5.0, 1.0, 1.0], min_start=1) == 1  # too few samples to tell
+    steady = [1.0, 1.01, 0.99] * 5
+    assert stats.steady_state_start(steady) == 0

@@ -93,3 +93,23 @@ def summarize(samples: Sequence[float]) -> dict[str, float | int | bool | None]:
         "outliers": int(sum(outliers(a))),
         "noisy": (cv > NOISE_CV) if cv is not None else None,
     }
+
+
+def steady_state_start(samples: Sequence[float], min_start: int = 0, min_tail: int = 5) -> int:
+    """Index of the first sample of the steady state, found from the samples themselves.
+
+    The reference is the median of the second half; the steady state starts at the first index
+    (not before `min_start`) from which three consecutive samples lie within max(4 robust standard
+    deviations, 5% of the median) of it. With too few samples to tell, `min_start`.
+    """
+    n = len(samples)
+    if n - min_start < 2 * min_tail:
+        return min_start
+    a = np.asarray(samples, dtype=np.float64)
+    tail = a[n // 2 :]
+    med = float(np.median(tail))
+    threshold = max(4 * 1.4826 * float(np.median(np.abs(tail - med))), 0.05 * med)
+    for i in range(min_start, n - min_tail + 1):
+        if np.all(np.abs(a[i : i + 3] - med) <= threshold):
+            return i
+    return min_start
