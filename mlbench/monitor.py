@@ -10,6 +10,7 @@ import os
 import signal
 import threading
 import time
+from pathlib import Path
 from typing import Any
 
 import psutil
@@ -101,8 +102,37 @@ class _GpuSampler:
         }
 
 
+def memory_cgroup(pid: int | str) -> Path | None:
+    """The memory cgroup folder of a process (cgroup v1 memory controller, or the v2 unified tree)."""
+    try:
+        lines = Path(f"/proc/{pid}/cgroup").read_text().splitlines()
+    except OSError:
+        return None
+    for line in lines:
+        _, controllers, path = line.split(":", 2)
+        if "memory" in controllers.split(","):
+            return Path("/sys/fs/cgroup/memory") / path.lstrip("/")
+    for line in lines:
+        if line.startswith("0::"):
+            return Path("/sys/fs/cgroup") / line[3:].lstrip("/")
+    return None
+
+
+def oom_kill_count(cgroup: Path) -> int | None:
+    """How many processes the kernel's OOM killer has killed in a memory cgroup (None: unreadable)."""
+    for name in ("memory.events", "memory.oom_control"):  # v2, v1
+        try:
+            for line in (cgroup / name).read_text().splitlines():
+                if line.startswith("oom_kill "):
+                    return int(line.split()[1])
+        except (OSError, ValueError):
+            continue
+    return None
+
+
 class Monitor:
-    """Samples RSS and CPU of a process and all its descendants every `interval_s` on a thread."""
+    """Samples RSS and CPU of a process and all its descendants every `interval_s` on a thread, and
+    watches the OOM-kill counters of every memory cgroup they are seen in."""
 
     def __init__(self, pid: int, interval_s: float = 0.2, device: str = "cpu") -> None:
         self.pid, self.interval_s = pid, interval_s
@@ -113,6 +143,8 @@ class Monitor:
         self._thread = threading.Thread(target=self._loop, name=f"monitor-{pid}", daemon=True)
         self.gpu = None
         self.gpu_error: str | None = None
+        self.oom_baseline: dict[Path, int] = {}
+        self._watch_cgroup("self")  # the worker starts in the orchestrator's cgroup
         indices = gpu_indices(device)
         if indices:
             if NVML.available():
@@ -122,6 +154,13 @@ class Monitor:
                     self.gpu_error = str(exc)
             else:
                 self.gpu_error = NVML.error
+
+    def _watch_cgroup(self, pid: int | str) -> None:
+        group = memory_cgroup(pid)
+        if group is not None and group not in self.oom_baseline:
+            count = oom_kill_count(group)
+            if count is not None:
+                self.oom_baseline[group] = count
 
     def start(self) -> Monitor:
         self._thread.start()
@@ -148,6 +187,7 @@ class Monitor:
                     cpu += p.cpu_percent(None)
             except psutil.Error:
                 continue
+            self._watch_cgroup(p.pid)
         if rss:
             self.rss.append(rss)
             self.cpu.append(cpu)
@@ -190,6 +230,8 @@ class Monitor:
         ):
             out[key] = gpu.get(key)
         out["gpu_monitor_error"] = self.gpu_error
+        # kills by the kernel's OOM killer in any cgroup the worker's tree was seen in, during the cell
+        out["oom_kills"] = sum(max(0, (oom_kill_count(g) or 0) - n) for g, n in self.oom_baseline.items())
         return out
 
 

@@ -89,18 +89,6 @@ def visible_device(device: str) -> str:
     return "cpu" if n == 0 else "cuda:" + ",".join(str(i) for i in range(n))
 
 
-def _cgroup_oom_kills() -> int | None:
-    """The kernel's OOM-kill counter of this process's cgroup (v2), if readable."""
-    try:
-        rel = Path("/proc/self/cgroup").read_text().strip().splitlines()[-1].split("::", 1)[1]
-        for line in (Path("/sys/fs/cgroup") / rel.lstrip("/") / "memory.events").read_text().splitlines():
-            if line.startswith("oom_kill "):
-                return int(line.split()[1])
-    except (OSError, IndexError, ValueError):
-        return None
-    return None
-
-
 def _die_with_parent() -> None:  # pragma: no cover - runs in the child between fork and exec
     """Linux: the kernel SIGKILLs the worker if the orchestrator dies (even by SIGKILL)."""
     if _LIBC is not None:
@@ -232,7 +220,6 @@ def run_cell(
     gpus = gpu_indices(cell.device)
     foreign = free_gpus_of_earlier_cells(gpus, STARTED_GROUPS) if gpus else []
     gpu_before = gpu_memory_used_bytes(gpus)
-    oom_before = _cgroup_oom_kills()
     started_at, t0 = time.time(), time.monotonic()
     proc = subprocess.Popen(
         argv,
@@ -326,13 +313,12 @@ def run_cell(
             t.join(timeout=2)
         stream_log.close()
         stderr_log.close()
-    oom_after = _cgroup_oom_kills()
     monitor_summary.update(
         gpu_memory_before_bytes=gpu_before,
         gpu_memory_after_bytes=gpu_memory_used_bytes(gpus),
         gpu_foreign_processes=foreign or None,
     )
-    oom_kills = (oom_after - oom_before) if (oom_before is not None and oom_after is not None) else 0
+    oom_kills = monitor_summary.get("oom_kills") or 0
     if n_logs > len(logs):
         logs.insert(MAX_KEPT_LOGS // 2, f"[mlbench] {n_logs - len(logs)} log lines cut")
     tail = stderr_log.tail_text()

@@ -116,6 +116,24 @@ def main() -> int:
     elif mode == "html":  # text that must be escaped wherever it is shown
         em.emit("error", kind="exception", message="<script>alert('mlbench')</script> & <b>bold</b>", traceback="")
         return 1
+    elif mode == "oomkill":  # the kernel's OOM killer ends it, in a memory cgroup of its own
+        from mlbench.monitor import memory_cgroup
+
+        group = memory_cgroup("self") / f"mlbench-oom-{os.getpid()}"
+        try:
+            group.mkdir()
+            limit = group / ("memory.max" if (group / "memory.max").exists() else "memory.limit_in_bytes")
+            limit.write_text(str(256 << 20))
+            (group / "cgroup.procs").write_text(str(os.getpid()))
+        except OSError as exc:
+            em.emit("error", kind="unsupported", message=f"cannot make a memory cgroup here: {exc}", traceback="")
+            return 3
+        with open(os.path.join(os.environ.get("FAULT_PIDDIR", "/tmp"), "oomkill.cgroup"), "w") as f:
+            f.write(str(group))
+        time.sleep(1.0)  # let the monitor see the new cgroup
+        hog = []
+        while True:
+            hog.append(bytearray(32 << 20))
     elif mode == "sigterm_ignorer":  # must be SIGKILLed
         signal.signal(signal.SIGTERM, signal.SIG_IGN)
         time.sleep(3600)
