@@ -200,3 +200,29 @@ def test_a_kill_by_the_kernel_oom_killer_is_oom() -> None:
         "killed by the kernel's OOM killer (SIGKILL; the cgroup's oom_kill count rose)",
     )
     assert classify(-9, [], None, 0, "last words", (10, 10)) == ("crashed", "killed by SIGKILL: last words")
+
+
+def test_a_second_orchestrator_on_the_same_run_is_refused(tmp_path: Path) -> None:
+    import yaml
+
+    (tmp_path / "s.yaml").write_text(yaml.safe_dump(fault_suite("hang", timeout_s=60, idle_timeout_s=60)))
+    piddir = tmp_path / "pids"
+    piddir.mkdir()
+    env = {**os.environ, "PYTHONPATH": str(ROOT), "FAULT_PIDDIR": str(piddir)}
+    first = subprocess.Popen(
+        [sys.executable, "-m", "mlbench", "run", "s.yaml", "--runs-dir", "runs"],
+        cwd=tmp_path,
+        env=env,
+        stdout=subprocess.DEVNULL,
+        stderr=subprocess.DEVNULL,
+    )
+    try:
+        deadline = time.monotonic() + 60
+        while not (piddir / "hang-worker.pid").exists() and time.monotonic() < deadline:
+            time.sleep(0.1)
+        second = cli("run", "s.yaml", "--runs-dir", "runs", "--resume", cwd=tmp_path)
+        assert second.returncode == 1 and "Traceback" not in second.stderr
+        assert f"runs/t is in use by another mlbench run (pid {first.pid})" in second.stderr
+    finally:
+        first.send_signal(signal.SIGINT)
+        first.wait(timeout=60)
