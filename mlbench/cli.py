@@ -162,7 +162,7 @@ def list_() -> None:
     """Frameworks (and whether installed here), models, precisions."""
     click.echo("frameworks:")
     for fw, module in BUILTIN_WORKERS.items():
-        version = environment.installed_version(environment.FRAMEWORK_PACKAGES[fw])
+        version = environment.installed_version(*environment.FRAMEWORK_PACKAGES[fw])
         worker = "worker ready" if not orchestrator._worker_missing(module) else "worker missing"
         click.echo(f"  {fw:<11} {module:<26} {'installed ' + version if version else 'not installed'}; {worker}")
     click.echo("models:")

@@ -14,7 +14,11 @@ import psutil
 from mlbench import __version__
 from mlbench.monitor import NVML, gpu_indices, pynvml
 
-FRAMEWORK_PACKAGES = {"pytorch": "torch", "tensorflow": "tensorflow", "jax": "jax"}
+FRAMEWORK_PACKAGES = {  # framework -> the distributions that provide it, first found wins
+    "pytorch": ("torch",),
+    "tensorflow": ("tensorflow", "tensorflow-cpu", "tensorflow-macos"),
+    "jax": ("jax",),
+}
 ENV_FLAGS = (
     "OMP_NUM_THREADS",
     "MKL_NUM_THREADS",
@@ -44,12 +48,15 @@ def cpu_model() -> str:
     return platform.processor() or platform.machine()
 
 
-def installed_version(package: str) -> str | None:
-    """Version of an installed distribution, read from its metadata (the package is not imported)."""
-    try:
-        return metadata.version(package)
-    except metadata.PackageNotFoundError:
-        return None
+def installed_version(*packages: str) -> str | None:
+    """Version of the first installed distribution among `packages`, read from its metadata (nothing
+    is imported)."""
+    for package in packages:
+        try:
+            return metadata.version(package)
+        except metadata.PackageNotFoundError:
+            continue
+    return None
 
 
 def gpus() -> list[dict[str, Any]]:
@@ -92,7 +99,7 @@ def capture() -> dict[str, Any]:
         "gpu_driver": driver,
         "cuda_driver_version": cuda_driver,
         "nvml_error": None if NVML.available() else NVML.error,
-        "frameworks": {fw: installed_version(pkg) for fw, pkg in FRAMEWORK_PACKAGES.items()},
+        "frameworks": {fw: installed_version(*pkgs) for fw, pkgs in FRAMEWORK_PACKAGES.items()},
         "pid": os.getpid(),
     }
 

@@ -88,3 +88,13 @@ def test_worker_payload_carries_id_and_data_dir() -> None:
     payload = cell.worker_payload("/data")
     assert payload["cell_id"] == cell.cell_id and payload["data_dir"] == "/data"
     assert payload["inference"]["runs"] == 5 and payload["worker"] == "workers.pytorch_worker"
+
+
+def test_list_reports_each_builtin_framework_installed() -> None:
+    from tests.conftest import ROOT, cli
+
+    proc = cli("list", cwd=ROOT)
+    assert proc.returncode == 0
+    for fw in ("pytorch", "tensorflow", "jax"):
+        line = next(x for x in proc.stdout.splitlines() if x.strip().startswith(fw))
+        assert "installed " in line and "worker ready" in line, line
