@@ -76,6 +76,7 @@ class Suite(Strict):
     inference: InferenceConfig = InferenceConfig()
     compile: bool = False  # torch.compile / XLA jit_compile where the framework offers a choice
     verify: bool = False  # run `mlbench verify` on the suite's models and frameworks before timing
+    calibrate: bool = True  # measure peak matmul FLOP/s per framework, device and precision (for MFU)
     accuracy_parity_pts: PositiveFloat = 2.0  # frameworks' validation accuracies must lie within this
     target_accuracy: float | None = Field(None, gt=0, le=1)  # time to accuracy: when validation reaches this
     threads: PositiveInt | None = None  # intra-op threads per worker; None: the framework's default

@@ -14,7 +14,7 @@ from typing import Any
 
 import psutil
 
-from mlbench import environment, parity, report, rows, runner, store, verify
+from mlbench import calibration, environment, parity, report, rows, runner, store, verify
 from mlbench.cells import Cell, expand
 from mlbench.config import Suite, parse_suite
 from mlbench.progress import RunProgress
@@ -133,6 +133,16 @@ def run_suite(
             )
             _journal(run_dir, action="verify", passed=len(checks) - len(failed), failed=failed)
         _journal(run_dir, action="start", cells=len(cells), to_run=len(todo), resume=resume)
+        if suite.calibrate and todo:
+            entries = calibration.run(suite, todo, run_dir)
+            for e in entries:
+                if e["status"] != "ok":
+                    print(
+                        f"calibration: {e['framework']} {e['device']} {e['precision']}: {e['status']} "
+                        f"({e['reason']}); MFU against the other frameworks' peak",
+                        file=sys.stderr,
+                        flush=True,
+                    )
         with RunProgress(todo, tty=tty) as progress:
             for cell in todo:
                 progress.start_cell(cell)
@@ -201,6 +211,7 @@ def rebuild(run_dir: Path) -> list[Path]:
     grid = [c.cell_id for c in expand(suite)]
     table = store.read_cells(run_dir, grid)
     table, groups = parity.annotate(table, verify.load(run_dir), suite.accuracy_parity_pts)
+    table = calibration.annotate(table, calibration.load(run_dir))
     env_path = run_dir / ENV_FILE
     env = json.loads(env_path.read_text()) if env_path.is_file() else {}
     written = store.write_exports(run_dir, table)

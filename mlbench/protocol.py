@@ -34,6 +34,7 @@ REQUIRED: dict[str, dict[str, tuple[type, ...]]] = {
     "result": {},
     "error": {"kind": (str,), "message": (str,)},
     "log": {"message": (str,)},
+    "calibration": {"n": (int,), "peak_tflops": _NUM, "best_s": _NUM},
     "verify": {"num_parameters": (int,), "shapes": (dict,), "losses": (list,), "arrays": (str,)},
     "progress": {"step": (int,), "total_steps": (int,)},
 }

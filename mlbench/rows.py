@@ -87,6 +87,7 @@ def build(
         "parameter_bytes": model.get("parameter_bytes"),
         "model_size_mb": _mb(model.get("size_on_disk_bytes")),
         "model_save_s": model.get("save_s"),
+        "model_load_s": model.get("load_s"),
         "train_time_per_epoch": (sum(e["train_s"] for e in epochs) / len(epochs)) if epochs else None,
         "total_train_time": sum(e["train_s"] for e in epochs) if epochs else None,
         "samples_per_second": (window_samples / window_s) if (ok and window_s) else None,

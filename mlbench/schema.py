@@ -52,6 +52,7 @@ COLUMNS: list[tuple[str, pa.DataType, str]] = [
     ("parameter_bytes", I, "bytes of the trainable parameters in fp32"),
     ("model_size_mb", F, "size on disk of the model saved in the framework's native format (MiB)"),
     ("model_save_s", F, "time to save the model in the native format"),
+    ("model_load_s", F, "time to load the saved model back (native format)"),
     ("train_time_per_epoch", F, "mean wall time of one training epoch (s), warm-up included, evaluation excluded"),
     ("total_train_time", F, "wall time of all training epochs (s), warm-up included, evaluation excluded"),
     ("samples_per_second", F, "steady-state training throughput: timed samples over the wall time of the timed window"),
@@ -92,6 +93,13 @@ COLUMNS: list[tuple[str, pa.DataType, str]] = [
     ),
     ("inference_flops_per_sample", I, "FLOPs of one sample's forward pass, from the shared spec"),
     ("achieved_tflops", F, "samples_per_second x train_flops_per_sample, in TFLOP/s"),
+    (
+        "peak_tflops",
+        F,
+        "peak matmul TFLOP/s measured on this device and precision by the calibration cells, "
+        "highest framework (rebuilt; see calibration.json)",
+    ),
+    ("mfu", F, "model FLOPs utilisation: achieved_tflops / peak_tflops (rebuilt)"),
     ("inference_batch_size", I, "batch size of the latency figures"),
     ("inference_runs", I, "timed inference forward passes behind the latency figures"),
     ("inference_latency_mean_ms", F, "mean latency of an inference forward pass, input copy included (ms)"),
@@ -165,7 +173,14 @@ COLUMNS: list[tuple[str, pa.DataType, str]] = [
 
 SCHEMA = pa.schema([pa.field(name, typ) for name, typ, _ in COLUMNS], metadata={b"mlbench_schema": b"1"})
 NESTED = [name for name, typ, _ in COLUMNS if pa.types.is_list(typ)]
-DERIVED = ["verify_passed", "verify_detail", "accuracy_spread_pts", "accuracy_parity"]  # filled by rebuild
+DERIVED = [
+    "verify_passed",
+    "verify_detail",
+    "accuracy_spread_pts",
+    "accuracy_parity",
+    "peak_tflops",
+    "mfu",
+]  # filled by rebuild
 FLAT = [name for name, _, _ in COLUMNS if name not in NESTED]
 
 

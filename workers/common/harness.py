@@ -67,6 +67,8 @@ class Backend(Protocol):
     def eval_step(self, x: np.ndarray, y: np.ndarray) -> tuple[float, int]: ...  # (summed loss, correct)
     def predict(self, x: np.ndarray) -> None: ...  # inference forward pass, synced
     def save(self, path: str) -> str: ...  # native format; returns the file or folder written
+    def load(self, path: str) -> None: ...  # read back what save wrote
+    def matmul(self, n: int) -> Any: ...  # a callable running one synced (n, n) @ (n, n) in the cell's precision
     def memory(self) -> dict[str, Any]: ...  # framework allocator figures, bytes
     def is_oom(self, exc: BaseException) -> bool: ...
     # for `mlbench verify`
@@ -209,6 +211,28 @@ def measure_inference(
     return {"batch_size": batch_size, "runs": len(times), **summary}
 
 
+def calibrate(backend: Backend, cell: dict[str, Any], em: Emitter) -> None:
+    """Peak matmul throughput of this framework on this device and precision: the best of timed runs
+    of an (n, n) @ (n, n) product, 2*n^3 FLOPs each."""
+    n, budget_s = cell["calibrate"]["n"], cell["calibrate"]["max_s"]
+    run = backend.matmul(n)
+    times: list[float] = []
+    deadline = time.perf_counter() + budget_s
+    while len(times) < 3 or (len(times) < 50 and time.perf_counter() < deadline):
+        t0 = time.perf_counter()
+        run()
+        times.append(time.perf_counter() - t0)
+    em.emit(
+        "calibration",
+        n=n,
+        flops=2 * n**3,
+        best_s=min(times),
+        median_s=float(np.median(times)),
+        peak_tflops=2 * n**3 / min(times) / 1e12,
+        runs=len(times),
+    )
+
+
 def probe_modules(spec: ModelSpec) -> list[str]:
     """Canonical module names whose outputs `verify` compares, in canonical (forward) order."""
     return list(dict.fromkeys(name.rsplit(".", 1)[0] for name in canonical_params(spec)))
@@ -275,6 +299,10 @@ def run(backend_loader: Any, cell: dict[str, Any], em: Emitter) -> int:
         backend = backend_loader(cell)
         info = backend.info()
         em.emit("hello", protocol=PROTOCOL_VERSION, framework=backend.framework, pid=os.getpid(), **info)
+        if cell.get("task") == "calibrate":
+            calibrate(backend, cell, em)
+            em.emit("result", task="calibrate")
+            return 0
         if cell.get("task") == "verify":
             spec = get_spec(cell["model"], cell.get("model_overrides"))
             ds = datasets.load(
@@ -299,6 +327,9 @@ def run(backend_loader: Any, cell: dict[str, Any], em: Emitter) -> int:
             saved = backend.save(os.path.join(tmp, "model"))
             save_s = time.perf_counter() - t0
             size = _disk_bytes(saved)
+            t0 = time.perf_counter()
+            backend.load(saved)
+            load_s = time.perf_counter() - t0
         em.emit(
             "model",
             name=cell["model"],
@@ -306,6 +337,7 @@ def run(backend_loader: Any, cell: dict[str, Any], em: Emitter) -> int:
             parameter_bytes=4 * n_params,
             size_on_disk_bytes=size,
             save_s=save_s,
+            load_s=load_s,
             build_s=build_s,
             format=os.path.basename(saved),
             spec=spec_dict(spec),

@@ -203,6 +203,18 @@ class JaxBackend:
             f.write(flax.serialization.to_bytes(self._variables(self.state)))
         return target
 
+    def load(self, path: str) -> None:
+        with open(path, "rb") as f:
+            variables = flax.serialization.from_bytes(self._variables(self.state), f.read())
+        jax.block_until_ready(variables)
+        self.state = self.state.replace(params=variables["params"], batch_stats=variables.get("batch_stats", {}))
+
+    def matmul(self, n: int) -> Any:
+        a = jax.device_put(jnp.ones((n, n), self.dtype), self.device)
+        mm = jax.jit(lambda x: x @ x)
+        mm(a).block_until_ready()  # compile outside the timing
+        return lambda: mm(a).block_until_ready()
+
     def memory(self) -> dict[str, Any]:
         stats = self.device.memory_stats() if self.device.platform == "gpu" else None
         if not stats:

@@ -134,8 +134,7 @@ class TorchBackend:
         xb, _ = self._inputs(x)
         with self._autocast():
             self.forward(xb)
-        if self.device.type == "cuda":
-            torch.cuda.synchronize(self.device)
+        self._sync()
 
     @torch.inference_mode()
     def logits(self, x: np.ndarray) -> np.ndarray:
@@ -167,6 +166,24 @@ class TorchBackend:
         target = path + ".pt"
         torch.save(self.model.state_dict(), target)
         return target
+
+    def load(self, path: str) -> None:
+        self.model.load_state_dict(torch.load(path, map_location=self.device, weights_only=True))
+        self._sync()
+
+    def _sync(self) -> None:
+        if self.device.type == "cuda":
+            torch.cuda.synchronize(self.device)
+
+    def matmul(self, n: int) -> Any:
+        dtype = DTYPES.get(self.precision, torch.float32)
+        a = torch.ones((n, n), dtype=dtype, device=self.device)
+
+        def run() -> None:
+            torch.mm(a, a)
+            self._sync()
+
+        return run
 
     def memory(self) -> dict[str, Any]:
         if self.device.type != "cuda":

@@ -152,6 +152,23 @@ class TFBackend:
         self.model.save_weights(target)
         return target
 
+    def load(self, path: str) -> None:
+        self.model.load_weights(path)
+
+    def matmul(self, n: int) -> Any:
+        dtype = {"fp32": tf.float32, "fp16": tf.float16, "bf16": tf.bfloat16}[self.precision]
+        with tf.device(self.device):
+            a = tf.ones((n, n), dtype)
+        mm = tf.function(lambda x: tf.matmul(x, x), jit_compile=self.jit)
+        mm(a).numpy()  # trace outside the timing
+
+        def run() -> None:
+            with tf.device(self.device):
+                out = mm(a)
+            out[0, 0].numpy()  # waits for the whole product without copying it
+
+        return run
+
     def memory(self) -> dict[str, Any]:
         if not self.device.startswith("/GPU"):
             return {

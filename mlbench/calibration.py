@@ -1,0 +1,99 @@
+"""Peak FLOP/s per device and precision, measured by a calibration cell in every framework: a large
+matmul, the best run counts, and the highest framework sets the peak that MFU is measured against.
+
+MFU here is achieved training FLOP/s (throughput x the spec's FLOPs per sample) over that measured
+peak: a figure of this machine, not of a datasheet.
+"""
+
+from __future__ import annotations
+
+import json
+from pathlib import Path
+from typing import Any
+
+import pyarrow as pa
+
+from mlbench import runner, schema, store
+from mlbench.cells import Cell
+from mlbench.config import Suite
+
+FILE = "calibration.json"
+SIZE = {"cpu": 1024, "cuda": 8192}  # matmul size n: 2 GFLOP on a CPU, 1.1 TFLOP on a GPU
+BUDGET_S = 3.0
+
+
+def calibration_cell(suite: Suite, framework: str, device: str, precision: str) -> Cell:
+    n = SIZE["cuda" if device.startswith("cuda") else "cpu"]
+    spec = {
+        "task": "calibrate",
+        "framework": framework,
+        "worker": suite.worker_module(framework),
+        "model": "mlp",
+        "device": device,
+        "precision": precision,
+        "seed": suite.seed,
+        "threads": suite.threads,
+        "compile": suite.compile,
+        "calibrate": {"n": n, "max_s": BUDGET_S},
+    }
+    return Cell(framework, "matmul", device, precision, n, json.dumps(spec, sort_keys=True, separators=(",", ":")))
+
+
+def load(run_dir: Path) -> list[dict[str, Any]]:
+    path = run_dir / FILE
+    return json.loads(path.read_text(encoding="utf-8")) if path.is_file() else []
+
+
+def run(suite: Suite, cells: list[Cell], run_dir: Path) -> list[dict[str, Any]]:
+    """Calibrate every (framework, device, precision) of `cells` not calibrated in this run yet."""
+    entries = load(run_dir)
+    done = {(e["framework"], e["device"], e["precision"]) for e in entries}
+    wanted = list(dict.fromkeys((c.framework, c.device, c.precision) for c in cells))
+    for framework, device, precision in wanted:
+        if (framework, device, precision) in done:
+            continue
+        cell = calibration_cell(suite, framework, device, precision)
+        out = runner.run_cell(
+            cell,
+            run_dir / "calibration",
+            module=suite.worker_module(framework),
+            timeout_s=min(suite.timeout_s, 300),
+            idle_timeout_s=min(suite.idle_timeout_s, 300),
+        )
+        event = next((e for e in out.events if e["event"] == "calibration"), {})
+        entries.append(
+            {
+                "framework": framework,
+                "device": device,
+                "precision": precision,
+                "status": out.status,
+                "reason": out.reason,
+                "n": event.get("n"),
+                "runs": event.get("runs"),
+                "peak_tflops": event.get("peak_tflops"),
+                "median_tflops": (event["flops"] / event["median_s"] / 1e12) if event.get("median_s") else None,
+            }
+        )
+    store.atomic_write(run_dir / FILE, lambda p: p.write_text(json.dumps(entries, indent=1), encoding="utf-8"))
+    return entries
+
+
+def peaks(entries: list[dict[str, Any]]) -> dict[tuple[str, str], float]:
+    """(device, precision) -> the highest calibrated TFLOP/s of any framework."""
+    out: dict[tuple[str, str], float] = {}
+    for e in entries:
+        if e.get("peak_tflops"):
+            key = (e["device"], e["precision"])
+            out[key] = max(out.get(key, 0.0), e["peak_tflops"])
+    return out
+
+
+def annotate(table: pa.Table, entries: list[dict[str, Any]]) -> pa.Table:
+    """Fill peak_tflops and mfu (null where no calibration succeeded)."""
+    top = peaks(entries)
+    rows = table.to_pylist()
+    for r in rows:
+        peak = top.get((r["device"], r["precision"]))
+        r["peak_tflops"] = peak
+        r["mfu"] = (r["achieved_tflops"] / peak) if (peak and r.get("achieved_tflops") is not None) else None
+    return pa.Table.from_pylist(rows, schema=schema.SCHEMA)
