@@ -29,6 +29,7 @@ def suite_dict(**overrides: Any) -> dict[str, Any]:
         "dataset": {"name": "synthetic", "train_samples": 128, "val_samples": 32},
         "warmup_steps": 2,
         "inference": {"warmup": 1, "runs": 5, "min_runs": 3, "max_s": 2},
+        "calibrate": False,  # on where a test wants MFU (test_frameworks)
         "timeout_s": 120,
         "idle_timeout_s": 60,
         "monitor_interval_s": 0.05,

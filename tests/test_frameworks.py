@@ -77,6 +77,7 @@ def three_frameworks(tmp_path_factory):
         model_overrides=TINY,
         dataset={"name": "synthetic", "train_samples": 160, "val_samples": 64},
         epochs=2,
+        calibrate=True,
     )
     (tmp / "s.yaml").write_text(yaml.safe_dump(suite))
     proc = cli("run", "s.yaml", "--runs-dir", "runs", cwd=tmp)
@@ -132,3 +133,28 @@ def test_trained_weights_move_between_frameworks_as_canonical_npz(tmp_path) -> N
     assert {k: v.shape for k, v in trained.items()} == {k: p.shape for k, p in specs.canonical_params(spec).items()}
     assert not np.array_equal(trained["layers.0.weight"], initial_weights(spec, 0)["layers.0.weight"])  # trained
     assert not np.array_equal(trained["layers.0.weight"], continued["layers.0.weight"])  # and trained on in JAX
+
+
+@pytest.mark.e2e
+def test_mfu_against_the_calibrated_peak(three_frameworks) -> None:
+    run = three_frameworks / "runs" / "t"
+    entries = json.loads((run / "calibration.json").read_text())
+    assert {e["framework"] for e in entries} == {"pytorch", "tensorflow", "jax"}
+    assert all(e["status"] == "ok" and e["peak_tflops"] > 0 and e["runs"] >= 3 for e in entries)
+    df = pd.read_parquet(run / "results.parquet")
+    peak = max(e["peak_tflops"] for e in entries)
+    assert (df.peak_tflops == peak).all()
+    assert ((df.mfu - df.achieved_tflops / peak).abs() < 1e-12).all() and (df.mfu > 0).all()
+    assert (df.model_load_s > 0).all() and (df.inference_b1_runs >= 3).all()
+
+
+def test_peaks_take_the_highest_framework() -> None:
+    from mlbench.calibration import peaks
+
+    entries = [
+        {"framework": "a", "device": "cpu", "precision": "fp32", "peak_tflops": 0.1},
+        {"framework": "b", "device": "cpu", "precision": "fp32", "peak_tflops": 0.3},
+        {"framework": "c", "device": "cpu", "precision": "fp32", "peak_tflops": None},
+        {"framework": "a", "device": "cpu", "precision": "bf16", "peak_tflops": 0.2},
+    ]
+    assert peaks(entries) == {("cpu", "fp32"): 0.3, ("cpu", "bf16"): 0.2}
