@@ -95,3 +95,34 @@ def expand(suite: Suite, only: dict[str, list[Any]] | None = None) -> list[Cell]
         if not _excluded(values, suite.excludes):
             cells.append(make_cell(suite, **values))
     return cells
+
+
+@dataclass(frozen=True)
+class Unit:
+    """One run of a cell: repeats of a cell are separate units, each stored in a file of its own."""
+
+    cell: Cell
+    repeat: int = 0
+
+    @property
+    def unit_id(self) -> str:
+        """The cell file's name: the cell id for the first repeat, `<cell_id>.r<k>` for the others."""
+        return self.cell.cell_id if self.repeat == 0 else f"{self.cell.cell_id}.r{self.repeat}"
+
+    @property
+    def framework(self) -> str:
+        return self.cell.framework
+
+    @property
+    def model(self) -> str:
+        return self.cell.model
+
+    @property
+    def label(self) -> str:
+        return self.cell.label + (f" (repeat {self.repeat + 1})" if self.repeat else "")
+
+
+def units(cells: list[Cell], repeats: int) -> list[Unit]:
+    """Every repeat of every cell, interleaved: the whole grid once, then again, so that slow drift of
+    a shared machine spreads over all cells instead of hitting the last ones."""
+    return [Unit(c, r) for r in range(repeats) for c in cells]

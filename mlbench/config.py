@@ -70,6 +70,7 @@ class Suite(Strict):
     precisions: list[Literal["fp32", "fp16", "bf16"]] = Field(["fp32"], min_length=1)
     batch_sizes: list[PositiveInt] = Field(min_length=1)
     epochs: PositiveInt = 1
+    repeats: PositiveInt = 1  # runs of every cell, interleaved across the grid; results combine them
     seed: int = Field(0, ge=0)
     dataset: DatasetConfig = DatasetConfig()
     warmup_steps: int = Field(5, ge=0)  # first training steps kept out of steady-state throughput

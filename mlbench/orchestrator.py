@@ -13,9 +13,10 @@ from pathlib import Path
 from typing import Any
 
 import psutil
+import pyarrow.parquet as pq
 
-from mlbench import calibration, environment, parity, report, rows, runner, store, verify
-from mlbench.cells import Cell, expand
+from mlbench import calibration, environment, parity, repeats, report, rows, runner, store, verify
+from mlbench.cells import Cell, Unit, expand, units
 from mlbench.config import Suite, parse_suite
 from mlbench.progress import RunProgress
 
@@ -73,13 +74,14 @@ def _reap_stale_workers(run_dir: Path) -> list[int]:
 
 def cells_to_run(
     suite: Suite, cells: list[Cell], run_dir: Path, resume: bool, retry_failed: bool
-) -> tuple[list[Cell], int]:
-    """The cells this invocation runs, and how many it leaves because they are stored already."""
+) -> tuple[list[Unit], int]:
+    """The units (cell repeats) this invocation runs, and how many it leaves because they are stored."""
+    every = units(cells, suite.repeats)
     if not resume:
-        return cells, 0
-    stored = store.stored_statuses(run_dir, [c.cell_id for c in cells])
-    todo = [c for c in cells if stored[c.cell_id] is None or (retry_failed and stored[c.cell_id] != "ok")]
-    return todo, len(cells) - len(todo)
+        return every, 0
+    stored = store.stored_statuses(run_dir, [u.unit_id for u in every])
+    todo = [u for u in every if stored[u.unit_id] is None or (retry_failed and stored[u.unit_id] != "ok")]
+    return todo, len(every) - len(todo)
 
 
 def run_suite(
@@ -144,8 +146,9 @@ def run_suite(
                         flush=True,
                     )
         with RunProgress(todo, tty=tty) as progress:
-            for cell in todo:
-                progress.start_cell(cell)
+            for unit in todo:
+                cell = unit.cell
+                progress.start_cell(unit)
                 module = suite.worker_module(cell.framework)
                 if _worker_missing(module):
                     outcome = _skip_outcome(f"worker module {module} is not installed")
@@ -160,13 +163,14 @@ def run_suite(
                             threads=suite.threads,
                             monitor_interval_s=suite.monitor_interval_s,
                             on_event=progress.on_event,
-                            on_start=lambda pid, c=cell: _journal(
-                                run_dir, action="cell_start", cell_id=c.cell_id, pid=pid
+                            on_start=lambda pid, u=unit: _journal(
+                                run_dir, action="cell_start", cell_id=u.unit_id, pid=pid
                             ),
+                            log_name=unit.unit_id,
                         )
                     except runner.Interrupted:
-                        summary.interrupted_cell = cell.cell_id
-                        _journal(run_dir, action="interrupted", cell_id=cell.cell_id, cell=cell.label)
+                        summary.interrupted_cell = unit.unit_id
+                        _journal(run_dir, action="interrupted", cell_id=unit.unit_id, cell=unit.label)
                         raise
                 flags = {
                     k: v
@@ -177,26 +181,26 @@ def run_suite(
                     others = ", ".join(
                         f"pid {p['pid']} ({p['name']})" for p in outcome.monitor["gpu_foreign_processes"]
                     )
-                    print(f"warning: {cell.label}: other processes held its GPU: {others}", file=sys.stderr, flush=True)
+                    print(f"warning: {unit.label}: other processes held its GPU: {others}", file=sys.stderr, flush=True)
                     _journal(
                         run_dir,
                         action="gpu_shared",
-                        cell_id=cell.cell_id,
+                        cell_id=unit.unit_id,
                         processes=outcome.monitor["gpu_foreign_processes"],
                     )
-                row = rows.build(cell, suite.name, outcome, env, flags)
-                store.write_cell(run_dir, row)
+                row = rows.build(cell, suite.name, outcome, env, flags, repeat=unit.repeat)
+                store.write_cell(run_dir, row, name=unit.unit_id)
                 summary.counts[outcome.status] = summary.counts.get(outcome.status, 0) + 1
                 _journal(
                     run_dir,
                     action="cell",
-                    cell_id=cell.cell_id,
-                    cell=cell.label,
+                    cell_id=unit.unit_id,
+                    cell=unit.label,
                     status=outcome.status,
                     reason=outcome.reason,
                     duration_s=round(outcome.duration_s, 3),
                 )
-                progress.finish_cell(cell, outcome.status, outcome.duration_s, outcome.reason)
+                progress.finish_cell(unit, outcome.status, outcome.duration_s, outcome.reason)
         rebuild(run_dir)
     return summary
 
@@ -208,13 +212,17 @@ def rebuild(run_dir: Path) -> list[Path]:
         raise FileNotFoundError(f"{run_dir} has no {SUITE_FILE}: is it an mlbench run folder?")
     suite_data = json.loads(suite_path.read_text())
     suite = parse_suite(suite_data, str(suite_path))
-    grid = [c.cell_id for c in expand(suite)]
-    table = store.read_cells(run_dir, grid)
+    grid = expand(suite)
+    per_repeat = store.read_cells(run_dir, [u.unit_id for u in units(grid, suite.repeats)])
+    table = repeats.combine(per_repeat) if suite.repeats > 1 else per_repeat
     table, groups = parity.annotate(table, verify.load(run_dir), suite.accuracy_parity_pts)
     table = calibration.annotate(table, calibration.load(run_dir))
     env_path = run_dir / ENV_FILE
     env = json.loads(env_path.read_text()) if env_path.is_file() else {}
     written = store.write_exports(run_dir, table)
+    if suite.repeats > 1:  # every repeat's own row, beside the combined results
+        store.atomic_write(run_dir / "repeats.parquet", lambda p: pq.write_table(per_repeat, str(p)))
+        written.append(run_dir / "repeats.parquet")
     store.atomic_write(run_dir / "parity.json", lambda p: p.write_text(json.dumps(groups, indent=1), encoding="utf-8"))
     written.append(report.write(run_dir, table.to_pylist(), suite_data, env, grid_size=len(grid)))
     return written

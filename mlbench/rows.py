@@ -27,7 +27,7 @@ def _throughput(batch_size: int, step_s: float | None) -> float | None:
 
 
 def build(
-    cell: Cell, run_name: str, outcome: Outcome, env: dict[str, Any], env_flags: dict[str, str]
+    cell: Cell, run_name: str, outcome: Outcome, env: dict[str, Any], env_flags: dict[str, str], repeat: int = 0
 ) -> dict[str, Any]:
     """The cell's row: every schema column present, null where nothing was measured."""
     ev = outcome.events
@@ -76,6 +76,10 @@ def build(
         "compile": spec["compile"],
         "worker_module": spec["worker"],
         "spec_json": cell.spec,
+        "repeat": repeat,
+        "repeats": 1,
+        "repeat_samples_per_second": [],
+        "repeats_cv": None,
         "status": outcome.status,
         "reason": outcome.reason,
         "exit_code": outcome.exit_code,

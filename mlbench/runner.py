@@ -205,6 +205,7 @@ def run_cell(
     on_event: Callable[[dict[str, Any]], None] | None = None,
     on_start: Callable[[int], None] | None = None,
     extra: dict[str, Any] | None = None,
+    log_name: str | None = None,
     python: str = sys.executable,
 ) -> Outcome:
     """Run one cell to its end, whatever that end is; raises Interrupted on Ctrl-C/SIGTERM."""
@@ -215,8 +216,9 @@ def run_cell(
     payload.update(extra or {})
     payload["threads"] = threads = resolved_threads(threads)
     argv = [python, "-m", module, "--cell", json.dumps(payload, separators=(",", ":"))]  # no shell
-    stream_log = BoundedLog(logs_dir / f"{cell.cell_id}.ndjson", 8 << 20, 8 << 20)
-    stderr_log = BoundedLog(logs_dir / f"{cell.cell_id}.stderr.log")
+    log_name = log_name or cell.cell_id
+    stream_log = BoundedLog(logs_dir / f"{log_name}.ndjson", 8 << 20, 8 << 20)
+    stderr_log = BoundedLog(logs_dir / f"{log_name}.stderr.log")
     gpus = gpu_indices(cell.device)
     foreign = free_gpus_of_earlier_cells(gpus, STARTED_GROUPS) if gpus else []
     gpu_before = gpu_memory_used_bytes(gpus)

@@ -66,9 +66,9 @@ def atomic_write(path: Path, write: Any) -> None:
         raise
 
 
-def write_cell(run_dir: Path, row: dict[str, Any]) -> Path:
-    """Store one cell's row atomically."""
-    path = cell_path(run_dir, row["cell_id"])
+def write_cell(run_dir: Path, row: dict[str, Any], name: str | None = None) -> Path:
+    """Store one cell's row atomically, as cells/<name or cell_id>.parquet."""
+    path = cell_path(run_dir, name or row["cell_id"])
     try:
         path.parent.mkdir(parents=True, exist_ok=True)
     except OSError as exc:

@@ -1,0 +1,111 @@
+"""Combine the repeats of each cell into one results row; repeats.parquet keeps every run's own row.
+
+Throughput is the median of the runs' throughputs, with their CV across runs; step and inference
+statistics come from the pooled raw samples of the runs that finished ok.
+"""
+
+from __future__ import annotations
+
+import statistics
+from collections import defaultdict
+from typing import Any
+
+import pyarrow as pa
+
+from mlbench import schema
+from workers.common import stats
+
+MAX_OF = (
+    "peak_memory_mb",
+    "host_rss_peak_mb",
+    "worker_max_rss_mb",
+    "device_peak_allocated_mb",
+    "gpu_memory_used_peak_mb",
+    "gpu_utilization_peak_pct",
+)
+MEDIAN_OF = (
+    "avg_memory_mb",
+    "host_rss_avg_mb",
+    "cpu_util_avg_pct",
+    "gpu_utilization_pct",
+    "gpu_memory_used_avg_mb",
+    "gpu_power_avg_w",
+    "gpu_energy_j",
+    "total_train_time",
+    "train_time_per_epoch",
+    "first_step_s",
+    "compile_time_s",
+    "warmup_time_s",
+    "model_save_s",
+    "model_load_s",
+    "duration_s",
+    "achieved_tflops",
+    "inference_b1_latency_mean_ms",
+    "inference_b1_latency_p50_ms",
+    "inference_b1_latency_p95_ms",
+    "inference_b1_latency_p99_ms",
+)
+
+
+def _median(values: list[Any]) -> Any:
+    present = [v for v in values if v is not None]
+    return statistics.median(present) if present else None
+
+
+def combine_one(runs: list[dict[str, Any]]) -> dict[str, Any]:
+    """One cell's runs (in repeat order) -> the combined row."""
+    runs = sorted(runs, key=lambda r: r["repeat"])
+    ok = [r for r in runs if r["status"] == "ok"]
+    row = dict(ok[0] if ok else runs[0])
+    row["repeat"], row["repeats"] = 0, len(runs)
+    bad = next((r for r in runs if r["status"] != "ok"), None)
+    if bad is not None:  # any run that did not finish makes the cell's status that run's
+        row["status"] = bad["status"]
+        row["reason"] = f"repeat {bad['repeat'] + 1} of {len(runs)}: {bad['reason']}"
+    if not ok:
+        return row
+    sps = [r["samples_per_second"] for r in ok if r["samples_per_second"] is not None]
+    row["repeat_samples_per_second"] = sps
+    row["samples_per_second"] = statistics.median(sps) if sps else None
+    row["repeats_cv"] = (statistics.stdev(sps) / statistics.mean(sps)) if len(sps) > 1 else None
+    steps = [x for r in ok for x in (r["step_times_s"] or [])]
+    st = stats.summarize(steps)
+    bs = row["batch_size"]
+    row.update(
+        step_times_s=steps,
+        step_time_median_s=st["median"],
+        step_time_mean_s=st["mean"],
+        step_time_min_s=st["min"],
+        step_time_max_s=st["max"],
+        step_time_cv=st["cv"],
+        step_time_outliers=st["outliers"],
+        steps_timed=len(steps),
+        samples_per_second_ci_low=bs / st["ci_high"] if st["ci_high"] else None,
+        samples_per_second_ci_high=bs / st["ci_low"] if st["ci_low"] else None,
+    )
+    row["noisy"] = bool((st["cv"] or 0) > stats.NOISE_CV or (row["repeats_cv"] or 0) > stats.NOISE_CV)
+    latencies = [x for r in ok for x in (r["inference_times_ms"] or [])]
+    if latencies:
+        p = stats.percentiles_ms([x / 1e3 for x in latencies])
+        row.update(
+            inference_times_ms=latencies,
+            inference_runs=len(latencies),
+            inference_latency_mean_ms=p["mean_ms"],
+            inference_latency_p50_ms=p["p50_ms"],
+            inference_latency_p95_ms=p["p95_ms"],
+            inference_latency_p99_ms=p["p99_ms"],
+        )
+    for key in MAX_OF:
+        values = [r[key] for r in ok if r[key] is not None]
+        row[key] = max(values) if values else None
+    for key in MEDIAN_OF:
+        row[key] = _median([r[key] for r in ok])
+    return row
+
+
+def combine(table: pa.Table) -> pa.Table:
+    """Per-repeat rows -> one row per cell, in the order the cells first appear."""
+    by_cell: dict[str, list[dict[str, Any]]] = defaultdict(list)
+    for r in table.to_pylist():
+        by_cell[r["cell_id"]].append(r)
+    return pa.Table.from_pylist([combine_one(runs) for runs in by_cell.values()], schema=schema.SCHEMA)

@@ -1,0 +1,66 @@
+"""Interleaved repeats: stored per run, resumed per run, combined in the results."""
+
+from __future__ import annotations
+
+import pandas as pd
+import pytest
+import yaml
+
+from mlbench import schema
+from mlbench.cells import expand, units
+from mlbench.config import parse_suite
+from mlbench.repeats import combine_one
+from tests.conftest import cli, fault_suite, suite_dict
+
+
+def test_units_interleave_the_grid() -> None:
+    cells = expand(parse_suite(suite_dict(models=["mlp", "bert"])))
+    order = [(u.cell.model, u.repeat) for u in units(cells, 3)]
+    assert order == [("mlp", 0), ("bert", 0), ("mlp", 1), ("bert", 1), ("mlp", 2), ("bert", 2)]
+    assert units(cells, 2)[0].unit_id == cells[0].cell_id and units(cells, 2)[2].unit_id == f"{cells[0].cell_id}.r1"
+
+
+def _run(repeat: int, sps: float, steps: list[float], status: str = "ok") -> dict:
+    r = {name: None for name in schema.FLAT} | {name: [] for name in schema.NESTED}
+    r.update(
+        cell_id="c",
+        repeat=repeat,
+        status=status,
+        reason="" if status == "ok" else "boom",
+        batch_size=10,
+        samples_per_second=sps,
+        step_times_s=steps,
+        inference_times_ms=[1.0, 2.0],
+        peak_memory_mb=100.0 + repeat,
+    )
+    return r
+
+
+def test_combine_takes_the_median_run_and_pools_the_samples() -> None:
+    row = combine_one([_run(1, 110.0, [0.09] * 6), _run(0, 100.0, [0.1] * 6), _run(2, 90.0, [0.11] * 6)])
+    assert row["repeats"] == 3 and row["samples_per_second"] == 100.0
+    assert row["repeat_samples_per_second"] == [100.0, 110.0, 90.0]  # in repeat order
+    assert row["repeats_cv"] == pytest.approx(10.0 / 100.0)  # stdev(100, 110, 90) = 10
+    assert row["steps_timed"] == 18 and row["step_time_median_s"] == pytest.approx(0.1)
+    assert row["inference_runs"] == 6 and row["peak_memory_mb"] == 102.0
+    assert row["noisy"] is False  # CV exactly 10% is not above the 10% line
+
+
+def test_a_failed_repeat_marks_the_cell() -> None:
+    row = combine_one([_run(0, 100.0, [0.1] * 6), _run(1, 0.0, [], status="crashed")])
+    assert row["status"] == "crashed" and row["reason"] == "repeat 2 of 2: boom"
+    assert row["samples_per_second"] == 100.0 and row["repeats"] == 2
+
+
+@pytest.mark.e2e
+def test_repeats_are_stored_resumed_and_combined(tmp_path) -> None:
+    (tmp_path / "s.yaml").write_text(yaml.safe_dump(fault_suite("fine", repeats=2)))
+    assert cli("run", "s.yaml", "--runs-dir", "runs", cwd=tmp_path).returncode == 0
+    cells = sorted(p.name for p in (tmp_path / "runs" / "t" / "cells").glob("*.parquet"))
+    assert len(cells) == 2 and cells[1].endswith(".r1.parquet")
+    (tmp_path / "s.yaml").write_text(yaml.safe_dump(fault_suite("fine", repeats=3)))
+    proc = cli("run", "s.yaml", "--runs-dir", "runs", "--resume", cwd=tmp_path)
+    assert proc.returncode == 0 and "1 ok (2 already stored)" in proc.stdout, proc.stdout + proc.stderr
+    df = pd.read_parquet(tmp_path / "runs" / "t" / "results.parquet")
+    assert len(df) == 1 and df.repeats[0] == 3 and len(df.repeat_samples_per_second[0]) == 3
+    assert len(pd.read_parquet(tmp_path / "runs" / "t" / "repeats.parquet")) == 3
