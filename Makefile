@@ -5,7 +5,7 @@ BIN    := $(VENV)/bin
 STAMP  := $(VENV)/.installed-stamp
 EXTRAS ?= torch,tensorflow,jax,dev
 
-.PHONY: venv quick run test test-fast lint format clean
+.PHONY: venv quick run test test-fast bench lint format clean
 
 $(STAMP): pyproject.toml requirements.lock
 	$(PYTHON) -m venv $(VENV)
@@ -27,13 +27,16 @@ test: venv
 test-fast: venv  ## unit tests only
 	$(BIN)/python -m pytest -q -m "not e2e"
 
+bench: venv  ## fidelity: mlbench vs hand-written loops per framework and model (about an hour on 2 cores)
+	$(BIN)/python -m bench.fidelity $(ARGS)
+
 lint: venv
-	$(BIN)/ruff check mlbench workers tests
-	$(BIN)/ruff format --check mlbench workers tests
+	$(BIN)/ruff check mlbench workers tests bench
+	$(BIN)/ruff format --check mlbench workers tests bench
 
 format: venv
-	$(BIN)/ruff format mlbench workers tests
-	$(BIN)/ruff check --fix mlbench workers tests
+	$(BIN)/ruff format mlbench workers tests bench
+	$(BIN)/ruff check --fix mlbench workers tests bench
 
 clean:
 	rm -rf $(VENV) runs .pytest_cache .ruff_cache

@@ -6,6 +6,7 @@ from __future__ import annotations
 import contextlib
 import importlib.util
 import json
+import resource
 import sys
 import time
 from dataclasses import dataclass, field
@@ -148,6 +149,7 @@ def run_suite(
         with RunProgress(todo, tty=tty) as progress:
             for unit in todo:
                 cell = unit.cell
+                unit_started = time.monotonic()
                 progress.start_cell(unit)
                 module = suite.worker_module(cell.framework)
                 if _worker_missing(module):
@@ -191,6 +193,7 @@ def run_suite(
                 row = rows.build(cell, suite.name, outcome, env, flags, repeat=unit.repeat)
                 store.write_cell(run_dir, row, name=unit.unit_id)
                 summary.counts[outcome.status] = summary.counts.get(outcome.status, 0) + 1
+                overhead = (time.monotonic() - unit_started - outcome.worker_wall_s) if outcome.worker_wall_s else None
                 _journal(
                     run_dir,
                     action="cell",
@@ -199,9 +202,17 @@ def run_suite(
                     status=outcome.status,
                     reason=outcome.reason,
                     duration_s=round(outcome.duration_s, 3),
+                    worker_wall_s=outcome.worker_wall_s,
+                    orchestrator_overhead_s=overhead,  # spawning, monitoring, reading, storing: all but the worker
                 )
                 progress.finish_cell(unit, outcome.status, outcome.duration_s, outcome.reason)
         rebuild(run_dir)
+        _journal(
+            run_dir,
+            action="end",
+            counts=summary.counts,
+            orchestrator_max_rss_mb=resource.getrusage(resource.RUSAGE_SELF).ru_maxrss / 1024,
+        )
     return summary
 
 

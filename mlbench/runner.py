@@ -55,6 +55,7 @@ class Outcome:
     monitor: dict[str, Any] = field(default_factory=dict)
     started_at: float = 0.0
     killed_for: str | None = None
+    worker_wall_s: float | None = None  # from spawning the worker to its exit
 
 
 def worker_env(cell: Cell, threads: int | None, cache_dir: Path) -> dict[str, str]:
@@ -223,6 +224,7 @@ def run_cell(
     foreign = free_gpus_of_earlier_cells(gpus, STARTED_GROUPS) if gpus else []
     gpu_before = gpu_memory_used_bytes(gpus)
     started_at, t0 = time.time(), time.monotonic()
+    spawned_at = time.monotonic()
     proc = subprocess.Popen(
         argv,
         stdin=subprocess.DEVNULL,
@@ -343,4 +345,5 @@ def run_cell(
         monitor=monitor_summary,
         started_at=started_at,
         killed_for=killed_for,
+        worker_wall_s=(exited_at - spawned_at) if exit_code is not None else None,
     )

@@ -210,7 +210,7 @@ def load(
         except OSError:  # another worker made it first: theirs is identical
             shutil.rmtree(tmp, ignore_errors=True)
     arrays = {
-        n: np.load(folder / f"{n}.npy", mmap_mode="r", allow_pickle=False)
+        n: np.load(folder / f"{n}.npy", allow_pickle=False)  # in memory: batch gathers stay cheap
         for n in ("x_train", "y_train", "x_val", "y_val")
     }
     if family == "image" and layout == "NHWC":

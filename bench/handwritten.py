@@ -1,0 +1,182 @@
+"""Idiomatic hand-written training loops, one per framework, as an expert would time them.
+
+Same model (the workers' definitions, the same canonical initial weights), same optimizer, same
+batches; no harness: batches prepared up front, no per-step host read-back, one device sync at the
+end of the timed steps. Prints one JSON line: {"samples_per_second": ...}.
+
+    python -m bench.handwritten --framework jax --model resnet18 --batch-size 64 --steps 20
+"""
+
+from __future__ import annotations
+
+import argparse
+import json
+import os
+import time
+
+import numpy as np
+
+from workers.common import data
+from workers.common.specs import get_spec, input_spec
+from workers.common.weights import initial_weights
+
+
+def batches(model: str, batch_size: int, n: int, layout: str, seed: int = 0) -> list[tuple[np.ndarray, np.ndarray]]:
+    spec = get_spec(model)
+    arrays = data.make_synthetic(spec.family, input_spec(spec), batch_size * n, 8, seed)
+    ds = data.Dataset(arrays["x_train"], arrays["y_train"], arrays["x_val"], arrays["y_val"], spec.family, "bench")
+    if spec.family == "image" and layout == "NHWC":
+        ds.x_train = np.ascontiguousarray(ds.x_train.transpose(0, 2, 3, 1))
+        ds.layout = "NHWC"
+    return [
+        (
+            ds.inputs(ds.x_train[i * batch_size : (i + 1) * batch_size]),
+            ds.y_train[i * batch_size : (i + 1) * batch_size],
+        )
+        for i in range(n)
+    ]
+
+
+def torch_loop(model: str, bs: int, warmup: int, steps: int) -> float:
+    import torch
+    import torch.nn.functional as F
+
+    from workers.pytorch_worker import models
+
+    spec = get_spec(model)
+    net = models.build(spec)
+    models.load_canonical(net, initial_weights(spec, 0))
+    o = spec.optimizer
+    opt = (
+        torch.optim.SGD(net.parameters(), lr=o.lr, momentum=o.momentum, weight_decay=o.weight_decay)
+        if o.name == "sgd"
+        else torch.optim.AdamW(
+            net.parameters(), lr=o.lr, betas=(o.beta1, o.beta2), eps=o.eps, weight_decay=o.weight_decay
+        )
+    )
+    host = batches(model, bs, min(steps, 16), "NCHW")
+    data_ = [
+        (torch.from_numpy(x).long() if x.dtype == np.int32 else torch.from_numpy(x), torch.from_numpy(y).long())
+        for x, y in host
+    ]
+    net.train()
+
+    def step(x: torch.Tensor, y: torch.Tensor) -> torch.Tensor:
+        opt.zero_grad(set_to_none=True)
+        loss = F.cross_entropy(net(x), y)
+        loss.backward()
+        opt.step()
+        return loss
+
+    for i in range(warmup):
+        step(*data_[i % len(data_)])
+    t0 = time.perf_counter()
+    for i in range(steps):
+        loss = step(*data_[i % len(data_)])
+    loss.item()  # the only sync
+    return bs * steps / (time.perf_counter() - t0)
+
+
+def tf_loop(model: str, bs: int, warmup: int, steps: int) -> float:
+    os.environ.setdefault("TF_CPP_MIN_LOG_LEVEL", "2")
+    import keras
+    import tensorflow as tf
+
+    from workers.tensorflow_worker import models
+
+    spec = get_spec(model)
+    net = models.build(spec)
+    models.load_canonical(net, spec, initial_weights(spec, 0))
+    o = spec.optimizer
+    opt = (
+        keras.optimizers.SGD(o.lr, momentum=o.momentum)
+        if o.name == "sgd"
+        else keras.optimizers.AdamW(o.lr, weight_decay=o.weight_decay, beta_1=o.beta1, beta_2=o.beta2, epsilon=o.eps)
+    )
+    l2 = o.weight_decay if o.name == "sgd" else 0.0
+    loss_fn = keras.losses.SparseCategoricalCrossentropy(from_logits=True)
+    data_ = [(tf.constant(x), tf.constant(y)) for x, y in batches(model, bs, min(steps, 16), "NHWC")]
+
+    @tf.function
+    def step(x: tf.Tensor, y: tf.Tensor) -> tf.Tensor:
+        with tf.GradientTape() as tape:
+            loss = loss_fn(y, net(x, training=True))
+            if l2:
+                loss += 0.5 * l2 * tf.add_n([tf.reduce_sum(tf.square(v)) for v in net.trainable_variables])
+        grads = tape.gradient(loss, net.trainable_variables)
+        opt.apply_gradients(zip(grads, net.trainable_variables))
+        return loss
+
+    for i in range(warmup):
+        step(*data_[i % len(data_)])
+    t0 = time.perf_counter()
+    for i in range(steps):
+        loss = step(*data_[i % len(data_)])
+    loss.numpy()
+    return bs * steps / (time.perf_counter() - t0)
+
+
+def jax_loop(model: str, bs: int, warmup: int, steps: int) -> float:
+    import flax
+    import jax
+    import jax.numpy as jnp
+    import optax
+
+    from workers.jax_worker import models
+    from workers.jax_worker.backend import make_optimizer
+
+    spec = get_spec(model)
+    net = models.build(spec)
+    host = batches(model, bs, min(steps, 16), "NHWC")
+    like = jax.eval_shape(lambda: net.init(jax.random.PRNGKey(0), jnp.asarray(host[0][0][:1]), train=False))
+    variables = models.from_canonical(spec, initial_weights(spec, 0), flax.core.unfreeze(like))
+    params, stats = variables["params"], variables.get("batch_stats", {})
+    tx = make_optimizer(spec.optimizer)
+    opt_state = tx.init(params)
+    data_ = [(jnp.asarray(x), jnp.asarray(y)) for x, y in host]
+
+    @jax.jit
+    def step(params, stats, opt_state, x, y, rng):
+        def loss_fn(p):
+            v = {"params": p, **({"batch_stats": stats} if stats else {})}
+            logits, upd = net.apply(v, x, train=True, rngs={"dropout": rng}, mutable=["batch_stats"] if stats else [])
+            return optax.softmax_cross_entropy_with_integer_labels(logits, y).mean(), upd
+
+        (loss, upd), grads = jax.value_and_grad(loss_fn, has_aux=True)(params)
+        updates, opt_state = tx.update(grads, opt_state, params)
+        return optax.apply_updates(params, updates), upd.get("batch_stats", stats), opt_state, loss
+
+    rng = jax.random.PRNGKey(0)
+    for i in range(warmup):
+        params, stats, opt_state, loss = step(
+            params, stats, opt_state, *data_[i % len(data_)], jax.random.fold_in(rng, i)
+        )
+    loss.block_until_ready()
+    t0 = time.perf_counter()
+    for i in range(steps):
+        params, stats, opt_state, loss = step(
+            params, stats, opt_state, *data_[i % len(data_)], jax.random.fold_in(rng, i)
+        )
+    loss.block_until_ready()
+    return bs * steps / (time.perf_counter() - t0)
+
+
+LOOPS = {"pytorch": torch_loop, "tensorflow": tf_loop, "jax": jax_loop}
+
+
+def main() -> None:
+    p = argparse.ArgumentParser(description=__doc__)
+    p.add_argument("--framework", choices=list(LOOPS), required=True)
+    p.add_argument("--model", required=True)
+    p.add_argument("--batch-size", type=int, required=True)
+    p.add_argument("--warmup", type=int, default=3)
+    p.add_argument("--steps", type=int, default=20)
+    a = p.parse_args()
+    sps = LOOPS[a.framework](a.model, a.batch_size, a.warmup, a.steps)
+    print(
+        json.dumps({"framework": a.framework, "model": a.model, "batch_size": a.batch_size, "samples_per_second": sps})
+    )
+
+
+if __name__ == "__main__":
+    main()
