@@ -137,7 +137,7 @@ def run_suite(
             _journal(run_dir, action="verify", passed=len(checks) - len(failed), failed=failed)
         _journal(run_dir, action="start", cells=len(cells), to_run=len(todo), resume=resume)
         if suite.calibrate and todo:
-            entries = calibration.run(suite, todo, run_dir)
+            entries = calibration.run(suite, [u.cell for u in todo], run_dir)
             for e in entries:
                 if e["status"] != "ok":
                     print(
