@@ -46,9 +46,11 @@ def _finish(em: Emitter) -> None:
 def _note_pid(mode: str, pid: int) -> None:
     """Tell the test which extra processes to look for afterwards."""
     folder = os.environ.get("FAULT_PIDDIR")
-    if folder:
-        with open(os.path.join(folder, f"{mode}.pid"), "w") as f:
+    if folder:  # written whole, then renamed: a reader never sees an empty file
+        tmp = os.path.join(folder, f".{mode}.pid.tmp")
+        with open(tmp, "w") as f:
             f.write(str(pid))
+        os.replace(tmp, os.path.join(folder, f"{mode}.pid"))
 
 
 def main() -> int:
