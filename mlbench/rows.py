@@ -39,9 +39,8 @@ def build(
     epochs = [e for e in ev if e["event"] == "epoch"]
     ok = outcome.status == "ok"
     # the worker splits off the configured warm-up; the steady state is then found from the samples
-    every = [float(x) for x in (*steps.get("warmup_s", []), *steps.get("step_s", []))]
-    start = stats.steady_state_start(every, min_start=len(steps.get("warmup_s", [])))
-    warm, step_s = every[:start], every[start:]
+    steady = stats.steady_throughput(steps.get("warmup_s", []), steps.get("step_s", []), cell.batch_size)
+    start, warm, step_s = steady["start"], steady["warmup"], steady["timed"]
     st = stats.summarize(step_s)
     mon = outcome.monitor
     on_gpu = cell.device.startswith("cuda")
@@ -57,9 +56,6 @@ def build(
         peak = max(candidates) if candidates else None
         avg = mon.get("host_rss_avg_bytes")
         source = "peak and avg: host RSS of the worker's process tree"
-    # timed window: every step's wall time includes preparing its batch, and evaluation lies outside
-    # the steps, so the window's wall time is the sum of its steps
-    window_s, window_samples = (sum(step_s), cell.batch_size * len(step_s)) if step_s else (None, None)
     row: dict[str, Any] = {
         "cell_id": cell.cell_id,
         "run_name": run_name,
@@ -94,7 +90,7 @@ def build(
         "model_load_s": model.get("load_s"),
         "train_time_per_epoch": (sum(e["train_s"] for e in epochs) / len(epochs)) if epochs else None,
         "total_train_time": sum(e["train_s"] for e in epochs) if epochs else None,
-        "samples_per_second": (window_samples / window_s) if (ok and window_s) else None,
+        "samples_per_second": steady["samples_per_second"] if ok else None,
         "samples_per_second_ci_low": _throughput(cell.batch_size, st["ci_high"]),
         "samples_per_second_ci_high": _throughput(cell.batch_size, st["ci_low"]),
         "step_time_median_s": st["median"],
@@ -120,8 +116,8 @@ def build(
         "epochs_to_target": result.get("epochs_to_target"),
         "train_flops_per_sample": model.get("train_flops_per_sample"),
         "inference_flops_per_sample": model.get("inference_flops_per_sample"),
-        "achieved_tflops": (window_samples / window_s * model["train_flops_per_sample"] / 1e12)
-        if (ok and window_s and model.get("train_flops_per_sample"))
+        "achieved_tflops": (steady["samples_per_second"] * model["train_flops_per_sample"] / 1e12)
+        if (ok and steady["samples_per_second"] and model.get("train_flops_per_sample"))
         else None,
         "inference_b1_runs": b1.get("runs"),
         "inference_b1_latency_mean_ms": b1.get("mean_ms"),

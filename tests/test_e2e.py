@@ -83,9 +83,11 @@ def test_exports_logs_and_report(real_run) -> None:
     html = (run / "report.html").read_text()
     assert "Plotly.newPlot" in html and "<script src=" not in html  # self-contained
     assert html.count("Plotly.newPlot") == 2
-    for cid in pd.read_parquet(run / "results.parquet").cell_id:
-        lines = (run / "logs" / f"{cid}.ndjson").read_text().splitlines()
+    for _, r in pd.read_parquet(run / "results.parquet").iterrows():
+        lines = (run / "logs" / f"{r.cell_id}.ndjson").read_text().splitlines()
         assert json.loads(lines[0])["event"] == "hello" and json.loads(lines[-1])["event"] == "result"
+        # what a person running the worker by hand reads is the figure the results store
+        assert json.loads(lines[-1])["samples_per_second"] == pytest.approx(r.samples_per_second, rel=1e-12)
 
 
 def test_resume_redoes_nothing_and_report_rebuilds(real_run) -> None:

@@ -31,7 +31,7 @@ from workers.common.specs import (
     spec_dict,
     train_flops,
 )
-from workers.common.stats import percentiles_ms
+from workers.common.stats import percentiles_ms, steady_throughput
 from workers.common.weights import initial_weights, load_npz, save_npz
 
 
@@ -360,7 +360,10 @@ def run(backend_loader: Any, cell: dict[str, Any], em: Emitter) -> int:
             final_train_accuracy=last["train_accuracy"],
             final_val_accuracy=last["val_accuracy"],
             total_train_s=trained["total_train_s"],
-            samples_per_second=(trained["window_samples"] / trained["window_s"]) if trained["window_s"] else None,
+            # the same figure the orchestrator stores, from the same samples and the same function
+            samples_per_second=steady_throughput(trained["warmup_s"], trained["step_s"], cell["batch_size"])[
+                "samples_per_second"
+            ],
             inference=latency[cell["batch_size"]],
             time_to_target_s=trained["time_to_target_s"],
             epochs_to_target=trained["epochs_to_target"],

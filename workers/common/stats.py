@@ -113,3 +113,18 @@ def steady_state_start(samples: Sequence[float], min_start: int = 0, min_tail: i
         if np.all(np.abs(a[i : i + 3] - med) <= threshold):
             return i
     return min_start
+
+
+def steady_throughput(warmup_s: Sequence[float], step_s: Sequence[float], batch_size: int) -> dict[str, object]:
+    """Split step samples into warm-up and steady state (from the samples, never before the configured
+    warm-up) and the steady throughput: timed samples over the timed wall time. Every step's wall time
+    includes preparing its batch and evaluation lies outside the steps, so their sum is the window."""
+    every = [float(x) for x in (*warmup_s, *step_s)]
+    start = steady_state_start(every, min_start=len(warmup_s))
+    timed = every[start:]
+    return {
+        "start": start,
+        "warmup": every[:start],
+        "timed": timed,
+        "samples_per_second": batch_size * len(timed) / sum(timed) if timed and sum(timed) > 0 else None,
+    }
