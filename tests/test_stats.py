@@ -68,3 +68,15 @@ def test_steady_state_is_found_in_the_samples() -> None:
     assert stats.steady_state_start([5.0, 1.0, 1.0], min_start=1) == 1  # too few samples to tell
     steady = [1.0, 1.01, 0.99] * 5
     assert stats.steady_state_start(steady) == 0
+
+
+def test_quantile_ci_order_statistics() -> None:
+    data = [float(i) for i in range(100)]
+    # Binomial(100, 0.95): P(B <= 89) = 0.011 <= 0.025 < P(B <= 90); P(B > 99) = 0.006 <= 0.025 < P(B > 98)
+    assert stats.quantile_ci(data, 0.95) == (89.0, 99.0)
+    # a p99 from 100 samples has no upper bound: too few samples for it
+    assert stats.quantile_ci(data, 0.99)[1] is None
+    lo, hi = stats.quantile_ci([float(i) for i in range(1000)], 0.99)
+    assert lo is not None and hi is not None and lo < 989.5 < hi
+    assert stats.quantile_ci(data, 0.5) == stats.median_ci(data) == (39.0, 60.0)
+    assert stats.quantile_ci([], 0.5) == (None, None)

@@ -4,7 +4,6 @@ from __future__ import annotations
 
 import math
 from collections.abc import Sequence
-from statistics import NormalDist
 
 import numpy as np
 
@@ -22,27 +21,31 @@ def percentiles_ms(samples_s: Sequence[float]) -> dict[str, float | None]:
 
 
 def median_ci(samples: Sequence[float], confidence: float = 0.95) -> tuple[float | None, float | None]:
-    """Distribution-free confidence interval of the median: order statistics from the binomial(n, 1/2).
+    """Distribution-free confidence interval of the median: order statistics from the binomial(n, 1/2)."""
+    return quantile_ci(samples, 0.5, confidence)
 
-    Exact for n <= 1000, normal approximation above; None when n is too small for the level.
+
+def quantile_ci(samples: Sequence[float], q: float, confidence: float = 0.95) -> tuple[float | None, float | None]:
+    """Distribution-free confidence interval of the q-quantile (p95: q=0.95) from order statistics.
+
+    The number of samples below the true quantile is Binomial(n, q); the bounds are the order
+    statistics whose tails each hold at most (1 - confidence) / 2 of it. A bound is None where n is
+    too small for it (a p99 needs several hundred samples before its upper bound exists).
     """
     n = len(samples)
+    if n == 0 or not 0.0 < q < 1.0:
+        return None, None
     a = np.sort(np.asarray(samples, dtype=np.float64))
     alpha = (1.0 - confidence) / 2.0
-    if n <= 1000:
-        # largest k with P(X <= k) <= alpha, X ~ Binomial(n, 1/2): the interval is [a[k], a[n-1-k]]
-        total, cdf, k = 2**n, 0, -1
-        for i in range(n // 2 + 1):
-            cdf += math.comb(n, i)
-            if cdf / total > alpha:
-                break
-            k = i
-        if k < 0:
-            return None, None
-    else:
-        z = NormalDist().inv_cdf(1.0 - alpha)
-        k = math.floor(n / 2.0 - z * math.sqrt(n) / 2.0) - 1
-    return float(a[k]), float(a[n - 1 - k])
+    k = np.arange(n + 1)
+    log_pmf = np.array([math.lgamma(n + 1) - math.lgamma(i + 1) - math.lgamma(n - i + 1) for i in k])
+    log_pmf += k * math.log(q) + (n - k) * math.log1p(-q)
+    cdf = np.cumsum(np.exp(log_pmf))
+    below = np.nonzero(cdf <= alpha)[0]  # lower bound a[j]: P(B <= j) <= alpha
+    above = np.nonzero(1.0 - cdf[:n] <= alpha)[0]  # upper bound a[j]: P(B > j) <= alpha
+    lo = float(a[below[-1]]) if len(below) and below[-1] < n else None
+    hi = float(a[above[0]]) if len(above) else None
+    return lo, hi
 
 
 def outliers(samples: Sequence[float]) -> list[bool]:
