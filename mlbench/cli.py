@@ -192,6 +192,52 @@ def report(run_dir: str) -> None:
 
 
 @main.command()
+@click.argument("run_a", type=click.Path(file_okay=False, exists=True))
+@click.argument("run_b", type=click.Path(file_okay=False, exists=True))
+@click.option(
+    "--alpha",
+    type=click.FloatRange(0, 1, min_open=True),
+    default=0.01,
+    show_default=True,
+    help="significance level of the rank test",
+)
+@click.option(
+    "--min-change",
+    type=click.FloatRange(0),
+    default=0.05,
+    show_default=True,
+    help="smallest relative change that counts (0.05 = 5%)",
+)
+@click.option(
+    "--out",
+    "out_dir",
+    type=click.Path(file_okay=False),
+    default=None,
+    help="folder for compare-A-vs-B.html/.txt [default: RUN_B]",
+)
+@click.option("--fail-on-regression", is_flag=True, help="exit 1 when any figure regressed")
+def compare(
+    run_a: str, run_b: str, alpha: float, min_change: float, out_dir: str | None, fail_on_regression: bool
+) -> None:
+    """Compare RUN_B against RUN_A cell by cell: each figure's change and whether it is significant."""
+    from mlbench import compare as cmp_mod
+
+    try:
+        result = cmp_mod.compare_runs(Path(run_a), Path(run_b), alpha=alpha, min_change=min_change)
+        target = Path(out_dir) if out_dir else Path(run_b)
+        target.mkdir(parents=True, exist_ok=True)
+        txt, page = cmp_mod.write(result, target)
+    except (cmp_mod.CompareError, OSError) as exc:
+        _fail(str(exc))
+    click.echo(txt.read_text(encoding="utf-8"), nl=False)
+    click.echo(f"written: {txt}  {page}")
+    if not result.changes:
+        click.echo("warning: no cell of B matches a cell of A (same spec, both ok): nothing compared", err=True)
+    if fail_on_regression and result.regressions:
+        sys.exit(1)
+
+
+@main.command()
 def schema() -> None:
     """Print the results columns as a Markdown table."""
     from mlbench.schema import markdown_table

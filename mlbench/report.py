@@ -7,8 +7,9 @@ import json
 from pathlib import Path
 from typing import Any
 
-import plotly.graph_objects as go
 from plotly.offline import get_plotlyjs
+
+from mlbench import analysis, charts
 
 STATUS_ORDER = {"failed": 0, "crashed": 1, "oom": 2, "timeout": 3, "skipped": 4, "ok": 5}
 
@@ -21,55 +22,8 @@ def _fmt(value: Any, digits: int = 3) -> str:
     if value is None:
         return "—"
     if isinstance(value, float):
-        return f"{value:.{digits}g}" if abs(value) < 1e4 else f"{value:,.0f}"
+        return f"{value:.{digits}g}" if abs(value) < 100 else f"{value:,.0f}"
     return _esc(value)
-
-
-def _figure_html(fig: go.Figure) -> str:
-    fig.update_layout(template="plotly_white", margin=dict(l=60, r=20, t=50, b=50), height=380)
-    return fig.to_html(full_html=False, include_plotlyjs=False, config={"displaylogo": False})
-
-
-def throughput_chart(rows: list[dict[str, Any]]) -> str:
-    ok = [r for r in rows if r["status"] == "ok" and r["samples_per_second"] is not None]
-    if not ok:
-        return "<p class='empty'>No training throughput to show: no cell finished ok.</p>"
-    fig = go.Figure()
-    for fw in sorted({r["framework"] for r in ok}):
-        rs = [r for r in ok if r["framework"] == fw]
-        x = [f"{r['model_name']} {r['device']} {r['precision']} bs{r['batch_size']}" for r in rs]
-        y = [r["samples_per_second"] for r in rs]
-        hi = [
-            (r["samples_per_second_ci_high"] - r["samples_per_second"]) if r["samples_per_second_ci_high"] else 0
-            for r in rs
-        ]
-        lo = [
-            (r["samples_per_second"] - r["samples_per_second_ci_low"]) if r["samples_per_second_ci_low"] else 0
-            for r in rs
-        ]
-        fig.add_bar(name=fw, x=x, y=y, error_y=dict(type="data", symmetric=False, array=hi, arrayminus=lo))
-    fig.update_layout(
-        title="Training throughput (samples/s, 95% CI of the median step)",
-        barmode="group",
-        yaxis_title="samples/s",
-        yaxis_type="log",
-    )
-    return _figure_html(fig)
-
-
-def latency_chart(rows: list[dict[str, Any]]) -> str:
-    ok = [r for r in rows if r["status"] == "ok" and r["inference_latency_p50_ms"] is not None]
-    if not ok:
-        return "<p class='empty'>No inference latency to show: no cell finished ok.</p>"
-    fig = go.Figure()
-    for q in ("p50", "p95", "p99"):
-        fig.add_bar(
-            name=q,
-            x=[f"{r['framework']} {r['model_name']} bs{r['batch_size']} {r['precision']}" for r in ok],
-            y=[r[f"inference_latency_{q}_ms"] for r in ok],
-        )
-    fig.update_layout(title="Inference latency (ms)", barmode="group", yaxis_title="ms", yaxis_type="log")
-    return _figure_html(fig)
 
 
 def cells_table(rows: list[dict[str, Any]]) -> str:
@@ -141,12 +95,71 @@ def parity_section(rows: list[dict[str, Any]]) -> str:
     )
 
 
+def _rec_cell(e: analysis.Estimate | None, unit: str) -> str:
+    if e is None:
+        return "<td>—</td>"
+    ci = (
+        f"<br><span class='ci'>95% CI {_fmt(e.low)} – {_fmt(e.high)}</span>"
+        if e.low is not None or e.high is not None
+        else ""
+    )
+    return f"<td><b>{_esc(e.label)}</b><br>{_fmt(e.value)} {_esc(unit)}{ci}</td>"
+
+
+def headline(rows: list[dict[str, Any]]) -> str:
+    """The recommendations: per model and device, who wins each criterion and how surely."""
+    recs = analysis.recommendations(rows)
+    if not recs:
+        return "<p class='empty'>No recommendation: no cell finished ok.</p>"
+    out = []
+    for model, device in dict.fromkeys((r.model, r.device) for r in recs):
+        body = []
+        for r in (x for x in recs if (x.model, x.device) == (model, device)):
+            cls = "win" if r.clear else "tie"
+            badge = "clear winner" if r.clear else "no clear winner"
+            note = f"<br><span class='ci'>{_esc(r.note)}</span>" if r.note else ""
+            body.append(
+                f"<tr class='rec {cls}' data-criterion='{_esc(r.criterion)}'><td>{_esc(r.title)}{note}</td>"
+                f"<td class='badge'>{badge}</td>{_rec_cell(r.winner, r.unit)}{_rec_cell(r.runner_up, r.unit)}"
+                f"<td class='verdict'>{_esc(r.verdict)}</td></tr>"
+            )
+        out.append(
+            f"<h3>{_esc(model)} on {_esc(device)}</h3><table class='recs'><thead><tr><th>criterion</th><th>verdict</th>"
+            f"<th>best</th><th>runner-up</th><th>evidence</th></tr></thead><tbody>{''.join(body)}</tbody></table>"
+        )
+    return "".join(out)
+
+
+def warnings(rows: list[dict[str, Any]]) -> list[str]:
+    """What a reader must know before trusting the figures, most serious first."""
+    out = []
+    bad = [r for r in rows if r["status"] not in ("ok", "skipped")]
+    if bad:
+        out.append(f"{len(bad)} cell(s) did not finish: see the cells table (failures first).")
+    if any(r.get("verify_passed") is False for r in rows):
+        out.append(
+            "mlbench verify found a model that differs between frameworks: its comparisons are not like for like."
+        )
+    if any(r.get("accuracy_parity") is False for r in rows):
+        out.append("Validation accuracy differs across frameworks by more than the allowed points for some models.")
+    noisy = [r for r in rows if r.get("noisy")]
+    if noisy:
+        out.append(
+            f"{len(noisy)} cell(s) have a step-time coefficient of variation above 10%: their throughput is too "
+            "noisy to rank on (another load on the machine, throttling, or too few steps)."
+        )
+    return out
+
+
 CSS = """
-body{font-family:system-ui,-apple-system,Segoe UI,Roboto,sans-serif;margin:24px;color:#222}
-h1{margin-bottom:0}.sub{color:#666;margin-top:4px}
-table{border-collapse:collapse;font-size:13px;margin:12px 0}th,td{border:1px solid #ddd;padding:4px 8px;text-align:left}
+body{font-family:system-ui,-apple-system,Segoe UI,Roboto,sans-serif;margin:24px auto;max-width:1400px;color:#222;padding:0 16px}
+h1{margin-bottom:0}.sub{color:#666;margin-top:4px}nav a{margin-right:12px}
+table{border-collapse:collapse;font-size:13px;margin:12px 0}th,td{border:1px solid #ddd;padding:4px 8px;text-align:left;vertical-align:top}
 th{background:#f5f5f5}.st-ok{color:#17803d}.st-failed,.st-crashed,.st-oom,.st-timeout{color:#b00020;font-weight:600}
 .st-skipped{color:#a06000}.empty{color:#888;font-style:italic}pre{background:#f7f7f7;padding:8px;overflow:auto;font-size:12px}
+.warn{background:#fff4e5;border-left:4px solid #ff9800;padding:6px 10px;margin:6px 0}
+.rec.win .badge{color:#17803d;font-weight:600}.rec.tie .badge{color:#a06000;font-weight:600}.ci{color:#666;font-size:12px}
+.chart{margin:18px 0}
 """
 
 
@@ -158,27 +171,38 @@ def build_html(
     for r in rows:
         counts[r["status"]] = counts.get(r["status"], 0) + 1
     summary = ", ".join(f"{v} {_esc(k)}" for k, v in sorted(counts.items())) or "no cells stored"
-    noisy = [r for r in rows if r.get("noisy")]
-    warn = (
-        (
-            f"<p>⚠ {len(noisy)} cell(s) have a step-time coefficient of variation above 10%: "
-            "their throughput is too noisy to rank on.</p>"
-        )
-        if noisy
-        else ""
+    warn = "".join(f"<p class='warn'>⚠ {_esc(w)}</p>" for w in warnings(rows))
+    figures = [c(rows) for c in charts.ALL]
+    trade = charts.pareto(rows)
+    chart_html = "".join(
+        f"<section class='chart' id='{c.id}'><h3>{_esc(c.title)}</h3>{c.html}</section>" for c in figures
     )
+    trade_html = "".join(
+        f"<section class='chart' id='{c.id}'><h3>{_esc(c.title)}</h3>{c.html}</section>" for c in trade
+    )
+    host = env.get("hostname") or (rows[0].get("hostname") if rows else None)
     return f"""<!DOCTYPE html>
 <html lang="en"><head><meta charset="utf-8"><title>mlbench report: {_esc(suite.get("name"))}</title>
+<meta name="viewport" content="width=device-width, initial-scale=1">
 <style>{CSS}</style><script type="text/javascript">{get_plotlyjs()}</script></head>
 <body>
 <h1>mlbench: {_esc(suite.get("name"))}</h1>
-<p class="sub">{len(rows)} of the grid's {grid_size if grid_size is not None else len(rows)} cells stored: {summary}</p>{warn}
-<h2>Training throughput</h2>{throughput_chart(rows)}
-<h2>Inference latency</h2>{latency_chart(rows)}
-<h2>Parity</h2>{parity_section(rows)}
-<h2>Cells</h2>{cells_table(rows)}
-<h2>Environment</h2><pre>{_esc(json.dumps(env, indent=1, default=str))}</pre>
-<h2>Configuration</h2><pre>{_esc(json.dumps(suite, indent=1, default=str))}</pre>
+<p class="sub">{len(rows)} of the grid's {grid_size if grid_size is not None else len(rows)} cells stored: {summary}
+· host {_esc(host)}</p>
+<nav><a href="#recommendations">Recommendations</a><a href="#tradeoffs">Trade-offs</a><a href="#charts">Charts</a>
+<a href="#parity">Parity</a><a href="#cells">Cells</a><a href="#environment">Environment</a><a href="#config">Config</a></nav>
+{warn}
+<h2 id="recommendations">Recommendations</h2>
+<p class="sub">Per model and device, the best of each framework compared on each criterion; a winner only where
+the 95% confidence intervals do not overlap (peak memory: a gap over {analysis.MEMORY_TOLERANCE:.0%}).</p>
+{headline(rows)}
+<h2 id="tradeoffs">Trade-offs</h2>
+<p class="sub">Diamonds: the configurations no other beats on both axes (the Pareto front).</p>{trade_html}
+<h2 id="charts">Charts</h2>{chart_html}
+<h2 id="parity">Parity</h2>{parity_section(rows)}
+<h2 id="cells">Cells</h2>{cells_table(rows)}
+<h2 id="environment">Environment</h2><pre>{_esc(json.dumps(env, indent=1, default=str))}</pre>
+<h2 id="config">Configuration</h2><pre>{_esc(json.dumps(suite, indent=1, default=str))}</pre>
 </body></html>
 """
 

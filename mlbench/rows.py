@@ -171,6 +171,7 @@ def build(
         "step_times_s": step_s,
         "warmup_times_s": warm,
         "inference_times_ms": [float(x) for x in inference.get("times_ms", [])],
+        "inference_b1_times_ms": [float(x) for x in b1.get("times_ms", [])],
     }
     missing = set(schema.FLAT + schema.NESTED) ^ set(row)
     assert not missing, f"row and schema differ: {sorted(missing)}"

@@ -173,6 +173,7 @@ COLUMNS: list[tuple[str, pa.DataType, str]] = [
     ("step_times_s", pa.list_(F), "raw wall times of the timed training steps (nested; flat in steps.parquet)"),
     ("warmup_times_s", pa.list_(F), "raw wall times of the warm-up steps"),
     ("inference_times_ms", pa.list_(F), "raw latencies of the timed inference passes at the cell's batch size"),
+    ("inference_b1_times_ms", pa.list_(F), "raw latencies of the timed inference passes at batch size 1"),
 ]
 
 SCHEMA = pa.schema([pa.field(name, typ) for name, typ, _ in COLUMNS], metadata={b"mlbench_schema": b"1"})

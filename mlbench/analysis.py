@@ -1,0 +1,281 @@
+"""What a run's results say: recommendations with their evidence, Pareto fronts and speed-ups.
+
+Pure functions of result rows (dicts with the schema's columns), framework-free, so the report,
+`mlbench compare` and the tests all draw the same conclusions from the same numbers. A
+recommendation names a winner only where the evidence separates it from the runner-up: 95%
+confidence intervals that do not overlap (order statistics of the raw samples for throughput and
+latency, Wilson intervals for accuracy), or, for memory, which has no interval, a gap larger than
+MEMORY_TOLERANCE. Otherwise it says "no clear winner" and shows both.
+"""
+
+from __future__ import annotations
+
+import math
+from collections.abc import Callable, Iterable
+from dataclasses import dataclass, field
+from statistics import NormalDist
+from typing import Any
+
+import numpy as np
+
+from workers.common import stats
+
+MEMORY_TOLERANCE = 0.05  # relative gap in peak memory below which two cells are not told apart
+Row = dict[str, Any]
+
+
+@dataclass(frozen=True)
+class Estimate:
+    """A figure with its 95% confidence interval (None where there is none) and the cell it is of."""
+
+    value: float
+    low: float | None
+    high: float | None
+    row: Row = field(compare=False, repr=False)
+
+    @property
+    def label(self) -> str:
+        return config_label(self.row)
+
+
+@dataclass(frozen=True)
+class Criterion:
+    key: str  # stable id: train_throughput, inference_latency, memory, accuracy
+    title: str
+    unit: str
+    higher_is_better: bool
+    estimate: Callable[[Row], Estimate | None]
+    per_framework_best: bool = True  # False: compared at one configuration every framework ran
+    tolerance: float | None = None  # figures with no interval: the relative gap that tells two apart
+
+
+@dataclass
+class Recommendation:
+    """The answer for one criterion on one model and device, with the figures behind it."""
+
+    criterion: str
+    title: str
+    model: str
+    device: str
+    unit: str
+    winner: Estimate | None
+    runner_up: Estimate | None
+    clear: bool
+    verdict: str  # one line: who wins and by how much, or why there is no clear winner
+    candidates: list[Estimate]
+    note: str = ""  # the configuration the comparison was made at, where it is fixed
+
+
+def ok_rows(rows: Iterable[Row]) -> list[Row]:
+    return [r for r in rows if r.get("status") == "ok"]
+
+
+def config_label(r: Row) -> str:
+    return f"{r['framework']} {r['precision']} bs{r['batch_size']}"
+
+
+def wilson_interval(p: float, n: int, confidence: float = 0.95) -> tuple[float, float]:
+    """Wilson score interval of a proportion p observed on n trials."""
+    z = NormalDist().inv_cdf(0.5 + confidence / 2)
+    denom = 1 + z * z / n
+    centre = (p + z * z / (2 * n)) / denom
+    half = z * math.sqrt(p * (1 - p) / n + z * z / (4 * n * n)) / denom
+    return max(0.0, centre - half), min(1.0, centre + half)
+
+
+# --- the figures each criterion ranks on ------------------------------------------------------
+
+
+def throughput_estimate(r: Row) -> Estimate | None:
+    v = r.get("samples_per_second")
+    if v is None:
+        return None
+    return Estimate(v, r.get("samples_per_second_ci_low"), r.get("samples_per_second_ci_high"), r)
+
+
+def latency_estimate(r: Row) -> Estimate | None:
+    """Median latency of one sample's forward pass (batch 1), with the CI of the median."""
+    samples = r.get("inference_b1_times_ms") or []
+    if len(samples) == 0:
+        v = r.get("inference_b1_latency_p50_ms")
+        return None if v is None else Estimate(v, None, None, r)
+    lo, hi = stats.median_ci(list(samples))
+    return Estimate(float(np.median(samples)), lo, hi, r)
+
+
+def memory_estimate(r: Row) -> Estimate | None:
+    v = r.get("peak_memory_mb")
+    if v is None:
+        return None
+    return Estimate(v, None, None, r)  # one reading per cell: no interval, a tolerance instead
+
+
+def accuracy_estimate(r: Row) -> Estimate | None:
+    acc, n = r.get("final_val_accuracy"), r.get("val_samples")
+    if acc is None:
+        return None
+    if not n:
+        return Estimate(100 * acc, None, None, r)
+    lo, hi = wilson_interval(acc, int(n))
+    return Estimate(100 * acc, 100 * lo, 100 * hi, r)
+
+
+CRITERIA = [
+    Criterion("train_throughput", "Training throughput", "samples/s", True, throughput_estimate),
+    Criterion("inference_latency", "Inference latency (batch 1, median)", "ms", False, latency_estimate),
+    Criterion(
+        "memory", "Peak memory", "MiB", False, memory_estimate, per_framework_best=False, tolerance=MEMORY_TOLERANCE
+    ),
+    Criterion("accuracy", "Validation accuracy", "%", True, accuracy_estimate),
+]
+
+
+# --- recommendations --------------------------------------------------------------------------
+
+
+def _better(a: Estimate, b: Estimate, higher: bool) -> bool:
+    return a.value > b.value if higher else a.value < b.value
+
+
+def separated(a: Estimate, b: Estimate, higher: bool) -> bool:
+    """Whether a beats b beyond both intervals: a's worse bound is better than b's better bound."""
+    if higher:
+        return a.low is not None and b.high is not None and a.low > b.high
+    return a.high is not None and b.low is not None and a.high < b.low
+
+
+def common_configuration(rows: list[Row]) -> tuple[str, int] | None:
+    """The (precision, batch size) that the most frameworks ran ok, the largest batch among ties."""
+    seen: dict[tuple[str, int], set[str]] = {}
+    for r in rows:
+        seen.setdefault((r["precision"], r["batch_size"]), set()).add(r["framework"])
+    if not seen:
+        return None
+    return max(seen, key=lambda k: (len(seen[k]), k[0] == "fp32", k[1]))
+
+
+def _fmt(v: float | None) -> str:
+    if v is None:
+        return "?"
+    return f"{v:,.0f}" if abs(v) >= 100 else f"{v:.3g}"
+
+
+def _describe(e: Estimate, unit: str) -> str:
+    ci = f" [{_fmt(e.low)}–{_fmt(e.high)}]" if (e.low is not None or e.high is not None) else ""
+    return f"{e.label}: {_fmt(e.value)} {unit}{ci}"
+
+
+def recommend_one(rows: list[Row], c: Criterion, model: str, device: str) -> Recommendation | None:
+    """The recommendation of criterion `c` among the ok cells of one model on one device."""
+    group = [r for r in ok_rows(rows) if r["model_name"] == model and r["device"] == device]
+    note = ""
+    if not c.per_framework_best:
+        common = common_configuration(group)
+        if common is None:
+            return None
+        group = [r for r in group if (r["precision"], r["batch_size"]) == common]
+        note = f"compared at {common[0]}, batch {common[1]}"
+    est = [e for e in (c.estimate(r) for r in group) if e is not None]
+    if not est:
+        return None
+    ordered = sorted(est, key=lambda e: e.value, reverse=c.higher_is_better)
+    frameworks = {e.row["framework"] for e in ordered}
+    if len(frameworks) > 1:  # the question is which framework: each one's best configuration
+        best: dict[str, Estimate] = {}
+        for e in ordered:
+            best.setdefault(e.row["framework"], e)
+        candidates = list(best.values())
+    else:  # one framework: which configuration
+        candidates = ordered
+    winner = candidates[0]
+    runner = candidates[1] if len(candidates) > 1 else None
+    if runner is None:
+        verdict = f"only {_describe(winner, c.unit)} measured"
+        clear = False
+    else:
+        noisy = [e.label for e in (winner, runner) if e.row.get("noisy") and c.key == "train_throughput"]
+        gap = abs(winner.value - runner.value) / abs(runner.value) if runner.value else math.inf
+        if c.tolerance is not None:
+            clear = gap > c.tolerance
+        else:
+            clear = separated(winner, runner, c.higher_is_better) and not noisy
+        word = ("higher" if c.higher_is_better else "lower") if c.key != "train_throughput" else "faster"
+        if clear:
+            verdict = (
+                f"{winner.label} ({_fmt(winner.value)} {c.unit}) is {gap:.0%} {word} than "
+                f"{runner.label} ({_fmt(runner.value)} {c.unit}); "
+                + (f"more than the {c.tolerance:.0%} tolerance" if c.tolerance else "the 95% intervals do not overlap")
+            )
+        elif noisy:
+            verdict = f"no clear winner: {', '.join(noisy)} too noisy to rank (step-time CV above 10%)"
+        else:
+            why = (
+                f"gap under {MEMORY_TOLERANCE:.0%}"
+                if c.key == "memory"
+                else ("intervals overlap" if runner.low is not None or runner.high is not None else "no interval")
+            )
+            verdict = (
+                f"no clear winner: {winner.label} {_fmt(winner.value)} vs {runner.label} "
+                f"{_fmt(runner.value)} {c.unit} ({why})"
+            )
+    return Recommendation(c.key, c.title, model, device, c.unit, winner, runner, clear, verdict, candidates, note)
+
+
+def recommendations(rows: list[Row]) -> list[Recommendation]:
+    """Every criterion for every (model, device) with at least one ok cell, in a stable order."""
+    keys = list(dict.fromkeys((r["model_name"], r["device"]) for r in ok_rows(rows)))
+    out = []
+    for model, device in keys:
+        for c in CRITERIA:
+            rec = recommend_one(rows, c, model, device)
+            if rec is not None:
+                out.append(rec)
+    return out
+
+
+# --- trade-offs and ratios -------------------------------------------------------------------
+
+
+def pareto_front(points: list[tuple[float, float]], maximise: tuple[bool, bool]) -> list[bool]:
+    """Which points no other point beats on both axes (at least as good on both, better on one)."""
+
+    def as_good(a: float, b: float, up: bool) -> bool:
+        return a >= b if up else a <= b
+
+    flags = []
+    for i, p in enumerate(points):
+        dominated = any(
+            j != i
+            and as_good(q[0], p[0], maximise[0])
+            and as_good(q[1], p[1], maximise[1])
+            and (q[0] != p[0] or q[1] != p[1])
+            for j, q in enumerate(points)
+        )
+        flags.append(not dominated)
+    return flags
+
+
+def ratios(rows: list[Row], axis: str, baseline: Callable[[Any], bool], key: str = "samples_per_second") -> list[Row]:
+    """Each ok cell's `key` over that of the cell equal to it in every axis but `axis`, where that
+    one's `axis` value satisfies `baseline` (precision fp32, device cpu, ...). Adds the accuracy
+    difference in points."""
+    axes = ["framework", "model_name", "device", "precision", "batch_size"]
+    others = [a for a in axes if a != axis]
+    ok = ok_rows(rows)
+    base = {tuple(r[a] for a in others): r for r in ok if baseline(r[axis])}
+    out = []
+    for r in ok:
+        b = base.get(tuple(r[a] for a in others))
+        if b is None or b is r or r[axis] == b[axis] or not b.get(key) or r.get(key) is None:
+            continue
+        acc = (
+            100 * (r["final_val_accuracy"] - b["final_val_accuracy"])
+            if r.get("final_val_accuracy") is not None and b.get("final_val_accuracy") is not None
+            else None
+        )
+        out.append({"row": r, "base": b, "ratio": r[key] / b[key], "accuracy_delta_pts": acc})
+    return out
+
+
+def gpu_count(device: str) -> int:
+    return len(device.split(":", 1)[1].split(",")) if device.startswith("cuda:") else 0

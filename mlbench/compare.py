@@ -1,0 +1,281 @@
+"""`mlbench compare RUN_A RUN_B`: the same cells in two runs, each figure's change and whether it is real.
+
+Cells are matched by their spec less the worker module (so a patched worker can be compared with
+the stock one). A change is significant when a two-sided Mann-Whitney rank test on the raw
+samples (step times, inference latencies) gives p < alpha AND the relative change is at least
+`min_change`, raised to twice the run-to-run coefficient of variation where the runs have repeats:
+thousands of step samples make any shift "significant", so the practical threshold carries the
+verdict. Accuracy uses Fisher's exact test on the correct/incorrect counts of the validation set;
+figures with a single reading (peak memory) are flagged on the relative change alone.
+"""
+
+from __future__ import annotations
+
+import html
+import io
+import json
+import math
+from collections.abc import Callable
+from dataclasses import dataclass, field
+from pathlib import Path
+from typing import Any
+
+import pyarrow.parquet as pq
+from scipy import stats as sps
+
+Row = dict[str, Any]
+ENV_KEYS = (
+    "hostname",
+    "cpu_model",
+    "cpu_count_physical",
+    "memory_total_gb",
+    "gpus",
+    "gpu_driver",
+    "os",
+    "python_version",
+)
+
+
+class CompareError(Exception):
+    """A run cannot be compared (no results, unreadable): one line for the user."""
+
+
+@dataclass(frozen=True)
+class Metric:
+    column: str
+    title: str
+    unit: str
+    higher_is_better: bool
+    samples: str | None = None  # raw samples column for the rank test
+    kind: str = "rank"  # rank | fisher | single
+
+
+METRICS = [
+    Metric("samples_per_second", "training throughput", "samples/s", True, "step_times_s"),
+    Metric("inference_latency_p50_ms", "inference latency p50", "ms", False, "inference_times_ms"),
+    Metric("inference_b1_latency_p50_ms", "batch-1 latency p50", "ms", False, "inference_b1_times_ms"),
+    Metric("peak_memory_mb", "peak memory", "MiB", False, kind="single"),
+    Metric("final_val_accuracy", "validation accuracy", "%", True, kind="fisher"),
+]
+
+
+@dataclass
+class Change:
+    cell: str  # the cell's label
+    metric: Metric
+    a: float
+    b: float
+    rel: float  # (b - a) / a
+    p: float | None
+    threshold: float
+    verdict: str  # regression | improvement | unchanged
+
+    @property
+    def significant(self) -> bool:
+        return self.verdict != "unchanged"
+
+
+@dataclass
+class Comparison:
+    run_a: Path
+    run_b: Path
+    changes: list[Change]
+    only_a: list[str]
+    only_b: list[str]
+    env_diff: dict[str, tuple[Any, Any]]
+    notes: list[str] = field(default_factory=list)
+
+    @property
+    def regressions(self) -> list[Change]:
+        return [c for c in self.changes if c.verdict == "regression"]
+
+    @property
+    def improvements(self) -> list[Change]:
+        return [c for c in self.changes if c.verdict == "improvement"]
+
+
+def load_run(run_dir: Path) -> tuple[list[Row], dict[str, Any]]:
+    path = run_dir / "results.parquet"
+    if not path.exists():
+        raise CompareError(f"{run_dir}: no results.parquet (run `mlbench report {run_dir}` to rebuild it)")
+    rows = pq.read_table(path).to_pylist()
+    env_path = run_dir / "environment.json"
+    env = json.loads(env_path.read_text()) if env_path.exists() else {}
+    return rows, env
+
+
+def match_key(row: Row) -> str:
+    """The cell's spec without the worker module: the same measurement, whoever ran it."""
+    spec = json.loads(row["spec_json"])
+    spec.pop("worker", None)
+    return json.dumps(spec, sort_keys=True)
+
+
+def label(row: Row) -> str:
+    return f"{row['framework']} {row['model_name']} {row['device']} {row['precision']} bs{row['batch_size']}"
+
+
+def _verdict(rel: float, significant: bool, higher_is_better: bool) -> str:
+    if not significant:
+        return "unchanged"
+    better = rel > 0 if higher_is_better else rel < 0
+    return "improvement" if better else "regression"
+
+
+def compare_metric(m: Metric, ra: Row, rb: Row, alpha: float, min_change: float) -> Change | None:
+    a, b = ra.get(m.column), rb.get(m.column)
+    if a is None or b is None or (isinstance(a, float) and math.isnan(a)) or a == 0:
+        return None
+    scale = 100.0 if m.kind == "fisher" else 1.0
+    rel = (b - a) / abs(a)
+    p: float | None = None
+    threshold = min_change
+    if m.kind == "rank":
+        noise = [r.get("repeats_cv") for r in (ra, rb) if r.get("repeats_cv") is not None]
+        threshold = max([min_change, *(2 * n for n in noise)])
+        xa, xb = list(ra.get(m.samples) or []), list(rb.get(m.samples) or [])
+        if len(xa) >= 3 and len(xb) >= 3:
+            p = float(sps.mannwhitneyu(xa, xb, alternative="two-sided").pvalue)
+        significant = p is not None and p < alpha and abs(rel) >= threshold
+    elif m.kind == "fisher":
+        na, nb = ra.get("val_samples"), rb.get("val_samples")
+        if na and nb:
+            ca, cb = round(a * na), round(b * nb)
+            p = float(sps.fisher_exact([[ca, na - ca], [cb, nb - cb]]).pvalue)
+        significant = p is not None and p < alpha
+        threshold = 0.0
+    else:
+        significant = abs(rel) >= threshold
+    return Change(label(rb), m, a * scale, b * scale, rel, p, threshold, _verdict(rel, significant, m.higher_is_better))
+
+
+def compare_runs(run_a: Path, run_b: Path, alpha: float = 0.01, min_change: float = 0.05) -> Comparison:
+    rows_a, env_a = load_run(run_a)
+    rows_b, env_b = load_run(run_b)
+    ok_a = {match_key(r): r for r in rows_a if r["status"] == "ok"}
+    ok_b = {match_key(r): r for r in rows_b if r["status"] == "ok"}
+    changes = []
+    for key, rb in ok_b.items():
+        ra = ok_a.get(key)
+        if ra is None:
+            continue
+        for m in METRICS:
+            c = compare_metric(m, ra, rb, alpha, min_change)
+            if c is not None:
+                changes.append(c)
+    env_diff = {k: (env_a.get(k), env_b.get(k)) for k in ENV_KEYS if env_a.get(k) != env_b.get(k)}
+    fa, fb = env_a.get("frameworks") or {}, env_b.get("frameworks") or {}
+    for fw in sorted(set(fa) | set(fb)):
+        if fa.get(fw) != fb.get(fw):
+            env_diff[f"{fw} version"] = (fa.get(fw), fb.get(fw))
+    notes = []
+    workers_a = {match_key(r): r["worker_module"] for r in rows_a}
+    for key, rb in ok_b.items():
+        if key in workers_a and workers_a[key] != rb["worker_module"]:
+            notes.append(f"{label(rb)}: worker {workers_a[key]} in A, {rb['worker_module']} in B")
+    return Comparison(
+        run_a,
+        run_b,
+        changes,
+        only_a=[label(r) for k, r in ok_a.items() if k not in ok_b],
+        only_b=[label(r) for k, r in ok_b.items() if k not in ok_a],
+        env_diff=env_diff,
+        notes=notes,
+    )
+
+
+def _fmt(v: float | None) -> str:
+    if v is None:
+        return "—"
+    return f"{v:,.0f}" if abs(v) >= 100 else f"{v:.3g}"
+
+
+def _p(p: float | None) -> str:
+    return "—" if p is None else (f"{p:.1e}" if p < 1e-3 else f"{p:.3f}")
+
+
+def table_rows(cmp: Comparison) -> list[list[str]]:
+    order = {"regression": 0, "improvement": 1, "unchanged": 2}
+    out = []
+    for c in sorted(cmp.changes, key=lambda c: (order[c.verdict], c.cell, c.metric.title)):
+        out.append(
+            [
+                c.verdict,
+                c.cell,
+                c.metric.title,
+                _fmt(c.a),
+                _fmt(c.b),
+                f"{c.b - c.a:+.1f} pts" if c.metric.kind == "fisher" else f"{c.rel:+.1%}",
+                _p(c.p),
+                "—" if c.metric.kind == "fisher" else f"{c.threshold:.0%}",
+            ]
+        )
+    return out
+
+
+HEAD = ["verdict", "cell", "figure", "A", "B", "change", "p", "min change"]
+
+
+def summary_line(cmp: Comparison) -> str:
+    cells = len({c.cell for c in cmp.changes})
+    return (
+        f"{cells} cell(s) in both runs: {len(cmp.regressions)} regression(s), {len(cmp.improvements)} improvement(s); "
+        f"{len(cmp.only_a)} only in A, {len(cmp.only_b)} only in B"
+    )
+
+
+def text(cmp: Comparison) -> str:
+    """The comparison as a plain-text table (what `compare.txt` holds and the terminal shows)."""
+    from rich.console import Console
+    from rich.table import Table
+
+    console = Console(record=True, width=160, file=io.StringIO())  # recorded, not shown
+    t = Table(title=f"A = {cmp.run_a}   B = {cmp.run_b}")
+    for h in HEAD:
+        t.add_column(h)
+    for r in table_rows(cmp):
+        t.add_row(*r)
+    console.print(t)
+    console.print(summary_line(cmp))
+    for k, (a, b) in cmp.env_diff.items():
+        console.print(f"environment differs: {k}: {a!r} in A, {b!r} in B")
+    for n in cmp.notes:
+        console.print(f"note: {n}")
+    for x in cmp.only_a:
+        console.print(f"only in A: {x}")
+    for x in cmp.only_b:
+        console.print(f"only in B: {x}")
+    return console.export_text()
+
+
+def to_html(cmp: Comparison) -> str:
+    e: Callable[[Any], str] = lambda v: html.escape(str(v))  # noqa: E731
+    body = "".join(
+        f"<tr class='{e(r[0])}'>" + "".join(f"<td>{e(v)}</td>" for v in r) + "</tr>" for r in table_rows(cmp)
+    )
+    env = "".join(
+        f"<p class='warn'>⚠ environment differs: {e(k)}: {e(a)} in A, {e(b)} in B</p>"
+        for k, (a, b) in cmp.env_diff.items()
+    )
+    lists = "".join(f"<p>{e(x)}</p>" for x in [*cmp.notes, *(f"only in A: {x}" for x in cmp.only_a)])
+    lists += "".join(f"<p>only in B: {e(x)}</p>" for x in cmp.only_b)
+    return f"""<!DOCTYPE html><html lang="en"><head><meta charset="utf-8"><title>mlbench compare</title>
+<style>body{{font-family:system-ui,sans-serif;margin:24px;color:#222}}table{{border-collapse:collapse;font-size:13px}}
+th,td{{border:1px solid #ddd;padding:4px 8px;text-align:left}}th{{background:#f5f5f5}}
+tr.regression td:first-child{{color:#b00020;font-weight:600}}tr.improvement td:first-child{{color:#17803d;font-weight:600}}
+.warn{{background:#fff4e5;border-left:4px solid #ff9800;padding:6px 10px}}</style></head><body>
+<h1>mlbench compare</h1><p>A = {e(cmp.run_a)}<br>B = {e(cmp.run_b)}</p><p><b>{e(summary_line(cmp))}</b></p>{env}
+<p>Significant: a two-sided Mann-Whitney rank test on the raw samples (Fisher's exact test for accuracy) below
+the alpha, and a relative change at least the minimum shown (twice the run-to-run CV where repeats measured it).</p>
+<table><thead><tr>{"".join(f"<th>{h}</th>" for h in HEAD)}</tr></thead><tbody>{body}</tbody></table>{lists}
+</body></html>"""
+
+
+def write(cmp: Comparison, out_dir: Path) -> tuple[Path, Path]:
+    from mlbench.store import atomic_write
+
+    stem = f"compare-{cmp.run_a.name}-vs-{cmp.run_b.name}"
+    txt, page = out_dir / f"{stem}.txt", out_dir / f"{stem}.html"
+    atomic_write(txt, lambda p: p.write_text(text(cmp), encoding="utf-8"))
+    atomic_write(page, lambda p: p.write_text(to_html(cmp), encoding="utf-8"))
+    return txt, page

@@ -1,0 +1,32 @@
+"""The PyTorch worker with a planted slowdown: every training step and inference pass sleeps a few
+milliseconds more, so `mlbench compare` has a real regression to find between two real runs."""
+
+from __future__ import annotations
+
+import sys
+import time
+
+from workers.common.cli import main
+from workers.common.harness import import_backend
+
+DELAY_S = 0.004
+
+
+def _load(cell):
+    backend = import_backend("workers.pytorch_worker.backend", "TorchBackend")(cell)
+    train_step, predict = backend.train_step, backend.predict
+
+    def slow_train_step(x, y):
+        time.sleep(DELAY_S)
+        return train_step(x, y)
+
+    def slow_predict(x):
+        time.sleep(DELAY_S)
+        return predict(x)
+
+    backend.train_step, backend.predict = slow_train_step, slow_predict
+    return backend
+
+
+if __name__ == "__main__":
+    sys.exit(main("pytorch", _load))

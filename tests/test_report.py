@@ -1,0 +1,155 @@
+"""The report's conclusions from hand-made result sets: recommendations follow the numbers, Pareto
+fronts, speed-ups, empty charts explained, worker text escaped; and `compare`'s statistics."""
+
+from __future__ import annotations
+
+import json
+
+import numpy as np
+import pytest
+
+from mlbench import analysis, charts, compare, report, schema
+
+
+def row(framework: str, model: str = "mlp", sps: float = 1000.0, spread: float = 0.01, **kw) -> dict:
+    """A result row as the store makes it: every column present, null unless given."""
+    r = dict.fromkeys(schema.SCHEMA.names)
+    rng = np.random.default_rng(abs(hash((framework, model, sps))) % 2**32)
+    lat = kw.pop("latency_ms", 1.0)
+    r.update(
+        framework=framework,
+        model_name=model,
+        device="cpu",
+        precision="fp32",
+        batch_size=32,
+        status="ok",
+        samples_per_second=sps,
+        samples_per_second_ci_low=sps * (1 - spread),
+        samples_per_second_ci_high=sps * (1 + spread),
+        inference_b1_times_ms=list(lat * (1 + 0.01 * rng.standard_normal(200))),
+        peak_memory_mb=500.0,
+        final_val_accuracy=0.9,
+        val_samples=1000,
+        epochs_detail=[{"epoch": 0, "train_loss": 1.0, "val_accuracy": 0.9}],
+        spec_json=json.dumps({"framework": framework, "model": model}),
+        cell_id=f"{framework}-{model}",
+    )
+    r.update(kw)
+    return r
+
+
+def headline_of(rows: list[dict], criterion: str) -> analysis.Recommendation:
+    return next(r for r in analysis.recommendations(rows) if r.criterion == criterion)
+
+
+def test_recommendations_follow_the_numbers() -> None:
+    a = [row("pytorch", sps=1000), row("jax", sps=1500), row("tensorflow", sps=900)]
+    b = [row("pytorch", sps=2000), row("jax", sps=1500), row("tensorflow", sps=900)]
+    ra, rb = headline_of(a, "train_throughput"), headline_of(b, "train_throughput")
+    assert ra.clear and ra.winner.row["framework"] == "jax" and ra.runner_up.row["framework"] == "pytorch"
+    assert rb.clear and rb.winner.row["framework"] == "pytorch" and "33% faster" in rb.verdict
+    # the HTML headline says the same
+    assert "jax fp32 bs32" in report.headline(a).split("clear winner")[1][:200]
+    assert "pytorch fp32 bs32" in report.headline(b).split("clear winner")[1][:200]
+
+
+def test_overlapping_intervals_are_no_clear_winner() -> None:
+    rows = [row("pytorch", sps=1000, spread=0.05), row("jax", sps=1040, spread=0.05)]
+    rec = headline_of(rows, "train_throughput")
+    assert not rec.clear and rec.verdict.startswith("no clear winner") and "intervals overlap" in rec.verdict
+    assert "no clear winner" in report.headline(rows)
+
+
+def test_a_noisy_winner_is_not_ranked() -> None:
+    rows = [row("pytorch", sps=2000, noisy=True), row("jax", sps=1000)]
+    rec = headline_of(rows, "train_throughput")
+    assert not rec.clear and "too noisy" in rec.verdict
+
+
+def test_latency_memory_and_accuracy_criteria() -> None:
+    rows = [
+        row("pytorch", latency_ms=2.0, peak_memory_mb=1000.0, final_val_accuracy=0.80),
+        row("jax", latency_ms=1.0, peak_memory_mb=980.0, final_val_accuracy=0.95),
+    ]
+    lat = headline_of(rows, "inference_latency")
+    assert lat.clear and lat.winner.row["framework"] == "jax" and lat.winner.low < 1.0 < lat.winner.high
+    mem = headline_of(rows, "memory")  # 2% apart: inside the tolerance
+    assert not mem.clear and mem.winner.row["framework"] == "jax" and "gap under 5%" in mem.verdict
+    rows[0]["peak_memory_mb"] = 2000.0
+    assert headline_of(rows, "memory").clear
+    acc = headline_of(rows, "accuracy")  # 95% vs 80% of 1000 samples: Wilson intervals far apart
+    assert acc.clear and acc.winner.row["framework"] == "jax" and acc.winner.value == pytest.approx(95.0)
+
+
+def test_one_framework_ranks_its_configurations() -> None:
+    rows = [row("pytorch", sps=1000, batch_size=32), row("pytorch", sps=3000, batch_size=256)]
+    rec = headline_of(rows, "train_throughput")
+    assert rec.clear and rec.winner.row["batch_size"] == 256 and rec.runner_up.row["batch_size"] == 32
+
+
+def test_failed_cells_never_win() -> None:
+    rows = [row("pytorch", sps=1000), row("jax", sps=9000, status="failed", reason="boom")]
+    assert headline_of(rows, "train_throughput").winner.row["framework"] == "pytorch"
+
+
+def test_wilson_interval_hand_computed() -> None:
+    lo, hi = analysis.wilson_interval(0.5, 100)  # z = 1.96: 0.5 +- 0.0960 / 1.0384
+    assert lo == pytest.approx(0.4038, abs=1e-3) and hi == pytest.approx(0.5962, abs=1e-3)
+
+
+def test_pareto_front() -> None:
+    # maximise throughput (y), minimise latency (x)
+    pts = [(1.0, 100.0), (2.0, 300.0), (3.0, 200.0), (4.0, 400.0), (2.0, 300.0)]
+    assert analysis.pareto_front(pts, (False, True)) == [True, True, False, True, True]
+
+
+def test_precision_speedup_pairs_cells_that_differ_only_in_precision() -> None:
+    rows = [
+        row("pytorch", sps=1000),
+        row("pytorch", sps=2500, precision="bf16", final_val_accuracy=0.88),
+        row("jax", sps=3000, precision="bf16"),  # no fp32 jax cell: no pair
+    ]
+    pairs = analysis.ratios(rows, "precision", lambda p: p == "fp32")
+    assert len(pairs) == 1 and pairs[0]["ratio"] == pytest.approx(2.5)
+    assert pairs[0]["accuracy_delta_pts"] == pytest.approx(-2.0)
+
+
+def test_charts_with_nothing_to_show_say_why() -> None:
+    rows = [row("pytorch"), row("jax")]
+    drawn = {c.id: c for c in (f(rows) for f in charts.ALL)}
+    for cid in ("batch-scaling", "precision", "device", "multi-gpu", "gpu", "mfu"):
+        assert not drawn[cid].drawn and "class='empty'" in drawn[cid].html, cid
+    assert drawn["throughput"].drawn and drawn["memory"].drawn and drawn["latency"].drawn
+    failed = [row("pytorch", status="failed", reason="x")]
+    assert not any(f(failed).drawn for f in charts.ALL)
+    assert "no cell finished ok" in report.build_html(failed, {"name": "t"}, {})
+
+
+def test_worker_and_config_text_is_escaped() -> None:
+    evil = "<script>alert(1)</script>"
+    rows = [row("pytorch"), row("jax", status="crashed", reason=evil)]
+    page = report.build_html(rows, {"name": evil}, {"hostname": evil})
+    assert evil not in page and "&lt;script&gt;alert(1)&lt;/script&gt;" in page
+    # failures come first in the cells table
+    table = report.cells_table(rows)
+    assert table.index("crashed") < table.index(">ok<")
+
+
+def test_compare_statistics() -> None:
+    rng = np.random.default_rng(0)
+    base = rng.normal(0.010, 0.0002, 300)
+    a = row("pytorch", sps=3200.0, step_times_s=list(base))
+    same = row("pytorch", sps=3190.0, step_times_s=list(rng.normal(0.010, 0.0002, 300)))
+    slow = row("pytorch", sps=2000.0, step_times_s=list(base * 1.6))
+    tiny = row("pytorch", sps=3100.0, step_times_s=list(base * 1.03))  # real but under 5%
+    m = compare.METRICS[0]
+    assert compare.compare_metric(m, a, same, 0.01, 0.05).verdict == "unchanged"
+    assert compare.compare_metric(m, a, slow, 0.01, 0.05).verdict == "regression"
+    assert compare.compare_metric(m, slow, a, 0.01, 0.05).verdict == "improvement"
+    c = compare.compare_metric(m, a, tiny, 0.01, 0.05)
+    assert c.p < 1e-6 and c.verdict == "unchanged"  # significant but too small to matter
+    noisy = dict(slow, repeats_cv=0.3)  # run-to-run CV 30%: a 37% drop is inside twice that
+    assert compare.compare_metric(m, a, noisy, 0.01, 0.05).verdict == "unchanged"
+    acc = compare.METRICS[-1]
+    assert compare.compare_metric(acc, a, dict(a, final_val_accuracy=0.80), 0.01, 0.05).verdict == "regression"
+    assert compare.compare_metric(acc, a, dict(a, final_val_accuracy=0.89), 0.01, 0.05).verdict == "unchanged"
