@@ -5,7 +5,7 @@ BIN    := $(VENV)/bin
 STAMP  := $(VENV)/.installed-stamp
 EXTRAS ?= torch,tensorflow,jax,dev
 
-.PHONY: venv quick run test test-fast bench lint format clean
+.PHONY: venv browser quick run test test-fast bench lint format clean
 
 $(STAMP): pyproject.toml requirements.lock
 	$(PYTHON) -m venv $(VENV)
@@ -21,7 +21,15 @@ quick: venv  ## the main job: every framework and model, small, on CPU
 run: venv  ## CONFIG=configs/benchmark_config.yaml ARGS=--resume
 	$(BIN)/python -m mlbench run $(or $(CONFIG),configs/benchmark_config.yaml) $(ARGS)
 
-test: venv
+# Debian's Chromium for the report's browser test (root or sudo needed; without it that test skips)
+browser:
+	@command -v chromium >/dev/null 2>&1 || command -v chromium-browser >/dev/null 2>&1 || { \
+	  SUDO=$$( [ "$$(id -u)" = 0 ] || echo sudo ); \
+	  $$SUDO env DEBIAN_FRONTEND=noninteractive apt-get install -y -q chromium >/dev/null 2>&1 || \
+	  { $$SUDO apt-get update -q >/dev/null 2>&1 && $$SUDO env DEBIAN_FRONTEND=noninteractive apt-get install -y -q chromium >/dev/null 2>&1; } || \
+	  echo "warning: could not install chromium; the report's browser test will be skipped"; }
+
+test: venv browser
 	$(BIN)/python -m pytest -q
 
 test-fast: venv  ## unit tests only

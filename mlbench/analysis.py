@@ -21,6 +21,7 @@ import numpy as np
 from workers.common import stats
 
 MEMORY_TOLERANCE = 0.05  # relative gap in peak memory below which two cells are not told apart
+OTHER_LOAD_PCT = 25.0  # CPU other processes used during a cell (% of one core) above which it is suspect
 Row = dict[str, Any]
 
 
@@ -68,6 +69,12 @@ class Recommendation:
 
 def ok_rows(rows: Iterable[Row]) -> list[Row]:
     return [r for r in rows if r.get("status") == "ok"]
+
+
+def loaded(r: Row) -> bool:
+    """Whether other processes used the CPU enough during the cell to skew its timings."""
+    other = r.get("cpu_other_pct")
+    return other is not None and other > OTHER_LOAD_PCT
 
 
 def config_label(r: Row) -> str:
@@ -193,7 +200,8 @@ def recommend_one(rows: list[Row], c: Criterion, model: str, device: str) -> Rec
         verdict = f"only {_describe(winner, c.unit)} measured"
         clear = False
     else:
-        noisy = [e.label for e in (winner, runner) if e.row.get("noisy") and c.key == "train_throughput"]
+        timed = c.key in ("train_throughput", "inference_latency")
+        noisy = [e.label for e in (winner, runner) if timed and (e.row.get("noisy") or loaded(e.row))]
         gap = abs(winner.value - runner.value) / abs(runner.value) if runner.value else math.inf
         if c.tolerance is not None:
             clear = gap > c.tolerance
@@ -207,7 +215,10 @@ def recommend_one(rows: list[Row], c: Criterion, model: str, device: str) -> Rec
                 + (f"more than the {c.tolerance:.0%} tolerance" if c.tolerance else "the 95% intervals do not overlap")
             )
         elif noisy:
-            verdict = f"no clear winner: {', '.join(noisy)} too noisy to rank (step-time CV above 10%)"
+            verdict = (
+                f"no clear winner: {', '.join(noisy)} too noisy to rank "
+                f"(step-time CV above 10%, or other processes busy during the cell)"
+            )
         else:
             why = (
                 f"gap under {MEMORY_TOLERANCE:.0%}"

@@ -23,6 +23,8 @@ from typing import Any
 import pyarrow.parquet as pq
 from scipy import stats as sps
 
+from mlbench.analysis import OTHER_LOAD_PCT
+
 Row = dict[str, Any]
 ENV_KEYS = (
     "hostname",
@@ -173,6 +175,14 @@ def compare_runs(run_a: Path, run_b: Path, alpha: float = 0.01, min_change: floa
     for key, rb in ok_b.items():
         if key in workers_a and workers_a[key] != rb["worker_module"]:
             notes.append(f"{label(rb)}: worker {workers_a[key]} in A, {rb['worker_module']} in B")
+    for key, rb in ok_b.items():
+        ra = ok_a.get(key)
+        for name, r in (("A", ra), ("B", rb)):
+            if r is not None and (r.get("cpu_other_pct") or 0) > OTHER_LOAD_PCT:
+                notes.append(
+                    f"{label(r)} in {name}: other processes used {r['cpu_other_pct']:.0f}% of a core during the cell; "
+                    "its timings are suspect"
+                )
     return Comparison(
         run_a,
         run_b,

@@ -130,6 +130,17 @@ def oom_kill_count(cgroup: Path) -> int | None:
     return None
 
 
+def _host_busy_pct(t0: float, times0: Any) -> float | None:
+    """The whole machine's CPU busy since (t0, times0), in % of one core (idle and iowait excluded)."""
+    wall = time.monotonic() - t0
+    if wall <= 0:
+        return None
+    t1 = psutil.cpu_times()
+    idle = lambda t: t.idle + getattr(t, "iowait", 0.0)  # noqa: E731
+    busy = (sum(t1) - idle(t1)) - (sum(times0) - idle(times0))
+    return 100.0 * busy / wall
+
+
 class Monitor:
     """Samples RSS and CPU of a process and all its descendants every `interval_s` on a thread, and
     watches the OOM-kill counters of every memory cgroup they are seen in."""
@@ -145,6 +156,7 @@ class Monitor:
         self.gpu_error: str | None = None
         self.oom_baseline: dict[Path, int] = {}
         self._watch_cgroup("self")  # the worker starts in the orchestrator's cgroup
+        self._host0 = (time.monotonic(), psutil.cpu_times())  # the whole machine's CPU, to see other load
         indices = gpu_indices(device)
         if indices:
             if NVML.available():
@@ -217,6 +229,10 @@ class Monitor:
             "cpu_util_avg_pct": (sum(self.cpu[1:]) / (n - 1)) if n > 1 else None,
             "cpu_util_peak_pct": max(self.cpu[1:]) if n > 1 else None,
         }
+        host_busy = _host_busy_pct(*self._host0)
+        if host_busy is not None and out["cpu_util_avg_pct"] is not None:
+            # what the machine's CPUs did beyond the worker's tree: other processes, in % of one core
+            out["cpu_other_pct"] = max(0.0, host_busy - out["cpu_util_avg_pct"])
         gpu = self.gpu.summary() if self.gpu is not None else {}
         for key in (
             "gpu_utilization_pct",

@@ -148,6 +148,13 @@ def warnings(rows: list[dict[str, Any]]) -> list[str]:
             f"{len(noisy)} cell(s) have a step-time coefficient of variation above 10%: their throughput is too "
             "noisy to rank on (another load on the machine, throttling, or too few steps)."
         )
+    busy = [r for r in analysis.ok_rows(rows) if analysis.loaded(r)]
+    if busy:
+        worst = max(r["cpu_other_pct"] for r in busy)
+        out.append(
+            f"{len(busy)} cell(s) ran while other processes used more than {analysis.OTHER_LOAD_PCT:.0f}% of a core "
+            f"(up to {worst:.0f}%): their timings measure that contention too. Rerun them on a quiet machine."
+        )
     return out
 
 

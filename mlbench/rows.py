@@ -138,6 +138,7 @@ def build(
         "worker_max_rss_mb": _mb(worker_rss),
         "device_peak_allocated_mb": _mb(memory.get("device_peak_bytes")),
         "cpu_util_avg_pct": mon.get("cpu_util_avg_pct"),
+        "cpu_other_pct": mon.get("cpu_other_pct"),
         "gpu_utilization_pct": mon.get("gpu_utilization_pct"),
         "gpu_utilization_peak_pct": mon.get("gpu_utilization_peak_pct"),
         "gpu_memory_used_peak_mb": _mb(mon.get("gpu_memory_used_peak_bytes")),

@@ -128,6 +128,11 @@ COLUMNS: list[tuple[str, pa.DataType, str]] = [
     ("worker_max_rss_mb", F, "the worker process's own maximum RSS (getrusage) (MiB)"),
     ("device_peak_allocated_mb", F, "the framework allocator's peak device allocation (MiB)"),
     ("cpu_util_avg_pct", F, "average CPU use of the process tree (100 = one core busy)"),
+    (
+        "cpu_other_pct",
+        F,
+        "CPU the rest of the machine used while the cell ran (100 = one core): other load skews figures",
+    ),
     ("gpu_utilization_pct", F, "average GPU utilisation sampled by NVML (%); null where nothing measured it"),
     ("gpu_utilization_peak_pct", F, "peak sampled GPU utilisation (%)"),
     ("gpu_memory_used_peak_mb", F, "peak device memory in use (NVML, whole device) (MiB)"),

@@ -82,12 +82,29 @@ def test_exports_logs_and_report(real_run) -> None:
     assert len(pd.read_parquet(run / "epochs.parquet")) == 5
     html = (run / "report.html").read_text()
     assert "Plotly.newPlot" in html and "<script src=" not in html  # self-contained
-    assert html.count("Plotly.newPlot") == 2
+    assert html.count("Plotly.newPlot") >= 8 and html.count("plotly.js v") == 1  # plotly.js inlined once
     for _, r in pd.read_parquet(run / "results.parquet").iterrows():
         lines = (run / "logs" / f"{r.cell_id}.ndjson").read_text().splitlines()
         assert json.loads(lines[0])["event"] == "hello" and json.loads(lines[-1])["event"] == "result"
         # what a person running the worker by hand reads is the figure the results store
         assert json.loads(lines[-1])["samples_per_second"] == pytest.approx(r.samples_per_second, rel=1e-12)
+
+
+def test_report_opens_in_a_headless_browser_offline(real_run, tmp_path: Path) -> None:
+    from tests.browser import open_report
+
+    tmp, _ = real_run
+    shot = tmp / "runs" / "t" / "report.png"
+    seen = open_report(tmp / "runs" / "t" / "report.html", screenshot=shot)
+    assert seen["errors"] == [] and seen["console"] == [], seen
+    assert seen["requests"] == [], "the report asked the network for something"
+    html = (tmp / "runs" / "t" / "report.html").read_text()
+    assert len(seen["charts"]) == html.count("Plotly.newPlot") >= 8
+    assert all(c["drawn"] and c["traces"] > 0 for c in seen["charts"]), seen["charts"]
+    # what has nothing to show on a CPU-only, one-framework run says so
+    assert any("no configuration ran on both the CPU and one GPU" in e for e in seen["empty"])
+    assert any("NVIDIA GPU" in e for e in seen["empty"])
+    assert shot.stat().st_size > 50_000
 
 
 def test_resume_redoes_nothing_and_report_rebuilds(real_run) -> None:

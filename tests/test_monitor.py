@@ -83,3 +83,14 @@ def test_without_nvml_nothing_is_measured(monkeypatch: pytest.MonkeyPatch) -> No
     assert monitor.gpu_memory_used_bytes([0]) is None and monitor.gpu_processes([0]) == []
     m = monitor.Monitor(os.getpid(), device="cuda:0")
     assert m.gpu is None
+
+
+def test_load_from_other_processes_is_measured() -> None:
+    busy = subprocess.Popen([sys.executable, "-c", "import time\nt = time.time()\nwhile time.time() - t < 3: pass"])
+    idle = subprocess.Popen([sys.executable, "-c", "import time; time.sleep(2)"])
+    mon = monitor.Monitor(idle.pid, interval_s=0.05).start()
+    idle.wait()
+    s = mon.stop()
+    busy.kill()
+    assert s["cpu_util_avg_pct"] < 20  # the monitored tree slept
+    assert s["cpu_other_pct"] > 60  # while another process kept a core busy

@@ -64,6 +64,11 @@ def test_a_noisy_winner_is_not_ranked() -> None:
     rows = [row("pytorch", sps=2000, noisy=True), row("jax", sps=1000)]
     rec = headline_of(rows, "train_throughput")
     assert not rec.clear and "too noisy" in rec.verdict
+    # nor one timed while other processes kept the CPU busy, and the report says so
+    rows = [row("pytorch", sps=2000, cpu_other_pct=90.0), row("jax", sps=1000, cpu_other_pct=3.0)]
+    assert not headline_of(rows, "train_throughput").clear
+    assert any("other processes used more than 25% of a core (up to 90%)" in w for w in report.warnings(rows))
+    assert not any("other processes" in w for w in report.warnings([row("jax", cpu_other_pct=3.0)]))
 
 
 def test_latency_memory_and_accuracy_criteria() -> None:
