@@ -83,16 +83,13 @@ def tf_loop(model: str, bs: int, warmup: int, steps: int) -> float:
     import tensorflow as tf
 
     from workers.tensorflow_worker import models
+    from workers.tensorflow_worker.backend import make_optimizer
 
     spec = get_spec(model)
     net = models.build(spec)
     models.load_canonical(net, spec, initial_weights(spec, 0))
     o = spec.optimizer
-    opt = (
-        keras.optimizers.SGD(o.lr, momentum=o.momentum)
-        if o.name == "sgd"
-        else keras.optimizers.AdamW(o.lr, weight_decay=o.weight_decay, beta_1=o.beta1, beta_2=o.beta2, epsilon=o.eps)
-    )
+    opt = make_optimizer(o)  # Keras SGD, or AdamW with PyTorch's epsilon: the same math as the others
     l2 = o.weight_decay if o.name == "sgd" else 0.0
     loss_fn = keras.losses.SparseCategoricalCrossentropy(from_logits=True)
     data_ = [(tf.constant(x), tf.constant(y)) for x, y in batches(model, bs, min(steps, 16), "NHWC")]
@@ -104,6 +101,9 @@ def tf_loop(model: str, bs: int, warmup: int, steps: int) -> float:
             if l2:
                 loss += 0.5 * l2 * tf.add_n([tf.reduce_sum(tf.square(v)) for v in net.trainable_variables])
         grads = tape.gradient(loss, net.trainable_variables)
+        # dense embedding gradients: every row's moments move, as in PyTorch's AdamW (the lazy sparse
+        # update Keras does by default is different math, and cheaper)
+        grads = [tf.convert_to_tensor(g) if isinstance(g, tf.IndexedSlices) else g for g in grads]
         opt.apply_gradients(zip(grads, net.trainable_variables))
         return loss
 

@@ -10,6 +10,7 @@ from dataclasses import dataclass
 from typing import Any
 
 from mlbench.config import CELL_AXES, ConfigError, Suite
+from workers.common import specs
 
 
 @dataclass(frozen=True)
@@ -47,6 +48,8 @@ def make_cell(suite: Suite, framework: str, model: str, device: str, precision: 
         "worker": suite.worker_module(framework),
         "model": model,
         "model_overrides": suite.model_overrides.get(model, {}),
+        # the resolved architecture and recipe: a changed default in a new mlbench changes the id too
+        "model_spec": specs.spec_dict(specs.get_spec(model, suite.model_overrides.get(model))),
         "device": device,
         "precision": precision,
         "batch_size": batch_size,

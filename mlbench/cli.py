@@ -254,7 +254,7 @@ def schema() -> None:
 def verify_cmd(
     models: tuple[str, ...], frameworks: tuple[str, ...], config: str | None, runs_dir: str, name: str
 ) -> None:
-    """Check that every framework builds the same model: structure, weights, outputs, SGD losses."""
+    """Check that every framework builds the same model: structure, weights, outputs, training losses."""
     from rich.console import Console
     from rich.table import Table
 
@@ -295,6 +295,7 @@ def verify_cmd(
         "logits rel err",
         "1st update rel err",
         "SGD loss rel diff",
+        "own-optimizer loss rel diff",
         "verdict",
     ):
         table.add_column(col)
@@ -310,6 +311,7 @@ def verify_cmd(
             "-" if c.logits_rel_err is None else f"{c.logits_rel_err:.1e}",
             "-" if c.update_rel_err is None else f"{c.update_rel_err:.1e}",
             "-" if c.loss_rel_diff is None else f"{c.loss_rel_diff:.1e}",
+            "-" if c.recipe_loss_rel_diff is None else f"{c.recipe_loss_rel_diff:.1e}",
             "ok" if c.status == "ok" else f"{c.status}: {c.problems[0]}",
         )
     Console(width=200).print(table)

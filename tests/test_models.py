@@ -117,3 +117,13 @@ def test_flop_counts_by_hand() -> None:
     r34 = 1_769_472 + 6 * 37_748_736 + 3 * (18_874_368 + 2_097_152) + (7 + 11 + 5) * 37_748_736 + 5_120
     assert specs.forward_flops(specs.get_spec("resnet34")) == 2 * r34 == 2 * 1_159_402_496
     assert specs.train_flops(specs.get_spec("mlp")) == 3 * 1_337_344
+
+
+def test_learning_rate_schedule_by_hand() -> None:
+    opt = specs.OptimizerSpec("adamw", lr=1.0, schedule="linear", warmup=0.2, total_steps=10)
+    assert opt.warmup_steps() == 2
+    # warm-up 1/2, 2/2; then (10 - t) / 8 down to the last update's 1/8
+    assert [opt.lr_factor(t) for t in range(10)] == [0.5, 1.0, 1.0, 7 / 8, 6 / 8, 5 / 8, 4 / 8, 3 / 8, 2 / 8, 1 / 8]
+    assert specs.OptimizerSpec("sgd", lr=0.1).lr_factor(5) == 1.0  # constant
+    bert = specs.with_total_steps(specs.get_spec("bert"), 96)
+    assert bert.optimizer.total_steps == 96 and bert.optimizer.warmup_steps() == 10

@@ -9,6 +9,7 @@ size on disk, and the events. Each backend call returns only after its device wo
 
 from __future__ import annotations
 
+import dataclasses
 import os
 import resource
 import tempfile
@@ -23,6 +24,7 @@ from workers.common import data as datasets
 from workers.common.events import PROTOCOL_VERSION, Emitter
 from workers.common.specs import (
     ModelSpec,
+    OptimizerSpec,
     canonical_params,
     forward_flops,
     get_spec,
@@ -30,6 +32,7 @@ from workers.common.specs import (
     num_parameters,
     spec_dict,
     train_flops,
+    with_total_steps,
 )
 from workers.common.stats import percentiles_ms, steady_throughput
 from workers.common.weights import initial_weights, load_npz, save_npz
@@ -276,6 +279,14 @@ def verify(backend: Backend, spec: ModelSpec, ds: datasets.Dataset, cell: dict[s
         losses.append(backend.train_step(xb, yb)[0])
         if i == 0:  # the first update, from identical weights: a direct check of the gradients
             fingerprint = update_fingerprint(weights, backend.export(), [k for k, p in params.items() if p.trainable])
+    recipe_losses = []
+    if opts.get("recipe_optimizer"):  # the same steps again with the model's own optimizer (momentum, AdamW)
+        recipe = OptimizerSpec(**{**opts["recipe_optimizer"], "total_steps": opts["steps"]})
+        backend.build(dataclasses.replace(spec, optimizer=recipe), weights)
+        for i, (xb, yb) in enumerate(datasets.train_batches(ds, opts["batch"], cell["seed"], 0)):
+            if i == opts["steps"]:
+                break
+            recipe_losses.append(backend.train_step(xb, yb)[0])
     path = os.path.join(cell["verify_dir"], f"{backend.framework}-{cell['model']}.npz")
     np.savez(path, logits=logits, **{f"act:{k}": np.asarray(v, np.float32) for k, v in acts.items()})
     em.emit(
@@ -287,6 +298,7 @@ def verify(backend: Backend, spec: ModelSpec, ds: datasets.Dataset, cell: dict[s
         roundtrip_max_abs=worst,
         roundtrip_worst=worst_name,
         losses=losses,
+        recipe_losses=recipe_losses,
         arrays=path,
         update_fingerprint=fingerprint,
     )
@@ -315,6 +327,7 @@ def run(backend_loader: Any, cell: dict[str, Any], em: Emitter) -> int:
         inp = input_spec(spec)
         ds = datasets.load(cell["dataset"], spec.family, inp, cell["seed"], cell["data_dir"], backend.layout)
         weights = load_npz(cell["weights_in"]) if cell.get("weights_in") else initial_weights(spec, cell["seed"])
+        spec = with_total_steps(spec, cell["epochs"] * (len(ds.y_train) // cell["batch_size"]))
         t0 = time.perf_counter()
         backend.build(spec, weights)
         build_s = time.perf_counter() - t0

@@ -23,14 +23,28 @@ DTYPES = {"fp32": jnp.float32, "fp16": jnp.float16, "bf16": jnp.bfloat16}
 SCALE_GROWTH_INTERVAL = 2000  # steps without overflow before the fp16 loss scale doubles (as GradScaler)
 
 
+def learning_rate(opt: OptimizerSpec) -> float | optax.Schedule:
+    """The spec's lr, or its schedule: optax calls it with the count of updates made so far (0 first)."""
+    if opt.schedule == "constant" or opt.total_steps <= 0:
+        return opt.lr
+    w, t = opt.warmup_steps(), opt.total_steps
+
+    def schedule(count: jax.Array) -> jax.Array:
+        step = count.astype(jnp.float32)
+        warm = (step + 1.0) / w
+        decay = jnp.maximum(0.0, (t - step) / max(1, t - w))
+        return opt.lr * jnp.where(step < w, warm, decay)
+
+    return schedule
+
+
 def make_optimizer(opt: OptimizerSpec) -> optax.GradientTransformation:
     """The spec's optimizer with PyTorch's semantics: SGD decay coupled (added to the gradient), AdamW's decoupled."""
+    lr = learning_rate(opt)
     if opt.name == "sgd":
-        return optax.chain(
-            optax.add_decayed_weights(opt.weight_decay), optax.sgd(opt.lr, momentum=opt.momentum or None)
-        )
+        return optax.chain(optax.add_decayed_weights(opt.weight_decay), optax.sgd(lr, momentum=opt.momentum or None))
     if opt.name == "adamw":
-        return optax.adamw(opt.lr, b1=opt.beta1, b2=opt.beta2, eps=opt.eps, weight_decay=opt.weight_decay)
+        return optax.adamw(lr, b1=opt.beta1, b2=opt.beta2, eps=opt.eps, weight_decay=opt.weight_decay)
     raise Unsupported(f"optimizer {opt.name!r} is not implemented in the JAX worker")
 
 

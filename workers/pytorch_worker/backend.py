@@ -87,6 +87,8 @@ class TorchBackend:
         models.load_canonical(self.model, weights)
         self.model.to(self.device)
         self.optimizer = make_optimizer(self.model.parameters(), spec.optimizer)
+        # LambdaLR's factor for update n is lr_factor(n): the scheduler steps after each optimizer step
+        self.scheduler = torch.optim.lr_scheduler.LambdaLR(self.optimizer, spec.optimizer.lr_factor)
         self.forward = torch.compile(self.model) if self.cell.get("compile") else self.model
 
     def num_parameters(self) -> int:
@@ -114,6 +116,7 @@ class TorchBackend:
         self.scaler.scale(loss).backward()
         self.scaler.step(self.optimizer)
         self.scaler.update()
+        self.scheduler.step()
         correct = (logits.argmax(-1) == yb).sum()
         out = torch.stack([loss.detach().float(), correct.float()]).cpu()  # one copy; waits for the step
         return float(out[0]), int(out[1])
