@@ -24,6 +24,13 @@ from workers.common.specs import InputSpec
 
 CIFAR_MEAN = np.array([0.4914, 0.4822, 0.4465], np.float32)
 CIFAR_STD = np.array([0.2470, 0.2435, 0.2616], np.float32)
+# the image task: class prototypes (smooth 4x4-block colour patterns) of amplitude IMAGE_SIGNAL under
+# per-pixel noise IMAGE_NOISE. ResNet-18 (PyTorch, 1024 samples, batch 32) reaches 90% validation
+# accuracy after 2 epochs and 99% after 3; with amplitude 0.4 it overfits (59%), with 1.0 it saturates.
+IMAGE_SIGNAL, IMAGE_NOISE = 0.6, 1.8
+# the token task: marker tokens per class, and how many of the label's and of another class's
+# markers each sequence holds among its random background tokens
+TOKEN_MARKERS, TOKEN_OWN, TOKEN_OTHER = 16, 9, 3
 CHANNEL_SHAPE = {"NCHW": (1, 3, 1, 1), "NHWC": (1, 1, 1, 3)}
 
 
@@ -79,7 +86,7 @@ def _synthetic(
     y = rng.integers(0, inp.num_classes, n).astype(np.int32)
     if family == "image":
         # class prototypes (smooth colour patterns) + per-sample noise, brightness and shift
-        noise = rng.normal(0.0, 0.9, (n, *inp.shape)).astype(np.float32)
+        noise = rng.normal(0.0, IMAGE_NOISE, (n, *inp.shape)).astype(np.float32)
         x = proto[y] * rng.uniform(0.6, 1.4, (n, 1, 1, 1)).astype(np.float32) + noise
         shifts = rng.integers(-3, 4, (n, 2))
         for i, (dy, dx) in enumerate(shifts):
@@ -88,13 +95,13 @@ def _synthetic(
         return x, y
     if family == "tokens":
         # token 0 is the classification token; each class has marker tokens; both classes'
-        # markers appear, the label's more often, so the model has to count
+        # markers appear, the label's more often, so the model has to weigh them
         vocab, seq = inp.extra["vocab_size"], inp.shape[0]
         x = rng.integers(proto["background"], vocab, (n, seq)).astype(np.int32)
         x[:, 0] = 0
         for i in range(n):
-            pos = rng.choice(np.arange(1, seq), 12, replace=False)
-            own, other = pos[:7], pos[7:]
+            pos = rng.choice(np.arange(1, seq), TOKEN_OWN + TOKEN_OTHER, replace=False)
+            own, other = pos[:TOKEN_OWN], pos[TOKEN_OWN:]
             x[i, own] = rng.choice(proto["markers"][y[i]], len(own))
             x[i, other] = rng.choice(
                 proto["markers"][1 - y[i] if inp.num_classes == 2 else (y[i] + 1) % inp.num_classes], len(other)
@@ -109,10 +116,11 @@ def _prototypes(family: str, inp: InputSpec, rng: np.random.Generator) -> Any:
     if family == "image":
         c, h, w = inp.shape
         coarse = rng.normal(0.0, 1.0, (inp.num_classes, c, 4, 4)).astype(np.float32)
-        return np.kron(coarse, np.ones((1, 1, h // 4, w // 4), np.float32))
+        return IMAGE_SIGNAL * np.kron(coarse, np.ones((1, 1, h // 4, w // 4), np.float32))
     if family == "tokens":
-        markers = rng.choice(np.arange(1, 1 + 64 * inp.num_classes), (inp.num_classes, 64), replace=False)
-        return {"markers": markers, "background": 1 + 64 * inp.num_classes}
+        m = TOKEN_MARKERS * inp.num_classes
+        markers = rng.choice(np.arange(1, 1 + m), (inp.num_classes, TOKEN_MARKERS), replace=False)
+        return {"markers": markers, "background": 1 + m}
     return rng.normal(0.0, 0.12, (inp.num_classes, *inp.shape)).astype(np.float32)
 
 
@@ -174,7 +182,8 @@ def dataset_key(dataset: dict[str, Any], family: str, inp: InputSpec, seed: int)
         "classes": inp.num_classes,
         "extra": inp.extra,
         "seed": seed,
-        "format": 1,
+        "format": 2,  # bumped whenever a generator changes
+        "generator": [IMAGE_SIGNAL, IMAGE_NOISE, TOKEN_MARKERS, TOKEN_OWN, TOKEN_OTHER],
     }
     digest = hashlib.sha256(json.dumps(made_of, sort_keys=True, default=str).encode()).hexdigest()[:12]
     return f"{dataset['name']}-{family}-{digest}"
