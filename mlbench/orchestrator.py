@@ -224,7 +224,11 @@ def rebuild(run_dir: Path) -> list[Path]:
     suite_data = json.loads(suite_path.read_text())
     suite = parse_suite(suite_data, str(suite_path))
     grid = expand(suite)
-    per_repeat = store.read_cells(run_dir, [u.unit_id for u in units(grid, suite.repeats)])
+    unit_ids = [u.unit_id for u in units(grid, suite.repeats)]
+    per_repeat = store.read_cells(run_dir, unit_ids)
+    folder = store.cells_dir(run_dir)
+    # cells stored under another spec (an older mlbench's defaults, a changed config): kept, not shown
+    stale = len({p.stem for p in folder.glob("*.parquet")} - set(unit_ids)) if folder.is_dir() else 0
     table = repeats.combine(per_repeat) if suite.repeats > 1 else per_repeat
     table, groups = parity.annotate(table, verify.load(run_dir), suite.accuracy_parity_pts)
     table = calibration.annotate(table, calibration.load(run_dir))
@@ -235,5 +239,5 @@ def rebuild(run_dir: Path) -> list[Path]:
         store.atomic_write(run_dir / "repeats.parquet", lambda p: pq.write_table(per_repeat, str(p)))
         written.append(run_dir / "repeats.parquet")
     store.atomic_write(run_dir / "parity.json", lambda p: p.write_text(json.dumps(groups, indent=1), encoding="utf-8"))
-    written.append(report.write(run_dir, table.to_pylist(), suite_data, env, grid_size=len(grid)))
+    written.append(report.write(run_dir, table.to_pylist(), suite_data, env, grid_size=len(grid), stale=stale))
     return written

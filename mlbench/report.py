@@ -171,14 +171,25 @@ th{background:#f5f5f5}.st-ok{color:#17803d}.st-failed,.st-crashed,.st-oom,.st-ti
 
 
 def build_html(
-    rows: list[dict[str, Any]], suite: dict[str, Any], env: dict[str, Any], grid_size: int | None = None
+    rows: list[dict[str, Any]],
+    suite: dict[str, Any],
+    env: dict[str, Any],
+    grid_size: int | None = None,
+    stale: int = 0,
 ) -> str:
     """The whole report as one HTML string; every piece of text from configs and workers is escaped."""
     counts: dict[str, int] = {}
     for r in rows:
         counts[r["status"]] = counts.get(r["status"], 0) + 1
     summary = ", ".join(f"{v} {_esc(k)}" for k, v in sorted(counts.items())) or "no cells stored"
-    warn = "".join(f"<p class='warn'>⚠ {_esc(w)}</p>" for w in warnings(rows))
+    notes = warnings(rows)
+    if stale:
+        notes.insert(
+            0,
+            f"{stale} stored cell(s) were measured under a different spec (another config or an older mlbench) "
+            "and are not part of these results; `mlbench run CONFIG --resume` runs the cells missing.",
+        )
+    warn = "".join(f"<p class='warn'>⚠ {_esc(w)}</p>" for w in notes)
     figures = [c(rows) for c in charts.ALL]
     trade = charts.pareto(rows)
     chart_html = "".join(
@@ -215,10 +226,16 @@ the 95% confidence intervals do not overlap (peak memory: a gap over {analysis.M
 
 
 def write(
-    run_dir: Path, rows: list[dict[str, Any]], suite: dict[str, Any], env: dict[str, Any], grid_size: int | None = None
+    run_dir: Path,
+    rows: list[dict[str, Any]],
+    suite: dict[str, Any],
+    env: dict[str, Any],
+    grid_size: int | None = None,
+    stale: int = 0,
 ) -> Path:
     from mlbench.store import atomic_write
 
     path = run_dir / "report.html"
-    atomic_write(path, lambda p: p.write_text(build_html(rows, suite, env, grid_size), encoding="utf-8"))
+    html_text = build_html(rows, suite, env, grid_size, stale)
+    atomic_write(path, lambda p: p.write_text(html_text, encoding="utf-8"))
     return path

@@ -127,7 +127,9 @@ def test_a_config_change_reruns_only_the_cells_it_changed(real_run) -> None:
     df = pd.read_parquet(tmp / "runs" / "t" / "results.parquet")
     # the results follow the new grid: the three stale mlp cells are out, the two not yet run are missing
     assert len(df) == 3 and sorted(df.model_name) == ["bert", "mlp", "resnet18"]
-    assert "3 of the grid's 5 cells" in (tmp / "runs" / "t" / "report.html").read_text()
+    page = (tmp / "runs" / "t" / "report.html").read_text()
+    assert "3 of the grid's 5 cells" in page
+    assert "3 stored cell(s) were measured under a different spec" in page  # the old mlp cells: said, not shown
     assert df.set_index(["model_name", "precision"]).loc[("mlp", "fp32")].num_parameters == 784 * 32 + 32 + 32 * 10 + 10
 
 
