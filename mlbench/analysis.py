@@ -119,7 +119,7 @@ def memory_estimate(r: Row) -> Estimate | None:
 
 def accuracy_estimate(r: Row) -> Estimate | None:
     acc, n = r.get("final_val_accuracy"), r.get("val_samples")
-    if acc is None:
+    if acc is None or not 0.0 <= acc <= 1.0:  # a fraction; anything else is not an accuracy we can rank
         return None
     if not n:
         return Estimate(100 * acc, None, None, r)
@@ -182,6 +182,12 @@ def recommend_one(rows: list[Row], c: Criterion, model: str, device: str) -> Rec
             return None
         group = [r for r in group if (r["precision"], r["batch_size"]) == common]
         note = f"compared at {common[0]}, batch {common[1]}"
+        if c.key == "memory":  # only figures measured the same way (allocator peak vs device memory in use)
+            sources = [r.get("memory_source") for r in group]
+            common_source = max(set(sources), key=sources.count)
+            if len(set(sources)) > 1:
+                note += f"; only cells whose memory is '{common_source}'"
+            group = [r for r in group if r.get("memory_source") == common_source]
     est = [e for e in (c.estimate(r) for r in group) if e is not None]
     if not est:
         return None
@@ -203,14 +209,15 @@ def recommend_one(rows: list[Row], c: Criterion, model: str, device: str) -> Rec
         timed = c.key in ("train_throughput", "inference_latency")
         noisy = [e.label for e in (winner, runner) if timed and (e.row.get("noisy") or loaded(e.row))]
         gap = abs(winner.value - runner.value) / abs(runner.value) if runner.value else math.inf
+        gap_text = f"{abs(winner.value - runner.value):.1f} points" if c.unit == "%" else f"{gap:.0%}"
         if c.tolerance is not None:
-            clear = gap > c.tolerance
+            clear = math.isfinite(gap) and gap > c.tolerance
         else:
             clear = separated(winner, runner, c.higher_is_better) and not noisy
         word = ("higher" if c.higher_is_better else "lower") if c.key != "train_throughput" else "faster"
         if clear:
             verdict = (
-                f"{winner.label} ({_fmt(winner.value)} {c.unit}) is {gap:.0%} {word} than "
+                f"{winner.label} ({_fmt(winner.value)} {c.unit}) is {gap_text} {word} than "
                 f"{runner.label} ({_fmt(runner.value)} {c.unit}); "
                 + (f"more than the {c.tolerance:.0%} tolerance" if c.tolerance else "the 95% intervals do not overlap")
             )

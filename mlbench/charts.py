@@ -164,6 +164,7 @@ def _ratio_chart(
 
 def precision_speedup(rows: list[Row]) -> Chart:
     pairs = analysis.ratios(rows, "precision", lambda p: p == "fp32")
+    with_accuracy = any(p["accuracy_delta_pts"] is not None for p in pairs)
     return _ratio_chart(
         "precision",
         "Mixed precision: speed-up over fp32 and accuracy cost",
@@ -171,7 +172,7 @@ def precision_speedup(rows: list[Row]) -> Chart:
         "No precision comparison to show: no configuration ran both fp32 and a mixed precision.",
         lambda p: f"{p['row']['model_name']} {p['row']['precision']} {p['row']['device']} bs{p['row']['batch_size']}",
         "speed-up over fp32 (x)",
-        True,
+        with_accuracy,
     )
 
 
@@ -197,7 +198,7 @@ def multi_gpu_scaling(rows: list[Row]) -> Chart:
         "Multi-GPU scaling over one GPU",
         pairs,
         "No multi-GPU scaling to show: no configuration ran on one GPU and on several.",
-        lambda p: f"{p['row']['model_name']} {analysis.gpu_count(p['row']['device'])} GPUs {p['row']['precision']}",
+        lambda p: f"{p['row']['model_name']} {p['row']['device']} {p['row']['precision']} bs{p['row']['batch_size']}",
         "speed-up over one GPU (x; ideal = GPU count)",
         False,
     )
@@ -227,9 +228,14 @@ def latency(rows: list[Row]) -> Chart:
         return _empty("latency", title, "No inference latency to show: no cell finished ok with timed inference.")
     fig = make_subplots(rows=1, cols=2, subplot_titles=["batch 1", "the cell's batch size"])
     seen: set[str] = set()
+    b1_drawn: set[str] = set()  # batch-1 latency does not depend on the training batch size: one box each
     for r in ok:
         for col, key, label in ((1, "inference_b1_times_ms", _label(r, "batch")), (2, "inference_times_ms", _label(r))):
             samples = list(r.get(key) or [])
+            if col == 1:
+                if label in b1_drawn:
+                    continue
+                b1_drawn.add(label)
             if samples:
                 fig.add_box(
                     x=samples,
@@ -343,13 +349,16 @@ def gpu(rows: list[Row]) -> Chart:
             "gpu", title, "No GPU utilisation or energy to show: no cell was measured on an NVIDIA GPU (NVML)."
         )
     x = [_label(r) for r in ok]
-    fig = make_subplots(rows=1, cols=2, subplot_titles=["utilisation (%)", "energy per 1k training samples (J)"])
-    fig.add_bar(name="utilisation", x=x, y=[r.get("gpu_utilization_pct") for r in ok], row=1, col=1)
-    per_k = []
-    for r in ok:
-        e, n = r.get("gpu_energy_j"), (r.get("train_samples") or 0) * (r.get("epochs") or 0)
-        per_k.append(1000 * e / n if e is not None and n else None)
-    fig.add_bar(name="energy", x=x, y=per_k, row=1, col=2)
+    util = [r.get("gpu_utilization_pct") for r in ok]
+    energy = [r.get("gpu_energy_j") for r in ok]
+    panels = [
+        (t, y)
+        for t, y in (("utilisation (%)", util), ("energy over the whole cell (J)", energy))
+        if any(v is not None for v in y)
+    ]
+    fig = make_subplots(rows=1, cols=len(panels), subplot_titles=[t for t, _ in panels])
+    for col, (t, y) in enumerate(panels, 1):
+        fig.add_bar(name=t, x=x, y=y, row=1, col=col, showlegend=False)
     return _figure("gpu", title, fig)
 
 
@@ -367,12 +376,14 @@ def pareto(rows: list[Row]) -> list[Chart]:
     charts = []
     for m in _models(ok):
         rs = [r for r in ok if r["model_name"] == m]
-        fig = make_subplots(rows=1, cols=3, subplot_titles=[a[1] for a in axes])
+        present = [a for a in axes if any(r.get(a[0]) is not None for r in rs)]
+        if not present:
+            charts.append(_empty(f"pareto-{m}", f"Trade-offs: {m}", "No latency, memory or accuracy to trade off."))
+            continue
+        fig = make_subplots(rows=1, cols=len(present), subplot_titles=[a[1] for a in present])
         seen: set[str] = set()
-        for col, (key, _, up, scale) in enumerate(axes, 1):
+        for col, (key, _, up, scale) in enumerate(present, 1):
             pts = [r for r in rs if r.get(key) is not None]
-            if not pts:
-                continue
             front = analysis.pareto_front([(r[key] * scale, r["samples_per_second"]) for r in pts], (up, True))
             on = sorted([r for r, f in zip(pts, front, strict=True) if f], key=lambda r: r[key])
             fig.add_scatter(

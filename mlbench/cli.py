@@ -231,7 +231,7 @@ def compare(
         _fail(str(exc))
     click.echo(txt.read_text(encoding="utf-8"), nl=False)
     click.echo(f"written: {txt}  {page}")
-    if not result.changes:
+    if not result.matched:
         click.echo("warning: no cell of B matches a cell of A (same spec, both ok): nothing compared", err=True)
     if fail_on_regression and result.regressions:
         sys.exit(1)

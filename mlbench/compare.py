@@ -5,7 +5,8 @@ the stock one). A change is significant when a two-sided Mann-Whitney rank test 
 samples (step times, inference latencies) gives p < alpha AND the relative change is at least
 `min_change`, raised to twice the run-to-run coefficient of variation where the runs have repeats:
 thousands of step samples make any shift "significant", so the practical threshold carries the
-verdict. Accuracy uses Fisher's exact test on the correct/incorrect counts of the validation set;
+verdict. Accuracy uses Fisher's exact test on the correct/incorrect counts of the validation set
+(conservative: both runs score the same validation samples, so the counts are paired);
 figures with a single reading (peak memory) are flagged on the relative change alone.
 """
 
@@ -15,6 +16,7 @@ import html
 import io
 import json
 import math
+import statistics
 from collections.abc import Callable
 from dataclasses import dataclass, field
 from pathlib import Path
@@ -86,6 +88,7 @@ class Comparison:
     only_b: list[str]
     env_diff: dict[str, tuple[Any, Any]]
     notes: list[str] = field(default_factory=list)
+    matched: int = 0  # cells ok in both runs with the same spec
 
     @property
     def regressions(self) -> list[Change]:
@@ -100,9 +103,18 @@ def load_run(run_dir: Path) -> tuple[list[Row], dict[str, Any]]:
     path = run_dir / "results.parquet"
     if not path.exists():
         raise CompareError(f"{run_dir}: no results.parquet (run `mlbench report {run_dir}` to rebuild it)")
-    rows = pq.read_table(path).to_pylist()
+    try:
+        rows = pq.read_table(path).to_pylist()
+    except (OSError, ValueError) as exc:  # pyarrow's ArrowInvalid is a ValueError
+        raise CompareError(f"{path}: unreadable ({exc})") from exc
+    missing = [c for c in ("spec_json", "status", "worker_module") if rows and c not in rows[0]]
+    if missing:
+        raise CompareError(f"{path}: no {', '.join(missing)} column (written by an mlbench too old to compare)")
     env_path = run_dir / "environment.json"
-    env = json.loads(env_path.read_text()) if env_path.exists() else {}
+    try:
+        env = json.loads(env_path.read_text()) if env_path.exists() else {}
+    except (OSError, ValueError) as exc:
+        raise CompareError(f"{env_path}: unreadable ({exc})") from exc
     return rows, env
 
 
@@ -126,7 +138,9 @@ def _verdict(rel: float, significant: bool, higher_is_better: bool) -> str:
 
 def compare_metric(m: Metric, ra: Row, rb: Row, alpha: float, min_change: float) -> Change | None:
     a, b = ra.get(m.column), rb.get(m.column)
-    if a is None or b is None or (isinstance(a, float) and math.isnan(a)) or a == 0:
+    if a is None or b is None or not (math.isfinite(a) and math.isfinite(b)) or a == 0:
+        return None
+    if m.kind == "fisher" and not (0.0 <= a <= 1.0 and 0.0 <= b <= 1.0):
         return None
     scale = 100.0 if m.kind == "fisher" else 1.0
     rel = (b - a) / abs(a)
@@ -138,7 +152,12 @@ def compare_metric(m: Metric, ra: Row, rb: Row, alpha: float, min_change: float)
         xa, xb = list(ra.get(m.samples) or []), list(rb.get(m.samples) or [])
         if len(xa) >= 3 and len(xb) >= 3:
             p = float(sps.mannwhitneyu(xa, xb, alternative="two-sided").pvalue)
-        significant = p is not None and p < alpha and abs(rel) >= threshold
+            # the samples must move the way the figure did: step times up (slower) means throughput down
+            moved = statistics.median(xb) - statistics.median(xa)
+            agree = (moved < 0) == (rel > 0) if m.column == "samples_per_second" else (moved > 0) == (rel > 0)
+            significant = p < alpha and abs(rel) >= threshold and agree
+        else:  # no raw samples to test (an older run): the change alone decides, and p says "—"
+            significant = abs(rel) >= threshold
     elif m.kind == "fisher":
         na, nb = ra.get("val_samples"), rb.get("val_samples")
         if na and nb:
@@ -157,6 +176,7 @@ def compare_runs(run_a: Path, run_b: Path, alpha: float = 0.01, min_change: floa
     ok_a = {match_key(r): r for r in rows_a if r["status"] == "ok"}
     ok_b = {match_key(r): r for r in rows_b if r["status"] == "ok"}
     changes = []
+    matched = [k for k in ok_b if k in ok_a]
     for key, rb in ok_b.items():
         ra = ok_a.get(key)
         if ra is None:
@@ -191,6 +211,7 @@ def compare_runs(run_a: Path, run_b: Path, alpha: float = 0.01, min_change: floa
         only_b=[label(r) for k, r in ok_b.items() if k not in ok_a],
         env_diff=env_diff,
         notes=notes,
+        matched=len(matched),
     )
 
 
@@ -227,9 +248,8 @@ HEAD = ["verdict", "cell", "figure", "A", "B", "change", "p", "min change"]
 
 
 def summary_line(cmp: Comparison) -> str:
-    cells = len({c.cell for c in cmp.changes})
     return (
-        f"{cells} cell(s) in both runs: {len(cmp.regressions)} regression(s), {len(cmp.improvements)} improvement(s); "
+        f"{cmp.matched} cell(s) in both runs: {len(cmp.regressions)} regression(s), {len(cmp.improvements)} improvement(s); "
         f"{len(cmp.only_a)} only in A, {len(cmp.only_b)} only in B"
     )
 
@@ -238,13 +258,15 @@ def text(cmp: Comparison) -> str:
     """The comparison as a plain-text table (what `compare.txt` holds and the terminal shows)."""
     from rich.console import Console
     from rich.table import Table
+    from rich.text import Text
 
-    console = Console(record=True, width=160, file=io.StringIO())  # recorded, not shown
-    t = Table(title=f"A = {cmp.run_a}   B = {cmp.run_b}")
+    # markup off: paths, environment values and cell labels are printed as they are
+    console = Console(record=True, width=160, file=io.StringIO(), markup=False, highlight=False)
+    t = Table(title=Text(f"A = {cmp.run_a}   B = {cmp.run_b}"))
     for h in HEAD:
         t.add_column(h)
     for r in table_rows(cmp):
-        t.add_row(*r)
+        t.add_row(*(Text(v) for v in r))
     console.print(t)
     console.print(summary_line(cmp))
     for k, (a, b) in cmp.env_diff.items():

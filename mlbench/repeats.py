@@ -40,10 +40,6 @@ MEDIAN_OF = (
     "model_load_s",
     "duration_s",
     "achieved_tflops",
-    "inference_b1_latency_mean_ms",
-    "inference_b1_latency_p50_ms",
-    "inference_b1_latency_p95_ms",
-    "inference_b1_latency_p99_ms",
 )
 
 
@@ -66,11 +62,13 @@ def combine_one(runs: list[dict[str, Any]]) -> dict[str, Any]:
         return row
     sps = [r["samples_per_second"] for r in ok if r["samples_per_second"] is not None]
     row["repeat_samples_per_second"] = sps
-    row["samples_per_second"] = statistics.median(sps) if sps else None
     row["repeats_cv"] = (statistics.stdev(sps) / statistics.mean(sps)) if len(sps) > 1 else None
     steps = [x for r in ok for x in (r["step_times_s"] or [])]
     st = stats.summarize(steps)
     bs = row["batch_size"]
+    # the pooled steady throughput of every run's timed steps, with the interval of that same figure
+    row["samples_per_second"] = bs * len(steps) / sum(steps) if steps and sum(steps) > 0 else None
+    ci = stats.throughput_ci(steps, bs)
     row.update(
         step_times_s=steps,
         step_time_median_s=st["median"],
@@ -80,8 +78,8 @@ def combine_one(runs: list[dict[str, Any]]) -> dict[str, Any]:
         step_time_cv=st["cv"],
         step_time_outliers=st["outliers"],
         steps_timed=len(steps),
-        samples_per_second_ci_low=bs / st["ci_high"] if st["ci_high"] else None,
-        samples_per_second_ci_high=bs / st["ci_low"] if st["ci_low"] else None,
+        samples_per_second_ci_low=ci[0],
+        samples_per_second_ci_high=ci[1],
     )
     row["noisy"] = bool((st["cv"] or 0) > stats.NOISE_CV or (row["repeats_cv"] or 0) > stats.NOISE_CV)
     latencies = [x for r in ok for x in (r["inference_times_ms"] or [])]
@@ -94,6 +92,17 @@ def combine_one(runs: list[dict[str, Any]]) -> dict[str, Any]:
             inference_latency_p50_ms=p["p50_ms"],
             inference_latency_p95_ms=p["p95_ms"],
             inference_latency_p99_ms=p["p99_ms"],
+        )
+    b1 = [x for r in ok for x in (r["inference_b1_times_ms"] or [])]
+    if b1:
+        p = stats.percentiles_ms([x / 1e3 for x in b1])
+        row.update(
+            inference_b1_times_ms=b1,
+            inference_b1_runs=len(b1),
+            inference_b1_latency_mean_ms=p["mean_ms"],
+            inference_b1_latency_p50_ms=p["p50_ms"],
+            inference_b1_latency_p95_ms=p["p95_ms"],
+            inference_b1_latency_p99_ms=p["p99_ms"],
         )
     for key in MAX_OF:
         values = [r[key] for r in ok if r[key] is not None]

@@ -22,10 +22,6 @@ def _last(events: list[dict[str, Any]], kind: str) -> dict[str, Any]:
     return next((e for e in reversed(events) if e["event"] == kind), {})
 
 
-def _throughput(batch_size: int, step_s: float | None) -> float | None:
-    return batch_size / step_s if step_s else None
-
-
 def build(
     cell: Cell, run_name: str, outcome: Outcome, env: dict[str, Any], env_flags: dict[str, str], repeat: int = 0
 ) -> dict[str, Any]:
@@ -42,6 +38,7 @@ def build(
     steady = stats.steady_throughput(steps.get("warmup_s", []), steps.get("step_s", []), cell.batch_size)
     start, warm, step_s = steady["start"], steady["warmup"], steady["timed"]
     st = stats.summarize(step_s)
+    ci = stats.throughput_ci(step_s, cell.batch_size) if ok else (None, None)
     mon = outcome.monitor
     on_gpu = cell.device.startswith("cuda")
     worker_rss = memory.get("host_peak_rss_bytes")
@@ -91,8 +88,8 @@ def build(
         "train_time_per_epoch": (sum(e["train_s"] for e in epochs) / len(epochs)) if epochs else None,
         "total_train_time": sum(e["train_s"] for e in epochs) if epochs else None,
         "samples_per_second": steady["samples_per_second"] if ok else None,
-        "samples_per_second_ci_low": _throughput(cell.batch_size, st["ci_high"]),
-        "samples_per_second_ci_high": _throughput(cell.batch_size, st["ci_low"]),
+        "samples_per_second_ci_low": ci[0],
+        "samples_per_second_ci_high": ci[1],
         "step_time_median_s": st["median"],
         "step_time_mean_s": st["mean"],
         "step_time_min_s": st["min"],

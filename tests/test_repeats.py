@@ -36,9 +36,11 @@ def _run(repeat: int, sps: float, steps: list[float], status: str = "ok") -> dic
     return r
 
 
-def test_combine_takes_the_median_run_and_pools_the_samples() -> None:
+def test_combine_pools_the_runs_steps() -> None:
     row = combine_one([_run(1, 110.0, [0.09] * 6), _run(0, 100.0, [0.1] * 6), _run(2, 90.0, [0.11] * 6)])
-    assert row["repeats"] == 3 and row["samples_per_second"] == 100.0
+    # the pooled figure: 18 steps of batch 10 over 6 x (0.09 + 0.1 + 0.11) = 1.8 s; its CI contains it
+    assert row["repeats"] == 3 and row["samples_per_second"] == pytest.approx(100.0)
+    assert row["samples_per_second_ci_low"] < 100.0 < row["samples_per_second_ci_high"]
     assert row["repeat_samples_per_second"] == [100.0, 110.0, 90.0]  # in repeat order
     assert row["repeats_cv"] == pytest.approx(10.0 / 100.0)  # stdev(100, 110, 90) = 10
     assert row["steps_timed"] == 18 and row["step_time_median_s"] == pytest.approx(0.1)
@@ -49,7 +51,7 @@ def test_combine_takes_the_median_run_and_pools_the_samples() -> None:
 def test_a_failed_repeat_marks_the_cell() -> None:
     row = combine_one([_run(0, 100.0, [0.1] * 6), _run(1, 0.0, [], status="crashed")])
     assert row["status"] == "crashed" and row["reason"] == "repeat 2 of 2: boom"
-    assert row["samples_per_second"] == 100.0 and row["repeats"] == 2
+    assert row["samples_per_second"] == pytest.approx(100.0) and row["repeats"] == 2
 
 
 @pytest.mark.e2e

@@ -158,3 +158,26 @@ def test_compare_statistics() -> None:
     acc = compare.METRICS[-1]
     assert compare.compare_metric(acc, a, dict(a, final_val_accuracy=0.80), 0.01, 0.05).verdict == "regression"
     assert compare.compare_metric(acc, a, dict(a, final_val_accuracy=0.89), 0.01, 0.05).verdict == "unchanged"
+
+
+def test_compare_without_raw_samples_uses_the_change_alone() -> None:
+    m = compare.METRICS[0]
+    a, b = row("pytorch", sps=3000.0, step_times_s=[]), row("pytorch", sps=1500.0, step_times_s=[])
+    c = compare.compare_metric(m, a, b, 0.01, 0.05)
+    assert c.p is None and c.verdict == "regression"
+
+
+def test_compare_text_prints_user_text_verbatim(tmp_path) -> None:
+    cmp = compare.Comparison(tmp_path / "[/x]", tmp_path / "b", [], [], ["pytorch [bold]mlp"], {"os": ("[/a]", "b")})
+    out = compare.text(cmp)
+    assert "[/x]" in out and "only in B: pytorch [bold]mlp" in out and "'[/a]' in A" in out
+
+
+def test_memory_is_compared_only_where_measured_the_same_way() -> None:
+    rows = [
+        row("pytorch", peak_memory_mb=100.0, memory_source="allocator"),
+        row("jax", peak_memory_mb=900.0, memory_source="allocator"),
+        row("tensorflow", peak_memory_mb=10.0, memory_source="device in use"),
+    ]
+    rec = headline_of(rows, "memory")
+    assert rec.winner.row["framework"] == "pytorch" and "only cells whose memory is 'allocator'" in rec.note

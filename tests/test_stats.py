@@ -4,6 +4,7 @@ from __future__ import annotations
 
 import math
 
+import numpy as np
 import pytest
 
 from workers.common import stats
@@ -80,3 +81,14 @@ def test_quantile_ci_order_statistics() -> None:
     assert lo is not None and hi is not None and lo < 989.5 < hi
     assert stats.quantile_ci(data, 0.5) == stats.median_ci(data) == (39.0, 60.0)
     assert stats.quantile_ci([], 0.5) == (None, None)
+
+
+def test_throughput_ci_belongs_to_the_figure() -> None:
+    rng = np.random.default_rng(1)
+    steps = list(rng.lognormal(np.log(0.01), 0.4, 300))  # right-skewed, like real step times
+    figure = 32 * len(steps) / sum(steps)
+    lo, hi = stats.throughput_ci(steps, 32)
+    assert lo < figure < hi and (hi - lo) / figure < 0.15
+    assert stats.throughput_ci(steps, 32) == (lo, hi)  # seeded: the same every time
+    assert stats.throughput_ci([0.01] * 10, 32) == pytest.approx((3200.0, 3200.0))
+    assert stats.throughput_ci([0.01], 32) == (None, None)
