@@ -77,6 +77,17 @@ def loaded(r: Row) -> bool:
     return other is not None and other > OTHER_LOAD_PCT
 
 
+def why_untrusted(r: Row) -> str:
+    """Why a cell's timings cannot rank it ('' when they can): its own spread, or other load."""
+    reasons = []
+    if r.get("noisy"):
+        cv = r.get("step_time_cv")
+        reasons.append(f"step-time CV {cv:.0%}" if cv is not None else "step times vary over 10%")
+    if loaded(r):
+        reasons.append(f"other processes used {r['cpu_other_pct']:.0f}% of a core")
+    return ", ".join(reasons)
+
+
 def config_label(r: Row) -> str:
     return f"{r['framework']} {r['precision']} bs{r['batch_size']}"
 
@@ -207,7 +218,7 @@ def recommend_one(rows: list[Row], c: Criterion, model: str, device: str) -> Rec
         clear = False
     else:
         timed = c.key in ("train_throughput", "inference_latency")
-        noisy = [e.label for e in (winner, runner) if timed and (e.row.get("noisy") or loaded(e.row))]
+        noisy = [f"{e.label} ({why_untrusted(e.row)})" for e in (winner, runner) if timed and why_untrusted(e.row)]
         gap = abs(winner.value - runner.value) / abs(runner.value) if runner.value else math.inf
         gap_text = f"{abs(winner.value - runner.value):.1f} points" if c.unit == "%" else f"{gap:.0%}"
         if c.tolerance is not None:
@@ -222,10 +233,7 @@ def recommend_one(rows: list[Row], c: Criterion, model: str, device: str) -> Rec
                 + (f"more than the {c.tolerance:.0%} tolerance" if c.tolerance else "the 95% intervals do not overlap")
             )
         elif noisy:
-            verdict = (
-                f"no clear winner: {', '.join(noisy)} too noisy to rank "
-                f"(step-time CV above 10%, or other processes busy during the cell)"
-            )
+            verdict = f"no clear winner: too noisy to rank: {'; '.join(noisy)}"
         else:
             why = (
                 f"gap under {MEMORY_TOLERANCE:.0%}"
