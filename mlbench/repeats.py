@@ -48,6 +48,14 @@ def _median(values: list[Any]) -> Any:
     return statistics.median(present) if present else None
 
 
+def _cv(values: list[Any]) -> float | None:
+    """Coefficient of variation across runs (None with fewer than two figures)."""
+    present = [v for v in values if v is not None]
+    return (
+        statistics.stdev(present) / statistics.mean(present) if len(present) > 1 and statistics.mean(present) else None
+    )
+
+
 def combine_one(runs: list[dict[str, Any]]) -> dict[str, Any]:
     """One cell's runs (in repeat order) -> the combined row."""
     runs = sorted(runs, key=lambda r: r["repeat"])
@@ -62,7 +70,9 @@ def combine_one(runs: list[dict[str, Any]]) -> dict[str, Any]:
         return row
     sps = [r["samples_per_second"] for r in ok if r["samples_per_second"] is not None]
     row["repeat_samples_per_second"] = sps
-    row["repeats_cv"] = (statistics.stdev(sps) / statistics.mean(sps)) if len(sps) > 1 else None
+    row["repeats_cv"] = _cv(sps)
+    row["repeats_latency_cv"] = _cv([r["inference_latency_p50_ms"] for r in ok])
+    row["repeats_b1_latency_cv"] = _cv([r["inference_b1_latency_p50_ms"] for r in ok])
     steps = [x for r in ok for x in (r["step_times_s"] or [])]
     st = stats.summarize(steps)
     bs = row["batch_size"]

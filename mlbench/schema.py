@@ -45,6 +45,8 @@ COLUMNS: list[tuple[str, pa.DataType, str]] = [
     ("repeats", I, "runs of the cell combined in this row (repeats.parquet keeps each)"),
     ("repeat_samples_per_second", pa.list_(F), "throughput of each combined run"),
     ("repeats_cv", F, "coefficient of variation of throughput across the combined runs"),
+    ("repeats_latency_cv", F, "coefficient of variation of the inference p50 latency across the combined runs"),
+    ("repeats_b1_latency_cv", F, "coefficient of variation of the batch-1 p50 latency across the combined runs"),
     ("status", S, "ok, failed, oom, timeout, crashed or skipped"),
     ("reason", S, "one line saying why, for every status but ok"),
     ("exit_code", I, "the worker's exit status (negative: the signal that ended it)"),

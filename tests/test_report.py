@@ -181,3 +181,14 @@ def test_memory_is_compared_only_where_measured_the_same_way() -> None:
     ]
     rec = headline_of(rows, "memory")
     assert rec.winner.row["framework"] == "pytorch" and "only cells whose memory is 'allocator'" in rec.note
+
+
+def test_compare_threshold_follows_each_figures_run_to_run_variation() -> None:
+    rng = np.random.default_rng(2)
+    lat = compare.METRICS[1]
+    a = row("pytorch", inference_latency_p50_ms=1.0, inference_times_ms=list(rng.normal(1.0, 0.01, 60)))
+    b = row("pytorch", inference_latency_p50_ms=1.5, inference_times_ms=list(rng.normal(1.5, 0.01, 60)))
+    assert compare.compare_metric(lat, a, b, 0.01, 0.05).verdict == "regression"
+    # runs of the same cell that differ by 30% (CV across repeats): a 50% change is within twice that
+    noisy = compare.compare_metric(lat, dict(a, repeats_latency_cv=0.3), b, 0.01, 0.05)
+    assert noisy.verdict == "unchanged" and noisy.threshold == pytest.approx(0.6)
