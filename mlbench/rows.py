@@ -73,6 +73,8 @@ def build(
         "repeats": 1,
         "repeat_samples_per_second": [],
         "repeats_cv": None,
+        "repeats_latency_cv": None,
+        "repeats_b1_latency_cv": None,
         "status": outcome.status,
         "reason": outcome.reason,
         "exit_code": outcome.exit_code,
