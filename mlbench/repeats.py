@@ -92,28 +92,12 @@ def combine_one(runs: list[dict[str, Any]]) -> dict[str, Any]:
         samples_per_second_ci_high=ci[1],
     )
     row["noisy"] = bool((st["cv"] or 0) > stats.NOISE_CV or (row["repeats_cv"] or 0) > stats.NOISE_CV)
-    latencies = [x for r in ok for x in (r["inference_times_ms"] or [])]
-    if latencies:
-        p = stats.percentiles_ms([x / 1e3 for x in latencies])
-        row.update(
-            inference_times_ms=latencies,
-            inference_runs=len(latencies),
-            inference_latency_mean_ms=p["mean_ms"],
-            inference_latency_p50_ms=p["p50_ms"],
-            inference_latency_p95_ms=p["p95_ms"],
-            inference_latency_p99_ms=p["p99_ms"],
-        )
-    b1 = [x for r in ok for x in (r["inference_b1_times_ms"] or [])]
-    if b1:
-        p = stats.percentiles_ms([x / 1e3 for x in b1])
-        row.update(
-            inference_b1_times_ms=b1,
-            inference_b1_runs=len(b1),
-            inference_b1_latency_mean_ms=p["mean_ms"],
-            inference_b1_latency_p50_ms=p["p50_ms"],
-            inference_b1_latency_p95_ms=p["p95_ms"],
-            inference_b1_latency_p99_ms=p["p99_ms"],
-        )
+    for prefix in ("inference", "inference_b1"):  # pooled latency samples, at the cell's batch size and at 1
+        pooled = [x for r in ok for x in (r[f"{prefix}_times_ms"] or [])]
+        if pooled:
+            p = stats.percentiles_ms([x / 1e3 for x in pooled])
+            row[f"{prefix}_times_ms"], row[f"{prefix}_runs"] = pooled, len(pooled)
+            row.update({f"{prefix}_latency_{q}": p[q] for q in ("mean_ms", "p50_ms", "p95_ms", "p99_ms")})
     for key in MAX_OF:
         values = [r[key] for r in ok if r[key] is not None]
         row[key] = max(values) if values else None
