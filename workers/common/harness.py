@@ -10,6 +10,7 @@ size on disk, and the events. Each backend call returns only after its device wo
 from __future__ import annotations
 
 import dataclasses
+import itertools
 import os
 import resource
 import tempfile
@@ -272,10 +273,9 @@ def verify(backend: Backend, spec: ModelSpec, ds: datasets.Dataset, cell: dict[s
     if ds.layout == "NHWC":  # compare in the canonical NCHW layout
         acts = {k: (np.transpose(v, (0, 3, 1, 2)) if v.ndim == 4 else v) for k, v in acts.items()}
     logits = backend.logits(x)
+    batches = list(itertools.islice(datasets.train_batches(ds, opts["batch"], cell["seed"], 0), opts["steps"]))
     losses, fingerprint = [], {}
-    for i, (xb, yb) in enumerate(datasets.train_batches(ds, opts["batch"], cell["seed"], 0)):
-        if i == opts["steps"]:
-            break
+    for i, (xb, yb) in enumerate(batches):
         losses.append(backend.train_step(xb, yb)[0])
         if i == 0:  # the first update, from identical weights: a direct check of the gradients
             fingerprint = update_fingerprint(weights, backend.export(), [k for k, p in params.items() if p.trainable])
@@ -283,10 +283,7 @@ def verify(backend: Backend, spec: ModelSpec, ds: datasets.Dataset, cell: dict[s
     if opts.get("recipe_optimizer"):  # the same steps again with the model's own optimizer (momentum, AdamW)
         recipe = OptimizerSpec(**{**opts["recipe_optimizer"], "total_steps": opts["steps"]})
         backend.build(dataclasses.replace(spec, optimizer=recipe), weights)
-        for i, (xb, yb) in enumerate(datasets.train_batches(ds, opts["batch"], cell["seed"], 0)):
-            if i == opts["steps"]:
-                break
-            recipe_losses.append(backend.train_step(xb, yb)[0])
+        recipe_losses = [backend.train_step(xb, yb)[0] for xb, yb in batches]
     path = os.path.join(cell["verify_dir"], f"{backend.framework}-{cell['model']}.npz")
     np.savez(path, logits=logits, **{f"act:{k}": np.asarray(v, np.float32) for k, v in acts.items()})
     em.emit(
