@@ -10,6 +10,7 @@ from dataclasses import dataclass
 from typing import Any
 
 from mlbench.config import CELL_AXES, ConfigError, Suite
+from workers.common import data as datasets
 from workers.common import specs
 
 
@@ -43,19 +44,23 @@ class Cell:
 
 def make_cell(suite: Suite, framework: str, model: str, device: str, precision: str, batch_size: int) -> Cell:
     """One cell of a suite."""
+    model_spec = specs.get_spec(model, suite.model_overrides.get(model))
+    family = model_spec.family
     spec = {
         "framework": framework,
         "worker": suite.worker_module(framework),
         "model": model,
         "model_overrides": suite.model_overrides.get(model, {}),
         # the resolved architecture and recipe: a changed default in a new mlbench changes the id too
-        "model_spec": specs.spec_dict(specs.get_spec(model, suite.model_overrides.get(model))),
+        "model_spec": specs.spec_dict(model_spec),
         "device": device,
         "precision": precision,
         "batch_size": batch_size,
         "epochs": suite.epochs,
         "seed": suite.seed,
         "dataset": suite.dataset.model_dump(),
+        # how synthetic data is made: a changed generator makes different data, so a new cell
+        "data_generator": datasets.GENERATOR[family] if suite.dataset.name == "synthetic" else None,
         "warmup_steps": suite.warmup_steps,
         "inference": suite.inference.model_dump(),
         "compile": suite.compile,

@@ -74,6 +74,15 @@ def test_overrides_only_touch_their_model() -> None:
     assert base["mlp"] == over["mlp"] and base["bert"] != over["bert"]
 
 
+def test_a_changed_data_generator_changes_only_its_family_cells(monkeypatch) -> None:
+    from workers.common import data
+
+    base = {c.model: c.cell_id for c in expand(grid(models=["mlp", "bert"]))}
+    monkeypatch.setitem(data.GENERATOR, "tokens", {**data.GENERATOR["tokens"], "background": 64})
+    changed = {c.model: c.cell_id for c in expand(grid(models=["mlp", "bert"]))}
+    assert base["mlp"] == changed["mlp"] and base["bert"] != changed["bert"]
+
+
 def test_filters_narrow_and_refuse_values_outside_the_grid() -> None:
     s = grid(frameworks=["pytorch", "jax"], models=["mlp", "bert"], devices=["cpu", "cuda:0,1"])
     cells = expand(s, {"framework": ["jax"], "device": ["cuda:0,1"]})

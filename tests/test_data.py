@@ -33,6 +33,18 @@ def test_tokens_start_with_the_classification_token(tmp_path) -> None:
     spec = get_spec("bert")
     d = data.make_synthetic("tokens", input_spec(spec), 32, 8, 0)
     assert (d["x_train"][:, 0] == 0).all() and d["x_train"].max() < spec.vocab_size
+    # every label's markers outnumber the other class's; the background comes from a few hundred ids
+    markers = 2 * data.TOKEN_MARKERS
+    x, y = d["x_train"], d["y_train"]
+    assert ((x >= 1) & (x <= markers)).sum(axis=1).tolist() == [data.TOKEN_OWN + data.TOKEN_OTHER] * len(y)
+    assert len(np.unique(x[x > markers])) <= data.TOKEN_BACKGROUND
+
+
+def test_the_dataset_key_follows_its_own_family_generator(monkeypatch) -> None:
+    keys = {m: data.dataset_key(DS, get_spec(m).family, input_spec(get_spec(m)), 0) for m in ("mlp", "bert")}
+    monkeypatch.setitem(data.GENERATOR, "tokens", {**data.GENERATOR["tokens"], "own": 8})
+    assert data.dataset_key(DS, "tabular", input_spec(get_spec("mlp")), 0) == keys["mlp"]
+    assert data.dataset_key(DS, "tokens", input_spec(get_spec("bert")), 0) != keys["bert"]
 
 
 def test_batch_order_is_seed_stable_and_covers_the_epoch(tmp_path) -> None:
