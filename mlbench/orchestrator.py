@@ -111,15 +111,22 @@ def run_suite(
             torn.unlink(missing_ok=True)
         todo, already = cells_to_run(suite, cells, run_dir, resume, retry_failed)
         summary = RunSummary(run_dir, already_stored=already)
-        if suite.verify and todo and not (resume and (run_dir / "verify.json").is_file()):
+        # verify the models about to run (all the suite's frameworks: parity is between them), except
+        # those this run folder already holds a verdict for when resuming
+        stored = verify.load(run_dir)
+        to_verify = [
+            m
+            for m in suite.models
+            if any(u.cell.model == m for u in todo) and not (resume and any(c.model == m for c in stored))
+        ]
+        if suite.verify and to_verify:
             print(
-                f"verify: checking {len(suite.models)} model(s) in {len(suite.frameworks)} framework(s) "
-                "before timing ...",
+                f"verify: checking {len(to_verify)} model(s) in {len(suite.frameworks)} framework(s) before timing ...",
                 file=sys.stderr,
                 flush=True,
             )
             checks = verify.run(
-                suite.models,
+                to_verify,
                 suite.frameworks,
                 run_dir,
                 workers=suite.workers,
@@ -127,6 +134,9 @@ def run_suite(
                 seed=suite.seed,
                 timeout_s=suite.timeout_s,
             )
+            kept = [c for c in stored if c.model not in to_verify]  # the verdicts of other models' cells
+            if kept:
+                verify.save(run_dir, kept + checks)
             failed = [f"{c.model}/{c.framework}: {c.problems[0]}" for c in checks if c.status != "ok"]
             print(
                 f"verify: {len(checks) - len(failed)} of {len(checks)} checks passed"

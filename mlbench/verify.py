@@ -228,11 +228,15 @@ def run(
             else:
                 check = compare(model, fw, reference[0], event, reference[1], arrays, reference[2], probe)
             checks.append(check)
+    save(run_dir, checks)
+    return checks
+
+
+def save(run_dir: Path, checks: list[Check]) -> None:
     store.atomic_write(
         run_dir / "verify.json",
         lambda p: p.write_text(json.dumps([asdict(c) for c in checks], indent=1), encoding="utf-8"),
     )
-    return checks
 
 
 def verdicts(checks: list[Check]) -> dict[str, tuple[bool, str]]:

@@ -133,6 +133,22 @@ def test_a_config_change_reruns_only_the_cells_it_changed(real_run) -> None:
     assert df.set_index(["model_name", "precision"]).loc[("mlp", "fp32")].num_parameters == 784 * 32 + 32 + 32 * 10 + 10
 
 
+def test_verify_covers_the_models_about_to_run_and_resume_keeps_earlier_verdicts(tmp_path: Path) -> None:
+    suite = suite_dict(models=["mlp", "bert"], model_overrides={"bert": SMALL["bert"]}, verify=True)
+    (tmp_path / "s.yaml").write_text(yaml.safe_dump(suite))
+    stored = tmp_path / "runs" / "t" / "verify.json"
+    proc = cli("run", "s.yaml", "--runs-dir", "runs", "--models", "mlp", cwd=tmp_path)
+    assert proc.returncode == 0 and "verify: checking 1 model(s)" in proc.stderr, proc.stderr
+    assert [c["model"] for c in json.loads(stored.read_text())] == ["mlp"]
+    proc = cli("run", "s.yaml", "--runs-dir", "runs", "--resume", cwd=tmp_path)  # now bert: mlp's verdict stays
+    assert proc.returncode == 0 and "verify: checking 1 model(s)" in proc.stderr, proc.stderr
+    assert sorted(c["model"] for c in json.loads(stored.read_text())) == ["bert", "mlp"]
+    df = pd.read_parquet(tmp_path / "runs" / "t" / "results.parquet")
+    assert df.verify_passed.tolist() == [True, True], df[["model_name", "verify_passed", "verify_detail"]]
+    proc = cli("run", "s.yaml", "--runs-dir", "runs", "--resume", cwd=tmp_path)  # nothing to run, nothing to verify
+    assert proc.returncode == 0 and "verify:" not in proc.stderr, proc.stderr
+
+
 def test_worker_run_by_hand_prints_the_same_events(tmp_path: Path) -> None:
     proc = subprocess.run(
         by_hand("workers.pytorch_worker", tmp_path),
