@@ -1,7 +1,7 @@
 """Idiomatic hand-written training loops, one per framework, as an expert would time them.
 
-Same model (the workers' definitions, the same canonical initial weights), same optimizer, same
-batches; no harness: batches prepared up front, no per-step host read-back, one device sync at the
+Same model (the workers' definitions, the same canonical initial weights), the same optimizer and
+learning-rate schedule (the workers' own builders), same batches; no harness: batches prepared up front, no per-step host read-back, one device sync at the
 end of the timed steps. Prints one JSON line: {"samples_per_second": ...}.
 
     python -m bench.handwritten --framework jax --model resnet18 --batch-size 64 --steps 20
@@ -17,7 +17,7 @@ import time
 import numpy as np
 
 from workers.common import data
-from workers.common.specs import get_spec, input_spec
+from workers.common.specs import get_spec, input_spec, with_total_steps
 from workers.common.weights import initial_weights
 
 
@@ -42,18 +42,13 @@ def torch_loop(model: str, bs: int, warmup: int, steps: int) -> float:
     import torch.nn.functional as F
 
     from workers.pytorch_worker import models
+    from workers.pytorch_worker.backend import make_optimizer
 
-    spec = get_spec(model)
+    spec = with_total_steps(get_spec(model), warmup + steps)
     net = models.build(spec)
     models.load_canonical(net, initial_weights(spec, 0))
-    o = spec.optimizer
-    opt = (
-        torch.optim.SGD(net.parameters(), lr=o.lr, momentum=o.momentum, weight_decay=o.weight_decay)
-        if o.name == "sgd"
-        else torch.optim.AdamW(
-            net.parameters(), lr=o.lr, betas=(o.beta1, o.beta2), eps=o.eps, weight_decay=o.weight_decay
-        )
-    )
+    opt = make_optimizer(net.parameters(), spec.optimizer)  # torch.optim.SGD or AdamW, as the worker's
+    sched = torch.optim.lr_scheduler.LambdaLR(opt, spec.optimizer.lr_factor)
     host = batches(model, bs, min(steps, 16), "NCHW")
     data_ = [
         (torch.from_numpy(x).long() if x.dtype == np.int32 else torch.from_numpy(x), torch.from_numpy(y).long())
@@ -66,6 +61,7 @@ def torch_loop(model: str, bs: int, warmup: int, steps: int) -> float:
         loss = F.cross_entropy(net(x), y)
         loss.backward()
         opt.step()
+        sched.step()
         return loss
 
     for i in range(warmup):
@@ -85,7 +81,7 @@ def tf_loop(model: str, bs: int, warmup: int, steps: int) -> float:
     from workers.tensorflow_worker import models
     from workers.tensorflow_worker.backend import make_optimizer
 
-    spec = get_spec(model)
+    spec = with_total_steps(get_spec(model), warmup + steps)
     net = models.build(spec)
     models.load_canonical(net, spec, initial_weights(spec, 0))
     o = spec.optimizer
@@ -125,7 +121,7 @@ def jax_loop(model: str, bs: int, warmup: int, steps: int) -> float:
     from workers.jax_worker import models
     from workers.jax_worker.backend import make_optimizer
 
-    spec = get_spec(model)
+    spec = with_total_steps(get_spec(model), warmup + steps)
     net = models.build(spec)
     host = batches(model, bs, min(steps, 16), "NHWC")
     like = jax.eval_shape(lambda: net.init(jax.random.PRNGKey(0), jnp.asarray(host[0][0][:1]), train=False))
