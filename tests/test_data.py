@@ -58,6 +58,19 @@ def test_batch_order_is_seed_stable_and_covers_the_epoch(tmp_path) -> None:
     assert [len(y) for _, y in val] == [10, 6]  # every validation sample, once
 
 
+def test_each_batch_is_its_slice_of_the_epoch_order_gathered_once(tmp_path) -> None:
+    spec = get_spec("mlp")
+    ds = data.load(DS, spec.family, input_spec(spec), 0, str(tmp_path))
+    feed = data.BatchFeed(ds, 16)
+    assert len(feed) == 4
+    for epoch in (2, 3):  # the second epoch refills the same arrays
+        order = data.epoch_order(64, 0, epoch)
+        for i, (x, y) in enumerate(feed.epoch(0, epoch)):
+            idx = np.sort(order[i * 16 : (i + 1) * 16])
+            assert np.array_equal(x, ds.x_train[idx]) and np.array_equal(y, ds.y_train[idx])
+            assert x.base is feed.x  # a view of the epoch's one gather, not a copy per step
+
+
 def test_image_inputs_are_normalised_floats(tmp_path) -> None:
     spec = get_spec("resnet18")
     ds = data.load(DS, spec.family, input_spec(spec), 0, str(tmp_path))

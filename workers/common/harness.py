@@ -106,12 +106,15 @@ def train(backend: Backend, ds: datasets.Dataset, cell: dict[str, Any], em: Emit
     epochs, global_step = [], 0
     total_train_s = total_eval_s = 0.0
     target, reached = cell.get("target_accuracy"), None  # time to accuracy: training and evaluation time
+    feed = datasets.BatchFeed(ds, bs)
     for epoch in range(cell["epochs"]):
-        loss_sum, correct, seen, data_s = 0.0, 0, 0, 0.0
+        loss_sum, correct, seen = 0.0, 0, 0
         window_start = None
         t_epoch = time.perf_counter()
-        t_prev = t_epoch
-        for x_host, y_host in datasets.train_batches(ds, bs, seed, epoch):
+        batches = feed.epoch(seed, epoch)  # the epoch gathered in batch order, before the step timers
+        t_prev = time.perf_counter()
+        data_s = t_prev - t_epoch
+        for x_host, y_host in batches:
             t_data = time.perf_counter()
             loss, n_correct = backend.train_step(x_host, y_host)
             t_end = time.perf_counter()
