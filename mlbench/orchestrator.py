@@ -104,6 +104,7 @@ def run_suite(
         except OSError as exc:
             raise store.StoreError(f"cannot use the run folder {run_dir}: {exc.strerror or exc}") from None
         env = environment.capture()
+        store.preload()
         store.atomic_write(run_dir / SUITE_FILE, lambda p: p.write_text(suite.model_dump_json(indent=1)))
         store.atomic_write(run_dir / ENV_FILE, lambda p: p.write_text(json.dumps(env, indent=1, default=str)))
         _reap_stale_workers(run_dir)
