@@ -139,11 +139,14 @@ class JaxBackend:
             )
             logits = logits.astype(jnp.float32)
             loss = optax.softmax_cross_entropy_with_integer_labels(logits, y).mean()
-            return loss * state.loss_scale, (loss, logits, updates)
+            return (loss * state.loss_scale if scaled else loss), (loss, logits, updates)
 
+        # loss scaling only in fp16: elsewhere the scale is 1 and unscaling would be a wasted pass over
+        # every gradient (XLA cannot fold a traced 1.0 away)
+        scaled = self.precision == "fp16"
         grads, (loss, logits, updates) = jax.grad(loss_fn, has_aux=True)(state.params)
-        grads = jax.tree_util.tree_map(lambda g: g / state.loss_scale, grads)
-        if self.precision == "fp16":  # dynamic loss scaling: skip the step and halve on overflow
+        if scaled:  # dynamic loss scaling: skip the step and halve on overflow
+            grads = jax.tree_util.tree_map(lambda g: g / state.loss_scale, grads)
             finite = jnp.all(jnp.asarray([jnp.all(jnp.isfinite(g)) for g in jax.tree_util.tree_leaves(grads)]))
         else:
             finite = jnp.asarray(True)
