@@ -35,7 +35,7 @@ test: venv browser
 test-fast: venv  ## unit tests only
 	$(BIN)/python -m pytest -q -m "not e2e"
 
-bench: venv  ## fidelity: mlbench vs hand-written loops per framework and model (about an hour on 2 cores)
+bench: venv  ## fidelity: mlbench vs hand-written loops per framework and model (about 30 minutes at 3 rounds on 2 cores)
 	$(BIN)/python -m bench.fidelity $(ARGS)
 
 lint: venv
