@@ -9,7 +9,7 @@ import time
 from workers.common.cli import main
 from workers.common.harness import import_backend
 
-DELAY_S = 0.020  # a 5 ms MLP step becomes 25 ms: far outside this machine's run-to-run drift
+DELAY_S = 0.040  # a 5 ms MLP step becomes 45 ms (-89%): far outside this machine's run-to-run drift
 
 
 def _load(cell):

@@ -38,8 +38,10 @@ def runs(tmp_path_factory) -> Path:
     return tmp
 
 
-# the practical threshold for this machine: runs of one cell drift by up to ~30% between processes
-MIN_CHANGE = "0.3"
+# the practical threshold for this machine: two runs of one cell minutes apart have differed by
+# -31% throughput and +34% latency with each run's own repeats within 15% (a clean-clone CI run
+# failed at 0.3). The planted slowdown (-89% throughput) stays far beyond it.
+MIN_CHANGE = "0.6"
 
 
 def test_two_runs_of_the_same_code_pass(runs: Path) -> None:
