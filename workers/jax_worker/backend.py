@@ -131,6 +131,9 @@ class JaxBackend:
     def _train_step(self, state: TrainState, x: jax.Array, y: jax.Array) -> tuple[TrainState, jax.Array, jax.Array]:
         rng = jax.random.fold_in(self.rng, state.step)
         has_bn = bool(state.batch_stats)
+        # loss scaling only in fp16: elsewhere the scale is 1 and unscaling would be a wasted pass over
+        # every gradient (XLA cannot fold a traced 1.0 away)
+        scaled = self.precision == "fp16"
 
         def loss_fn(params: Any) -> tuple[jax.Array, tuple[jax.Array, jax.Array, Any]]:
             variables = {"params": params, **({"batch_stats": state.batch_stats} if has_bn else {})}
@@ -141,9 +144,6 @@ class JaxBackend:
             loss = optax.softmax_cross_entropy_with_integer_labels(logits, y).mean()
             return (loss * state.loss_scale if scaled else loss), (loss, logits, updates)
 
-        # loss scaling only in fp16: elsewhere the scale is 1 and unscaling would be a wasted pass over
-        # every gradient (XLA cannot fold a traced 1.0 away)
-        scaled = self.precision == "fp16"
         grads, (loss, logits, updates) = jax.grad(loss_fn, has_aux=True)(state.params)
         if scaled:  # dynamic loss scaling: skip the step and halve on overflow
             grads = jax.tree_util.tree_map(lambda g: g / state.loss_scale, grads)
