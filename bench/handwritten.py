@@ -13,12 +13,16 @@ import argparse
 import json
 import os
 import time
+from collections.abc import Callable
 
 import numpy as np
 
 from workers.common import data
 from workers.common.specs import get_spec, input_spec, with_total_steps
 from workers.common.weights import initial_weights
+
+# A loop set up and ready: run(n) runs its next n steps, waits for the device, returns the seconds.
+Block = Callable[[int], float]
 
 
 def batches(model: str, batch_size: int, n: int, layout: str, seed: int = 0) -> list[tuple[np.ndarray, np.ndarray]]:
@@ -37,19 +41,19 @@ def batches(model: str, batch_size: int, n: int, layout: str, seed: int = 0) -> 
     ]
 
 
-def torch_loop(model: str, bs: int, warmup: int, steps: int) -> float:
+def torch_loop(model: str, bs: int, total_steps: int) -> Block:
     import torch
     import torch.nn.functional as F
 
     from workers.pytorch_worker import models
     from workers.pytorch_worker.backend import make_optimizer
 
-    spec = with_total_steps(get_spec(model), warmup + steps)
+    spec = with_total_steps(get_spec(model), total_steps)
     net = models.build(spec)
     models.load_canonical(net, initial_weights(spec, 0))
     opt = make_optimizer(net.parameters(), spec.optimizer)  # torch.optim.SGD or AdamW, as the worker's
     sched = torch.optim.lr_scheduler.LambdaLR(opt, spec.optimizer.lr_factor)
-    host = batches(model, bs, min(steps, 16), "NCHW")
+    host = batches(model, bs, min(total_steps, 16), "NCHW")
     data_ = [
         (torch.from_numpy(x).long() if x.dtype == np.int32 else torch.from_numpy(x), torch.from_numpy(y).long())
         for x, y in host
@@ -64,16 +68,21 @@ def torch_loop(model: str, bs: int, warmup: int, steps: int) -> float:
         sched.step()
         return loss
 
-    for i in range(warmup):
-        step(*data_[i % len(data_)])
-    t0 = time.perf_counter()
-    for i in range(steps):
-        loss = step(*data_[i % len(data_)])
-    loss.item()  # the only sync
-    return bs * steps / (time.perf_counter() - t0)
+    done = 0
+
+    def run(n: int) -> float:
+        nonlocal done
+        t0 = time.perf_counter()
+        for i in range(done, done + n):
+            loss = step(*data_[i % len(data_)])
+        loss.item()  # the only sync
+        done += n
+        return time.perf_counter() - t0
+
+    return run
 
 
-def tf_loop(model: str, bs: int, warmup: int, steps: int) -> float:
+def tf_loop(model: str, bs: int, total_steps: int) -> Block:
     os.environ.setdefault("TF_CPP_MIN_LOG_LEVEL", "2")
     import keras
     import tensorflow as tf
@@ -81,14 +90,14 @@ def tf_loop(model: str, bs: int, warmup: int, steps: int) -> float:
     from workers.tensorflow_worker import models
     from workers.tensorflow_worker.backend import make_optimizer
 
-    spec = with_total_steps(get_spec(model), warmup + steps)
+    spec = with_total_steps(get_spec(model), total_steps)
     net = models.build(spec)
     models.load_canonical(net, spec, initial_weights(spec, 0))
     o = spec.optimizer
     opt = make_optimizer(o)  # Keras SGD, or AdamW with PyTorch's epsilon: the same math as the others
     l2 = o.weight_decay if o.name == "sgd" else 0.0
     loss_fn = keras.losses.SparseCategoricalCrossentropy(from_logits=True)
-    data_ = [(tf.constant(x), tf.constant(y)) for x, y in batches(model, bs, min(steps, 16), "NHWC")]
+    data_ = [(tf.constant(x), tf.constant(y)) for x, y in batches(model, bs, min(total_steps, 16), "NHWC")]
 
     @tf.function
     def step(x: tf.Tensor, y: tf.Tensor) -> tf.Tensor:
@@ -103,16 +112,21 @@ def tf_loop(model: str, bs: int, warmup: int, steps: int) -> float:
         opt.apply_gradients(zip(grads, net.trainable_variables))
         return loss
 
-    for i in range(warmup):
-        step(*data_[i % len(data_)])
-    t0 = time.perf_counter()
-    for i in range(steps):
-        loss = step(*data_[i % len(data_)])
-    loss.numpy()
-    return bs * steps / (time.perf_counter() - t0)
+    done = 0
+
+    def run(n: int) -> float:
+        nonlocal done
+        t0 = time.perf_counter()
+        for i in range(done, done + n):
+            loss = step(*data_[i % len(data_)])
+        loss.numpy()
+        done += n
+        return time.perf_counter() - t0
+
+    return run
 
 
-def jax_loop(model: str, bs: int, warmup: int, steps: int) -> float:
+def jax_loop(model: str, bs: int, total_steps: int) -> Block:
     import flax
     import jax
     import jax.numpy as jnp
@@ -121,9 +135,9 @@ def jax_loop(model: str, bs: int, warmup: int, steps: int) -> float:
     from workers.jax_worker import models
     from workers.jax_worker.backend import make_optimizer
 
-    spec = with_total_steps(get_spec(model), warmup + steps)
+    spec = with_total_steps(get_spec(model), total_steps)
     net = models.build(spec)
-    host = batches(model, bs, min(steps, 16), "NHWC")
+    host = batches(model, bs, min(total_steps, 16), "NHWC")
     like = jax.eval_shape(lambda: net.init(jax.random.PRNGKey(0), jnp.asarray(host[0][0][:1]), train=False))
     variables = models.from_canonical(spec, initial_weights(spec, 0), flax.core.unfreeze(like))
     params, stats = variables["params"], variables.get("batch_stats", {})
@@ -143,21 +157,30 @@ def jax_loop(model: str, bs: int, warmup: int, steps: int) -> float:
         return optax.apply_updates(params, updates), upd.get("batch_stats", stats), opt_state, loss
 
     rng = jax.random.PRNGKey(0)
-    for i in range(warmup):
-        params, stats, opt_state, loss = step(
-            params, stats, opt_state, *data_[i % len(data_)], jax.random.fold_in(rng, i)
-        )
-    loss.block_until_ready()
-    t0 = time.perf_counter()
-    for i in range(steps):
-        params, stats, opt_state, loss = step(
-            params, stats, opt_state, *data_[i % len(data_)], jax.random.fold_in(rng, i)
-        )
-    loss.block_until_ready()
-    return bs * steps / (time.perf_counter() - t0)
+    done = 0
+
+    def run(n: int) -> float:
+        nonlocal params, stats, opt_state, done
+        t0 = time.perf_counter()
+        for i in range(done, done + n):
+            params, stats, opt_state, loss = step(
+                params, stats, opt_state, *data_[i % len(data_)], jax.random.fold_in(rng, i)
+            )
+        loss.block_until_ready()
+        done += n
+        return time.perf_counter() - t0
+
+    return run
 
 
-LOOPS = {"pytorch": torch_loop, "tensorflow": tf_loop, "jax": jax_loop}
+LOOPS: dict[str, Callable[[str, int, int], Block]] = {"pytorch": torch_loop, "tensorflow": tf_loop, "jax": jax_loop}
+
+
+def throughput(framework: str, model: str, bs: int, warmup: int, steps: int) -> float:
+    """Samples/s of `steps` timed steps after `warmup` untimed ones, in a fresh loop."""
+    run = LOOPS[framework](model, bs, warmup + steps)
+    run(warmup)
+    return bs * steps / run(steps)
 
 
 def main() -> None:
@@ -168,7 +191,7 @@ def main() -> None:
     p.add_argument("--warmup", type=int, default=3)
     p.add_argument("--steps", type=int, default=20)
     a = p.parse_args()
-    sps = LOOPS[a.framework](a.model, a.batch_size, a.warmup, a.steps)
+    sps = throughput(a.framework, a.model, a.batch_size, a.warmup, a.steps)
     print(
         json.dumps({"framework": a.framework, "model": a.model, "batch_size": a.batch_size, "samples_per_second": sps})
     )
