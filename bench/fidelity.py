@@ -3,11 +3,15 @@ the orchestrator itself.
 
 For each framework and model, the same cell runs through `python -m mlbench run` and through
 `bench.handwritten`, alternating which goes first, for several rounds on this machine. It prints
-the ratio of the medians (mlbench samples/s over hand-written samples/s; 1.0 means mlbench's
-measurement costs nothing), the orchestrator's overhead per cell (the cell's wall time through
-the orchestrator minus the worker's own) and the orchestrator's peak memory.
+the geometric mean of the rounds' paired ratios (mlbench samples/s over hand-written samples/s;
+1.0 means mlbench's measurement costs nothing) with its 95% interval and a verdict against the
+target, the orchestrator's overhead per cell (the cell's wall time through the orchestrator minus
+the worker's own) and the orchestrator's peak memory. With `--inprocess` it also runs
+`bench.inprocess`: the harness's loop against the hand-written one in one process, in alternating
+blocks, which isolates the cost of the measurement code from process-to-process noise.
 
-    python -m bench.fidelity [--rounds 3] [--frameworks pytorch,jax] [--models mlp]
+    python -m bench.fidelity [--rounds 3] [--frameworks pytorch,jax] [--models mlp] [--inprocess]
+    python -m bench.fidelity --report runs/bench/fidelity.json   # the report of an earlier run
 """
 
 from __future__ import annotations
@@ -19,9 +23,11 @@ import subprocess
 import sys
 import time
 from pathlib import Path
+from typing import Any
 
 import numpy as np
 import pyarrow.parquet as pq
+import scipy.stats
 import yaml
 
 ROOT = Path(__file__).resolve().parent.parent
@@ -31,6 +37,9 @@ CASES = {"mlp": (256, 300), "resnet18": (64, 15), "bert": (32, 15)}  # model: (b
 EXTRA_ROUNDS = {"mlp": 2}  # rounds x this
 WARMUP = 3
 TARGET = 0.97
+# in one process (`--inprocess`): model: (batch size, steps per timed block), blocks of a few seconds
+INPROCESS = {"mlp": (256, 150), "resnet18": (64, 3), "bert": (32, 4)}
+Case = tuple[str, str]
 
 
 def run_handwritten(framework: str, model: str) -> float:
@@ -98,18 +107,157 @@ def run_mlbench(framework: str, model: str, runs_dir: Path) -> dict[str, float]:
     }
 
 
+def paired_estimate(ratios: list[float]) -> dict[str, Any]:
+    """Geometric mean of paired ratios with a Student-t 95% interval on their logarithms, and what
+    it says about the target: at least, below, or not resolved by this many pairs."""
+    logs = np.log(ratios)
+    n = len(logs)
+    mean = float(logs.mean())
+    if n < 2:
+        lo = hi = None
+        verdict = "one pair: no interval"
+    else:
+        half = float(scipy.stats.t.ppf(0.975, n - 1) * logs.std(ddof=1) / np.sqrt(n))
+        lo, hi = float(np.exp(mean - half)), float(np.exp(mean + half))
+        verdict = f"at least {TARGET}" if lo >= TARGET else f"below {TARGET}" if hi < TARGET else "not resolved"
+    return {"pairs": n, "geometric_mean": float(np.exp(mean)), "ci95": [lo, hi], "verdict": verdict}
+
+
+def summarize(hand: dict[Case, list[float]], ours: dict[Case, list[dict[str, float]]]) -> list[dict[str, Any]]:
+    results = []
+    for (fw, model), h in hand.items():
+        o = ours[(fw, model)]
+        # each round's pair ran back to back: their ratio cancels the machine's slow drift, so the
+        # paired ratios are what the verdict rests on; the ratio of medians is kept beside it
+        paired = [x["samples_per_second"] / y for x, y in zip(o, h)]
+        results.append(
+            {
+                "framework": fw,
+                "model": model,
+                "batch_size": CASES[model][0],
+                "handwritten": h,
+                "mlbench": [x["samples_per_second"] for x in o],
+                "ratio_of_medians": statistics.median(x["samples_per_second"] for x in o) / statistics.median(h),
+                "paired_ratios": paired,
+                **paired_estimate(paired),
+                "overhead_s": statistics.median(x["overhead_s"] for x in o),
+                "run_overhead_s": statistics.median(x["run_overhead_s"] for x in o),
+                "orchestrator_max_rss_mb": max(x["orchestrator_max_rss_mb"] for x in o),
+            }
+        )
+    return results
+
+
+def pooled(results: list[dict[str, Any]]) -> dict[str, Any]:
+    """Every case's back-to-back pairs together: the geometric mean of their ratios, with a seeded
+    bootstrap interval; what the rounds can say about mlbench's cost over all cases."""
+    logs = np.log([p for r in results for p in r["paired_ratios"]])
+    rng = np.random.default_rng(0)
+    boot = np.exp(rng.choice(logs, (10_000, len(logs))).mean(axis=1))
+    return {
+        "paired_ratios": len(logs),
+        "geometric_mean": float(np.exp(logs.mean())),
+        "ci95": [float(np.percentile(boot, 2.5)), float(np.percentile(boot, 97.5))],
+    }
+
+
+def run_inprocess(cases: list[Case], blocks: int) -> list[dict[str, Any]]:
+    """`bench.inprocess` for each case: the harness and the hand-written loop alternating in one process."""
+    out = []
+    for fw, model in cases:
+        bs, steps = INPROCESS[model]
+        args = ["--framework", fw, "--model", model, "--batch-size", str(bs), "--steps", str(steps)]
+        proc = subprocess.run(
+            [sys.executable, "-m", "bench.inprocess", *args, "--blocks", str(blocks)],
+            cwd=ROOT,
+            capture_output=True,
+            text=True,
+            check=True,
+        )
+        res = json.loads(proc.stdout.strip().splitlines()[-1])
+        res.update(paired_estimate([b["ratio"] for b in res["blocks"]]))
+        out.append(res)
+        print(f"in one process {fw} {model}: {res['geometric_mean']:.3f}", file=sys.stderr, flush=True)
+    return out
+
+
+def _ci(r: dict[str, Any]) -> str:
+    lo, hi = r["ci95"]
+    return "-" if lo is None else f"{lo:.3f}-{hi:.3f}"
+
+
+def print_report(
+    results: list[dict[str, Any]], overall: dict[str, Any], inproc: list[dict[str, Any]], path: Path
+) -> None:
+    if results:
+        print(
+            f"\nWhole runs: `python -m mlbench run` against `python -m bench.handwritten`, back to back\n"
+            f"{'framework':<11} {'model':<9} {'batch':>5} {'pairs':>5} {'hand s/s':>10} {'mlbench s/s':>12} "
+            f"{'ratio':>6} {'95% CI':>11} {'verdict':<16} {'median ratio':>12} {'overhead s':>10} {'run s':>6} "
+            f"{'orch. MiB':>9}"
+        )
+        for r in results:
+            print(
+                f"{r['framework']:<11} {r['model']:<9} {r['batch_size']:>5} {r['pairs']:>5} "
+                f"{statistics.median(r['handwritten']):>10.1f} {statistics.median(r['mlbench']):>12.1f} "
+                f"{r['geometric_mean']:>6.3f} {_ci(r):>11} {r['verdict']:<16} {r['ratio_of_medians']:>12.3f} "
+                f"{r['overhead_s']:>10.3f} {r['run_overhead_s']:>6.2f} {r['orchestrator_max_rss_mb']:>9.0f}"
+            )
+        print(
+            f"\nall cases: geometric mean of the {overall['paired_ratios']} paired ratios "
+            f"{overall['geometric_mean']:.3f} (bootstrap 95% CI {overall['ci95'][0]:.3f}-{overall['ci95'][1]:.3f})"
+        )
+    if inproc:
+        print(
+            f"\nIn one process: the harness's training loop against the hand-written one, alternating blocks\n"
+            f"{'framework':<11} {'model':<9} {'batch':>5} {'blocks':>6} {'steps':>5} {'ratio':>6} {'95% CI':>11} verdict"
+        )
+        for r in inproc:
+            print(
+                f"{r['framework']:<11} {r['model']:<9} {r['batch_size']:>5} {r['pairs']:>6} "
+                f"{r['steps_per_block']:>5} {r['geometric_mean']:>6.3f} {_ci(r):>11} {r['verdict']}"
+            )
+    print(
+        "\nratio: geometric mean of the paired ratios (mlbench samples/s over hand-written, each pair run back "
+        f"to back), with its Student-t 95% interval;\nverdict: against the target {TARGET}, `not resolved` where "
+        "the interval spans it (more rounds narrow it);\noverhead: median per cell (a cell's wall time through "
+        "the orchestrator less the worker's); run s: the whole command less the worker\n(start-up, exports, "
+        f"report: once per run); details in {path}"
+    )
+
+
 def main() -> None:
     p = argparse.ArgumentParser(description=__doc__)
-    p.add_argument("--rounds", type=int, default=3)
+    p.add_argument("--rounds", type=int, default=3, help="whole-run pairs per case (the MLP gets twice as many)")
     p.add_argument("--frameworks", default="pytorch,tensorflow,jax")
     p.add_argument("--models", default=",".join(CASES))
     p.add_argument("--runs-dir", default=str(ROOT / "runs" / "bench"))
+    p.add_argument("--inprocess", action="store_true", help="also compare the harness and the hand loop in one process")
+    p.add_argument("--blocks", type=int, default=8, help="timed blocks per side in one process")
+    p.add_argument("--report", metavar="FIDELITY_JSON", help="print the report of an earlier run and stop")
     a = p.parse_args()
+    if a.report:
+        saved = json.loads(Path(a.report).read_text())
+        hand = {(c["framework"], c["model"]): c["handwritten"] for c in saved["cases"]}
+        ours = {
+            (c["framework"], c["model"]): [
+                {
+                    "samples_per_second": s,
+                    **{k: c[k] for k in ("overhead_s", "run_overhead_s", "orchestrator_max_rss_mb")},
+                }
+                for s in c["mlbench"]
+            ]
+            for c in saved["cases"]
+        }
+        results = summarize(hand, ours)
+        inproc = [{**r, **paired_estimate([b["ratio"] for b in r["blocks"]])} for r in saved.get("inprocess", [])]
+        print_report(results, pooled(results) if results else {}, inproc, Path(a.report))
+        return
     runs_dir = Path(a.runs_dir)
     runs_dir.mkdir(parents=True, exist_ok=True)
     cases = [(fw, m) for fw in a.frameworks.split(",") for m in a.models.split(",")]
-    hand: dict[tuple[str, str], list[float]] = {c: [] for c in cases}
-    ours: dict[tuple[str, str], list[dict[str, float]]] = {c: [] for c in cases}
+    hand: dict[Case, list[float]] = {c: [] for c in cases}
+    ours: dict[Case, list[dict[str, float]]] = {c: [] for c in cases}
     for r in range(a.rounds * max(EXTRA_ROUNDS.values())):
         # interleaved: every case once per round, the order of the pair alternating
         for case in [c for c in cases if r < a.rounds * EXTRA_ROUNDS.get(c[1], 1)]:
@@ -124,60 +272,12 @@ def main() -> None:
                 file=sys.stderr,
                 flush=True,
             )
-    results = []
-    print(
-        f"\n{'framework':<11} {'model':<9} {'batch':>5} {'rounds':>6} {'hand s/s':>10} {'mlbench s/s':>12} "
-        f"{'ratio':>6} {'paired ratios':>13} {'overhead s':>10} {'run s':>6} {'orch. MiB':>9}"
-    )
-    for (fw, model), h in hand.items():
-        o = ours[(fw, model)]
-        ratio = statistics.median(x["samples_per_second"] for x in o) / statistics.median(h)
-        # each round's pair ran back to back: their ratio cancels the machine's slow drift, and the
-        # range of those ratios is the spread the verdict has to be read against
-        paired = [x["samples_per_second"] / y for x, y in zip(o, h)]
-        overhead = statistics.median(x["overhead_s"] for x in o)
-        run_overhead = statistics.median(x["run_overhead_s"] for x in o)
-        rss = max(x["orchestrator_max_rss_mb"] for x in o)
-        results.append(
-            {
-                "framework": fw,
-                "model": model,
-                "batch_size": CASES[model][0],
-                "handwritten": h,
-                "mlbench": [x["samples_per_second"] for x in o],
-                "ratio": ratio,
-                "paired_ratios": paired,
-                "overhead_s": overhead,
-                "run_overhead_s": run_overhead,
-                "orchestrator_max_rss_mb": rss,
-            }
-        )
-        flag = "" if ratio >= TARGET else "  < 0.97"
-        print(
-            f"{fw:<11} {model:<9} {CASES[model][0]:>5} {len(h):>6} {statistics.median(h):>10.1f} "
-            f"{statistics.median(x['samples_per_second'] for x in o):>12.1f} {ratio:>6.3f} "
-            f"{min(paired):>6.3f}-{max(paired):<6.3f} {overhead:>10.3f} {run_overhead:>6.2f} {rss:>9.0f}{flag}"
-        )
-    # every case's back-to-back pairs together: the geometric mean of their ratios, with a seeded
-    # bootstrap interval; what the rounds can say about mlbench's cost over all cases
-    logs = np.log([p for r in results for p in r["paired_ratios"]])
-    rng = np.random.default_rng(0)
-    boot = np.exp(rng.choice(logs, (10_000, len(logs))).mean(axis=1))
-    overall = {
-        "paired_ratios": len(logs),
-        "geometric_mean": float(np.exp(logs.mean())),
-        "ci95": [float(np.percentile(boot, 2.5)), float(np.percentile(boot, 97.5))],
-    }
-    print(
-        f"\nall cases: geometric mean of the {len(logs)} paired ratios {overall['geometric_mean']:.3f} "
-        f"(95% CI {overall['ci95'][0]:.3f}-{overall['ci95'][1]:.3f})"
-    )
-    (runs_dir / "fidelity.json").write_text(json.dumps({"cases": results, "overall": overall}, indent=1))
-    print(
-        f"\nratio: median mlbench over median hand-written; paired ratios: lowest and highest of the rounds' "
-        f"back-to-back pairs;\noverhead: median per cell (a cell's wall time through the orchestrator less the worker's); "
-        f"run s: the whole command less the worker (start-up, exports, report: once per run);\ndetails in {runs_dir / 'fidelity.json'}"
-    )
+    results = summarize(hand, ours) if a.rounds > 0 else []
+    overall = pooled(results) if results else {}
+    inproc = run_inprocess(cases, a.blocks) if a.inprocess else []
+    out = runs_dir / "fidelity.json"
+    out.write_text(json.dumps({"cases": results, "overall": overall, "inprocess": inproc}, indent=1))
+    print_report(results, overall, inproc, out)
 
 
 if __name__ == "__main__":

@@ -1,0 +1,52 @@
+"""The fidelity benchmark's statistics, and its in-process comparison on a real framework."""
+
+from __future__ import annotations
+
+import math
+
+import pytest
+
+from bench import fidelity
+
+
+def test_paired_estimate_two_pairs_hand_computed() -> None:
+    # logs +0.1 and -0.1: mean 0, sd 0.1*sqrt(2); t(0.975, 1 df) = 12.7062; half = 12.7062 * 0.1 = 1.27062
+    r = fidelity.paired_estimate([math.exp(0.1), math.exp(-0.1)])
+    assert r["pairs"] == 2
+    assert r["geometric_mean"] == pytest.approx(1.0)
+    assert r["ci95"][0] == pytest.approx(math.exp(-1.27062), rel=1e-4)
+    assert r["ci95"][1] == pytest.approx(math.exp(1.27062), rel=1e-4)
+    assert r["verdict"] == "not resolved"
+
+
+def test_paired_estimate_verdicts() -> None:
+    assert fidelity.paired_estimate([1.0, 1.0, 1.0])["verdict"] == "at least 0.97"
+    assert fidelity.paired_estimate([0.9, 0.91, 0.9])["verdict"] == "below 0.97"
+    one = fidelity.paired_estimate([0.95])
+    assert one["ci95"] == [None, None] and one["verdict"] == "one pair: no interval"
+
+
+def test_summarize_pairs_rounds_in_order() -> None:
+    hand = {("jax", "mlp"): [100.0, 200.0]}
+    ours = {
+        ("jax", "mlp"): [
+            {"samples_per_second": s, "overhead_s": 0.01, "run_overhead_s": 1.0, "orchestrator_max_rss_mb": 200.0}
+            for s in (90.0, 220.0)
+        ]
+    }
+    (r,) = fidelity.summarize(hand, ours)
+    assert r["paired_ratios"] == pytest.approx([0.9, 1.1])
+    assert r["geometric_mean"] == pytest.approx(math.sqrt(0.9 * 1.1))
+    assert r["ratio_of_medians"] == pytest.approx(155.0 / 150.0)
+
+
+@pytest.mark.e2e
+def test_inprocess_comparison_runs_both_loops() -> None:
+    pytest.importorskip("torch")
+    from bench import inprocess
+
+    out = inprocess.compare("pytorch", "mlp", bs=32, steps=3, blocks=2)
+    assert len(out["blocks"]) == 2
+    for b in out["blocks"]:
+        assert b["hand_s"] > 0 and b["harness_s"] > 0
+        assert b["ratio"] == pytest.approx(b["hand_s"] / b["harness_s"])
