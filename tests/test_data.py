@@ -68,7 +68,26 @@ def test_each_batch_is_its_slice_of_the_epoch_order_gathered_once(tmp_path) -> N
         for i, (x, y) in enumerate(feed.epoch(0, epoch)):
             idx = np.sort(order[i * 16 : (i + 1) * 16])
             assert np.array_equal(x, ds.x_train[idx]) and np.array_equal(y, ds.y_train[idx])
-            assert x.base is feed.x  # a view of the epoch's one gather, not a copy per step
+            assert x.base is feed.x.base  # a view of the epoch's one gather, not a copy per step
+            assert x.ctypes.data % data.ALIGN == 0 and y.ctypes.data % data.ALIGN == 0
+
+
+@pytest.mark.parametrize("layout", ["NCHW", "NHWC"])
+def test_feed_normalises_images_once_per_epoch_bit_for_bit(tmp_path, layout) -> None:
+    spec = get_spec("resnet18")
+    ds = data.load(DS, spec.family, input_spec(spec), 0, str(tmp_path), layout)
+    feed = data.BatchFeed(ds, 16)
+    order = data.epoch_order(len(ds.y_train), 0, 1)
+    for i, (x, _) in enumerate(feed.epoch(0, 1)):
+        expected = ds.inputs(ds.x_train[np.sort(order[i * 16 : (i + 1) * 16])])  # the per-batch transform
+        assert x.dtype == np.float32 and x.ctypes.data % data.ALIGN == 0
+        assert np.array_equal(x, expected)  # the same bits, prepared before the steps
+
+
+def test_aligned_copy() -> None:
+    a = np.arange(1000, dtype=np.float32)[1:]  # 4 bytes past an allocation: not aligned
+    b = data.aligned(a)
+    assert b.ctypes.data % data.ALIGN == 0 and b.flags.c_contiguous and np.array_equal(a, b)
 
 
 def test_image_inputs_are_normalised_floats(tmp_path) -> None:

@@ -13,11 +13,22 @@ import keras
 import numpy as np
 import tensorflow as tf
 
+from workers.common.data import ALIGN
 from workers.common.harness import Unsupported
 from workers.common.specs import ModelSpec, OptimizerSpec
 from workers.tensorflow_worker import models
 
 POLICIES = {"fp32": "float32", "fp16": "mixed_float16", "bf16": "mixed_bfloat16"}
+
+
+def host_tensor(a: np.ndarray) -> tf.Tensor:
+    """A host tensor over `a`'s memory (DLPack) where `a` is writable, C-contiguous and ALIGN-byte
+    aligned, as the harness's batches are; else a copy (`tf.constant`). The copy cost the MLP's
+    ~7 ms step ~0.06 ms (a 3 MB batch 0.22 ms); TensorFlow aborts on a misaligned DLPack import,
+    hence the check. The tensor is used within the step that receives `a`, before `a` is reused."""
+    if a.flags.c_contiguous and a.flags.writeable and a.ctypes.data % ALIGN == 0 and a.size:
+        return tf.experimental.dlpack.from_dlpack(a.__dlpack__())
+    return tf.constant(a)
 
 
 class TorchAdamW(keras.optimizers.AdamW):
@@ -169,17 +180,17 @@ class TFBackend:
 
     def train_step(self, x: np.ndarray, y: np.ndarray) -> tuple[float, int]:
         with tf.device(self.device):
-            loss, correct = self._train(tf.constant(x), tf.constant(y))
+            loss, correct = self._train(host_tensor(x), host_tensor(y))
         return float(loss.numpy()), int(correct.numpy())
 
     def eval_step(self, x: np.ndarray, y: np.ndarray) -> tuple[float, int]:
         with tf.device(self.device):
-            loss, correct = self._eval(tf.constant(x), tf.constant(y))
+            loss, correct = self._eval(host_tensor(x), host_tensor(y))
         return float(loss.numpy()), int(correct.numpy())
 
     def predict(self, x: np.ndarray) -> None:
         with tf.device(self.device):
-            out = self._predict(tf.constant(x))
+            out = self._predict(host_tensor(x))
         out.numpy()  # waits for the device (the copy of a (B, classes) result is negligible)
 
     def logits(self, x: np.ndarray) -> np.ndarray:
