@@ -69,7 +69,7 @@ def compare(framework: str, model: str, bs: int, steps: int, blocks: int, warmup
     total = (warmup_blocks + blocks) * steps
     with tempfile.TemporaryDirectory(prefix="mlbench-inprocess-") as tmp:
         ours = harness_loop(framework, model, bs, steps, total, tmp)
-        hand = LOOPS[framework](model, bs, total)
+        hand = LOOPS[framework](model, bs, total, steps)  # a block's worth of distinct batches, as the harness's epoch
         for _ in range(warmup_blocks):  # compilation, tracing, first-touch of memory: untimed
             ours()
             hand(steps)
