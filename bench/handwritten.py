@@ -15,6 +15,7 @@ import json
 import os
 import time
 from collections.abc import Callable
+from typing import Any
 
 import numpy as np
 
@@ -40,6 +41,22 @@ def batches(model: str, batch_size: int, n: int, layout: str, seed: int = 0) -> 
         )
         for i in range(n)
     ]
+
+
+def blocks(step: Callable[..., Any], data_: list[tuple[Any, Any]], sync: Callable[[Any], Any]) -> Block:
+    """run(n): the loop's next n steps over the batches in turn, then one sync on the last loss."""
+    done = 0
+
+    def run(n: int) -> float:
+        nonlocal done
+        t0 = time.perf_counter()
+        for i in range(done, done + n):
+            loss = step(*data_[i % len(data_)])
+        sync(loss)
+        done += n
+        return time.perf_counter() - t0
+
+    return run
 
 
 def torch_loop(model: str, bs: int, total_steps: int, distinct: int) -> Block:
@@ -69,18 +86,7 @@ def torch_loop(model: str, bs: int, total_steps: int, distinct: int) -> Block:
         sched.step()
         return loss
 
-    done = 0
-
-    def run(n: int) -> float:
-        nonlocal done
-        t0 = time.perf_counter()
-        for i in range(done, done + n):
-            loss = step(*data_[i % len(data_)])
-        loss.item()  # the only sync
-        done += n
-        return time.perf_counter() - t0
-
-    return run
+    return blocks(step, data_, lambda loss: loss.item())  # the only sync
 
 
 def tf_loop(model: str, bs: int, total_steps: int, distinct: int) -> Block:
@@ -113,18 +119,7 @@ def tf_loop(model: str, bs: int, total_steps: int, distinct: int) -> Block:
         opt.apply_gradients(zip(grads, net.trainable_variables))
         return loss
 
-    done = 0
-
-    def run(n: int) -> float:
-        nonlocal done
-        t0 = time.perf_counter()
-        for i in range(done, done + n):
-            loss = step(*data_[i % len(data_)])
-        loss.numpy()
-        done += n
-        return time.perf_counter() - t0
-
-    return run
+    return blocks(step, data_, lambda loss: loss.numpy())
 
 
 def jax_loop(model: str, bs: int, total_steps: int, distinct: int) -> Block:
