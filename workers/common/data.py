@@ -2,7 +2,7 @@
 
 A dataset is stored as plain .npy files (x_train, y_train, x_val, y_val) in a folder named by a
 hash of what made it, written to a temporary folder and renamed, so two workers never see half of
-one. Images are stored as uint8 NCHW and normalised per batch; tokens as int32; tabular as float32.
+one. Images are stored as uint8 NCHW and normalised when an epoch is gathered; tokens as int32; tabular as float32.
 """
 
 from __future__ import annotations
