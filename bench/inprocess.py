@@ -14,6 +14,7 @@ Prints one JSON line with the ratio of each block pair (harness samples/s over h
 from __future__ import annotations
 
 import argparse
+import importlib
 import io
 import json
 import os
@@ -27,12 +28,6 @@ from workers.common import harness
 from workers.common.events import Emitter
 from workers.common.specs import get_spec, input_spec, with_total_steps
 from workers.common.weights import initial_weights
-
-BACKENDS = {
-    "pytorch": ("workers.pytorch_worker.backend", "TorchBackend"),
-    "tensorflow": ("workers.tensorflow_worker.backend", "TFBackend"),
-    "jax": ("workers.jax_worker.backend", "JaxBackend"),
-}
 
 
 def harness_loop(framework: str, model: str, bs: int, steps: int, total_steps: int, data_dir: str) -> Any:
@@ -51,7 +46,8 @@ def harness_loop(framework: str, model: str, bs: int, steps: int, total_steps: i
         "compile": False,
         "dataset": {"name": "synthetic", "train_samples": bs * steps, "val_samples": bs, "path": None},
     }
-    backend = harness.import_backend(*BACKENDS[framework])(cell)
+    # the worker's own loader: the backend set up (environment, flags) exactly as a cell's worker does it
+    backend = importlib.import_module(f"workers.{framework}_worker.__main__")._load(cell)
     spec = get_spec(model)
     ds = datasets.load(cell["dataset"], spec.family, input_spec(spec), 0, data_dir, backend.layout)
     spec = with_total_steps(spec, total_steps)
