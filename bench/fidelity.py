@@ -104,6 +104,9 @@ def run_mlbench(framework: str, model: str, runs_dir: Path) -> dict[str, float]:
         # and the report; paid once per run, however many cells it has
         "run_overhead_s": wall - cell["worker_wall_s"],
         "orchestrator_max_rss_mb": end["orchestrator_max_rss_mb"],
+        # the orchestrator's own CPU (monitor, event reading, progress) as a share of one core while
+        # the worker ran: on a small machine the worker competes with it
+        "orchestrator_cpu_pct": 100 * cell["orchestrator_cpu_s"] / cell["worker_wall_s"],
     }
 
 
@@ -143,6 +146,12 @@ def summarize(hand: dict[Case, list[float]], ours: dict[Case, list[dict[str, flo
                 "overhead_s": statistics.median(x["overhead_s"] for x in o),
                 "run_overhead_s": statistics.median(x["run_overhead_s"] for x in o),
                 "orchestrator_max_rss_mb": max(x["orchestrator_max_rss_mb"] for x in o),
+                # absent from runs made before it was measured
+                "orchestrator_cpu_pct": (
+                    statistics.median(x["orchestrator_cpu_pct"] for x in o)
+                    if all("orchestrator_cpu_pct" in x for x in o)
+                    else None
+                ),
             }
         )
     return results
@@ -181,6 +190,10 @@ def run_inprocess(cases: list[Case], blocks: int) -> list[dict[str, Any]]:
     return out
 
 
+def _pct(v: float | None) -> str:
+    return "-" if v is None else f"{v:.1f}%"
+
+
 def _ci(r: dict[str, Any]) -> str:
     lo, hi = r["ci95"]
     return "-" if lo is None else f"{lo:.3f}-{hi:.3f}"
@@ -194,14 +207,15 @@ def print_report(
             f"\nWhole runs: `python -m mlbench run` against `python -m bench.handwritten`, back to back\n"
             f"{'framework':<11} {'model':<9} {'batch':>5} {'pairs':>5} {'hand s/s':>10} {'mlbench s/s':>12} "
             f"{'ratio':>6} {'95% CI':>11} {'verdict':<16} {'median ratio':>12} {'overhead s':>10} {'run s':>6} "
-            f"{'orch. MiB':>9}"
+            f"{'orch. MiB':>9} {'orch. CPU':>9}"
         )
         for r in results:
             print(
                 f"{r['framework']:<11} {r['model']:<9} {r['batch_size']:>5} {r['pairs']:>5} "
                 f"{statistics.median(r['handwritten']):>10.1f} {statistics.median(r['mlbench']):>12.1f} "
                 f"{r['geometric_mean']:>6.3f} {_ci(r):>11} {r['verdict']:<16} {r['ratio_of_medians']:>12.3f} "
-                f"{r['overhead_s']:>10.3f} {r['run_overhead_s']:>6.2f} {r['orchestrator_max_rss_mb']:>9.0f}"
+                f"{r['overhead_s']:>10.3f} {r['run_overhead_s']:>6.2f} {r['orchestrator_max_rss_mb']:>9.0f} "
+                f"{_pct(r['orchestrator_cpu_pct']):>9}"
             )
         print(
             f"\nall cases: geometric mean of the {overall['paired_ratios']} paired ratios "
@@ -222,7 +236,8 @@ def print_report(
         f"to back), with its Student-t 95% interval;\nverdict: against the target {TARGET}, `not resolved` where "
         "the interval spans it (more rounds narrow it);\noverhead: median per cell (a cell's wall time through "
         "the orchestrator less the worker's); run s: the whole command less the worker\n(start-up, exports, "
-        f"report: once per run); details in {path}"
+        "report: once per run); orch. CPU: the orchestrator's own CPU time over the cell as a share of one core "
+        f"while the worker ran\n(median); details in {path}"
     )
 
 
@@ -244,6 +259,11 @@ def main() -> None:
                 {
                     "samples_per_second": s,
                     **{k: c[k] for k in ("overhead_s", "run_overhead_s", "orchestrator_max_rss_mb")},
+                    **(
+                        {"orchestrator_cpu_pct": c["orchestrator_cpu_pct"]}
+                        if c.get("orchestrator_cpu_pct") is not None
+                        else {}
+                    ),
                 }
                 for s in c["mlbench"]
             ]

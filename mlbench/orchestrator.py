@@ -161,6 +161,7 @@ def run_suite(
             for unit in todo:
                 cell = unit.cell
                 unit_started = time.monotonic()
+                cpu_started = time.process_time()  # all the orchestrator's threads: monitor, readers, progress
                 progress.start_cell(unit)
                 module = suite.worker_module(cell.framework)
                 if _worker_missing(module):
@@ -215,6 +216,8 @@ def run_suite(
                     duration_s=round(outcome.duration_s, 3),
                     worker_wall_s=outcome.worker_wall_s,
                     orchestrator_overhead_s=overhead,  # spawning, monitoring, reading, storing: all but the worker
+                    # the CPU the orchestrator itself used meanwhile, which a worker on a small machine shares
+                    orchestrator_cpu_s=round(time.process_time() - cpu_started, 3),
                 )
                 progress.finish_cell(unit, outcome.status, outcome.duration_s, outcome.reason)
         rebuild(run_dir)

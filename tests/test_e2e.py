@@ -90,6 +90,17 @@ def test_exports_logs_and_report(real_run) -> None:
         assert json.loads(lines[-1])["samples_per_second"] == pytest.approx(r.samples_per_second, rel=1e-12)
 
 
+def test_the_journal_says_what_the_orchestrator_itself_cost_each_cell(real_run) -> None:
+    tmp, _ = real_run
+    lines = (tmp / "runs" / "t" / "journal.ndjson").read_text().splitlines()
+    cells = [e for e in map(json.loads, lines) if e["action"] == "cell"]
+    assert len(cells) == 5
+    for e in cells:
+        assert 0 < e["orchestrator_overhead_s"] < e["duration_s"]
+        # its own CPU (spawning, the monitor's samples, reading events) is measured, and well below a core
+        assert 0 < e["orchestrator_cpu_s"] < 0.5 * e["worker_wall_s"]
+
+
 def test_report_opens_in_a_headless_browser_offline(real_run, tmp_path: Path) -> None:
     from tests.browser import open_report
 
