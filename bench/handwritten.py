@@ -3,7 +3,8 @@
 Same model (the workers' definitions, the same canonical initial weights), the same optimizer and
 learning-rate schedule (the workers' own builders), the same number of distinct batches as the
 cell's steps; no harness: batches prepared up front as device arrays, no per-step host read-back,
-one device sync at the end of the timed steps; JAX state donated to its step. Prints one JSON line: {"samples_per_second": ...}.
+one device sync at the end of the timed steps; JAX's state donated to its step. Prints one JSON
+line: {"samples_per_second": ...}.
 
     python -m bench.handwritten --framework jax --model resnet18 --batch-size 64 --steps 20
 """
