@@ -126,6 +126,10 @@ def paired_estimate(ratios: list[float]) -> dict[str, Any]:
     return {"pairs": n, "geometric_mean": float(np.exp(mean)), "ci95": [lo, hi], "verdict": verdict}
 
 
+def _measured(runs: list[dict[str, Any]], key: str) -> list[float]:
+    return [x[key] for x in runs if x.get(key) is not None]
+
+
 def summarize(hand: dict[Case, list[float]], ours: dict[Case, list[dict[str, float]]]) -> list[dict[str, Any]]:
     results = []
     for (fw, model), h in hand.items():
@@ -146,12 +150,10 @@ def summarize(hand: dict[Case, list[float]], ours: dict[Case, list[dict[str, flo
                 "overhead_s": statistics.median(x["overhead_s"] for x in o),
                 "run_overhead_s": statistics.median(x["run_overhead_s"] for x in o),
                 "orchestrator_max_rss_mb": max(x["orchestrator_max_rss_mb"] for x in o),
-                # absent from runs made before it was measured
-                "orchestrator_cpu_pct": (
-                    statistics.median(x["orchestrator_cpu_pct"] for x in o)
-                    if all("orchestrator_cpu_pct" in x for x in o)
-                    else None
-                ),
+                # None for runs made before it was measured
+                "orchestrator_cpu_pct": statistics.median(cpu)
+                if (cpu := _measured(o, "orchestrator_cpu_pct"))
+                else None,
             }
         )
     return results
@@ -259,11 +261,7 @@ def main() -> None:
                 {
                     "samples_per_second": s,
                     **{k: c[k] for k in ("overhead_s", "run_overhead_s", "orchestrator_max_rss_mb")},
-                    **(
-                        {"orchestrator_cpu_pct": c["orchestrator_cpu_pct"]}
-                        if c.get("orchestrator_cpu_pct") is not None
-                        else {}
-                    ),
+                    "orchestrator_cpu_pct": c.get("orchestrator_cpu_pct"),
                 }
                 for s in c["mlbench"]
             ]

@@ -30,11 +30,21 @@ def test_summarize_pairs_rounds_in_order() -> None:
     hand = {("jax", "mlp"): [100.0, 200.0]}
     ours = {
         ("jax", "mlp"): [
-            {"samples_per_second": s, "overhead_s": 0.01, "run_overhead_s": 1.0, "orchestrator_max_rss_mb": 200.0}
-            for s in (90.0, 220.0)
+            {
+                "samples_per_second": s,
+                "overhead_s": 0.01,
+                "run_overhead_s": 1.0,
+                "orchestrator_max_rss_mb": 200.0,
+                "orchestrator_cpu_pct": cpu,
+            }
+            for s, cpu in ((90.0, 1.0), (220.0, 2.0))
         ]
     }
     (r,) = fidelity.summarize(hand, ours)
+    assert r["orchestrator_cpu_pct"] == pytest.approx(1.5)
+    for run in ours[("jax", "mlp")]:  # a run from before the orchestrator's CPU was measured
+        run["orchestrator_cpu_pct"] = None
+    assert fidelity.summarize(hand, ours)[0]["orchestrator_cpu_pct"] is None
     assert r["paired_ratios"] == pytest.approx([0.9, 1.1])
     assert r["geometric_mean"] == pytest.approx(math.sqrt(0.9 * 1.1))
     assert r["ratio_of_medians"] == pytest.approx(155.0 / 150.0)
