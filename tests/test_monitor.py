@@ -29,6 +29,31 @@ def test_monitor_samples_a_real_process_tree() -> None:
     assert s["gpu_utilization_pct"] is None and s["gpu_energy_j"] is None  # CPU device: missing, not 0
 
 
+def test_the_tree_is_walked_once_a_rescan_interval_and_late_children_are_found(
+    monkeypatch: pytest.MonkeyPatch,
+) -> None:
+    walks = 0
+    children = monitor.psutil.Process.children
+
+    def counted(self, *a, **k):
+        nonlocal walks
+        walks += 1
+        return children(self, *a, **k)
+
+    monkeypatch.setattr(monitor.psutil.Process, "children", counted)
+    code = (  # a child started after a second, holding 150 MiB for 1.5 s
+        "import subprocess, sys, time; time.sleep(1); "
+        "subprocess.run([sys.executable, '-c', 'x = bytearray(150 << 20); import time; time.sleep(1.5)'])"
+    )
+    proc = subprocess.Popen([sys.executable, "-c", code])
+    mon = monitor.Monitor(proc.pid, interval_s=0.02, rescan_s=0.5).start()
+    proc.wait()
+    s = mon.stop()
+    assert s["monitor_samples"] > 50
+    assert 3 <= walks <= s["monitor_samples"] / 5  # ~1 walk per 25 samples, not one per sample
+    assert s["host_rss_peak_bytes"] > 150 << 20  # the late child was found and sampled
+
+
 def test_gpu_indices() -> None:
     assert monitor.gpu_indices("cpu") == [] and monitor.gpu_indices("cuda:3") == [3]
     assert monitor.gpu_indices("cuda:0,1") == [0, 1]
