@@ -195,8 +195,6 @@ class Monitor:
             return []
         alive = {}
         for p in procs:  # keep Process objects so cpu_percent() measures since the last sample
-            if p.pid not in self._procs:
-                self._watch_cgroup(p.pid)
             alive[p.pid] = self._procs.get(p.pid, p)
         self._procs = alive
         return list(alive.values())
@@ -211,6 +209,8 @@ class Monitor:
             except psutil.Error:  # gone since the last walk of the tree
                 self._procs.pop(p.pid, None)
                 continue
+            # at every sample (25 us a process): a worker may move itself into a cgroup of its own
+            self._watch_cgroup(p.pid)
         if rss:
             self.rss.append(rss)
             self.cpu.append(cpu)
