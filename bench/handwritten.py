@@ -144,28 +144,30 @@ def jax_loop(model: str, bs: int, total_steps: int, distinct: int) -> Block:
     data_ = [(jnp.asarray(x), jnp.asarray(y)) for x, y in host]
 
     # the state's buffers donated, updated in place as the worker's step does (and an expert's: without
-    # it every step allocates fresh parameters and optimizer moments; the MLP 8% slower on 2 cores)
-    @functools.partial(jax.jit, donate_argnums=(0, 1, 2))
-    def step(params, stats, opt_state, x, y, rng):
+    # it every step allocates fresh parameters and optimizer moments; the MLP 8% slower on 2 cores);
+    # the dropout key derived inside the step from a step counter carried with the state, not by an
+    # eager `fold_in` on the host between steps (a dispatch of its own every step)
+    @functools.partial(jax.jit, donate_argnums=(0, 1, 2, 3))
+    def step(params, stats, opt_state, i, x, y):
         def loss_fn(p):
             v = {"params": p, **({"batch_stats": stats} if stats else {})}
-            logits, upd = net.apply(v, x, train=True, rngs={"dropout": rng}, mutable=["batch_stats"] if stats else [])
+            rngs = {"dropout": jax.random.fold_in(rng, i)}
+            logits, upd = net.apply(v, x, train=True, rngs=rngs, mutable=["batch_stats"] if stats else [])
             return optax.softmax_cross_entropy_with_integer_labels(logits, y).mean(), upd
 
         (loss, upd), grads = jax.value_and_grad(loss_fn, has_aux=True)(params)
         updates, opt_state = tx.update(grads, opt_state, params)
-        return optax.apply_updates(params, updates), upd.get("batch_stats", stats), opt_state, loss
+        return optax.apply_updates(params, updates), upd.get("batch_stats", stats), opt_state, i + 1, loss
 
     rng = jax.random.PRNGKey(0)
+    i = jnp.asarray(0, jnp.int32)
     done = 0
 
     def run(n: int) -> float:
-        nonlocal params, stats, opt_state, done
+        nonlocal params, stats, opt_state, i, done
         t0 = time.perf_counter()
-        for i in range(done, done + n):
-            params, stats, opt_state, loss = step(
-                params, stats, opt_state, *data_[i % len(data_)], jax.random.fold_in(rng, i)
-            )
+        for k in range(done, done + n):
+            params, stats, opt_state, i, loss = step(params, stats, opt_state, i, *data_[k % len(data_)])
         loss.block_until_ready()
         done += n
         return time.perf_counter() - t0
