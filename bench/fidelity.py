@@ -126,14 +126,11 @@ def paired_estimate(ratios: list[float]) -> dict[str, Any]:
     return {"pairs": n, "geometric_mean": float(np.exp(mean)), "ci95": [lo, hi], "verdict": verdict}
 
 
-def _measured(runs: list[dict[str, Any]], key: str) -> list[float]:
-    return [x[key] for x in runs if x.get(key) is not None]
-
-
 def summarize(hand: dict[Case, list[float]], ours: dict[Case, list[dict[str, float]]]) -> list[dict[str, Any]]:
     results = []
     for (fw, model), h in hand.items():
         o = ours[(fw, model)]
+        cpu = [x["orchestrator_cpu_pct"] for x in o if x.get("orchestrator_cpu_pct") is not None]
         # each round's pair ran back to back: their ratio cancels the machine's slow drift, so the
         # paired ratios are what the verdict rests on; the ratio of medians is kept beside it
         paired = [x["samples_per_second"] / y for x, y in zip(o, h)]
@@ -151,9 +148,7 @@ def summarize(hand: dict[Case, list[float]], ours: dict[Case, list[dict[str, flo
                 "run_overhead_s": statistics.median(x["run_overhead_s"] for x in o),
                 "orchestrator_max_rss_mb": max(x["orchestrator_max_rss_mb"] for x in o),
                 # None for runs made before it was measured
-                "orchestrator_cpu_pct": statistics.median(cpu)
-                if (cpu := _measured(o, "orchestrator_cpu_pct"))
-                else None,
+                "orchestrator_cpu_pct": statistics.median(cpu) if cpu else None,
             }
         )
     return results
