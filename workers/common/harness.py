@@ -1,10 +1,11 @@
 """The measurement loop every worker shares: the same timing, data order and events for all frameworks.
 
-A framework worker supplies a `Backend` (build, train_step, eval_step, predict, save, memory);
-this module does everything that must not differ between frameworks: seeds, data, the
-training epochs with warm-up split from steady state, evaluation, inference latency, model
-size on disk, and the events. Each backend call returns only after its device work is done
-(it hands back host numbers), so every clock read below follows a device sync.
+A framework worker supplies a `Backend` (build, launch_step, step_result, eval_step, predict,
+save, memory); this module does everything that must not differ between frameworks: seeds, data,
+the training epochs with warm-up split from steady state, evaluation, inference latency, model
+size on disk, and the events. Every clock read below follows a call that hands back host numbers
+(or blocks on the device), so no timer misses asynchronous device work: training steps are read
+back one step late (see `pipelined`), every other call waits for its own work.
 """
 
 from __future__ import annotations
@@ -17,6 +18,7 @@ import tempfile
 import time
 import traceback
 import zlib
+from collections.abc import Iterable, Iterator
 from typing import Any, Protocol
 
 import numpy as np
@@ -67,7 +69,9 @@ class Backend(Protocol):
     def info(self) -> dict[str, Any]: ...  # version, devices seen, threads, compiler
     def build(self, spec: ModelSpec, weights: dict[str, np.ndarray]) -> None: ...
     def num_parameters(self) -> int: ...
-    def train_step(self, x: np.ndarray, y: np.ndarray) -> tuple[float, int]: ...  # (mean loss, correct)
+    # one training step launched, not waited for: a handle on its (mean loss, correct) still on the device
+    def launch_step(self, x: np.ndarray, y: np.ndarray) -> Any: ...
+    def step_result(self, handle: Any) -> tuple[float, int]: ...  # waits for that step; (mean loss, correct)
     def eval_step(self, x: np.ndarray, y: np.ndarray) -> tuple[float, int]: ...  # (summed loss, correct)
     def predict(self, x: np.ndarray) -> None: ...  # inference forward pass, synced
     def save(self, path: str) -> str: ...  # native format; returns the file or folder written
@@ -92,6 +96,40 @@ def host_peak_rss_bytes() -> int:
     return resource.getrusage(resource.RUSAGE_SELF).ru_maxrss * 1024
 
 
+def train_step(backend: Backend, x: np.ndarray, y: np.ndarray) -> tuple[float, int]:
+    """One training step, waited for: (mean loss, correct)."""
+    return backend.step_result(backend.launch_step(x, y))
+
+
+def pipelined(backend: Backend, batches: Iterable[tuple[np.ndarray, np.ndarray]]) -> Iterator[tuple[float, int, float]]:
+    """Trains on each batch in turn; yields each step's (mean loss, correct, data wait in s) as it
+    completes, in order, reading a step back only after the next one is launched.
+
+    A loop that reads its loss back right after each step leaves the device (or JAX's dispatcher)
+    idle while the host converts the number and launches the next step; an expert's loop reads
+    back seldom. Here step k+1 is queued before step k is waited for, so the queue never runs dry
+    and every step's figures still reach the host. Measured (JAX MLP, batch 256, 2 CPU cores, one
+    process): a read-back after every step cost 3.5% of the hand-written loop's throughput. The
+    interval between two completions is a step's time in steady state; the sum of the intervals is
+    the wall time of the steps. A framework that runs synchronously (PyTorch and TensorFlow on a
+    CPU) has finished a step when it is launched, and loses nothing either way. The last step of
+    the batches is waited for before this returns: nothing runs on past an epoch.
+    """
+    pending, data_s = None, 0.0
+    it = iter(batches)
+    while True:
+        t0 = time.perf_counter()
+        batch = next(it, None)
+        data_s += time.perf_counter() - t0
+        handle = None if batch is None else backend.launch_step(*batch)
+        if pending is not None:
+            yield (*backend.step_result(pending), data_s)
+            data_s = 0.0
+        if handle is None:
+            return
+        pending = handle
+
+
 def train(backend: Backend, ds: datasets.Dataset, cell: dict[str, Any], em: Emitter) -> dict[str, Any]:
     """Train for the cell's epochs, evaluating after each; returns the figures for the result."""
     bs, seed, warmup = cell["batch_size"], cell["seed"], cell["warmup_steps"]
@@ -114,11 +152,9 @@ def train(backend: Backend, ds: datasets.Dataset, cell: dict[str, Any], em: Emit
         batches = feed.epoch(seed, epoch)  # the epoch gathered in batch order, before the step timers
         t_prev = time.perf_counter()
         data_s = t_prev - t_epoch
-        for x_host, y_host in batches:
-            t_data = time.perf_counter()
-            loss, n_correct = backend.train_step(x_host, y_host)
-            t_end = time.perf_counter()
-            data_s += t_data - t_prev
+        for loss, n_correct, wait_s in pipelined(backend, batches):
+            t_end = time.perf_counter()  # this step's figures are on the host: it is done
+            data_s += wait_s
             step_s = t_end - t_prev
             if global_step < warmup:
                 warmup_times.append(step_s)
@@ -280,14 +316,14 @@ def verify(backend: Backend, spec: ModelSpec, ds: datasets.Dataset, cell: dict[s
     batches = list(itertools.islice(datasets.train_batches(ds, opts["batch"], cell["seed"], 0), opts["steps"]))
     losses, fingerprint = [], {}
     for i, (xb, yb) in enumerate(batches):
-        losses.append(backend.train_step(xb, yb)[0])
+        losses.append(train_step(backend, xb, yb)[0])
         if i == 0:  # the first update, from identical weights: a direct check of the gradients
             fingerprint = update_fingerprint(weights, backend.export(), [k for k, p in params.items() if p.trainable])
     recipe_losses = []
     if opts.get("recipe_optimizer"):  # the same steps again with the model's own optimizer (momentum, AdamW)
         recipe = OptimizerSpec(**{**opts["recipe_optimizer"], "total_steps": opts["steps"]})
         backend.build(dataclasses.replace(spec, optimizer=recipe), weights)
-        recipe_losses = [backend.train_step(xb, yb)[0] for xb, yb in batches]
+        recipe_losses = [train_step(backend, xb, yb)[0] for xb, yb in batches]
     path = os.path.join(cell["verify_dir"], f"{backend.framework}-{cell['model']}.npz")
     np.savez(path, logits=logits, **{f"act:{k}": np.asarray(v, np.float32) for k, v in acts.items()})
     em.emit(

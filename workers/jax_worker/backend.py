@@ -1,7 +1,8 @@
 """JAX/Flax backend of the shared harness: a jitted train step (optax), fp32 master weights.
 
-JAX dispatches asynchronously; every method that returns numbers converts device values to
-host numbers, which waits for the device, and `predict` blocks on its output.
+JAX dispatches asynchronously: `launch_step` returns once a step is queued, `step_result` waits
+for it; every other method that returns numbers converts device values to host numbers, which
+waits for the device, and `predict` blocks on its output.
 """
 
 from __future__ import annotations
@@ -186,13 +187,20 @@ class JaxBackend:
         # weighs more on a GPU step or a batch-1 inference. Elsewhere (a second GPU), placed explicitly.
         return a if self._default_device else jax.device_put(a, self.device)
 
-    def train_step(self, x: np.ndarray, y: np.ndarray) -> tuple[float, int]:
+    def launch_step(self, x: np.ndarray, y: np.ndarray) -> tuple[jax.Array, jax.Array]:
+        # returns once the step is dispatched; the next one can be queued behind it
         self.state, loss, correct = self._train(self.state, self._put(x), self._put(y))
-        return float(loss), int(correct)  # host conversion waits for the step
+        return loss, correct
+
+    def step_result(self, handle: tuple[jax.Array, jax.Array]) -> tuple[float, int]:
+        # waits for that step. np.asarray is the cheap read: 40-50 us a step against 170-200 for
+        # float()/int() on the arrays and ~250 for jax.device_get (MLP on 2 CPU cores, measured)
+        loss, correct = handle
+        return float(np.asarray(loss)), int(np.asarray(correct))
 
     def eval_step(self, x: np.ndarray, y: np.ndarray) -> tuple[float, int]:
         loss, correct = self._eval(self.state, self._put(x), self._put(y))
-        return float(loss), int(correct)
+        return float(np.asarray(loss)), int(np.asarray(correct))
 
     def predict(self, x: np.ndarray) -> None:
         self._predict(self.state, self._put(x)).block_until_ready()

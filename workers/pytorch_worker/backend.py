@@ -106,7 +106,7 @@ class TorchBackend:
             self.model.train(training)
             self.training = training
 
-    def train_step(self, x: np.ndarray, y: np.ndarray) -> tuple[float, int]:
+    def launch_step(self, x: np.ndarray, y: np.ndarray) -> tuple[torch.Tensor, torch.cuda.Event | None]:
         self._mode(True)
         xb, yb = self._inputs(x, y)
         with self._autocast():
@@ -118,7 +118,22 @@ class TorchBackend:
         self.scaler.update()
         self.scheduler.step()
         correct = (logits.argmax(-1) == yb).sum()
-        out = torch.stack([loss.detach().float(), correct.float()]).cpu()  # one copy; waits for the step
+        out = torch.stack([loss.detach().float(), correct.float()])
+        if self.device.type != "cuda":
+            return out, None  # on the CPU the step has run by now
+        # on a GPU: the two numbers copied into pinned host memory behind the step's kernels, and an
+        # event after the copy, so the host can queue the next step and wait for this one alone
+        # (a `.cpu()` here would wait now; one after the next step is queued would wait for both)
+        host = torch.empty(2, dtype=torch.float32, pin_memory=True)
+        host.copy_(out, non_blocking=True)
+        done = torch.cuda.Event()
+        done.record(torch.cuda.current_stream(self.device))
+        return host, done
+
+    def step_result(self, handle: tuple[torch.Tensor, torch.cuda.Event | None]) -> tuple[float, int]:
+        out, done = handle
+        if done is not None:
+            done.synchronize()  # this step's copy, not the work queued after it
         return float(out[0]), int(out[1])
 
     @torch.inference_mode()

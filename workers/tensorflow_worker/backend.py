@@ -178,10 +178,14 @@ class TFBackend:
     def num_parameters(self) -> int:
         return int(sum(np.prod(v.shape) for v in self.model.trainable_variables))
 
-    def train_step(self, x: np.ndarray, y: np.ndarray) -> tuple[float, int]:
+    def launch_step(self, x: np.ndarray, y: np.ndarray) -> tuple[tf.Tensor, tf.Tensor]:
+        # eager TensorFlow returns a GPU op's outputs before they are computed; on the CPU, after
         with tf.device(self.device):
-            loss, correct = self._train(host_tensor(x), host_tensor(y))
-        return float(loss.numpy()), int(correct.numpy())
+            return self._train(host_tensor(x), host_tensor(y))
+
+    def step_result(self, handle: tuple[tf.Tensor, tf.Tensor]) -> tuple[float, int]:
+        loss, correct = handle
+        return float(loss.numpy()), int(correct.numpy())  # waits for the step
 
     def eval_step(self, x: np.ndarray, y: np.ndarray) -> tuple[float, int]:
         with tf.device(self.device):

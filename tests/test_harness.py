@@ -1,0 +1,108 @@
+"""The shared training loop: steps read back one step late, in order, with nothing left running."""
+
+from __future__ import annotations
+
+import io
+import time
+
+import numpy as np
+import pytest
+
+from workers.common import data, harness
+from workers.common.events import Emitter
+from workers.common.specs import get_spec, input_spec
+
+
+class Recorder:
+    """A backend whose steps are numbered; it logs every launch and read-back in the order they happen."""
+
+    framework, layout = "fake", "NCHW"
+
+    def __init__(self, fail_at: int | None = None) -> None:
+        self.log: list[str] = []
+        self.launched = 0
+        self.fail_at = fail_at
+
+    def launch_step(self, x: np.ndarray, y: np.ndarray) -> int:
+        k = self.launched
+        self.launched += 1
+        self.log.append(f"launch {k}")
+        return k
+
+    def step_result(self, k: int) -> tuple[float, int]:
+        self.log.append(f"result {k}")
+        if k == self.fail_at:
+            raise RuntimeError("RESOURCE_EXHAUSTED: out of memory")  # as a device error surfaces at the sync
+        return float(k), k % 3
+
+    def eval_step(self, x: np.ndarray, y: np.ndarray) -> tuple[float, int]:
+        return 0.0, 0
+
+
+def batches(n: int) -> list[tuple[np.ndarray, np.ndarray]]:
+    return [(np.zeros((2, 3), np.float32), np.zeros(2, np.int32)) for _ in range(n)]
+
+
+def test_each_step_is_read_back_after_the_next_is_launched() -> None:
+    b = Recorder()
+    out = list(harness.pipelined(b, batches(4)))
+    assert [(loss, correct) for loss, correct, _ in out] == [(0.0, 0), (1.0, 1), (2.0, 2), (3.0, 0)]
+    assert b.log == [
+        "launch 0",
+        "launch 1",
+        "result 0",
+        "launch 2",
+        "result 1",
+        "launch 3",
+        "result 2",
+        "result 3",  # the last step waited for before the loop ends: nothing runs past an epoch
+    ]
+
+
+@pytest.mark.parametrize("n", [0, 1])
+def test_no_batch_or_one(n: int) -> None:
+    b = Recorder()
+    assert [loss for loss, _, _ in harness.pipelined(b, batches(n))] == [float(k) for k in range(n)]
+    assert b.log == [f"{what} {k}" for k in range(n) for what in ("launch", "result")]
+
+
+def test_the_wait_for_data_is_counted_once_and_whole() -> None:
+    def slow_feed():
+        for batch in batches(3):
+            time.sleep(0.02)
+            yield batch
+
+    waits = [w for _, _, w in harness.pipelined(Recorder(), slow_feed())]
+    assert len(waits) == 3
+    # the first two batches are taken before step 0 is read back, the last one before step 1; the
+    # end of the feed costs nothing
+    assert waits[0] >= 0.04 and 0.02 <= waits[1] < 0.04 + 0.015 and waits[2] < 0.015
+
+
+def test_a_failing_step_surfaces_when_it_is_read_back() -> None:
+    b = Recorder(fail_at=1)
+    with pytest.raises(RuntimeError, match="RESOURCE_EXHAUSTED"):
+        list(harness.pipelined(b, batches(4)))
+    assert b.log[-1] == "result 1"
+
+
+def test_train_counts_every_step_once(tmp_path) -> None:
+    spec = get_spec("mlp")
+    cell = {
+        "batch_size": 4,
+        "seed": 0,
+        "warmup_steps": 3,
+        "epochs": 2,
+        "dataset": {"name": "synthetic", "train_samples": 20, "val_samples": 8, "path": None},
+    }
+    ds = data.load(cell["dataset"], spec.family, input_spec(spec), 0, str(tmp_path))
+    b = Recorder()
+    out = harness.train(b, ds, cell, Emitter("t", io.StringIO()))
+    assert b.launched == 10  # 5 steps an epoch, 2 epochs
+    assert len(out["warmup_s"]) == 3 and len(out["step_s"]) == 7 and out["window_samples"] == 7 * 4
+    e0, e1 = out["epochs"]
+    # losses 0..4 then 5..9 (the recorder's step numbers), each the mean of a batch of 4
+    assert e0["train_loss"] == pytest.approx(2.0) and e1["train_loss"] == pytest.approx(7.0)
+    assert e0["train_accuracy"] == pytest.approx((0 + 1 + 2 + 0 + 1) / 20)
+    # the steps' samples are the intervals between read-backs: together, the epochs' step time
+    assert sum(out["warmup_s"]) + sum(out["step_s"]) <= e0["train_s"] + e1["train_s"]
