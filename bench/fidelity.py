@@ -8,9 +8,11 @@ the geometric mean of the rounds' paired ratios (mlbench samples/s over hand-wri
 target, the orchestrator's overhead per cell (the cell's wall time through the orchestrator minus
 the worker's own) and the orchestrator's peak memory. With `--inprocess` it also runs
 `bench.inprocess`: the harness's loop against the hand-written one in one process, in alternating
-blocks, which isolates the cost of the measurement code from process-to-process noise.
+blocks, which isolates the cost of the measurement code from process-to-process noise, in several
+processes, beside a control (the hand-written loop against a second instance of itself).
 
     python -m bench.fidelity [--rounds 3] [--frameworks pytorch,jax] [--models mlp] [--inprocess]
+        [--processes 3] [--blocks 8]
     python -m bench.fidelity --report runs/bench/fidelity.json   # the report of an earlier run
 """
 
@@ -93,12 +95,19 @@ def run_mlbench(framework: str, model: str, runs_dir: Path) -> dict[str, float]:
         check=True,
     )
     wall = time.perf_counter() - t0
-    sps = pq.read_table(runs_dir / name / "results.parquet", columns=["samples_per_second"]).column(0)[0].as_py()
+    row = pq.read_table(
+        runs_dir / name / "results.parquet", columns=["samples_per_second", "warmup_times_s", "step_times_s"]
+    ).to_pylist()[0]
+    # mlbench's figure starts where its step samples settle (at least WARMUP steps in); the hand-written
+    # loop times every step after WARMUP. Over the same steps, the two differ only by what the
+    # measurement code costs; the reported figure may also leave out slow steps the loop counts.
+    every = row["warmup_times_s"] + row["step_times_s"]
     journal = [json.loads(line) for line in (runs_dir / name / "journal.ndjson").read_text().splitlines()]
     cell = [e for e in journal if e["action"] == "cell"][-1]
     end = [e for e in journal if e["action"] == "end"][-1]
     return {
-        "samples_per_second": sps,
+        "samples_per_second": row["samples_per_second"],
+        "same_steps_sps": bs * len(every[WARMUP:]) / sum(every[WARMUP:]),
         "overhead_s": cell["orchestrator_overhead_s"],
         # the whole command less the worker: Python and imports, config, environment record, exports
         # and the report; paid once per run, however many cells it has
@@ -134,6 +143,8 @@ def summarize(hand: dict[Case, list[float]], ours: dict[Case, list[dict[str, flo
         # each round's pair ran back to back: their ratio cancels the machine's slow drift, so the
         # paired ratios are what the verdict rests on; the ratio of medians is kept beside it
         paired = [x["samples_per_second"] / y for x, y in zip(o, h)]
+        same = [x.get("same_steps_sps") for x in o]  # None in a file from before it was kept
+        same_paired = [s / y for s, y in zip(same, h)] if None not in same else None
         results.append(
             {
                 "framework": fw,
@@ -144,6 +155,9 @@ def summarize(hand: dict[Case, list[float]], ours: dict[Case, list[dict[str, flo
                 "ratio_of_medians": statistics.median(x["samples_per_second"] for x in o) / statistics.median(h),
                 "paired_ratios": paired,
                 **paired_estimate(paired),
+                "same_steps": None
+                if same_paired is None
+                else {"mlbench": same, "paired_ratios": same_paired, **paired_estimate(same_paired)},
                 "overhead_s": statistics.median(x["overhead_s"] for x in o),
                 "run_overhead_s": statistics.median(x["run_overhead_s"] for x in o),
                 "orchestrator_max_rss_mb": max(x["orchestrator_max_rss_mb"] for x in o),
@@ -156,35 +170,85 @@ def summarize(hand: dict[Case, list[float]], ours: dict[Case, list[dict[str, flo
 
 def pooled(results: list[dict[str, Any]]) -> dict[str, Any]:
     """Every case's back-to-back pairs together: the geometric mean of their ratios, with a seeded
-    bootstrap interval; what the rounds can say about mlbench's cost over all cases."""
-    logs = np.log([p for r in results for p in r["paired_ratios"]])
-    rng = np.random.default_rng(0)
-    boot = np.exp(rng.choice(logs, (10_000, len(logs))).mean(axis=1))
+    bootstrap interval; what the rounds can say about mlbench's cost over all cases (reported figures,
+    and over the same steps where the runs kept them)."""
+
+    def boot(ratios: list[float]) -> dict[str, Any]:
+        logs = np.log(ratios)
+        rng = np.random.default_rng(0)
+        means = np.exp(rng.choice(logs, (10_000, len(logs))).mean(axis=1))
+        return {
+            "paired_ratios": len(logs),
+            "geometric_mean": float(np.exp(logs.mean())),
+            "ci95": [float(np.percentile(means, 2.5)), float(np.percentile(means, 97.5))],
+        }
+
+    same = [r["same_steps"] for r in results]
     return {
-        "paired_ratios": len(logs),
-        "geometric_mean": float(np.exp(logs.mean())),
-        "ci95": [float(np.percentile(boot, 2.5)), float(np.percentile(boot, 97.5))],
+        **boot([p for r in results for p in r["paired_ratios"]]),
+        "same_steps": None if None in same else boot([p for s in same for p in s["paired_ratios"]]),
     }
 
 
-def run_inprocess(cases: list[Case], blocks: int) -> list[dict[str, Any]]:
-    """`bench.inprocess` for each case: the harness and the hand-written loop alternating in one process."""
-    out = []
-    for fw, model in cases:
-        bs, steps = INPROCESS[model]
-        args = ["--framework", fw, "--model", model, "--batch-size", str(bs), "--steps", str(steps)]
-        proc = subprocess.run(
-            [sys.executable, "-m", "bench.inprocess", *args, "--blocks", str(blocks)],
-            cwd=ROOT,
-            capture_output=True,
-            text=True,
-            check=True,
-        )
-        res = json.loads(proc.stdout.strip().splitlines()[-1])
-        res.update(paired_estimate([b["ratio"] for b in res["blocks"]]))
-        out.append(res)
-        print(f"in one process {fw} {model}: {res['geometric_mean']:.3f}", file=sys.stderr, flush=True)
+def process_estimate(per_process: list[list[float]]) -> dict[str, Any]:
+    """The estimate from blocks of several processes: each process's geometric mean is one sample.
+
+    Blocks of one process share its memory placement, which moves a loop's speed by a few percent
+    for the life of the process (see `bench.inprocess`), so their spread understates the
+    uncertainty; the interval is taken across processes. With one process, from its blocks."""
+    if len(per_process) < 2:
+        return {**paired_estimate([r for blocks in per_process for r in blocks]), "unit": "blocks"}
+    means = [float(np.exp(np.mean(np.log(blocks)))) for blocks in per_process]
+    return {**paired_estimate(means), "unit": "processes"}
+
+
+def inprocess_estimates(res: dict[str, Any]) -> dict[str, Any]:
+    """The harness's ratio and the control's (hand-written against a second instance of itself), each
+    with its interval (no control in a file from before it)."""
+    groups = res["processes"]
+    out = {**process_estimate([[b["ratio"] for b in g] for g in groups]), "blocks_per_process": len(groups[0])}
+    if all("control" in b for g in groups for b in g):
+        control = process_estimate([[b["control"] for b in g] for g in groups])
+        out["control"] = {k: control[k] for k in ("geometric_mean", "ci95")}
+    else:
+        out["control"] = None
     return out
+
+
+def run_inprocess(cases: list[Case], blocks: int, processes: int) -> list[dict[str, Any]]:
+    """`bench.inprocess` for each case in `processes` fresh processes, the cases in turn each time so
+    the machine's drift spreads over them: the harness against the hand-written loop, and the
+    hand-written loop against a second instance of itself (the control)."""
+    out = {
+        c: {"framework": c[0], "model": c[1], "batch_size": INPROCESS[c[1]][0], "steps_per_block": INPROCESS[c[1]][1]}
+        for c in cases
+    }
+    groups: dict[Case, list[list[dict[str, float]]]] = {c: [] for c in cases}
+    for p in range(processes):
+        for fw, model in cases:
+            bs, steps = INPROCESS[model]
+            args = ["--framework", fw, "--model", model, "--batch-size", str(bs), "--steps", str(steps)]
+            proc = subprocess.run(
+                [sys.executable, "-m", "bench.inprocess", *args, "--blocks", str(blocks)],
+                cwd=ROOT,
+                capture_output=True,
+                text=True,
+                check=True,
+            )
+            blocks_ = json.loads(proc.stdout.strip().splitlines()[-1])["blocks"]
+            groups[(fw, model)].append(blocks_)
+            ratio = float(np.exp(np.mean(np.log([b["ratio"] for b in blocks_]))))
+            control = float(np.exp(np.mean(np.log([b["control"] for b in blocks_]))))
+            print(
+                f"in one process ({p + 1}/{processes}) {fw} {model}: {ratio:.3f}, control {control:.3f}",
+                file=sys.stderr,
+                flush=True,
+            )
+    results = []
+    for c in cases:
+        res = {**out[c], "processes": groups[c]}
+        results.append({**res, **inprocess_estimates(res)})
+    return results
 
 
 def _pct(v: float | None) -> str:
@@ -203,38 +267,54 @@ def print_report(
         print(
             f"\nWhole runs: `python -m mlbench run` against `python -m bench.handwritten`, back to back\n"
             f"{'framework':<11} {'model':<9} {'batch':>5} {'pairs':>5} {'hand s/s':>10} {'mlbench s/s':>12} "
-            f"{'ratio':>6} {'95% CI':>11} {'verdict':<16} {'median ratio':>12} {'overhead s':>10} {'run s':>6} "
-            f"{'orch. MiB':>9} {'orch. CPU':>9}"
+            f"{'ratio':>6} {'95% CI':>11} {'verdict':<16} {'same steps':>10} {'95% CI':>11} {'verdict':<16} "
+            f"{'overhead s':>10} {'run s':>6} {'orch. MiB':>9} {'orch. CPU':>9}"
         )
         for r in results:
+            same = r.get("same_steps") or {"geometric_mean": None, "ci95": [None, None], "verdict": "-"}
+            gm = "-" if same["geometric_mean"] is None else f"{same['geometric_mean']:.3f}"
             print(
                 f"{r['framework']:<11} {r['model']:<9} {r['batch_size']:>5} {r['pairs']:>5} "
                 f"{statistics.median(r['handwritten']):>10.1f} {statistics.median(r['mlbench']):>12.1f} "
-                f"{r['geometric_mean']:>6.3f} {_ci(r):>11} {r['verdict']:<16} {r['ratio_of_medians']:>12.3f} "
-                f"{r['overhead_s']:>10.3f} {r['run_overhead_s']:>6.2f} {r['orchestrator_max_rss_mb']:>9.0f} "
-                f"{_pct(r['orchestrator_cpu_pct']):>9}"
+                f"{r['geometric_mean']:>6.3f} {_ci(r):>11} {r['verdict']:<16} {gm:>10} {_ci(same):>11} "
+                f"{same['verdict']:<16} {r['overhead_s']:>10.3f} {r['run_overhead_s']:>6.2f} "
+                f"{r['orchestrator_max_rss_mb']:>9.0f} {_pct(r['orchestrator_cpu_pct']):>9}"
             )
+        same = overall.get("same_steps")
         print(
             f"\nall cases: geometric mean of the {overall['paired_ratios']} paired ratios "
             f"{overall['geometric_mean']:.3f} (bootstrap 95% CI {overall['ci95'][0]:.3f}-{overall['ci95'][1]:.3f})"
+            + (
+                ""
+                if same is None
+                else f"; over the same steps {same['geometric_mean']:.3f} ({same['ci95'][0]:.3f}-{same['ci95'][1]:.3f})"
+            )
         )
     if inproc:
         print(
-            f"\nIn one process: the harness's training loop against the hand-written one, alternating blocks\n"
-            f"{'framework':<11} {'model':<9} {'batch':>5} {'blocks':>6} {'steps':>5} {'ratio':>6} {'95% CI':>11} verdict"
+            f"\nIn one process: the harness's training loop against the hand-written one, blocks in rotation\n"
+            f"{'framework':<11} {'model':<9} {'batch':>5} {'procs':>5} {'blocks':>6} {'steps':>5} {'ratio':>6} "
+            f"{'95% CI':>11} {'verdict':<16} {'control':>7} {'95% CI':>11}"
         )
         for r in inproc:
+            c = r["control"]
             print(
-                f"{r['framework']:<11} {r['model']:<9} {r['batch_size']:>5} {r['pairs']:>6} "
-                f"{r['steps_per_block']:>5} {r['geometric_mean']:>6.3f} {_ci(r):>11} {r['verdict']}"
+                f"{r['framework']:<11} {r['model']:<9} {r['batch_size']:>5} {len(r['processes']):>5} "
+                f"{r['blocks_per_process']:>6} {r['steps_per_block']:>5} {r['geometric_mean']:>6.3f} {_ci(r):>11} "
+                f"{r['verdict']:<16} {'-' if c is None else format(c['geometric_mean'], '.3f'):>7} "
+                f"{'-' if c is None else _ci(c):>11}"
             )
     print(
         "\nratio: geometric mean of the paired ratios (mlbench samples/s over hand-written, each pair run back "
-        f"to back), with its Student-t 95% interval;\nverdict: against the target {TARGET}, `not resolved` where "
-        "the interval spans it (more rounds narrow it);\noverhead: median per cell (a cell's wall time through "
-        "the orchestrator less the worker's); run s: the whole command less the worker\n(start-up, exports, "
-        "report: once per run); orch. CPU: the orchestrator's own CPU time over the cell as a share of one core "
-        f"while the worker ran\n(median); details in {path}"
+        "to back), with its Student-t 95% interval;\nsame steps: mlbench's throughput over the steps the "
+        f"hand-written loop times (all after the first {WARMUP}), where the reported figure starts where the "
+        f"step times settle;\nverdict: against the target {TARGET}, `not resolved` where the interval spans it "
+        "(more rounds narrow it);\nin one process: the interval is across processes (each process's blocks share "
+        "its memory placement);\ncontrol: the hand-written loop against a second instance of itself, the same "
+        "code (an A/A test): how far apart two runs of no change fall;\noverhead: median per cell (a cell's wall "
+        "time through the orchestrator less the worker's); run s: the whole command less the worker\n(start-up, "
+        "exports, report: once per run); orch. CPU: the orchestrator's own CPU time over the cell as a share of "
+        f"one core while the worker ran\n(median); details in {path}"
     )
 
 
@@ -245,7 +325,8 @@ def main() -> None:
     p.add_argument("--models", default=",".join(CASES))
     p.add_argument("--runs-dir", default=str(ROOT / "runs" / "bench"))
     p.add_argument("--inprocess", action="store_true", help="also compare the harness and the hand loop in one process")
-    p.add_argument("--blocks", type=int, default=8, help="timed blocks per side in one process")
+    p.add_argument("--blocks", type=int, default=8, help="timed blocks per loop in each process")
+    p.add_argument("--processes", type=int, default=3, help="fresh processes per case in one-process mode")
     p.add_argument("--report", metavar="FIDELITY_JSON", help="print the report of an earlier run and stop")
     a = p.parse_args()
     if a.report:
@@ -263,7 +344,11 @@ def main() -> None:
             for c in saved["cases"]
         }
         results = summarize(hand, ours)
-        inproc = [{**r, **paired_estimate([b["ratio"] for b in r["blocks"]])} for r in saved.get("inprocess", [])]
+        inproc = []
+        for r in saved.get("inprocess", []):
+            if "processes" not in r:  # a file from before several processes: one
+                r["processes"] = [r.pop("blocks")]
+            inproc.append({**r, **inprocess_estimates(r)})
         print_report(results, pooled(results) if results else {}, inproc, Path(a.report))
         return
     runs_dir = Path(a.runs_dir)
@@ -287,7 +372,7 @@ def main() -> None:
             )
     results = summarize(hand, ours) if a.rounds > 0 else []
     overall = pooled(results) if results else {}
-    inproc = run_inprocess(cases, a.blocks) if a.inprocess else []
+    inproc = run_inprocess(cases, a.blocks, a.processes) if a.inprocess else []
     out = runs_dir / "fidelity.json"
     out.write_text(json.dumps({"cases": results, "overall": overall, "inprocess": inproc}, indent=1))
     print_report(results, overall, inproc, out)

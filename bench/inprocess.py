@@ -2,11 +2,21 @@
 
 Two processes run twice differ by several percent on a shared machine, which buries a small cost
 of the harness under noise (`bench.fidelity` compares whole processes). Here one process sets up
-both the framework's worker backend, fed by the harness's own training loop (`harness.train`: the
-batch feed, per-step timers, host read-back of loss and accuracy, events), and the hand-written
-loop of `bench.handwritten`, with the same model, weights, optimizer and batch size; then it
-alternates timed blocks of steps between the two, so the machine's drift falls on both alike.
-Prints one JSON line with the ratio of each block pair (harness samples/s over hand-written).
+the framework's worker backend, fed by the harness's own training loop (`harness.train`: the
+batch feed, per-step timers, host read-back of loss and accuracy, events), and two instances of the
+hand-written loop of `bench.handwritten`, with the same model, weights, optimizer and batch size;
+then it runs timed blocks of steps of the three in turn (every order in rotation), so the machine's
+drift falls on all alike.
+
+The second hand-written instance is the control (an A/A test): identical code, so its ratio to the
+first measures what no code change causes. Two instances of the same loop in one process differ
+persistently by a few percent (PyTorch MLP, 2 cores: 0.971, 0.981 and 1.012 in three processes,
+16 blocks each; where each instance's tensors land in memory is the likely cause), so one process
+cannot resolve a cost smaller than that: `bench.fidelity` runs several processes and takes its
+interval across them.
+
+Prints one JSON line with each block's times, the ratio (harness samples/s over the first
+hand-written loop's) and the control (the second hand-written loop's over the first's).
 
     python -m bench.inprocess --framework jax --model resnet18 --batch-size 64 --steps 5 --blocks 6
 """
@@ -61,27 +71,40 @@ def harness_loop(framework: str, model: str, bs: int, steps: int, total_steps: i
     return run
 
 
+# block b runs ORDERS[b % 6]: the three rotations (each loop in each position once in three blocks),
+# then the same reversed (over six, each loop runs right after each other loop equally often)
+_ROTATIONS = [("hand", "twin", "harness"), ("twin", "harness", "hand"), ("harness", "hand", "twin")]
+ORDERS = _ROTATIONS + [r[::-1] for r in _ROTATIONS]
+
+
 def compare(framework: str, model: str, bs: int, steps: int, blocks: int, warmup_blocks: int = 1) -> dict[str, Any]:
     total = (warmup_blocks + blocks) * steps
     with tempfile.TemporaryDirectory(prefix="mlbench-inprocess-") as tmp:
         ours = harness_loop(framework, model, bs, steps, total, tmp)
-        hand = LOOPS[framework](model, bs, total, steps)  # a block's worth of distinct batches, as the harness's epoch
+        # a block's worth of distinct batches each, as the harness's epoch
+        hand, twin = (LOOPS[framework](model, bs, total, steps) for _ in range(2))
+        loops = {"hand": lambda: hand(steps), "twin": lambda: twin(steps), "harness": ours}
         for _ in range(warmup_blocks):  # compilation, tracing, first-touch of memory: untimed
-            ours()
-            hand(steps)
-        pairs = []
+            for run in loops.values():
+                run()
+        timed = []
         for b in range(blocks):
-            if b % 2 == 0:
-                h, o = hand(steps), ours()
-            else:
-                o, h = ours(), hand(steps)
-            pairs.append({"hand_s": h, "harness_s": o, "ratio": h / o})
+            t = {name: loops[name]() for name in ORDERS[b % len(ORDERS)]}
+            timed.append(
+                {
+                    "hand_s": t["hand"],
+                    "twin_s": t["twin"],
+                    "harness_s": t["harness"],
+                    "ratio": t["hand"] / t["harness"],
+                    "control": t["hand"] / t["twin"],
+                }
+            )
     return {
         "framework": framework,
         "model": model,
         "batch_size": bs,
         "steps_per_block": steps,
-        "blocks": pairs,
+        "blocks": timed,
     }
 
 
@@ -91,7 +114,7 @@ def main() -> None:
     p.add_argument("--model", required=True)
     p.add_argument("--batch-size", type=int, required=True)
     p.add_argument("--steps", type=int, default=5, help="steps per timed block")
-    p.add_argument("--blocks", type=int, default=6, help="timed blocks per side, alternating")
+    p.add_argument("--blocks", type=int, default=6, help="timed blocks per loop, in rotating order")
     a = p.parse_args()
     os.environ.setdefault("TF_CPP_MIN_LOG_LEVEL", "2")
     out = compare(a.framework, a.model, a.batch_size, a.steps, a.blocks)

@@ -2,6 +2,7 @@
 
 from __future__ import annotations
 
+import collections
 import math
 
 import pytest
@@ -50,13 +51,42 @@ def test_summarize_pairs_rounds_in_order() -> None:
     assert r["ratio_of_medians"] == pytest.approx(155.0 / 150.0)
 
 
+def test_process_estimate_interval_is_across_processes() -> None:
+    # two processes whose blocks agree within each but not between them: the blocks alone would
+    # give a tight interval; across the processes (logs +0.1, -0.1; t(0.975, 1 df) = 12.7062) a wide one
+    r = fidelity.process_estimate([[math.exp(0.1)] * 4, [math.exp(-0.1)] * 4])
+    assert r["unit"] == "processes" and r["pairs"] == 2
+    assert r["geometric_mean"] == pytest.approx(1.0)
+    assert r["ci95"][0] == pytest.approx(math.exp(-1.27062), rel=1e-4)
+    assert r["verdict"] == "not resolved"
+    one = fidelity.process_estimate([[0.9, 0.91, 0.9]])  # one process: from its blocks
+    assert one["unit"] == "blocks" and one["pairs"] == 3 and one["verdict"] == "below 0.97"
+
+
+def test_inprocess_estimates_with_and_without_control() -> None:
+    blocks = [{"ratio": 0.98, "control": 1.02}, {"ratio": 1.0, "control": 1.0}]
+    r = fidelity.inprocess_estimates({"processes": [blocks, blocks]})
+    assert r["geometric_mean"] == pytest.approx(math.sqrt(0.98))
+    assert r["control"]["geometric_mean"] == pytest.approx(math.sqrt(1.02))
+    assert r["blocks_per_process"] == 2
+    old = fidelity.inprocess_estimates({"processes": [[{"ratio": 0.98}, {"ratio": 1.0}]]})  # a file from before
+    assert old["control"] is None and old["unit"] == "blocks"
+
+
 @pytest.mark.e2e
-def test_inprocess_comparison_runs_both_loops() -> None:
+def test_inprocess_comparison_runs_the_three_loops() -> None:
     pytest.importorskip("torch")
     from bench import inprocess
 
-    out = inprocess.compare("pytorch", "mlp", bs=32, steps=3, blocks=2)
-    assert len(out["blocks"]) == 2
+    out = inprocess.compare("pytorch", "mlp", bs=32, steps=3, blocks=3)
+    assert len(out["blocks"]) == 3
     for b in out["blocks"]:
-        assert b["hand_s"] > 0 and b["harness_s"] > 0
+        assert b["hand_s"] > 0 and b["twin_s"] > 0 and b["harness_s"] > 0
         assert b["ratio"] == pytest.approx(b["hand_s"] / b["harness_s"])
+        assert b["control"] == pytest.approx(b["hand_s"] / b["twin_s"])
+    # in three blocks every loop runs first, second and third once; in six, right after each other
+    # loop twice (no loop always inherits another's cache or heap)
+    for pos in range(3):
+        assert {inprocess.ORDERS[b][pos] for b in range(3)} == {"hand", "twin", "harness"}
+    follows = collections.Counter((o[i], o[i + 1]) for o in inprocess.ORDERS for i in range(2))
+    assert len(follows) == 6 and set(follows.values()) == {2}
