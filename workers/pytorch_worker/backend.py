@@ -109,10 +109,13 @@ class TorchBackend:
     def launch_step(self, x: np.ndarray, y: np.ndarray) -> tuple[torch.Tensor, torch.cuda.Event | None]:
         self._mode(True)
         xb, yb = self._inputs(x, y)
+        # the last step's gradients freed before the forward pass, as the reference loop and PyTorch's
+        # AMP recipe order it, so the activations can take their memory (after the forward pass: the
+        # MLP on 2 cores about 0.6% slower in three processes, each within its ±3% noise)
+        self.optimizer.zero_grad(set_to_none=True)
         with self._autocast():
             logits = self.forward(xb)
         loss = F.cross_entropy(logits.float(), yb)
-        self.optimizer.zero_grad(set_to_none=True)
         self.scaler.scale(loss).backward()
         self.scaler.step(self.optimizer)
         self.scaler.update()
