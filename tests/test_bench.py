@@ -49,6 +49,14 @@ def test_summarize_pairs_rounds_in_order() -> None:
     assert r["paired_ratios"] == pytest.approx([0.9, 1.1])
     assert r["geometric_mean"] == pytest.approx(math.sqrt(0.9 * 1.1))
     assert r["ratio_of_medians"] == pytest.approx(155.0 / 150.0)
+    assert r["same_steps"] is None  # runs that did not keep it
+    assert fidelity.pooled([r])["same_steps"] is None
+    for run, same in zip(ours[("jax", "mlp")], (85.0, 210.0)):  # over the hand-written loop's steps
+        run["same_steps_sps"] = same
+    r = fidelity.summarize(hand, ours)[0]
+    assert r["same_steps"]["paired_ratios"] == pytest.approx([0.85, 1.05])
+    assert r["same_steps"]["geometric_mean"] == pytest.approx(math.sqrt(0.85 * 1.05))
+    assert fidelity.pooled([r])["same_steps"]["geometric_mean"] == pytest.approx(math.sqrt(0.85 * 1.05))
 
 
 def test_process_estimate_interval_is_across_processes() -> None:
