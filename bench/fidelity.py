@@ -119,6 +119,10 @@ def run_mlbench(framework: str, model: str, runs_dir: Path) -> dict[str, float]:
     }
 
 
+def geometric_mean(ratios: list[float]) -> float:
+    return float(np.exp(np.mean(np.log(ratios))))
+
+
 def paired_estimate(ratios: list[float]) -> dict[str, Any]:
     """Geometric mean of paired ratios with a Student-t 95% interval on their logarithms, and what
     it says about the target: at least, below, or not resolved by this many pairs."""
@@ -198,7 +202,7 @@ def process_estimate(per_process: list[list[float]]) -> dict[str, Any]:
     uncertainty; the interval is taken across processes. With one process, from its blocks."""
     if len(per_process) < 2:
         return {**paired_estimate([r for blocks in per_process for r in blocks]), "unit": "blocks"}
-    means = [float(np.exp(np.mean(np.log(blocks)))) for blocks in per_process]
+    means = [geometric_mean(blocks) for blocks in per_process]
     return {**paired_estimate(means), "unit": "processes"}
 
 
@@ -219,10 +223,6 @@ def run_inprocess(cases: list[Case], blocks: int, processes: int) -> list[dict[s
     """`bench.inprocess` for each case in `processes` fresh processes, the cases in turn each time so
     the machine's drift spreads over them: the harness against the hand-written loop, and the
     hand-written loop against a second instance of itself (the control)."""
-    out = {
-        c: {"framework": c[0], "model": c[1], "batch_size": INPROCESS[c[1]][0], "steps_per_block": INPROCESS[c[1]][1]}
-        for c in cases
-    }
     groups: dict[Case, list[list[dict[str, float]]]] = {c: [] for c in cases}
     for p in range(processes):
         for fw, model in cases:
@@ -235,19 +235,24 @@ def run_inprocess(cases: list[Case], blocks: int, processes: int) -> list[dict[s
                 text=True,
                 check=True,
             )
-            blocks_ = json.loads(proc.stdout.strip().splitlines()[-1])["blocks"]
-            groups[(fw, model)].append(blocks_)
-            ratio = float(np.exp(np.mean(np.log([b["ratio"] for b in blocks_]))))
-            control = float(np.exp(np.mean(np.log([b["control"] for b in blocks_]))))
+            timed = json.loads(proc.stdout.strip().splitlines()[-1])["blocks"]
+            groups[(fw, model)].append(timed)
             print(
-                f"in one process ({p + 1}/{processes}) {fw} {model}: {ratio:.3f}, control {control:.3f}",
+                f"in one process ({p + 1}/{processes}) {fw} {model}: "
+                f"{geometric_mean([b['ratio'] for b in timed]):.3f}, "
+                f"control {geometric_mean([b['control'] for b in timed]):.3f}",
                 file=sys.stderr,
                 flush=True,
             )
     results = []
-    for c in cases:
-        res = {**out[c], "processes": groups[c]}
-        results.append({**res, **inprocess_estimates(res)})
+    for (fw, model), g in groups.items():
+        res = {
+            "framework": fw,
+            "model": model,
+            "batch_size": INPROCESS[model][0],
+            "steps_per_block": INPROCESS[model][1],
+        }
+        results.append({**res, "processes": g, **inprocess_estimates({"processes": g})})
     return results
 
 

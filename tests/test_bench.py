@@ -81,6 +81,17 @@ def test_inprocess_estimates_with_and_without_control() -> None:
     assert old["control"] is None and old["unit"] == "blocks"
 
 
+def test_inprocess_block_orders_are_balanced() -> None:
+    from bench import inprocess  # imports no framework at module level
+
+    # in three blocks every loop runs first, second and third once; in six, right after each other
+    # loop twice (no loop always inherits another's cache or heap)
+    for pos in range(3):
+        assert {inprocess.ORDERS[b][pos] for b in range(3)} == {"hand", "twin", "harness"}
+    follows = collections.Counter((o[i], o[i + 1]) for o in inprocess.ORDERS for i in range(2))
+    assert len(follows) == 6 and set(follows.values()) == {2}
+
+
 @pytest.mark.e2e
 def test_inprocess_comparison_runs_the_three_loops() -> None:
     pytest.importorskip("torch")
@@ -92,9 +103,3 @@ def test_inprocess_comparison_runs_the_three_loops() -> None:
         assert b["hand_s"] > 0 and b["twin_s"] > 0 and b["harness_s"] > 0
         assert b["ratio"] == pytest.approx(b["hand_s"] / b["harness_s"])
         assert b["control"] == pytest.approx(b["hand_s"] / b["twin_s"])
-    # in three blocks every loop runs first, second and third once; in six, right after each other
-    # loop twice (no loop always inherits another's cache or heap)
-    for pos in range(3):
-        assert {inprocess.ORDERS[b][pos] for b in range(3)} == {"hand", "twin", "harness"}
-    follows = collections.Counter((o[i], o[i + 1]) for o in inprocess.ORDERS for i in range(2))
-    assert len(follows) == 6 and set(follows.values()) == {2}

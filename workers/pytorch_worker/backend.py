@@ -111,7 +111,7 @@ class TorchBackend:
         xb, yb = self._inputs(x, y)
         # the last step's gradients freed before the forward pass, as the reference loop and PyTorch's
         # AMP recipe order it, so the activations can take their memory (after the forward pass: the
-        # MLP on 2 cores about 0.6% slower in three processes, each within its ±3% noise)
+        # MLP on 2 cores about 0.6% slower in three processes, each inside its ±2-4% interval)
         self.optimizer.zero_grad(set_to_none=True)
         with self._autocast():
             logits = self.forward(xb)
