@@ -29,6 +29,7 @@ from mlbench.analysis import OTHER_LOAD_PCT
 
 Row = dict[str, Any]
 ENV_KEYS = (
+    "mlbench_version",  # how a figure is measured can change between versions (0.2.0: CPU step times)
     "hostname",
     "cpu_model",
     "cpu_count_physical",

@@ -15,7 +15,7 @@ from workers.common.specs import get_spec, input_spec
 class Recorder:
     """A backend whose steps are numbered; it logs every launch and read-back in the order they happen."""
 
-    framework, layout = "fake", "NCHW"
+    framework, layout, async_steps = "fake", "NCHW", True
 
     def __init__(self, fail_at: int | None = None) -> None:
         self.log: list[str] = []
@@ -63,6 +63,55 @@ def test_no_batch_or_one(n: int) -> None:
     b = Recorder()
     assert [loss for loss, _, _ in harness.pipelined(b, batches(n))] == [float(k) for k in range(n)]
     assert b.log == [f"{what} {k}" for k in range(n) for what in ("launch", "result")]
+
+
+def test_a_backend_that_runs_each_step_as_it_is_launched_is_read_back_at_once() -> None:
+    b = Recorder()
+    b.async_steps = False
+    out = list(harness.pipelined(b, batches(3)))
+    assert [loss for loss, _, _ in out] == [0.0, 1.0, 2.0]
+    assert b.log == ["launch 0", "result 0", "launch 1", "result 1", "launch 2", "result 2"]
+
+
+class Timed(Recorder):
+    """Step k takes k + 1 seconds of a fake clock: inside launch_step where the backend runs its steps
+    as they are launched, inside step_result (the wait for the device) where it queues them."""
+
+    def __init__(self, clock: list[float], async_steps: bool) -> None:
+        super().__init__()
+        self.clock, self.async_steps = clock, async_steps
+
+    def launch_step(self, x: np.ndarray, y: np.ndarray) -> int:
+        k = super().launch_step(x, y)
+        if not self.async_steps:
+            self.clock[0] += k + 1.0
+        return k
+
+    def step_result(self, k: int) -> tuple[float, int]:
+        if self.async_steps:
+            self.clock[0] += k + 1.0
+        return super().step_result(k)
+
+
+@pytest.mark.parametrize("async_steps", [True, False])
+def test_each_steps_time_is_its_own_work(monkeypatch, tmp_path, async_steps: bool) -> None:
+    # read one step late, a synchronous backend's intervals would be [1+2, 3, 4, 5, 6] and [0]:
+    # five intervals holding six steps' work but four counted as timed steps' samples
+    clock = [0.0]
+    monkeypatch.setattr(harness.time, "perf_counter", lambda: clock[0])
+    spec = get_spec("mlp")
+    cell = {
+        "batch_size": 4,
+        "seed": 0,
+        "warmup_steps": 2,
+        "epochs": 1,
+        "dataset": {"name": "synthetic", "train_samples": 24, "val_samples": 8, "path": None},
+    }
+    ds = data.load(cell["dataset"], spec.family, input_spec(spec), 0, str(tmp_path))
+    out = harness.train(Timed(clock, async_steps), ds, cell, Emitter("t", io.StringIO()))
+    assert out["warmup_s"] == [1.0, 2.0]
+    assert out["step_s"] == [3.0, 4.0, 5.0, 6.0]
+    assert out["window_s"] == 18.0 and out["window_samples"] == 16
 
 
 def test_the_wait_for_data_is_counted_once_and_whole(monkeypatch) -> None:

@@ -4,8 +4,9 @@ A framework worker supplies a `Backend` (build, launch_step, step_result, eval_s
 save, memory); this module does everything that must not differ between frameworks: seeds, data,
 the training epochs with warm-up split from steady state, evaluation, inference latency, model
 size on disk, and the events. Every clock read below follows a call that hands back host numbers
-(or blocks on the device), so no timer misses asynchronous device work: training steps are read
-back one step late (see `pipelined`), every other call waits for its own work.
+(or blocks on the device), so no timer misses asynchronous device work: the training steps of a
+backend that queues them are read back one step late (see `pipelined`), every other call waits for
+its own work.
 """
 
 from __future__ import annotations
@@ -65,6 +66,9 @@ class Backend(Protocol):
 
     framework: str
     layout: str  # of image batches: "NCHW" or "NHWC"
+    # launch_step returns before the step's work is done (JAX; CUDA): the harness then reads each
+    # step back after queueing the next (see `pipelined`); False where the step has run by then
+    async_steps: bool
 
     def info(self) -> dict[str, Any]: ...  # version, devices seen, threads, compiler
     def build(self, spec: ModelSpec, weights: dict[str, np.ndarray]) -> None: ...
@@ -103,20 +107,34 @@ def train_step(backend: Backend, x: np.ndarray, y: np.ndarray) -> tuple[float, i
 
 def pipelined(backend: Backend, batches: Iterable[tuple[np.ndarray, np.ndarray]]) -> Iterator[tuple[float, int, float]]:
     """Trains on each batch in turn; yields each step's (mean loss, correct, data wait in s) as it
-    completes, in order, reading a step back only after the next one is launched.
+    completes, in order. The caller's clock read after each yield marks that step's completion.
 
-    A loop that reads its loss back right after each step leaves the device (or JAX's dispatcher)
-    idle while the host converts the number and launches the next step; an expert's loop reads
-    back seldom. Here step k+1 is queued before step k is waited for, so the queue never runs dry
-    and every step's figures still reach the host. Measured (JAX MLP, batch 256, 2 CPU cores, one
-    process): a read-back after every step cost 3.5% of the hand-written loop's throughput. The
-    interval between two completions is a step's time in steady state; the sum of the intervals is
-    the wall time of the steps. A framework that runs synchronously (PyTorch and TensorFlow on a
-    CPU) has finished a step when it is launched, and loses nothing either way. The last step of
-    the batches is waited for before this returns: nothing runs on past an epoch.
+    Where the backend queues steps (`async_steps`: JAX, CUDA), a step is read back only after the
+    next one is launched. A loop that reads its loss back right after each step leaves the device
+    (or JAX's dispatcher) idle while the host converts the number and launches the next step; an
+    expert's loop reads back seldom. Here step k+1 is queued before step k is waited for, so the
+    queue never runs dry and every step's figures still reach the host. Measured (JAX MLP, batch
+    256, 2 CPU cores, one process): a read-back after every step cost 3.5% of the hand-written
+    loop's throughput. The interval between two completions is a step's time in steady state.
+
+    Where `launch_step` runs the whole step before it returns (PyTorch and TensorFlow on a CPU), each
+    step is read back at once: read one step late, the yield for step k would come after step k+1
+    had run, so every interval would hold the next step's work, the first two steps' and the last
+    none (a 0.1 ms "step"), and a window of n intervals n-1 steps' work (PyTorch ResNet-18, 15 timed
+    steps: its throughput 1/14 too high). The last step of the batches is waited for before this
+    returns: nothing runs on past an epoch.
     """
-    pending, data_s = None, 0.0
+    data_s = 0.0
     it = iter(batches)
+    if not backend.async_steps:
+        while True:
+            t0 = time.perf_counter()
+            batch = next(it, None)
+            data_s = time.perf_counter() - t0
+            if batch is None:
+                return
+            yield (*backend.step_result(backend.launch_step(*batch)), data_s)
+    pending = None
     while True:
         t0 = time.perf_counter()
         batch = next(it, None)

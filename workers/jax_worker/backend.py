@@ -64,6 +64,7 @@ class JaxBackend:
 
     framework = "jax"
     layout = "NHWC"
+    async_steps = True  # dispatch is asynchronous on every device, the CPU included
 
     def __init__(self, cell: dict[str, Any]) -> None:
         self.cell = cell

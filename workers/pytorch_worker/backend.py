@@ -48,6 +48,9 @@ class TorchBackend:
         elif device != "cpu":
             raise Unsupported(f"device {device!r} is not supported by the PyTorch worker")
         self.device = torch.device(device)
+        # CUDA kernels are queued and launch_step returns before they run; on the CPU each op runs as
+        # it is called, so the step is done when launch_step returns
+        self.async_steps = self.device.type == "cuda"
         self.precision = cell["precision"]
         if self.precision == "bf16" and self.device.type == "cuda" and not torch.cuda.is_bf16_supported():
             raise Unsupported(f"bf16 is not supported on {torch.cuda.get_device_name(self.device)}")

@@ -115,6 +115,9 @@ class TFBackend:
         keras.mixed_precision.set_global_policy(POLICIES[self.precision])
         keras.utils.set_random_seed(cell["seed"])  # dropout masks
         self.jit = bool(cell.get("compile"))
+        # a GPU step's kernels are queued on the device's stream and its outputs returned before they
+        # are computed; on the CPU the function returns once it has run (see `launch_step`)
+        self.async_steps = self.device.startswith("/GPU")
 
     def info(self) -> dict[str, Any]:
         build = tf.sysconfig.get_build_info()
