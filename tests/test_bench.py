@@ -79,6 +79,10 @@ def test_inprocess_estimates_with_and_without_control() -> None:
     assert r["blocks_per_process"] == 2
     old = fidelity.inprocess_estimates({"processes": [[{"ratio": 0.98}, {"ratio": 1.0}]]})  # a file from before
     assert old["control"] is None and old["unit"] == "blocks"
+    # with both hand-written instances' times, the ratio is against their geometric mean (files that
+    # kept hand/harness as "ratio" are read the same way)
+    timed = {"hand_s": 1.0, "twin_s": 1.21, "harness_s": 1.2, "ratio": 1 / 1.2, "control": 1 / 1.21}
+    assert fidelity.block_ratio(timed) == pytest.approx(1.1 / 1.2)
 
 
 def test_inprocess_block_orders_are_balanced() -> None:
@@ -101,5 +105,6 @@ def test_inprocess_comparison_runs_the_three_loops() -> None:
     assert len(out["blocks"]) == 3
     for b in out["blocks"]:
         assert b["hand_s"] > 0 and b["twin_s"] > 0 and b["harness_s"] > 0
-        assert b["ratio"] == pytest.approx(b["hand_s"] / b["harness_s"])
+        assert b["ratio"] == pytest.approx(math.sqrt(b["hand_s"] * b["twin_s"]) / b["harness_s"])
+        assert fidelity.block_ratio(b) == pytest.approx(b["ratio"])
         assert b["control"] == pytest.approx(b["hand_s"] / b["twin_s"])
