@@ -85,6 +85,13 @@ def cells_to_run(
     return todo, len(every) - len(todo)
 
 
+def stored_versions(run_dir: Path, current: str) -> dict[str, int]:
+    """mlbench versions other than `current` that measured this run folder's stored cells, with counts
+    (unknown where a cell predates the column)."""
+    versions = [v or "unknown" for v in store.read_cells(run_dir).column("mlbench_version").to_pylist()]
+    return {v: versions.count(v) for v in set(versions) - {current}}
+
+
 def run_suite(
     suite: Suite,
     *,
@@ -111,6 +118,14 @@ def run_suite(
         for torn in store.cells_dir(run_dir).glob(".*.tmp"):  # a kill mid-write; never read as a cell
             torn.unlink(missing_ok=True)
         todo, already = cells_to_run(suite, cells, run_dir, resume, retry_failed)
+        if already and (older := stored_versions(run_dir, env["mlbench_version"])):
+            print(
+                f"resume: {sum(older.values())} stored cell(s) were measured by mlbench "
+                f"{', '.join(sorted(older))}, this is {env['mlbench_version']}; how a figure is measured "
+                "may differ between versions (see the README): to compare like with like, run into a new folder",
+                file=sys.stderr,
+                flush=True,
+            )
         summary = RunSummary(run_dir, already_stored=already)
         # verify the models about to run (all the suite's frameworks: parity is between them), except
         # those this run folder already holds a verdict for when resuming

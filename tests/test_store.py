@@ -127,3 +127,15 @@ def test_cells_written_by_an_older_schema_are_read_with_nulls(tmp_path: Path) ->
     pq.write_table(old.set_column(0, "cell_id", pa.array(["old"])), tmp_path / "cells" / "old.parquet")
     table = store.read_cells(tmp_path, ["old", "new"])
     assert table.num_rows == 2 and table.column("compile_time_s").to_pylist() == [None, None]
+
+
+def test_stored_cells_of_other_mlbench_versions_are_counted(tmp_path: Path) -> None:
+    from mlbench.orchestrator import stored_versions
+
+    assert stored_versions(tmp_path, "0.2.0") == {}  # nothing stored
+    store.write_cell(tmp_path, row("new", mlbench_version="0.2.0"))
+    assert stored_versions(tmp_path, "0.2.0") == {}
+    store.write_cell(tmp_path, row("old1", mlbench_version="0.1.0"))
+    store.write_cell(tmp_path, row("old2", mlbench_version="0.1.0"))
+    store.write_cell(tmp_path, row("before", mlbench_version=None))  # a cell from before the column
+    assert stored_versions(tmp_path, "0.2.0") == {"0.1.0": 2, "unknown": 1}
