@@ -65,6 +65,20 @@ def test_no_batch_or_one(n: int) -> None:
     assert b.log == [f"{what} {k}" for k in range(n) for what in ("launch", "result")]
 
 
+def train(backend: Recorder, tmp_path, warmup_steps: int, epochs: int, train_samples: int) -> dict:
+    """harness.train on a tiny synthetic MLP dataset, batches of 4."""
+    spec = get_spec("mlp")
+    cell = {
+        "batch_size": 4,
+        "seed": 0,
+        "warmup_steps": warmup_steps,
+        "epochs": epochs,
+        "dataset": {"name": "synthetic", "train_samples": train_samples, "val_samples": 8, "path": None},
+    }
+    ds = data.load(cell["dataset"], spec.family, input_spec(spec), 0, str(tmp_path))
+    return harness.train(backend, ds, cell, Emitter("t", io.StringIO()))
+
+
 def test_a_backend_that_runs_each_step_as_it_is_launched_is_read_back_at_once() -> None:
     b = Recorder()
     b.async_steps = False
@@ -99,16 +113,7 @@ def test_each_steps_time_is_its_own_work(monkeypatch, tmp_path, async_steps: boo
     # five intervals holding six steps' work but four counted as timed steps' samples
     clock = [0.0]
     monkeypatch.setattr(harness.time, "perf_counter", lambda: clock[0])
-    spec = get_spec("mlp")
-    cell = {
-        "batch_size": 4,
-        "seed": 0,
-        "warmup_steps": 2,
-        "epochs": 1,
-        "dataset": {"name": "synthetic", "train_samples": 24, "val_samples": 8, "path": None},
-    }
-    ds = data.load(cell["dataset"], spec.family, input_spec(spec), 0, str(tmp_path))
-    out = harness.train(Timed(clock, async_steps), ds, cell, Emitter("t", io.StringIO()))
+    out = train(Timed(clock, async_steps), tmp_path, warmup_steps=2, epochs=1, train_samples=24)
     assert out["warmup_s"] == [1.0, 2.0]
     assert out["step_s"] == [3.0, 4.0, 5.0, 6.0]
     assert out["window_s"] == 18.0 and out["window_samples"] == 16
@@ -137,17 +142,8 @@ def test_a_failing_step_surfaces_when_it_is_read_back() -> None:
 
 
 def test_train_counts_every_step_once(tmp_path) -> None:
-    spec = get_spec("mlp")
-    cell = {
-        "batch_size": 4,
-        "seed": 0,
-        "warmup_steps": 3,
-        "epochs": 2,
-        "dataset": {"name": "synthetic", "train_samples": 20, "val_samples": 8, "path": None},
-    }
-    ds = data.load(cell["dataset"], spec.family, input_spec(spec), 0, str(tmp_path))
     b = Recorder()
-    out = harness.train(b, ds, cell, Emitter("t", io.StringIO()))
+    out = train(b, tmp_path, warmup_steps=3, epochs=2, train_samples=20)
     assert b.launched == 10  # 5 steps an epoch, 2 epochs
     assert len(out["warmup_s"]) == 3 and len(out["step_s"]) == 7 and out["window_samples"] == 7 * 4
     e0, e1 = out["epochs"]
