@@ -21,6 +21,7 @@ from __future__ import annotations
 import argparse
 import json
 import math
+import os
 import statistics
 import subprocess
 import sys
@@ -32,6 +33,8 @@ import numpy as np
 import pyarrow.parquet as pq
 import scipy.stats
 import yaml
+
+from mlbench.runner import malloc_env
 
 ROOT = Path(__file__).resolve().parent.parent
 CASES = {"mlp": (256, 300), "resnet18": (64, 15), "bert": (32, 15)}  # model: (batch size, timed steps)
@@ -45,7 +48,13 @@ INPROCESS = {"mlp": (256, 150), "resnet18": (64, 3), "bert": (32, 4)}
 Case = tuple[str, str]
 
 
-def run_handwritten(framework: str, model: str) -> float:
+def process_env(malloc: str) -> dict[str, str]:
+    """The environment of a hand-written loop's process: glibc's malloc set as `malloc: <malloc>` sets
+    it for mlbench's workers, so the ratio compares the loops alone."""
+    return {**os.environ, **malloc_env(malloc, os.environ)}
+
+
+def run_handwritten(framework: str, model: str, malloc: str) -> float:
     bs, steps = CASES[model]
     out = subprocess.run(
         [
@@ -64,6 +73,7 @@ def run_handwritten(framework: str, model: str) -> float:
             str(steps),
         ],
         cwd=ROOT,
+        env=process_env(malloc),
         capture_output=True,
         text=True,
         check=True,
@@ -71,7 +81,7 @@ def run_handwritten(framework: str, model: str) -> float:
     return json.loads(out.stdout.strip().splitlines()[-1])["samples_per_second"]
 
 
-def run_mlbench(framework: str, model: str, runs_dir: Path) -> dict[str, float]:
+def run_mlbench(framework: str, model: str, runs_dir: Path, malloc: str) -> dict[str, float]:
     bs, steps = CASES[model]
     name = f"fidelity-{framework}-{model}"
     suite = {
@@ -84,6 +94,7 @@ def run_mlbench(framework: str, model: str, runs_dir: Path) -> dict[str, float]:
         "warmup_steps": WARMUP,
         "inference": {"warmup": 1, "runs": 3, "min_runs": 1, "max_s": 1},
         "calibrate": False,
+        "malloc": malloc,
     }
     path = runs_dir / f"{name}.yaml"
     path.write_text(yaml.safe_dump(suite))
@@ -228,7 +239,7 @@ def inprocess_estimates(res: dict[str, Any]) -> dict[str, Any]:
     return out
 
 
-def run_inprocess(cases: list[Case], blocks: int, processes: int) -> list[dict[str, Any]]:
+def run_inprocess(cases: list[Case], blocks: int, processes: int, malloc: str) -> list[dict[str, Any]]:
     """`bench.inprocess` for each case in `processes` fresh processes, the cases in turn each time so
     the machine's drift spreads over them: the harness against the hand-written loop, and the
     hand-written loop against a second instance of itself (the control)."""
@@ -240,6 +251,7 @@ def run_inprocess(cases: list[Case], blocks: int, processes: int) -> list[dict[s
             proc = subprocess.run(
                 [sys.executable, "-m", "bench.inprocess", *args, "--blocks", str(blocks)],
                 cwd=ROOT,
+                env=process_env(malloc),
                 capture_output=True,
                 text=True,
                 check=True,
@@ -275,8 +287,9 @@ def _ci(r: dict[str, Any]) -> str:
 
 
 def print_report(
-    results: list[dict[str, Any]], overall: dict[str, Any], inproc: list[dict[str, Any]], path: Path
+    results: list[dict[str, Any]], overall: dict[str, Any], inproc: list[dict[str, Any]], path: Path, malloc: str
 ) -> None:
+    print(f"\nglibc malloc in every process: {malloc}")
     if results:
         print(
             f"\nWhole runs: `python -m mlbench run` against `python -m bench.handwritten`, back to back\n"
@@ -342,6 +355,12 @@ def main() -> None:
     p.add_argument("--inprocess", action="store_true", help="also compare the harness and the hand loop in one process")
     p.add_argument("--blocks", type=int, default=8, help="timed blocks per loop in each process")
     p.add_argument("--processes", type=int, default=3, help="fresh processes per case in one-process mode")
+    p.add_argument(
+        "--malloc",
+        choices=["steady", "system"],
+        default="steady",
+        help="glibc's malloc settings in every process, mlbench's workers and the hand-written loops alike",
+    )
     p.add_argument("--report", metavar="FIDELITY_JSON", help="print the report of an earlier run and stop")
     a = p.parse_args()
     if a.report:
@@ -364,7 +383,8 @@ def main() -> None:
             if "processes" not in r:  # a file from before several processes: one
                 r["processes"] = [r.pop("blocks")]
             inproc.append({**r, **inprocess_estimates(r)})
-        print_report(results, pooled(results) if results else {}, inproc, Path(a.report))
+        # files from before the setting ran with the machine's malloc
+        print_report(results, pooled(results) if results else {}, inproc, Path(a.report), saved.get("malloc", "system"))
         return
     runs_dir = Path(a.runs_dir)
     runs_dir.mkdir(parents=True, exist_ok=True)
@@ -376,9 +396,9 @@ def main() -> None:
         for case in [c for c in cases if r < a.rounds * EXTRA_ROUNDS.get(c[1], 1)]:
             for which in ("hand", "mlbench") if r % 2 == 0 else ("mlbench", "hand"):
                 if which == "hand":
-                    hand[case].append(run_handwritten(*case))
+                    hand[case].append(run_handwritten(*case, a.malloc))
                 else:
-                    ours[case].append(run_mlbench(*case, runs_dir))
+                    ours[case].append(run_mlbench(*case, runs_dir, a.malloc))
             print(
                 f"round {r + 1} {case[0]} {case[1]}: hand {hand[case][-1]:.1f}, "
                 f"mlbench {ours[case][-1]['samples_per_second']:.1f} samples/s",
@@ -387,10 +407,12 @@ def main() -> None:
             )
     results = summarize(hand, ours) if a.rounds > 0 else []
     overall = pooled(results) if results else {}
-    inproc = run_inprocess(cases, a.blocks, a.processes) if a.inprocess else []
+    inproc = run_inprocess(cases, a.blocks, a.processes, a.malloc) if a.inprocess else []
     out = runs_dir / "fidelity.json"
-    out.write_text(json.dumps({"cases": results, "overall": overall, "inprocess": inproc}, indent=1))
-    print_report(results, overall, inproc, out)
+    out.write_text(
+        json.dumps({"malloc": a.malloc, "cases": results, "overall": overall, "inprocess": inproc}, indent=1)
+    )
+    print_report(results, overall, inproc, out, a.malloc)
 
 
 if __name__ == "__main__":

@@ -33,6 +33,7 @@ def calibration_cell(suite: Suite, framework: str, device: str, precision: str) 
         "precision": precision,
         "seed": suite.seed,
         "threads": suite.threads,
+        "malloc": suite.malloc,
         "compile": suite.compile,
         "calibrate": {"n": n, "max_s": BUDGET_S},
     }

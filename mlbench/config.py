@@ -81,6 +81,11 @@ class Suite(Strict):
     accuracy_parity_pts: PositiveFloat = 2.0  # frameworks' validation accuracies must lie within this
     target_accuracy: float | None = Field(None, gt=0, le=1)  # time to accuracy: when validation reaches this
     threads: PositiveInt | None = None  # intra-op threads per worker; None: the framework's default
+    # glibc's malloc in the workers. steady: freed memory kept for reuse (fixed mmap and trim thresholds,
+    # transparent huge pages), so a training step does not page-fault its temporaries in afresh each time;
+    # system: the machine's settings as they are (glibc's dynamic thresholds: from 0 to 80,000 page
+    # faults a step for the same PyTorch cell, by the process's allocation history). See the README.
+    malloc: Literal["steady", "system"] = "steady"
     timeout_s: PositiveFloat = 900  # wall-clock limit per cell
     idle_timeout_s: PositiveFloat = 300  # limit without any event from the worker
     monitor_interval_s: PositiveFloat = 0.2  # outside sampling period of RSS, CPU and GPU

@@ -40,6 +40,7 @@ MEDIAN_OF = (
     "model_load_s",
     "duration_s",
     "achieved_tflops",
+    "page_faults_per_step",
 )
 
 

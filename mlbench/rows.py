@@ -38,6 +38,10 @@ def build(
     steady = stats.steady_throughput(steps.get("warmup_s", []), steps.get("step_s", []), cell.batch_size)
     start, warm, step_s = steady["start"], steady["warmup"], steady["timed"]
     st = stats.summarize(step_s)
+    # minor page faults per steady-state step: the same steps the throughput is made of (a worker
+    # that does not count them sends none)
+    faults = [*steps.get("warmup_faults", []), *steps.get("step_faults", [])]
+    timed_faults = faults[start:] if len(faults) == len(warm) + len(step_s) else []
     ci = stats.throughput_ci(step_s, cell.batch_size) if ok else (None, None)
     mon = outcome.monitor
     on_gpu = cell.device.startswith("cuda")
@@ -101,6 +105,7 @@ def build(
         "steps_timed": len(step_s) if steps else None,
         "warmup_steps_detected": start if steps else None,
         "noisy": st["noisy"],
+        "page_faults_per_step": sum(timed_faults) / len(timed_faults) if timed_faults else None,
         "first_step_s": (warm or step_s or [None])[0],
         "compile_time_s": ((warm or step_s)[0] - st["median"])
         if ((warm or step_s) and st["median"] is not None)

@@ -77,6 +77,11 @@ COLUMNS: list[tuple[str, pa.DataType, str]] = [
     ("steps_timed", I, "training steps after warm-up that the figures above come from"),
     ("warmup_steps_detected", I, "steps before the steady state, detected from the samples (at least warmup_steps)"),
     ("noisy", B, "true where the step-time CV is above 10%: too noisy to rank on"),
+    (
+        "page_faults_per_step",
+        F,
+        "minor page faults of the worker per timed step: memory mapped in afresh (see the malloc setting)",
+    ),
     ("first_step_s", F, "wall time of the first training step (tracing, compilation, autotuning)"),
     ("compile_time_s", F, "first step minus the median timed step: tracing/compilation/autotuning cost"),
     ("warmup_time_s", F, "wall time of all steps before the steady state"),

@@ -64,6 +64,7 @@ def test_id_depends_on_the_spec_not_on_the_rest_of_the_grid() -> None:
         {"dataset": {"name": "synthetic", "train_samples": 256, "val_samples": 32}},
         {"model_overrides": {"mlp": {"hidden": [64]}}},
         {"workers": {"pytorch": "other.module"}},
+        {"malloc": "system"},
     ):
         assert expand(grid(**changed))[0].cell_id != expand(grid())[0].cell_id, changed
 

@@ -20,7 +20,7 @@ def test_every_shipped_config_is_valid(path: Path) -> None:
 
 def test_defaults_are_filled_in() -> None:
     s = parse_suite(suite_dict())
-    assert s.timeout_s == 120 and s.compile is False and s.dataset.name == "synthetic"
+    assert s.timeout_s == 120 and s.compile is False and s.dataset.name == "synthetic" and s.malloc == "steady"
     assert s.worker_module("pytorch") == "workers.pytorch_worker"
 
 
@@ -59,6 +59,7 @@ BAD = [
     ({"model_overrides": {"bert": {"hidden": 250}}}, ["model_overrides.bert", "divide into heads"]),
     ({"excludes": [{"modle": "mlp"}]}, ["unknown key of excludes[0] 'modle'", "did you mean 'model'"]),
     ({"workers": {"x": "not a module!"}}, ["not a Python module path"]),
+    ({"malloc": "jemalloc"}, ["malloc", "'steady' or 'system'", "got 'jemalloc'"]),
 ]
 
 

@@ -14,6 +14,7 @@ import pandas as pd
 import pytest
 import yaml
 
+from mlbench import runner
 from tests.conftest import ROOT, by_hand, cli, descendants_alive, suite_dict
 from workers.common import specs
 
@@ -65,6 +66,9 @@ def test_every_cell_is_ok_with_measured_figures(real_run) -> None:
         assert r.framework_version.startswith("2.") and r.python_version and r.cpu_model
         assert pd.isna(r.gpu_utilization_pct) and pd.isna(r.gpu_energy_j)  # nothing measured them: missing, not 0
         assert len(r.step_times_s) == r.steps_timed and len(r.epochs_detail) == 1
+        # counted, not assumed: a step of these tiny models may fault in no page at all
+        assert r.page_faults_per_step >= 0
+        assert json.loads(r.env_flags)["GLIBC_TUNABLES"] == runner.STEADY_MALLOC  # `malloc: steady`, the default
 
 
 def test_precisions_are_recorded_as_run(real_run) -> None:

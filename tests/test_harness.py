@@ -3,6 +3,7 @@
 from __future__ import annotations
 
 import io
+import mmap
 
 import numpy as np
 import pytest
@@ -117,6 +118,43 @@ def test_each_steps_time_is_its_own_work(monkeypatch, tmp_path, async_steps: boo
     assert out["warmup_s"] == [1.0, 2.0]
     assert out["step_s"] == [3.0, 4.0, 5.0, 6.0]
     assert out["window_s"] == 18.0 and out["window_samples"] == 16
+
+
+def touch_fresh_pages(n: int) -> None:
+    """n minor page faults: fresh pages mapped and written, as a step whose temporaries the allocator
+    gave back to the kernel pays them."""
+    with mmap.mmap(-1, n * mmap.PAGESIZE) as fresh:
+        for i in range(n):
+            fresh[i * mmap.PAGESIZE] = 1
+
+
+class Faulting(Recorder):
+    """Step 2 faults 64 pages in: inside launch_step where steps run as launched, inside step_result
+    (where the host waits for the device's work) where they are queued."""
+
+    def __init__(self, async_steps: bool) -> None:
+        super().__init__()
+        self.async_steps = async_steps
+
+    def launch_step(self, x: np.ndarray, y: np.ndarray) -> int:
+        k = super().launch_step(x, y)
+        if k == 2 and not self.async_steps:
+            touch_fresh_pages(64)
+        return k
+
+    def step_result(self, k: int) -> tuple[float, int]:
+        if k == 2 and self.async_steps:
+            touch_fresh_pages(64)
+        return super().step_result(k)
+
+
+@pytest.mark.parametrize("async_steps", [True, False])
+def test_each_steps_page_faults_are_counted_with_it(tmp_path, async_steps: bool) -> None:
+    out = train(Faulting(async_steps), tmp_path, warmup_steps=1, epochs=1, train_samples=24)
+    faults = out["warmup_faults"] + out["step_faults"]
+    assert len(out["warmup_faults"]) == 1 and len(out["step_faults"]) == len(out["step_s"]) == 5
+    assert faults[2] >= 64, faults
+    assert max(faults[:2] + faults[3:]) < 64, faults
 
 
 def test_the_wait_for_data_is_counted_once_and_whole(monkeypatch) -> None:

@@ -100,6 +100,11 @@ def host_peak_rss_bytes() -> int:
     return resource.getrusage(resource.RUSAGE_SELF).ru_maxrss * 1024
 
 
+def minor_faults() -> int:
+    """Minor page faults of this process so far: memory the kernel had to map (and zero) on first touch."""
+    return resource.getrusage(resource.RUSAGE_SELF).ru_minflt
+
+
 def train_step(backend: Backend, x: np.ndarray, y: np.ndarray) -> tuple[float, int]:
     """One training step, waited for: (mean loss, correct)."""
     return backend.step_result(backend.launch_step(x, y))
@@ -157,6 +162,8 @@ def train(backend: Backend, ds: datasets.Dataset, cell: dict[str, Any], em: Emit
     total_steps = steps_per_epoch * cell["epochs"]
     step_times: list[float] = []  # timed (post-warm-up) steps, seconds
     warmup_times: list[float] = []
+    step_faults: list[int] = []  # minor page faults during each step, as the times
+    warmup_faults: list[int] = []
     window_s = 0.0  # wall time of the timed windows (includes data preparation between steps)
     window_samples = 0
     epochs, global_step = [], 0
@@ -169,19 +176,23 @@ def train(backend: Backend, ds: datasets.Dataset, cell: dict[str, Any], em: Emit
         t_epoch = time.perf_counter()
         batches = feed.epoch(seed, epoch)  # the epoch gathered in batch order, before the step timers
         t_prev = time.perf_counter()
+        f_prev = minor_faults()
         data_s = t_prev - t_epoch
         for loss, n_correct, wait_s in pipelined(backend, batches):
             t_end = time.perf_counter()  # this step's figures are on the host: it is done
+            f_end = minor_faults()  # ~1 us, after the clock: it falls in the next step's interval
             data_s += wait_s
             step_s = t_end - t_prev
             if global_step < warmup:
                 warmup_times.append(step_s)
+                warmup_faults.append(f_end - f_prev)
             else:
                 if window_start is None:
                     window_start = t_prev
                 step_times.append(step_s)
+                step_faults.append(f_end - f_prev)
                 window_samples += bs
-            t_prev = t_end
+            t_prev, f_prev = t_end, f_end
             loss_sum += loss * bs
             correct += n_correct
             seen += bs
@@ -223,6 +234,8 @@ def train(backend: Backend, ds: datasets.Dataset, cell: dict[str, Any], em: Emit
         phase="train",
         warmup_s=warmup_times,
         step_s=step_times,
+        warmup_faults=warmup_faults,
+        step_faults=step_faults,
         batch_size=bs,
         window_s=window_s,
         window_samples=window_samples,
@@ -238,6 +251,8 @@ def train(backend: Backend, ds: datasets.Dataset, cell: dict[str, Any], em: Emit
         "total_train_s": total_train_s,
         "warmup_s": warmup_times,
         "step_s": step_times,
+        "warmup_faults": warmup_faults,
+        "step_faults": step_faults,
         "window_s": window_s,
         "window_samples": window_samples,
         **(reached or {"time_to_target_s": None, "epochs_to_target": None}),
