@@ -39,6 +39,7 @@ ENV_KEYS = (
     "os",
     "python_version",
 )
+MALLOC_FLAGS = ("GLIBC_TUNABLES", "LD_PRELOAD")  # of the rows' env_flags
 
 
 class CompareError(Exception):
@@ -202,6 +203,13 @@ def compare_runs(run_a: Path, run_b: Path, alpha: float = 0.01, min_change: floa
             if c is not None:
                 changes.append(c)
     env_diff = {k: (env_a.get(k), env_b.get(k)) for k in ENV_KEYS if env_a.get(k) != env_b.get(k)}
+    for var in MALLOC_FLAGS:  # the workers' malloc moves step times (see the `malloc` setting)
+        va, vb = (
+            ", ".join(sorted({json.loads(r.get("env_flags") or "{}").get(var) or "unset" for r in rows}))
+            for rows in (rows_a, rows_b)
+        )
+        if va != vb:
+            env_diff[var] = (va, vb)
     fa, fb = env_a.get("frameworks") or {}, env_b.get("frameworks") or {}
     for fw in sorted(set(fa) | set(fb)):
         if fa.get(fw) != fb.get(fw):

@@ -31,7 +31,11 @@ def suite(name: str, **kw) -> dict:
 @pytest.fixture(scope="module")
 def runs(tmp_path_factory) -> Path:
     tmp = tmp_path_factory.mktemp("compare")
-    for name, extra in (("base", {}), ("same", {}), ("slow", {"workers": {"pytorch": "tests.slow_worker"}})):
+    for name, extra in (
+        ("base", {}),
+        ("same", {}),
+        ("slow", {"workers": {"pytorch": "tests.slow_worker"}, "malloc": "system"}),
+    ):
         (tmp / f"{name}.yaml").write_text(yaml.safe_dump(suite(name, **extra)))
         proc = cli("run", f"{name}.yaml", "--runs-dir", "runs", cwd=tmp)
         assert proc.returncode == 0, proc.stdout + proc.stderr[-3000:]
@@ -71,6 +75,7 @@ def test_a_planted_slowdown_is_a_regression(runs: Path) -> None:
     assert any("training throughput" in line for line in lines), text
     assert any("latency p50" in line for line in lines), text
     assert "worker workers.pytorch_worker in A, tests.slow_worker in B" in text
+    assert "GLIBC_TUNABLES" in text and "unset" in text  # `malloc: steady` in A, `system` in B
     # without the flag the regression is reported, not an error
     assert cli("compare", "runs/base", "runs/slow", "--out", "cmp", cwd=runs).returncode == 0
 
