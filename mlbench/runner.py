@@ -63,11 +63,11 @@ class Outcome:
 # its heap back to the kernel once more than twice that lies free: a training step's temporaries are
 # then unmapped at its end and page-faulted (and zeroed by the kernel) in afresh by the next step, as
 # often as the thresholds happen to stand in that process. Measured, 2 CPU cores, minor faults per
-# step: PyTorch BERT (batch 32) 18,000-58,000, PyTorch ResNet-18 (batch 64) 70,000-85,000, the MLP
-# 0-1,300 from one process to the next; JAX ResNet-18 135,000 (XLA:CPU's one temporary buffer of
-# ~0.5 GB, above any mmap threshold). Fixed thresholds keep freed memory in the heap (1 GiB before a
-# trim) and huge pages (through madvise) serve what is still mapped: the same cells 0-30 faults a
-# step (JAX ResNet-18 700), from the second epoch on.
+# step: PyTorch BERT (batch 32) 18,000-58,000, PyTorch ResNet-18 (batch 64) 54,000-104,000, the MLP
+# 0-1,300 from one process to the next; JAX ResNet-18 135,000 and BERT 204,000 (XLA:CPU's temporary
+# buffer, above any mmap threshold). Fixed thresholds keep freed memory in the heap (1 GiB before a
+# trim) and huge pages (through madvise) serve what is still mapped: the same cells 0-2 faults a step
+# in PyTorch, 600-1,200 in JAX. README, "Host memory between steps", has what it did to throughput.
 STEADY_MALLOC = "glibc.malloc.hugetlb=1:glibc.malloc.mmap_threshold=33554432:glibc.malloc.trim_threshold=1073741824"
 
 

@@ -12,7 +12,7 @@ import pytest
 from mlbench import runner
 from mlbench.cells import expand
 from mlbench.config import parse_suite
-from tests.conftest import suite_dict
+from tests.conftest import ROOT, suite_dict
 
 
 def _cell(**overrides):
@@ -67,3 +67,7 @@ def test_steady_malloc_stops_a_process_from_faulting_its_freed_memory_in_again()
     # 3 MiB written a round: 768 pages of 4 KiB each time by default; kept (next to none) when steady
     assert system > 500, system
     assert steady < 10, steady
+
+
+def test_the_readme_gives_the_setting_a_worker_run_by_hand_needs() -> None:
+    assert f"GLIBC_TUNABLES={runner.STEADY_MALLOC}" in (ROOT / "README.md").read_text()
