@@ -130,6 +130,11 @@ def headline(rows: list[dict[str, Any]]) -> str:
     return "".join(out)
 
 
+# minor page faults a step above which the report says so: glibc's default settings cost PyTorch and JAX
+# ResNet-18/BERT cells on a CPU 18,000-204,000 a step; `malloc: steady` 0-1,200
+FAULTS_PER_STEP = 5000
+
+
 def warnings(rows: list[dict[str, Any]]) -> list[str]:
     """What a reader must know before trusting the figures, most serious first."""
     out = []
@@ -147,6 +152,14 @@ def warnings(rows: list[dict[str, Any]]) -> list[str]:
         out.append(
             f"{len(noisy)} cell(s) have a step-time coefficient of variation above 10%: their throughput is too "
             "noisy to rank on (another load on the machine, throttling, or too few steps)."
+        )
+    faulting = [r for r in analysis.ok_rows(rows) if (r.get("page_faults_per_step") or 0) > FAULTS_PER_STEP]
+    if faulting:
+        worst = max(r["page_faults_per_step"] for r in faulting)
+        out.append(
+            f"{len(faulting)} cell(s) page-faulted more than {FAULTS_PER_STEP:,} pages a training step (up to "
+            f"{worst:,.0f}): memory given back to the kernel and mapped in again every step, a cost inside their "
+            "step times that the allocator's settings decide (see `malloc` in the README)."
         )
     busy = [r for r in analysis.ok_rows(rows) if analysis.loaded(r)]
     if busy:

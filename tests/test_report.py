@@ -72,6 +72,17 @@ def test_a_noisy_winner_is_not_ranked() -> None:
     assert not any("other processes" in w for w in report.warnings([row("jax", cpu_other_pct=3.0)]))
 
 
+def test_cells_that_page_fault_every_step_are_named_in_the_warnings() -> None:
+    rows = [row("pytorch", page_faults_per_step=54357.8), row("jax", page_faults_per_step=830.9)]
+    said = [w for w in report.warnings(rows) if "page-faulted" in w]
+    assert said == [
+        "1 cell(s) page-faulted more than 5,000 pages a training step (up to 54,358): memory given back to the "
+        "kernel and mapped in again every step, a cost inside their step times that the allocator's settings "
+        "decide (see `malloc` in the README)."
+    ]
+    assert not any("page-faulted" in w for w in report.warnings([row("jax", page_faults_per_step=830.9), row("tf")]))
+
+
 def test_latency_memory_and_accuracy_criteria() -> None:
     rows = [
         row("pytorch", latency_ms=2.0, peak_memory_mb=1000.0, final_val_accuracy=0.80),
