@@ -136,9 +136,12 @@ def load_run(run_dir: Path) -> tuple[list[Row], dict[str, Any]]:
 
 
 def match_key(row: Row) -> str:
-    """The cell's spec without the worker module: the same measurement, whoever ran it."""
+    """The cell's spec without the worker module and the malloc setting: the same measurement, whoever
+    ran it and under which allocator (a difference in either is listed beside the figures; a run from
+    before the setting existed matches too)."""
     spec = json.loads(row["spec_json"])
     spec.pop("worker", None)
+    spec.pop("malloc", None)
     return json.dumps(spec, sort_keys=True)
 
 
