@@ -34,7 +34,7 @@ import pyarrow.parquet as pq
 import scipy.stats
 import yaml
 
-from mlbench.runner import malloc_env
+from mlbench.runner import MALLOC_TUNABLES, malloc_env
 
 ROOT = Path(__file__).resolve().parent.parent
 CASES = {"mlp": (256, 300), "resnet18": (64, 15), "bert": (32, 15)}  # model: (batch size, timed steps)
@@ -357,7 +357,7 @@ def main() -> None:
     p.add_argument("--processes", type=int, default=3, help="fresh processes per case in one-process mode")
     p.add_argument(
         "--malloc",
-        choices=["steady", "system"],
+        choices=list(MALLOC_TUNABLES),
         default="steady",
         help="glibc's malloc settings in every process, mlbench's workers and the hand-written loops alike",
     )

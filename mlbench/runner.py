@@ -69,16 +69,18 @@ class Outcome:
 # trim) and huge pages (through madvise) serve what is still mapped: the same cells 0-2 faults a step
 # in PyTorch, 600-1,200 in JAX. README, "Host memory between steps", has what it did to throughput.
 STEADY_MALLOC = "glibc.malloc.hugetlb=1:glibc.malloc.mmap_threshold=33554432:glibc.malloc.trim_threshold=1073741824"
+MALLOC_TUNABLES = {"steady": STEADY_MALLOC, "system": None}  # the `malloc` setting -> its GLIBC_TUNABLES
 
 
 def malloc_env(mode: str, env: Mapping[str, str]) -> dict[str, str]:
     """The variables `malloc: mode` sets in a process environment `env` (none for `system`). A user's
     own GLIBC_TUNABLES follow ours: glibc takes the last value of a tunable named twice, so a tunable
     the user set deliberately wins (the environment record shows the whole variable)."""
-    if mode == "system":
+    ours = MALLOC_TUNABLES[mode]  # an unknown mode is an error, not quietly one of the two
+    if ours is None:
         return {}
     own = env.get("GLIBC_TUNABLES")
-    return {"GLIBC_TUNABLES": f"{STEADY_MALLOC}:{own}" if own else STEADY_MALLOC}
+    return {"GLIBC_TUNABLES": f"{ours}:{own}" if own else ours}
 
 
 def worker_env(cell: Cell, threads: int | None, cache_dir: Path) -> dict[str, str]:

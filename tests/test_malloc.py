@@ -11,7 +11,7 @@ import pytest
 
 from mlbench import runner
 from mlbench.cells import expand
-from mlbench.config import parse_suite
+from mlbench.config import Suite, parse_suite
 from tests.conftest import ROOT, suite_dict
 
 
@@ -30,6 +30,10 @@ def test_steady_sets_glibc_tunables_and_system_leaves_the_environment(tmp_path: 
         runner.STEADY_MALLOC + ":glibc.malloc.arena_max=2"
     )
     assert runner.worker_env(_cell(malloc="system"), 1, tmp_path)["GLIBC_TUNABLES"] == "glibc.malloc.arena_max=2"
+    # every mode the config allows has its entry, and nothing else passes for one
+    assert set(runner.MALLOC_TUNABLES) == set(Suite.model_fields["malloc"].annotation.__args__)
+    with pytest.raises(KeyError):
+        runner.malloc_env("jemalloc", {})
 
 
 # A step's temporaries as glibc sees them: three 1 MiB blocks taken, written and given back, over and
