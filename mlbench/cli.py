@@ -209,6 +209,13 @@ def report(run_dir: str) -> None:
     help="smallest relative change that counts (0.05 = 5%)",
 )
 @click.option(
+    "--min-change-ms",
+    type=click.FloatRange(0),
+    default=0.0,
+    show_default=True,
+    help="smallest change of a latency, in ms, that counts (with --min-change; 0: the relative one alone)",
+)
+@click.option(
     "--out",
     "out_dir",
     type=click.Path(file_okay=False),
@@ -217,13 +224,21 @@ def report(run_dir: str) -> None:
 )
 @click.option("--fail-on-regression", is_flag=True, help="exit 1 when any figure regressed")
 def compare(
-    run_a: str, run_b: str, alpha: float, min_change: float, out_dir: str | None, fail_on_regression: bool
+    run_a: str,
+    run_b: str,
+    alpha: float,
+    min_change: float,
+    min_change_ms: float,
+    out_dir: str | None,
+    fail_on_regression: bool,
 ) -> None:
     """Compare RUN_B against RUN_A cell by cell: each figure's change and whether it is significant."""
     from mlbench import compare as cmp_mod
 
     try:
-        result = cmp_mod.compare_runs(Path(run_a), Path(run_b), alpha=alpha, min_change=min_change)
+        result = cmp_mod.compare_runs(
+            Path(run_a), Path(run_b), alpha=alpha, min_change=min_change, min_change_ms=min_change_ms
+        )
         target = Path(out_dir) if out_dir else Path(run_b)
         target.mkdir(parents=True, exist_ok=True)
         txt, page = cmp_mod.write(result, target)

@@ -7,7 +7,10 @@ samples (step times, inference latencies) gives p < alpha AND the relative chang
 thousands of step samples make any shift "significant", so the practical threshold carries the
 verdict. Accuracy uses Fisher's exact test on the correct/incorrect counts of the validation set
 (conservative: both runs score the same validation samples, so the counts are paired);
-figures with a single reading (peak memory) are flagged on the relative change alone.
+figures with a single reading (peak memory) are flagged on the relative change alone. A latency must
+also move by at least `min_change_ms` milliseconds (0 by default): on a CPU, a run's sub-millisecond
+latencies shift by tens of microseconds from one run to the next (a batch-1 MLP pass: 0.10 to 0.17 ms
+between two runs of the same code on a 2-core VM), a large relative change that no code made.
 """
 
 from __future__ import annotations
@@ -90,6 +93,7 @@ class Change:
     p: float | None
     threshold: float
     verdict: str  # regression | improvement | unchanged
+    floor_ms: float = 0.0  # the smallest change in ms that counted as well (latencies)
 
     @property
     def significant(self) -> bool:
@@ -156,7 +160,9 @@ def _verdict(rel: float, significant: bool, higher_is_better: bool) -> str:
     return "improvement" if better else "regression"
 
 
-def compare_metric(m: Metric, ra: Row, rb: Row, alpha: float, min_change: float) -> Change | None:
+def compare_metric(
+    m: Metric, ra: Row, rb: Row, alpha: float, min_change: float, min_change_ms: float = 0.0
+) -> Change | None:
     a, b = ra.get(m.column), rb.get(m.column)
     if a is None or b is None or not (math.isfinite(a) and math.isfinite(b)) or a == 0:
         return None
@@ -166,6 +172,7 @@ def compare_metric(m: Metric, ra: Row, rb: Row, alpha: float, min_change: float)
     rel = (b - a) / abs(a)
     p: float | None = None
     threshold = min_change
+    floor_ms = 0.0
     if m.kind == "rank":
         noise = [r.get(m.run_cv) for r in (ra, rb) if m.run_cv and r.get(m.run_cv) is not None]
         threshold = max([min_change, *(2 * n for n in noise)])
@@ -178,6 +185,9 @@ def compare_metric(m: Metric, ra: Row, rb: Row, alpha: float, min_change: float)
             significant = p < alpha and abs(rel) >= threshold and agree
         else:  # no raw samples to test (an older run): the change alone decides, and p says "—"
             significant = abs(rel) >= threshold
+        if m.unit == "ms" and min_change_ms:
+            floor_ms = min_change_ms
+            significant = significant and abs(b - a) >= min_change_ms
     elif m.kind == "fisher":
         na, nb = ra.get("val_samples"), rb.get("val_samples")
         if na and nb:
@@ -187,10 +197,13 @@ def compare_metric(m: Metric, ra: Row, rb: Row, alpha: float, min_change: float)
         threshold = 0.0
     else:
         significant = abs(rel) >= threshold
-    return Change(label(rb), m, a * scale, b * scale, rel, p, threshold, _verdict(rel, significant, m.higher_is_better))
+    verdict = _verdict(rel, significant, m.higher_is_better)
+    return Change(label(rb), m, a * scale, b * scale, rel, p, threshold, verdict, floor_ms)
 
 
-def compare_runs(run_a: Path, run_b: Path, alpha: float = 0.01, min_change: float = 0.05) -> Comparison:
+def compare_runs(
+    run_a: Path, run_b: Path, alpha: float = 0.01, min_change: float = 0.05, min_change_ms: float = 0.0
+) -> Comparison:
     rows_a, env_a = load_run(run_a)
     rows_b, env_b = load_run(run_b)
     ok_a = {match_key(r): r for r in rows_a if r["status"] == "ok"}
@@ -202,7 +215,7 @@ def compare_runs(run_a: Path, run_b: Path, alpha: float = 0.01, min_change: floa
         if ra is None:
             continue
         for m in METRICS:
-            c = compare_metric(m, ra, rb, alpha, min_change)
+            c = compare_metric(m, ra, rb, alpha, min_change, min_change_ms)
             if c is not None:
                 changes.append(c)
     env_diff = {k: (env_a.get(k), env_b.get(k)) for k in ENV_KEYS if env_a.get(k) != env_b.get(k)}
@@ -271,7 +284,9 @@ def table_rows(cmp: Comparison) -> list[list[str]]:
                 _fmt(c.b),
                 f"{c.b - c.a:+.1f} pts" if c.metric.kind == "fisher" else f"{c.rel:+.1%}",
                 _p(c.p),
-                "—" if c.metric.kind == "fisher" else f"{c.threshold:.0%}",
+                "—"
+                if c.metric.kind == "fisher"
+                else f"{c.threshold:.0%}" + (f" and {c.floor_ms:g} ms" if c.floor_ms else ""),
             ]
         )
     return out

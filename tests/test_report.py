@@ -5,6 +5,7 @@ from __future__ import annotations
 
 import json
 import zlib
+from pathlib import Path
 
 import numpy as np
 import pytest
@@ -204,3 +205,23 @@ def test_compare_threshold_follows_each_figures_run_to_run_variation() -> None:
     # runs of the same cell that differ by 30% (CV across repeats): a 50% change is within twice that
     noisy = compare.compare_metric(lat, dict(a, repeats_latency_cv=0.3), b, 0.01, 0.05)
     assert noisy.verdict == "unchanged" and noisy.threshold == pytest.approx(0.6)
+
+
+def test_compare_latency_floor_in_milliseconds() -> None:
+    """A sub-millisecond latency that moves by tens of microseconds is a large relative change no code
+    made (0.10 -> 0.17 ms between two runs of the same code on a 2-core VM): `min_change_ms` leaves it
+    unchanged, and still flags a change above the floor. Throughput takes no floor."""
+    rng = np.random.default_rng(3)
+    b1 = compare.METRICS[2]
+    a = row("pytorch", inference_b1_latency_p50_ms=0.10, inference_b1_times_ms=list(rng.normal(0.10, 0.002, 60)))
+    b = row("pytorch", inference_b1_latency_p50_ms=0.17, inference_b1_times_ms=list(rng.normal(0.17, 0.002, 60)))
+    assert compare.compare_metric(b1, a, b, 0.01, 0.6).verdict == "regression"  # +70%, p tiny
+    c = compare.compare_metric(b1, a, b, 0.01, 0.6, min_change_ms=0.2)
+    assert c.verdict == "unchanged" and c.floor_ms == 0.2
+    assert compare.table_rows(compare.Comparison(Path("a"), Path("b"), [c], [], [], {}))[0][-1] == "60% and 0.2 ms"
+    slow = row("pytorch", inference_b1_latency_p50_ms=0.45, inference_b1_times_ms=list(rng.normal(0.45, 0.002, 60)))
+    assert compare.compare_metric(b1, a, slow, 0.01, 0.6, min_change_ms=0.2).verdict == "regression"
+    thr = compare.METRICS[0]
+    x = row("pytorch", sps=3200.0, step_times_s=list(rng.normal(0.010, 0.0002, 300)))
+    y = row("pytorch", sps=1600.0, step_times_s=list(rng.normal(0.020, 0.0002, 300)))
+    assert compare.compare_metric(thr, x, y, 0.01, 0.05, min_change_ms=1000).verdict == "regression"
