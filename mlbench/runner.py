@@ -15,7 +15,7 @@ import subprocess
 import sys
 import threading
 import time
-from collections.abc import Callable, Mapping
+from collections.abc import Callable
 from dataclasses import dataclass, field
 from pathlib import Path
 from typing import Any
@@ -26,6 +26,7 @@ from mlbench import protocol
 from mlbench.cells import Cell
 from mlbench.logs import BoundedLog
 from mlbench.monitor import Monitor, free_gpus_of_earlier_cells, gpu_indices, gpu_memory_used_bytes
+from workers.common import malloc
 
 TERM_GRACE_S = 5.0  # between SIGTERM and SIGKILL of the group
 DUMP_WAIT_S = 1.0  # after SIGUSR1 (faulthandler stack dump), before SIGTERM
@@ -58,29 +59,11 @@ class Outcome:
     worker_wall_s: float | None = None  # from spawning the worker to its exit
 
 
-# glibc's malloc for `malloc: steady`. By default glibc serves a block above its mmap threshold
-# (128 KiB, raised as such blocks are freed, at most 32 MiB) with a fresh mmap, and gives the top of
-# its heap back to the kernel once more than twice that lies free: a training step's temporaries are
-# then unmapped at its end and page-faulted (and zeroed by the kernel) in afresh by the next step, as
-# often as the thresholds happen to stand in that process. Measured, 2 CPU cores, minor faults per
-# step: PyTorch BERT (batch 32) 18,000-58,000, PyTorch ResNet-18 (batch 64) 54,000-104,000, the MLP
-# 0-1,300 from one process to the next; JAX ResNet-18 135,000 and BERT 204,000 (XLA:CPU's temporary
-# buffer, above any mmap threshold). Fixed thresholds keep freed memory in the heap (1 GiB before a
-# trim) and huge pages (through madvise) serve what is still mapped: the same cells 0-2 faults a step
-# in PyTorch, 600-1,200 in JAX. README, "Host memory between steps", has what it did to throughput.
-STEADY_MALLOC = "glibc.malloc.hugetlb=1:glibc.malloc.mmap_threshold=33554432:glibc.malloc.trim_threshold=1073741824"
-MALLOC_TUNABLES = {"steady": STEADY_MALLOC, "system": None}  # the `malloc` setting -> its GLIBC_TUNABLES
-
-
-def malloc_env(mode: str, env: Mapping[str, str]) -> dict[str, str]:
-    """The variables `malloc: mode` sets in a process environment `env` (none for `system`). A user's
-    own GLIBC_TUNABLES follow ours: glibc takes the last value of a tunable named twice, so a tunable
-    the user set deliberately wins (the environment record shows the whole variable)."""
-    ours = MALLOC_TUNABLES[mode]  # an unknown mode is an error, not quietly one of the two
-    if ours is None:
-        return {}
-    own = env.get("GLIBC_TUNABLES")
-    return {"GLIBC_TUNABLES": f"{ours}:{own}" if own else ours}
+# glibc's malloc for `malloc: steady` (workers/common/malloc.py says why): the table and the
+# environment it sets live with the workers, which apply it themselves when started by hand
+STEADY_MALLOC = malloc.STEADY
+MALLOC_TUNABLES = malloc.TUNABLES  # the `malloc` setting -> its GLIBC_TUNABLES
+malloc_env = malloc.env_for
 
 
 def worker_env(cell: Cell, threads: int | None, cache_dir: Path) -> dict[str, str]:

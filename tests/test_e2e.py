@@ -16,7 +16,7 @@ import yaml
 
 from mlbench import runner
 from tests.conftest import ROOT, by_hand, cli, descendants_alive, suite_dict
-from workers.common import specs
+from workers.common import malloc, specs
 
 pytest.importorskip("torch")
 pytestmark = pytest.mark.e2e
@@ -165,17 +165,23 @@ def test_verify_covers_the_models_about_to_run_and_resume_keeps_earlier_verdicts
 
 
 def test_worker_run_by_hand_prints_the_same_events(tmp_path: Path) -> None:
+    env = {k: v for k, v in os.environ.items() if k != "GLIBC_TUNABLES"}
     proc = subprocess.run(
         by_hand("workers.pytorch_worker", tmp_path),
         cwd=ROOT,
+        env=env,
         capture_output=True,
         text=True,
         timeout=300,
     )
     assert proc.returncode == 0, proc.stderr
-    kinds = [json.loads(line)["event"] for line in proc.stdout.splitlines()]
+    events = [json.loads(line) for line in proc.stdout.splitlines()]
+    kinds = [e["event"] for e in events]
     assert kinds[0] == "hello" and kinds[-1] == "result"
     assert {"model", "epoch", "steps", "inference", "memory"} <= set(kinds)
+    # started by hand, it restarted itself once with the suites' default malloc, as a cell gets it
+    assert events[0]["glibc_tunables"] == malloc.STEADY
+    assert proc.stderr.count("restarting with GLIBC_TUNABLES") == 1
 
 
 def test_a_device_that_is_not_there_is_skipped(tmp_path: Path) -> None:

@@ -13,6 +13,7 @@ from mlbench import runner
 from mlbench.cells import expand
 from mlbench.config import Suite, parse_suite
 from tests.conftest import ROOT, suite_dict
+from workers.common import malloc
 
 
 def _cell(**overrides):
@@ -75,3 +76,38 @@ def test_steady_malloc_stops_a_process_from_faulting_its_freed_memory_in_again()
 
 def test_the_readme_gives_the_setting_a_worker_run_by_hand_needs() -> None:
     assert f"GLIBC_TUNABLES={runner.STEADY_MALLOC}" in (ROOT / "README.md").read_text()
+
+
+# glibc reads GLIBC_TUNABLES at start-up: a worker started by hand re-executes itself once with them
+ENSURE = (
+    r"""
+import os, sys
+from workers.common import malloc
+malloc.ensure(sys.argv[1])
+print(os.environ.get("GLIBC_TUNABLES"))
+"""
+    + ROUNDS
+)
+
+
+@pytest.mark.skipif(platform.libc_ver()[0] != "glibc", reason="GLIBC_TUNABLES is glibc's")
+@pytest.mark.parametrize(
+    ("mode", "own", "tunables"),
+    [
+        ("steady", None, malloc.STEADY),
+        ("steady", "glibc.malloc.arena_max=2", malloc.STEADY + ":glibc.malloc.arena_max=2"),
+        ("steady", malloc.STEADY, malloc.STEADY),  # under the orchestrator: already set, no restart
+        ("system", None, None),
+    ],
+)
+def test_a_process_started_by_hand_restarts_itself_once_with_the_malloc_setting(mode, own, tunables) -> None:
+    env = {"PATH": "/usr/bin:/bin", "PYTHONPATH": str(ROOT), **({"GLIBC_TUNABLES": own} if own else {})}
+    proc = subprocess.run(
+        [sys.executable, "-c", ENSURE, mode], env=env, cwd=ROOT, capture_output=True, text=True, check=True
+    )
+    seen, faults = proc.stdout.split()
+    assert seen == str(tunables)
+    restarted = mode == "steady" and own != malloc.STEADY
+    assert proc.stderr.count("restarting with GLIBC_TUNABLES") == (1 if restarted else 0), proc.stderr
+    # and glibc took them: the freed blocks are kept (see the test above)
+    assert (float(faults) < 10) == (mode == "steady"), faults

@@ -15,7 +15,7 @@ import sys
 from collections.abc import Callable
 from typing import IO, Any
 
-from workers.common import harness
+from workers.common import harness, malloc
 from workers.common.events import Emitter, protect_stdout
 
 # The defaults a cell gets when run by hand; the orchestrator always passes every key.
@@ -28,6 +28,7 @@ DEFAULTS: dict[str, Any] = {
     "inference": {"warmup": 3, "runs": 50, "min_runs": 5, "max_s": 20.0},
     "compile": False,
     "threads": None,
+    "malloc": malloc.DEFAULT,
     "model_overrides": {},
     "data_dir": os.path.join("runs", "_manual", "data"),
 }
@@ -51,6 +52,12 @@ def parse(argv: list[str] | None, framework: str) -> dict[str, Any]:
     p.add_argument("--warmup-steps", type=int, default=DEFAULTS["warmup_steps"])
     p.add_argument("--compile", action="store_true", help="use the framework's compiler")
     p.add_argument("--threads", type=int, default=None)
+    p.add_argument(
+        "--malloc",
+        choices=list(malloc.TUNABLES),
+        default=malloc.DEFAULT,
+        help="glibc's malloc settings, as the suite key `malloc` (steady: the worker restarts itself once with them)",
+    )
     p.add_argument("--data-dir", default=DEFAULTS["data_dir"])
     p.add_argument("--weights-in", help="start from these canonical weights (NPZ) instead of the seeded ones")
     p.add_argument("--weights-out", help="write the trained weights here, canonical NPZ")
@@ -70,6 +77,7 @@ def parse(argv: list[str] | None, framework: str) -> dict[str, Any]:
             "warmup_steps": a.warmup_steps,
             "compile": a.compile,
             "threads": a.threads,
+            "malloc": a.malloc,
             "data_dir": a.data_dir,
             "weights_in": a.weights_in,
             "weights_out": a.weights_out,
@@ -101,6 +109,8 @@ def setup_process() -> IO[str]:
 def main(framework: str, loader: Callable[[dict[str, Any]], harness.Backend], argv: list[str] | None = None) -> int:
     """Entry point of every worker: protect stdout, then run the cell with the framework's backend."""
     cell = parse(argv, framework)
+    if argv is None:  # this process's own command line: started by hand, it takes the suites' malloc (may re-exec)
+        malloc.ensure(cell["malloc"])
     events = setup_process()
     apply_threads(cell)
     return harness.run(loader, cell, Emitter(cell["cell_id"], events))

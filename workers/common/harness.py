@@ -380,7 +380,14 @@ def run(backend_loader: Any, cell: dict[str, Any], em: Emitter) -> int:
     try:
         backend = backend_loader(cell)
         info = backend.info()
-        em.emit("hello", protocol=PROTOCOL_VERSION, framework=backend.framework, pid=os.getpid(), **info)
+        em.emit(
+            "hello",
+            protocol=PROTOCOL_VERSION,
+            framework=backend.framework,
+            pid=os.getpid(),
+            glibc_tunables=os.environ.get("GLIBC_TUNABLES"),  # the malloc this process started with
+            **info,
+        )
         if cell.get("task") == "calibrate":
             calibrate(backend, cell, em)
             em.emit("result", task="calibrate")
