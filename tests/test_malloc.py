@@ -33,6 +33,7 @@ def test_steady_sets_glibc_tunables_and_system_leaves_the_environment(tmp_path: 
     assert runner.worker_env(_cell(malloc="system"), 1, tmp_path)["GLIBC_TUNABLES"] == "glibc.malloc.arena_max=2"
     # every mode the config allows has its entry, and nothing else passes for one
     assert set(runner.MALLOC_TUNABLES) == set(Suite.model_fields["malloc"].annotation.__args__)
+    assert Suite.model_fields["malloc"].default == malloc.DEFAULT  # what a worker started by hand takes
     with pytest.raises(KeyError):
         runner.malloc_env("jemalloc", {})
 
