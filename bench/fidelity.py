@@ -34,7 +34,7 @@ import pyarrow.parquet as pq
 import scipy.stats
 import yaml
 
-from mlbench.runner import MALLOC_TUNABLES, malloc_env
+from workers.common import malloc as glibc_malloc
 
 ROOT = Path(__file__).resolve().parent.parent
 CASES = {"mlp": (256, 300), "resnet18": (64, 15), "bert": (32, 15)}  # model: (batch size, timed steps)
@@ -54,7 +54,7 @@ Case = tuple[str, str]
 def process_env(malloc: str) -> dict[str, str]:
     """The environment of a hand-written loop's process: glibc's malloc set as `malloc: <malloc>` sets
     it for mlbench's workers, so the ratio compares the loops alone."""
-    return {**os.environ, **malloc_env(malloc, os.environ)}
+    return {**os.environ, **glibc_malloc.env_for(malloc, os.environ)}
 
 
 def run_handwritten(framework: str, model: str, malloc: str) -> float:
@@ -360,7 +360,7 @@ def main() -> None:
     p.add_argument("--processes", type=int, default=3, help="fresh processes per case in one-process mode")
     p.add_argument(
         "--malloc",
-        choices=list(MALLOC_TUNABLES),
+        choices=list(glibc_malloc.TUNABLES),
         default="steady",
         help="glibc's malloc settings in every process, mlbench's workers and the hand-written loops alike",
     )

@@ -65,7 +65,7 @@ def make_cell(suite: Suite, framework: str, model: str, device: str, precision: 
         "inference": suite.inference.model_dump(),
         "compile": suite.compile,
         "threads": suite.threads,
-        "malloc": suite.malloc,  # moves the figures (see runner.malloc_env): part of the cell
+        "malloc": suite.malloc,  # moves the figures (see workers/common/malloc.py): part of the cell
     }
     if suite.target_accuracy is not None:  # only when set, so that earlier cell ids stay valid
         spec["target_accuracy"] = suite.target_accuracy

@@ -59,13 +59,6 @@ class Outcome:
     worker_wall_s: float | None = None  # from spawning the worker to its exit
 
 
-# glibc's malloc for `malloc: steady` (workers/common/malloc.py says why): the table and the
-# environment it sets live with the workers, which apply it themselves when started by hand
-STEADY_MALLOC = malloc.STEADY
-MALLOC_TUNABLES = malloc.TUNABLES  # the `malloc` setting -> its GLIBC_TUNABLES
-malloc_env = malloc.env_for
-
-
 def worker_env(cell: Cell, threads: int | None, cache_dir: Path) -> dict[str, str]:
     """The worker's environment, fixed before it imports anything."""
     env = dict(os.environ)
@@ -81,7 +74,8 @@ def worker_env(cell: Cell, threads: int | None, cache_dir: Path) -> dict[str, st
     # Only the cell's GPUs are visible (renumbered from 0); a CPU cell sees none, so no framework
     # initialises CUDA behind a CPU measurement.
     env["CUDA_VISIBLE_DEVICES"] = ",".join(str(i) for i in gpu_indices(cell.device))
-    env.update(malloc_env(cell.spec_dict().get("malloc", "system"), env))
+    # glibc's malloc (`malloc: steady`; workers/common/malloc.py says why), read at the worker's start
+    env.update(malloc.env_for(cell.spec_dict().get("malloc", "system"), env))
     if threads := resolved_threads(threads):
         for var in ("OMP_NUM_THREADS", "MKL_NUM_THREADS", "OPENBLAS_NUM_THREADS", "TF_NUM_INTRAOP_THREADS"):
             env[var] = str(threads)

@@ -14,7 +14,6 @@ import pandas as pd
 import pytest
 import yaml
 
-from mlbench import runner
 from tests.conftest import ROOT, by_hand, cli, descendants_alive, suite_dict
 from workers.common import malloc, specs
 
@@ -68,7 +67,7 @@ def test_every_cell_is_ok_with_measured_figures(real_run) -> None:
         assert len(r.step_times_s) == r.steps_timed and len(r.epochs_detail) == 1
         # counted, not assumed: a step of these tiny models may fault in no page at all
         assert r.page_faults_per_step >= 0
-        assert json.loads(r.env_flags)["GLIBC_TUNABLES"] == runner.STEADY_MALLOC  # `malloc: steady`, the default
+        assert json.loads(r.env_flags)["GLIBC_TUNABLES"] == malloc.STEADY  # `malloc: steady`, the default
 
 
 def test_precisions_are_recorded_as_run(real_run) -> None:

@@ -23,19 +23,17 @@ def _cell(**overrides):
 def test_steady_sets_glibc_tunables_and_system_leaves_the_environment(tmp_path: Path, monkeypatch) -> None:
     monkeypatch.delenv("GLIBC_TUNABLES", raising=False)
     steady = runner.worker_env(_cell(), 1, tmp_path)
-    assert steady["GLIBC_TUNABLES"] == runner.STEADY_MALLOC
+    assert steady["GLIBC_TUNABLES"] == malloc.STEADY
     assert "GLIBC_TUNABLES" not in runner.worker_env(_cell(malloc="system"), 1, tmp_path)
     # a user's own tunables are kept, after ours: glibc takes the last value of a tunable
     monkeypatch.setenv("GLIBC_TUNABLES", "glibc.malloc.arena_max=2")
-    assert runner.worker_env(_cell(), 1, tmp_path)["GLIBC_TUNABLES"] == (
-        runner.STEADY_MALLOC + ":glibc.malloc.arena_max=2"
-    )
+    assert runner.worker_env(_cell(), 1, tmp_path)["GLIBC_TUNABLES"] == (malloc.STEADY + ":glibc.malloc.arena_max=2")
     assert runner.worker_env(_cell(malloc="system"), 1, tmp_path)["GLIBC_TUNABLES"] == "glibc.malloc.arena_max=2"
     # every mode the config allows has its entry, and nothing else passes for one
-    assert set(runner.MALLOC_TUNABLES) == set(Suite.model_fields["malloc"].annotation.__args__)
+    assert set(malloc.TUNABLES) == set(Suite.model_fields["malloc"].annotation.__args__)
     assert Suite.model_fields["malloc"].default == malloc.DEFAULT  # what a worker started by hand takes
     with pytest.raises(KeyError):
-        runner.malloc_env("jemalloc", {})
+        malloc.env_for("jemalloc", {})
 
 
 # A step's temporaries as glibc sees them: three 1 MiB blocks taken, written and given back, over and
@@ -64,7 +62,7 @@ print((resource.getrusage(resource.RUSAGE_SELF).ru_minflt - before) / 20)
 @pytest.mark.skipif(platform.libc_ver()[0] != "glibc", reason="GLIBC_TUNABLES is glibc's")
 def test_steady_malloc_stops_a_process_from_faulting_its_freed_memory_in_again() -> None:
     def faults_per_round(mode: str) -> float:
-        env = {**runner.malloc_env(mode, {}), "PATH": "/usr/bin:/bin"}
+        env = {**malloc.env_for(mode, {}), "PATH": "/usr/bin:/bin"}
         return float(
             subprocess.run([sys.executable, "-c", ROUNDS], env=env, capture_output=True, text=True, check=True).stdout
         )
@@ -76,7 +74,7 @@ def test_steady_malloc_stops_a_process_from_faulting_its_freed_memory_in_again()
 
 
 def test_the_readme_gives_the_setting_a_worker_run_by_hand_needs() -> None:
-    assert f"GLIBC_TUNABLES={runner.STEADY_MALLOC}" in (ROOT / "README.md").read_text()
+    assert f"GLIBC_TUNABLES={malloc.STEADY}" in (ROOT / "README.md").read_text()
 
 
 # glibc reads GLIBC_TUNABLES at start-up: a worker started by hand re-executes itself once with them
