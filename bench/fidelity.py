@@ -41,8 +41,9 @@ CASES = {"mlp": (256, 300), "resnet18": (64, 15), "bert": (32, 15)}  # model: (b
 # the MLP step is ~8 ms on 2 cores: 60 steps (0.5 s) left the ratio at the mercy of noise (±20% seen);
 # its runs are seconds long, so it gets more rounds than the others. A longer window does not help:
 # at 1200 steps (8 pairs each) PyTorch's and TensorFlow's pairs spread as widely as at 300 (sd of the
-# log ratios 0.19 and 0.16 against 0.14 and 0.11): what moves is each process's speed, not the window
-# (bench/results/fidelity-2026-11-30-cpu2-malloc-steady-mlp-1200-steps.json)
+# log ratios 0.19 and 0.16 against 0.14 and 0.11; ...-mlp-1200-steps.json). The speed of two-thread
+# work on this VM moves in phases of seconds to a minute (README, "Read the intervals"), longer than
+# either window; one thread does not feel them
 EXTRA_ROUNDS = {"mlp": 2}  # rounds x this
 WARMUP = 3
 TARGET = 0.97
@@ -361,7 +362,7 @@ def main() -> None:
     p.add_argument(
         "--malloc",
         choices=list(glibc_malloc.TUNABLES),
-        default="steady",
+        default=glibc_malloc.DEFAULT,
         help="glibc's malloc settings in every process, mlbench's workers and the hand-written loops alike",
     )
     p.add_argument("--report", metavar="FIDELITY_JSON", help="print the report of an earlier run and stop")
