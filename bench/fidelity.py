@@ -12,7 +12,7 @@ blocks, which isolates the cost of the measurement code from process-to-process 
 processes, beside a control (the hand-written loop against a second instance of itself).
 
     python -m bench.fidelity [--rounds 3] [--frameworks pytorch,jax] [--models mlp] [--inprocess]
-        [--processes 3] [--blocks 8]
+        [--processes 3] [--blocks 8] [--threads 1]
     python -m bench.fidelity --report runs/bench/fidelity.json   # the report of an earlier run
 """
 
@@ -34,6 +34,7 @@ import pyarrow.parquet as pq
 import scipy.stats
 import yaml
 
+from mlbench import runner
 from workers.common import malloc as glibc_malloc
 
 ROOT = Path(__file__).resolve().parent.parent
@@ -58,7 +59,7 @@ def process_env(malloc: str) -> dict[str, str]:
     return {**os.environ, **glibc_malloc.env_for(malloc, os.environ)}
 
 
-def run_handwritten(framework: str, model: str, malloc: str) -> float:
+def run_handwritten(framework: str, model: str, malloc: str, threads: int) -> float:
     bs, steps = CASES[model]
     out = subprocess.run(
         [
@@ -75,6 +76,8 @@ def run_handwritten(framework: str, model: str, malloc: str) -> float:
             str(WARMUP),
             "--steps",
             str(steps),
+            "--threads",
+            str(threads),
         ],
         cwd=ROOT,
         env=process_env(malloc),
@@ -85,7 +88,7 @@ def run_handwritten(framework: str, model: str, malloc: str) -> float:
     return json.loads(out.stdout.strip().splitlines()[-1])["samples_per_second"]
 
 
-def run_mlbench(framework: str, model: str, runs_dir: Path, malloc: str) -> dict[str, float]:
+def run_mlbench(framework: str, model: str, runs_dir: Path, malloc: str, threads: int) -> dict[str, float]:
     bs, steps = CASES[model]
     name = f"fidelity-{framework}-{model}"
     suite = {
@@ -99,6 +102,7 @@ def run_mlbench(framework: str, model: str, runs_dir: Path, malloc: str) -> dict
         "inference": {"warmup": 1, "runs": 3, "min_runs": 1, "max_s": 1},
         "calibrate": False,
         "malloc": malloc,
+        "threads": threads,
     }
     path = runs_dir / f"{name}.yaml"
     path.write_text(yaml.safe_dump(suite))
@@ -243,7 +247,7 @@ def inprocess_estimates(res: dict[str, Any]) -> dict[str, Any]:
     return out
 
 
-def run_inprocess(cases: list[Case], blocks: int, processes: int, malloc: str) -> list[dict[str, Any]]:
+def run_inprocess(cases: list[Case], blocks: int, processes: int, malloc: str, threads: int) -> list[dict[str, Any]]:
     """`bench.inprocess` for each case in `processes` fresh processes, the cases in turn each time so
     the machine's drift spreads over them: the harness against the hand-written loop, and the
     hand-written loop against a second instance of itself (the control)."""
@@ -252,6 +256,7 @@ def run_inprocess(cases: list[Case], blocks: int, processes: int, malloc: str) -
         for fw, model in cases:
             bs, steps = INPROCESS[model]
             args = ["--framework", fw, "--model", model, "--batch-size", str(bs), "--steps", str(steps)]
+            args += ["--threads", str(threads)]
             proc = subprocess.run(
                 [sys.executable, "-m", "bench.inprocess", *args, "--blocks", str(blocks)],
                 cwd=ROOT,
@@ -291,9 +296,16 @@ def _ci(r: dict[str, Any]) -> str:
 
 
 def print_report(
-    results: list[dict[str, Any]], overall: dict[str, Any], inproc: list[dict[str, Any]], path: Path, malloc: str
+    results: list[dict[str, Any]],
+    overall: dict[str, Any],
+    inproc: list[dict[str, Any]],
+    path: Path,
+    malloc: str,
+    threads: int | None,
 ) -> None:
-    print(f"\nglibc malloc in every process: {malloc}")
+    print(
+        f"\nglibc malloc in every process: {malloc}; intra-op threads: {threads or 'the physical cores in mlbench, each framework default by hand'}"
+    )
     if results:
         print(
             f"\nWhole runs: `python -m mlbench run` against `python -m bench.handwritten`, back to back\n"
@@ -365,6 +377,11 @@ def main() -> None:
         default=glibc_malloc.DEFAULT,
         help="glibc's malloc settings in every process, mlbench's workers and the hand-written loops alike",
     )
+    p.add_argument(
+        "--threads",
+        type=int,
+        help="intra-op threads in every process, as a suite's `threads` (default: the physical cores, as mlbench's)",
+    )
     p.add_argument("--report", metavar="FIDELITY_JSON", help="print the report of an earlier run and stop")
     a = p.parse_args()
     if a.report:
@@ -388,8 +405,17 @@ def main() -> None:
                 r["processes"] = [r.pop("blocks")]
             inproc.append({**r, **inprocess_estimates(r)})
         # files from before the setting ran with the machine's malloc
-        print_report(results, pooled(results) if results else {}, inproc, Path(a.report), saved.get("malloc", "system"))
+        # files from before the setting: mlbench's workers had the physical cores, the loops their default
+        print_report(
+            results,
+            pooled(results) if results else {},
+            inproc,
+            Path(a.report),
+            saved.get("malloc", "system"),
+            saved.get("threads"),
+        )
         return
+    threads = runner.resolved_threads(a.threads)
     runs_dir = Path(a.runs_dir)
     runs_dir.mkdir(parents=True, exist_ok=True)
     cases = [(fw, m) for fw in a.frameworks.split(",") for m in a.models.split(",")]
@@ -400,9 +426,9 @@ def main() -> None:
         for case in [c for c in cases if r < a.rounds * EXTRA_ROUNDS.get(c[1], 1)]:
             for which in ("hand", "mlbench") if r % 2 == 0 else ("mlbench", "hand"):
                 if which == "hand":
-                    hand[case].append(run_handwritten(*case, a.malloc))
+                    hand[case].append(run_handwritten(*case, a.malloc, threads))
                 else:
-                    ours[case].append(run_mlbench(*case, runs_dir, a.malloc))
+                    ours[case].append(run_mlbench(*case, runs_dir, a.malloc, threads))
             print(
                 f"round {r + 1} {case[0]} {case[1]}: hand {hand[case][-1]:.1f}, "
                 f"mlbench {ours[case][-1]['samples_per_second']:.1f} samples/s",
@@ -411,12 +437,11 @@ def main() -> None:
             )
     results = summarize(hand, ours) if a.rounds > 0 else []
     overall = pooled(results) if results else {}
-    inproc = run_inprocess(cases, a.blocks, a.processes, a.malloc) if a.inprocess else []
+    inproc = run_inprocess(cases, a.blocks, a.processes, a.malloc, threads) if a.inprocess else []
     out = runs_dir / "fidelity.json"
-    out.write_text(
-        json.dumps({"malloc": a.malloc, "cases": results, "overall": overall, "inprocess": inproc}, indent=1)
-    )
-    print_report(results, overall, inproc, out, a.malloc)
+    record = {"malloc": a.malloc, "threads": threads, "cases": results, "overall": overall, "inprocess": inproc}
+    out.write_text(json.dumps(record, indent=1))
+    print_report(results, overall, inproc, out, a.malloc, threads)
 
 
 if __name__ == "__main__":

@@ -6,7 +6,7 @@ cell's steps; no harness: batches prepared up front as device arrays, no per-ste
 one device sync at the end of the timed steps; JAX's state donated to its step. Prints one JSON
 line: {"samples_per_second": ...}.
 
-    python -m bench.handwritten --framework jax --model resnet18 --batch-size 64 --steps 20
+    python -m bench.handwritten --framework jax --model resnet18 --batch-size 64 --steps 20 [--threads 1]
 """
 
 from __future__ import annotations
@@ -21,7 +21,7 @@ from typing import Any
 
 import numpy as np
 
-from workers.common import data
+from workers.common import data, threads
 from workers.common.specs import get_spec, input_spec, with_total_steps
 from workers.common.weights import initial_weights
 
@@ -175,6 +175,36 @@ def jax_loop(model: str, bs: int, total_steps: int, distinct: int) -> Block:
     return run
 
 
+def use_threads(framework: str, n: int) -> None:
+    """`n` intra-op threads, set as a worker of a suite with `threads: n` sets them: the libraries'
+    variables and XLA's flags before the framework is imported, then the framework's own call."""
+    os.environ.update(threads.env_for(n))
+    if framework == "jax":
+        os.environ["XLA_FLAGS"] = threads.xla_flags(n, os.environ.get("XLA_FLAGS"))
+    elif framework == "pytorch":
+        import torch
+
+        torch.set_num_threads(n)
+    elif framework == "tensorflow":
+        os.environ.setdefault("TF_CPP_MIN_LOG_LEVEL", "2")
+        import tensorflow as tf
+
+        tf.config.threading.set_intra_op_parallelism_threads(n)
+
+
+def thread_settings(framework: str) -> dict[str, Any]:
+    """The intra-op threads the framework runs with, as the workers report them in their hello."""
+    if framework == "pytorch":
+        import torch
+
+        return {"intra_op": torch.get_num_threads(), "OMP_NUM_THREADS": os.environ.get("OMP_NUM_THREADS")}
+    if framework == "tensorflow":
+        import tensorflow as tf
+
+        return {"intra_op": tf.config.threading.get_intra_op_parallelism_threads()}
+    return {"XLA_FLAGS": os.environ.get("XLA_FLAGS"), "OMP_NUM_THREADS": os.environ.get("OMP_NUM_THREADS")}
+
+
 LOOPS: dict[str, Callable[[str, int, int, int], Block]] = {
     "pytorch": torch_loop,
     "tensorflow": tf_loop,
@@ -198,11 +228,13 @@ def main() -> None:
     p.add_argument("--batch-size", type=int, required=True)
     p.add_argument("--warmup", type=int, default=3)
     p.add_argument("--steps", type=int, default=20)
+    p.add_argument("--threads", type=int, help="intra-op threads, as a suite's `threads` (default: the framework's)")
     a = p.parse_args()
+    if a.threads:
+        use_threads(a.framework, a.threads)
     sps = throughput(a.framework, a.model, a.batch_size, a.warmup, a.steps)
-    print(
-        json.dumps({"framework": a.framework, "model": a.model, "batch_size": a.batch_size, "samples_per_second": sps})
-    )
+    out = {"framework": a.framework, "model": a.model, "batch_size": a.batch_size, "samples_per_second": sps}
+    print(json.dumps({**out, "threads": thread_settings(a.framework)}))
 
 
 if __name__ == "__main__":

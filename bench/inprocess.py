@@ -35,7 +35,7 @@ import sys
 import tempfile
 from typing import Any
 
-from bench.handwritten import LOOPS
+from bench.handwritten import LOOPS, use_threads
 from workers.common import data as datasets
 from workers.common import harness
 from workers.common.events import Emitter
@@ -43,7 +43,9 @@ from workers.common.specs import get_spec, input_spec, with_total_steps
 from workers.common.weights import initial_weights
 
 
-def harness_loop(framework: str, model: str, bs: int, steps: int, total_steps: int, data_dir: str) -> Any:
+def harness_loop(
+    framework: str, model: str, bs: int, steps: int, total_steps: int, data_dir: str, threads: int | None = None
+) -> Any:
     """The worker's backend trained by `harness.train`, one epoch of `steps` steps a call; returns
     run() -> the summed wall time of that epoch's steps (what a cell's throughput is made of)."""
     cell: dict[str, Any] = {
@@ -57,6 +59,7 @@ def harness_loop(framework: str, model: str, bs: int, steps: int, total_steps: i
         "seed": 0,
         "warmup_steps": 0,
         "compile": False,
+        "threads": threads,
         "dataset": {"name": "synthetic", "train_samples": bs * steps, "val_samples": bs, "path": None},
     }
     # the worker's own loader: the backend set up (environment, flags) exactly as a cell's worker does it
@@ -80,10 +83,14 @@ _ROTATIONS = [("hand", "twin", "harness"), ("twin", "harness", "hand"), ("harnes
 ORDERS = _ROTATIONS + [r[::-1] for r in _ROTATIONS]
 
 
-def compare(framework: str, model: str, bs: int, steps: int, blocks: int, warmup_blocks: int = 1) -> dict[str, Any]:
+def compare(
+    framework: str, model: str, bs: int, steps: int, blocks: int, warmup_blocks: int = 1, threads: int | None = None
+) -> dict[str, Any]:
+    if threads:  # before the framework is imported; the harness's backend makes its own call as well
+        use_threads(framework, threads)
     total = (warmup_blocks + blocks) * steps
     with tempfile.TemporaryDirectory(prefix="mlbench-inprocess-") as tmp:
-        ours = harness_loop(framework, model, bs, steps, total, tmp)
+        ours = harness_loop(framework, model, bs, steps, total, tmp, threads)
         # a block's worth of distinct batches each, as the harness's epoch
         hand, twin = (LOOPS[framework](model, bs, total, steps) for _ in range(2))
         loops = {"hand": lambda: hand(steps), "twin": lambda: twin(steps), "harness": ours}
@@ -118,9 +125,10 @@ def main() -> None:
     p.add_argument("--batch-size", type=int, required=True)
     p.add_argument("--steps", type=int, default=5, help="steps per timed block")
     p.add_argument("--blocks", type=int, default=6, help="timed blocks per loop, in rotating order")
+    p.add_argument("--threads", type=int, help="intra-op threads, as a suite's `threads` (default: the framework's)")
     a = p.parse_args()
     os.environ.setdefault("TF_CPP_MIN_LOG_LEVEL", "2")
-    out = compare(a.framework, a.model, a.batch_size, a.steps, a.blocks)
+    out = compare(a.framework, a.model, a.batch_size, a.steps, a.blocks, threads=a.threads)
     sys.stdout.write(json.dumps(out) + "\n")
 
 

@@ -27,6 +27,7 @@ from mlbench.cells import Cell
 from mlbench.logs import BoundedLog
 from mlbench.monitor import Monitor, free_gpus_of_earlier_cells, gpu_indices, gpu_memory_used_bytes
 from workers.common import malloc
+from workers.common import threads as thread_settings
 
 TERM_GRACE_S = 5.0  # between SIGTERM and SIGKILL of the group
 DUMP_WAIT_S = 1.0  # after SIGUSR1 (faulthandler stack dump), before SIGTERM
@@ -76,9 +77,7 @@ def worker_env(cell: Cell, threads: int | None, cache_dir: Path) -> dict[str, st
     env["CUDA_VISIBLE_DEVICES"] = ",".join(str(i) for i in gpu_indices(cell.device))
     # glibc's malloc (`malloc: steady`; workers/common/malloc.py says why), read at the worker's start
     env.update(malloc.env_for(cell.spec_dict().get("malloc", "system"), env))
-    if threads := resolved_threads(threads):
-        for var in ("OMP_NUM_THREADS", "MKL_NUM_THREADS", "OPENBLAS_NUM_THREADS", "TF_NUM_INTRAOP_THREADS"):
-            env[var] = str(threads)
+    env.update(thread_settings.env_for(resolved_threads(threads)))
     return env
 
 

@@ -108,3 +108,29 @@ def test_inprocess_comparison_runs_the_three_loops() -> None:
         assert b["ratio"] == pytest.approx(math.sqrt(b["hand_s"] * b["twin_s"]) / b["harness_s"])
         assert fidelity.block_ratio(b) == pytest.approx(b["ratio"])
         assert b["control"] == pytest.approx(b["hand_s"] / b["twin_s"])
+
+
+@pytest.mark.e2e
+@pytest.mark.parametrize("framework", ["pytorch", "tensorflow", "jax"])
+def test_a_handwritten_loop_runs_with_the_threads_a_suite_gives_its_workers(framework: str) -> None:
+    """`--threads 1` reaches the framework as `threads: 1` reaches a worker: the loop reports it."""
+    import json
+    import subprocess
+    import sys
+
+    pytest.importorskip({"pytorch": "torch", "tensorflow": "tensorflow", "jax": "jax"}[framework])
+    args = ["--framework", framework, "--model", "mlp", "--batch-size", "8", "--warmup", "1", "--steps", "2"]
+    out = subprocess.run(
+        [sys.executable, "-m", "bench.handwritten", *args, "--threads", "1"],
+        cwd=fidelity.ROOT,
+        capture_output=True,
+        text=True,
+        check=True,
+    )
+    line = json.loads(out.stdout.strip().splitlines()[-1])
+    assert line["samples_per_second"] > 0
+    threads = line["threads"]
+    if framework == "jax":
+        assert threads["XLA_FLAGS"].endswith("intra_op_parallelism_threads=1")
+    else:
+        assert threads["intra_op"] == 1

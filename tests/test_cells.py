@@ -108,3 +108,20 @@ def test_list_reports_each_builtin_framework_installed() -> None:
     for fw in ("pytorch", "tensorflow", "jax"):
         line = next(x for x in proc.stdout.splitlines() if x.strip().startswith(fw))
         assert "installed " in line and "worker ready" in line, line
+
+
+def test_worker_environment_fixes_threads_and_hides_gpus_from_a_cpu_cell(tmp_path, monkeypatch) -> None:
+    import psutil
+
+    from mlbench import runner
+
+    monkeypatch.delenv("XLA_FLAGS", raising=False)
+    cell = expand(grid(frameworks=["jax"], models=["mlp"], batch_sizes=[8]))[0]
+    env = runner.worker_env(cell, 3, tmp_path)
+    for var in ("OMP_NUM_THREADS", "MKL_NUM_THREADS", "OPENBLAS_NUM_THREADS", "TF_NUM_INTRAOP_THREADS"):
+        assert env[var] == "3"
+    assert env["CUDA_VISIBLE_DEVICES"] == ""  # a CPU cell initialises no CUDA
+    assert "XLA_FLAGS" not in env  # the JAX worker sets XLA's pool itself, before importing jax
+    # no `threads` in the suite: the physical cores, the same figure for every framework
+    physical = psutil.cpu_count(logical=False) or psutil.cpu_count()
+    assert runner.worker_env(cell, None, tmp_path)["OMP_NUM_THREADS"] == str(physical)

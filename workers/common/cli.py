@@ -15,7 +15,7 @@ import sys
 from collections.abc import Callable
 from typing import IO, Any
 
-from workers.common import harness, malloc
+from workers.common import harness, malloc, threads
 from workers.common.events import Emitter, protect_stdout
 
 # The defaults a cell gets when run by hand; the orchestrator always passes every key.
@@ -90,9 +90,8 @@ def parse(argv: list[str] | None, framework: str) -> dict[str, Any]:
 def apply_threads(cell: dict[str, Any]) -> None:
     """Thread settings go into the environment before any framework is imported."""
     if cell.get("threads"):
-        n = str(cell["threads"])
-        for var in ("OMP_NUM_THREADS", "MKL_NUM_THREADS", "OPENBLAS_NUM_THREADS", "TF_NUM_INTRAOP_THREADS"):
-            os.environ.setdefault(var, n)
+        for var, value in threads.env_for(cell["threads"]).items():
+            os.environ.setdefault(var, value)
     os.environ.setdefault("XLA_PYTHON_CLIENT_PREALLOCATE", "false")
     os.environ.setdefault("TF_FORCE_GPU_ALLOW_GROWTH", "true")
 

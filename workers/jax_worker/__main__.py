@@ -3,14 +3,14 @@
 import os
 import sys
 
+from workers.common import threads
 from workers.common.cli import main
 from workers.common.harness import import_backend
 
 
 def _load(cell):
     if cell.get("threads"):  # XLA:CPU sizes its intra-op pool from this flag, read at import
-        flag = f"--xla_cpu_multi_thread_eigen=true intra_op_parallelism_threads={int(cell['threads'])}"
-        os.environ["XLA_FLAGS"] = (os.environ.get("XLA_FLAGS", "") + " " + flag).strip()
+        os.environ["XLA_FLAGS"] = threads.xla_flags(cell["threads"], os.environ.get("XLA_FLAGS"))
     return import_backend("workers.jax_worker.backend", "JaxBackend")(cell)
 
 
