@@ -80,7 +80,7 @@ class Suite(Strict):
     calibrate: bool = True  # measure peak matmul FLOP/s per framework, device and precision (for MFU)
     accuracy_parity_pts: PositiveFloat = 2.0  # frameworks' validation accuracies must lie within this
     target_accuracy: float | None = Field(None, gt=0, le=1)  # time to accuracy: when validation reaches this
-    threads: PositiveInt | None = None  # intra-op threads per worker; None: the framework's default
+    threads: PositiveInt | None = None  # intra-op threads per worker; None: the physical cores, in every framework
     # glibc's malloc in the workers. steady: freed memory kept for reuse (fixed mmap and trim thresholds,
     # transparent huge pages), so a training step does not page-fault its temporaries in afresh each time;
     # system: the machine's settings as they are (glibc's dynamic thresholds: tens of thousands of page
