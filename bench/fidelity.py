@@ -303,9 +303,8 @@ def print_report(
     malloc: str,
     threads: int | None,
 ) -> None:
-    print(
-        f"\nglibc malloc in every process: {malloc}; intra-op threads: {threads or 'the physical cores in mlbench, each framework default by hand'}"
-    )
+    threads_ = threads or "the physical cores in mlbench's workers, each framework's default by hand"
+    print(f"\nglibc malloc in every process: {malloc}; intra-op threads: {threads_}")
     if results:
         print(
             f"\nWhole runs: `python -m mlbench run` against `python -m bench.handwritten`, back to back\n"
@@ -404,8 +403,8 @@ def main() -> None:
             if "processes" not in r:  # a file from before several processes: one
                 r["processes"] = [r.pop("blocks")]
             inproc.append({**r, **inprocess_estimates(r)})
-        # files from before the setting ran with the machine's malloc
-        # files from before the setting: mlbench's workers had the physical cores, the loops their default
+        # files from before the settings: the machine's malloc; the physical cores in mlbench's workers
+        # and each framework's default in the hand-written loops
         print_report(
             results,
             pooled(results) if results else {},

@@ -125,3 +125,12 @@ def test_worker_environment_fixes_threads_and_hides_gpus_from_a_cpu_cell(tmp_pat
     # no `threads` in the suite: the physical cores, the same figure for every framework
     physical = psutil.cpu_count(logical=False) or psutil.cpu_count()
     assert runner.worker_env(cell, None, tmp_path)["OMP_NUM_THREADS"] == str(physical)
+
+
+def test_xla_flags_keep_the_users_and_set_the_pool_once() -> None:
+    from workers.common import threads
+
+    flags = threads.xla_flags(2, "--xla_dump_to=/tmp/x")
+    assert flags == "--xla_dump_to=/tmp/x --xla_cpu_multi_thread_eigen=true intra_op_parallelism_threads=2"
+    assert threads.xla_flags(2, flags) == flags  # set twice (the bench, then the worker's loader): once
+    assert threads.xla_flags(1, None) == "--xla_cpu_multi_thread_eigen=true intra_op_parallelism_threads=1"

@@ -18,6 +18,8 @@ def env_for(n: int) -> dict[str, str]:
 
 
 def xla_flags(n: int, existing: str | None) -> str:
-    """XLA_FLAGS with XLA:CPU's intra-op pool set to `n` threads, after the user's own flags."""
+    """XLA_FLAGS with XLA:CPU's intra-op pool set to `n` threads, after the user's own flags (once:
+    flags that already end with it are returned as they are)."""
     flag = f"--xla_cpu_multi_thread_eigen=true intra_op_parallelism_threads={int(n)}"
-    return ((existing or "") + " " + flag).strip()
+    existing = (existing or "").strip()
+    return existing if existing.endswith(flag) else (existing + " " + flag).strip()
