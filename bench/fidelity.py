@@ -13,7 +13,7 @@ processes, beside a control (the hand-written loop against a second instance of 
 
     python -m bench.fidelity [--rounds 3] [--frameworks pytorch,jax] [--models mlp] [--inprocess]
         [--processes 3] [--blocks 8] [--threads 1]
-    python -m bench.fidelity --report runs/bench/fidelity.json   # the report of an earlier run
+    python -m bench.fidelity --report runs/bench/fidelity.json [more.json]  # earlier runs, pooled
 """
 
 from __future__ import annotations
@@ -286,6 +286,41 @@ def run_inprocess(cases: list[Case], blocks: int, processes: int, malloc: str, t
     return results
 
 
+def load_reports(paths: list[Path]) -> tuple[list[dict[str, Any]], list[dict[str, Any]], str, int | None]:
+    """The results of earlier runs' files, every file's pairs pooled per case (runs made under the
+    same settings only), with the in-process results of each; and the settings (malloc, threads)."""
+    hand: dict[Case, list[float]] = {}
+    ours: dict[Case, list[dict[str, Any]]] = {}
+    inproc, settings = [], {}
+    for path in paths:
+        saved = json.loads(path.read_text())
+        # files from before the settings: the machine's malloc; the physical cores in mlbench's workers
+        # and each framework's default in the hand-written loops
+        settings[path.name] = (saved.get("malloc", "system"), saved.get("threads"))
+        for c in saved["cases"]:
+            case = (c["framework"], c["model"])
+            same = (c.get("same_steps") or {}).get("mlbench") or [None] * len(c["mlbench"])
+            hand.setdefault(case, []).extend(c["handwritten"])
+            ours.setdefault(case, []).extend(
+                {
+                    "samples_per_second": sps,
+                    "same_steps_sps": same_sps,
+                    # a file keeps the medians of these; each of its rounds stands for it
+                    **{k: c[k] for k in ("overhead_s", "run_overhead_s", "orchestrator_max_rss_mb")},
+                    "orchestrator_cpu_pct": c.get("orchestrator_cpu_pct"),
+                }
+                for sps, same_sps in zip(c["mlbench"], same)
+            )
+        for r in saved.get("inprocess", []):
+            if "processes" not in r:  # a file from before several processes: one
+                r["processes"] = [r.pop("blocks")]
+            inproc.append({**r, **inprocess_estimates(r)})
+    if len(set(settings.values())) > 1:
+        raise SystemExit(f"--report: pairs pool only under the same (malloc, threads); these files differ: {settings}")
+    malloc, threads = next(iter(settings.values()))
+    return summarize(hand, ours) if hand else [], inproc, malloc, threads
+
+
 def _pct(v: float | None) -> str:
     return "-" if v is None else f"{v:.1f}%"
 
@@ -299,7 +334,7 @@ def print_report(
     results: list[dict[str, Any]],
     overall: dict[str, Any],
     inproc: list[dict[str, Any]],
-    path: Path,
+    paths: list[Path],
     malloc: str,
     threads: int | None,
 ) -> None:
@@ -357,7 +392,7 @@ def print_report(
         "how far apart two runs of no change fall;\noverhead: median per cell (a cell's wall "
         "time through the orchestrator less the worker's); run s: the whole command less the worker\n(start-up, "
         "exports, report: once per run); orch. CPU: the orchestrator's own CPU time over the cell as a share of "
-        f"one core while the worker ran\n(median); details in {path}"
+        f"one core while the worker ran\n(median); details in {', '.join(map(str, paths))}"
     )
 
 
@@ -381,38 +416,17 @@ def main() -> None:
         type=int,
         help="intra-op threads in every process, as a suite's `threads` (default: the physical cores, as mlbench's)",
     )
-    p.add_argument("--report", metavar="FIDELITY_JSON", help="print the report of an earlier run and stop")
+    p.add_argument(
+        "--report",
+        nargs="+",
+        metavar="FIDELITY_JSON",
+        help="print the report of earlier runs and stop; several files' pairs are pooled per case",
+    )
     a = p.parse_args()
     if a.report:
-        saved = json.loads(Path(a.report).read_text())
-        hand = {(c["framework"], c["model"]): c["handwritten"] for c in saved["cases"]}
-        ours = {
-            (c["framework"], c["model"]): [
-                {
-                    "samples_per_second": s,
-                    **{k: c[k] for k in ("overhead_s", "run_overhead_s", "orchestrator_max_rss_mb")},
-                    "orchestrator_cpu_pct": c.get("orchestrator_cpu_pct"),
-                }
-                for s in c["mlbench"]
-            ]
-            for c in saved["cases"]
-        }
-        results = summarize(hand, ours)
-        inproc = []
-        for r in saved.get("inprocess", []):
-            if "processes" not in r:  # a file from before several processes: one
-                r["processes"] = [r.pop("blocks")]
-            inproc.append({**r, **inprocess_estimates(r)})
-        # files from before the settings: the machine's malloc; the physical cores in mlbench's workers
-        # and each framework's default in the hand-written loops
-        print_report(
-            results,
-            pooled(results) if results else {},
-            inproc,
-            Path(a.report),
-            saved.get("malloc", "system"),
-            saved.get("threads"),
-        )
+        paths = [Path(x) for x in a.report]
+        results, inproc, malloc, threads = load_reports(paths)
+        print_report(results, pooled(results) if results else {}, inproc, paths, malloc, threads)
         return
     threads = runner.resolved_threads(a.threads)
     runs_dir = Path(a.runs_dir)
@@ -440,7 +454,7 @@ def main() -> None:
     out = runs_dir / "fidelity.json"
     record = {"malloc": a.malloc, "threads": threads, "cases": results, "overall": overall, "inprocess": inproc}
     out.write_text(json.dumps(record, indent=1))
-    print_report(results, overall, inproc, out, a.malloc, threads)
+    print_report(results, overall, inproc, [out], a.malloc, threads)
 
 
 if __name__ == "__main__":

@@ -3,6 +3,7 @@
 from __future__ import annotations
 
 import collections
+import json
 import math
 
 import pytest
@@ -57,6 +58,40 @@ def test_summarize_pairs_rounds_in_order() -> None:
     assert r["same_steps"]["paired_ratios"] == pytest.approx([0.85, 1.05])
     assert r["same_steps"]["geometric_mean"] == pytest.approx(math.sqrt(0.85 * 1.05))
     assert fidelity.pooled([r])["same_steps"]["geometric_mean"] == pytest.approx(math.sqrt(0.85 * 1.05))
+
+
+def _saved(path, hand, ours, same=None, **settings):
+    """A file as `bench.fidelity` writes it, from one case's rounds."""
+    runs = [
+        {"samples_per_second": s, "overhead_s": 0.01, "run_overhead_s": 1.0, "orchestrator_max_rss_mb": 200.0}
+        for s in ours
+    ]
+    for run, x in zip(runs, same or []):
+        run["same_steps_sps"] = x
+    cases = fidelity.summarize({("pytorch", "mlp"): hand}, {("pytorch", "mlp"): runs})
+    path.write_text(json.dumps({**settings, "cases": cases, "overall": {}, "inprocess": []}))
+    return path
+
+
+def test_report_pools_the_pairs_of_several_files_run_alike(tmp_path) -> None:
+    a = _saved(tmp_path / "a.json", [100.0, 100.0], [90.0, 100.0], [88.0, 100.0], malloc="steady", threads=1)
+    b = _saved(tmp_path / "b.json", [200.0], [220.0], [210.0], malloc="steady", threads=1)
+    results, inproc, malloc, threads = fidelity.load_reports([a, b])
+    (r,) = results
+    assert (malloc, threads, inproc) == ("steady", 1, [])
+    assert r["pairs"] == 3 and r["paired_ratios"] == pytest.approx([0.9, 1.0, 1.1])
+    assert r["geometric_mean"] == pytest.approx((0.9 * 1.0 * 1.1) ** (1 / 3))
+    assert r["same_steps"]["paired_ratios"] == pytest.approx([0.88, 1.0, 1.05])
+    # one file read back gives what its run printed, same steps included
+    (alone,) = fidelity.load_reports([a])[0]
+    assert alone["paired_ratios"] == pytest.approx([0.9, 1.0]) and alone["same_steps"]["pairs"] == 2
+    # a file without same steps (older runs): the pooled same-steps figure is left out, not made up
+    c = _saved(tmp_path / "c.json", [100.0], [95.0], malloc="steady", threads=1)
+    assert fidelity.load_reports([a, c])[0][0]["same_steps"] is None
+    # runs under different settings do not pool
+    d = _saved(tmp_path / "d.json", [100.0], [95.0], malloc="steady", threads=2)
+    with pytest.raises(SystemExit, match="threads"):
+        fidelity.load_reports([a, d])
 
 
 def test_process_estimate_interval_is_across_processes() -> None:
