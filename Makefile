@@ -3,7 +3,7 @@ PYTHON ?= $(shell command -v python3.11 || command -v python3)
 VENV   := .venv
 BIN    := $(VENV)/bin
 STAMP  := $(VENV)/.installed-stamp
-EXTRAS ?= torch,tensorflow,jax,dev
+EXTRAS ?= torch,tensorflow,jax,ray,dev
 
 .PHONY: venv browser quick run test test-fast bench lint format clean
 

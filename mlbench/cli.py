@@ -10,7 +10,7 @@ from typing import Any, NoReturn
 
 import click
 
-from mlbench import environment, orchestrator, runner, store
+from mlbench import environment, executors, orchestrator, runner, store
 from mlbench.cells import expand
 from mlbench.config import BUILTIN_WORKERS, PRECISIONS, ConfigError, load_suite, parse_suite
 from workers.common import specs
@@ -89,6 +89,19 @@ def main() -> None:
 @click.option("--retry-failed", is_flag=True, help="With --resume, also re-run cells stored as not ok.")
 @click.option("--name", help="Run name (folder under runs/), instead of the config's `name`.")
 @click.option("--runs-dir", default="runs", show_default=True, type=click.Path(file_okay=False), help="Where runs go.")
+@click.option(
+    "--executor",
+    type=click.Choice(["local", "ray"]),
+    default=None,
+    help="Where cells run, instead of the config's `executor`: this machine, or a Ray cluster "
+    "(RAY_ADDRESS or the config's ray.address; none: a local Ray instance for the run).",
+)
+@click.option(
+    "--jobs",
+    type=click.IntRange(min=1),
+    default=None,
+    help="Cells at once, instead of the config's `parallel` (local: only cells on disjoint GPUs together).",
+)
 @_filters
 def run(
     config: str,
@@ -96,6 +109,8 @@ def run(
     retry_failed: bool,
     name: str | None,
     runs_dir: str,
+    executor: str | None,
+    jobs: int | None,
     frameworks: tuple[str, ...],
     models: tuple[str, ...],
     devices: tuple[str, ...],
@@ -104,28 +119,38 @@ def run(
 ) -> None:
     """Run every cell of CONFIG (narrowed by the filters) and write results and report."""
     suite = _load(config, name)
+    where = {k: v for k, v in {"executor": executor, "parallel": jobs}.items() if v is not None}
+    if where:  # validated like the file's own keys
+        suite = parse_suite({**suite.model_dump(), **where}, f"{config} (with --executor/--jobs)")
     only = _only(frameworks, models, devices, precisions, batch_sizes)
     try:
         expand(suite, only)
-    except ConfigError as exc:
+        executors.check(suite.executor)
+    except (ConfigError, executors.ExecutorUnavailable) as exc:
         _fail(str(exc))
 
     def _sigterm(signum: int, frame: Any) -> None:
         raise KeyboardInterrupt
 
     signal.signal(signal.SIGTERM, _sigterm)
-    resume_cmd = f"python -m mlbench run {config} --resume" + (f" --name {name}" if name else "")
+    resume_cmd = (
+        f"python -m mlbench run {config} --resume"
+        + (f" --name {name}" if name else "")
+        + (f" --executor {executor}" if executor else "")
+    )
     try:
         summary = orchestrator.run_suite(
             suite, resume=resume, retry_failed=retry_failed, only=only, runs_root=Path(runs_dir)
         )
     except (runner.Interrupted, KeyboardInterrupt):
         click.echo(
-            f"\ninterrupted: the cell in flight was stopped and not stored; finished cells are kept.\n"
+            f"\ninterrupted: the cells in flight were stopped and not stored; finished cells are kept.\n"
             f"resume with: {resume_cmd}",
             err=True,
         )
         sys.exit(EXIT_INTERRUPTED)
+    except executors.ClusterLost as exc:
+        _fail(f"{exc}; finished cells are kept, resume with: {resume_cmd}", 1)
     except store.RunLocked as exc:
         _fail(str(exc), 1)
     except store.StoreError as exc:
@@ -163,7 +188,7 @@ def list_() -> None:
     click.echo("frameworks:")
     for fw, module in BUILTIN_WORKERS.items():
         version = environment.installed_version(*environment.FRAMEWORK_PACKAGES[fw])
-        worker = "worker ready" if not orchestrator._worker_missing(module) else "worker missing"
+        worker = "worker ready" if not executors.base.worker_missing(module) else "worker missing"
         click.echo(f"  {fw:<11} {module:<26} {'installed ' + version if version else 'not installed'}; {worker}")
     click.echo("models:")
     for name in specs.MODELS:

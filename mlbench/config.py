@@ -60,6 +60,15 @@ class InferenceConfig(Strict):
     max_s: PositiveFloat = 30.0  # stop adding runs after this long
 
 
+class RayConfig(Strict):
+    """Where `executor: ray` runs. RAY_ADDRESS, when set, wins over `address`, as in every Ray tool."""
+
+    address: str | None = None  # e.g. ray://head:10001 or head:6379; none: a local instance for the run
+    num_cpus: PositiveInt | None = None  # of a local instance (default: the physical cores)
+    num_gpus: int | None = Field(None, ge=0)  # of a local instance (default: the GPUs NVML sees)
+    node_dir: str | None = None  # where nodes keep data, logs and caches (default: <tmp>/mlbench-ray/<run>)
+
+
 class Suite(Strict):
     """One benchmark grid. Defaults live here, each with its reason."""
 
@@ -92,6 +101,10 @@ class Suite(Strict):
     model_overrides: dict[str, dict[str, Any]] = {}  # model -> spec fields, e.g. {bert: {layers: 2}}
     excludes: list[dict[str, Any]] = []  # cells matching every key of an entry are left out
     workers: dict[str, str] = {}  # framework -> module run as `python -m MODULE --cell JSON`
+    # where cells run (none of these is part of a cell: a run resumes across executors)
+    executor: Literal["local", "ray"] = "local"  # ray: install the `ray` extra
+    parallel: PositiveInt = 1  # cells at once: local runs only cells on disjoint GPUs together; ray: tasks in flight
+    ray: RayConfig = RayConfig()
 
     @field_validator("frameworks", "models", "devices", "precisions", "batch_sizes")
     @classmethod

@@ -1,13 +1,15 @@
-"""Runs a suite: expands its cells, skips what is stored (with --resume), runs the rest one at a
-time, stores each as it finishes, and rebuilds the exports and the report."""
+"""Runs a suite, stage by stage: prepare the run folder, plan the units (skipping what is stored,
+with --resume), verify the models, calibrate, execute (an executor runs the units, locally or on a
+Ray cluster; each is stored the moment its outcome arrives), and rebuild the exports and the report."""
 
 from __future__ import annotations
 
 import contextlib
-import importlib.util
 import json
 import resource
+import socket
 import sys
+import threading
 import time
 from dataclasses import dataclass, field
 from pathlib import Path
@@ -16,7 +18,7 @@ from typing import Any
 import psutil
 import pyarrow.parquet as pq
 
-from mlbench import calibration, environment, parity, repeats, report, rows, runner, store, verify
+from mlbench import calibration, environment, executors, parity, repeats, report, rows, runner, store, verify
 from mlbench.cells import Cell, Unit, expand, units
 from mlbench.config import Suite, parse_suite
 from mlbench.progress import RunProgress
@@ -34,34 +36,44 @@ class RunSummary:
     interrupted_cell: str | None = None
 
 
+@dataclass
+class Plan:
+    """What one invocation runs: the suite's cells (narrowed) and the units still to run."""
+
+    cells: list[Cell]
+    todo: list[Unit]
+    already_stored: int
+
+
+_JOURNAL_LOCK = threading.Lock()
+
+
 def _journal(run_dir: Path, **entry: Any) -> None:
     """Append-only log of what the orchestrator did (run starts, each cell's end, interruptions)."""
-    with open(run_dir / JOURNAL, "a", encoding="utf-8") as f:
-        f.write(json.dumps({"time": time.strftime("%Y-%m-%dT%H:%M:%SZ", time.gmtime()), **entry}) + "\n")
+    line = json.dumps({"time": time.strftime("%Y-%m-%dT%H:%M:%SZ", time.gmtime()), **entry}) + "\n"
+    with _JOURNAL_LOCK, open(run_dir / JOURNAL, "a", encoding="utf-8") as f:
+        f.write(line)
 
 
-def _worker_missing(module: str) -> bool:
-    try:
-        return importlib.util.find_spec(module) is None
-    except (ImportError, ValueError):
-        return True
+def _say(message: str) -> None:
+    print(message, file=sys.stderr, flush=True)
 
 
-def _skip_outcome(reason: str) -> runner.Outcome:
-    return runner.Outcome(status="skipped", reason=reason, exit_code=None, duration_s=0.0, started_at=time.time())
-
-
-def _reap_stale_workers(run_dir: Path) -> list[int]:
-    """Kill the process groups of workers that an orchestrator killed earlier left behind."""
+def _reap_stale(run_dir: Path) -> list[int]:
+    """Kill what an orchestrator killed earlier left behind on this host: its workers' process groups
+    and the processes of a Ray instance it started."""
     journal, reaped = run_dir / JOURNAL, []
     if not journal.is_file():
         return reaped
+    here = socket.gethostname()
     for line in journal.read_text(encoding="utf-8", errors="replace").splitlines():
         try:
             entry = json.loads(line)
         except ValueError:
             continue  # a line torn by a kill
-        if entry.get("action") != "cell_start":
+        if entry.get("action") == "ray_session":
+            reaped += executors_reap(entry.get("processes") or [])
+        if entry.get("action") != "cell_start" or entry.get("host", here) != here:
             continue
         try:
             cmdline = psutil.Process(entry["pid"]).cmdline()
@@ -71,6 +83,15 @@ def _reap_stale_workers(run_dir: Path) -> list[int]:
             runner.kill_group(entry["pid"])
             reaped.append(entry["pid"])
     return reaped
+
+
+def executors_reap(processes: list[dict[str, Any]]) -> list[int]:
+    """What a killed run's local Ray instance left (nothing to do without Ray: it never started one)."""
+    if not processes:
+        return []
+    from mlbench.executors.ray_cluster import reap_session
+
+    return reap_session(processes)
 
 
 def cells_to_run(
@@ -92,6 +113,152 @@ def stored_versions(run_dir: Path, current: str) -> dict[str, int]:
     return {v: versions.count(v) for v in set(versions) - {current}}
 
 
+# --- the stages of a run -------------------------------------------------------------------------
+
+
+def prepare(suite: Suite, run_dir: Path, env: dict[str, Any]) -> None:
+    """The run folder made ready: the suite and environment records, leftovers of a killed run gone."""
+    store.preload()
+    store.atomic_write(run_dir / SUITE_FILE, lambda p: p.write_text(suite.model_dump_json(indent=1)))
+    store.atomic_write(run_dir / ENV_FILE, lambda p: p.write_text(json.dumps(env, indent=1, default=str)))
+    _reap_stale(run_dir)
+    for torn in store.cells_dir(run_dir).glob(".*.tmp"):  # a kill mid-write; never read as a cell
+        torn.unlink(missing_ok=True)
+
+
+def plan(
+    suite: Suite, run_dir: Path, env: dict[str, Any], only: dict[str, list[Any]] | None, resume: bool, retry: bool
+) -> Plan:
+    """The cells of the (narrowed) grid and the units this invocation runs."""
+    cells = expand(suite, only)
+    todo, already = cells_to_run(suite, cells, run_dir, resume, retry)
+    if already and (older := stored_versions(run_dir, env["mlbench_version"])):
+        _say(
+            f"resume: {sum(older.values())} stored cell(s) were measured by mlbench "
+            f"{', '.join(sorted(older))}, this is {env['mlbench_version']}; how a figure is measured "
+            "may differ between versions (see the README): to compare like with like, run into a new folder"
+        )
+    return Plan(cells, todo, already)
+
+
+def verify_models(suite: Suite, todo: list[Unit], run_dir: Path, resume: bool) -> None:
+    """Verify the models about to run (in all the suite's frameworks: parity is between them), except
+    those this run folder already holds a verdict for when resuming."""
+    stored = verify.load(run_dir)
+    to_verify = [
+        m
+        for m in suite.models
+        if any(u.cell.model == m for u in todo) and not (resume and any(c.model == m for c in stored))
+    ]
+    if not (suite.verify and to_verify):
+        return
+    _say(f"verify: checking {len(to_verify)} model(s) in {len(suite.frameworks)} framework(s) before timing ...")
+    checks = verify.run(
+        to_verify,
+        suite.frameworks,
+        run_dir,
+        workers=suite.workers,
+        overrides=suite.model_overrides,
+        seed=suite.seed,
+        timeout_s=suite.timeout_s,
+    )
+    kept = [c for c in stored if c.model not in to_verify]  # the verdicts of other models' cells
+    if kept:
+        verify.save(run_dir, kept + checks)
+    failed = [f"{c.model}/{c.framework}: {c.problems[0]}" for c in checks if c.status != "ok"]
+    _say(
+        f"verify: {len(checks) - len(failed)} of {len(checks)} checks passed"
+        + (f"; {'; '.join(failed)}" if failed else "")
+    )
+    _journal(run_dir, action="verify", passed=len(checks) - len(failed), failed=failed)
+
+
+def calibrate(suite: Suite, todo: list[Unit], run_dir: Path) -> None:
+    """Peak matmul FLOP/s per framework, device and precision of the units, on this machine (for MFU)."""
+    if not (suite.calibrate and todo):
+        return
+    for e in calibration.run(suite, [u.cell for u in todo], run_dir):
+        if e["status"] != "ok":
+            _say(
+                f"calibration: {e['framework']} {e['device']} {e['precision']}: {e['status']} "
+                f"({e['reason']}); MFU against the other frameworks' peak"
+            )
+
+
+def store_outcome(
+    run_dir: Path,
+    suite: Suite,
+    unit: Unit,
+    outcome: runner.Outcome,
+    env: dict[str, Any],
+    summary: RunSummary,
+    cpu_started: float | None = None,
+) -> None:
+    """One finished unit: its row written to the cell file at once, and a journal line (with what the
+    orchestrator itself cost the unit where it ran here: all but the worker's wall time, and the CPU
+    of all its threads, monitor, readers and progress, which a worker on a small machine shares)."""
+    if outcome.monitor.get("gpu_foreign_processes"):
+        others = ", ".join(f"pid {p['pid']} ({p['name']})" for p in outcome.monitor["gpu_foreign_processes"])
+        _say(f"warning: {unit.label}: other processes held its GPU: {others}")
+        _journal(run_dir, action="gpu_shared", cell_id=unit.unit_id, processes=outcome.monitor["gpu_foreign_processes"])
+    row = rows.build(unit.cell, suite.name, outcome, env, repeat=unit.repeat)
+    store.write_cell(run_dir, row, name=unit.unit_id)
+    summary.counts[outcome.status] = summary.counts.get(outcome.status, 0) + 1
+    here = outcome.executor == "local" and outcome.worker_wall_s
+    _journal(
+        run_dir,
+        action="cell",
+        cell_id=unit.unit_id,
+        cell=unit.label,
+        status=outcome.status,
+        reason=outcome.reason,
+        executor=outcome.executor,
+        host=(outcome.host or env).get("hostname"),
+        duration_s=round(outcome.duration_s, 3),
+        worker_wall_s=outcome.worker_wall_s,
+        orchestrator_overhead_s=(time.time() - outcome.started_at - outcome.worker_wall_s) if here else None,
+        orchestrator_cpu_s=round(time.process_time() - cpu_started, 3) if here and cpu_started is not None else None,
+    )
+
+
+def execute(
+    suite: Suite, todo: list[Unit], run_dir: Path, env: dict[str, Any], summary: RunSummary, tty: bool | None
+) -> None:
+    """Hand the units to the suite's executor and store each one the moment its outcome arrives."""
+
+    cpu_at_start: dict[Unit, float] = {}
+
+    def started(unit: Unit, pid: int, host: str) -> None:  # before the worker's first event
+        _journal(run_dir, action="cell_start", cell_id=unit.unit_id, pid=pid, host=host)
+
+    def session(info: dict[str, Any]) -> None:
+        _journal(run_dir, action="ray_session", **info)
+
+    def finish(unit: Unit, outcome: runner.Outcome) -> None:
+        store_outcome(run_dir, suite, unit, outcome, env, summary, cpu_at_start.pop(unit, None))
+        where = (outcome.host or {}).get("hostname", "") if outcome.executor != "local" else ""
+        progress.finish_cell(unit, outcome.status, outcome.duration_s, outcome.reason, where)
+
+    with executors.make(suite, run_dir, on_start=started, on_session=session) as executor:
+        _journal(run_dir, action="executor", **executor.describe())
+        with RunProgress(todo, tty=tty) as progress, contextlib.closing(executor.execute(todo)) as reports:
+            try:
+                for report in reports:
+                    if isinstance(report, executors.Started):
+                        cpu_at_start[report.unit] = time.process_time()
+                        progress.start_cell(report.unit)
+                    elif isinstance(report, executors.Finished):
+                        finish(report.unit, report.outcome)
+                    else:
+                        progress.on_event(report.unit, report.event)
+            except runner.Interrupted as exc:
+                for done in exc.finished:  # ended on their own as the run stopped: kept
+                    finish(done.unit, done.outcome)
+                summary.interrupted_cell = ",".join(exc.stopped) or None
+                _journal(run_dir, action="interrupted", cell_id=summary.interrupted_cell)
+                raise
+
+
 def run_suite(
     suite: Suite,
     *,
@@ -103,7 +270,7 @@ def run_suite(
 ) -> RunSummary:
     """Run a suite's cells; raises runner.Interrupted (after storing what finished) on Ctrl-C/SIGTERM."""
     run_dir = runs_root / suite.name
-    cells = expand(suite, only)
+    expand(suite, only)  # a bad filter is an error before anything is touched
     with contextlib.ExitStack() as stack:
         try:
             run_dir.mkdir(parents=True, exist_ok=True)
@@ -111,130 +278,14 @@ def run_suite(
         except OSError as exc:
             raise store.StoreError(f"cannot use the run folder {run_dir}: {exc.strerror or exc}") from None
         env = environment.capture()
-        store.preload()
-        store.atomic_write(run_dir / SUITE_FILE, lambda p: p.write_text(suite.model_dump_json(indent=1)))
-        store.atomic_write(run_dir / ENV_FILE, lambda p: p.write_text(json.dumps(env, indent=1, default=str)))
-        _reap_stale_workers(run_dir)
-        for torn in store.cells_dir(run_dir).glob(".*.tmp"):  # a kill mid-write; never read as a cell
-            torn.unlink(missing_ok=True)
-        todo, already = cells_to_run(suite, cells, run_dir, resume, retry_failed)
-        if already and (older := stored_versions(run_dir, env["mlbench_version"])):
-            print(
-                f"resume: {sum(older.values())} stored cell(s) were measured by mlbench "
-                f"{', '.join(sorted(older))}, this is {env['mlbench_version']}; how a figure is measured "
-                "may differ between versions (see the README): to compare like with like, run into a new folder",
-                file=sys.stderr,
-                flush=True,
-            )
-        summary = RunSummary(run_dir, already_stored=already)
-        # verify the models about to run (all the suite's frameworks: parity is between them), except
-        # those this run folder already holds a verdict for when resuming
-        stored = verify.load(run_dir)
-        to_verify = [
-            m
-            for m in suite.models
-            if any(u.cell.model == m for u in todo) and not (resume and any(c.model == m for c in stored))
-        ]
-        if suite.verify and to_verify:
-            print(
-                f"verify: checking {len(to_verify)} model(s) in {len(suite.frameworks)} framework(s) before timing ...",
-                file=sys.stderr,
-                flush=True,
-            )
-            checks = verify.run(
-                to_verify,
-                suite.frameworks,
-                run_dir,
-                workers=suite.workers,
-                overrides=suite.model_overrides,
-                seed=suite.seed,
-                timeout_s=suite.timeout_s,
-            )
-            kept = [c for c in stored if c.model not in to_verify]  # the verdicts of other models' cells
-            if kept:
-                verify.save(run_dir, kept + checks)
-            failed = [f"{c.model}/{c.framework}: {c.problems[0]}" for c in checks if c.status != "ok"]
-            print(
-                f"verify: {len(checks) - len(failed)} of {len(checks)} checks passed"
-                + (f"; {'; '.join(failed)}" if failed else ""),
-                file=sys.stderr,
-                flush=True,
-            )
-            _journal(run_dir, action="verify", passed=len(checks) - len(failed), failed=failed)
-        _journal(run_dir, action="start", cells=len(cells), to_run=len(todo), resume=resume)
-        if suite.calibrate and todo:
-            entries = calibration.run(suite, [u.cell for u in todo], run_dir)
-            for e in entries:
-                if e["status"] != "ok":
-                    print(
-                        f"calibration: {e['framework']} {e['device']} {e['precision']}: {e['status']} "
-                        f"({e['reason']}); MFU against the other frameworks' peak",
-                        file=sys.stderr,
-                        flush=True,
-                    )
-        with RunProgress(todo, tty=tty) as progress:
-            for unit in todo:
-                cell = unit.cell
-                unit_started = time.monotonic()
-                cpu_started = time.process_time()  # all the orchestrator's threads: monitor, readers, progress
-                progress.start_cell(unit)
-                module = suite.worker_module(cell.framework)
-                if _worker_missing(module):
-                    outcome = _skip_outcome(f"worker module {module} is not installed")
-                else:
-                    try:
-                        outcome = runner.run_cell(
-                            cell,
-                            run_dir,
-                            module=module,
-                            timeout_s=suite.timeout_s,
-                            idle_timeout_s=suite.idle_timeout_s,
-                            threads=suite.threads,
-                            monitor_interval_s=suite.monitor_interval_s,
-                            on_event=progress.on_event,
-                            on_start=lambda pid, u=unit: _journal(
-                                run_dir, action="cell_start", cell_id=u.unit_id, pid=pid
-                            ),
-                            log_name=unit.unit_id,
-                        )
-                    except runner.Interrupted:
-                        summary.interrupted_cell = unit.unit_id
-                        _journal(run_dir, action="interrupted", cell_id=unit.unit_id, cell=unit.label)
-                        raise
-                flags = {
-                    k: v
-                    for k, v in runner.worker_env(cell, suite.threads, run_dir / "cache").items()
-                    if k in environment.ENV_FLAGS
-                }
-                if outcome.monitor.get("gpu_foreign_processes"):
-                    others = ", ".join(
-                        f"pid {p['pid']} ({p['name']})" for p in outcome.monitor["gpu_foreign_processes"]
-                    )
-                    print(f"warning: {unit.label}: other processes held its GPU: {others}", file=sys.stderr, flush=True)
-                    _journal(
-                        run_dir,
-                        action="gpu_shared",
-                        cell_id=unit.unit_id,
-                        processes=outcome.monitor["gpu_foreign_processes"],
-                    )
-                row = rows.build(cell, suite.name, outcome, env, flags, repeat=unit.repeat)
-                store.write_cell(run_dir, row, name=unit.unit_id)
-                summary.counts[outcome.status] = summary.counts.get(outcome.status, 0) + 1
-                overhead = (time.monotonic() - unit_started - outcome.worker_wall_s) if outcome.worker_wall_s else None
-                _journal(
-                    run_dir,
-                    action="cell",
-                    cell_id=unit.unit_id,
-                    cell=unit.label,
-                    status=outcome.status,
-                    reason=outcome.reason,
-                    duration_s=round(outcome.duration_s, 3),
-                    worker_wall_s=outcome.worker_wall_s,
-                    orchestrator_overhead_s=overhead,  # spawning, monitoring, reading, storing: all but the worker
-                    # the CPU the orchestrator itself used meanwhile, which a worker on a small machine shares
-                    orchestrator_cpu_s=round(time.process_time() - cpu_started, 3),
-                )
-                progress.finish_cell(unit, outcome.status, outcome.duration_s, outcome.reason)
+        prepare(suite, run_dir, env)
+        the_plan = plan(suite, run_dir, env, only, resume, retry_failed)
+        summary = RunSummary(run_dir, already_stored=the_plan.already_stored)
+        verify_models(suite, the_plan.todo, run_dir, resume)
+        _journal(run_dir, action="start", cells=len(the_plan.cells), to_run=len(the_plan.todo), resume=resume)
+        calibrate(suite, the_plan.todo, run_dir)
+        if the_plan.todo:
+            execute(suite, the_plan.todo, run_dir, env, summary, tty)
         rebuild(run_dir)
         _journal(
             run_dir,

@@ -22,10 +22,10 @@ def _last(events: list[dict[str, Any]], kind: str) -> dict[str, Any]:
     return next((e for e in reversed(events) if e["event"] == kind), {})
 
 
-def build(
-    cell: Cell, run_name: str, outcome: Outcome, env: dict[str, Any], env_flags: dict[str, str], repeat: int = 0
-) -> dict[str, Any]:
-    """The cell's row: every schema column present, null where nothing was measured."""
+def build(cell: Cell, run_name: str, outcome: Outcome, head_env: dict[str, Any], repeat: int = 0) -> dict[str, Any]:
+    """The cell's row: every schema column present, null where nothing was measured. The machine's
+    columns come from the host that ran the cell (a Ray node), else the head's record."""
+    env = outcome.host or head_env
     ev = outcome.events
     spec = cell.spec_dict()
     hello, model, memory = _last(ev, "hello"), _last(ev, "model"), _last(ev, "memory")
@@ -169,8 +169,9 @@ def build(
         "gpu_model": environment.gpu_model(env, cell.device),
         "gpu_driver": env.get("gpu_driver"),
         "hostname": env["hostname"],
-        "env_flags": json.dumps(env_flags),
-        "mlbench_version": env["mlbench_version"],
+        "executor": outcome.executor,
+        "env_flags": json.dumps(outcome.env_flags),
+        "mlbench_version": head_env["mlbench_version"],
         **{name: None for name in schema.DERIVED},
         "epochs_detail": [{k: e.get(k) for k in schema.EPOCH.names} for e in epochs],
         "step_times_s": step_s,

@@ -24,6 +24,7 @@ import psutil
 
 from mlbench import protocol
 from mlbench.cells import Cell
+from mlbench.environment import ENV_FLAGS
 from mlbench.logs import BoundedLog
 from mlbench.monitor import Monitor, free_gpus_of_earlier_cells, gpu_indices, gpu_memory_used_bytes
 from workers.common import malloc
@@ -34,13 +35,54 @@ DUMP_WAIT_S = 1.0  # after SIGUSR1 (faulthandler stack dump), before SIGTERM
 ORPHAN_GRACE_S = 2.0  # after the worker exits, how long its children may keep stdout open
 MAX_KEPT_EVENTS = 20000
 MAX_KEPT_LOGS = 200
-STARTED_GROUPS: set[int] = (
-    set()
-)  # process groups of the workers this orchestrator started  # log events and stray stdout lines kept in the row: head and tail halves
+STARTED_GROUPS: set[int] = set()  # process groups of the workers this orchestrator started
 
 
 class Interrupted(Exception):
-    """The orchestrator was asked to stop (Ctrl-C or SIGTERM) while a cell ran."""
+    """The orchestrator was asked to stop (Ctrl-C or SIGTERM) while a cell ran. An executor that ran
+    several at once says which it stopped and hands back those that finished meanwhile."""
+
+    def __init__(self, cell_id: str = "", finished: list[Any] | None = None, stopped: list[str] | None = None):
+        super().__init__(cell_id)
+        self.finished = finished or []
+        self.stopped = stopped if stopped is not None else ([cell_id] if cell_id else [])
+
+
+class CancelToken:
+    """Stops the cells that run in other threads: `cancel()` wakes each run_cell's wait at once (no
+    polling), which then kills its worker's process group and raises Interrupted; callbacks stop what
+    runs elsewhere (a Ray task)."""
+
+    def __init__(self) -> None:
+        self._lock = threading.Lock()
+        self._queues: list[queue.Queue[tuple[str, Any]]] = []
+        self._callbacks: dict[int, Callable[[], None]] = {}
+        self.cancelled = False
+
+    def watch(self, q: queue.Queue[tuple[str, Any]]) -> None:
+        with self._lock:
+            self._queues.append(q)
+            if self.cancelled:
+                q.put(("cancel", None))
+
+    def on_cancel(self, callback: Callable[[], None]) -> Callable[[], None]:
+        """Call `callback` on cancel (at once if already cancelled); returns what unregisters it."""
+        with self._lock:
+            key = id(callback)
+            self._callbacks[key] = callback
+            already = self.cancelled
+        if already:
+            callback()
+        return lambda: self._callbacks.pop(key, None)
+
+    def cancel(self) -> None:
+        with self._lock:
+            self.cancelled = True
+            for q in self._queues:
+                q.put(("cancel", None))
+            callbacks = list(self._callbacks.values())
+        for callback in callbacks:
+            callback()
 
 
 @dataclass
@@ -58,6 +100,9 @@ class Outcome:
     started_at: float = 0.0
     killed_for: str | None = None
     worker_wall_s: float | None = None  # from spawning the worker to its exit
+    env_flags: dict[str, str] = field(default_factory=dict)  # the worker's allocator/thread/device variables
+    executor: str = "local"  # what ran it: local or ray
+    host: dict[str, Any] | None = None  # the environment record of the machine it ran on (None: the head's)
 
 
 def worker_env(cell: Cell, threads: int | None, cache_dir: Path) -> dict[str, str]:
@@ -79,6 +124,11 @@ def worker_env(cell: Cell, threads: int | None, cache_dir: Path) -> dict[str, st
     env.update(malloc.env_for(cell.spec_dict().get("malloc", "system"), env))
     env.update(thread_settings.env_for(resolved_threads(threads)))
     return env
+
+
+def recorded_flags(env: dict[str, str]) -> dict[str, str]:
+    """The variables of a worker's environment that move its figures (stored with its row)."""
+    return {k: v for k, v in env.items() if k in ENV_FLAGS}
 
 
 def resolved_threads(threads: int | None) -> int:
@@ -210,8 +260,10 @@ def run_cell(
     extra: dict[str, Any] | None = None,
     log_name: str | None = None,
     python: str = sys.executable,
+    cancel: CancelToken | None = None,
 ) -> Outcome:
-    """Run one cell to its end, whatever that end is; raises Interrupted on Ctrl-C/SIGTERM."""
+    """Run one cell to its end, whatever that end is; raises Interrupted on Ctrl-C/SIGTERM, or when
+    `cancel` is cancelled (from another thread)."""
     logs_dir, cache_dir = run_dir / "logs", run_dir / "cache"
     logs_dir.mkdir(parents=True, exist_ok=True)
     payload = cell.worker_payload(str((run_dir / "data").resolve()))
@@ -227,12 +279,13 @@ def run_cell(
     gpu_before = gpu_memory_used_bytes(gpus)
     started_at, t0 = time.time(), time.monotonic()
     spawned_at = time.monotonic()
+    env = worker_env(cell, threads, cache_dir)
     proc = subprocess.Popen(
         argv,
         stdin=subprocess.DEVNULL,
         stdout=subprocess.PIPE,
         stderr=subprocess.PIPE,
-        env=worker_env(cell, threads, cache_dir),
+        env=env,
         start_new_session=True,
         preexec_fn=_die_with_parent if _LIBC is not None else None,
     )
@@ -241,6 +294,8 @@ def run_cell(
         on_start(proc.pid)
     monitor = Monitor(proc.pid, monitor_interval_s, cell.device).start()
     q: queue.Queue[tuple[str, Any]] = queue.Queue()
+    if cancel is not None:
+        cancel.watch(q)
     threads_ = [
         threading.Thread(target=_read_stdout, args=(proc.stdout, q), daemon=True),
         threading.Thread(target=_copy_stderr, args=(proc.stderr, stderr_log), daemon=True),
@@ -286,6 +341,8 @@ def run_cell(
                     _signal_group(proc.pid, signal.SIGKILL)  # children of the exited worker
                 drain_until = time.monotonic() + ORPHAN_GRACE_S
                 continue
+            if kind == "cancel":
+                raise KeyboardInterrupt
             if kind == "exit":
                 exit_code, exited_at = value, time.monotonic()
             elif kind == "eof":
@@ -348,4 +405,5 @@ def run_cell(
         started_at=started_at,
         killed_for=killed_for,
         worker_wall_s=(exited_at - spawned_at) if exit_code is not None else None,
+        env_flags=recorded_flags(env),
     )

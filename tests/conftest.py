@@ -86,3 +86,25 @@ def by_hand(module: str, data_dir: Path, *extra: str) -> list[str]:
         str(data_dir),
         *extra,
     ]
+
+
+_NETNS: list[str] | None = None
+
+
+def loopback_only_prefix() -> list[str]:
+    """argv prefix that runs a command in a network namespace of its own holding only the loopback
+    interface (a local Ray cluster then listens on 127.0.0.1 alone and can reach nothing else);
+    [] where no namespace can be made here (the caller skips)."""
+    global _NETNS
+    if _NETNS is None:
+        _NETNS = []
+        for unshare in (["unshare", "--net"], ["unshare", "--map-root-user", "--net"]):
+            argv = [*unshare, "--", "sh", "-c", 'ip link set lo up && exec "$@"', "sh"]
+            try:
+                ok = subprocess.run([*argv, "true"], capture_output=True, timeout=30).returncode == 0
+            except (OSError, subprocess.TimeoutExpired):
+                ok = False
+            if ok:
+                _NETNS = argv
+                break
+    return _NETNS

@@ -274,14 +274,8 @@ def dataset_key(dataset: dict[str, Any], family: str, inp: InputSpec, seed: int)
     return f"{dataset['name']}-{family}-{digest}"
 
 
-def load(
-    dataset: dict[str, Any], family: str, inp: InputSpec, seed: int, data_dir: str, layout: str = "NCHW"
-) -> Dataset:
-    """The dataset for a cell: read from data_dir, made there first if absent.
-
-    Images are stored NCHW; a framework that wants NHWC gets them transposed once here, in memory,
-    outside every timed region.
-    """
+def materialise(dataset: dict[str, Any], family: str, inp: InputSpec, seed: int, data_dir: str) -> Path:
+    """The folder of a dataset in data_dir, made there first if absent (atomically: whole or not at all)."""
     if dataset["name"] == "cifar10" and family != "image":
         raise DataUnavailable(f"cifar10 holds images; this model reads {family} data")
     key = dataset_key(dataset, family, inp, seed)
@@ -303,11 +297,34 @@ def load(
             os.rename(tmp, folder)
         except OSError:  # another worker made it first: theirs is identical
             shutil.rmtree(tmp, ignore_errors=True)
-    arrays = {
-        n: np.load(folder / f"{n}.npy", allow_pickle=False)  # in memory: batch gathers stay cheap
-        for n in ("x_train", "y_train", "x_val", "y_val")
-    }
+    return folder
+
+
+ARRAYS = ("x_train", "y_train", "x_val", "y_val")
+
+
+def checksum(folder: Path) -> str:
+    """sha256 of a dataset folder's arrays (dtype, shape and bytes): two machines that made the same
+    data from the same seed agree on it."""
+    h = hashlib.sha256()
+    for name in ARRAYS:
+        a = np.load(folder / f"{name}.npy", allow_pickle=False)
+        h.update(f"{name}:{a.dtype.str}:{a.shape}".encode())
+        h.update(np.ascontiguousarray(a).data)
+    return h.hexdigest()
+
+
+def load(
+    dataset: dict[str, Any], family: str, inp: InputSpec, seed: int, data_dir: str, layout: str = "NCHW"
+) -> Dataset:
+    """The dataset for a cell: read from data_dir, made there first if absent.
+
+    Images are stored NCHW; a framework that wants NHWC gets them transposed once here, in memory,
+    outside every timed region.
+    """
+    folder = materialise(dataset, family, inp, seed, data_dir)
+    arrays = {n: np.load(folder / f"{n}.npy", allow_pickle=False) for n in ARRAYS}  # in memory: cheap gathers
     if family == "image" and layout == "NHWC":
         for n in ("x_train", "x_val"):
             arrays[n] = np.ascontiguousarray(arrays[n].transpose(0, 2, 3, 1))
-    return Dataset(**arrays, family=family, key=key, layout=layout)
+    return Dataset(**arrays, family=family, key=folder.name, layout=layout)

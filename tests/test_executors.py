@@ -1,0 +1,101 @@
+"""The executor seam: which cells the local executor runs together (fake GPUs), a real parallel
+run, and the one-line refusal of `--executor ray` where Ray is not installed."""
+
+from __future__ import annotations
+
+import json
+from pathlib import Path
+
+import pandas as pd
+import pytest
+import yaml
+
+from mlbench.cells import Unit, expand
+from mlbench.config import parse_suite
+from mlbench.executors.local import can_start
+from tests.conftest import cli, fault_suite, suite_dict
+
+
+def _units(*devices: str) -> dict[str, Unit]:
+    suite = parse_suite(suite_dict(devices=list(devices)))
+    return {u.cell.device: u for u in (Unit(c) for c in expand(suite))}
+
+
+def test_cells_on_disjoint_gpus_run_together_and_cpu_cells_run_alone() -> None:
+    u = _units("cpu", "cuda:0", "cuda:1", "cuda:2,3", "cuda:1,2")
+    # alone: anything may start
+    assert all(can_start(x, [], parallel=1) for x in u.values())
+    # disjoint GPUs side by side, within the parallel limit
+    assert can_start(u["cuda:1"], [u["cuda:0"]], parallel=4)
+    assert can_start(u["cuda:2,3"], [u["cuda:0"], u["cuda:1"]], parallel=4)
+    assert not can_start(u["cuda:2,3"], [u["cuda:0"], u["cuda:1"]], parallel=2)  # the limit
+    assert not can_start(u["cuda:1"], [u["cuda:0"]], parallel=1)  # parallel 1: one at a time
+    # a shared GPU never
+    assert not can_start(u["cuda:1,2"], [u["cuda:2,3"]], parallel=4)
+    assert not can_start(u["cuda:1"], [u["cuda:1,2"]], parallel=4)
+    # a CPU cell never beside another cell, nor another beside it
+    assert not can_start(u["cpu"], [u["cuda:0"]], parallel=4)
+    assert not can_start(u["cuda:0"], [u["cpu"]], parallel=4)
+
+
+def test_a_parallel_run_overlaps_only_cells_on_disjoint_gpus(tmp_path: Path) -> None:
+    """Fake workers on fake GPUs (no GPU is touched): the stored rows say when each cell ran."""
+    suite = fault_suite("slow", devices=["cpu", "cuda:0", "cuda:1", "cuda:0,1"], parallel=4)
+    (tmp_path / "s.yaml").write_text(yaml.safe_dump(suite))
+    proc = cli("run", "s.yaml", "--runs-dir", "runs", cwd=tmp_path, env={"FAULT_SLOW_S": "1.5"})
+    assert proc.returncode == 0, proc.stderr[-3000:]
+    df = pd.read_parquet(tmp_path / "runs" / "t" / "results.parquet").set_index("device")
+    assert (df.status == "ok").all() and (df.executor == "local").all()
+    # the journal has the order of every start and end
+    journal = [json.loads(line) for line in (tmp_path / "runs" / "t" / "journal.ndjson").read_text().splitlines()]
+    ids = dict(zip(df.cell_id, df.index))
+    running, together = set(), []
+    for e in journal:
+        if e["action"] == "cell_start":
+            running.add(ids[e["cell_id"]])
+            together.append(set(running))
+        elif e["action"] == "cell":
+            running.discard(ids[e["cell_id"]])
+    assert {"cuda:0", "cuda:1"} in together  # ran at once
+    for group in together:
+        if len(group) > 1:
+            assert "cpu" not in group and "cuda:0,1" not in group, group
+    assert sum(e["action"] == "cell_start" for e in journal) == 4
+
+
+def test_executor_ray_without_ray_installed_is_one_line_and_exit_2(tmp_path: Path, write_suite) -> None:
+    fake = tmp_path / "noray" / "ray"
+    fake.mkdir(parents=True)
+    (fake / "__init__.py").write_text("raise ImportError(\"No module named 'ray'\")\n")
+    path = write_suite(suite_dict())
+    from tests.conftest import ROOT
+
+    proc = cli(
+        "run",
+        str(path),
+        "--runs-dir",
+        "runs",
+        "--executor",
+        "ray",
+        cwd=tmp_path,
+        env={"PYTHONPATH": f"{fake.parent}:{ROOT}"},
+    )
+    assert proc.returncode == 2
+    assert proc.stderr.strip().count("\n") == 0, proc.stderr
+    assert "pip install 'mlbench[ray]'" in proc.stderr
+    assert not (tmp_path / "runs").exists()  # refused before anything was written
+
+
+@pytest.mark.parametrize("bad", [{"executor": "slurm"}, {"parallel": 0}, {"ray": {"adress": "x"}}])
+def test_executor_keys_are_validated(bad: dict) -> None:
+    from mlbench.config import ConfigError
+
+    with pytest.raises(ConfigError):
+        parse_suite(suite_dict(**bad))
+
+
+def test_executor_settings_are_not_part_of_a_cell() -> None:
+    """A run resumes across executors: the same cell has the same id wherever it runs."""
+    local = expand(parse_suite(suite_dict()))
+    ray = expand(parse_suite(suite_dict(executor="ray", parallel=3, ray={"address": "head:6379"})))
+    assert [c.cell_id for c in local] == [c.cell_id for c in ray]
