@@ -65,6 +65,13 @@ class Recommendation:
     verdict: str  # one line: who wins and by how much, or why there is no clear winner
     candidates: list[Estimate]
     note: str = ""  # the configuration the comparison was made at, where it is fixed
+    hardware: list[str] = field(default_factory=list)  # more than one: the compared cells ran on different machines
+
+
+def hardware(r: Row) -> str:
+    """The machine a cell's figures belong to: CPU model and cores, and its GPUs."""
+    cpu = f"{r.get('cpu_model') or '?'} ({r.get('cpu_count_physical') or '?'} cores)"
+    return cpu + (f", {r['gpu_model']}" if r.get("gpu_model") else "")
 
 
 def ok_rows(rows: Iterable[Row]) -> list[Row]:
@@ -211,6 +218,9 @@ def recommend_one(rows: list[Row], c: Criterion, model: str, device: str) -> Rec
         candidates = list(best.values())
     else:  # one framework: which configuration
         candidates = ordered
+    machines = sorted({hardware(e.row) for e in candidates})
+    if len(machines) > 1:
+        note = (note + "; " if note else "") + f"the cells compared ran on {len(machines)} kinds of hardware"
     winner = candidates[0]
     runner = candidates[1] if len(candidates) > 1 else None
     if runner is None:
@@ -244,7 +254,9 @@ def recommend_one(rows: list[Row], c: Criterion, model: str, device: str) -> Rec
                 f"no clear winner: {winner.label} {_fmt(winner.value)} vs {runner.label} "
                 f"{_fmt(runner.value)} {c.unit} ({why})"
             )
-    return Recommendation(c.key, c.title, model, device, c.unit, winner, runner, clear, verdict, candidates, note)
+    return Recommendation(
+        c.key, c.title, model, device, c.unit, winner, runner, clear, verdict, candidates, note, machines
+    )
 
 
 def recommendations(rows: list[Row]) -> list[Recommendation]:

@@ -2,12 +2,14 @@
 matmul, the best run counts, and the highest framework sets the peak that MFU is measured against.
 
 MFU here is achieved training FLOP/s (throughput x the spec's FLOPs per sample) over that measured
-peak: a figure of this machine, not of a datasheet.
+peak: a figure of this machine, not of a datasheet. Calibration runs on the orchestrator's machine;
+a cell that ran on another host (a Ray node) has no peak of its own machine, so its MFU is missing.
 """
 
 from __future__ import annotations
 
 import json
+import socket
 from pathlib import Path
 from typing import Any
 
@@ -67,6 +69,7 @@ def run(suite: Suite, cells: list[Cell], run_dir: Path) -> list[dict[str, Any]]:
                 "framework": framework,
                 "device": device,
                 "precision": precision,
+                "hostname": socket.gethostname(),
                 "status": out.status,
                 "reason": out.reason,
                 "n": event.get("n"),
@@ -79,22 +82,23 @@ def run(suite: Suite, cells: list[Cell], run_dir: Path) -> list[dict[str, Any]]:
     return entries
 
 
-def peaks(entries: list[dict[str, Any]]) -> dict[tuple[str, str], float]:
-    """(device, precision) -> the highest calibrated TFLOP/s of any framework."""
-    out: dict[tuple[str, str], float] = {}
+def peaks(entries: list[dict[str, Any]]) -> dict[tuple[str | None, str, str], float]:
+    """(hostname, device, precision) -> the highest calibrated TFLOP/s of any framework (hostname
+    None: an entry from before calibration recorded its host)."""
+    out: dict[tuple[str | None, str, str], float] = {}
     for e in entries:
         if e.get("peak_tflops"):
-            key = (e["device"], e["precision"])
+            key = (e.get("hostname"), e["device"], e["precision"])
             out[key] = max(out.get(key, 0.0), e["peak_tflops"])
     return out
 
 
 def annotate(table: pa.Table, entries: list[dict[str, Any]]) -> pa.Table:
-    """Fill peak_tflops and mfu (null where no calibration succeeded)."""
+    """Fill peak_tflops and mfu (null where no calibration of the cell's host succeeded)."""
     top = peaks(entries)
     rows = table.to_pylist()
     for r in rows:
-        peak = top.get((r["device"], r["precision"]))
+        peak = top.get((r["hostname"], r["device"], r["precision"])) or top.get((None, r["device"], r["precision"]))
         r["peak_tflops"] = peak
         r["mfu"] = (r["achieved_tflops"] / peak) if (peak and r.get("achieved_tflops") is not None) else None
     return pa.Table.from_pylist(rows, schema=schema.SCHEMA)

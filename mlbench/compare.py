@@ -43,6 +43,7 @@ ENV_KEYS = (
     "python_version",
 )
 MALLOC_FLAGS = ("GLIBC_TUNABLES", "LD_PRELOAD")  # of the rows' env_flags
+ROW_ENV_KEYS = ("executor", "hostname", "cpu_model", "gpu_model")
 
 
 class CompareError(Exception):
@@ -226,6 +227,10 @@ def compare_runs(
         )
         if va != vb:
             env_diff[var] = (va, vb)
+    for column in ROW_ENV_KEYS:  # where the cells ran (a Ray run's cells run on its nodes, not the head)
+        va, vb = (", ".join(sorted({str(r.get(column) or "unknown") for r in rows})) for rows in (rows_a, rows_b))
+        if va != vb:
+            env_diff[f"cells' {column}"] = (va, vb)
     fa, fb = env_a.get("frameworks") or {}, env_b.get("frameworks") or {}
     for fw in sorted(set(fa) | set(fb)):
         if fa.get(fw) != fb.get(fw):

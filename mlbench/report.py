@@ -33,6 +33,7 @@ def cells_table(rows: list[dict[str, Any]]) -> str:
         ("framework", "framework"),
         ("model_name", "model"),
         ("device", "device"),
+        ("hostname", "host"),
         ("precision", "precision"),
         ("batch_size", "batch"),
         ("samples_per_second", "samples/s"),
@@ -135,9 +136,36 @@ def headline(rows: list[dict[str, Any]]) -> str:
 FAULTS_PER_STEP = 5000
 
 
+def hosts_section(rows: list[dict[str, Any]]) -> str:
+    """Where the cells ran, where the run used more than one machine (a Ray cluster)."""
+    hosts: dict[str, list[dict[str, Any]]] = {}
+    for r in rows:
+        if r["status"] != "skipped" or r.get("hostname"):
+            hosts.setdefault(r.get("hostname") or "?", []).append(r)
+    if len(hosts) < 2:
+        return ""
+    body = "".join(
+        f"<tr><td>{_esc(h)}</td><td>{_esc(', '.join(sorted({r.get('executor') or 'local' for r in rs})))}</td>"
+        f"<td>{_esc('; '.join(sorted({analysis.hardware(r) for r in rs})))}</td><td>{len(rs)}</td>"
+        f"<td>{sum(r['status'] == 'ok' for r in rs)}</td></tr>"
+        for h, rs in sorted(hosts.items())
+    )
+    return (
+        "<h2 id='hosts'>Hosts</h2><table><thead><tr><th>host</th><th>executor</th><th>hardware</th><th>cells</th>"
+        f"<th>ok</th></tr></thead><tbody>{body}</tbody></table>"
+    )
+
+
 def warnings(rows: list[dict[str, Any]]) -> list[str]:
     """What a reader must know before trusting the figures, most serious first."""
     out = []
+    mixed = [r for r in analysis.recommendations(rows) if len(r.hardware) > 1]
+    if mixed:
+        where = ", ".join(sorted({f"{r.model} on {r.device}" for r in mixed}))
+        out.append(
+            f"{len(mixed)} recommendation(s) compare cells that ran on different hardware ({where}): they compare "
+            "machines as well as frameworks. See Hosts; run each comparison on one kind of node to separate the two."
+        )
     bad = [r for r in rows if r["status"] not in ("ok", "skipped")]
     if bad:
         out.append(f"{len(bad)} cell(s) did not finish: see the cells table (failures first).")
@@ -211,7 +239,7 @@ def build_html(
     trade_html = "".join(
         f"<section class='chart' id='{c.id}'><h3>{_esc(c.title)}</h3>{c.html}</section>" for c in trade
     )
-    host = env.get("hostname") or (rows[0].get("hostname") if rows else None)
+    hosts = sorted({r["hostname"] for r in rows if r.get("hostname")}) or [env.get("hostname")]
     return f"""<!DOCTYPE html>
 <html lang="en"><head><meta charset="utf-8"><title>mlbench report: {_esc(suite.get("name"))}</title>
 <meta name="viewport" content="width=device-width, initial-scale=1">
@@ -219,7 +247,7 @@ def build_html(
 <body>
 <h1>mlbench: {_esc(suite.get("name"))}</h1>
 <p class="sub">{len(rows)} of the grid's {grid_size if grid_size is not None else len(rows)} cells stored: {summary}
-· host {_esc(host)}</p>
+· {"hosts" if len(hosts) > 1 else "host"} {_esc(", ".join(str(h) for h in hosts))}</p>
 <nav><a href="#recommendations">Recommendations</a><a href="#tradeoffs">Trade-offs</a><a href="#charts">Charts</a>
 <a href="#parity">Parity</a><a href="#cells">Cells</a><a href="#environment">Environment</a><a href="#config">Config</a></nav>
 {warn}
@@ -231,6 +259,7 @@ the 95% confidence intervals do not overlap (peak memory: a gap over {analysis.M
 <p class="sub">Diamonds: the configurations no other beats on both axes (the Pareto front).</p>{trade_html}
 <h2 id="charts">Charts</h2>{chart_html}
 <h2 id="parity">Parity</h2>{parity_section(rows)}
+{hosts_section(rows)}
 <h2 id="cells">Cells</h2>{cells_table(rows)}
 <h2 id="environment">Environment</h2><pre>{_esc(json.dumps(env, indent=1, default=str))}</pre>
 <h2 id="config">Configuration</h2><pre>{_esc(json.dumps(suite, indent=1, default=str))}</pre>

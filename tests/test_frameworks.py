@@ -152,9 +152,23 @@ def test_peaks_take_the_highest_framework() -> None:
     from mlbench.calibration import peaks
 
     entries = [
-        {"framework": "a", "device": "cpu", "precision": "fp32", "peak_tflops": 0.1},
-        {"framework": "b", "device": "cpu", "precision": "fp32", "peak_tflops": 0.3},
-        {"framework": "c", "device": "cpu", "precision": "fp32", "peak_tflops": None},
-        {"framework": "a", "device": "cpu", "precision": "bf16", "peak_tflops": 0.2},
+        {"framework": "a", "device": "cpu", "precision": "fp32", "peak_tflops": 0.1, "hostname": "h"},
+        {"framework": "b", "device": "cpu", "precision": "fp32", "peak_tflops": 0.3, "hostname": "h"},
+        {"framework": "c", "device": "cpu", "precision": "fp32", "peak_tflops": None, "hostname": "h"},
+        {"framework": "a", "device": "cpu", "precision": "bf16", "peak_tflops": 0.2, "hostname": "h"},
     ]
-    assert peaks(entries) == {("cpu", "fp32"): 0.3, ("cpu", "bf16"): 0.2}
+    assert peaks(entries) == {("h", "cpu", "fp32"): 0.3, ("h", "cpu", "bf16"): 0.2}
+
+
+def test_a_cell_on_another_host_has_no_mfu_against_this_hosts_peak() -> None:
+    """Calibration measures the orchestrator's machine; a Ray node's cell is not divided by it."""
+    import pyarrow as pa
+
+    from mlbench import schema
+    from mlbench.calibration import annotate
+
+    row = {name: None for name in schema.SCHEMA.names}
+    rows = [{**row, "hostname": h, "device": "cpu", "precision": "fp32", "achieved_tflops": 0.1} for h in "hn"]
+    entries = [{"framework": "a", "device": "cpu", "precision": "fp32", "peak_tflops": 0.4, "hostname": "h"}]
+    out = annotate(pa.Table.from_pylist(rows, schema=schema.SCHEMA), entries).to_pylist()
+    assert out[0]["mfu"] == pytest.approx(0.25) and out[1]["mfu"] is None and out[1]["peak_tflops"] is None

@@ -225,3 +225,16 @@ def test_compare_latency_floor_in_milliseconds() -> None:
     x = row("pytorch", sps=3200.0, step_times_s=list(rng.normal(0.010, 0.0002, 300)))
     y = row("pytorch", sps=1600.0, step_times_s=list(rng.normal(0.020, 0.0002, 300)))
     assert compare.compare_metric(thr, x, y, 0.01, 0.05, min_change_ms=1000).verdict == "regression"
+
+
+def test_cells_from_several_hosts_are_grouped_and_mixed_hardware_is_warned() -> None:
+    same = dict(cpu_model="Xeon", cpu_count_physical=8)
+    one_kind = [row("pytorch", hostname="a", **same), row("jax", hostname="b", **same)]
+    assert headline_of(one_kind, "train_throughput").hardware == ["Xeon (8 cores)"]
+    assert not any("different hardware" in w for w in report.warnings(one_kind))  # two hosts, one kind: fine
+    mixed = [row("pytorch", hostname="a", **same), row("jax", hostname="b", cpu_model="EPYC", cpu_count_physical=8)]
+    rec = headline_of(mixed, "train_throughput")
+    assert len(rec.hardware) == 2 and "2 kinds of hardware" in rec.note
+    assert any("different hardware (mlp on cpu)" in w for w in report.warnings(mixed))
+    assert "<h2 id='hosts'>Hosts</h2>" in report.hosts_section(mixed)
+    assert report.hosts_section([row("pytorch", hostname="a"), row("jax", hostname="a")]) == ""  # one host: no section
