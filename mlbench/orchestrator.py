@@ -251,11 +251,14 @@ def execute(
                         finish(report.unit, report.outcome)
                     else:
                         progress.on_event(report.unit, report.event)
-            except runner.Interrupted as exc:
-                for done in exc.finished:  # ended on their own as the run stopped: kept
+            except (runner.Interrupted, KeyboardInterrupt) as exc:
+                for done in getattr(exc, "finished", []):  # ended on their own as the run stopped: kept
                     finish(done.unit, done.outcome)
-                summary.interrupted_cell = ",".join(exc.stopped) or None
-                _journal(run_dir, action="interrupted", cell_id=summary.interrupted_cell)
+                summary.interrupted_cell = ",".join(getattr(exc, "stopped", [])) or None
+                lost = executor.lost()
+                _journal(run_dir, action="cluster_lost" if lost else "interrupted", cell_id=summary.interrupted_cell)
+                if lost:
+                    raise executors.ClusterLost(lost) from None
                 raise
 
 

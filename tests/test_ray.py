@@ -205,3 +205,33 @@ def test_a_dead_node_marks_its_cell_crashed_and_the_run_goes_on(tmp_path: Path, 
     assert df.loc["slow", "status"] == "crashed"
     assert f"the Ray task on {socket.gethostname()} died" in df.loc["slow", "reason"]
     assert descendants_alive([slow_pid]) == []
+
+
+def test_a_lost_cluster_stops_the_run_with_one_line_and_the_resume_command(tmp_path: Path, netns: list[str]) -> None:
+    """The cluster's GCS dies mid-cell: Ray would end the driver from C++ a minute later without a
+    word; mlbench notices first, stops in good order and says what happened."""
+    (tmp_path / "s.yaml").write_text(yaml.safe_dump(fault_suite("slow", **RAY)))
+    piddir = tmp_path / "pids"
+    piddir.mkdir()
+    proc = subprocess.Popen(
+        _argv(netns, "run", "s.yaml", "--runs-dir", "runs"),
+        cwd=tmp_path, env=_env(FAULT_PIDDIR=str(piddir), FAULT_SLOW_S="600"),
+        stdout=subprocess.PIPE, stderr=subprocess.PIPE, text=True,
+    )  # fmt: skip
+    run = tmp_path / "runs" / "t"
+    try:
+        _wait_for(piddir / "slow-worker.pid")
+        session = next(e for e in _journal(run) if e["action"] == "ray_session")
+        gcs = next(p["pid"] for p in session["processes"] if p["name"] == "gcs_server")
+        psutil.Process(gcs).kill()
+        out, err = proc.communicate(timeout=120)
+    finally:
+        if proc.poll() is None:
+            proc.kill()
+    assert proc.returncode == 1, err[-3000:]
+    mine = [line for line in err.splitlines() if line.startswith("error:")]
+    assert len(mine) == 1 and "lost the Ray cluster" in mine[0], err[-3000:]
+    assert "resume with: python -m mlbench run s.yaml --resume" in mine[0]
+    assert any(e["action"] == "cluster_lost" for e in _journal(run))
+    assert descendants_alive([int((piddir / "slow-worker.pid").read_text())]) == []
+    assert _ray_processes(run) == []

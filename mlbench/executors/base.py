@@ -160,6 +160,10 @@ class Executor(ABC):
         """What the journal records about where this run's cells run."""
         return {"executor": self.name}
 
+    def lost(self) -> str | None:
+        """Why the run must stop because the executor lost where its cells run (a cluster), or None."""
+        return None
+
 
 # --- the shared driver: one thread per unit in flight, reports through one queue --------------
 

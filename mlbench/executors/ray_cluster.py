@@ -18,9 +18,11 @@ from __future__ import annotations
 import logging
 import os
 import queue
+import signal
 import socket
 import tempfile
 import threading
+import time
 from collections.abc import Callable, Iterator
 from dataclasses import replace
 from pathlib import Path
@@ -47,6 +49,8 @@ from mlbench.monitor import gpu_indices
 
 INSTALL_HINT = "executor ray needs Ray on this machine: pip install 'mlbench[ray]' (or make venv EXTRAS=...,ray)"
 KILL_WAIT_S = 30.0  # for the node to confirm it killed a cancelled cell's worker
+PROBE_EVERY_S = 2.0  # how often the head checks that the cluster's GCS still answers
+LOST_AFTER_S = 10.0  # no answer for this long: the cluster is lost (Ray itself ends the driver at 60 s)
 LOG_LIMIT = 16 << 20  # bytes of a cell's logs sent back to the head
 
 
@@ -225,6 +229,8 @@ class RayExecutor(Executor):
         self._task = self.ray.remote(max_retries=0, retry_exceptions=False)(node_task)
         self._kill = self.ray.remote(num_cpus=0, max_retries=0)(kill_on_node)
         self._checksums: dict[str, str] = {}
+        self._pool: Pool | None = None
+        self.lost_reason: str | None = None
 
     def _connect(self, num_cpus: int | None, num_gpus: int | None, on_session: Callable[..., None] | None) -> None:
         ray = self.ray
@@ -246,18 +252,46 @@ class RayExecutor(Executor):
                 f"cannot reach the Ray cluster at {self.address or 'a new local instance'}: {exc}"
             ) from None
         self.started_local = True
+        self.session = {
+            "address": ray.get_runtime_context().gcs_address,
+            "processes": [p for p in _ray_session_processes() if p["pid"] not in before],
+        }
         if on_session is not None:
-            context = ray.get_runtime_context()
-            on_session(
-                {
-                    "address": context.gcs_address,
-                    "processes": [p for p in _ray_session_processes() if p["pid"] not in before],
-                }
-            )
+            on_session(self.session)
 
     def close(self) -> None:
-        if self.ray.is_initialized():
+        if self.lost_reason is None and self.ray.is_initialized():
             self.ray.shutdown()
+        elif self.started_local:  # a cluster that no longer answers cannot be shut down through Ray
+            reap_session(self.session["processes"])
+
+    def lost(self) -> str | None:
+        return self.lost_reason
+
+    def _watch_gcs(self, stop: threading.Event) -> None:
+        """Ray ends a driver whose GCS stays unreachable (after 60 s, from C++, with no way to catch
+        it): probe the GCS first, and stop the run in good order when it has gone."""
+        try:
+            host, port = self.ray.get_runtime_context().gcs_address.rsplit(":", 1)
+        except Exception:  # Ray Client connections have no GCS address to probe
+            return
+        failing_since = None
+        while not stop.wait(PROBE_EVERY_S):
+            try:
+                socket.create_connection((host, int(port)), timeout=PROBE_EVERY_S).close()
+                failing_since = None
+            except OSError as exc:
+                failing_since = failing_since or time.monotonic()
+                if time.monotonic() - failing_since >= LOST_AFTER_S:
+                    self.lost_reason = (
+                        f"lost the Ray cluster: its GCS at {host}:{port} has not answered for {LOST_AFTER_S:g} s "
+                        f"({exc.strerror or type(exc).__name__})"
+                    )
+                    if self._pool is not None:
+                        self._pool.grace_s = 1.0  # the tasks cannot be reached to stop them
+                    # the orchestrator stops as for Ctrl-C, then says why (a real signal: it wakes a blocked wait)
+                    signal.pthread_kill(threading.main_thread().ident, signal.SIGINT)
+                    return
 
     def describe(self) -> dict[str, Any]:
         nodes = [n for n in self.ray.nodes() if n.get("Alive")]
@@ -357,6 +391,8 @@ class RayExecutor(Executor):
     def _cancel(self, stream: Any, where: dict[str, Any], unit: Unit) -> None:
         """Ray's cancel stops the task, but not the worker process tree it started: mlbench kills
         that process group on its node itself."""
+        if self.lost_reason is not None:
+            return  # nothing reaches the nodes; their workers die with their Ray workers
         try:
             self.ray.cancel(stream)
         except Exception:
@@ -380,4 +416,10 @@ class RayExecutor(Executor):
             (folder / name).write_bytes(content)
 
     def execute(self, units: list[Unit]) -> Iterator[Report]:
-        return Pool(self._run_one, lambda u, running: len(running) < self.parallel).execute(units)
+        self._pool = Pool(self._run_one, lambda u, running: len(running) < self.parallel)
+        stop = threading.Event()
+        threading.Thread(target=self._watch_gcs, args=(stop,), name="mlbench-gcs-probe", daemon=True).start()
+        try:
+            yield from self._pool.execute(units)
+        finally:
+            stop.set()
