@@ -221,45 +221,57 @@ def store_outcome(
     )
 
 
-def execute(
-    suite: Suite, todo: list[Unit], run_dir: Path, env: dict[str, Any], summary: RunSummary, tty: bool | None
-) -> None:
-    """Hand the units to the suite's executor and store each one the moment its outcome arrives."""
-
-    cpu_at_start: dict[Unit, float] = {}
+def connect(suite: Suite, run_dir: Path) -> executors.Executor:
+    """The suite's executor, connected (a Ray cluster joined or started) before anything is measured,
+    so that a wrong address fails at once; its journal hooks record where each worker started."""
 
     def started(unit: Unit, pid: int, host: str) -> None:  # before the worker's first event
         _journal(run_dir, action="cell_start", cell_id=unit.unit_id, pid=pid, host=host)
 
-    def session(info: dict[str, Any]) -> None:
+    def session(info: dict[str, Any]) -> None:  # a local Ray instance: what a later run reaps if this one is killed
         _journal(run_dir, action="ray_session", **info)
+
+    executor = executors.make(suite, run_dir, on_start=started, on_session=session)
+    _journal(run_dir, action="executor", **executor.describe())
+    return executor
+
+
+def execute(
+    executor: executors.Executor,
+    suite: Suite,
+    todo: list[Unit],
+    run_dir: Path,
+    env: dict[str, Any],
+    summary: RunSummary,
+    tty: bool | None,
+) -> None:
+    """Hand the units to the executor and store each one the moment its outcome arrives."""
+    cpu_at_start: dict[Unit, float] = {}
 
     def finish(unit: Unit, outcome: runner.Outcome) -> None:
         store_outcome(run_dir, suite, unit, outcome, env, summary, cpu_at_start.pop(unit, None))
         where = (outcome.host or {}).get("hostname", "") if outcome.executor != "local" else ""
         progress.finish_cell(unit, outcome.status, outcome.duration_s, outcome.reason, where)
 
-    with executors.make(suite, run_dir, on_start=started, on_session=session) as executor:
-        _journal(run_dir, action="executor", **executor.describe())
-        with RunProgress(todo, tty=tty) as progress, contextlib.closing(executor.execute(todo)) as reports:
-            try:
-                for report in reports:
-                    if isinstance(report, executors.Started):
-                        cpu_at_start[report.unit] = time.process_time()
-                        progress.start_cell(report.unit)
-                    elif isinstance(report, executors.Finished):
-                        finish(report.unit, report.outcome)
-                    else:
-                        progress.on_event(report.unit, report.event)
-            except (runner.Interrupted, KeyboardInterrupt) as exc:
-                for done in getattr(exc, "finished", []):  # ended on their own as the run stopped: kept
-                    finish(done.unit, done.outcome)
-                summary.interrupted_cell = ",".join(getattr(exc, "stopped", [])) or None
-                lost = executor.lost()
-                _journal(run_dir, action="cluster_lost" if lost else "interrupted", cell_id=summary.interrupted_cell)
-                if lost:
-                    raise executors.ClusterLost(lost) from None
-                raise
+    with RunProgress(todo, tty=tty) as progress, contextlib.closing(executor.execute(todo)) as reports:
+        try:
+            for report in reports:
+                if isinstance(report, executors.Started):
+                    cpu_at_start[report.unit] = time.process_time()
+                    progress.start_cell(report.unit)
+                elif isinstance(report, executors.Finished):
+                    finish(report.unit, report.outcome)
+                else:
+                    progress.on_event(report.unit, report.event)
+        except (runner.Interrupted, KeyboardInterrupt) as exc:
+            for done in getattr(exc, "finished", []):  # ended on their own as the run stopped: kept
+                finish(done.unit, done.outcome)
+            summary.interrupted_cell = ",".join(getattr(exc, "stopped", [])) or None
+            lost = executor.lost()
+            _journal(run_dir, action="cluster_lost" if lost else "interrupted", cell_id=summary.interrupted_cell)
+            if lost:
+                raise executors.ClusterLost(lost) from None
+            raise
 
 
 def run_suite(
@@ -284,11 +296,12 @@ def run_suite(
         prepare(suite, run_dir, env)
         the_plan = plan(suite, run_dir, env, only, resume, retry_failed)
         summary = RunSummary(run_dir, already_stored=the_plan.already_stored)
+        executor = stack.enter_context(connect(suite, run_dir)) if the_plan.todo else None
         verify_models(suite, the_plan.todo, run_dir, resume)
         _journal(run_dir, action="start", cells=len(the_plan.cells), to_run=len(the_plan.todo), resume=resume)
         calibrate(suite, the_plan.todo, run_dir)
-        if the_plan.todo:
-            execute(suite, the_plan.todo, run_dir, env, summary, tty)
+        if executor is not None:
+            execute(executor, suite, the_plan.todo, run_dir, env, summary, tty)
         rebuild(run_dir)
         _journal(
             run_dir,

@@ -373,7 +373,7 @@ class RayExecutor(Executor):
                 from ray.util.placement_group import remove_placement_group
 
                 remove_placement_group(group)
-        raise ClusterLost(f"the Ray task of {unit.label} ended without an outcome")
+        return self._lost(unit, RuntimeError("its stream ended without an outcome"), where)
 
     def _lost(self, unit: Unit, exc: Exception, where: dict[str, Any]) -> runner.Outcome:
         """The task died under the cell (its node or Ray worker died): `crashed`, naming the node.
