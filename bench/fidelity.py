@@ -35,6 +35,7 @@ import scipy.stats
 import yaml
 
 from mlbench import runner
+from mlbench.runfolder import RunFolder
 from workers.common import malloc as glibc_malloc
 
 ROOT = Path(__file__).resolve().parent.parent
@@ -115,14 +116,13 @@ def run_mlbench(framework: str, model: str, runs_dir: Path, malloc: str, threads
         check=True,
     )
     wall = time.perf_counter() - t0
-    row = pq.read_table(
-        runs_dir / name / "results.parquet", columns=["samples_per_second", "warmup_times_s", "step_times_s"]
-    ).to_pylist()[0]
+    folder = RunFolder(runs_dir / name)
+    row = pq.read_table(folder.results, columns=["samples_per_second", "warmup_times_s", "step_times_s"]).to_pylist()[0]
     # mlbench's figure starts where its step samples settle (at least WARMUP steps in); the hand-written
     # loop times every step after WARMUP. Over the same steps, the two differ only by what the
     # measurement code costs; the reported figure may also leave out slow steps the loop counts.
     every = row["warmup_times_s"] + row["step_times_s"]
-    journal = [json.loads(line) for line in (runs_dir / name / "journal.ndjson").read_text().splitlines()]
+    journal = [json.loads(line) for line in folder.journal.read_text().splitlines()]
     cell = [e for e in journal if e["action"] == "cell"][-1]
     end = [e for e in journal if e["action"] == "end"][-1]
     return {

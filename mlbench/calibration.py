@@ -18,8 +18,8 @@ import pyarrow as pa
 from mlbench import runner, schema, store
 from mlbench.cells import Cell
 from mlbench.config import Suite
+from mlbench.runfolder import RunFolder
 
-FILE = "calibration.json"
 SIZE = {"cpu": 1024, "cuda": 8192}  # matmul size n: 2 GFLOP on a CPU, 1.1 TFLOP on a GPU
 BUDGET_S = 3.0
 
@@ -43,7 +43,7 @@ def calibration_cell(suite: Suite, framework: str, device: str, precision: str) 
 
 
 def load(run_dir: Path) -> list[dict[str, Any]]:
-    path = run_dir / FILE
+    path = RunFolder(run_dir).calibration
     return json.loads(path.read_text(encoding="utf-8")) if path.is_file() else []
 
 
@@ -58,7 +58,7 @@ def run(suite: Suite, cells: list[Cell], run_dir: Path) -> list[dict[str, Any]]:
         cell = calibration_cell(suite, framework, device, precision)
         out = runner.run_cell(
             cell,
-            run_dir / "calibration",
+            RunFolder(run_dir).calibration_runs,
             module=suite.worker_module(framework),
             timeout_s=min(suite.timeout_s, 300),
             idle_timeout_s=min(suite.idle_timeout_s, 300),
@@ -78,7 +78,9 @@ def run(suite: Suite, cells: list[Cell], run_dir: Path) -> list[dict[str, Any]]:
                 "median_tflops": (event["flops"] / event["median_s"] / 1e12) if event.get("median_s") else None,
             }
         )
-    store.atomic_write(run_dir / FILE, lambda p: p.write_text(json.dumps(entries, indent=1), encoding="utf-8"))
+    store.atomic_write(
+        RunFolder(run_dir).calibration, lambda p: p.write_text(json.dumps(entries, indent=1), encoding="utf-8")
+    )
     return entries
 
 

@@ -13,6 +13,7 @@ import click
 from mlbench import environment, executors, orchestrator, runner, store
 from mlbench.cells import expand
 from mlbench.config import BUILTIN_WORKERS, PRECISIONS, ConfigError, load_suite, parse_suite
+from mlbench.runfolder import RunFolder
 from workers.common import specs
 
 EXIT_CONFIG = 2
@@ -158,7 +159,7 @@ def run(
     counts = ", ".join(f"{v} {k}" for k, v in sorted(summary.counts.items())) or "nothing to run"
     kept = f" ({summary.already_stored} already stored)" if summary.already_stored else ""
     click.echo(
-        f"{counts}{kept}. results: {summary.run_dir / 'results.parquet'}  report: {summary.run_dir / 'report.html'}"
+        f"{counts}{kept}. results: {RunFolder(summary.run_dir).results}  report: {RunFolder(summary.run_dir).report}"
     )
 
 
@@ -356,6 +357,6 @@ def verify_cmd(
         )
     Console(width=200).print(table)
     failed = [c for c in checks if c.status != "ok"]
-    click.echo(f"{len(checks) - len(failed)} of {len(checks)} checks passed; details: {run_dir / 'verify.json'}")
+    click.echo(f"{len(checks) - len(failed)} of {len(checks)} checks passed; details: {RunFolder(run_dir).verify}")
     if failed:
         sys.exit(1)

@@ -29,6 +29,7 @@ import pyarrow.parquet as pq
 from scipy import stats as sps
 
 from mlbench.analysis import OTHER_LOAD_PCT
+from mlbench.runfolder import RunFolder
 
 Row = dict[str, Any]
 ENV_KEYS = (
@@ -122,7 +123,7 @@ class Comparison:
 
 
 def load_run(run_dir: Path) -> tuple[list[Row], dict[str, Any]]:
-    path = run_dir / "results.parquet"
+    path = RunFolder(run_dir).results
     if not path.exists():
         raise CompareError(f"{run_dir}: no results.parquet (run `mlbench report {run_dir}` to rebuild it)")
     try:
@@ -132,7 +133,7 @@ def load_run(run_dir: Path) -> tuple[list[Row], dict[str, Any]]:
     missing = [c for c in ("spec_json", "status", "worker_module") if rows and c not in rows[0]]
     if missing:
         raise CompareError(f"{path}: no {', '.join(missing)} column (written by an mlbench too old to compare)")
-    env_path = run_dir / "environment.json"
+    env_path = RunFolder(run_dir).environment
     try:
         env = json.loads(env_path.read_text()) if env_path.exists() else {}
     except (OSError, ValueError) as exc:

@@ -22,10 +22,7 @@ from mlbench import calibration, environment, executors, parity, repeats, report
 from mlbench.cells import Cell, Unit, expand, units
 from mlbench.config import Suite, parse_suite
 from mlbench.progress import RunProgress
-
-SUITE_FILE = "suite.json"
-ENV_FILE = "environment.json"
-JOURNAL = "journal.ndjson"
+from mlbench.runfolder import RunFolder
 
 
 @dataclass
@@ -51,7 +48,7 @@ _JOURNAL_LOCK = threading.Lock()
 def _journal(run_dir: Path, **entry: Any) -> None:
     """Append-only log of what the orchestrator did (run starts, each cell's end, interruptions)."""
     line = json.dumps({"time": time.strftime("%Y-%m-%dT%H:%M:%SZ", time.gmtime()), **entry}) + "\n"
-    with _JOURNAL_LOCK, open(run_dir / JOURNAL, "a", encoding="utf-8") as f:
+    with _JOURNAL_LOCK, open(RunFolder(run_dir).journal, "a", encoding="utf-8") as f:
         f.write(line)
 
 
@@ -62,7 +59,7 @@ def _say(message: str) -> None:
 def _reap_stale(run_dir: Path) -> list[int]:
     """Kill what an orchestrator killed earlier left behind on this host: its workers' process groups
     and the processes of a Ray instance it started."""
-    journal, reaped = run_dir / JOURNAL, []
+    journal, reaped = RunFolder(run_dir).journal, []
     if not journal.is_file():
         return reaped
     here = socket.gethostname()
@@ -119,8 +116,9 @@ def stored_versions(run_dir: Path, current: str) -> dict[str, int]:
 def prepare(suite: Suite, run_dir: Path, env: dict[str, Any]) -> None:
     """The run folder made ready: the suite and environment records, leftovers of a killed run gone."""
     store.preload()
-    store.atomic_write(run_dir / SUITE_FILE, lambda p: p.write_text(suite.model_dump_json(indent=1)))
-    store.atomic_write(run_dir / ENV_FILE, lambda p: p.write_text(json.dumps(env, indent=1, default=str)))
+    folder = RunFolder(run_dir)
+    store.atomic_write(folder.suite, lambda p: p.write_text(suite.model_dump_json(indent=1)))
+    store.atomic_write(folder.environment, lambda p: p.write_text(json.dumps(env, indent=1, default=str)))
     _reap_stale(run_dir)
     for torn in store.cells_dir(run_dir).glob(".*.tmp"):  # a kill mid-write; never read as a cell
         torn.unlink(missing_ok=True)
@@ -314,26 +312,27 @@ def run_suite(
 
 def rebuild(run_dir: Path) -> list[Path]:
     """Rebuild results.* and report.html from the cell files of the run's suite grid."""
-    suite_path = run_dir / SUITE_FILE
+    folder = RunFolder(run_dir)
+    suite_path = folder.suite
     if not suite_path.is_file():
-        raise FileNotFoundError(f"{run_dir} has no {SUITE_FILE}: is it an mlbench run folder?")
+        raise FileNotFoundError(f"{run_dir} has no {suite_path.name}: is it an mlbench run folder?")
     suite_data = json.loads(suite_path.read_text())
     suite = parse_suite(suite_data, str(suite_path))
     grid = expand(suite)
     unit_ids = [u.unit_id for u in units(grid, suite.repeats)]
     per_repeat = store.read_cells(run_dir, unit_ids)
-    folder = store.cells_dir(run_dir)
     # cells stored under another spec (an older mlbench's defaults, a changed config): kept, not shown
-    stale = len({p.stem for p in folder.glob("*.parquet")} - set(unit_ids)) if folder.is_dir() else 0
+    stored = {p.stem for p in folder.cells.glob("*.parquet")} if folder.cells.is_dir() else set()
+    stale = len(stored - set(unit_ids))
     table = repeats.combine(per_repeat) if suite.repeats > 1 else per_repeat
     table, groups = parity.annotate(table, verify.load(run_dir), suite.accuracy_parity_pts)
     table = calibration.annotate(table, calibration.load(run_dir))
-    env_path = run_dir / ENV_FILE
+    env_path = folder.environment
     env = json.loads(env_path.read_text()) if env_path.is_file() else {}
     written = store.write_exports(run_dir, table)
     if suite.repeats > 1:  # every repeat's own row, beside the combined results
-        store.atomic_write(run_dir / "repeats.parquet", lambda p: pq.write_table(per_repeat, str(p)))
-        written.append(run_dir / "repeats.parquet")
-    store.atomic_write(run_dir / "parity.json", lambda p: p.write_text(json.dumps(groups, indent=1), encoding="utf-8"))
+        store.atomic_write(folder.repeats, lambda p: pq.write_table(per_repeat, str(p)))
+        written.append(folder.repeats)
+    store.atomic_write(folder.parity, lambda p: p.write_text(json.dumps(groups, indent=1), encoding="utf-8"))
     written.append(report.write(run_dir, table.to_pylist(), suite_data, env, grid_size=len(grid), stale=stale))
     return written

@@ -5,8 +5,9 @@ from __future__ import annotations
 import json
 from typing import Any
 
-PROTOCOL_VERSION = 1  # workers/common/events.py carries the same number; a test keeps them equal
-MAX_LINE_BYTES = 1 << 20
+from workers.common.events import MAX_LINE_BYTES, PROTOCOL_VERSION  # one definition, on the workers' side
+
+__all__ = ["MAX_LINE_BYTES", "PROTOCOL_VERSION", "ProtocolError", "parse_line"]
 
 _NUM = (int, float, type(None))  # figures may be null: missing, never invented
 REQUIRED: dict[str, dict[str, tuple[type, ...]]] = {

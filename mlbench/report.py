@@ -10,6 +10,7 @@ from typing import Any
 from plotly.offline import get_plotlyjs
 
 from mlbench import analysis, charts
+from mlbench.runfolder import RunFolder
 
 STATUS_ORDER = {"failed": 0, "crashed": 1, "oom": 2, "timeout": 3, "skipped": 4, "ok": 5}
 
@@ -277,7 +278,7 @@ def write(
 ) -> Path:
     from mlbench.store import atomic_write
 
-    path = run_dir / "report.html"
+    path = RunFolder(run_dir).report
     html_text = build_html(rows, suite, env, grid_size, stale)
     atomic_write(path, lambda p: p.write_text(html_text, encoding="utf-8"))
     return path

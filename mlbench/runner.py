@@ -27,6 +27,7 @@ from mlbench.cells import Cell
 from mlbench.environment import ENV_FLAGS
 from mlbench.logs import BoundedLog
 from mlbench.monitor import Monitor, free_gpus_of_earlier_cells, gpu_indices, gpu_memory_used_bytes
+from mlbench.runfolder import RunFolder
 from workers.common import malloc
 from workers.common import threads as thread_settings
 
@@ -264,22 +265,22 @@ def run_cell(
 ) -> Outcome:
     """Run one cell to its end, whatever that end is; raises Interrupted on Ctrl-C/SIGTERM, or when
     `cancel` is cancelled (from another thread)."""
-    logs_dir, cache_dir = run_dir / "logs", run_dir / "cache"
-    logs_dir.mkdir(parents=True, exist_ok=True)
-    payload = cell.worker_payload(str((run_dir / "data").resolve()))
+    folder = RunFolder(run_dir)
+    folder.logs.mkdir(parents=True, exist_ok=True)
+    payload = cell.worker_payload(str(folder.data.resolve()))
     payload["device"] = visible_device(cell.device)
     payload.update(extra or {})
     payload["threads"] = threads = resolved_threads(threads)
     argv = [python, "-m", module, "--cell", json.dumps(payload, separators=(",", ":"))]  # no shell
     log_name = log_name or cell.cell_id
-    stream_log = BoundedLog(logs_dir / f"{log_name}.ndjson", 8 << 20, 8 << 20)
-    stderr_log = BoundedLog(logs_dir / f"{log_name}.stderr.log")
+    stream_log = BoundedLog(folder.events_log(log_name), 8 << 20, 8 << 20)
+    stderr_log = BoundedLog(folder.stderr_log(log_name))
     gpus = gpu_indices(cell.device)
     foreign = free_gpus_of_earlier_cells(gpus, STARTED_GROUPS) if gpus else []
     gpu_before = gpu_memory_used_bytes(gpus)
     started_at, t0 = time.time(), time.monotonic()
     spawned_at = time.monotonic()
-    env = worker_env(cell, threads, cache_dir)
+    env = worker_env(cell, threads, folder.cache)
     proc = subprocess.Popen(
         argv,
         stdin=subprocess.DEVNULL,

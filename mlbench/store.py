@@ -19,6 +19,7 @@ import pyarrow.csv as pacsv
 import pyarrow.parquet as pq
 
 from mlbench import schema
+from mlbench.runfolder import RunFolder
 
 
 class StoreError(Exception):
@@ -30,11 +31,11 @@ class RunLocked(Exception):
 
 
 def cells_dir(run_dir: Path) -> Path:
-    return run_dir / "cells"
+    return RunFolder(run_dir).cells
 
 
 def cell_path(run_dir: Path, cell_id: str) -> Path:
-    return cells_dir(run_dir) / f"{cell_id}.parquet"
+    return RunFolder(run_dir).cell(cell_id)
 
 
 def _fsync_dir(path: Path) -> None:
@@ -176,8 +177,8 @@ def write_exports(run_dir: Path, results: pa.Table) -> list[Path]:
     }
     written = []
     for name, write in outputs.items():
-        atomic_write(run_dir / name, write)
-        written.append(run_dir / name)
+        atomic_write(RunFolder(run_dir).export(name), write)
+        written.append(RunFolder(run_dir).export(name))
     return written
 
 
@@ -185,7 +186,7 @@ class RunLock:
     """An exclusive lock on a run folder (flock: the kernel drops it when its holder dies)."""
 
     def __init__(self, run_dir: Path) -> None:
-        self.path = run_dir / ".lock"
+        self.path = RunFolder(run_dir).lock
         self.fd: int | None = None
 
     def __enter__(self) -> RunLock:

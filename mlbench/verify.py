@@ -20,6 +20,7 @@ import numpy as np
 from mlbench import runner, store
 from mlbench.cells import Cell
 from mlbench.config import BUILTIN_WORKERS
+from mlbench.runfolder import RunFolder
 from workers.common import specs
 
 LOGITS_RTOL = 1e-4  # max |a - b| over max |b|, fp32
@@ -192,7 +193,7 @@ def run(
 ) -> list[Check]:
     """Run the verify task of every framework for every model; returns one Check per framework and model."""
     modules = {**BUILTIN_WORKERS, **(workers or {})}
-    out_dir = run_dir / "verify"
+    out_dir = RunFolder(run_dir).verify_runs
     out_dir.mkdir(parents=True, exist_ok=True)
     checks: list[Check] = []
     for model in models:
@@ -234,7 +235,7 @@ def run(
 
 def save(run_dir: Path, checks: list[Check]) -> None:
     store.atomic_write(
-        run_dir / "verify.json",
+        RunFolder(run_dir).verify,
         lambda p: p.write_text(json.dumps([asdict(c) for c in checks], indent=1), encoding="utf-8"),
     )
 
@@ -250,7 +251,7 @@ def verdicts(checks: list[Check]) -> dict[str, tuple[bool, str]]:
 
 
 def load(run_dir: Path) -> list[Check]:
-    path = run_dir / "verify.json"
+    path = RunFolder(run_dir).verify
     if not path.is_file():
         return []
     return [Check(**c) for c in json.loads(path.read_text(encoding="utf-8"))]

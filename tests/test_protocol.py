@@ -14,11 +14,6 @@ from tests.conftest import ROOT
 from workers.common import events
 
 
-def test_protocol_versions_agree() -> None:
-    assert protocol.PROTOCOL_VERSION == events.PROTOCOL_VERSION
-    assert protocol.MAX_LINE_BYTES == events.MAX_LINE_BYTES
-
-
 def test_emitted_events_parse() -> None:
     buf = io.StringIO()
     em = events.Emitter("abc", buf)

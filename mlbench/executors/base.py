@@ -23,6 +23,7 @@ from typing import Any
 from mlbench import runner
 from mlbench.cells import Cell, Unit
 from mlbench.config import Suite
+from mlbench.runfolder import RunFolder
 from workers.common import data as datasets
 from workers.common import specs
 
@@ -114,7 +115,9 @@ def run_here(
     module = settings.modules[unit.framework]
     if worker_missing(module):
         outcome = skip_outcome(f"worker module {module} is not installed" + _on_host(executor))
-        outcome.env_flags = runner.recorded_flags(runner.worker_env(unit.cell, settings.threads, run_dir / "cache"))
+        outcome.env_flags = runner.recorded_flags(
+            runner.worker_env(unit.cell, settings.threads, RunFolder(run_dir).cache)
+        )
     else:
         outcome = runner.run_cell(
             unit.cell,

@@ -46,6 +46,7 @@ from mlbench.executors.base import (
     skip_outcome,
 )
 from mlbench.monitor import gpu_indices
+from mlbench.runfolder import RunFolder
 
 INSTALL_HINT = "executor ray needs Ray on this machine: pip install 'mlbench[ray]' (or make venv EXTRAS=...,ray)"
 KILL_WAIT_S = 30.0  # for the node to confirm it killed a cancelled cell's worker
@@ -73,11 +74,10 @@ def node_run_dir(run_name: str, root: str | None) -> Path:
 
 def _logs(run_dir: Path, unit_id: str) -> dict[str, bytes]:
     out = {}
-    for name in (f"{unit_id}.ndjson", f"{unit_id}.stderr.log"):
-        path = run_dir / "logs" / name
+    for path in (RunFolder(run_dir).events_log(unit_id), RunFolder(run_dir).stderr_log(unit_id)):
         if path.is_file():
             with open(path, "rb") as f:
-                out[name] = f.read(LOG_LIMIT)
+                out[path.name] = f.read(LOG_LIMIT)
     return out
 
 
@@ -102,7 +102,7 @@ def node_task(unit: Unit, settings: Settings, head_checksum: str | None, node_ro
         unit = replace(unit, cell=replace(unit.cell, device="cuda:" + ",".join(str(g) for g in given)))
     if head_checksum is not None:
         try:
-            mine = dataset_checksum(unit.cell, run_dir / "data")
+            mine = dataset_checksum(unit.cell, RunFolder(run_dir).data)
         except Exception as exc:  # a missing cifar10 folder on this node, a full disk
             mine, problem = None, f"{type(exc).__name__}: {exc}"
         if mine != head_checksum:
@@ -322,7 +322,7 @@ class RayExecutor(Executor):
         spec = unit.cell.spec_dict()
         key = repr((spec["dataset"], spec["model"], spec.get("model_overrides"), spec["seed"]))
         if key not in self._checksums:
-            self._checksums[key] = dataset_checksum(unit.cell, self.run_dir / "data")
+            self._checksums[key] = dataset_checksum(unit.cell, RunFolder(self.run_dir).data)
         return self._checksums[key]
 
     def _submit(self, unit: Unit, need: dict[str, float]) -> tuple[Any, Any]:
@@ -410,7 +410,7 @@ class RayExecutor(Executor):
             pass  # the task's own cancel path kills it too; the node may be gone
 
     def _keep_logs(self, logs: dict[str, bytes]) -> None:
-        folder = self.run_dir / "logs"
+        folder = RunFolder(self.run_dir).logs
         folder.mkdir(parents=True, exist_ok=True)
         for name, content in logs.items():
             (folder / name).write_bytes(content)
