@@ -21,7 +21,9 @@ EXIT_INTERRUPTED = 130
 
 
 def _fail(message: str, code: int = EXIT_CONFIG) -> NoReturn:
-    click.echo(f"error: {message}", err=True)
+    """One line per problem, each starting with `error:`; exit with `code`."""
+    for line in message.splitlines() or [""]:
+        click.echo(f"error: {line}", err=True)
     sys.exit(code)
 
 

@@ -230,8 +230,20 @@ def _describe(err: dict[str, Any]) -> str:
     return f"{where}: {msg}{got}"
 
 
+def _fold_misspellings(errors: list[dict[str, Any]]) -> list[dict[str, Any]]:
+    """A misspelt key leaves the key it meant missing: report the misspelling alone, as itself."""
+    unknown = {tuple(e["loc"]) for e in errors if e["type"] == "extra_forbidden"}
+    meant = set()
+    for loc in unknown:
+        close = difflib.get_close_matches(str(loc[-1]), _allowed_keys(loc), n=1)
+        if close:
+            meant.add((*loc[:-1], close[0]))
+    return [e for e in errors if not (e["type"] == "missing" and tuple(e["loc"]) in meant)]
+
+
 def parse_suite(data: Any, source: str = "<config>") -> Suite:
-    """Validate a loaded mapping; raises ConfigError with a one-line message."""
+    """Validate a loaded mapping; raises ConfigError with one line per problem, each naming the key and
+    what is allowed (unknown keys first: a misspelling often explains the rest)."""
     if data is None:
         raise ConfigError(f"{source}: the file is empty; it needs at least name, frameworks, models and batch_sizes")
     if not isinstance(data, dict):
@@ -239,9 +251,8 @@ def parse_suite(data: Any, source: str = "<config>") -> Suite:
     try:
         return Suite.model_validate(data)
     except ValidationError as exc:
-        errors = exc.errors()
-        more = f" (and {len(errors) - 1} more error(s))" if len(errors) > 1 else ""
-        raise ConfigError(f"{source}: {_describe(errors[0])}{more}") from None
+        errors = sorted(_fold_misspellings(exc.errors()), key=lambda e: e["type"] != "extra_forbidden")
+        raise ConfigError("\n".join(f"{source}: {_describe(e)}" for e in errors)) from None
 
 
 def load_suite(path: str | Path) -> Suite:

@@ -6,7 +6,7 @@ from pathlib import Path
 
 import pytest
 
-from mlbench.config import ConfigError, load_suite, parse_suite
+from mlbench.config import ConfigError, Suite, load_suite, parse_suite
 from tests.conftest import ROOT, cli, suite_dict
 
 CONFIGS = sorted((ROOT / "configs").glob("*.yaml"))
@@ -105,3 +105,25 @@ def test_cli_filter_outside_grid_is_a_config_error(tmp_path: Path, write_suite) 
     assert proc.returncode == 2
     assert "--models: 'bert' is not in this suite's grid; allowed: mlp" in proc.stderr
     assert not (tmp_path / "runs").exists()
+
+
+def test_a_misspelt_required_key_is_reported_as_itself(tmp_path: Path) -> None:
+    path = tmp_path / "bad.yaml"
+    path.write_text("name: x\nframworks: [pytorch]\nmodels: [mlp]\nbatch_sizes: [8]\n")
+    with pytest.raises(ConfigError) as info:
+        load_suite(path)
+    assert str(info.value) == (
+        f"{path}: framworks: unknown key; did you mean 'frameworks'? allowed: {', '.join(Suite.model_fields)}"
+    )  # not "frameworks: required key is missing", which the misspelling causes
+
+
+def test_several_errors_are_listed_one_a_line(tmp_path: Path) -> None:
+    path = tmp_path / "bad.yaml"
+    path.write_text("name: x\nframworks: [pytorch]\nmodels: [mlp]\nbatch_sizes: [8]\nepochs: 0\nseed: -1\n")
+    proc = cli("validate", str(path), cwd=tmp_path)
+    lines = proc.stderr.splitlines()
+    assert proc.returncode == 2 and len(lines) == 3, proc.stderr
+    assert all(line.startswith(f"error: {path}: ") for line in lines)
+    assert "framworks: unknown key" in lines[0]  # unknown keys first: a misspelling often explains the rest
+    assert any("epochs: " in line and "greater than 0" in line for line in lines[1:])
+    assert any("seed: " in line for line in lines[1:])
