@@ -20,6 +20,7 @@ from pydantic import (
 )
 
 from workers.common import specs
+from workers.common.devices import Device
 
 BUILTIN_WORKERS = {
     "pytorch": "workers.pytorch_worker",
@@ -27,7 +28,6 @@ BUILTIN_WORKERS = {
     "jax": "workers.jax_worker",
 }
 PRECISIONS = ("fp32", "fp16", "bf16")
-DEVICE_RE = re.compile(r"^(cpu|cuda:\d+(,\d+)*)$")
 MODULE_RE = re.compile(r"^[A-Za-z_][A-Za-z0-9_]*(\.[A-Za-z_][A-Za-z0-9_]*)*$")
 CELL_AXES = ("framework", "model", "device", "precision", "batch_size")
 
@@ -125,8 +125,7 @@ class Suite(Strict):
     @classmethod
     def _devices(cls, v: list[str]) -> list[str]:
         for d in v:
-            if not DEVICE_RE.match(d):
-                raise ValueError(f"device {d!r} is not one of: cpu, cuda:N, cuda:N,M,... (data parallel)")
+            Device.parse(d)  # its ValueError says what is allowed
         return v
 
     @field_validator("workers")

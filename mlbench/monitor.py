@@ -15,6 +15,8 @@ from typing import Any
 
 import psutil
 
+from workers.common.devices import Device
+
 try:  # NVIDIA's NVML bindings (package nvidia-ml-py); absent or failing on machines without a driver
     import pynvml
 except ImportError:  # pragma: no cover - the package is a dependency, the library may still be missing
@@ -44,9 +46,7 @@ class NVML:
 
 def gpu_indices(device: str) -> list[int]:
     """Physical GPU indices of a device string ('cuda:0,1' -> [0, 1]; 'cpu' -> [])."""
-    if not device.startswith("cuda:"):
-        return []
-    return [int(i) for i in device.split(":", 1)[1].split(",")]
+    return list(Device.parse(device).gpus)
 
 
 class _GpuSampler:

@@ -30,6 +30,7 @@ from mlbench.monitor import Monitor, free_gpus_of_earlier_cells, gpu_indices, gp
 from mlbench.runfolder import RunFolder
 from workers.common import malloc
 from workers.common import threads as thread_settings
+from workers.common.devices import Device
 
 TERM_GRACE_S = 5.0  # between SIGTERM and SIGKILL of the group
 DUMP_WAIT_S = 1.0  # after SIGUSR1 (faulthandler stack dump), before SIGTERM
@@ -139,8 +140,7 @@ def resolved_threads(threads: int | None) -> int:
 
 def visible_device(device: str) -> str:
     """The device name inside the worker, after CUDA_VISIBLE_DEVICES renumbering."""
-    n = len(gpu_indices(device))
-    return "cpu" if n == 0 else "cuda:" + ",".join(str(i) for i in range(n))
+    return str(Device.parse(device).visible())
 
 
 def _die_with_parent() -> None:  # pragma: no cover - runs in the child between fork and exec

@@ -19,8 +19,13 @@ def test_every_shipped_config_is_valid(path: Path) -> None:
 
 
 def test_defaults_are_filled_in() -> None:
-    s = parse_suite(suite_dict())
-    assert s.timeout_s == 120 and s.compile is False and s.dataset.name == "synthetic" and s.malloc == "steady"
+    """Only the required keys given: every other key takes the default the README and config.py show."""
+    s = parse_suite({"name": "d", "frameworks": ["pytorch"], "models": ["mlp"], "batch_sizes": [8]})
+    assert s.devices == ["cpu"] and s.precisions == ["fp32"] and s.epochs == 1 and s.repeats == 1 and s.seed == 0
+    assert s.timeout_s == 900 and s.idle_timeout_s == 300 and s.compile is False and s.calibrate is True
+    assert s.dataset.name == "synthetic" and s.dataset.train_samples == 1024 and s.dataset.val_samples == 256
+    assert s.malloc == "steady" and s.threads is None and s.executor == "local" and s.parallel == 1
+    assert s.ray.address is None and s.warmup_steps == 5 and s.inference.runs == 100
     assert s.worker_module("pytorch") == "workers.pytorch_worker"
 
 
@@ -127,3 +132,26 @@ def test_several_errors_are_listed_one_a_line(tmp_path: Path) -> None:
     assert "framworks: unknown key" in lines[0]  # unknown keys first: a misspelling often explains the rest
     assert any("epochs: " in line and "greater than 0" in line for line in lines[1:])
     assert any("seed: " in line for line in lines[1:])
+
+
+@pytest.mark.parametrize(
+    "text,gpus,visible",
+    [("cpu", (), "cpu"), ("cuda:0", (0,), "cuda:0"), ("cuda:3", (3,), "cuda:0"), ("cuda:2,5", (2, 5), "cuda:0,1")],
+)
+def test_a_device_is_parsed_once_for_everyone(text: str, gpus: tuple, visible: str) -> None:
+    from workers.common.devices import Device
+
+    d = Device.parse(text)
+    assert str(d) == text and d.gpus == gpus and str(d.visible()) == visible and d.count == max(1, len(gpus))
+
+
+@pytest.mark.parametrize(
+    "text,message",
+    [("gpu0", "cpu, cuda:N"), ("cuda:", "cpu, cuda:N"), ("cuda:a", "cpu, cuda:N"), ("CPU", "cpu, cuda:N"),
+     ("cuda:0,,1", "cpu, cuda:N"), ("cuda:0,0", "names a GPU twice")],
+)  # fmt: skip
+def test_a_device_outside_the_grammar_is_refused(text: str, message: str) -> None:
+    from workers.common.devices import Device
+
+    with pytest.raises(ValueError, match=message):
+        Device.parse(text)
