@@ -6,6 +6,7 @@ from __future__ import annotations
 import json
 from pathlib import Path
 
+import numpy as np
 import pandas as pd
 import pytest
 import yaml
@@ -14,6 +15,8 @@ from mlbench.cells import Unit, expand
 from mlbench.config import parse_suite
 from mlbench.executors.local import can_start
 from tests.conftest import cli, fault_suite, suite_dict
+from workers.common import data as datasets
+from workers.common import specs
 
 
 def _units(*devices: str) -> dict[str, Unit]:
@@ -99,3 +102,21 @@ def test_executor_settings_are_not_part_of_a_cell() -> None:
     local = expand(parse_suite(suite_dict()))
     ray = expand(parse_suite(suite_dict(executor="ray", parallel=3, ray={"address": "head:6379"})))
     assert [c.cell_id for c in local] == [c.cell_id for c in ray]
+
+
+def test_the_data_checksum_a_ray_node_checks_against_the_heads(tmp_path: Path) -> None:
+    """Two machines that make a cell's data from the same seed agree on its checksum; other data does not."""
+    from mlbench.executors.base import dataset_checksum
+
+    cell = expand(parse_suite(suite_dict()))[0]
+    head, node = dataset_checksum(cell, tmp_path / "head"), dataset_checksum(cell, tmp_path / "node")
+    assert head == node and len(head) == 64
+    other = expand(parse_suite(suite_dict(seed=1)))[0]
+    assert dataset_checksum(other, tmp_path / "node") != head
+    # a node whose copy of the data differs (another generator, a damaged file) is caught
+    spec, model = cell.spec_dict(), specs.get_spec("mlp")
+    folder = datasets.materialise(spec["dataset"], model.family, specs.input_spec(model), 0, str(tmp_path / "node"))
+    y = np.load(folder / "y_train.npy")
+    y[0] += 1
+    np.save(folder / "y_train.npy", y)
+    assert dataset_checksum(cell, tmp_path / "node") != head

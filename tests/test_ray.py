@@ -84,6 +84,19 @@ def _wait_for(path: Path, timeout_s: float = 120) -> None:
         time.sleep(0.1)
 
 
+def _launch(netns: list[str], tmp_path: Path, suite: dict[str, Any], **env: str) -> tuple[subprocess.Popen, Path]:
+    """`mlbench run` on a fault suite in the loopback-only namespace; the fault workers note their pids."""
+    (tmp_path / "s.yaml").write_text(yaml.safe_dump(suite))
+    piddir = tmp_path / "pids"
+    piddir.mkdir()
+    proc = subprocess.Popen(
+        _argv(netns, "run", "s.yaml", "--runs-dir", "runs"),
+        cwd=tmp_path, env=_env(FAULT_PIDDIR=str(piddir), **env), stdout=subprocess.PIPE, stderr=subprocess.PIPE,
+        text=True,
+    )  # fmt: skip
+    return proc, piddir
+
+
 def _normalised_flags(flags: str) -> dict[str, str]:
     return {k: v for k, v in json.loads(flags).items() if not k.endswith("CACHE_DIR")}  # node-local folders
 
@@ -122,14 +135,7 @@ def test_real_cells_through_ray_equal_the_local_executors_rows(tmp_path: Path, n
 
 
 def test_sigkill_of_the_orchestrator_on_ray_then_resume_locally(tmp_path: Path, netns: list[str]) -> None:
-    (tmp_path / "s.yaml").write_text(yaml.safe_dump(fault_suite("fine", "slow", **RAY)))
-    piddir = tmp_path / "pids"
-    piddir.mkdir()
-    proc = subprocess.Popen(
-        _argv(netns, "run", "s.yaml", "--runs-dir", "runs"),
-        cwd=tmp_path, env=_env(FAULT_PIDDIR=str(piddir), FAULT_SLOW_S="600"),
-        stdout=subprocess.DEVNULL, stderr=subprocess.DEVNULL,
-    )  # fmt: skip
+    proc, piddir = _launch(netns, tmp_path, fault_suite("fine", "slow", **RAY), FAULT_SLOW_S="600")
     run = tmp_path / "runs" / "t"
     try:
         _wait_for(piddir / "slow-worker.pid")
@@ -160,13 +166,7 @@ def test_sigkill_of_the_orchestrator_on_ray_then_resume_locally(tmp_path: Path, 
 
 
 def test_sigint_during_a_ray_cell_exits_130_and_leaves_nothing(tmp_path: Path, netns: list[str]) -> None:
-    (tmp_path / "s.yaml").write_text(yaml.safe_dump(fault_suite("hang", **RAY, timeout_s=300, idle_timeout_s=300)))
-    piddir = tmp_path / "pids"
-    piddir.mkdir()
-    proc = subprocess.Popen(
-        _argv(netns, "run", "s.yaml", "--runs-dir", "runs"),
-        cwd=tmp_path, env=_env(FAULT_PIDDIR=str(piddir)), stdout=subprocess.PIPE, stderr=subprocess.PIPE, text=True,
-    )  # fmt: skip
+    proc, piddir = _launch(netns, tmp_path, fault_suite("hang", **RAY, timeout_s=300, idle_timeout_s=300))
     try:
         _wait_for(piddir / "hang-worker.pid")
     finally:
@@ -183,14 +183,7 @@ def test_a_dead_node_marks_its_cell_crashed_and_the_run_goes_on(tmp_path: Path, 
     """The Ray worker process that runs a cell's task dies (as when its node goes): that cell is
     `crashed` naming the node, the other cell still runs."""
     suite = fault_suite("slow", "fine", **{**RAY, "ray": {"num_cpus": 1, "num_gpus": 0}})
-    (tmp_path / "s.yaml").write_text(yaml.safe_dump(suite))
-    piddir = tmp_path / "pids"
-    piddir.mkdir()
-    proc = subprocess.Popen(
-        _argv(netns, "run", "s.yaml", "--runs-dir", "runs"),
-        cwd=tmp_path, env=_env(FAULT_PIDDIR=str(piddir), FAULT_SLOW_S="600"),
-        stdout=subprocess.PIPE, stderr=subprocess.PIPE, text=True,
-    )  # fmt: skip
+    proc, piddir = _launch(netns, tmp_path, suite, FAULT_SLOW_S="600")
     try:
         _wait_for(piddir / "slow-worker.pid")
         slow_pid = int((piddir / "slow-worker.pid").read_text())
@@ -210,14 +203,7 @@ def test_a_dead_node_marks_its_cell_crashed_and_the_run_goes_on(tmp_path: Path, 
 def test_a_lost_cluster_stops_the_run_with_one_line_and_the_resume_command(tmp_path: Path, netns: list[str]) -> None:
     """The cluster's GCS dies mid-cell: Ray would end the driver from C++ a minute later without a
     word; mlbench notices first, stops in good order and says what happened."""
-    (tmp_path / "s.yaml").write_text(yaml.safe_dump(fault_suite("slow", **RAY)))
-    piddir = tmp_path / "pids"
-    piddir.mkdir()
-    proc = subprocess.Popen(
-        _argv(netns, "run", "s.yaml", "--runs-dir", "runs"),
-        cwd=tmp_path, env=_env(FAULT_PIDDIR=str(piddir), FAULT_SLOW_S="600"),
-        stdout=subprocess.PIPE, stderr=subprocess.PIPE, text=True,
-    )  # fmt: skip
+    proc, piddir = _launch(netns, tmp_path, fault_suite("slow", **RAY), FAULT_SLOW_S="600")
     run = tmp_path / "runs" / "t"
     try:
         _wait_for(piddir / "slow-worker.pid")
