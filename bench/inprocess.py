@@ -38,6 +38,7 @@ from typing import Any
 from bench.handwritten import LOOPS, use_threads
 from workers.common import data as datasets
 from workers.common import harness
+from workers.common.cellspec import CellSpec
 from workers.common.events import Emitter
 from workers.common.specs import get_spec, input_spec, with_total_steps
 from workers.common.weights import initial_weights
@@ -48,20 +49,16 @@ def harness_loop(
 ) -> Any:
     """The worker's backend trained by `harness.train`, one epoch of `steps` steps a call; returns
     run() -> the summed wall time of that epoch's steps (what a cell's throughput is made of)."""
-    cell: dict[str, Any] = {
-        "cell_id": "inprocess",
-        "framework": framework,
-        "model": model,
-        "batch_size": bs,
-        "device": "cpu",
-        "precision": "fp32",
-        "epochs": 1,
-        "seed": 0,
-        "warmup_steps": 0,
-        "compile": False,
-        "threads": threads,
-        "dataset": {"name": "synthetic", "train_samples": bs * steps, "val_samples": bs, "path": None},
-    }
+    cell = CellSpec(
+        framework=framework,
+        worker=f"workers.{framework}_worker",
+        model=model,
+        batch_size=bs,
+        device="cpu",
+        precision="fp32",
+        threads=threads,
+        dataset={"name": "synthetic", "train_samples": bs * steps, "val_samples": bs, "path": None},
+    ).payload(cell_id="inprocess")
     # the worker's own loader: the backend set up (environment, flags) exactly as a cell's worker does it
     backend = importlib.import_module(f"workers.{framework}_worker.__main__")._load(cell)
     spec = get_spec(model)

@@ -19,6 +19,7 @@ from mlbench import runner, schema, store
 from mlbench.cells import Cell
 from mlbench.config import Suite
 from mlbench.runfolder import RunFolder
+from workers.common.cellspec import CellSpec
 
 SIZE = {"cpu": 1024, "cuda": 8192}  # matmul size n: 2 GFLOP on a CPU, 1.1 TFLOP on a GPU
 BUDGET_S = 3.0
@@ -26,20 +27,20 @@ BUDGET_S = 3.0
 
 def calibration_cell(suite: Suite, framework: str, device: str, precision: str) -> Cell:
     n = SIZE["cuda" if device.startswith("cuda") else "cpu"]
-    spec = {
-        "task": "calibrate",
-        "framework": framework,
-        "worker": suite.worker_module(framework),
-        "model": "mlp",
-        "device": device,
-        "precision": precision,
-        "seed": suite.seed,
-        "threads": suite.threads,
-        "malloc": suite.malloc,
-        "compile": suite.compile,
-        "calibrate": {"n": n, "max_s": BUDGET_S},
-    }
-    return Cell(framework, "matmul", device, precision, n, json.dumps(spec, sort_keys=True, separators=(",", ":")))
+    return Cell(
+        CellSpec(
+            task="calibrate",
+            framework=framework,
+            worker=suite.worker_module(framework),
+            device=device,
+            precision=precision,
+            seed=suite.seed,
+            threads=suite.threads,
+            malloc=suite.malloc,
+            compile=suite.compile,
+            calibrate={"n": n, "max_s": BUDGET_S},
+        )
+    )
 
 
 def load(run_dir: Path) -> list[dict[str, Any]]:

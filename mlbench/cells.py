@@ -4,73 +4,84 @@ from __future__ import annotations
 
 import hashlib
 import itertools
-import json
 from collections.abc import Iterable
 from dataclasses import dataclass
+from functools import cached_property
 from typing import Any
 
 from mlbench.config import CELL_AXES, ConfigError, Suite
 from workers.common import data as datasets
 from workers.common import specs
+from workers.common.cellspec import CellSpec
 
 
-@dataclass(frozen=True)
+@dataclass(frozen=True, eq=False)
 class Cell:
-    """framework x model x device x precision x batch_size, with everything else that shapes its figures."""
+    """One cell as the orchestrator handles it: its typed spec, with the id and label derived from it.
+    Two cells are the same cell when their canonical specs are."""
 
-    framework: str
-    model: str
-    device: str
-    precision: str
-    batch_size: int
-    spec: str  # canonical JSON of everything that determines the measurement
+    spec: CellSpec
 
-    @property
+    @cached_property
+    def spec_json(self) -> str:
+        """The canonical JSON of everything that determines the measurement (stored as spec_json)."""
+        return self.spec.canonical_json()
+
+    @cached_property
     def cell_id(self) -> str:
         """Short hash of the canonical spec: the same spec always gets the same id."""
-        return hashlib.sha256(self.spec.encode()).hexdigest()[:12]
+        return hashlib.sha256(self.spec_json.encode()).hexdigest()[:12]
+
+    def __eq__(self, other: object) -> bool:
+        return isinstance(other, Cell) and other.spec_json == self.spec_json
+
+    def __hash__(self) -> int:
+        return hash(self.spec_json)
+
+    framework = property(lambda self: self.spec.framework)
+    model = property(lambda self: self.spec.model or self.spec.task)
+    device = property(lambda self: self.spec.device)
+    precision = property(lambda self: self.spec.precision)
+    batch_size = property(lambda self: self.spec.batch_size)
 
     @property
     def label(self) -> str:
+        if self.spec.task == "calibrate":
+            return f"{self.framework} calibration matmul {self.device} {self.precision}"
         return f"{self.framework} {self.model} {self.device} {self.precision} bs={self.batch_size}"
 
-    def spec_dict(self) -> dict[str, Any]:
-        return json.loads(self.spec)
-
-    def worker_payload(self, data_dir: str) -> dict[str, Any]:
-        """What the worker receives as `--cell JSON`: the spec, its id and where the data lives."""
-        return {**self.spec_dict(), "cell_id": self.cell_id, "data_dir": data_dir}
+    def worker_payload(self, **run: Any) -> dict[str, Any]:
+        """What the worker receives as `--cell JSON`: the spec, its id and how this run is set up."""
+        return self.spec.payload(**run)
 
 
 def make_cell(suite: Suite, framework: str, model: str, device: str, precision: str, batch_size: int) -> Cell:
     """One cell of a suite."""
     model_spec = specs.get_spec(model, suite.model_overrides.get(model))
-    family = model_spec.family
-    spec = {
-        "framework": framework,
-        "worker": suite.worker_module(framework),
-        "model": model,
-        "model_overrides": suite.model_overrides.get(model, {}),
-        # the resolved architecture and recipe: a changed default in a new mlbench changes the id too
-        "model_spec": specs.spec_dict(model_spec),
-        "device": device,
-        "precision": precision,
-        "batch_size": batch_size,
-        "epochs": suite.epochs,
-        "seed": suite.seed,
-        "dataset": suite.dataset.model_dump(),
-        # how synthetic data is made: a changed generator makes different data, so a new cell
-        "data_generator": datasets.GENERATOR[family] if suite.dataset.name == "synthetic" else None,
-        "warmup_steps": suite.warmup_steps,
-        "inference": suite.inference.model_dump(),
-        "compile": suite.compile,
-        "threads": suite.threads,
-        "malloc": suite.malloc,  # moves the figures (see workers/common/malloc.py): part of the cell
-    }
-    if suite.target_accuracy is not None:  # only when set, so that earlier cell ids stay valid
-        spec["target_accuracy"] = suite.target_accuracy
-    canonical = json.dumps(spec, sort_keys=True, separators=(",", ":"))
-    return Cell(framework, model, device, precision, batch_size, canonical)
+    return Cell(
+        CellSpec(
+            framework=framework,
+            worker=suite.worker_module(framework),
+            model=model,
+            model_overrides=suite.model_overrides.get(model, {}),
+            # the resolved architecture and recipe: a changed default in a new mlbench changes the id too
+            model_spec=specs.spec_dict(model_spec),
+            device=device,
+            precision=precision,
+            batch_size=batch_size,
+            epochs=suite.epochs,
+            seed=suite.seed,
+            dataset=suite.dataset.model_dump(),
+            # how synthetic data is made: a changed generator makes different data, so a new cell
+            data_generator=datasets.GENERATOR[model_spec.family] if suite.dataset.name == "synthetic" else None,
+            warmup_steps=suite.warmup_steps,
+            inference=suite.inference.model_dump(),
+            compile=suite.compile,
+            threads=suite.threads,
+            malloc=suite.malloc,  # moves the figures (see workers/common/malloc.py): part of the cell
+            target_accuracy=suite.target_accuracy,
+        )
+    )
 
 
 def _excluded(values: dict[str, Any], excludes: Iterable[dict[str, Any]]) -> bool:

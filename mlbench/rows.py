@@ -27,7 +27,7 @@ def build(cell: Cell, run_name: str, outcome: Outcome, head_env: dict[str, Any],
     columns come from the host that ran the cell (a Ray node), else the head's record."""
     env = outcome.host or head_env
     ev = outcome.events
-    spec = cell.spec_dict()
+    spec = cell.spec
     hello, model, memory = _last(ev, "hello"), _last(ev, "model"), _last(ev, "memory")
     steps, result = _last(ev, "steps"), _last(ev, "result")
     by_batch = {e["batch_size"]: e for e in ev if e["event"] == "inference"}
@@ -65,14 +65,14 @@ def build(cell: Cell, run_name: str, outcome: Outcome, head_env: dict[str, Any],
         "device": cell.device,
         "precision": cell.precision,
         "batch_size": cell.batch_size,
-        "epochs": spec["epochs"],
-        "seed": spec["seed"],
-        "dataset": spec["dataset"]["name"],
+        "epochs": spec.epochs,
+        "seed": spec.seed,
+        "dataset": spec.dataset["name"],
         "train_samples": model.get("train_samples"),
         "val_samples": model.get("val_samples"),
-        "compile": spec["compile"],
-        "worker_module": spec["worker"],
-        "spec_json": cell.spec,
+        "compile": spec.compile,
+        "worker_module": spec.worker,
+        "spec_json": cell.spec_json,
         "repeat": repeat,
         "repeats": 1,
         "repeat_samples_per_second": [],

@@ -107,8 +107,9 @@ class Outcome:
     host: dict[str, Any] | None = None  # the environment record of the machine it ran on (None: the head's)
 
 
-def worker_env(cell: Cell, threads: int | None, cache_dir: Path) -> dict[str, str]:
-    """The worker's environment, fixed before it imports anything."""
+def worker_env(cell: Cell, threads: int | None, cache_dir: Path, gpus: list[int] | None = None) -> dict[str, str]:
+    """The worker's environment, fixed before it imports anything; `gpus`: the physical GPUs it runs
+    on, where an executor chose them (Ray), else the cell's own."""
     env = dict(os.environ)
     root = str(Path(__file__).resolve().parent.parent)
     env["PYTHONPATH"] = root + (os.pathsep + env["PYTHONPATH"] if env.get("PYTHONPATH") else "")
@@ -121,9 +122,9 @@ def worker_env(cell: Cell, threads: int | None, cache_dir: Path) -> dict[str, st
     env["JAX_COMPILATION_CACHE_DIR"] = str(cache_dir / "jax")
     # Only the cell's GPUs are visible (renumbered from 0); a CPU cell sees none, so no framework
     # initialises CUDA behind a CPU measurement.
-    env["CUDA_VISIBLE_DEVICES"] = ",".join(str(i) for i in gpu_indices(cell.device))
+    env["CUDA_VISIBLE_DEVICES"] = ",".join(str(i) for i in (gpu_indices(cell.device) if gpus is None else gpus))
     # glibc's malloc (`malloc: steady`; workers/common/malloc.py says why), read at the worker's start
-    env.update(malloc.env_for(cell.spec_dict().get("malloc", "system"), env))
+    env.update(malloc.env_for(cell.spec.malloc, env))
     env.update(thread_settings.env_for(resolved_threads(threads)))
     return env
 
@@ -262,25 +263,28 @@ def run_cell(
     log_name: str | None = None,
     python: str = sys.executable,
     cancel: CancelToken | None = None,
+    gpus: list[int] | None = None,
 ) -> Outcome:
     """Run one cell to its end, whatever that end is; raises Interrupted on Ctrl-C/SIGTERM, or when
-    `cancel` is cancelled (from another thread)."""
+    `cancel` is cancelled (from another thread). `gpus`: the physical GPUs to run it on, where an
+    executor chose them (a Ray task's), else the cell's own."""
     folder = RunFolder(run_dir)
     folder.logs.mkdir(parents=True, exist_ok=True)
-    payload = cell.worker_payload(str(folder.data.resolve()))
-    payload["device"] = visible_device(cell.device)
-    payload.update(extra or {})
-    payload["threads"] = threads = resolved_threads(threads)
+    threads = resolved_threads(threads)
+    payload = cell.worker_payload(
+        data_dir=str(folder.data.resolve()), device=visible_device(cell.device), **(extra or {}), threads=threads
+    )
     argv = [python, "-m", module, "--cell", json.dumps(payload, separators=(",", ":"))]  # no shell
     log_name = log_name or cell.cell_id
     stream_log = BoundedLog(folder.events_log(log_name), 8 << 20, 8 << 20)
     stderr_log = BoundedLog(folder.stderr_log(log_name))
-    gpus = gpu_indices(cell.device)
+    gpus = gpu_indices(cell.device) if gpus is None else list(gpus)
+    physical = "cuda:" + ",".join(str(g) for g in gpus) if gpus else "cpu"
     foreign = free_gpus_of_earlier_cells(gpus, STARTED_GROUPS) if gpus else []
     gpu_before = gpu_memory_used_bytes(gpus)
     started_at, t0 = time.time(), time.monotonic()
     spawned_at = time.monotonic()
-    env = worker_env(cell, threads, folder.cache)
+    env = worker_env(cell, threads, folder.cache, gpus)
     proc = subprocess.Popen(
         argv,
         stdin=subprocess.DEVNULL,
@@ -293,7 +297,7 @@ def run_cell(
     STARTED_GROUPS.add(proc.pid)  # the worker leads its own process group
     if on_start is not None:
         on_start(proc.pid)
-    monitor = Monitor(proc.pid, monitor_interval_s, cell.device).start()
+    monitor = Monitor(proc.pid, monitor_interval_s, physical).start()
     q: queue.Queue[tuple[str, Any]] = queue.Queue()
     if cancel is not None:
         cancel.watch(q)

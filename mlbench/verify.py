@@ -22,6 +22,7 @@ from mlbench.cells import Cell
 from mlbench.config import BUILTIN_WORKERS
 from mlbench.runfolder import RunFolder
 from workers.common import specs
+from workers.common.cellspec import CellSpec
 
 LOGITS_RTOL = 1e-4  # max |a - b| over max |b|, fp32
 LOSS_RTOL = 1e-3  # per SGD step, |a - b| / |b|
@@ -75,25 +76,26 @@ def recipe_optimizer(model: str, overrides: dict[str, Any] | None) -> dict[str, 
 
 
 def verify_cell(framework: str, model: str, module: str, overrides: dict[str, Any] | None, seed: int) -> Cell:
-    spec = {
-        "task": "verify",
-        "framework": framework,
-        "worker": module,
-        "model": model,
-        "model_overrides": verify_overrides(model, overrides),
-        "device": "cpu",
-        "precision": "fp32",
-        "batch_size": BATCH,
-        "epochs": 1,
-        "seed": seed,
-        "warmup_steps": 0,
-        "compile": False,
-        "threads": None,
-        "dataset": {"name": "synthetic", "train_samples": BATCH * STEPS, "val_samples": BATCH, "path": None},
-        "inference": {"warmup": 0, "runs": 1, "min_runs": 1, "max_s": 1.0},
-        "verify": {"batch": BATCH, "steps": STEPS, "recipe_optimizer": recipe_optimizer(model, overrides)},
-    }
-    return Cell(framework, model, "cpu", "fp32", BATCH, json.dumps(spec, sort_keys=True, separators=(",", ":")))
+    return Cell(
+        CellSpec(
+            task="verify",
+            framework=framework,
+            worker=module,
+            model=model,
+            model_overrides=verify_overrides(model, overrides),
+            device="cpu",
+            precision="fp32",
+            batch_size=BATCH,
+            epochs=1,
+            seed=seed,
+            warmup_steps=0,
+            compile=False,
+            threads=None,
+            dataset={"name": "synthetic", "train_samples": BATCH * STEPS, "val_samples": BATCH, "path": None},
+            inference={"warmup": 0, "runs": 1, "min_runs": 1, "max_s": 1.0},
+            verify={"batch": BATCH, "steps": STEPS, "recipe_optimizer": recipe_optimizer(model, overrides)},
+        )
+    )
 
 
 def _rel(a: np.ndarray, b: np.ndarray) -> float:

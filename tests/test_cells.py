@@ -2,11 +2,13 @@
 
 from __future__ import annotations
 
+import json
+
 import pytest
 
 from mlbench.cells import expand
 from mlbench.config import ConfigError, parse_suite
-from tests.conftest import suite_dict
+from tests.conftest import ROOT, suite_dict
 
 
 def grid(**kw):
@@ -95,7 +97,7 @@ def test_filters_narrow_and_refuse_values_outside_the_grid() -> None:
 
 def test_worker_payload_carries_id_and_data_dir() -> None:
     cell = expand(grid())[0]
-    payload = cell.worker_payload("/data")
+    payload = cell.worker_payload(data_dir="/data")
     assert payload["cell_id"] == cell.cell_id and payload["data_dir"] == "/data"
     assert payload["inference"]["runs"] == 5 and payload["worker"] == "workers.pytorch_worker"
 
@@ -134,3 +136,34 @@ def test_xla_flags_keep_the_users_and_set_the_pool_once() -> None:
     assert flags == "--xla_dump_to=/tmp/x --xla_cpu_multi_thread_eigen=true intra_op_parallelism_threads=2"
     assert threads.xla_flags(2, flags) == flags  # set twice (the bench, then the worker's loader): once
     assert threads.xla_flags(1, None) == "--xla_cpu_multi_thread_eigen=true intra_op_parallelism_threads=1"
+
+
+def test_cell_ids_of_the_quick_suite_are_unchanged() -> None:
+    """A stored cell resumes only while its id is the same: the typed spec (0.4) had to hash exactly
+    the JSON that 0.3's hand-built dicts did. Change this id only with a change that means to make
+    every stored cell of this suite run again (and say so in the changelog)."""
+    from mlbench.config import load_suite
+
+    cells = expand(load_suite(ROOT / "configs" / "quick.yaml"))
+    assert cells[0].label == "pytorch mlp cpu fp32 bs=32" and cells[0].cell_id == "2ae6cb789d37"
+
+
+def test_a_spec_holds_exactly_its_tasks_keys() -> None:
+    from mlbench.calibration import calibration_cell
+    from mlbench.verify import verify_cell
+    from workers.common.cellspec import KEYS, CellSpec
+
+    train = expand(grid())[0]
+    assert "task" not in json.loads(train.spec_json) and set(json.loads(train.spec_json)) == set(KEYS["train"])
+    calib = calibration_cell(grid(), "pytorch", "cpu", "fp32")
+    assert json.loads(calib.spec_json)["task"] == "calibrate" and "model" not in json.loads(calib.spec_json)
+    assert calib.label == "pytorch calibration matmul cpu fp32"  # not a model called "matmul"
+    check = verify_cell("jax", "mlp", "workers.jax_worker", None, 0)
+    assert json.loads(check.spec_json)["task"] == "verify"
+    payload = train.worker_payload(data_dir="/d")
+    assert payload["task"] == "train" and payload["cell_id"] == train.cell_id
+    assert CellSpec.from_dict(payload) == train.spec  # the run's own keys (cell_id, data_dir) left out
+    with pytest.raises(ValueError, match="task 'profile'"):
+        CellSpec(framework="jax", worker="w", device="cpu", precision="fp32", task="profile", model="mlp")
+    with pytest.raises(ValueError, match="cpu, cuda:N"):
+        CellSpec(framework="jax", worker="w", device="tpu", precision="fp32", model="mlp")

@@ -114,8 +114,8 @@ def test_the_data_checksum_a_ray_node_checks_against_the_heads(tmp_path: Path) -
     other = expand(parse_suite(suite_dict(seed=1)))[0]
     assert dataset_checksum(other, tmp_path / "node") != head
     # a node whose copy of the data differs (another generator, a damaged file) is caught
-    spec, model = cell.spec_dict(), specs.get_spec("mlp")
-    folder = datasets.materialise(spec["dataset"], model.family, specs.input_spec(model), 0, str(tmp_path / "node"))
+    spec, model = cell.spec, specs.get_spec("mlp")
+    folder = datasets.materialise(spec.dataset, model.family, specs.input_spec(model), 0, str(tmp_path / "node"))
     y = np.load(folder / "y_train.npy")
     y[0] += 1
     np.save(folder / "y_train.npy", y)

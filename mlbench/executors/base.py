@@ -94,10 +94,10 @@ def skip_outcome(reason: str) -> runner.Outcome:
 
 def dataset_checksum(cell: Cell, data_dir: Path) -> str:
     """Make (or find) the cell's dataset in data_dir and return its checksum."""
-    spec = cell.spec_dict()
-    model = specs.get_spec(spec["model"], spec.get("model_overrides"))
+    spec = cell.spec
+    model = specs.get_spec(spec.model, spec.model_overrides)
     inp = specs.input_spec(model)
-    return datasets.checksum(datasets.materialise(spec["dataset"], model.family, inp, spec["seed"], str(data_dir)))
+    return datasets.checksum(datasets.materialise(spec.dataset, model.family, inp, spec.seed, str(data_dir)))
 
 
 def run_here(
@@ -109,15 +109,16 @@ def run_here(
     on_start: Callable[[int], None],
     on_event: Callable[[dict[str, Any]], None],
     cancel: runner.CancelToken,
+    gpus: list[int] | None = None,
 ) -> runner.Outcome:
     """Run one unit's worker on this host with runner.run_cell (the one place a worker is started),
-    or say why it is skipped; raises runner.Interrupted when cancelled."""
+    or say why it is skipped; raises runner.Interrupted when cancelled. `gpus`: the physical GPUs
+    an executor chose for it (else the cell's own)."""
     module = settings.modules[unit.framework]
     if worker_missing(module):
         outcome = skip_outcome(f"worker module {module} is not installed" + _on_host(executor))
-        outcome.env_flags = runner.recorded_flags(
-            runner.worker_env(unit.cell, settings.threads, RunFolder(run_dir).cache)
-        )
+        env = runner.worker_env(unit.cell, settings.threads, RunFolder(run_dir).cache, gpus)
+        outcome.env_flags = runner.recorded_flags(env)
     else:
         outcome = runner.run_cell(
             unit.cell,
@@ -131,6 +132,7 @@ def run_here(
             on_start=on_start,
             log_name=unit.unit_id,
             cancel=cancel,
+            gpus=gpus,
         )
     outcome.executor = executor
     return outcome

@@ -24,7 +24,6 @@ import tempfile
 import threading
 import time
 from collections.abc import Callable, Iterator
-from dataclasses import replace
 from pathlib import Path
 from typing import Any
 
@@ -96,10 +95,8 @@ def node_task(unit: Unit, settings: Settings, head_checksum: str | None, node_ro
     host = socket.gethostname()
     node_id = ray.get_runtime_context().get_node_id()
     env = environment.capture()
-    gpus = gpu_indices(unit.cell.device)
-    if gpus:  # the GPUs Ray gave this task, in place of the cell's indices (which name the GPU count)
-        given = [int(g) for g in ray.get_gpu_ids()]
-        unit = replace(unit, cell=replace(unit.cell, device="cuda:" + ",".join(str(g) for g in given)))
+    # the GPUs Ray gave this task run the cell, in place of the cell's indices (which say how many)
+    gpus = [int(g) for g in ray.get_gpu_ids()] if gpu_indices(unit.cell.device) else None
     if head_checksum is not None:
         try:
             mine = dataset_checksum(unit.cell, RunFolder(run_dir).data)
@@ -128,6 +125,7 @@ def node_task(unit: Unit, settings: Settings, head_checksum: str | None, node_ro
                 on_start=lambda pid: items.put(("start", pid)),
                 on_event=lambda event: items.put(("event", event)),
                 cancel=cancel,
+                gpus=gpus,
             )
             items.put(("done", out))
         except BaseException as exc:
@@ -319,8 +317,8 @@ class RayExecutor(Executor):
         return f"no node of the Ray cluster has {need['num_cpus']:g} CPU(s){gpus} (set `threads` lower, or add a node)"
 
     def _checksum(self, unit: Unit) -> str | None:
-        spec = unit.cell.spec_dict()
-        key = repr((spec["dataset"], spec["model"], spec.get("model_overrides"), spec["seed"]))
+        spec = unit.cell.spec
+        key = repr((spec.dataset, spec.model, spec.model_overrides, spec.seed))
         if key not in self._checksums:
             self._checksums[key] = dataset_checksum(unit.cell, RunFolder(self.run_dir).data)
         return self._checksums[key]

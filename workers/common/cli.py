@@ -16,6 +16,7 @@ from collections.abc import Callable
 from typing import IO, Any
 
 from workers.common import harness, malloc, threads
+from workers.common.cellspec import CellSpec
 from workers.common.events import Emitter, protect_stdout
 
 # The defaults a cell gets when run by hand; the orchestrator always passes every key.
@@ -62,29 +63,31 @@ def parse(argv: list[str] | None, framework: str) -> dict[str, Any]:
     p.add_argument("--weights-in", help="start from these canonical weights (NPZ) instead of the seeded ones")
     p.add_argument("--weights-out", help="write the trained weights here, canonical NPZ")
     a = p.parse_args(argv)
-    if a.cell:
-        cell = {**DEFAULTS, **json.loads(a.cell)}
-        cell.update({k: v for k, v in (("weights_in", a.weights_in), ("weights_out", a.weights_out)) if v})
-    else:
-        cell = {
-            **DEFAULTS,
-            "model": a.model,
-            "batch_size": a.batch_size,
-            "device": a.device,
-            "precision": a.precision,
-            "epochs": a.epochs,
-            "seed": a.seed,
-            "warmup_steps": a.warmup_steps,
-            "compile": a.compile,
-            "threads": a.threads,
-            "malloc": a.malloc,
-            "data_dir": a.data_dir,
-            "weights_in": a.weights_in,
-            "weights_out": a.weights_out,
-            "dataset": {**DEFAULTS["dataset"], "train_samples": a.train_samples, "val_samples": a.val_samples},
-        }
-    cell["framework"] = framework
-    return cell
+    run = {"weights_in": a.weights_in, "weights_out": a.weights_out}
+    if a.cell:  # the orchestrator's payload: a whole spec, checked here as the contract it is
+        cell = {**DEFAULTS, **json.loads(a.cell), **{k: v for k, v in run.items() if v}, "framework": framework}
+        try:
+            CellSpec.from_dict(cell)
+        except (TypeError, ValueError) as exc:
+            p.error(f"--cell is not a cell spec: {exc}")
+        return cell
+    spec = CellSpec(
+        framework=framework,
+        worker=f"workers.{framework}_worker",
+        model=a.model,
+        batch_size=a.batch_size,
+        device=a.device,
+        precision=a.precision,
+        epochs=a.epochs,
+        seed=a.seed,
+        warmup_steps=a.warmup_steps,
+        compile=a.compile,
+        threads=a.threads,
+        malloc=a.malloc,
+        dataset={**DEFAULTS["dataset"], "train_samples": a.train_samples, "val_samples": a.val_samples},
+        inference=DEFAULTS["inference"],
+    )
+    return spec.payload(cell_id=DEFAULTS["cell_id"], data_dir=a.data_dir, **run)
 
 
 def apply_threads(cell: dict[str, Any]) -> None:
