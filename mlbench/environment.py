@@ -34,6 +34,8 @@ ENV_FLAGS = (
     "TORCHINDUCTOR_CACHE_DIR",
     "JAX_COMPILATION_CACHE_DIR",
     "OPENBLAS_CORETYPE",
+    "CUDA_DEVICE_ORDER",
+    "JAX_PLATFORMS",
     "GLIBC_TUNABLES",  # malloc: steady sets it
     "LD_PRELOAD",  # a malloc put in by hand (jemalloc, tcmalloc)
 )

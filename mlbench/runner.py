@@ -22,11 +22,12 @@ from typing import Any
 
 import psutil
 
+from mlbench import gpus as host_gpus
 from mlbench import protocol
 from mlbench.cells import Cell
 from mlbench.environment import ENV_FLAGS
 from mlbench.logs import BoundedLog
-from mlbench.monitor import Monitor, free_gpus_of_earlier_cells, gpu_indices, gpu_memory_used_bytes
+from mlbench.monitor import Monitor, free_gpus_of_earlier_cells, gpu_memory_used_bytes
 from mlbench.runfolder import RunFolder
 from workers.common import malloc
 from workers.common import threads as thread_settings
@@ -104,12 +105,13 @@ class Outcome:
     worker_wall_s: float | None = None  # from spawning the worker to its exit
     env_flags: dict[str, str] = field(default_factory=dict)  # the worker's allocator/thread/device variables
     executor: str = "local"  # what ran it: local or ray
+    physical_device: str | None = None  # the GPUs it ran on as NVML numbers them ("cuda:3"), or "cpu"
     host: dict[str, Any] | None = None  # the environment record of the machine it ran on (None: the head's)
 
 
-def worker_env(cell: Cell, threads: int | None, cache_dir: Path, gpus: list[int] | None = None) -> dict[str, str]:
-    """The worker's environment, fixed before it imports anything; `gpus`: the physical GPUs it runs
-    on, where an executor chose them (Ray), else the cell's own."""
+def worker_env(cell: Cell, threads: int | None, cache_dir: Path, gpus: list[str] | None = None) -> dict[str, str]:
+    """The worker's environment, fixed before it imports anything; `gpus`: the CUDA_VISIBLE_DEVICES
+    entries of the GPUs it runs on (default: those the cell names, see mlbench/gpus.py)."""
     env = dict(os.environ)
     root = str(Path(__file__).resolve().parent.parent)
     env["PYTHONPATH"] = root + (os.pathsep + env["PYTHONPATH"] if env.get("PYTHONPATH") else "")
@@ -120,9 +122,13 @@ def worker_env(cell: Cell, threads: int | None, cache_dir: Path, gpus: list[int]
     env.setdefault("TF_CPP_MIN_LOG_LEVEL", "1")
     env["TORCHINDUCTOR_CACHE_DIR"] = str(cache_dir / "inductor")
     env["JAX_COMPILATION_CACHE_DIR"] = str(cache_dir / "jax")
-    # Only the cell's GPUs are visible (renumbered from 0); a CPU cell sees none, so no framework
-    # initialises CUDA behind a CPU measurement.
-    env["CUDA_VISIBLE_DEVICES"] = ",".join(str(i) for i in (gpu_indices(cell.device) if gpus is None else gpus))
+    # Only the cell's GPUs are visible (renumbered from 0), numbered in PCI bus order as NVML does;
+    # a CPU cell sees none, so no framework initialises CUDA behind a CPU measurement, and JAX is
+    # pinned to the cell's platform (no silent fallback to the CPU for a GPU cell)
+    gpus = host_gpus.choose(cell.device) if gpus is None else gpus
+    env["CUDA_VISIBLE_DEVICES"] = ",".join(gpus)
+    env["CUDA_DEVICE_ORDER"] = "PCI_BUS_ID"
+    env["JAX_PLATFORMS"] = "cuda" if gpus else "cpu"
     # glibc's malloc (`malloc: steady`; workers/common/malloc.py says why), read at the worker's start
     env.update(malloc.env_for(cell.spec.malloc, env))
     env.update(thread_settings.env_for(resolved_threads(threads)))
@@ -263,11 +269,11 @@ def run_cell(
     log_name: str | None = None,
     python: str = sys.executable,
     cancel: CancelToken | None = None,
-    gpus: list[int] | None = None,
+    gpus: list[str] | None = None,
 ) -> Outcome:
     """Run one cell to its end, whatever that end is; raises Interrupted on Ctrl-C/SIGTERM, or when
-    `cancel` is cancelled (from another thread). `gpus`: the physical GPUs to run it on, where an
-    executor chose them (a Ray task's), else the cell's own."""
+    `cancel` is cancelled (from another thread). `gpus`: the CUDA_VISIBLE_DEVICES entries of the GPUs
+    to run it on, where an executor chose them (a Ray task's), else those the cell names."""
     folder = RunFolder(run_dir)
     folder.logs.mkdir(parents=True, exist_ok=True)
     threads = resolved_threads(threads)
@@ -278,10 +284,11 @@ def run_cell(
     log_name = log_name or cell.cell_id
     stream_log = BoundedLog(folder.events_log(log_name), 8 << 20, 8 << 20)
     stderr_log = BoundedLog(folder.stderr_log(log_name))
-    gpus = gpu_indices(cell.device) if gpus is None else list(gpus)
-    physical = "cuda:" + ",".join(str(g) for g in gpus) if gpus else "cpu"
-    foreign = free_gpus_of_earlier_cells(gpus, STARTED_GROUPS) if gpus else []
-    gpu_before = gpu_memory_used_bytes(gpus)
+    gpus = host_gpus.choose(cell.device) if gpus is None else list(gpus)
+    nvml = [i for i in (host_gpus.nvml_index(g) for g in gpus) if i is not None]  # what the monitor samples
+    physical = "cuda:" + ",".join(str(i) for i in nvml) if nvml else "cpu"
+    foreign = free_gpus_of_earlier_cells(nvml, STARTED_GROUPS) if nvml else []
+    gpu_before = gpu_memory_used_bytes(nvml)
     started_at, t0 = time.time(), time.monotonic()
     spawned_at = time.monotonic()
     env = worker_env(cell, threads, folder.cache, gpus)
@@ -383,7 +390,7 @@ def run_cell(
         stderr_log.close()
     monitor_summary.update(
         gpu_memory_before_bytes=gpu_before,
-        gpu_memory_after_bytes=gpu_memory_used_bytes(gpus),
+        gpu_memory_after_bytes=gpu_memory_used_bytes(nvml),
         gpu_foreign_processes=foreign or None,
     )
     oom_kills = monitor_summary.get("oom_kills") or 0
@@ -411,4 +418,5 @@ def run_cell(
         killed_for=killed_for,
         worker_wall_s=(exited_at - spawned_at) if exit_code is not None else None,
         env_flags=recorded_flags(env),
+        physical_device=physical,
     )

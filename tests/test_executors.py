@@ -14,7 +14,7 @@ import yaml
 from mlbench.cells import Unit, expand
 from mlbench.config import parse_suite
 from mlbench.executors.local import can_start
-from tests.conftest import cli, fault_suite, suite_dict
+from tests.conftest import ROOT, cli, fault_suite, suite_dict
 from workers.common import data as datasets
 from workers.common import specs
 
@@ -41,14 +41,27 @@ def test_cells_on_disjoint_gpus_run_together_and_cpu_cells_run_alone() -> None:
     assert not can_start(u["cuda:0"], [u["cpu"]], parallel=4)
 
 
-def test_a_parallel_run_overlaps_only_cells_on_disjoint_gpus(tmp_path: Path) -> None:
-    """Fake workers on fake GPUs (no GPU is touched): the stored rows say when each cell ran."""
+def test_a_parallel_run_overlaps_only_cells_on_disjoint_gpus(tmp_path: Path, monkeypatch: pytest.MonkeyPatch) -> None:
+    """Fake workers on fake GPUs (no GPU is touched; the host is told it has them): the journal says
+    which cells ran at once."""
+    from click.testing import CliRunner
+
+    from mlbench import cli as mlbench_cli
+    from mlbench import gpus
+
     suite = fault_suite("slow", devices=["cpu", "cuda:0", "cuda:1", "cuda:0,1"], parallel=4)
     (tmp_path / "s.yaml").write_text(yaml.safe_dump(suite))
-    proc = cli("run", "s.yaml", "--runs-dir", "runs", cwd=tmp_path, env={"FAULT_SLOW_S": "1.5"})
-    assert proc.returncode == 0, proc.stderr[-3000:]
+    monkeypatch.chdir(tmp_path)
+    monkeypatch.setenv("PYTHONPATH", str(ROOT))
+    monkeypatch.setenv("FAULT_SLOW_S", "1.5")
+    monkeypatch.delenv("CUDA_VISIBLE_DEVICES", raising=False)
+    monkeypatch.setattr(gpus, "check_present", lambda entries: None)
+    result = CliRunner().invoke(mlbench_cli.main, ["run", "s.yaml", "--runs-dir", "runs"])
+    assert result.exit_code == 0, result.output
     df = pd.read_parquet(tmp_path / "runs" / "t" / "results.parquet").set_index("device")
     assert (df.status == "ok").all() and (df.executor == "local").all()
+    flags = {d: json.loads(f) for d, f in df.env_flags.items()}
+    assert flags["cuda:0,1"]["CUDA_VISIBLE_DEVICES"] == "0,1" and flags["cpu"]["CUDA_VISIBLE_DEVICES"] == ""
     # the journal has the order of every start and end
     journal = [json.loads(line) for line in (tmp_path / "runs" / "t" / "journal.ndjson").read_text().splitlines()]
     ids = dict(zip(df.cell_id, df.index))
@@ -66,13 +79,53 @@ def test_a_parallel_run_overlaps_only_cells_on_disjoint_gpus(tmp_path: Path) -> 
     assert sum(e["action"] == "cell_start" for e in journal) == 4
 
 
+def test_a_cells_gpus_count_in_those_the_user_gave_mlbench() -> None:
+    """cuda:0 is the first GPU of a CUDA_VISIBLE_DEVICES set before mlbench started, not physical GPU 0."""
+    from mlbench import gpus
+
+    assert gpus.choose("cuda:0,1", {}) == ["0", "1"]  # nothing given: the machine's GPUs
+    assert gpus.choose("cuda:0", {"CUDA_VISIBLE_DEVICES": "3,1"}) == ["3"]
+    assert gpus.choose("cuda:1,0", {"CUDA_VISIBLE_DEVICES": "3,1"}) == ["1", "3"]
+    assert gpus.choose("cuda:0", {"CUDA_VISIBLE_DEVICES": "GPU-8f2c"}) == ["GPU-8f2c"]
+    assert gpus.choose("cpu", {"CUDA_VISIBLE_DEVICES": "3"}) == []
+    with pytest.raises(gpus.NotHere, match="gives mlbench 2 GPU"):
+        gpus.choose("cuda:2", {"CUDA_VISIBLE_DEVICES": "3,1"})
+
+
+def test_a_gpu_cell_on_a_host_without_that_gpu_is_skipped_before_any_worker(tmp_path: Path) -> None:
+    from mlbench import gpus
+    from mlbench.monitor import NVML
+
+    if NVML.available():
+        pytest.skip("this host has an NVIDIA driver: its GPUs decide")
+    (tmp_path / "s.yaml").write_text(yaml.safe_dump(fault_suite("fine", devices=["cuda:0"])))
+    piddir = tmp_path / "pids"
+    piddir.mkdir()
+    proc = cli("run", "s.yaml", "--runs-dir", "runs", cwd=tmp_path, env={"FAULT_PIDDIR": str(piddir)})
+    assert proc.returncode == 0, proc.stderr
+    r = pd.read_parquet(tmp_path / "runs" / "t" / "results.parquet").iloc[0]
+    assert r.status == "skipped" and r.reason.startswith("no NVIDIA GPU on this host"), r.reason
+    assert not list(piddir.iterdir())  # no worker was started
+    with pytest.raises(gpus.NotHere):
+        gpus.check_present(["0"])
+
+
+def test_workers_number_gpus_as_nvml_and_jax_is_pinned_to_the_cells_platform(tmp_path: Path) -> None:
+    from mlbench import runner
+
+    cpu, gpu = (expand(parse_suite(suite_dict(devices=[d])))[0] for d in ("cpu", "cuda:0"))
+    env = runner.worker_env(cpu, 1, tmp_path)
+    assert env["CUDA_VISIBLE_DEVICES"] == "" and env["JAX_PLATFORMS"] == "cpu"
+    env = runner.worker_env(gpu, 1, tmp_path, gpus=["5"])
+    assert env["CUDA_VISIBLE_DEVICES"] == "5" and env["JAX_PLATFORMS"] == "cuda"
+    assert env["CUDA_DEVICE_ORDER"] == "PCI_BUS_ID"
+
+
 def test_executor_ray_without_ray_installed_is_one_line_and_exit_2(tmp_path: Path, write_suite) -> None:
     fake = tmp_path / "noray" / "ray"
     fake.mkdir(parents=True)
     (fake / "__init__.py").write_text("raise ImportError(\"No module named 'ray'\")\n")
     path = write_suite(suite_dict())
-    from tests.conftest import ROOT
-
     proc = cli(
         "run",
         str(path),

@@ -20,6 +20,7 @@ from dataclasses import dataclass, field
 from pathlib import Path
 from typing import Any
 
+from mlbench import gpus as host_gpus
 from mlbench import runner
 from mlbench.cells import Cell, Unit
 from mlbench.config import Suite
@@ -109,14 +110,22 @@ def run_here(
     on_start: Callable[[int], None],
     on_event: Callable[[dict[str, Any]], None],
     cancel: runner.CancelToken,
-    gpus: list[int] | None = None,
+    gpus: list[str] | None = None,
 ) -> runner.Outcome:
     """Run one unit's worker on this host with runner.run_cell (the one place a worker is started),
-    or say why it is skipped; raises runner.Interrupted when cancelled. `gpus`: the physical GPUs
-    an executor chose for it (else the cell's own)."""
+    or say why it is skipped; raises runner.Interrupted when cancelled. `gpus`: the GPUs an executor
+    chose for it (CUDA_VISIBLE_DEVICES entries), else those the cell names on this host."""
     module = settings.modules[unit.framework]
-    if worker_missing(module):
-        outcome = skip_outcome(f"worker module {module} is not installed" + _on_host(executor))
+    try:
+        if gpus is None:
+            gpus = host_gpus.choose(unit.cell.device)
+            host_gpus.check_present(gpus)
+        missing = None
+    except host_gpus.NotHere as exc:
+        missing, gpus = str(exc), []
+    if missing is not None or worker_missing(module):
+        why = missing or f"worker module {module} is not installed"
+        outcome = skip_outcome(why + _on_host(executor))
         env = runner.worker_env(unit.cell, settings.threads, RunFolder(run_dir).cache, gpus)
         outcome.env_flags = runner.recorded_flags(env)
     else:

@@ -96,7 +96,7 @@ def node_task(unit: Unit, settings: Settings, head_checksum: str | None, node_ro
     node_id = ray.get_runtime_context().get_node_id()
     env = environment.capture()
     # the GPUs Ray gave this task run the cell, in place of the cell's indices (which say how many)
-    gpus = [int(g) for g in ray.get_gpu_ids()] if gpu_indices(unit.cell.device) else None
+    gpus = [str(g) for g in ray.get_gpu_ids()] if gpu_indices(unit.cell.device) else None
     if head_checksum is not None:
         try:
             mine = dataset_checksum(unit.cell, RunFolder(run_dir).data)
