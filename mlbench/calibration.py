@@ -1,5 +1,8 @@
-"""Peak FLOP/s per device and precision, measured by a calibration cell in every framework: a large
-matmul, the best run counts, and the highest framework sets the peak that MFU is measured against.
+"""Peak FLOP/s per device and precision, measured by a calibration cell in every framework: chains
+of dependent matmuls on random normal data, sustained for at least a second (a short burst on
+low-entropy data, such as matrices of ones, runs at boost clocks no training step keeps), the median
+run counts, and the highest framework sets the peak that MFU is measured against. An MFU above 1
+means the peak was measured too low: it is refused (stored as missing), and the report says so.
 
 MFU here is achieved training FLOP/s (throughput x the spec's FLOPs per sample) over that measured
 peak: a figure of this machine, not of a datasheet. Calibration runs on the orchestrator's machine;
@@ -23,6 +26,7 @@ from workers.common.cellspec import CellSpec
 
 SIZE = {"cpu": 1024, "cuda": 8192}  # matmul size n: 2 GFLOP on a CPU, 1.1 TFLOP on a GPU
 BUDGET_S = 3.0
+MFU_CEILING = 1.0
 
 
 def calibration_cell(suite: Suite, framework: str, device: str, precision: str) -> Cell:
@@ -74,9 +78,12 @@ def run(suite: Suite, cells: list[Cell], run_dir: Path) -> list[dict[str, Any]]:
                 "status": out.status,
                 "reason": out.reason,
                 "n": event.get("n"),
+                "reps": event.get("reps"),
                 "runs": event.get("runs"),
-                "peak_tflops": event.get("peak_tflops"),
-                "median_tflops": (event["flops"] / event["median_s"] / 1e12) if event.get("median_s") else None,
+                "sustained_s": event.get("sustained_s"),
+                "peak_tflops": event.get("peak_tflops"),  # the median run
+                "best_tflops": event.get("best_tflops"),
+                "worst_tflops": event.get("worst_tflops"),
             }
         )
     store.atomic_write(
@@ -103,5 +110,6 @@ def annotate(table: pa.Table, entries: list[dict[str, Any]]) -> pa.Table:
     for r in rows:
         peak = top.get((r["hostname"], r["device"], r["precision"])) or top.get((None, r["device"], r["precision"]))
         r["peak_tflops"] = peak
-        r["mfu"] = (r["achieved_tflops"] / peak) if (peak and r.get("achieved_tflops") is not None) else None
+        mfu = (r["achieved_tflops"] / peak) if (peak and r.get("achieved_tflops") is not None) else None
+        r["mfu"] = mfu if mfu is None or mfu <= MFU_CEILING else None  # above 1: a peak measured too low
     return pa.Table.from_pylist(rows, schema=schema.SCHEMA)

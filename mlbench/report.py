@@ -190,6 +190,16 @@ def warnings(rows: list[dict[str, Any]]) -> list[str]:
             f"{worst:,.0f}): memory given back to the kernel and mapped in again every step, a cost inside their "
             "step times that the allocator's settings decide (see `malloc` in the README)."
         )
+    over = [
+        r
+        for r in analysis.ok_rows(rows)
+        if r.get("peak_tflops") and (r.get("achieved_tflops") or 0) > r["peak_tflops"] and r.get("mfu") is None
+    ]
+    if over:
+        out.append(
+            f"{len(over)} cell(s) trained faster than the calibrated peak of their device and precision: their MFU "
+            "would be above 1, so it is not stored; the calibration measured too low a peak (see calibration.json)."
+        )
     busy = [r for r in analysis.ok_rows(rows) if analysis.loaded(r)]
     if busy:
         worst = max(r["cpu_other_pct"] for r in busy)

@@ -172,3 +172,53 @@ def test_a_cell_on_another_host_has_no_mfu_against_this_hosts_peak() -> None:
     entries = [{"framework": "a", "device": "cpu", "precision": "fp32", "peak_tflops": 0.4, "hostname": "h"}]
     out = annotate(pa.Table.from_pylist(rows, schema=schema.SCHEMA), entries).to_pylist()
     assert out[0]["mfu"] == pytest.approx(0.25) and out[1]["mfu"] is None and out[1]["peak_tflops"] is None
+
+
+def test_an_mfu_above_one_is_refused_and_said() -> None:
+    """A cell faster than the calibrated peak means the peak was measured too low: no MFU is stored."""
+    import pyarrow as pa
+
+    from mlbench import report, schema
+    from mlbench.calibration import annotate
+
+    row = {name: None for name in schema.SCHEMA.names}
+    rows = [
+        {**row, "hostname": "h", "device": "cpu", "precision": "fp32", "achieved_tflops": t, "status": "ok"}
+        for t in (0.3, 0.5)
+    ]
+    entries = [{"framework": "a", "device": "cpu", "precision": "fp32", "peak_tflops": 0.4, "hostname": "h"}]
+    out = annotate(pa.Table.from_pylist(rows, schema=schema.SCHEMA), entries).to_pylist()
+    assert out[0]["mfu"] == pytest.approx(0.75) and out[1]["mfu"] is None and out[1]["peak_tflops"] == 0.4
+    assert any("faster than the calibrated peak" in w for w in report.warnings(out))
+
+
+@pytest.mark.parametrize("framework", ["pytorch", "tensorflow", "jax"])
+def test_calibration_is_sustained_on_random_data_and_reports_its_spread(tmp_path, framework) -> None:
+    """The calibration cell runs chains of products for at least a second in all and reports the
+    median run as the peak, with the best and worst beside it."""
+    import json
+    import subprocess
+    import sys
+
+    from tests.conftest import ROOT
+
+    pytest.importorskip({"pytorch": "torch", "tensorflow": "tensorflow", "jax": "jax"}[framework])
+    cell = {
+        "framework": framework,
+        "worker": f"workers.{framework}_worker",
+        "device": "cpu",
+        "precision": "fp32",
+        "task": "calibrate",
+        "threads": 1,
+        "malloc": "system",
+        "calibrate": {"n": 256, "max_s": 3.0},
+    }
+    out = subprocess.run(
+        [sys.executable, "-m", f"workers.{framework}_worker", "--cell", json.dumps(cell)],
+        cwd=tmp_path, env={**__import__("os").environ, "PYTHONPATH": str(ROOT)}, capture_output=True, text=True,
+        timeout=300,
+    )  # fmt: skip
+    event = next(json.loads(x) for x in out.stdout.splitlines() if '"calibration"' in x)
+    assert event["sustained_s"] >= 1.0 and event["runs"] >= 5 and event["reps"] >= 1
+    assert event["worst_tflops"] <= event["peak_tflops"] <= event["best_tflops"]
+    assert event["peak_tflops"] == pytest.approx(event["flops"] / event["median_s"] / 1e12)

@@ -13,6 +13,7 @@ from __future__ import annotations
 
 import dataclasses
 import itertools
+import math
 import os
 import resource
 import tempfile
@@ -80,7 +81,9 @@ class Backend(Protocol):
     def predict(self, x: np.ndarray) -> None: ...  # inference forward pass, synced
     def save(self, path: str) -> str: ...  # native format; returns the file or folder written
     def load(self, path: str) -> None: ...  # read back what save wrote
-    def matmul(self, n: int) -> Any: ...  # a callable running one synced (n, n) @ (n, n) in the cell's precision
+    # a callable running `reps` dependent (n, n) @ (n, n) products on random normal data in the cell's
+    # precision, synced once at the end
+    def matmul(self, n: int, reps: int) -> Any: ...
     def memory(self) -> dict[str, Any]: ...  # framework allocator figures, bytes
     def is_oom(self, exc: BaseException) -> bool: ...
     # for `mlbench verify`
@@ -288,25 +291,46 @@ def measure_inference(
     return {"batch_size": batch_size, "runs": len(times), **summary}
 
 
+CALIBRATION_RUN_S = 0.2  # one timed run: a chain of products this long, one sync at its end
+CALIBRATION_SUSTAINED_S = 1.0  # timed work in all, at least: boost clocks of a short burst do not last
+CALIBRATION_MIN_RUNS = 5
+
+
 def calibrate(backend: Backend, cell: dict[str, Any], em: Emitter) -> None:
-    """Peak matmul throughput of this framework on this device and precision: the best of timed runs
-    of an (n, n) @ (n, n) product, 2*n^3 FLOPs each."""
+    """Sustained matmul throughput of this framework on this device and precision: chains of `reps`
+    dependent (n, n) @ (n, n) products on random normal data (2*n^3 FLOPs each), timed at least
+    CALIBRATION_SUSTAINED_S in all; the median run is the peak, the best and worst its spread."""
     n, budget_s = cell["calibrate"]["n"], cell["calibrate"]["max_s"]
-    run = backend.matmul(n)
+    one = backend.matmul(n, 1)
+    one()  # compile, allocate
+    t0 = time.perf_counter()
+    one()
+    reps = max(1, math.ceil(CALIBRATION_RUN_S / max(time.perf_counter() - t0, 1e-6)))
+    run = backend.matmul(n, reps)
+    run()  # compile this chain outside the timing
     times: list[float] = []
     deadline = time.perf_counter() + budget_s
-    while len(times) < 3 or (len(times) < 50 and time.perf_counter() < deadline):
+    while len(times) < 3 or (
+        len(times) < 200
+        and (len(times) < CALIBRATION_MIN_RUNS or sum(times) < CALIBRATION_SUSTAINED_S)
+        and time.perf_counter() < deadline
+    ):
         t0 = time.perf_counter()
         run()
         times.append(time.perf_counter() - t0)
+    flops = 2 * n**3 * reps
     em.emit(
         "calibration",
         n=n,
-        flops=2 * n**3,
+        reps=reps,
+        flops=flops,
+        runs=len(times),
+        sustained_s=sum(times),
         best_s=min(times),
         median_s=float(np.median(times)),
-        peak_tflops=2 * n**3 / min(times) / 1e12,
-        runs=len(times),
+        peak_tflops=flops / float(np.median(times)) / 1e12,
+        best_tflops=flops / min(times) / 1e12,
+        worst_tflops=flops / max(times) / 1e12,
     )
 
 

@@ -240,11 +240,14 @@ class JaxBackend:
         jax.block_until_ready(variables)
         self.state = self.state.replace(params=variables["params"], batch_stats=variables.get("batch_stats", {}))
 
-    def matmul(self, n: int) -> Any:
-        a = jax.device_put(jnp.ones((n, n), self.dtype), self.device)
-        mm = jax.jit(lambda x: x @ x)
-        mm(a).block_until_ready()  # compile outside the timing
-        return lambda: mm(a).block_until_ready()
+    def matmul(self, n: int, reps: int) -> Any:
+        ka, kb = jax.random.split(jax.random.PRNGKey(self.cell["seed"]))
+        a = jax.device_put(jax.random.normal(ka, (n, n)).astype(self.dtype), self.device)
+        b = jax.device_put((jax.random.normal(kb, (n, n)) / n**0.5).astype(self.dtype), self.device)
+        # each product needs the last (one dispatch, one sync): nothing can be skipped or overlapped
+        chain = jax.jit(lambda a, b: jax.lax.fori_loop(0, reps, lambda i, c: c @ b, a))
+        chain(a, b).block_until_ready()  # compile outside the timing
+        return lambda: chain(a, b).block_until_ready()
 
     def memory(self) -> dict[str, Any]:
         stats = self.device.memory_stats() if self.device.platform == "gpu" else None

@@ -199,12 +199,16 @@ class TorchBackend:
         if self.device.type == "cuda":
             torch.cuda.synchronize(self.device)
 
-    def matmul(self, n: int) -> Any:
+    def matmul(self, n: int, reps: int) -> Any:
         dtype = DTYPES.get(self.precision, torch.float32)
-        a = torch.ones((n, n), dtype=dtype, device=self.device)
+        gen = torch.Generator().manual_seed(self.cell["seed"])
+        a = torch.randn((n, n), generator=gen).to(self.device, dtype)
+        b = (torch.randn((n, n), generator=gen) / n**0.5).to(self.device, dtype)  # keeps the chain's scale
 
         def run() -> None:
-            torch.mm(a, a)
+            c = a
+            for _ in range(reps):  # each product needs the last: nothing can be skipped or overlapped
+                c = torch.mm(c, b)
             self._sync()
 
         return run

@@ -221,18 +221,24 @@ class TFBackend:
     def load(self, path: str) -> None:
         self.model.load_weights(path)
 
-    def matmul(self, n: int) -> Any:
+    def matmul(self, n: int, reps: int) -> Any:
         dtype = {"fp32": tf.float32, "fp16": tf.float16, "bf16": tf.bfloat16}[self.precision]
+        seed = self.cell["seed"]
         with tf.device(self.device):
-            a = tf.ones((n, n), dtype)
-        mm = tf.function(lambda x: tf.matmul(x, x), jit_compile=self.jit)
-        mm(a).numpy()  # trace outside the timing
+            a = tf.cast(tf.random.stateless_normal((n, n), seed=[seed, 0]), dtype)
+            b = tf.cast(tf.random.stateless_normal((n, n), seed=[seed, 1]) / n**0.5, dtype)  # keeps the chain's scale
+
+        @tf.function(jit_compile=self.jit)
+        def chain(a: tf.Tensor, b: tf.Tensor) -> tf.Tensor:
+            # each product needs the last: nothing can be skipped or overlapped
+            return tf.while_loop(lambda i, c: i < reps, lambda i, c: (i + 1, tf.matmul(c, b)), (tf.constant(0), a))[1]
 
         def run() -> None:
             with tf.device(self.device):
-                out = mm(a)
-            out[0, 0].numpy()  # waits for the whole product without copying it
+                out = chain(a, b)
+            out[0, 0].numpy()  # waits for the whole chain without copying it
 
+        run()  # trace outside the timing
         return run
 
     def memory(self) -> dict[str, Any]:
