@@ -222,3 +222,24 @@ def test_calibration_is_sustained_on_random_data_and_reports_its_spread(tmp_path
     assert event["sustained_s"] >= 1.0 and event["runs"] >= 5 and event["reps"] >= 1
     assert event["worst_tflops"] <= event["peak_tflops"] <= event["best_tflops"]
     assert event["peak_tflops"] == pytest.approx(event["flops"] / event["median_s"] / 1e12)
+
+
+@pytest.mark.parametrize("framework", ["pytorch", "tensorflow", "jax"])
+def test_a_gpu_the_framework_does_not_see_fails_the_cell(tmp_path, framework) -> None:
+    """The orchestrator starts a GPU cell only where NVML sees its GPU; a framework that then sees none
+    (a CPU build, a broken CUDA install) fails the cell with that reason instead of skipping it."""
+    import json
+    import os
+    import subprocess
+
+    from tests.conftest import ROOT, by_hand
+
+    pytest.importorskip({"pytorch": "torch", "tensorflow": "tensorflow", "jax": "jax"}[framework])
+    proc = subprocess.run(
+        [*by_hand(f"workers.{framework}_worker", tmp_path / "data"), "--device", "cuda:0", "--malloc", "system"],
+        cwd=tmp_path, env={**os.environ, "PYTHONPATH": str(ROOT), "CUDA_VISIBLE_DEVICES": ""},
+        capture_output=True, text=True, timeout=300,
+    )  # fmt: skip
+    error = next(json.loads(x) for x in proc.stdout.splitlines() if '"error"' in x)
+    assert error["kind"] == "exception" and proc.returncode != 0
+    assert "cuda:0 asked for" in error["message"] and "CPU-only build or a broken CUDA" in error["message"]

@@ -47,6 +47,17 @@ class Unsupported(Exception):
     """This framework cannot run this cell here (precision, device, feature): the cell is skipped."""
 
 
+class DeviceMissing(RuntimeError):
+    """The cell's GPU is on the host (the orchestrator starts a GPU cell only where NVML sees its GPUs)
+    but the framework does not see it: a CPU build or a broken CUDA/cuDNN install. The cell fails."""
+
+    def __init__(self, device: str, framework: str, seen: str) -> None:
+        super().__init__(
+            f"{device} asked for, but {framework} sees {seen}: a CPU-only build or a broken CUDA/cuDNN install "
+            "(the README's GPU set-up says which packages to install)"
+        )
+
+
 FRAMEWORK_PACKAGES = {"torch", "tensorflow", "keras", "jax", "jaxlib", "flax", "optax"}
 
 

@@ -16,7 +16,7 @@ import jax.numpy as jnp
 import numpy as np
 import optax
 
-from workers.common.harness import Unsupported
+from workers.common.harness import DeviceMissing, Unsupported
 from workers.common.specs import ModelSpec, OptimizerSpec, input_spec, module_path
 from workers.jax_worker import models
 
@@ -75,10 +75,10 @@ class JaxBackend:
             try:
                 gpus = jax.devices("gpu")
             except RuntimeError:
-                raise Unsupported(f"{device} asked for, but this jaxlib ({jax.__version__}) sees no GPU") from None
+                gpus = []
             index = int(device.split(":")[1])
             if index >= len(gpus):
-                raise Unsupported(f"{device} asked for, but JAX sees {len(gpus)} GPU(s)")
+                raise DeviceMissing(device, f"jax {jax.__version__}", f"{len(gpus)} GPU(s)")
             self.device = gpus[index]
         elif device == "cpu":
             self.device = jax.devices("cpu")[0]

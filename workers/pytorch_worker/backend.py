@@ -10,7 +10,7 @@ import numpy as np
 import torch
 import torch.nn.functional as F
 
-from workers.common.harness import Unsupported
+from workers.common.harness import DeviceMissing, Unsupported
 from workers.common.specs import ModelSpec, OptimizerSpec
 from workers.pytorch_worker import models
 
@@ -40,10 +40,11 @@ class TorchBackend:
         if "," in device:
             raise Unsupported("multi-GPU data parallel is not implemented in the PyTorch worker yet")
         if device.startswith("cuda"):
-            if not torch.cuda.is_available():
-                raise Unsupported(f"{device} asked for, but this PyTorch ({torch.__version__}) sees no CUDA device")
-            if int(device.split(":")[1]) >= torch.cuda.device_count():
-                raise Unsupported(f"{device} asked for, but PyTorch sees {torch.cuda.device_count()} CUDA device(s)")
+            if not torch.cuda.is_available() or int(device.split(":")[1]) >= torch.cuda.device_count():
+                raise DeviceMissing(
+                    device, f"PyTorch {torch.__version__}", f"{torch.cuda.device_count()} CUDA device(s)"
+                )
+            torch.cuda.set_device(int(device.split(":")[1]))  # the cell's device is current for every op
             torch.backends.cudnn.benchmark = True  # autotuning happens in the warm-up steps
         elif device != "cpu":
             raise Unsupported(f"device {device!r} is not supported by the PyTorch worker")

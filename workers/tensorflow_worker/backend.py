@@ -14,7 +14,7 @@ import numpy as np
 import tensorflow as tf
 
 from workers.common.data import ALIGN
-from workers.common.harness import Unsupported
+from workers.common.harness import DeviceMissing, Unsupported
 from workers.common.specs import ModelSpec, OptimizerSpec
 from workers.tensorflow_worker import models
 
@@ -103,7 +103,7 @@ class TFBackend:
             gpus = tf.config.list_physical_devices("GPU")
             index = int(device.split(":")[1])
             if index >= len(gpus):
-                raise Unsupported(f"{device} asked for, but this TensorFlow ({tf.__version__}) sees {len(gpus)} GPU(s)")
+                raise DeviceMissing(device, f"TensorFlow {tf.__version__}", f"{len(gpus)} GPU(s)")
             self.device = f"/GPU:{index}"
         elif device == "cpu":
             self.device = "/CPU:0"
