@@ -243,3 +243,16 @@ def test_a_gpu_the_framework_does_not_see_fails_the_cell(tmp_path, framework) ->
     error = next(json.loads(x) for x in proc.stdout.splitlines() if '"error"' in x)
     assert error["kind"] == "exception" and proc.returncode != 0
     assert "cuda:0 asked for" in error["message"] and "CPU-only build or a broken CUDA" in error["message"]
+
+
+def test_tensorflow_counts_correct_predictions_in_a_device_dtype() -> None:
+    """An int32 count would live in host memory on a GPU, a copy inside every step: it is float32."""
+    tf = pytest.importorskip("tensorflow")
+    import numpy as np
+
+    from workers.tensorflow_worker.backend import count_correct
+
+    rng = np.random.default_rng(0)
+    logits, y = rng.standard_normal((64, 10)).astype(np.float32), rng.integers(0, 10, 64).astype(np.int32)
+    correct = count_correct(tf.constant(logits), tf.constant(y))
+    assert correct.dtype == tf.float32 and float(correct) == np.sum(logits.argmax(-1) == y)

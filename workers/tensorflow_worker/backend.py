@@ -21,6 +21,12 @@ from workers.tensorflow_worker import models
 POLICIES = {"fp32": "float32", "fp16": "mixed_float16", "bf16": "mixed_bfloat16"}
 
 
+def count_correct(logits: tf.Tensor, y: tf.Tensor) -> tf.Tensor:
+    """Correct predictions, counted in float32 on the step's device: TensorFlow keeps int32 results in
+    host memory on a GPU, so an int32 count would copy to the host inside every step."""
+    return tf.reduce_sum(tf.cast(tf.equal(tf.argmax(logits, -1), tf.cast(y, tf.int64)), tf.float32))
+
+
 def host_tensor(a: np.ndarray) -> tf.Tensor:
     """A host tensor over `a`'s memory (DLPack) where `a` is writable, C-contiguous and ALIGN-byte
     aligned, as the harness's batches are; else a copy (`tf.constant`). The copy cost the MLP's
@@ -170,13 +176,12 @@ class TFBackend:
         # batch move); PyTorch and optax update every row's moments and weights: make them dense
         grads = [tf.convert_to_tensor(g) if isinstance(g, tf.IndexedSlices) else g for g in grads]
         self.optimizer.apply(grads, variables)  # a LossScaleOptimizer unscales and skips non-finite steps
-        correct = tf.reduce_sum(tf.cast(tf.equal(tf.argmax(logits, -1, output_type=y.dtype), y), tf.int32))
-        return loss, correct
+        return loss, count_correct(logits, y)
 
     def _eval_step(self, x: tf.Tensor, y: tf.Tensor) -> tuple[tf.Tensor, tf.Tensor]:
         logits = tf.cast(self.model(x, training=False), tf.float32)
         loss = tf.reduce_sum(tf.nn.sparse_softmax_cross_entropy_with_logits(labels=y, logits=logits))
-        return loss, tf.reduce_sum(tf.cast(tf.equal(tf.argmax(logits, -1, output_type=y.dtype), y), tf.int32))
+        return loss, count_correct(logits, y)
 
     def num_parameters(self) -> int:
         return int(sum(np.prod(v.shape) for v in self.model.trainable_variables))
@@ -188,12 +193,12 @@ class TFBackend:
 
     def step_result(self, handle: tuple[tf.Tensor, tf.Tensor]) -> tuple[float, int]:
         loss, correct = handle
-        return float(loss.numpy()), int(correct.numpy())  # waits for the step
+        return float(loss.numpy()), round(float(correct.numpy()))  # waits for the step
 
     def eval_step(self, x: np.ndarray, y: np.ndarray) -> tuple[float, int]:
         with tf.device(self.device):
             loss, correct = self._eval(host_tensor(x), host_tensor(y))
-        return float(loss.numpy()), int(correct.numpy())
+        return float(loss.numpy()), round(float(correct.numpy()))
 
     def predict(self, x: np.ndarray) -> None:
         with tf.device(self.device):
