@@ -21,7 +21,10 @@ import numpy as np
 from workers.common import stats
 
 MEMORY_TOLERANCE = 0.05  # relative gap in peak memory below which two cells are not told apart
-OTHER_LOAD_PCT = 25.0  # CPU other processes used during a cell (% of one core) above which it is suspect
+# CPU other processes used during a cell (% of one core) above which it is suspect: a quarter of a core,
+# or 5% of the machine where that is more (a 128-core node is never quiet to a quarter of one core)
+OTHER_LOAD_PCT = 25.0
+OTHER_LOAD_SHARE = 0.05
 Row = dict[str, Any]
 
 
@@ -78,10 +81,15 @@ def ok_rows(rows: Iterable[Row]) -> list[Row]:
     return [r for r in rows if r.get("status") == "ok"]
 
 
+def other_load_limit_pct(r: Row) -> float:
+    """The other load (in % of one core) above which a cell's timings are suspect on its machine."""
+    return max(OTHER_LOAD_PCT, OTHER_LOAD_SHARE * 100.0 * (r.get("cpu_count_logical") or 1))
+
+
 def loaded(r: Row) -> bool:
     """Whether other processes used the CPU enough during the cell to skew its timings."""
     other = r.get("cpu_other_pct")
-    return other is not None and other > OTHER_LOAD_PCT
+    return other is not None and other > other_load_limit_pct(r)
 
 
 def why_untrusted(r: Row) -> str:

@@ -28,7 +28,7 @@ from typing import Any
 import pyarrow.parquet as pq
 from scipy import stats as sps
 
-from mlbench.analysis import OTHER_LOAD_PCT
+from mlbench.analysis import loaded
 from mlbench.runfolder import RunFolder
 
 Row = dict[str, Any]
@@ -250,7 +250,7 @@ def compare_runs(
     for key, rb in ok_b.items():
         ra = ok_a.get(key)
         for name, r in (("A", ra), ("B", rb)):
-            if r is not None and (r.get("cpu_other_pct") or 0) > OTHER_LOAD_PCT:
+            if r is not None and loaded(r):
                 notes.append(
                     f"{label(r)} in {name}: other processes used {r['cpu_other_pct']:.0f}% of a core during the cell; "
                     "its timings are suspect"

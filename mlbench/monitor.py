@@ -130,6 +130,12 @@ def oom_kill_count(cgroup: Path) -> int | None:
     return None
 
 
+def _own_cpu_s() -> float:
+    """CPU seconds this process (every thread of it, not its children) has used."""
+    t = psutil.Process().cpu_times()
+    return t.user + t.system
+
+
 def _host_busy_pct(t0: float, times0: Any) -> float | None:
     """The whole machine's CPU busy since (t0, times0), in % of one core (idle and iowait excluded)."""
     wall = time.monotonic() - t0
@@ -158,6 +164,7 @@ class Monitor:
         self.oom_baseline: dict[Path, int] = {}
         self._watch_cgroup("self")  # the worker starts in the orchestrator's cgroup
         self._host0 = (time.monotonic(), psutil.cpu_times())  # the whole machine's CPU, to see other load
+        self._own0 = _own_cpu_s()  # the orchestrator's own threads are not other load
         indices = gpu_indices(device)
         if indices:
             if NVML.available():
@@ -242,8 +249,10 @@ class Monitor:
         }
         host_busy = _host_busy_pct(*self._host0)
         if host_busy is not None and out["cpu_util_avg_pct"] is not None:
-            # what the machine's CPUs did beyond the worker's tree: other processes, in % of one core
-            out["cpu_other_pct"] = max(0.0, host_busy - out["cpu_util_avg_pct"])
+            # what the machine's CPUs did beyond the worker's tree and the orchestrator itself (its monitor,
+            # readers, progress, other cells' threads): other processes, in % of one core
+            own_pct = 100.0 * (_own_cpu_s() - self._own0) / max(time.monotonic() - self._host0[0], 1e-9)
+            out["cpu_other_pct"] = max(0.0, host_busy - out["cpu_util_avg_pct"] - own_pct)
         gpu = self.gpu.summary() if self.gpu is not None else {}
         for key in (
             "gpu_utilization_pct",

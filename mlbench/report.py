@@ -204,8 +204,9 @@ def warnings(rows: list[dict[str, Any]]) -> list[str]:
     if busy:
         worst = max(r["cpu_other_pct"] for r in busy)
         out.append(
-            f"{len(busy)} cell(s) ran while other processes used more than {analysis.OTHER_LOAD_PCT:.0f}% of a core "
-            f"(up to {worst:.0f}%): their timings measure that contention too. Rerun them on a quiet machine."
+            f"{len(busy)} cell(s) ran while other processes used more than "
+            f"{min(analysis.other_load_limit_pct(r) for r in busy):.0f}% of a core (up to {worst:.0f}%): their "
+            "timings measure that contention too. Rerun them on a quiet machine."
         )
     return out
 

@@ -119,3 +119,25 @@ def test_load_from_other_processes_is_measured() -> None:
     busy.kill()
     assert s["cpu_util_avg_pct"] < 20  # the monitored tree slept
     assert s["cpu_other_pct"] > 60  # while another process kept a core busy
+
+
+def test_the_orchestrators_own_cpu_is_not_other_load() -> None:
+    """A busy thread of the monitoring process itself (the orchestrator's readers, monitor, progress)
+    is subtracted: only other processes are other load."""
+    import threading
+    import time
+
+    stop = time.monotonic() + 2.0
+
+    def spin() -> None:
+        while time.monotonic() < stop:
+            pass
+
+    idle = subprocess.Popen([sys.executable, "-c", "import time; time.sleep(2)"])
+    mon = monitor.Monitor(idle.pid, interval_s=0.05).start()
+    spinner = threading.Thread(target=spin)
+    spinner.start()
+    idle.wait()
+    spinner.join()
+    s = mon.stop()
+    assert s["cpu_other_pct"] < 50  # a core's worth of the process's own work is not counted

@@ -238,3 +238,12 @@ def test_cells_from_several_hosts_are_grouped_and_mixed_hardware_is_warned() -> 
     assert any("different hardware (mlp on cpu)" in w for w in report.warnings(mixed))
     assert "<h2 id='hosts'>Hosts</h2>" in report.hosts_section(mixed)
     assert report.hosts_section([row("pytorch", hostname="a"), row("jax", hostname="a")]) == ""  # one host: no section
+
+
+def test_the_other_load_limit_scales_with_the_machine() -> None:
+    small, big = (
+        row("jax", cpu_other_pct=90.0, cpu_count_logical=2),
+        row("jax", cpu_other_pct=90.0, cpu_count_logical=128),
+    )
+    assert analysis.loaded(small) and not analysis.loaded(big)  # 0.9 of a core is 0.7% of 128 cores
+    assert analysis.loaded(row("jax", cpu_other_pct=700.0, cpu_count_logical=128))  # 5% of 128 cores is 640%
