@@ -54,10 +54,15 @@ INPROCESS = {"mlp": (256, 150), "resnet18": (64, 3), "bert": (32, 4)}
 Case = tuple[str, str]
 
 
+# the bench compares CPU loops: on a GPU host, TensorFlow and JAX would otherwise place the hand-written
+# loops on the GPU while mlbench's CPU cells see none, and the ratio would compare devices
+CPU_ONLY = {"CUDA_VISIBLE_DEVICES": "", "JAX_PLATFORMS": "cpu"}
+
+
 def process_env(malloc: str) -> dict[str, str]:
     """The environment of a hand-written loop's process: glibc's malloc set as `malloc: <malloc>` sets
-    it for mlbench's workers, so the ratio compares the loops alone."""
-    return {**os.environ, **glibc_malloc.env_for(malloc, os.environ)}
+    it for mlbench's workers, so the ratio compares the loops alone; no GPU visible."""
+    return {**os.environ, **glibc_malloc.env_for(malloc, os.environ), **CPU_ONLY}
 
 
 def run_handwritten(framework: str, model: str, malloc: str, threads: int) -> float:

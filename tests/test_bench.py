@@ -169,3 +169,11 @@ def test_a_handwritten_loop_runs_with_the_threads_a_suite_gives_its_workers(fram
         assert threads["XLA_FLAGS"].endswith("intra_op_parallelism_threads=1")
     else:
         assert threads["intra_op"] == 1
+
+
+def test_the_bench_hides_gpus_from_its_hand_written_loops() -> None:
+    """It compares CPU loops: on a GPU host TensorFlow and JAX would otherwise run the loops on the GPU."""
+    from bench import fidelity
+
+    env = fidelity.process_env("steady")
+    assert env["CUDA_VISIBLE_DEVICES"] == "" and env["JAX_PLATFORMS"] == "cpu"
