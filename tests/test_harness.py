@@ -3,6 +3,7 @@
 from __future__ import annotations
 
 import io
+import json
 import mmap
 
 import numpy as np
@@ -190,3 +191,55 @@ def test_train_counts_every_step_once(tmp_path) -> None:
     assert e0["train_accuracy"] == pytest.approx((0 + 1 + 2 + 0 + 1) / 20)
     # the steps' samples are the intervals between read-backs: together, the epochs' step time
     assert sum(out["warmup_s"]) + sum(out["step_s"]) <= e0["train_s"] + e1["train_s"]
+
+
+class FakeClock:
+    def __init__(self) -> None:
+        self.now = 0.0
+
+    def __call__(self) -> float:
+        return self.now
+
+
+class FakeMatmul:
+    """A device whose product takes `product_s` of the fake clock; one run in six is a slow one."""
+
+    def __init__(self, clock: FakeClock, product_s: float) -> None:
+        self.clock, self.product_s, self.calls, self.reps_asked = clock, product_s, 0, []
+
+    def matmul(self, n: int, reps: int):
+        self.reps_asked.append(reps)
+
+        def run() -> None:
+            self.calls += 1
+            self.clock.now += reps * self.product_s * (2.0 if self.calls % 6 == 0 else 1.0)
+
+        return run
+
+
+def test_calibration_is_sustained_and_reports_the_median(monkeypatch: pytest.MonkeyPatch) -> None:
+    """On a fake clock: runs of about CALIBRATION_RUN_S (a chain of products sized from one product),
+    at least CALIBRATION_MIN_RUNS of them and CALIBRATION_SUSTAINED_S in all, the median run the peak."""
+    clock = FakeClock()
+    monkeypatch.setattr(harness.time, "perf_counter", clock)
+    backend = FakeMatmul(clock, product_s=0.01)
+    out = io.StringIO()
+    harness.calibrate(backend, {"calibrate": {"n": 1000, "max_s": 3.0}}, Emitter("c", out))
+    event = json.loads(out.getvalue().splitlines()[-1])
+    reps = round(harness.CALIBRATION_RUN_S / 0.01)
+    assert backend.reps_asked == [1, reps] and event["reps"] == reps
+    assert event["sustained_s"] >= harness.CALIBRATION_SUSTAINED_S and event["runs"] >= harness.CALIBRATION_MIN_RUNS
+    flops = 2 * 1000**3 * reps
+    assert event["peak_tflops"] == pytest.approx(flops / (reps * 0.01) / 1e12)  # the median run, not a slow one
+    assert event["worst_tflops"] == pytest.approx(event["peak_tflops"] / 2)  # the slow run is the spread's end
+    assert event["best_tflops"] == pytest.approx(event["peak_tflops"])
+
+
+def test_calibration_stops_at_its_budget_on_a_slow_device(monkeypatch: pytest.MonkeyPatch) -> None:
+    clock = FakeClock()
+    monkeypatch.setattr(harness.time, "perf_counter", clock)
+    backend = FakeMatmul(clock, product_s=2.0)  # one product longer than a run: one product a run
+    out = io.StringIO()
+    harness.calibrate(backend, {"calibrate": {"n": 1000, "max_s": 3.0}}, Emitter("c", out))
+    event = json.loads(out.getvalue().splitlines()[-1])
+    assert event["reps"] == 1 and event["runs"] == 3  # at least three runs, then the budget ends it
