@@ -19,7 +19,7 @@ from pydantic import (
     model_validator,
 )
 
-from workers.common import specs
+from workers.common import precision, specs
 from workers.common.devices import Device
 
 BUILTIN_WORKERS = {
@@ -27,7 +27,7 @@ BUILTIN_WORKERS = {
     "tensorflow": "workers.tensorflow_worker",
     "jax": "workers.jax_worker",
 }
-PRECISIONS = ("fp32", "fp16", "bf16")
+PRECISIONS = precision.PRECISIONS
 MODULE_RE = re.compile(r"^[A-Za-z_][A-Za-z0-9_]*(\.[A-Za-z_][A-Za-z0-9_]*)*$")
 CELL_AXES = ("framework", "model", "device", "precision", "batch_size")
 
@@ -76,7 +76,9 @@ class Suite(Strict):
     frameworks: list[str] = Field(min_length=1)
     models: list[str] = Field(min_length=1)
     devices: list[str] = Field(["cpu"], min_length=1)  # cpu | cuda:0 | cuda:0,1 (data parallel)
-    precisions: list[Literal["fp32", "fp16", "bf16"]] = Field(["fp32"], min_length=1)
+    # fp32: true IEEE fp32 in every framework | tf32: fp32 with TF32 tensor-core matmuls (NVIDIA Ampere+)
+    # | fp16 (with loss scaling) | bf16 (see workers/common/precision.py)
+    precisions: list[Literal["fp32", "tf32", "fp16", "bf16"]] = Field(["fp32"], min_length=1)
     batch_sizes: list[PositiveInt] = Field(min_length=1)
     epochs: PositiveInt = 1
     repeats: PositiveInt = 1  # runs of every cell, interleaved across the grid; results combine them

@@ -160,6 +160,11 @@ COLUMNS: list[tuple[str, pa.DataType, str]] = [
     ("devices_seen", S, "devices the framework saw (JSON list)"),
     ("threads_json", S, "thread settings the worker reported (JSON)"),
     ("precision_mode", S, "how the framework ran the precision (e.g. autocast fp16 + GradScaler)"),
+    (
+        "matmul_precision",
+        S,
+        "how the worker ran fp32 matmuls and convolutions: ieee (true fp32, set explicitly in every framework) or tf32",
+    ),
     ("compiler", S, "compiler used, or null"),
     ("python_version", S, "Python of the orchestrator and workers"),
     ("os", S, "operating system and kernel"),

@@ -48,7 +48,7 @@ BAD = [
     ),
     ({"models": ["resnet19"]}, ["unknown model 'resnet19'", "did you mean 'resnet18'"]),
     ({"devices": ["gpu0"]}, ["device 'gpu0'", "cpu, cuda:N"]),
-    ({"precisions": ["fp8"]}, ["precisions[0]", "'fp32', 'fp16' or 'bf16'"]),
+    ({"precisions": ["fp8"]}, ["precisions[0]", "'fp32', 'tf32', 'fp16' or 'bf16'"]),
     ({"batch_sizes": [32, 0]}, ["batch_sizes[1]", "greater than 0", "got 0"]),
     ({"batch_sizes": [-4]}, ["batch_sizes[0]", "greater than 0"]),
     ({"batch_sizes": []}, ["batch_sizes", "at least 1"]),

@@ -257,3 +257,43 @@ def test_tensorflow_counts_correct_predictions_in_a_device_dtype() -> None:
     logits, y = rng.standard_normal((64, 10)).astype(np.float32), rng.integers(0, 10, 64).astype(np.int32)
     correct = count_correct(tf.constant(logits), tf.constant(y))
     assert correct.dtype == tf.float32 and float(correct) == np.sum(logits.argmax(-1) == y)
+
+
+@pytest.mark.parametrize("framework", ["pytorch", "tensorflow", "jax"])
+def test_fp32_is_true_ieee_fp32_set_explicitly_and_reported(framework: str) -> None:
+    """Each framework's GPU default differs (TF32 somewhere in each); every worker sets true fp32 itself."""
+    backend = _backend(framework)
+    assert backend.info()["matmul_precision"] == "ieee"
+    if framework == "pytorch":
+        import torch
+
+        assert (
+            torch.backends.cuda.matmul.fp32_precision == "ieee" and torch.backends.cudnn.conv.fp32_precision == "ieee"
+        )
+    elif framework == "tensorflow":
+        import tensorflow as tf
+
+        assert tf.config.experimental.tensor_float_32_execution_enabled() is False
+    else:
+        import jax
+
+        assert jax.config.jax_default_matmul_precision == "highest"
+
+
+@pytest.mark.parametrize("framework", ["pytorch", "tensorflow", "jax"])
+def test_tf32_on_a_cpu_is_unsupported(framework: str) -> None:
+    from workers.common.harness import Unsupported
+
+    _backend(framework)  # skips when the framework is not installed
+    B = type(_backend(framework))
+    with pytest.raises(Unsupported, match="tf32 is a tensor-core mode of NVIDIA GPUs"):
+        B({**CELL, "precision": "tf32"})
+
+
+def test_tf32_needs_an_ampere_gpu() -> None:
+    from workers.common import precision
+
+    assert precision.tf32_unsupported("tf32", True, (8, 0)) is None
+    assert "8.0 or later; this one is 7.0" in precision.tf32_unsupported("tf32", True, (7, 0))
+    assert precision.tf32_unsupported("fp32", False, None) is None
+    assert precision.compute_dtype("tf32") == "fp32" and precision.matmul_policy("bf16") == "ieee"

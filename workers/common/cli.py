@@ -15,7 +15,7 @@ import sys
 from collections.abc import Callable
 from typing import IO, Any
 
-from workers.common import harness, malloc, threads
+from workers.common import harness, malloc, precision, threads
 from workers.common.cellspec import CellSpec
 from workers.common.events import Emitter, protect_stdout
 
@@ -45,7 +45,7 @@ def parse(argv: list[str] | None, framework: str) -> dict[str, Any]:
     p.add_argument("--model", default="mlp")
     p.add_argument("--batch-size", type=int, default=32)
     p.add_argument("--device", default="cpu")
-    p.add_argument("--precision", default="fp32", choices=["fp32", "fp16", "bf16"])
+    p.add_argument("--precision", default="fp32", choices=list(precision.PRECISIONS))
     p.add_argument("--epochs", type=int, default=DEFAULTS["epochs"])
     p.add_argument("--seed", type=int, default=DEFAULTS["seed"])
     p.add_argument("--train-samples", type=int, default=DEFAULTS["dataset"]["train_samples"])

@@ -16,6 +16,7 @@ import jax.numpy as jnp
 import numpy as np
 import optax
 
+from workers.common import precision
 from workers.common.harness import DeviceMissing, Unsupported
 from workers.common.specs import ModelSpec, OptimizerSpec, input_spec, module_path
 from workers.jax_worker import models
@@ -59,6 +60,15 @@ class TrainState:
     step: jax.Array
 
 
+def _capability(device: Any) -> tuple[int, int] | None:
+    """A CUDA device's compute capability ("8.0" -> (8, 0)), where jaxlib reports it."""
+    try:
+        major, minor = str(device.compute_capability).split(".")[:2]
+        return int(major), int(minor)
+    except (AttributeError, ValueError):
+        return None
+
+
 class JaxBackend:
     """One cell's model, optimizer and jitted steps in JAX/Flax."""
 
@@ -85,7 +95,16 @@ class JaxBackend:
         else:
             raise Unsupported(f"device {device!r} is not supported by the JAX worker")
         self._default_device = self.device == jax.devices()[0]
-        self.precision = cell["precision"]
+        gpu = self.device.platform == "gpu"
+        why = precision.tf32_unsupported(cell["precision"], gpu, _capability(self.device) if gpu else None)
+        if why:
+            raise Unsupported(why)
+        self.matmul_precision = precision.matmul_policy(cell["precision"])
+        # every jitted function's f32 dots and convolutions: true fp32, or TF32 for a tf32 cell
+        jax.config.update(
+            "jax_default_matmul_precision", "tensorfloat32" if self.matmul_precision == "tf32" else "highest"
+        )
+        self.precision = precision.compute_dtype(cell["precision"])
         self.dtype = DTYPES[self.precision]
         self.rng = jax.random.PRNGKey(cell["seed"])
 
@@ -104,6 +123,7 @@ class JaxBackend:
                 "fp16": "fp16 compute, fp32 params, dynamic loss scaling",
                 "bf16": "bf16 compute, fp32 params",
             }[self.precision],
+            "matmul_precision": self.matmul_precision,
         }
 
     def build(self, spec: ModelSpec, weights: dict[str, np.ndarray]) -> None:

@@ -10,6 +10,7 @@ import numpy as np
 import torch
 import torch.nn.functional as F
 
+from workers.common import precision
 from workers.common.harness import DeviceMissing, Unsupported
 from workers.common.specs import ModelSpec, OptimizerSpec
 from workers.pytorch_worker import models
@@ -52,7 +53,15 @@ class TorchBackend:
         # CUDA kernels are queued and launch_step returns before they run; on the CPU each op runs as
         # it is called, so the step is done when launch_step returns
         self.async_steps = self.device.type == "cuda"
-        self.precision = cell["precision"]
+        cuda = self.device.type == "cuda"
+        why = precision.tf32_unsupported(
+            cell["precision"], cuda, torch.cuda.get_device_capability(self.device) if cuda else None
+        )
+        if why:
+            raise Unsupported(why)
+        self.matmul_precision = precision.matmul_policy(cell["precision"])
+        torch.backends.fp32_precision = self.matmul_precision  # cuBLAS matmuls and cuDNN convolutions alike
+        self.precision = precision.compute_dtype(cell["precision"])
         if self.precision == "bf16" and self.device.type == "cuda" and not torch.cuda.is_bf16_supported():
             raise Unsupported(f"bf16 is not supported on {torch.cuda.get_device_name(self.device)}")
         if cell.get("threads"):
@@ -79,6 +88,7 @@ class TorchBackend:
             "precision_mode": {"fp32": "fp32", "fp16": "autocast fp16 + GradScaler", "bf16": "autocast bf16"}[
                 self.precision
             ],
+            "matmul_precision": self.matmul_precision,
         }
 
     def _autocast(self) -> contextlib.AbstractContextManager[Any]:

@@ -13,6 +13,7 @@ import keras
 import numpy as np
 import tensorflow as tf
 
+from workers.common import precision
 from workers.common.data import ALIGN
 from workers.common.harness import DeviceMissing, Unsupported
 from workers.common.specs import ModelSpec, OptimizerSpec
@@ -117,7 +118,14 @@ class TFBackend:
             raise Unsupported(f"device {device!r} is not supported by the TensorFlow worker")
         if cell.get("threads"):
             tf.config.threading.set_intra_op_parallelism_threads(int(cell["threads"]))
-        self.precision = cell["precision"]
+        gpu = self.device.startswith("/GPU")
+        capability = tf.config.experimental.get_device_details(gpus[index]).get("compute_capability") if gpu else None
+        why = precision.tf32_unsupported(cell["precision"], gpu, capability)
+        if why:
+            raise Unsupported(why)
+        self.matmul_precision = precision.matmul_policy(cell["precision"])
+        tf.config.experimental.enable_tensor_float_32_execution(self.matmul_precision == "tf32")
+        self.precision = precision.compute_dtype(cell["precision"])
         keras.mixed_precision.set_global_policy(POLICIES[self.precision])
         keras.utils.set_random_seed(cell["seed"])  # dropout masks
         self.jit = bool(cell.get("compile"))
@@ -143,6 +151,7 @@ class TFBackend:
                 "fp16": "Keras mixed_float16 + LossScaleOptimizer",
                 "bf16": "Keras mixed_bfloat16",
             }[self.precision],
+            "matmul_precision": self.matmul_precision,
         }
 
     def build(self, spec: ModelSpec, weights: dict[str, np.ndarray]) -> None:
