@@ -297,3 +297,23 @@ def test_tf32_needs_an_ampere_gpu() -> None:
     assert "8.0 or later; this one is 7.0" in precision.tf32_unsupported("tf32", True, (7, 0))
     assert precision.tf32_unsupported("fp32", False, None) is None
     assert precision.compute_dtype("tf32") == "fp32" and precision.matmul_policy("bf16") == "ieee"
+
+
+@pytest.mark.parametrize("framework", ["pytorch", "tensorflow", "jax"])
+def test_a_native_load_gives_back_the_same_model_on_the_device(framework: str, tmp_path) -> None:
+    """model_load_s times a load that is finished: in JAX the parameters are device arrays again, not
+    host arrays left for the next step to copy."""
+    spec = specs.get_spec("mlp")
+    weights = initial_weights(spec, 3)
+    backend = _backend(framework)
+    backend.build(spec, weights)
+    saved = backend.save(str(tmp_path / "model"))
+    backend.build(spec, initial_weights(spec, 4))
+    backend.load(saved)
+    for name, arr in backend.export().items():
+        assert np.array_equal(arr, weights[name]), name
+    if framework == "jax":
+        import jax
+
+        leaves = jax.tree_util.tree_leaves(backend.state.params)
+        assert all(isinstance(x, jax.Array) and x.devices() == {backend.device} for x in leaves)

@@ -257,7 +257,8 @@ class JaxBackend:
     def load(self, path: str) -> None:
         with open(path, "rb") as f:
             variables = flax.serialization.from_bytes(self._variables(self.state), f.read())
-        jax.block_until_ready(variables)
+        # read back to host arrays: placed on the cell's device and waited for, as the other frameworks' loads
+        variables = jax.block_until_ready(jax.device_put(variables, self.device))
         self.state = self.state.replace(params=variables["params"], batch_stats=variables.get("batch_stats", {}))
 
     def matmul(self, n: int, reps: int) -> Any:

@@ -234,6 +234,8 @@ class TFBackend:
 
     def load(self, path: str) -> None:
         self.model.load_weights(path)
+        # the assignments are queued on a GPU; the last variable read back waits for them all, in order
+        self.model.weights[-1].numpy()
 
     def matmul(self, n: int, reps: int) -> Any:
         dtype = {"fp32": tf.float32, "fp16": tf.float16, "bf16": tf.bfloat16}[self.precision]
