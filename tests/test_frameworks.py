@@ -317,3 +317,20 @@ def test_a_native_load_gives_back_the_same_model_on_the_device(framework: str, t
 
         leaves = jax.tree_util.tree_leaves(backend.state.params)
         assert all(isinstance(x, jax.Array) and x.devices() == {backend.device} for x in leaves)
+
+
+@pytest.mark.parametrize("framework", ["pytorch", "tensorflow", "jax"])
+def test_fp16_loss_scaling_starts_alike_in_every_framework(framework: str) -> None:
+    """Keras' default first scale is 2**15, PyTorch's 2**16: all three start at the same one."""
+    from workers.common.precision import FP16_INITIAL_SCALE
+
+    B = type(_backend(framework))
+    backend = B({**CELL, "precision": "fp16"})
+    backend.build(specs.get_spec("mlp"), initial_weights(specs.get_spec("mlp"), 0))
+    if framework == "pytorch":
+        assert backend.scaler.get_scale() == FP16_INITIAL_SCALE and backend.scaler.get_growth_interval() == 2000
+    elif framework == "tensorflow":
+        assert float(backend.optimizer.dynamic_scale.numpy()) == FP16_INITIAL_SCALE
+        assert backend.optimizer.dynamic_growth_steps == 2000
+    else:
+        assert float(backend.state.loss_scale) == FP16_INITIAL_SCALE

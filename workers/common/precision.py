@@ -11,6 +11,11 @@ fp32 policy. Each worker sets the policy explicitly and reports it (`matmul_prec
 from __future__ import annotations
 
 PRECISIONS = ("fp32", "tf32", "fp16", "bf16")
+# fp16's dynamic loss scaling, the same in every framework (Keras starts at 2**15, PyTorch and this JAX
+# worker at 2**16): the first scale, and the overflow-free steps after which it doubles (it halves on
+# an overflow, whose step is skipped)
+FP16_INITIAL_SCALE = 2.0**16
+FP16_GROWTH_INTERVAL = 2000
 TF32_MIN_CAPABILITY = (8, 0)  # Ampere
 
 

@@ -22,7 +22,6 @@ from workers.common.specs import ModelSpec, OptimizerSpec, input_spec, module_pa
 from workers.jax_worker import models
 
 DTYPES = {"fp32": jnp.float32, "fp16": jnp.float16, "bf16": jnp.bfloat16}
-SCALE_GROWTH_INTERVAL = 2000  # steps without overflow before the fp16 loss scale doubles (as GradScaler)
 
 
 def learning_rate(opt: OptimizerSpec) -> float | optax.Schedule:
@@ -140,7 +139,7 @@ class JaxBackend:
             params=params,
             batch_stats=variables.get("batch_stats", {}),
             opt_state=self.tx.init(params),
-            loss_scale=jnp.asarray(2.0**16 if self.precision == "fp16" else 1.0, jnp.float32),
+            loss_scale=jnp.asarray(precision.FP16_INITIAL_SCALE if self.precision == "fp16" else 1.0, jnp.float32),
             good_steps=jnp.asarray(0, jnp.int32),
             step=jnp.asarray(0, jnp.int32),
         )
@@ -177,7 +176,7 @@ class JaxBackend:
         new_params = optax.apply_updates(state.params, upd)
         keep = lambda new, old: jax.tree_util.tree_map(lambda a, b: jnp.where(finite, a, b), new, old)  # noqa: E731
         good = jnp.where(finite, state.good_steps + 1, 0)
-        grow = good >= SCALE_GROWTH_INTERVAL
+        grow = good >= precision.FP16_GROWTH_INTERVAL
         scale = jnp.where(finite, jnp.where(grow, state.loss_scale * 2.0, state.loss_scale), state.loss_scale / 2.0)
         new_state = TrainState(
             params=keep(new_params, state.params),

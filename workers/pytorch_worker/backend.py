@@ -68,7 +68,12 @@ class TorchBackend:
             torch.set_num_threads(int(cell["threads"]))
         torch.manual_seed(cell["seed"])
         # fp16 needs loss scaling; bf16 has fp32's exponent range and does not
-        self.scaler = torch.amp.GradScaler(self.device.type, enabled=self.precision == "fp16")
+        self.scaler = torch.amp.GradScaler(
+            self.device.type,
+            init_scale=precision.FP16_INITIAL_SCALE,
+            growth_interval=precision.FP16_GROWTH_INTERVAL,
+            enabled=self.precision == "fp16",
+        )
         self.training: bool | None = None
 
     def info(self) -> dict[str, Any]:

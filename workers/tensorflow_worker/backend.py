@@ -160,7 +160,15 @@ class TFBackend:
             self.model = models.build(spec)
             models.load_canonical(self.model, spec, weights)
             opt = make_optimizer(spec.optimizer)
-            self.optimizer = keras.mixed_precision.LossScaleOptimizer(opt) if self.precision == "fp16" else opt
+            self.optimizer = (
+                keras.mixed_precision.LossScaleOptimizer(
+                    opt,
+                    initial_scale=precision.FP16_INITIAL_SCALE,
+                    dynamic_growth_steps=precision.FP16_GROWTH_INTERVAL,
+                )
+                if self.precision == "fp16"
+                else opt
+            )
             self.optimizer.build(self.model.trainable_variables)
         self.l2 = spec.optimizer.weight_decay if spec.optimizer.name == "sgd" else 0.0
         self._train = tf.function(self._train_step, jit_compile=self.jit, reduce_retracing=True)
