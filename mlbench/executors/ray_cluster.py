@@ -86,6 +86,19 @@ def _failed(reason: str) -> runner.Outcome:
     return out
 
 
+def _data_problem(unit: Unit, run_dir: Path, head_checksum: str | None) -> str | None:
+    """Why this node's copy of the cell's data is not the head's (None: it is the same)."""
+    if head_checksum is None:
+        return None
+    try:
+        mine = dataset_checksum(unit.cell, RunFolder(run_dir).data)
+    except Exception as exc:  # a missing cifar10 folder on this node, a full disk
+        return f"{type(exc).__name__}: {exc}"
+    if mine != head_checksum:
+        return f"checksum {mine[:12]}, the head's {head_checksum[:12]} (another numpy or generator?)"
+    return None
+
+
 def node_task(unit: Unit, settings: Settings, head_checksum: str | None, node_root: str | None) -> Iterator[dict]:
     """The body of a unit's Ray task (a generator: Ray streams each item to the head as it is
     yielded). Items: start (host, pid, node), event, done (outcome, logs)."""
@@ -97,21 +110,12 @@ def node_task(unit: Unit, settings: Settings, head_checksum: str | None, node_ro
     env = environment.capture()
     # the GPUs Ray gave this task run the cell, in place of the cell's indices (which say how many)
     gpus = [str(g) for g in ray.get_gpu_ids()] if gpu_indices(unit.cell.device) else None
-    if head_checksum is not None:
-        try:
-            mine = dataset_checksum(unit.cell, RunFolder(run_dir).data)
-        except Exception as exc:  # a missing cifar10 folder on this node, a full disk
-            mine, problem = None, f"{type(exc).__name__}: {exc}"
-        if mine != head_checksum:
-            problem = (
-                problem
-                if mine is None
-                else f"checksum {mine[:12]}, the head's {head_checksum[:12]} (another numpy or generator?)"
-            )
-            out = _failed(f"the data made on {host} differs from the head's: {problem}")
-            out.executor, out.host = "ray", env
-            yield {"kind": "done", "outcome": out, "logs": {}}
-            return
+    problem = _data_problem(unit, run_dir, head_checksum)
+    if problem is not None:
+        out = _failed(f"the data made on {host} differs from the head's: {problem}")
+        out.executor, out.host = "ray", env
+        yield {"kind": "done", "outcome": out, "logs": {}}
+        return
     items: queue.Queue[tuple[str, Any]] = queue.Queue()
     cancel = runner.CancelToken()
 
