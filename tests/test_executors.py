@@ -173,3 +173,14 @@ def test_the_data_checksum_a_ray_node_checks_against_the_heads(tmp_path: Path) -
     y[0] += 1
     np.save(folder / "y_train.npy", y)
     assert dataset_checksum(cell, tmp_path / "node") != head
+
+
+def test_a_ray_node_with_other_data_says_so(tmp_path: Path) -> None:
+    from mlbench.executors.base import dataset_checksum
+    from mlbench.executors.ray_cluster import _data_problem
+
+    unit = Unit(expand(parse_suite(suite_dict()))[0])
+    head = dataset_checksum(unit.cell, tmp_path / "head" / "data")
+    assert _data_problem(unit, tmp_path / "node", head) is None
+    assert "checksum" in _data_problem(unit, tmp_path / "node", "0" * 64)
+    assert _data_problem(unit, tmp_path / "node", None) is None  # nothing to check against
