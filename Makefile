@@ -5,7 +5,7 @@ BIN    := $(VENV)/bin
 STAMP  := $(VENV)/.installed-stamp
 EXTRAS ?= torch,tensorflow,jax,ray,dev
 
-.PHONY: venv browser quick run test test-fast bench lint format clean
+.PHONY: venv browser quick run test test-fast bench gpu-smoke lint format clean
 
 $(STAMP): pyproject.toml requirements.lock
 	$(PYTHON) -m venv $(VENV)
@@ -37,6 +37,18 @@ test-fast: venv  ## unit tests only
 
 bench: venv  ## fidelity: mlbench vs hand-written loops per framework and model (about 30 minutes at 3 rounds on 2 cores)
 	$(BIN)/python -m bench.fidelity $(ARGS)
+
+# PYTHON=python3 on the command line: that interpreter and the frameworks it has, no venv built
+ifeq ($(origin PYTHON),command line)
+SMOKE_PY := $(PYTHON)
+SMOKE_DEPS :=
+else
+SMOKE_PY := $(BIN)/python
+SMOKE_DEPS := venv
+endif
+
+gpu-smoke: $(SMOKE_DEPS)  ## on an NVIDIA GPU: the whole GPU path in minutes (without a GPU: says so, exits 0)
+	PYTHONPATH=$(CURDIR) $(SMOKE_PY) -m bench.gpu_smoke
 
 lint: venv
 	$(BIN)/ruff check mlbench workers tests bench

@@ -177,3 +177,43 @@ def test_the_bench_hides_gpus_from_its_hand_written_loops() -> None:
 
     env = fidelity.process_env("steady")
     assert env["CUDA_VISIBLE_DEVICES"] == "" and env["JAX_PLATFORMS"] == "cpu"
+
+
+def test_gpu_smoke_without_a_gpu_says_so_in_one_line_and_exits_0() -> None:
+    import subprocess
+    import sys
+
+    from mlbench.monitor import NVML
+    from tests.conftest import ROOT
+
+    if NVML.available():
+        pytest.skip("this machine has an NVIDIA driver: make gpu-smoke runs for real")
+    proc = subprocess.run([sys.executable, "-m", "bench.gpu_smoke"], cwd=ROOT, capture_output=True, text=True)
+    assert proc.returncode == 0 and proc.stdout.count("\n") == 1
+    assert proc.stdout.startswith("gpu-smoke: skipped: no NVIDIA GPU here")
+
+
+def test_gpu_smoke_names_what_failed() -> None:
+    from bench import gpu_smoke
+
+    good = {
+        "framework": "jax", "model_name": "resnet18", "precision": "bf16", "status": "ok", "reason": "",
+        "mfu": 0.4, "peak_tflops": 700.0, "gpu_utilization_pct": 90.0, "peak_memory_mb": 900.0,
+        "gpu_memory_used_peak_mb": 1200.0, "gpu_energy_j": 1000.0, "gpu_power_avg_w": 500.0, "duration_s": 2.1,
+        "devices_seen": json.dumps(["cuda:0"]),
+    }  # fmt: skip
+    oom = {"framework": "jax", "status": "oom", "reason": "RESOURCE_EXHAUSTED"}
+    assert gpu_smoke.problems([good], [oom]) == []
+    bad = gpu_smoke.problems(
+        [
+            {**good, "mfu": 1.3},
+            {**good, "gpu_energy_j": None},
+            {**good, "gpu_energy_j": 3000.0},
+            {**good, "devices_seen": json.dumps(["cuda:0", "cuda:1"])},
+            {**good, "status": "failed", "reason": "boom"},
+        ],
+        [{**oom, "status": "ok"}],
+    )
+    assert any("MFU 1.3" in p for p in bad) and any("gpu_energy_j missing" in p for p in bad)
+    assert any("power x time 1050 J" in p for p in bad) and any("saw 2 GPUs" in p for p in bad)
+    assert any("failed (boom)" in p for p in bad) and any("not oom" in p for p in bad)

@@ -1,0 +1,174 @@
+"""`make gpu-smoke`: the whole GPU path of mlbench in a few minutes, on a machine with an NVIDIA GPU.
+
+Prints the driver, MIG mode and each framework's CUDA build and devices, then runs through the
+orchestrator ResNet-18 in fp32, bf16 and fp16 and BERT in fp16 in every framework installed (with
+calibration), and one deliberately oversized batch per framework, and checks: every normal cell ok,
+the oversized ones oom, 0 < MFU < 1, GPU utilisation, memory and energy present, energy close to
+power x time, one GPU seen per cell. Exits 1 naming what failed. Without a GPU it says so in one
+line and exits 0.
+
+    make gpu-smoke                    # with the project's venv
+    make gpu-smoke PYTHON=python3     # with that interpreter and whatever frameworks it has
+"""
+
+from __future__ import annotations
+
+import json
+import subprocess
+import sys
+import tempfile
+from pathlib import Path
+from typing import Any
+
+import yaml
+
+ROOT = Path(__file__).resolve().parent.parent
+FRAMEWORKS = ("pytorch", "tensorflow", "jax")
+# each framework's CUDA build and devices, in a process of its own (as a worker sees them)
+PROBES = {
+    "pytorch": "import torch; print(torch.__version__, 'cuda', torch.version.cuda, 'cudnn', "
+    "torch.backends.cudnn.version(), [torch.cuda.get_device_name(i) for i in range(torch.cuda.device_count())])",
+    "tensorflow": "import tensorflow as tf; b = tf.sysconfig.get_build_info(); print(tf.__version__, 'cuda', "
+    "b.get('cuda_version'), 'cudnn', b.get('cudnn_version'), tf.config.list_physical_devices('GPU'))",
+    "jax": "import jax; print(jax.__version__, jax.devices())",
+}
+ENERGY_TOLERANCE = 0.25  # energy counter against average power x the cell's time
+OVERSIZED_BATCH = 65536  # BERT fp16 at this batch needs terabytes of activations: out of memory anywhere
+
+
+def say(line: str) -> None:
+    print(line, flush=True)
+
+
+def gpu_header() -> str | None:
+    """The driver and each GPU with its MIG mode, or None without a driver."""
+    from mlbench.monitor import NVML, pynvml
+
+    if not NVML.available():
+        return None
+    lines = [f"driver {pynvml.nvmlSystemGetDriverVersion()}"]
+    for i in range(pynvml.nvmlDeviceGetCount()):
+        h = pynvml.nvmlDeviceGetHandleByIndex(i)
+        try:
+            mig = "on" if pynvml.nvmlDeviceGetMigMode(h)[0] else "off"
+        except Exception:
+            mig = "not supported"
+        lines.append(f"GPU {i}: {pynvml.nvmlDeviceGetName(h)}, MIG {mig}")
+    return "; ".join(lines)
+
+
+def installed() -> list[str]:
+    out = []
+    for fw in FRAMEWORKS:
+        proc = subprocess.run([sys.executable, "-c", PROBES[fw]], capture_output=True, text=True, timeout=300)
+        text = (proc.stdout.strip() or proc.stderr.strip().splitlines()[-1:] or ["?"])[-1]
+        say(f"{fw}: {text if proc.returncode == 0 else 'not usable here: ' + text}")
+        if proc.returncode == 0:
+            out.append(fw)
+    return out
+
+
+def suites(frameworks: list[str]) -> dict[str, dict[str, Any]]:
+    base = {
+        "frameworks": frameworks,
+        "devices": ["cuda:0"],
+        "epochs": 1,
+        "warmup_steps": 5,
+        "inference": {"warmup": 3, "runs": 30, "min_runs": 10, "max_s": 10},
+        "timeout_s": 300,
+        "idle_timeout_s": 240,
+    }
+    return {
+        "normal": {
+            **base,
+            "name": "gpu-smoke",
+            "models": ["resnet18", "bert"],
+            "precisions": ["fp32", "bf16", "fp16"],
+            "batch_sizes": [128],
+            "excludes": [{"model": "bert", "precision": ["fp32", "bf16"]}],
+            "dataset": {"name": "synthetic", "train_samples": 4096, "val_samples": 512},
+            "calibrate": True,
+        },
+        "oversized": {
+            **base,
+            "name": "gpu-smoke-oom",
+            "models": ["bert"],
+            "precisions": ["fp16"],
+            "batch_sizes": [OVERSIZED_BATCH],
+            "dataset": {"name": "synthetic", "train_samples": OVERSIZED_BATCH, "val_samples": 256},
+            "calibrate": False,
+        },
+    }
+
+
+def run(suite: dict[str, Any], folder: Path) -> list[dict[str, Any]]:
+    path = folder / f"{suite['name']}.yaml"
+    path.write_text(yaml.safe_dump(suite))
+    subprocess.run(
+        [sys.executable, "-m", "mlbench", "run", str(path), "--runs-dir", str(folder / "runs")],
+        cwd=ROOT,
+        check=False,
+    )
+    import pyarrow.parquet as pq
+
+    results = folder / "runs" / suite["name"] / "results.parquet"
+    return pq.read_table(results).to_pylist() if results.is_file() else []
+
+
+def problems(normal: list[dict[str, Any]], oversized: list[dict[str, Any]]) -> list[str]:
+    """What is wrong with the smoke run's rows (empty: the GPU path holds)."""
+    out = []
+    for r in normal:
+        cell = f"{r['framework']} {r['model_name']} {r['precision']}"
+        if r["status"] != "ok":
+            out.append(f"{cell}: {r['status']} ({r['reason']})")
+            continue
+        if not (r.get("mfu") is not None and 0 < r["mfu"] < 1):
+            out.append(f"{cell}: MFU {r.get('mfu')} (peak {r.get('peak_tflops')} TFLOP/s)")
+        for column in ("gpu_utilization_pct", "peak_memory_mb", "gpu_memory_used_peak_mb", "gpu_energy_j"):
+            if r.get(column) is None:
+                out.append(f"{cell}: {column} missing")
+        if r.get("gpu_energy_j") and r.get("gpu_power_avg_w") and r.get("duration_s"):
+            expected = r["gpu_power_avg_w"] * r["duration_s"]
+            if abs(r["gpu_energy_j"] - expected) > ENERGY_TOLERANCE * expected:
+                out.append(f"{cell}: energy {r['gpu_energy_j']:.0f} J, power x time {expected:.0f} J")
+        seen = [d for d in json.loads(r.get("devices_seen") or "[]") if "cpu" not in str(d).lower()]
+        if len(seen) != 1:
+            out.append(f"{cell}: the worker saw {len(seen)} GPUs ({seen}), not the one it was given")
+    for r in oversized:
+        if r["status"] != "oom":
+            out.append(f"{r['framework']} bert fp16 bs={OVERSIZED_BATCH}: {r['status']}, not oom ({r['reason']})")
+    return out
+
+
+def main() -> int:
+    header = gpu_header()
+    if header is None:
+        from mlbench.monitor import NVML
+
+        say(f"gpu-smoke: skipped: no NVIDIA GPU here (NVML: {NVML.error})")
+        return 0
+    say(header)
+    frameworks = installed()
+    if not frameworks:
+        say("gpu-smoke: no framework with a working CUDA build is installed")
+        return 1
+    with tempfile.TemporaryDirectory(prefix="mlbench-gpu-smoke-") as tmp:
+        runs = {name: run(suite, Path(tmp)) for name, suite in suites(frameworks).items()}
+    for r in runs["normal"] + runs["oversized"]:
+        say(
+            f"  {r['framework']:<10} {r['model_name']:<8} {r['precision']:<4} bs={r['batch_size']:<6} {r['status']:<7} "
+            f"{(r.get('samples_per_second') or 0):>9.0f} samples/s  MFU {r.get('mfu')}  util {r.get('gpu_utilization_pct')}"
+        )
+    found = problems(runs["normal"], runs["oversized"])
+    expected = len(frameworks) * 4
+    if len(runs["normal"]) != expected:
+        found.insert(0, f"{len(runs['normal'])} normal cells stored, {expected} expected")
+    for p in found:
+        say(f"FAILED: {p}")
+    say(f"gpu-smoke: {'ok' if not found else f'{len(found)} problem(s)'}")
+    return 1 if found else 0
+
+
+if __name__ == "__main__":
+    sys.exit(main())
