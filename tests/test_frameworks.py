@@ -334,3 +334,26 @@ def test_fp16_loss_scaling_starts_alike_in_every_framework(framework: str) -> No
         assert backend.optimizer.dynamic_growth_steps == 2000
     else:
         assert float(backend.state.loss_scale) == FP16_INITIAL_SCALE
+
+
+ALLOCATE_TOO_MUCH = {  # 16 TiB at once: refused at once by any allocator, nothing is touched
+    "pytorch": "torch.empty(1 << 44, dtype=torch.uint8)",
+    "tensorflow": "tf.zeros((1 << 44,), tf.uint8).numpy()",
+    "jax": "jnp.zeros((1 << 44,), jnp.uint8).block_until_ready()",
+}
+
+
+@pytest.mark.parametrize("framework", ["pytorch", "tensorflow", "jax"])
+def test_each_frameworks_real_out_of_memory_error_is_oom(framework: str) -> None:
+    """The exception each framework really raises when an allocation fails (on the CPU here) is
+    classified oom, and an ordinary error is not."""
+    backend = _backend(framework)
+    names = {"pytorch": {"torch": "torch"}, "tensorflow": {"tf": "tensorflow"}, "jax": {"jnp": "jax.numpy"}}[framework]
+    scope = {alias: pytest.importorskip(module) for alias, module in names.items()}
+    try:
+        eval(ALLOCATE_TOO_MUCH[framework], scope)
+    except Exception as exc:
+        assert backend.is_oom(exc), f"{type(exc).__name__}: {exc}"
+    else:
+        pytest.skip("this machine allocated 16 TiB")
+    assert not backend.is_oom(ValueError("shapes (3,) and (4,) do not match"))

@@ -244,4 +244,6 @@ class TorchBackend:
         }
 
     def is_oom(self, exc: BaseException) -> bool:
-        return isinstance(exc, torch.cuda.OutOfMemoryError) or "out of memory" in str(exc).lower()
+        # CUDA raises OutOfMemoryError; the CPU allocator a RuntimeError saying "can't allocate memory"
+        text = str(exc).lower()
+        return isinstance(exc, torch.OutOfMemoryError) or "out of memory" in text or "can't allocate memory" in text
