@@ -357,3 +357,29 @@ def test_each_frameworks_real_out_of_memory_error_is_oom(framework: str) -> None
     else:
         pytest.skip("this machine allocated 16 TiB")
     assert not backend.is_oom(ValueError("shapes (3,) and (4,) do not match"))
+
+
+@pytest.mark.e2e
+def test_mixed_precision_cells_run_end_to_end_in_every_framework(tmp_path) -> None:
+    """bf16 and fp16 cells (fp16 with loss scaling) train, evaluate and time inference on a CPU in all
+    three frameworks, and say how they ran the precision."""
+    pytest.importorskip("torch")
+    pytest.importorskip("tensorflow")
+    pytest.importorskip("jax")
+    suite = suite_dict(
+        frameworks=["pytorch", "tensorflow", "jax"],
+        precisions=["bf16", "fp16"],
+        dataset={"name": "synthetic", "train_samples": 96, "val_samples": 32},
+    )
+    (tmp_path / "s.yaml").write_text(yaml.safe_dump(suite))
+    proc = cli("run", "s.yaml", "--runs-dir", "runs", cwd=tmp_path)
+    assert proc.returncode == 0, proc.stderr[-3000:]
+    df = pd.read_parquet(tmp_path / "runs" / "t" / "results.parquet")
+    assert len(df) == 6 and set(df.status) == {"ok"}, df[["framework", "precision", "status", "reason"]]
+    for _, r in df.iterrows():
+        assert np.isfinite(r.final_train_loss) and r.samples_per_second > 0 and r.inference_latency_p50_ms > 0
+        names = {"bf16": ("bf16", "bfloat16"), "fp16": ("fp16", "float16")}[r.precision]
+        assert r.matmul_precision == "ieee" and any(n in r.precision_mode for n in names), r.precision_mode
+    modes = df.set_index(["framework", "precision"]).precision_mode
+    assert "GradScaler" in modes[("pytorch", "fp16")] and "LossScaleOptimizer" in modes[("tensorflow", "fp16")]
+    assert "loss scaling" in modes[("jax", "fp16")]
