@@ -6,6 +6,7 @@ utilisation, and a GPU without a total-energy counter has no energy figure.
 
 from __future__ import annotations
 
+import math
 import os
 import signal
 import threading
@@ -49,56 +50,107 @@ def gpu_indices(device: str) -> list[int]:
     return list(Device.parse(device).gpus)
 
 
+THROTTLE_REASONS = {  # NVML's clock throttle reason bits (the idle bit left out: an idle GPU is not throttled)
+    0x2: "applications clocks setting",
+    0x4: "software power cap",
+    0x8: "hardware slowdown",
+    0x10: "sync boost",
+    0x20: "software thermal slowdown",
+    0x40: "hardware thermal slowdown",
+    0x80: "hardware power brake",
+    0x100: "display clock setting",
+}
+
+
+def throttle_names(bits: int | None) -> str | None:
+    """The throttle reasons a bit mask names ("" when none but idle; None when never read)."""
+    if bits is None:
+        return None
+    return ", ".join(name for bit, name in THROTTLE_REASONS.items() if bits & bit)
+
+
+def _query(fn: Any, *args: Any) -> Any:
+    """One NVML query; None where it is not supported (MIG, vGPU, an older GPU) or fails, so that one
+    missing figure never costs the others in the same sample."""
+    try:
+        return fn(*args)
+    except Exception:
+        return None
+
+
+def _summed(values: list[Any]) -> float | None:
+    return None if not values or any(v is None for v in values) else float(sum(values))
+
+
 class _GpuSampler:
+    """NVML samples of a cell's GPUs, each with its time, and the energy counter at the marks of the
+    worker's training window (`mark`), so the figures exist over the whole cell and over the window."""
+
     def __init__(self, indices: list[int]) -> None:
         self.handles = [pynvml.nvmlDeviceGetHandleByIndex(i) for i in indices]
-        self.energy0 = [self._energy_mj(h) for h in self.handles]
-        self.util: list[float] = []
-        self.mem: list[float] = []
-        self.power: list[float] = []
+        self.energy0 = self._energy_mj()
+        self.samples: list[tuple[float, float | None, float | None, float | None]] = []  # t, util %, mem B, W
         self.sm_clock_max = 0
-        self.throttle = 0
+        self.throttle: int | None = None
+        self.window: list[list[Any]] = []  # [t_start, energy_start_mj, t_end, energy_end_mj]
 
-    @staticmethod
-    def _energy_mj(h: Any) -> int | None:
-        try:
-            return pynvml.nvmlDeviceGetTotalEnergyConsumption(h)  # millijoules since driver load (Volta+)
-        except Exception:
-            return None
+    def _energy_mj(self) -> float | None:
+        # millijoules since the driver loaded (Volta and later)
+        return _summed([_query(pynvml.nvmlDeviceGetTotalEnergyConsumption, h) for h in self.handles])
 
     def sample(self) -> None:
-        util = mem = power = 0.0
+        util = _summed([getattr(_query(pynvml.nvmlDeviceGetUtilizationRates, h), "gpu", None) for h in self.handles])
+        mem = _summed([getattr(_query(pynvml.nvmlDeviceGetMemoryInfo, h), "used", None) for h in self.handles])
+        power_mw = _summed([_query(pynvml.nvmlDeviceGetPowerUsage, h) for h in self.handles])
         for h in self.handles:
-            util += pynvml.nvmlDeviceGetUtilizationRates(h).gpu
-            mem += pynvml.nvmlDeviceGetMemoryInfo(h).used
-            try:
-                power += pynvml.nvmlDeviceGetPowerUsage(h) / 1000.0
-            except Exception:
-                pass
-            try:
-                self.sm_clock_max = max(self.sm_clock_max, pynvml.nvmlDeviceGetClockInfo(h, pynvml.NVML_CLOCK_SM))
-                self.throttle |= pynvml.nvmlDeviceGetCurrentClocksThrottleReasons(h)
-            except Exception:
-                pass
-        self.util.append(util / len(self.handles))
-        self.mem.append(mem)
-        self.power.append(power)
+            clock = _query(pynvml.nvmlDeviceGetClockInfo, h, pynvml.NVML_CLOCK_SM)
+            self.sm_clock_max = max(self.sm_clock_max, clock or 0)
+            reasons = _query(pynvml.nvmlDeviceGetCurrentClocksThrottleReasons, h)
+            if reasons is not None:
+                self.throttle = (self.throttle or 0) | (reasons & ~0x1)
+        n = len(self.handles)
+        self.samples.append(
+            (time.monotonic(), None if util is None else util / n, mem, None if power_mw is None else power_mw / 1000)
+        )
+
+    def mark(self, state: str) -> None:
+        now, energy = time.monotonic(), self._energy_mj()
+        if state == "start":
+            self.window.append([now, energy, None, None])
+        elif state == "end" and self.window and self.window[-1][2] is None:
+            self.window[-1][2:] = [now, energy]
+
+    def _in_window(self, t: float) -> bool:
+        # NVML's utilisation is over the period before the sample: a sample at the start mark is before it
+        return any(start < t <= (end if end is not None else math.inf) for start, _, end, _ in self.window)
 
     def summary(self) -> dict[str, Any]:
-        energy = [self._energy_mj(h) for h in self.handles]
-        joules = None
-        if all(e is not None for e in [*self.energy0, *energy]):
-            joules = sum(b - a for a, b in zip(self.energy0, energy)) / 1000.0
-        n = len(self.util)
+        energy = self._energy_mj()
+        joules = None if energy is None or self.energy0 is None else (energy - self.energy0) / 1000.0
+        util = [u for _, u, _, _ in self.samples if u is not None]
+        mem = [m for _, _, m, _ in self.samples if m is not None]
+        power = [p for _, _, _, p in self.samples if p is not None]
+        win = [(u, p) for t, u, _, p in self.samples if self._in_window(t)]
+        win_util = [u for u, _ in win if u is not None]
+        win_power = [p for _, p in win if p is not None]
+        closed = [w for w in self.window if w[2] is not None]
+        win_joules = (
+            sum(w[3] - w[1] for w in closed) / 1000.0
+            if closed and all(w[1] is not None and w[3] is not None for w in closed)
+            else None
+        )
         return {
-            "gpu_utilization_pct": sum(self.util) / n if n else None,
-            "gpu_utilization_peak_pct": max(self.util) if n else None,
-            "gpu_memory_used_peak_bytes": max(self.mem) if n else None,
-            "gpu_memory_used_avg_bytes": sum(self.mem) / n if n else None,
-            "gpu_power_avg_w": sum(self.power) / n if n and any(self.power) else None,
+            "gpu_utilization_pct": sum(util) / len(util) if util else None,
+            "gpu_utilization_peak_pct": max(util) if util else None,
+            "gpu_memory_used_peak_bytes": max(mem) if mem else None,
+            "gpu_memory_used_avg_bytes": sum(mem) / len(mem) if mem else None,
+            "gpu_power_avg_w": sum(power) / len(power) if power else None,
             "gpu_energy_j": joules,
+            "gpu_utilization_train_pct": sum(win_util) / len(win_util) if win_util else None,
+            "gpu_power_train_avg_w": sum(win_power) / len(win_power) if win_power else None,
+            "gpu_energy_train_j": win_joules,
             "gpu_sm_clock_max_mhz": self.sm_clock_max or None,
-            "gpu_throttle_reasons": self.throttle if n else None,
+            "gpu_throttle_reasons": throttle_names(self.throttle),
         }
 
 
@@ -233,6 +285,14 @@ class Monitor:
             self.sample()
             self._stop.wait(max(0.0, self.interval_s - (time.perf_counter() - t0)))
 
+    def mark(self, state: str) -> None:
+        """The worker's training window starts or ends (its `phase` event): GPU figures over it too."""
+        if self.gpu is not None:
+            try:
+                self.gpu.mark(state)
+            except Exception as exc:
+                self.gpu_error = str(exc)
+
     def stop(self) -> dict[str, Any]:
         """Stop sampling; the summary of what was measured (None where nothing was)."""
         self._stop.set()
@@ -261,6 +321,9 @@ class Monitor:
             "gpu_memory_used_avg_bytes",
             "gpu_power_avg_w",
             "gpu_energy_j",
+            "gpu_utilization_train_pct",
+            "gpu_power_train_avg_w",
+            "gpu_energy_train_j",
             "gpu_sm_clock_max_mhz",
             "gpu_throttle_reasons",
         ):

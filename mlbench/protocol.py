@@ -38,6 +38,7 @@ REQUIRED: dict[str, dict[str, tuple[type, ...]]] = {
     "calibration": {"n": (int,), "peak_tflops": _NUM, "best_s": _NUM},
     "verify": {"num_parameters": (int,), "shapes": (dict,), "losses": (list,), "arrays": (str,)},
     "progress": {"step": (int,), "total_steps": (int,)},
+    "phase": {"name": (str,), "state": (str,)},  # the timed training steps start or end (GPU window figures)
 }
 ERROR_KINDS = ("oom", "unsupported", "exception")
 

@@ -370,7 +370,9 @@ def run_cell(
                 except protocol.ProtocolError as exc:
                     keep_log(f"[stdout, {exc}] {text[:1000]}")
                     continue
-                if event["event"] == "log":
+                if event["event"] == "phase":
+                    monitor.mark(event["state"])
+                elif event["event"] == "log":
                     keep_log(f"[{event.get('level', 'info')}] {event['message'][:1000]}")
                 elif event["event"] != "progress" and len(events) < MAX_KEPT_EVENTS:
                     events.append(event)

@@ -67,8 +67,10 @@ def test_no_batch_or_one(n: int) -> None:
     assert b.log == [f"{what} {k}" for k in range(n) for what in ("launch", "result")]
 
 
-def train(backend: Recorder, tmp_path, warmup_steps: int, epochs: int, train_samples: int) -> dict:
-    """harness.train on a tiny synthetic MLP dataset, batches of 4."""
+def train(
+    backend: Recorder, tmp_path, warmup_steps: int, epochs: int, train_samples: int, out: io.StringIO | None = None
+) -> dict:
+    """harness.train on a tiny synthetic MLP dataset, batches of 4 (its events into `out`)."""
     spec = get_spec("mlp")
     cell = {
         "batch_size": 4,
@@ -78,7 +80,7 @@ def train(backend: Recorder, tmp_path, warmup_steps: int, epochs: int, train_sam
         "dataset": {"name": "synthetic", "train_samples": train_samples, "val_samples": 8, "path": None},
     }
     ds = data.load(cell["dataset"], spec.family, input_spec(spec), 0, str(tmp_path))
-    return harness.train(backend, ds, cell, Emitter("t", io.StringIO()))
+    return harness.train(backend, ds, cell, Emitter("t", out if out is not None else io.StringIO()))
 
 
 def test_a_backend_that_runs_each_step_as_it_is_launched_is_read_back_at_once() -> None:
@@ -191,6 +193,28 @@ def test_train_counts_every_step_once(tmp_path) -> None:
     assert e0["train_accuracy"] == pytest.approx((0 + 1 + 2 + 0 + 1) / 20)
     # the steps' samples are the intervals between read-backs: together, the epochs' step time
     assert sum(out["warmup_s"]) + sum(out["step_s"]) <= e0["train_s"] + e1["train_s"]
+
+
+@pytest.mark.parametrize("warmup", [0, 3, 7])
+def test_the_worker_marks_its_training_window_for_the_gpu_monitor(tmp_path, warmup: int) -> None:
+    """phase events bracket the timed steps of each epoch, evaluation left out (warm-up 7 of 10 steps:
+    the window opens inside the second epoch)."""
+    out = io.StringIO()
+    train(Recorder(), tmp_path, warmup_steps=warmup, epochs=2, train_samples=20, out=out)
+    order = []
+    for line in out.getvalue().splitlines():
+        e = json.loads(line)
+        if e["event"] == "phase":
+            order.append(e["state"])
+        elif e["event"] == "progress":
+            order.append(f"step {e['step']}")
+        elif e["event"] == "epoch":
+            order.append("epoch")
+    first_timed_epoch = warmup // 5  # 5 steps an epoch
+    assert order.count("start") == order.count("end") == 2 - first_timed_epoch
+    assert all(order[i + 1] == "epoch" for i, x in enumerate(order) if x == "end")  # closed before evaluation
+    # opened as the last warm-up step is read back (its progress follows), or as training starts
+    assert order.index("start") == 0 if not warmup else order[order.index("start") + 1] == f"step {warmup}"
 
 
 class FakeClock:

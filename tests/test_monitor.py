@@ -141,3 +141,76 @@ def test_the_orchestrators_own_cpu_is_not_other_load() -> None:
     spinner.join()
     s = mon.stop()
     assert s["cpu_other_pct"] < 50  # a core's worth of the process's own work is not counted
+
+
+class FakeGpu:
+    """A GPU as NVML reports it, on a fake clock: utilisation 20% outside the training window and 90%
+    inside, power 100 W and 400 W (NVML reports milliwatts), the energy counter in millijoules; one query
+    (power) unsupported on demand, as on a MIG slice."""
+
+    NVML_CLOCK_SM = 1
+
+    def __init__(self, clock: list[float], power_supported: bool = True) -> None:
+        self.clock, self.training, self.energy_mj, self.power_supported = clock, False, 5_000_000.0, power_supported
+
+    def advance(self, seconds: float) -> None:
+        self.energy_mj += (400.0 if self.training else 100.0) * seconds * 1000.0
+        self.clock[0] += seconds
+
+    def nvmlDeviceGetHandleByIndex(self, i):
+        return i
+
+    def nvmlDeviceGetUtilizationRates(self, h):
+        return SimpleNamespace(gpu=90 if self.training else 20)
+
+    def nvmlDeviceGetMemoryInfo(self, h):
+        return SimpleNamespace(used=3 << 30)
+
+    def nvmlDeviceGetPowerUsage(self, h):
+        if not self.power_supported:
+            raise RuntimeError("NVML_ERROR_NOT_SUPPORTED")
+        return 400_000 if self.training else 100_000
+
+    def nvmlDeviceGetTotalEnergyConsumption(self, h):
+        return self.energy_mj
+
+    def nvmlDeviceGetClockInfo(self, h, kind):
+        return 1980 if self.training else 345
+
+    def nvmlDeviceGetCurrentClocksThrottleReasons(self, h):
+        return 0x1 | (0x4 if self.training else 0)  # idle outside, the power cap inside
+
+
+def _gpu_cell(monkeypatch: pytest.MonkeyPatch, gpu: FakeGpu, clock: list[float]) -> dict:
+    monkeypatch.setattr(monitor, "pynvml", gpu)
+    monkeypatch.setattr(monitor.NVML, "_state", True)
+    monkeypatch.setattr(monitor.time, "monotonic", lambda: clock[0])
+    sampler = monitor._GpuSampler([0])
+    for phase, seconds in (("idle", 2.0), ("start", 0), ("train", 4.0), ("end", 0), ("idle", 2.0)):
+        if phase in ("start", "end"):
+            gpu.training = phase == "start"
+            sampler.mark(phase)
+            continue
+        for _ in range(int(seconds / 0.5)):
+            gpu.advance(0.5)
+            sampler.sample()
+    return sampler.summary()
+
+
+def test_gpu_figures_over_the_cell_and_over_the_training_window(monkeypatch: pytest.MonkeyPatch) -> None:
+    clock = [100.0]
+    s = _gpu_cell(monkeypatch, FakeGpu(clock), clock)
+    assert s["gpu_utilization_train_pct"] == 90 and s["gpu_utilization_pct"] == pytest.approx(
+        (4 * 20 + 8 * 90 + 4 * 20) / 16
+    )
+    assert s["gpu_power_train_avg_w"] == 400 and s["gpu_power_avg_w"] == pytest.approx(250)  # milliwatts to W
+    assert s["gpu_energy_train_j"] == pytest.approx(400 * 4) and s["gpu_energy_j"] == pytest.approx(400 * 4 + 100 * 4)
+    assert s["gpu_sm_clock_max_mhz"] == 1980 and s["gpu_throttle_reasons"] == "software power cap"  # idle left out
+    assert s["gpu_memory_used_peak_bytes"] == 3 << 30
+
+
+def test_an_unsupported_nvml_query_costs_only_its_own_figure(monkeypatch: pytest.MonkeyPatch) -> None:
+    clock = [100.0]
+    s = _gpu_cell(monkeypatch, FakeGpu(clock, power_supported=False), clock)
+    assert s["gpu_power_avg_w"] is None and s["gpu_power_train_avg_w"] is None  # missing, never zero
+    assert s["gpu_utilization_train_pct"] == 90 and s["gpu_energy_train_j"] == pytest.approx(1600)

@@ -184,11 +184,15 @@ def train(backend: Backend, ds: datasets.Dataset, cell: dict[str, Any], em: Emit
     total_train_s = total_eval_s = 0.0
     target, reached = cell.get("target_accuracy"), None  # time to accuracy: training and evaluation time
     feed = datasets.BatchFeed(ds, bs)
+    in_window = False  # the worker tells the orchestrator's monitor when the timed steps run (GPU figures)
     for epoch in range(cell["epochs"]):
         loss_sum, correct, seen = 0.0, 0, 0
         window_start = None
         t_epoch = time.perf_counter()
         batches = feed.epoch(seed, epoch)  # the epoch gathered in batch order, before the step timers
+        if global_step >= warmup and not in_window:
+            em.emit("phase", name="train", state="start")
+            in_window = True
         t_prev = time.perf_counter()
         f_prev = minor_faults()
         data_s = t_prev - t_epoch
@@ -211,9 +215,15 @@ def train(backend: Backend, ds: datasets.Dataset, cell: dict[str, Any], em: Emit
             correct += n_correct
             seen += bs
             global_step += 1
+            if global_step == warmup and not in_window:  # the next step is the first timed one
+                em.emit("phase", name="train", state="start")
+                in_window = True
             if global_step % max(1, total_steps // 20) == 0 or global_step == total_steps:
                 em.emit("progress", step=global_step, total_steps=total_steps, epoch=epoch)
         train_s = time.perf_counter() - t_epoch
+        if in_window:  # evaluation is not part of the window
+            em.emit("phase", name="train", state="end")
+            in_window = False
         if window_start is not None:
             window_s += t_prev - window_start
         total_train_s += train_s
