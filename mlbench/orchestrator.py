@@ -69,7 +69,7 @@ def _reap_stale(run_dir: Path) -> list[int]:
         except ValueError:
             continue  # a line torn by a kill
         if entry.get("action") == "ray_session":
-            reaped += executors_reap(entry.get("processes") or [])
+            reaped += executors.reap_session(entry.get("processes") or [])
         if entry.get("action") != "cell_start" or entry.get("host", here) != here:
             continue
         try:
@@ -80,15 +80,6 @@ def _reap_stale(run_dir: Path) -> list[int]:
             runner.kill_group(entry["pid"])
             reaped.append(entry["pid"])
     return reaped
-
-
-def executors_reap(processes: list[dict[str, Any]]) -> list[int]:
-    """What a killed run's local Ray instance left (nothing to do without Ray: it never started one)."""
-    if not processes:
-        return []
-    from mlbench.executors.ray_cluster import reap_session
-
-    return reap_session(processes)
 
 
 def cells_to_run(

@@ -10,7 +10,17 @@ from mlbench.cells import Unit
 from mlbench.config import Suite
 from mlbench.executors.base import ClusterLost, Executor, ExecutorUnavailable, Finished, Settings, Started
 
-__all__ = ["ClusterLost", "Executor", "ExecutorUnavailable", "Finished", "Settings", "Started", "check", "make"]
+__all__ = [
+    "ClusterLost",
+    "Executor",
+    "ExecutorUnavailable",
+    "Finished",
+    "Settings",
+    "Started",
+    "check",
+    "make",
+    "reap_session",
+]
 
 
 def check(name: str) -> None:
@@ -19,6 +29,15 @@ def check(name: str) -> None:
         from mlbench.executors.ray_cluster import import_ray
 
         import_ray()
+
+
+def reap_session(processes: list[dict[str, Any]]) -> list[int]:
+    """Kill what a killed run's local Ray instance left (its journal's `ray_session` processes)."""
+    if not processes:
+        return []
+    from mlbench.executors import ray_cluster  # imports no Ray itself
+
+    return ray_cluster.reap_session(processes)
 
 
 def make(
