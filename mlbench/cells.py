@@ -13,6 +13,7 @@ from mlbench.config import CELL_AXES, ConfigError, Suite
 from workers.common import data as datasets
 from workers.common import specs
 from workers.common.cellspec import CellSpec
+from workers.common.devices import Device
 
 
 @dataclass(frozen=True, eq=False)
@@ -80,6 +81,7 @@ def make_cell(suite: Suite, framework: str, model: str, device: str, precision: 
             threads=suite.threads,
             malloc=suite.malloc,  # moves the figures (see workers/common/malloc.py): part of the cell
             target_accuracy=suite.target_accuracy,
+            batchnorm="sync" if Device.parse(device).data_parallel else None,
         )
     )
 

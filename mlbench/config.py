@@ -29,6 +29,7 @@ BUILTIN_WORKERS = {
 }
 PRECISIONS = precision.PRECISIONS
 MODULE_RE = re.compile(r"^[A-Za-z_][A-Za-z0-9_]*(\.[A-Za-z_][A-Za-z0-9_]*)*$")
+DATA_PARALLEL_CHECK_DEVICE = "cpu:0,1"  # where `mlbench verify` trains data parallel against one device
 CELL_AXES = ("framework", "model", "device", "precision", "batch_size")
 
 
@@ -75,7 +76,7 @@ class Suite(Strict):
     name: str = Field(pattern=r"^[A-Za-z0-9][A-Za-z0-9._-]*$")  # output goes to runs/<name>/
     frameworks: list[str] = Field(min_length=1)
     models: list[str] = Field(min_length=1)
-    devices: list[str] = Field(["cpu"], min_length=1)  # cpu | cuda:0 | cuda:0,1 (data parallel)
+    devices: list[str] = Field(["cpu"], min_length=1)  # cpu | cuda:0 | cuda:0,1 | cpu:0,1 (data parallel)
     # fp32: true IEEE fp32 in every framework | tf32: fp32 with TF32 tensor-core matmuls (NVIDIA Ampere+)
     # | fp16 (with loss scaling) | bf16 (see workers/common/precision.py)
     precisions: list[Literal["fp32", "tf32", "fp16", "bf16"]] = Field(["fp32"], min_length=1)
@@ -126,9 +127,9 @@ class Suite(Strict):
     @field_validator("devices")
     @classmethod
     def _devices(cls, v: list[str]) -> list[str]:
-        for d in v:
-            Device.parse(d)  # its ValueError says what is allowed
-        return v
+        # each its ValueError says what is allowed; written as parsed (cpu:0 is cpu), so one device has one name
+        out = [str(Device.parse(d)) for d in v]
+        return cls._unique(out)
 
     @field_validator("workers")
     @classmethod
@@ -152,6 +153,14 @@ class Suite(Strict):
                 specs.num_parameters(spec)
             except (TypeError, ValueError, AssertionError, KeyError) as exc:
                 raise ValueError(f"model_overrides.{model}: {exc}") from None
+        for device in self.devices:
+            n = Device.parse(device).count
+            for bs in self.batch_sizes:
+                if bs % n:
+                    raise ValueError(
+                        f"batch_sizes: {bs} does not divide over the {n} devices of {device} "
+                        "(batch_size is the global batch, split evenly over the devices)"
+                    )
         for i, ex in enumerate(self.excludes):
             if not ex:
                 raise ValueError(f"excludes[{i}] is empty: it would exclude every cell")

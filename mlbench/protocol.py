@@ -40,7 +40,7 @@ REQUIRED: dict[str, dict[str, tuple[type, ...]]] = {
     "progress": {"step": (int,), "total_steps": (int,)},
     "phase": {"name": (str,), "state": (str,)},  # the timed training steps start or end (GPU window figures)
 }
-ERROR_KINDS = ("oom", "unsupported", "exception")
+ERROR_KINDS = ("oom", "unsupported", "exception", "crashed")  # crashed: a data-parallel cell lost a rank
 
 
 class ProtocolError(ValueError):

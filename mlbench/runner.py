@@ -238,7 +238,9 @@ def classify(
     has_result = any(e["event"] == "result" for e in events)
     if error is not None:
         message = error["message"].splitlines()[0][:500] if error["message"] else error["kind"]
-        return {"oom": "oom", "unsupported": "skipped", "exception": "failed"}[error["kind"]], message
+        return {"oom": "oom", "unsupported": "skipped", "exception": "failed", "crashed": "crashed"}[
+            error["kind"]
+        ], message
     if exit_code is not None and exit_code < 0:
         try:
             name = signal.Signals(-exit_code).name

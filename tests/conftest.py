@@ -108,3 +108,21 @@ def loopback_only_prefix() -> list[str]:
                 _NETNS = argv
                 break
     return _NETNS
+
+
+def verify_run(
+    framework: str, model: str, device: str, run_dir: Path, timeout_s: float = 600, overrides: dict | None = None
+) -> tuple[Any, dict]:
+    """One framework's `mlbench verify` task for one model on `device` (cpu, cpu:0,1): the worker's
+    outcome and its verify event (None when it did not finish)."""
+    from mlbench import runner, verify
+    from mlbench.config import BUILTIN_WORKERS
+
+    module = BUILTIN_WORKERS[framework]
+    cell = verify.verify_cell(framework, model, module, overrides, 0, device=device)
+    run_dir.mkdir(parents=True, exist_ok=True)
+    outcome = runner.run_cell(
+        cell, run_dir, module=module, timeout_s=timeout_s, idle_timeout_s=timeout_s,
+        extra={"verify_dir": str(run_dir.resolve())}, threads=2,
+    )  # fmt: skip
+    return outcome, next((e for e in outcome.events if e["event"] == "verify"), None)

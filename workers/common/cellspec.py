@@ -49,7 +49,13 @@ KEYS: dict[str, tuple[str, ...]] = {
         "verify",
     ),
 }
-OPTIONAL = ("target_accuracy",)  # in the canonical JSON only when set, so that earlier ids stay valid
+# in the canonical JSON only when set, so that earlier ids stay valid
+OPTIONAL = ("target_accuracy", "batchnorm")
+# How BatchNorm's statistics are taken in a data-parallel cell. "sync": over the global batch, all
+# replicas together, so a multi-device step computes what the one-device step computes; the only mode
+# all three frameworks can share (JAX's sharded jit takes the global batch's statistics by construction,
+# PyTorch's DDP and Keras under MirroredStrategy per replica unless asked). Set on multi-device cells only.
+BATCHNORM_MODES = ("sync",)
 
 
 @dataclass(frozen=True)
@@ -77,17 +83,30 @@ class CellSpec:
     target_accuracy: float | None = None
     calibrate: dict[str, Any] | None = None  # task calibrate: {n, max_s}
     verify: dict[str, Any] | None = None  # task verify: {batch, steps, recipe_optimizer}
+    batchnorm: str | None = None  # a data-parallel cell's BatchNorm statistics (BATCHNORM_MODES)
 
     def __post_init__(self) -> None:
         if self.task not in TASKS:
             raise ValueError(f"task {self.task!r} is not one of {', '.join(TASKS)}")
-        Device.parse(self.device)
+        device = Device.parse(self.device)
+        if device.data_parallel and self.batchnorm not in BATCHNORM_MODES:
+            raise ValueError(f"a data-parallel cell needs batchnorm, one of {', '.join(BATCHNORM_MODES)}")
+        if not device.data_parallel and self.batchnorm is not None:
+            raise ValueError("batchnorm is a data-parallel cell's setting; this cell runs on one device")
+        if self.batch_size is not None and self.batch_size % device.count:
+            raise ValueError(
+                f"batch size {self.batch_size} does not divide over the {device.count} devices of {device}"
+            )
         if self.task != "calibrate" and not self.model:
             raise ValueError(f"a {self.task} cell needs a model")
 
     @property
     def parsed_device(self) -> Device:
         return Device.parse(self.device)
+
+    @property
+    def per_device_batch_size(self) -> int | None:
+        return None if self.batch_size is None else self.batch_size // self.parsed_device.count
 
     def to_dict(self) -> dict[str, Any]:
         """The task's keys only (and `task` unless it is train): what the cell id is made of."""

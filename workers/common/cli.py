@@ -17,6 +17,7 @@ from typing import IO, Any
 
 from workers.common import harness, malloc, precision, threads
 from workers.common.cellspec import CellSpec
+from workers.common.devices import Device
 from workers.common.events import Emitter, protect_stdout
 
 # The defaults a cell gets when run by hand; the orchestrator always passes every key.
@@ -44,7 +45,7 @@ def parse(argv: list[str] | None, framework: str) -> dict[str, Any]:
     p.add_argument("--cell", help="the whole cell as JSON (what the orchestrator passes)")
     p.add_argument("--model", default="mlp")
     p.add_argument("--batch-size", type=int, default=32)
-    p.add_argument("--device", default="cpu")
+    p.add_argument("--device", default="cpu", help="cpu, cuda:N, cuda:N,M (data parallel), cpu:0,1 (CPU replicas)")
     p.add_argument("--precision", default="fp32", choices=list(precision.PRECISIONS))
     p.add_argument("--epochs", type=int, default=DEFAULTS["epochs"])
     p.add_argument("--seed", type=int, default=DEFAULTS["seed"])
@@ -84,6 +85,7 @@ def parse(argv: list[str] | None, framework: str) -> dict[str, Any]:
         compile=a.compile,
         threads=a.threads,
         malloc=a.malloc,
+        batchnorm="sync" if Device.parse(a.device).data_parallel else None,
         dataset={**DEFAULTS["dataset"], "train_samples": a.train_samples, "val_samples": a.val_samples},
         inference=DEFAULTS["inference"],
     )

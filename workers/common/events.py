@@ -10,6 +10,7 @@ import json
 import math
 import os
 import sys
+import threading
 import time
 from typing import IO, Any
 
@@ -46,6 +47,7 @@ class Emitter:
     def __init__(self, cell_id: str, stream: IO[str] | None = None) -> None:
         self.cell_id = cell_id
         self.stream = stream if stream is not None else sys.stdout
+        self._lock = threading.Lock()  # a watcher thread may report while the main thread emits
 
     def emit(self, event: str, **fields: Any) -> None:
         record = {"event": event, "t": round(time.perf_counter() - _T0, 6), "cell_id": self.cell_id}
@@ -53,8 +55,9 @@ class Emitter:
         line = json.dumps(record, separators=(",", ":"), allow_nan=False)
         if len(line) >= MAX_LINE_BYTES:
             raise ValueError(f"event {event!r} is {len(line)} bytes, over the protocol's line limit")
-        self.stream.write(line + "\n")
-        self.stream.flush()
+        with self._lock:
+            self.stream.write(line + "\n")
+            self.stream.flush()
 
     def log(self, message: str, level: str = "info") -> None:
         self.emit("log", level=level, message=message)

@@ -7,6 +7,14 @@ size on disk, and the events. Every clock read below follows a call that hands b
 (or blocks on the device), so no timer misses asynchronous device work: the training steps of a
 backend that queues them are read back one step late (see `pipelined`), every other call waits for
 its own work.
+
+A data-parallel cell (device `cuda:0,1`, `cpu:0,1`) runs this same loop on the global batch: the
+backend splits each batch over its replicas and hands back the global batch's mean loss and correct
+count only once every replica's step is done, so a step's time is the slowest replica's and the
+throughput the global batch over it. Evaluation and inference run on the first replica alone (a
+served model is replicated, not split per request): inference at batch 1 and at the per-device
+batch. Where the replicas are processes (PyTorch's ranks) each runs this loop; only rank 0, the
+`leader`, evaluates, measures inference and writes events.
 """
 
 from __future__ import annotations
@@ -26,6 +34,7 @@ from typing import Any, Protocol
 import numpy as np
 
 from workers.common import data as datasets
+from workers.common.devices import Device
 from workers.common.events import PROTOCOL_VERSION, Emitter
 from workers.common.specs import (
     ModelSpec,
@@ -95,12 +104,27 @@ class Backend(Protocol):
     # a callable running `reps` dependent (n, n) @ (n, n) products on random normal data in the cell's
     # precision, synced once at the end
     def matmul(self, n: int, reps: int) -> Any: ...
-    def memory(self) -> dict[str, Any]: ...  # framework allocator figures, bytes
+    def memory(self) -> dict[str, Any]: ...  # framework allocator figures, bytes (the first replica's)
     def is_oom(self, exc: BaseException) -> bool: ...
     # for `mlbench verify`
     def logits(self, x: np.ndarray) -> np.ndarray: ...  # inference-mode logits, fp32
     def export(self) -> dict[str, np.ndarray]: ...  # canonical tensors
     def activations(self, x: np.ndarray, modules: list[str]) -> dict[str, np.ndarray]: ...  # inference mode
+
+    # data-parallel backends (see `data_parallel`) also have:
+    #   rank: int (0, or this process's rank where the replicas are processes; rank 0 leads)
+    #   replica_divergence() -> float: the largest difference between two replicas' parameters (a collective)
+    #   close() -> None: stop the other ranks at the end of the cell
+    #   lost_rank() -> (kind, message) | None: another rank died (the cause of this rank's error)
+
+
+def data_parallel(backend: Backend) -> bool:
+    return bool(getattr(backend, "replicas", 1) > 1)
+
+
+def leader(backend: Backend) -> bool:
+    """Whether this process writes events, evaluates and measures inference (rank 0)."""
+    return getattr(backend, "rank", 0) == 0
 
 
 def _disk_bytes(path: str) -> int:
@@ -229,7 +253,7 @@ def train(backend: Backend, ds: datasets.Dataset, cell: dict[str, Any], em: Emit
         total_train_s += train_s
         t_eval = time.perf_counter()
         val_loss, val_correct, val_seen = 0.0, 0, 0
-        for x_host, y_host in datasets.val_batches(ds, bs):
+        for x_host, y_host in datasets.val_batches(ds, bs) if leader(backend) else ():
             l_sum, n_correct = backend.eval_step(x_host, y_host)
             val_loss += l_sum
             val_correct += n_correct
@@ -243,8 +267,8 @@ def train(backend: Backend, ds: datasets.Dataset, cell: dict[str, Any], em: Emit
             "epoch": epoch,
             "train_loss": loss_sum / seen,
             "train_accuracy": correct / seen,
-            "val_loss": val_loss / val_seen,
-            "val_accuracy": val_correct / val_seen,
+            "val_loss": val_loss / val_seen if val_seen else None,
+            "val_accuracy": val_correct / val_seen if val_seen else None,
             "train_s": train_s,
             "eval_s": eval_s,
             "samples": seen,
@@ -402,8 +426,11 @@ def verify(backend: Backend, spec: ModelSpec, ds: datasets.Dataset, cell: dict[s
         recipe = OptimizerSpec(**{**opts["recipe_optimizer"], "total_steps": opts["steps"]})
         backend.build(dataclasses.replace(spec, optimizer=recipe), weights)
         recipe_losses = [train_step(backend, xb, yb)[0] for xb, yb in batches]
-    path = os.path.join(cell["verify_dir"], f"{backend.framework}-{cell['model']}.npz")
-    np.savez(path, logits=logits, **{f"act:{k}": np.asarray(v, np.float32) for k, v in acts.items()})
+    # a data-parallel cell: how far the replicas' parameters drifted apart over the steps (0: in lockstep)
+    divergence = backend.replica_divergence() if data_parallel(backend) else None
+    path = os.path.join(cell["verify_dir"], f"{backend.framework}-{cell['model']}-{cell['cell_id']}.npz")
+    if leader(backend):
+        np.savez(path, logits=logits, **{f"act:{k}": np.asarray(v, np.float32) for k, v in acts.items()})
     em.emit(
         "verify",
         num_parameters=backend.num_parameters(),
@@ -416,6 +443,8 @@ def verify(backend: Backend, spec: ModelSpec, ds: datasets.Dataset, cell: dict[s
         recipe_losses=recipe_losses,
         arrays=path,
         update_fingerprint=fingerprint,
+        device=cell["device"],
+        replica_divergence=divergence,
     )
 
 
@@ -483,7 +512,14 @@ def run(backend_loader: Any, cell: dict[str, Any], em: Emitter) -> int:
             val_samples=len(ds.y_val),
         )
         trained = train(backend, ds, cell, em)
-        latency = {bs: measure_inference(backend, ds, bs, cell, em) for bs in sorted({1, cell["batch_size"]})}
+        device = Device.parse(cell["device"])
+        per_device = cell["batch_size"] // device.count
+        # one replica's latency: at batch 1 and at the batch each device trained on
+        latency = (
+            {bs: measure_inference(backend, ds, bs, cell, em) for bs in sorted({1, per_device})}
+            if leader(backend)
+            else {per_device: None}
+        )
         memory = {**backend.memory(), "host_peak_rss_bytes": host_peak_rss_bytes()}
         if cell.get("weights_out"):  # the trained weights in the canonical NPZ format, readable by every worker
             save_npz(cell["weights_out"], backend.export())
@@ -499,7 +535,9 @@ def run(backend_loader: Any, cell: dict[str, Any], em: Emitter) -> int:
             samples_per_second=steady_throughput(trained["warmup_s"], trained["step_s"], cell["batch_size"])[
                 "samples_per_second"
             ],
-            inference=latency[cell["batch_size"]],
+            inference=latency[per_device],
+            num_devices=device.count,
+            per_device_batch_size=per_device,
             time_to_target_s=trained["time_to_target_s"],
             epochs_to_target=trained["epochs_to_target"],
         )
@@ -513,6 +551,12 @@ def run(backend_loader: Any, cell: dict[str, Any], em: Emitter) -> int:
     except BaseException as exc:
         if isinstance(exc, KeyboardInterrupt):
             raise
+        # a data-parallel backend whose other rank died says so: that is the cause, not the broken
+        # collective this rank saw
+        lost = getattr(backend, "lost_rank", lambda: None)() if backend is not None else None
+        if lost:  # (kind, message): crashed, or oom where the rank ran out of memory
+            em.emit("error", kind=lost[0], message=lost[1], traceback=traceback.format_exc()[-8000:])
+            return 1
         oom = isinstance(exc, MemoryError) or (backend is not None and backend.is_oom(exc))
         em.emit(
             "error",
@@ -521,3 +565,6 @@ def run(backend_loader: Any, cell: dict[str, Any], em: Emitter) -> int:
             traceback=traceback.format_exc()[-8000:],
         )
         return 1
+    finally:
+        if backend is not None and hasattr(backend, "close"):
+            backend.close()
