@@ -8,12 +8,15 @@ from typing import Any
 
 import numpy as np
 import torch
+import torch.distributed as dist
 import torch.nn.functional as F
+from torch import nn
 
 from workers.common import precision
+from workers.common.devices import Device
 from workers.common.harness import DeviceMissing, Unsupported
 from workers.common.specs import ModelSpec, OptimizerSpec
-from workers.pytorch_worker import models
+from workers.pytorch_worker import distributed, models
 
 DTYPES = {"fp16": torch.float16, "bf16": torch.bfloat16}
 
@@ -35,20 +38,22 @@ class TorchBackend:
     framework = "pytorch"
     layout = "NCHW"
 
-    def __init__(self, cell: dict[str, Any]) -> None:
+    def __init__(self, cell: dict[str, Any], rank: int = 0, port: int | None = None) -> None:
         self.cell = cell
-        device = cell["device"]
-        if "," in device:
-            raise Unsupported("multi-GPU data parallel is not implemented in the PyTorch worker yet")
-        if device.startswith("cuda"):
-            if not torch.cuda.is_available() or int(device.split(":")[1]) >= torch.cuda.device_count():
+        spec = Device.parse(cell["device"])
+        self.replicas, self.rank = spec.count, rank
+        if spec.data_parallel and cell.get("batchnorm") != "sync":
+            raise Unsupported(f"batchnorm {cell.get('batchnorm')!r}: the PyTorch worker synchronises BatchNorm (sync)")
+        device = spec.replica(rank) if spec.data_parallel else str(spec)
+        if spec.kind == "cuda":
+            index = int(device.split(":")[1])
+            needed = max(spec.indices) + 1 if spec.data_parallel else index + 1
+            if not torch.cuda.is_available() or needed > torch.cuda.device_count():
                 raise DeviceMissing(
-                    device, f"PyTorch {torch.__version__}", f"{torch.cuda.device_count()} CUDA device(s)"
+                    cell["device"], f"PyTorch {torch.__version__}", f"{torch.cuda.device_count()} CUDA device(s)"
                 )
-            torch.cuda.set_device(int(device.split(":")[1]))  # the cell's device is current for every op
+            torch.cuda.set_device(index)  # the cell's (this rank's) device is current for every op
             torch.backends.cudnn.benchmark = True  # autotuning happens in the warm-up steps
-        elif device != "cpu":
-            raise Unsupported(f"device {device!r} is not supported by the PyTorch worker")
         self.device = torch.device(device)
         # CUDA kernels are queued and launch_step returns before they run; on the CPU each op runs as
         # it is called, so the step is done when launch_step returns
@@ -64,9 +69,12 @@ class TorchBackend:
         self.precision = precision.compute_dtype(cell["precision"])
         if self.precision == "bf16" and self.device.type == "cuda" and not torch.cuda.is_bf16_supported():
             raise Unsupported(f"bf16 is not supported on {torch.cuda.get_device_name(self.device)}")
-        if cell.get("threads"):
-            torch.set_num_threads(int(cell["threads"]))
+        threads = distributed.threads_per_rank(cell.get("threads"), self.replicas) if spec.data_parallel else None
+        if threads or cell.get("threads"):
+            torch.set_num_threads(int(threads or cell["threads"]))
         torch.manual_seed(cell["seed"])
+        # several devices: one DDP rank per device; this process is rank 0 and starts the others
+        self.group = distributed.Group(cell, rank, port, type(self)) if spec.data_parallel else None
         # fp16 needs loss scaling; bf16 has fp32's exponent range and does not
         self.scaler = torch.amp.GradScaler(
             self.device.type,
@@ -94,6 +102,17 @@ class TorchBackend:
                 self.precision
             ],
             "matmul_precision": self.matmul_precision,
+            "data_parallel": None
+            if self.group is None
+            else {
+                "replicas": self.replicas,
+                "devices": [str(Device.parse(self.cell["device"]).replica(r)) for r in range(self.replicas)],
+                "collective": f"DistributedDataParallel over {self.group.backend_name}",
+                "batchnorm": "sync (torch.nn.SyncBatchNorm)"
+                if self.device.type == "cuda"
+                else "sync (all-reduced over gloo: SyncBatchNorm refuses CPUs)",
+                "threads": f"{torch.get_num_threads()} intra-op threads in each of {self.replicas} rank processes",
+            },
         }
 
     def _autocast(self) -> contextlib.AbstractContextManager[Any]:
@@ -105,10 +124,23 @@ class TorchBackend:
         self.model = models.build(spec)
         models.load_canonical(self.model, weights)
         self.model.to(self.device)
+        # what a training step runs: the model, or its DDP wrapper, whose backward all-reduces the
+        # gradients (averaged over the ranks: the global batch's mean loss, as the slices are equal)
+        self.train_module: nn.Module = self.model
+        if self.group is not None:
+            self.model = distributed.sync_batchnorm(self.model, self.device.type == "cuda")
+            self.train_module = nn.parallel.DistributedDataParallel(
+                self.model,
+                device_ids=[self.device.index] if self.device.type == "cuda" else None,
+                forward_sync_buffers=False,  # synchronised BatchNorm keeps the ranks' buffers equal (verify checks)
+            )
         self.optimizer = make_optimizer(self.model.parameters(), spec.optimizer)
         # LambdaLR's factor for update n is lr_factor(n): the scheduler steps after each optimizer step
         self.scheduler = torch.optim.lr_scheduler.LambdaLR(self.optimizer, spec.optimizer.lr_factor)
         self.forward = torch.compile(self.model) if self.cell.get("compile") else self.model
+        self.train_forward = self.forward
+        if self.train_module is not self.model:
+            self.train_forward = torch.compile(self.train_module) if self.cell.get("compile") else self.train_module
 
     def num_parameters(self) -> int:
         return sum(p.numel() for p in self.model.parameters() if p.requires_grad)
@@ -127,13 +159,16 @@ class TorchBackend:
 
     def launch_step(self, x: np.ndarray, y: np.ndarray) -> tuple[torch.Tensor, torch.cuda.Event | None]:
         self._mode(True)
+        if self.group is not None:  # this rank's slice of the global batch
+            share = len(x) // self.replicas
+            x, y = x[self.rank * share : (self.rank + 1) * share], y[self.rank * share : (self.rank + 1) * share]
         xb, yb = self._inputs(x, y)
         # the last step's gradients freed before the forward pass, as the reference loop and PyTorch's
         # AMP recipe order it, so the activations can take their memory (after the forward pass: the
         # MLP on 2 cores about 0.6% slower in three processes, each inside its ±2-4% interval)
         self.optimizer.zero_grad(set_to_none=True)
         with self._autocast():
-            logits = self.forward(xb)
+            logits = self.train_forward(xb)
         loss = F.cross_entropy(logits.float(), yb)
         self.scaler.scale(loss).backward()
         self.scaler.step(self.optimizer)
@@ -141,6 +176,11 @@ class TorchBackend:
         self.scheduler.step()
         correct = (logits.argmax(-1) == yb).sum()
         out = torch.stack([loss.detach().float(), correct.float()])
+        if self.group is not None:
+            # the global batch's mean loss and correct count, on every rank: the read-back below then
+            # waits for all ranks' steps, so a step's time is the slowest rank's
+            dist.all_reduce(out)
+            out = out * torch.tensor([1.0 / self.replicas, 1.0], device=out.device)
         if self.device.type != "cuda":
             return out, None  # on the CPU the step has run by now
         # on a GPU: the two numbers copied into pinned host memory behind the step's kernels, and an
@@ -242,6 +282,18 @@ class TorchBackend:
             "device_reserved_peak_bytes": torch.cuda.max_memory_reserved(self.device),
             "allocator": "torch.cuda caching allocator",
         }
+
+    def replica_divergence(self) -> float:
+        """The largest difference between two ranks' parameters and buffers (every rank calls it)."""
+        assert self.group is not None
+        return self.group.divergence(list(models.canonical_state(self.model).values()))
+
+    def lost_rank(self) -> tuple[str, str] | None:
+        return None if self.group is None else self.group.lost_rank()
+
+    def close(self) -> None:
+        if self.group is not None:
+            self.group.close()
 
     def is_oom(self, exc: BaseException) -> bool:
         # CUDA raises OutOfMemoryError; the CPU allocator a RuntimeError saying "can't allocate memory"
