@@ -2,6 +2,13 @@
 
 XLA (`jit_compile`) is used when the cell asks for its compiler. Every method that returns
 numbers calls `.numpy()`, which waits for the device.
+
+A data-parallel cell (`cuda:0,1`, `cpu:0,1`) runs under a tf.distribute.MirroredStrategy over its
+devices (logical CPU devices for `cpu:N`): one process, one replica of the model per device, its
+variables MirroredVariables. A step hands each replica its rows of the global batch; each replica
+divides its summed loss by the GLOBAL batch, so the optimizer's all-reduce (a SUM: Keras' TFOptimizer)
+yields the global mean loss's gradient, the one-device step's. Evaluation, inference, export and save
+run on the first replica's copies.
 """
 
 from __future__ import annotations
@@ -15,6 +22,7 @@ import tensorflow as tf
 
 from workers.common import precision
 from workers.common.data import ALIGN
+from workers.common.devices import Device
 from workers.common.harness import DeviceMissing, Unsupported
 from workers.common.specs import ModelSpec, OptimizerSpec
 from workers.tensorflow_worker import models
@@ -78,6 +86,34 @@ class LinearWarmupDecay(keras.optimizers.schedules.LearningRateSchedule):
         return {"lr": self.lr, "w": self.w, "t": self.t}
 
 
+def split_batch(strategy: tf.distribute.Strategy, a: np.ndarray) -> Any:
+    """The global batch as per-replica values: replica r gets rows r*B/N .. (r+1)*B/N, the rows a
+    one-device step sees in that order. Host tensors: each replica's step copies only its own rows to
+    its device, as the one-device step copies the whole batch."""
+    n = strategy.num_replicas_in_sync
+    b = len(a) // n
+    return strategy.experimental_distribute_values_from_function(
+        lambda ctx: host_tensor(a[ctx.replica_id_in_sync_group * b : (ctx.replica_id_in_sync_group + 1) * b])
+    )
+
+
+def configure_cpu_replicas(n: int) -> None:
+    """`n` logical CPU devices over the physical CPU, for a `cpu:0,1` cell's MirroredStrategy. Must run
+    before TensorFlow initialises its runtime (the first op, device listing or seed): it is the
+    backend's first TensorFlow call. A process that already holds `n` logical CPUs (a second backend)
+    is left as it is."""
+    cpu = tf.config.list_physical_devices("CPU")[0]
+    try:
+        tf.config.set_logical_device_configuration(cpu, [tf.config.LogicalDeviceConfiguration() for _ in range(n)])
+    except RuntimeError as exc:  # the runtime is up: only its existing devices can be used
+        have = len(tf.config.list_logical_devices("CPU"))
+        if have < n:
+            raise RuntimeError(
+                f"cpu:{','.join(map(str, range(n)))} needs {n} logical CPU devices, but TensorFlow was "
+                f"initialised in this process with {have} before the backend could configure them ({exc})"
+            ) from None
+
+
 def learning_rate(opt: OptimizerSpec) -> float | LinearWarmupDecay:
     if opt.schedule == "constant" or opt.total_steps <= 0:
         return opt.lr
@@ -104,20 +140,37 @@ class TFBackend:
     def __init__(self, cell: dict[str, Any]) -> None:
         self.cell = cell
         device = cell["device"]
-        if "," in device:
-            raise Unsupported("multi-GPU data parallel is not implemented in the TensorFlow worker yet")
-        if device.startswith("cuda"):
-            gpus = tf.config.list_physical_devices("GPU")
-            index = int(device.split(":")[1])
-            if index >= len(gpus):
+        try:
+            parsed = Device.parse(device)
+        except ValueError:
+            raise Unsupported(f"device {device!r} is not supported by the TensorFlow worker") from None
+        self.replicas, self.rank = parsed.count, 0  # one process: it always leads
+        if parsed.data_parallel and cell.get("batchnorm") != "sync":
+            raise Unsupported(
+                f"batchnorm {cell.get('batchnorm')!r}: the TensorFlow worker's data-parallel cells take BatchNorm's "
+                "statistics over the global batch only (batchnorm: sync)"
+            )
+        if parsed.data_parallel and parsed.kind == "cpu":
+            configure_cpu_replicas(parsed.count)  # before any other TensorFlow call
+        gpus = tf.config.list_physical_devices("GPU") if parsed.kind == "cuda" else []
+        if parsed.kind == "cuda":
+            if max(parsed.indices) >= len(gpus):
                 raise DeviceMissing(device, f"TensorFlow {tf.__version__}", f"{len(gpus)} GPU(s)")
-            self.device = f"/GPU:{index}"
-        elif device == "cpu":
-            self.device = "/CPU:0"
+            self.devices = [f"/GPU:{i}" for i in parsed.indices]
         else:
-            raise Unsupported(f"device {device!r} is not supported by the TensorFlow worker")
-        if cell.get("threads"):
+            self.devices = [f"/CPU:{i}" for i in range(parsed.count)]
+        index = parsed.indices[0] if parsed.kind == "cuda" else 0
+        self.device = self.devices[0]  # one device's work (evaluation, inference, matmul): the first replica's
+        # Several devices: MirroredStrategy, its default all-reduce (NCCL between GPUs; between logical
+        # CPUs, which NCCL cannot serve, a reduction on one device and a broadcast). One device: no
+        # strategy, the plain single-device code paths.
+        if cell.get("threads"):  # before the strategy starts the runtime
             tf.config.threading.set_intra_op_parallelism_threads(int(cell["threads"]))
+        if parsed.data_parallel and cell.get("compile") and parsed.kind == "cpu":
+            # MirroredStrategy compiles its all-reduce into XLA only between GPUs (its no-merge_call
+            # path); between CPU devices the merge_call cannot be compiled
+            raise Unsupported("XLA (compile) with MirroredStrategy needs GPUs; cpu:N replicas run without it")
+        self.strategy = tf.distribute.MirroredStrategy(self.devices) if parsed.data_parallel else None
         gpu = self.device.startswith("/GPU")
         capability = tf.config.experimental.get_device_details(gpus[index]).get("compute_capability") if gpu else None
         why = precision.tf32_unsupported(cell["precision"], gpu, capability)
@@ -132,6 +185,30 @@ class TFBackend:
         # a GPU step's kernels are queued on the device's stream and its outputs returned before they
         # are computed; on the CPU the function returns once it has run (see `launch_step`)
         self.async_steps = self.device.startswith("/GPU")
+
+    def _scope(self) -> Any:
+        """Where variables are made and assigned: the strategy's scope (every replica's copy), or the device."""
+        return self.strategy.scope() if self.strategy is not None else tf.device(self.device)
+
+    def _data_parallel_info(self) -> dict[str, Any] | None:
+        if self.strategy is None:
+            return None
+        extended = self.strategy.extended
+        # which CrossDeviceOps MirroredStrategy chose for these devices (not public API: guarded)
+        ops = getattr(extended, "_cross_device_ops", None) or getattr(extended, "_inferred_cross_device_ops", None)
+        gpu = self.device.startswith("/GPU")
+        return {
+            "replicas": self.replicas,
+            "devices": list(extended.worker_devices),
+            "collective": f"MirroredStrategy, {type(ops).__name__ if ops is not None else 'its default all-reduce'}",
+            "batchnorm": "sync (mean, then squared deviation, each summed over the replicas)",
+            "threads": (
+                "one intra-op pool (the cell's threads) shared by the logical CPU devices: TensorFlow's CPU "
+                "devices, logical or not, run their kernels on the process's one pool"
+                if not gpu
+                else "one intra-op pool (the cell's threads) for the replicas' host-side ops; each GPU its own streams"
+            ),
+        }
 
     def info(self) -> dict[str, Any]:
         build = tf.sysconfig.get_build_info()
@@ -152,12 +229,15 @@ class TFBackend:
                 "bf16": "Keras mixed_bfloat16",
             }[self.precision],
             "matmul_precision": self.matmul_precision,
+            "data_parallel": self._data_parallel_info(),
         }
 
     def build(self, spec: ModelSpec, weights: dict[str, np.ndarray]) -> None:
         self.spec = spec
-        with tf.device(self.device):
-            self.model = models.build(spec)
+        # under a strategy's scope every variable (the model's, the optimizer's) is a MirroredVariable
+        # with a copy per replica, and the Keras optimizer takes the strategy for its all-reduce
+        with self._scope():
+            self.model = models.build(spec, sync_bn=self.strategy is not None)
             models.load_canonical(self.model, spec, weights)
             opt = make_optimizer(spec.optimizer)
             self.optimizer = (
@@ -171,7 +251,13 @@ class TFBackend:
             )
             self.optimizer.build(self.model.trainable_variables)
         self.l2 = spec.optimizer.weight_decay if spec.optimizer.name == "sgd" else 0.0
-        self._train = tf.function(self._train_step, jit_compile=self.jit, reduce_retracing=True)
+        if self.strategy is None:
+            self._train = tf.function(self._train_step, jit_compile=self.jit, reduce_retracing=True)
+        else:
+            # XLA, where asked (GPUs only, see __init__), compiles each replica's step: MirroredStrategy then
+            # all-reduces with compiled collectives, without merge_call
+            replica_step = tf.function(self._replica_step, jit_compile=True) if self.jit else self._replica_step
+            self._train = tf.function(lambda x, y: self._mirrored_step(replica_step, x, y), reduce_retracing=True)
         self._eval = tf.function(self._eval_step, jit_compile=self.jit, reduce_retracing=True)
         self._predict = tf.function(
             lambda x: self.model(x, training=False), jit_compile=self.jit, reduce_retracing=True
@@ -195,6 +281,53 @@ class TFBackend:
         self.optimizer.apply(grads, variables)  # a LossScaleOptimizer unscales and skips non-finite steps
         return loss, count_correct(logits, y)
 
+    def _replica_step(self, x: tf.Tensor, y: tf.Tensor) -> tuple[tf.Tensor, tf.Tensor]:
+        """One replica's share of a data-parallel step (its rows of the global batch), in replica context.
+
+        The optimizer all-reduces the gradients as a SUM (Keras' TFOptimizer._all_reduce_sum_gradients)
+        before its update, which each replica then applies to its own copies. So each replica's loss is
+        its rows' summed loss over the GLOBAL batch size (tf.nn.compute_average_loss), and the summed
+        gradients are the global mean loss's, the one-device step's. The coupled L2 term is every
+        replica's over the same weights: divided by the replica count, its summed gradient is wd * w
+        once, not N times."""
+        variables = self.model.trainable_variables
+        ctx = tf.distribute.get_replica_context()
+        with tf.GradientTape() as tape:
+            logits = tf.cast(self.model(x, training=True), tf.float32)
+            loss = tf.nn.compute_average_loss(tf.nn.sparse_softmax_cross_entropy_with_logits(labels=y, logits=logits))
+            total = loss
+            if self.l2:
+                total = loss + 0.5 * self.l2 / self.replicas * tf.add_n(
+                    [tf.reduce_sum(tf.square(tf.cast(v, tf.float32))) for v in variables]
+                )
+            scaled = self.optimizer.scale_loss(total)
+        grads = tape.gradient(scaled, variables)
+        grads = [tf.convert_to_tensor(g) if isinstance(g, tf.IndexedSlices) else g for g in grads]
+        if self.precision == "fp16":
+            # Keras' LossScaleOptimizer decides on the FIRST replica's local (not yet all-reduced)
+            # gradients whether the step is finite: an overflow on another replica alone would be
+            # all-reduced into every weight (and, without merge_call, the replicas would take different
+            # branches around the all-reduce). A one-device step skips when the global gradient is not
+            # finite: every replica's gradients are made non-finite when any replica's is.
+            bad = ctx.all_reduce(
+                tf.distribute.ReduceOp.SUM, tf.cast(tf.logical_not(self.optimizer.check_finite(grads)), tf.float32)
+            )
+            poison = tf.where(bad > 0, float("nan"), 0.0)
+            grads = [g + tf.cast(poison, g.dtype) for g in grads]
+        self.optimizer.apply(grads, variables)
+        # the step's figures leave each device only after its update: a variable read is ordered after
+        # the variable's update (automatic control dependencies), so the host's read of the reduced
+        # loss waits for every replica's whole step, not its forward pass alone
+        with tf.control_dependencies([v.value.read_value() for v in variables]):
+            return tf.identity(loss), count_correct(logits, y)
+
+    def _mirrored_step(self, replica_step: Any, x: Any, y: Any) -> tuple[tf.Tensor, tf.Tensor]:
+        """A data-parallel step: every replica's `replica_step` on its rows; the global mean loss (the
+        replicas' losses are already over the global batch: summed) and the global correct count."""
+        loss, correct = self.strategy.run(replica_step, args=(x, y))
+        total = tf.distribute.ReduceOp.SUM
+        return self.strategy.reduce(total, loss, axis=None), self.strategy.reduce(total, correct, axis=None)
+
     def _eval_step(self, x: tf.Tensor, y: tf.Tensor) -> tuple[tf.Tensor, tf.Tensor]:
         logits = tf.cast(self.model(x, training=False), tf.float32)
         loss = tf.reduce_sum(tf.nn.sparse_softmax_cross_entropy_with_logits(labels=y, logits=logits))
@@ -204,6 +337,8 @@ class TFBackend:
         return int(sum(np.prod(v.shape) for v in self.model.trainable_variables))
 
     def launch_step(self, x: np.ndarray, y: np.ndarray) -> tuple[tf.Tensor, tf.Tensor]:
+        if self.strategy is not None:
+            return self._train(split_batch(self.strategy, x), split_batch(self.strategy, y))
         # eager TensorFlow returns a GPU op's outputs before they are computed; on the CPU, after
         with tf.device(self.device):
             return self._train(host_tensor(x), host_tensor(y))
@@ -241,7 +376,8 @@ class TFBackend:
         return target
 
     def load(self, path: str) -> None:
-        self.model.load_weights(path)
+        with self._scope():  # every replica's copy
+            self.model.load_weights(path)
         # the assignments are queued on a GPU; the last variable read back waits for them all, in order
         self.model.weights[-1].numpy()
 
@@ -278,6 +414,16 @@ class TFBackend:
             "device_current_bytes": info["current"],
             "allocator": "TensorFlow BFC allocator (memory growth)",
         }
+
+    def replica_divergence(self) -> float:
+        """The largest difference between two replicas' copies of any model variable (parameters and
+        BatchNorm statistics), read copy by copy (`MirroredVariable.values`), not through the mirrored
+        view, which reads the first replica's."""
+        worst = 0.0
+        for v in self.model.weights:
+            copies = np.stack([np.asarray(c.numpy(), np.float64) for c in v.value.values])
+            worst = max(worst, float(np.max(np.ptp(copies, axis=0))) if copies.size else 0.0)
+        return worst
 
     def is_oom(self, exc: BaseException) -> bool:
         return isinstance(exc, tf.errors.ResourceExhaustedError) or "out of memory" in str(exc).lower()
