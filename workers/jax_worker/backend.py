@@ -3,6 +3,17 @@
 JAX dispatches asynchronously: `launch_step` returns once a step is queued, `step_result` waits
 for it; every other method that returns numbers converts device values to host numbers, which
 waits for the device, and `predict` blocks on its output.
+
+Data parallel (`cpu:0,1`, `cuda:0,1`): one process, a `jax.sharding.Mesh` over the cell's devices
+with one axis, `data`. The global batch is sharded over `data` (replica r holds rows r*B/N ..
+(r+1)*B/N), the train state (parameters, BatchNorm statistics, optimizer state, loss scale) is
+replicated, and the same jitted step runs on the mesh: GSPMD partitions it and inserts the
+all-reduces (of the gradients, and of BatchNorm's batch sums and the loss, which are means over
+the global batch in the program as written). So the step is the one-device step's mathematics:
+the mean loss over the global batch, its gradient, coupled SGD decay added once to the reduced
+gradient, the loss scale's overflow test on the reduced gradient, and BatchNorm statistics of the
+global batch (synchronised by construction). Inference, evaluation and the verify probes run on
+the first device from a single-device copy of the variables (see `_served`).
 """
 
 from __future__ import annotations
@@ -15,8 +26,11 @@ import jax
 import jax.numpy as jnp
 import numpy as np
 import optax
+from jax.sharding import Mesh, NamedSharding
+from jax.sharding import PartitionSpec as P
 
 from workers.common import precision
+from workers.common.devices import Device
 from workers.common.harness import DeviceMissing, Unsupported
 from workers.common.specs import ModelSpec, OptimizerSpec, input_spec, module_path
 from workers.jax_worker import models
@@ -78,9 +92,12 @@ class JaxBackend:
     def __init__(self, cell: dict[str, Any]) -> None:
         self.cell = cell
         device = cell["device"]
-        if "," in device:
-            raise Unsupported("multi-GPU data parallel is not implemented in the JAX worker yet")
-        if device.startswith("cuda"):
+        parsed = Device.parse(device)
+        self.replicas, self.rank = parsed.count, 0  # one process drives every replica: it always leads
+        self.mesh: Mesh | None = None
+        if parsed.data_parallel:
+            self._mesh(parsed)
+        elif device.startswith("cuda"):
             try:
                 gpus = jax.devices("gpu")
             except RuntimeError:
@@ -89,7 +106,7 @@ class JaxBackend:
             if index >= len(gpus):
                 raise DeviceMissing(device, f"jax {jax.__version__}", f"{len(gpus)} GPU(s)")
             self.device = gpus[index]
-        elif device == "cpu":
+        elif parsed.kind == "cpu":  # `cpu` (and `cpu:0`, the same device)
             self.device = jax.devices("cpu")[0]
         else:
             raise Unsupported(f"device {device!r} is not supported by the JAX worker")
@@ -107,6 +124,40 @@ class JaxBackend:
         self.dtype = DTYPES[self.precision]
         self.rng = jax.random.PRNGKey(cell["seed"])
 
+    def _mesh(self, device: Device) -> None:
+        """The data-parallel mesh over the cell's devices; `self.device`, the first, serves inference."""
+        if self.cell.get("batchnorm") != "sync":
+            # the sharded jit takes BatchNorm's statistics over the global batch, whatever is asked:
+            # per-replica statistics would need a shard_map'd step, a different program
+            raise Unsupported(
+                f"batchnorm {self.cell.get('batchnorm')!r}: the JAX worker's data-parallel step synchronises "
+                "BatchNorm over the global batch (batchnorm: sync)"
+            )
+        n = device.count
+        if device.kind == "cuda":
+            try:
+                gpus = jax.devices("gpu")
+            except RuntimeError:
+                gpus = []
+            if len(gpus) < n:
+                raise DeviceMissing(str(device), f"jax {jax.__version__}", f"{len(gpus)} GPU(s)")
+            devices = gpus[:n]  # as the worker sees them: CUDA_VISIBLE_DEVICES holds just the cell's GPUs
+        else:
+            devices = jax.devices("cpu")[:n]
+            if len(devices) < n:
+                # the worker's entry point forces the host device count before jax is imported; a
+                # backend made in a process that imported jax first sees one CPU device
+                raise Unsupported(
+                    f"{device} needs {n} XLA CPU devices but jax sees {len(devices)}: "
+                    f"XLA_FLAGS must hold --xla_force_host_platform_device_count={n} before jax is imported"
+                )
+        self.devices = devices
+        self.device = devices[0]
+        self.mesh = Mesh(np.array(devices), ("data",))
+        self.batch_sharding = NamedSharding(self.mesh, P("data"))  # rows split over the replicas
+        self.replicated = NamedSharding(self.mesh, P())  # a full copy on every replica
+        self._served_state: TrainState | None = None
+
     def info(self) -> dict[str, Any]:
         import jaxlib
 
@@ -123,6 +174,26 @@ class JaxBackend:
                 "bf16": "bf16 compute, fp32 params",
             }[self.precision],
             "matmul_precision": self.matmul_precision,
+            "data_parallel": None if self.mesh is None else self._dp_info(),
+        }
+
+    def _dp_info(self) -> dict[str, Any]:
+        cpu = self.device.platform == "cpu"
+        threads = self.cell.get("threads")
+        return {
+            "replicas": self.replicas,
+            "devices": [str(d) for d in self.devices],
+            # what the compiled step does (its HLO holds all-reduce ops over the mesh's devices): NCCL
+            # on GPUs, XLA:CPU's in-process collectives between the host devices
+            "collective": "XLA all-reduce (GSPMD)" + (" in-process (XLA:CPU)" if cpu else " over NCCL"),
+            "batchnorm": "sync (the global batch's statistics: the sharded step computes them as one device does)",
+            "threads": (
+                f"one XLA:CPU intra-op pool of {threads or 'default'} thread(s), shared by the {self.replicas} "
+                f"host devices; their programs run side by side on XLA's client pool of NPROC="
+                f"{os.environ.get('NPROC')} threads"
+                if cpu
+                else "one host process drives every GPU"
+            ),
         }
 
     def build(self, spec: ModelSpec, weights: dict[str, np.ndarray]) -> None:
@@ -135,7 +206,7 @@ class JaxBackend:
         variables = jax.device_put(models.from_canonical(spec, weights, flax.core.unfreeze(like)), self.device)
         self.tx = make_optimizer(spec.optimizer)
         params = variables["params"]
-        self.state = TrainState(
+        state = TrainState(
             params=params,
             batch_stats=variables.get("batch_stats", {}),
             opt_state=self.tx.init(params),
@@ -143,9 +214,23 @@ class JaxBackend:
             good_steps=jnp.asarray(0, jnp.int32),
             step=jnp.asarray(0, jnp.int32),
         )
-        self._train = jax.jit(self._train_step, donate_argnums=0)
         self._eval = jax.jit(self._eval_step)
         self._predict = jax.jit(self._predict_step)
+        if self.mesh is None:
+            self.state = state
+            self._train = jax.jit(self._train_step, donate_argnums=0)
+            return
+        # every leaf of the state replicated (a full copy on each device), the batch split by rows; the
+        # outputs pinned replicated too, so the next step's input needs no resharding and the loss and
+        # correct count are the global batch's on every device
+        self.state = jax.device_put(state, self.replicated)
+        self._served_state = None
+        self._train = jax.jit(
+            self._train_step,
+            donate_argnums=0,
+            in_shardings=(self.replicated, self.batch_sharding, self.batch_sharding),
+            out_shardings=self.replicated,
+        )
 
     def _variables(self, state: TrainState) -> dict[str, Any]:
         return {"params": state.params, **({"batch_stats": state.batch_stats} if state.batch_stats else {})}
@@ -200,6 +285,43 @@ class JaxBackend:
     def num_parameters(self) -> int:
         return sum(int(np.prod(p.shape)) for p in jax.tree_util.tree_leaves(self.state.params))
 
+    def _served(self) -> TrainState:
+        """The state inference, evaluation and the verify probes read: on one device `self.state`; data
+        parallel, a single-device copy of the current variables on the first device, made once after each
+        run of training steps. The replicated state cannot serve: a jit over it runs on every device of
+        the mesh (batch 1 does not split over two), and a view of its first shard dies with the buffer
+        the next step donates (measured: `addressable_shards[0].data` is deleted by the donating step,
+        and `device_put` to the first device aliases that same buffer), hence a copy."""
+        if self.mesh is None:
+            return self.state
+        if self._served_state is None:
+            variables = {"params": self.state.params, "batch_stats": self.state.batch_stats}
+            copy = jax.device_put(variables, self.device, may_alias=False)
+            self._served_state = TrainState(
+                params=copy["params"],
+                batch_stats=copy["batch_stats"],
+                # inference reads only the variables; the rest stays on the mesh (a jit given arrays on
+                # the mesh and on one device together would refuse them)
+                opt_state=None,
+                loss_scale=None,
+                good_steps=None,
+                step=None,
+            )
+        return self._served_state
+
+    def replica_divergence(self) -> float:
+        """The largest absolute difference between two replicas' copies of any parameter or BatchNorm
+        statistic: each replica's own buffer (`addressable_shards`), not the replicated view, which
+        reads one of them, so replicas an all-reduce failed to keep in lockstep show."""
+        if self.mesh is None:
+            return 0.0
+        worst = 0.0
+        for leaf in jax.tree_util.tree_leaves((self.state.params, self.state.batch_stats)):
+            copies = [np.asarray(shard.data, dtype=np.float64) for shard in leaf.addressable_shards]
+            for other in copies[1:]:
+                worst = max(worst, float(np.max(np.abs(other - copies[0]), initial=0.0)))
+        return worst
+
     def _put(self, a: np.ndarray) -> jax.Array | np.ndarray:
         # on the default device a host batch goes straight into the jitted call, which places it through
         # its C++ path (zero-copy on the CPU when aligned); `jax.device_put` costs ~0.14 ms of Python a
@@ -207,30 +329,49 @@ class JaxBackend:
         # weighs more on a GPU step or a batch-1 inference. Elsewhere (a second GPU), placed explicitly.
         return a if self._default_device else jax.device_put(a, self.device)
 
+    def _put_global(self, a: np.ndarray) -> jax.Array | np.ndarray:
+        # data parallel: the host batch goes into the jitted step as it is, which splits it by its
+        # in_shardings (rows r*B/N .. (r+1)*B/N to replica r); an explicit `jax.device_put(a,
+        # batch_sharding)` first cost 0.49 ms a step against 0.24 (toy step on 2 CPU devices, measured).
+        # Where the first device is not the default one (a GPU mesh that does not start at device 0)
+        # the batch is placed explicitly.
+        return a if self._default_device else jax.device_put(a, self.batch_sharding)
+
     def launch_step(self, x: np.ndarray, y: np.ndarray) -> tuple[jax.Array, jax.Array]:
         # returns once the step is dispatched; the next one can be queued behind it
-        self.state, loss, correct = self._train(self.state, self._put(x), self._put(y))
+        if self.mesh is None:
+            self.state, loss, correct = self._train(self.state, self._put(x), self._put(y))
+            return loss, correct
+        if len(y) % self.replicas:
+            raise ValueError(f"a global batch of {len(y)} does not split over {self.replicas} replicas")
+        self._served_state = None  # the served copy is stale from this step on
+        self.state, loss, correct = self._train(self.state, self._put_global(x), self._put_global(y))
         return loss, correct
 
     def step_result(self, handle: tuple[jax.Array, jax.Array]) -> tuple[float, int]:
         # waits for that step. np.asarray is the cheap read: ~50 us a step against 170-200 for
         # float()/int() on the arrays and ~250 for jax.device_get (MLP on 2 CPU cores, measured)
         loss, correct = handle
+        if self.mesh is not None:
+            # a replicated output reads back from one device; waiting on every replica's copy first
+            # means every replica's step has finished (each device's outputs are ready when its whole
+            # program is), so no clock is read while another device still updates its parameters
+            jax.block_until_ready(loss)
         return float(np.asarray(loss)), int(np.asarray(correct))
 
     def eval_step(self, x: np.ndarray, y: np.ndarray) -> tuple[float, int]:
-        loss, correct = self._eval(self.state, self._put(x), self._put(y))
+        loss, correct = self._eval(self._served(), self._put(x), self._put(y))
         return float(np.asarray(loss)), int(np.asarray(correct))
 
     def predict(self, x: np.ndarray) -> None:
-        self._predict(self.state, self._put(x)).block_until_ready()
+        self._predict(self._served(), self._put(x)).block_until_ready()
 
     def logits(self, x: np.ndarray) -> np.ndarray:
-        return np.asarray(self._predict(self.state, self._put(x)), dtype=np.float32)
+        return np.asarray(self._predict(self._served(), self._put(x)), dtype=np.float32)
 
     def activations(self, x: np.ndarray, modules: list[str]) -> dict[str, np.ndarray]:
         _, state = self.model.apply(
-            self._variables(self.state),
+            self._variables(self._served()),
             self._put(x),
             train=False,
             capture_intermediates=True,
@@ -245,20 +386,25 @@ class JaxBackend:
         return out
 
     def export(self) -> dict[str, np.ndarray]:
-        return models.to_canonical(self.spec, flax.core.unfreeze(self._variables(self.state)))
+        return models.to_canonical(self.spec, flax.core.unfreeze(self._variables(self._served())))
 
     def save(self, path: str) -> str:
         target = path + ".msgpack"
         with open(target, "wb") as f:
-            f.write(flax.serialization.to_bytes(self._variables(self.state)))
+            f.write(flax.serialization.to_bytes(self._variables(self._served())))
         return target
 
     def load(self, path: str) -> None:
         with open(path, "rb") as f:
             variables = flax.serialization.from_bytes(self._variables(self.state), f.read())
         # read back to host arrays: placed on the cell's device and waited for, as the other frameworks' loads
-        variables = jax.block_until_ready(jax.device_put(variables, self.device))
+        # data parallel: onto every replica (the state trains on), the first device's copy made anew
+        variables = jax.block_until_ready(
+            jax.device_put(variables, self.device if self.mesh is None else self.replicated)
+        )
         self.state = self.state.replace(params=variables["params"], batch_stats=variables.get("batch_stats", {}))
+        if self.mesh is not None:
+            self._served_state = None
 
     def matmul(self, n: int, reps: int) -> Any:
         ka, kb = jax.random.split(jax.random.PRNGKey(self.cell["seed"]))
