@@ -12,7 +12,7 @@ import click
 
 from mlbench import environment, executors, orchestrator, runner, store
 from mlbench.cells import expand
-from mlbench.config import BUILTIN_WORKERS, PRECISIONS, ConfigError, load_suite, parse_suite
+from mlbench.config import BUILTIN_WORKERS, DATA_PARALLEL_CHECK_DEVICE, PRECISIONS, ConfigError, load_suite, parse_suite
 from mlbench.runfolder import RunFolder
 from workers.common import specs
 
@@ -294,10 +294,22 @@ def schema() -> None:
 @click.option("--config", type=click.Path(dir_okay=False), help="Take workers and model_overrides from this suite.")
 @click.option("--runs-dir", default="runs", show_default=True, type=click.Path(file_okay=False))
 @click.option("--name", default="verify", show_default=True, help="Folder under --runs-dir for logs and verify.json.")
+@click.option(
+    "--data-parallel/--no-data-parallel",
+    default=True,
+    show_default=True,
+    help=f"Also train each model data parallel on {DATA_PARALLEL_CHECK_DEVICE} and check it against one device.",
+)
 def verify_cmd(
-    models: tuple[str, ...], frameworks: tuple[str, ...], config: str | None, runs_dir: str, name: str
+    models: tuple[str, ...],
+    frameworks: tuple[str, ...],
+    config: str | None,
+    runs_dir: str,
+    name: str,
+    data_parallel: bool,
 ) -> None:
-    """Check that every framework builds the same model: structure, weights, outputs, training losses."""
+    """Check that every framework builds the same model: structure, weights, outputs, training losses;
+    and that each framework's data-parallel training equals its one-device training."""
     from rich.console import Console
     from rich.table import Table
 
@@ -323,13 +335,15 @@ def verify_cmd(
                 workers=workers,
                 overrides=dict(suite.model_overrides) if suite else None,
                 seed=suite.seed if suite else 0,
+                data_parallel=DATA_PARALLEL_CHECK_DEVICE if data_parallel else None,
             )
     except store.RunLocked as exc:
         _fail(str(exc), 1)
-    table = Table(title="mlbench verify (fp32, CPU, same initial weights and batches)")
+    table = Table(title="mlbench verify (fp32, CPU, same initial weights and global batches)")
     for col in (
         "model",
         "framework",
+        "devices",
         "vs",
         "params",
         "structure",
@@ -346,6 +360,7 @@ def verify_cmd(
         table.add_row(
             c.model,
             c.framework,
+            c.device,
             c.reference or "-",
             f"{c.num_parameters:,}" if c.num_parameters else "-",
             c.structure or "-",
@@ -355,7 +370,9 @@ def verify_cmd(
             "-" if c.update_rel_err is None else f"{c.update_rel_err:.1e}",
             "-" if c.loss_rel_diff is None else f"{c.loss_rel_diff:.1e}",
             "-" if c.recipe_loss_rel_diff is None else f"{c.recipe_loss_rel_diff:.1e}",
-            "ok" if c.status == "ok" else f"{c.status}: {c.problems[0]}",
+            ("ok" if not c.replica_divergence else f"ok (replicas differ by {c.replica_divergence:.1g})")
+            if c.status == "ok"
+            else f"{c.status}: {c.problems[0]}",
         )
     Console(width=200).print(table)
     failed = [c for c in checks if c.status != "ok"]

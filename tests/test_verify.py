@@ -30,7 +30,8 @@ def test_verify_passes_for_every_model_across_the_three_frameworks(tmp_path) -> 
             )
         )
     )
-    proc = cli("verify", "--config", "s.yaml", cwd=tmp_path)
+    # data parallel against one device: tests/test_verify.py's last test and tests/test_data_parallel_*.py
+    proc = cli("verify", "--config", "s.yaml", "--no-data-parallel", cwd=tmp_path)
     assert proc.returncode == 0, proc.stdout + proc.stderr
     assert "9 of 9 checks passed" in proc.stdout
     checks = json.loads((tmp_path / "runs" / "verify" / "verify.json").read_text())
@@ -55,12 +56,49 @@ def test_verify_fails_on_an_altered_model_naming_the_layer(tmp_path, altered: st
             suite_dict(frameworks=["pytorch", altered], models=["mlp"], workers={altered: "tests.altered_worker"})
         )
     )
-    proc = cli("verify", "--config", "s.yaml", cwd=tmp_path)
+    proc = cli("verify", "--config", "s.yaml", "--no-data-parallel", cwd=tmp_path)
     assert proc.returncode == 1, proc.stdout + proc.stderr
     assert "1 of 2 checks passed" in proc.stdout
     check = json.loads((tmp_path / "runs" / "verify" / "verify.json").read_text())[1]
     assert check["framework"] == altered and check["status"] in ("mismatch", "error")
     assert any(fragment in p for p in check["problems"]), check["problems"]
+
+
+@pytest.mark.e2e
+def test_verify_fails_a_data_parallel_step_that_does_not_all_reduce(tmp_path) -> None:
+    """A DDP forward that bypasses the wrapper (each rank steps on its own slice's gradient): the
+    one-device check passes, the data-parallel one fails on all three counts; the real worker passes."""
+    (tmp_path / "s.yaml").write_text(
+        yaml.safe_dump(
+            suite_dict(
+                frameworks=["pytorch", "broken_ddp"], models=["mlp"], workers={"broken_ddp": "tests.broken_ddp_worker"}
+            )
+        )
+    )
+    proc = cli("verify", "--config", "s.yaml", cwd=tmp_path)
+    assert proc.returncode == 1, proc.stdout + proc.stderr
+    assert "3 of 4 checks passed" in proc.stdout
+    checks = {(c["framework"], c["device"]): c for c in json.loads((tmp_path / "runs/verify/verify.json").read_text())}
+    good, bad = checks[("pytorch", "cpu:0,1")], checks[("broken_ddp", "cpu:0,1")]
+    assert good["status"] == "ok" and good["replica_divergence"] == 0.0 and good["loss_rel_diff"] <= 1e-5
+    assert checks[("broken_ddp", "cpu")]["status"] == "ok"  # on one device the bug does nothing
+    assert bad["status"] == "mismatch" and bad["replica_divergence"] > 1e-4, bad
+    assert any("replicas' parameters differ" in p for p in bad["problems"])
+    assert any("own optimizer on cpu:0,1 differ from one device" in p for p in bad["problems"])
+
+
+def test_a_data_parallel_run_is_checked_against_its_own_one_device_run() -> None:
+    from mlbench.verify import compare_data_parallel
+
+    one = {"losses": [2.0, 1.9, 1.8], "recipe_losses": [2.0, 1.5, 1.2], "num_parameters": 10}
+    same = {**one, "losses": [2.0, 1.9, 1.8000001], "replica_divergence": 0.0}
+    assert compare_data_parallel("mlp", "jax", "cpu:0,1", same, one).status == "ok"
+    drift = compare_data_parallel("mlp", "jax", "cpu:0,1", {**same, "replica_divergence": 0.01}, one)
+    assert drift.status == "mismatch" and "replicas' parameters differ after 3 steps" in drift.problems[0]
+    silent = compare_data_parallel("mlp", "jax", "cpu:0,1", {**one}, one)  # no divergence reported: not a pass
+    assert silent.status == "mismatch" and "did not report" in silent.problems[0]
+    verdict = verdicts([Check("mlp", "jax", "jax", "ok"), drift])
+    assert verdict["mlp"][0] is False and verdict["mlp"][1].startswith("jax on cpu:0,1: replicas")
 
 
 def _report(n_params=10, shapes=None, losses=(1.0, 0.9), fp=None):
