@@ -4,8 +4,10 @@ Prints the driver, MIG mode and each framework's CUDA build and devices, then ru
 orchestrator ResNet-18 in fp32, bf16 and fp16 and BERT in fp16 in every framework installed (with
 calibration), and one deliberately oversized batch per framework, and checks: every normal cell ok,
 the oversized ones oom, 0 < MFU < 1, GPU utilisation, memory and energy present, energy close to
-power x time, one GPU seen per cell. Exits 1 naming what failed. Without a GPU it says so in one
-line and exits 0.
+power x time, one GPU seen per cell. With two GPUs or more it also trains ResNet-18 data parallel
+on `cuda:0,1` against `cuda:0` at the same per-device batch in every framework and checks: ok, two
+GPUs seen, the collective named, a scaling efficiency in (0, 1.1]. Exits 1 naming what failed.
+Without a GPU it says so in one line and exits 0.
 
     make gpu-smoke                    # with the project's venv
     make gpu-smoke PYTHON=python3     # with that interpreter and whatever frameworks it has
@@ -68,7 +70,13 @@ def installed() -> list[str]:
     return out
 
 
-def suites(frameworks: list[str]) -> dict[str, dict[str, Any]]:
+def gpu_count() -> int:
+    from mlbench.monitor import NVML, pynvml
+
+    return pynvml.nvmlDeviceGetCount() if NVML.available() else 0
+
+
+def suites(frameworks: list[str], gpus: int = 1) -> dict[str, dict[str, Any]]:
     base = {
         "frameworks": frameworks,
         "devices": ["cuda:0"],
@@ -78,7 +86,19 @@ def suites(frameworks: list[str]) -> dict[str, dict[str, Any]]:
         "timeout_s": 300,
         "idle_timeout_s": 240,
     }
+    two = {
+        **base,
+        "name": "gpu-smoke-two",
+        "devices": ["cuda:0", "cuda:0,1"],
+        "models": ["resnet18"],
+        "precisions": ["fp32"],
+        "batch_sizes": [128, 256],  # 128 a device on both: the efficiency's baseline
+        "excludes": [{"device": "cuda:0", "batch_size": 256}, {"device": "cuda:0,1", "batch_size": 128}],
+        "dataset": {"name": "synthetic", "train_samples": 8192, "val_samples": 512},
+        "calibrate": False,
+    }
     return {
+        **({"two": two} if gpus >= 2 else {}),
         "normal": {
             **base,
             "name": "gpu-smoke",
@@ -115,7 +135,9 @@ def run(suite: dict[str, Any], folder: Path) -> list[dict[str, Any]]:
     return pq.read_table(results).to_pylist() if results.is_file() else []
 
 
-def problems(normal: list[dict[str, Any]], oversized: list[dict[str, Any]]) -> list[str]:
+def problems(
+    normal: list[dict[str, Any]], oversized: list[dict[str, Any]], two: list[dict[str, Any]] | None = None
+) -> list[str]:
     """What is wrong with the smoke run's rows (empty: the GPU path holds)."""
     out = []
     for r in normal:
@@ -135,6 +157,18 @@ def problems(normal: list[dict[str, Any]], oversized: list[dict[str, Any]]) -> l
         seen = [d for d in json.loads(r.get("devices_seen") or "[]") if "cpu" not in str(d).lower()]
         if len(seen) != 1:
             out.append(f"{cell}: the worker saw {len(seen)} GPUs ({seen}), not the one it was given")
+    for r in two or []:
+        cell = f"{r['framework']} resnet18 {r['device']} bs={r['batch_size']}"
+        if r["status"] != "ok":
+            out.append(f"{cell}: {r['status']} ({r['reason']})")
+            continue
+        seen = [d for d in json.loads(r.get("devices_seen") or "[]") if "cpu" not in str(d).lower()]
+        if len(seen) != r["num_devices"]:
+            out.append(f"{cell}: the worker saw {len(seen)} GPUs ({seen}), not {r['num_devices']}")
+        if r["num_devices"] == 2 and not r.get("collective"):
+            out.append(f"{cell}: no collective recorded")
+        if r["num_devices"] == 2 and not (r.get("scaling_efficiency") and 0 < r["scaling_efficiency"] <= 1.1):
+            out.append(f"{cell}: scaling efficiency {r.get('scaling_efficiency')}")
     for r in oversized:
         if r["status"] != "oom":
             out.append(f"{r['framework']} bert fp16 bs={OVERSIZED_BATCH}: {r['status']}, not oom ({r['reason']})")
@@ -154,13 +188,17 @@ def main() -> int:
         say("gpu-smoke: no framework with a working CUDA build is installed")
         return 1
     with tempfile.TemporaryDirectory(prefix="mlbench-gpu-smoke-") as tmp:
-        runs = {name: run(suite, Path(tmp)) for name, suite in suites(frameworks).items()}
-    for r in runs["normal"] + runs["oversized"]:
+        gpus = gpu_count()
+        runs = {name: run(suite, Path(tmp)) for name, suite in suites(frameworks, gpus).items()}
+    if gpus < 2:
+        say(f"gpu-smoke: {gpus} GPU here: the two-GPU data-parallel cells are not run")
+    for r in runs.get("two", []) + runs["normal"] + runs["oversized"]:
         say(
-            f"  {r['framework']:<10} {r['model_name']:<8} {r['precision']:<4} bs={r['batch_size']:<6} {r['status']:<7} "
-            f"{(r.get('samples_per_second') or 0):>9.0f} samples/s  MFU {r.get('mfu')}  util {r.get('gpu_utilization_pct')}"
+            f"  {r['framework']:<10} {r['model_name']:<8} {r['device']:<8} {r['precision']:<4} bs={r['batch_size']:<6} "
+            f"{r['status']:<7} {(r.get('samples_per_second') or 0):>9.0f} samples/s  MFU {r.get('mfu')}  "
+            f"util {r.get('gpu_utilization_pct')}  efficiency {r.get('scaling_efficiency')}"
         )
-    found = problems(runs["normal"], runs["oversized"])
+    found = problems(runs["normal"], runs["oversized"], runs.get("two"))
     expected = len(frameworks) * 4
     if len(runs["normal"]) != expected:
         found.insert(0, f"{len(runs['normal'])} normal cells stored, {expected} expected")

@@ -7,6 +7,7 @@ means the peak was measured too low: it is refused (stored as missing), and the 
 MFU here is achieved training FLOP/s (throughput x the spec's FLOPs per sample) over that measured
 peak: a figure of this machine, not of a datasheet. Calibration runs on the orchestrator's machine;
 a cell that ran on another host (a Ray node) has no peak of its own machine, so its MFU is missing.
+A data-parallel cell's peak is its GPU count times one GPU's; CPU replicas share one CPU's peak.
 """
 
 from __future__ import annotations
@@ -22,7 +23,9 @@ from mlbench import runner, schema, store
 from mlbench.cells import Cell
 from mlbench.config import Suite
 from mlbench.runfolder import RunFolder
+from mlbench.scaling import one_device
 from workers.common.cellspec import CellSpec
+from workers.common.devices import Device
 
 SIZE = {"cpu": 1024, "cuda": 8192}  # matmul size n: 2 GFLOP on a CPU, 1.1 TFLOP on a GPU
 BUDGET_S = 3.0
@@ -56,7 +59,8 @@ def run(suite: Suite, cells: list[Cell], run_dir: Path) -> list[dict[str, Any]]:
     """Calibrate every (framework, device, precision) of `cells` not calibrated in this run yet."""
     entries = load(run_dir)
     done = {(e["framework"], e["device"], e["precision"]) for e in entries}
-    wanted = list(dict.fromkeys((c.framework, c.device, c.precision) for c in cells))
+    # a data-parallel device is calibrated on one of its devices (see `peak_of`)
+    wanted = list(dict.fromkeys((c.framework, one_device(c.device), c.precision) for c in cells))
     for framework, device, precision in wanted:
         if (framework, device, precision) in done:
             continue
@@ -103,13 +107,22 @@ def peaks(entries: list[dict[str, Any]]) -> dict[tuple[str | None, str, str], fl
     return out
 
 
+def peak_of(top: dict[tuple[str | None, str, str], float], r: dict[str, Any]) -> float | None:
+    """A row's peak: its device's; for data parallel over GPUs, the GPU count times the first GPU's
+    (the same model of GPU assumed: the report warns on mixed hardware); CPU replicas share the CPU's cores
+    and so its one peak."""
+    device = Device.parse(r["device"])
+    single = one_device(r["device"])
+    peak = top.get((r["hostname"], single, r["precision"])) or top.get((None, single, r["precision"]))
+    return peak * device.count if peak and device.kind == "cuda" else peak
+
+
 def annotate(table: pa.Table, entries: list[dict[str, Any]]) -> pa.Table:
     """Fill peak_tflops and mfu (null where no calibration of the cell's host succeeded)."""
     top = peaks(entries)
     rows = table.to_pylist()
     for r in rows:
-        peak = top.get((r["hostname"], r["device"], r["precision"])) or top.get((None, r["device"], r["precision"]))
-        r["peak_tflops"] = peak
+        r["peak_tflops"] = peak = peak_of(top, r)
         mfu = (r["achieved_tflops"] / peak) if (peak and r.get("achieved_tflops") is not None) else None
         r["mfu"] = mfu if mfu is None or mfu <= MFU_CEILING else None  # above 1: a peak measured too low
     return pa.Table.from_pylist(rows, schema=schema.SCHEMA)

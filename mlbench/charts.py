@@ -11,7 +11,7 @@ from typing import Any
 import plotly.graph_objects as go
 from plotly.subplots import make_subplots
 
-from mlbench import analysis
+from mlbench import analysis, scaling
 
 Row = dict[str, Any]
 COLORS = {"pytorch": "#ee4c2c", "tensorflow": "#ff8f00", "jax": "#5e35b1"}
@@ -190,18 +190,70 @@ def device_speedup(rows: list[Row]) -> Chart:
     )
 
 
-def multi_gpu_scaling(rows: list[Row]) -> Chart:
-    pairs = analysis.ratios(rows, "device", lambda d: analysis.gpu_count(d) == 1)
-    pairs = [p for p in pairs if analysis.gpu_count(p["row"]["device"]) > 1]
-    return _ratio_chart(
-        "multi-gpu",
-        "Multi-GPU scaling over one GPU",
-        pairs,
-        "No multi-GPU scaling to show: no configuration ran on one GPU and on several.",
-        lambda p: f"{p['row']['model_name']} {p['row']['device']} {p['row']['precision']} bs{p['row']['batch_size']}",
-        "speed-up over one GPU (x; ideal = GPU count)",
-        False,
-    )
+def data_parallel_scaling(rows: list[Row]) -> Chart:
+    """Throughput and scaling efficiency against the device count: one line per framework, precision and
+    per-device batch, from the one-device cell (efficiency 1 by definition) to each data-parallel cell
+    measured against it (see mlbench/scaling.py)."""
+    title = "Data-parallel scaling: throughput and efficiency against device count"
+    ok = [r for r in analysis.ok_rows(rows) if r.get("scaling_efficiency") is not None]
+    if not ok:
+        return _empty(
+            "scaling",
+            title,
+            "No data-parallel scaling to show: no cell on several devices has a one-device cell of the same "
+            "framework, model and precision at its per-device batch size in this run.",
+        )
+    models = _models(ok)
+    fig = make_subplots(rows=2, cols=len(models), subplot_titles=models, shared_xaxes=True, vertical_spacing=0.1)
+    seen: set[str] = set()
+    for col, m in enumerate(models, 1):
+        lines: dict[tuple[str, str, int], list[Row]] = {}
+        for r in (r for r in ok if r["model_name"] == m):
+            lines.setdefault((r["framework"], r["precision"], r["per_device_batch_size"]), []).append(r)
+        for (fw, prec, per_device), rs in lines.items():
+            base = scaling.baseline(rs[0], rows)
+            points = sorted([base, *rs], key=lambda r: r["num_devices"])
+            name = f"{fw} {prec} {per_device}/device"
+            x = [r["num_devices"] for r in points]
+            y = [r["samples_per_second"] for r in points]
+            hi = [(r["samples_per_second_ci_high"] or v) - v for r, v in zip(points, y, strict=True)]
+            lo = [v - (r["samples_per_second_ci_low"] or v) for r, v in zip(points, y, strict=True)]
+            common = dict(name=name, legendgroup=name, line=dict(color=color(fw)), mode="lines+markers")
+            fig.add_scatter(
+                **common,
+                showlegend=_legend_once(seen, name),
+                x=x,
+                y=y,
+                error_y=dict(type="data", symmetric=False, array=hi, arrayminus=lo),
+                text=[r["device"] for r in points],
+                hovertemplate="%{text}: %{y:.4g} samples/s",
+                row=1,
+                col=col,
+            )
+            eff = [1.0 if r is base else r["scaling_efficiency"] for r in points]
+            fig.add_scatter(
+                **common,
+                showlegend=False,
+                x=x,
+                y=eff,
+                error_y=dict(
+                    type="data",
+                    symmetric=False,
+                    array=[0 if r is base else (r["scaling_efficiency_high"] or e) - e for r, e in zip(points, eff)],
+                    arrayminus=[
+                        0 if r is base else e - (r["scaling_efficiency_low"] or e) for r, e in zip(points, eff)
+                    ],
+                ),
+                text=[r["device"] for r in points],
+                hovertemplate="%{text}: efficiency %{y:.0%}",
+                row=2,
+                col=col,
+            )
+        fig.add_hline(y=1.0, line_dash="dot", row=2, col=col)
+    fig.update_xaxes(title_text="devices", dtick=1, row=2)
+    fig.update_yaxes(title_text="samples/s (95% CI)", row=1, col=1)
+    fig.update_yaxes(title_text="scaling efficiency (1 = linear)", tickformat=".0%", row=2, col=1)
+    return _figure("scaling", title, fig, height=560)
 
 
 def memory(rows: list[Row]) -> Chart:
@@ -425,7 +477,7 @@ ALL: list[Callable[[list[Row]], Chart]] = [
     batch_scaling,
     precision_speedup,
     device_speedup,
-    multi_gpu_scaling,
+    data_parallel_scaling,
     memory,
     latency,
     latency_percentiles,

@@ -18,11 +18,12 @@ from typing import Any
 import psutil
 import pyarrow.parquet as pq
 
-from mlbench import calibration, environment, executors, parity, repeats, report, rows, runner, store, verify
+from mlbench import calibration, environment, executors, parity, repeats, report, rows, runner, scaling, store, verify
 from mlbench.cells import Cell, Unit, expand, units
-from mlbench.config import Suite, parse_suite
+from mlbench.config import DATA_PARALLEL_CHECK_DEVICE, Suite, parse_suite
 from mlbench.progress import RunProgress
 from mlbench.runfolder import RunFolder
+from workers.common.devices import Device
 
 
 @dataclass
@@ -150,6 +151,8 @@ def verify_models(suite: Suite, todo: list[Unit], run_dir: Path, resume: bool) -
         overrides=suite.model_overrides,
         seed=suite.seed,
         timeout_s=suite.timeout_s,
+        # a suite with data-parallel cells also proves data parallel equals one device, per framework
+        data_parallel=DATA_PARALLEL_CHECK_DEVICE if any(Device.parse(d).data_parallel for d in suite.devices) else None,
     )
     kept = [c for c in stored if c.model not in to_verify]  # the verdicts of other models' cells
     if kept:
@@ -318,6 +321,7 @@ def rebuild(run_dir: Path) -> list[Path]:
     table = repeats.combine(per_repeat) if suite.repeats > 1 else per_repeat
     table, groups = parity.annotate(table, verify.load(run_dir), suite.accuracy_parity_pts)
     table = calibration.annotate(table, calibration.load(run_dir))
+    table = scaling.annotate(table)
     env_path = folder.environment
     env = json.loads(env_path.read_text()) if env_path.is_file() else {}
     written = store.write_exports(run_dir, table)

@@ -9,7 +9,7 @@ from typing import Any
 
 from plotly.offline import get_plotlyjs
 
-from mlbench import analysis, charts
+from mlbench import analysis, charts, scaling
 from mlbench.runfolder import RunFolder
 
 STATUS_ORDER = {"failed": 0, "crashed": 1, "oom": 2, "timeout": 3, "skipped": 4, "ok": 5}
@@ -130,6 +130,19 @@ def headline(rows: list[dict[str, Any]]) -> str:
             f"<th>best</th><th>runner-up</th><th>evidence</th></tr></thead><tbody>{''.join(body)}</tbody></table>"
         )
     return "".join(out)
+
+
+def scaling_section(rows: list[dict[str, Any]]) -> str:
+    """When a second device pays: each data-parallel cell against its one-device cell, with the interval."""
+    found = scaling.verdicts(rows)
+    if not found:
+        return ""
+    items = "".join(f"<li class='scaling {_esc(v.verdict.replace(' ', '-'))}'>{_esc(v.text)}</li>" for v in found)
+    return (
+        "<h3>Several devices</h3><p class='sub'>Each data-parallel cell against the one-device cell of the same "
+        "framework, model and precision at its per-device batch (scaling efficiency 1 = linear); it pays where "
+        f"the speed-up's 95% bounds stay above 1x.</p><ul>{items}</ul>"
+    )
 
 
 # minor page faults a step above which the report says so: glibc's default settings cost PyTorch and JAX
@@ -267,6 +280,7 @@ def build_html(
 <p class="sub">Per model and device, the best of each framework compared on each criterion; a winner only where
 the 95% confidence intervals do not overlap (peak memory: a gap over {analysis.MEMORY_TOLERANCE:.0%}).</p>
 {headline(rows)}
+{scaling_section(rows)}
 <h2 id="tradeoffs">Trade-offs</h2>
 <p class="sub">Diamonds: the configurations no other beats on both axes (the Pareto front).</p>{trade_html}
 <h2 id="charts">Charts</h2>{chart_html}

@@ -31,7 +31,10 @@ def build(cell: Cell, run_name: str, outcome: Outcome, head_env: dict[str, Any],
     hello, model, memory = _last(ev, "hello"), _last(ev, "model"), _last(ev, "memory")
     steps, result = _last(ev, "steps"), _last(ev, "result")
     by_batch = {e["batch_size"]: e for e in ev if e["event"] == "inference"}
-    inference, b1 = by_batch.get(cell.batch_size, {}), by_batch.get(1, {})
+    # a data-parallel cell's latency is one replica's, at the batch each replica trained on
+    inference, b1 = by_batch.get(spec.per_device_batch_size, {}), by_batch.get(1, {})
+    parallel = hello.get("data_parallel") or {}
+    num_devices = spec.parsed_device.count
     epochs = [e for e in ev if e["event"] == "epoch"]
     ok = outcome.status == "ok"
     # the worker splits off the configured warm-up; the steady state is then found from the samples
@@ -44,7 +47,7 @@ def build(cell: Cell, run_name: str, outcome: Outcome, head_env: dict[str, Any],
     timed_faults = faults[start:] if len(faults) == len(warm) + len(step_s) else []
     ci = stats.throughput_ci(step_s, cell.batch_size) if ok else (None, None)
     mon = outcome.monitor
-    on_gpu = cell.device.startswith("cuda")
+    on_gpu = spec.parsed_device.kind == "cuda"
     worker_rss = memory.get("host_peak_rss_bytes")
     if on_gpu:
         peak = memory.get("device_peak_bytes") or mon.get("gpu_memory_used_peak_bytes")
@@ -65,6 +68,8 @@ def build(cell: Cell, run_name: str, outcome: Outcome, head_env: dict[str, Any],
         "device": cell.device,
         "precision": cell.precision,
         "batch_size": cell.batch_size,
+        "num_devices": num_devices,
+        "per_device_batch_size": spec.per_device_batch_size,
         "epochs": spec.epochs,
         "seed": spec.seed,
         "dataset": spec.dataset["name"],
@@ -96,6 +101,11 @@ def build(cell: Cell, run_name: str, outcome: Outcome, head_env: dict[str, Any],
         "samples_per_second": steady["samples_per_second"] if ok else None,
         "samples_per_second_ci_low": ci[0],
         "samples_per_second_ci_high": ci[1],
+        "samples_per_second_per_device": steady["samples_per_second"] / num_devices
+        if (ok and steady["samples_per_second"])
+        else None,
+        "collective": parallel.get("collective"),
+        "batchnorm": parallel.get("batchnorm"),
         "step_time_median_s": st["median"],
         "step_time_mean_s": st["mean"],
         "step_time_min_s": st["min"],

@@ -30,9 +30,15 @@ COLUMNS: list[tuple[str, pa.DataType, str]] = [
     ("run_name", S, "the suite's `name` (the folder under runs/)"),
     ("framework", S, "pytorch, tensorflow, jax, or a framework added under `workers`"),
     ("model_name", S, "mlp, resnet18, resnet34 or bert"),
-    ("device", S, "cpu, cuda:N, or cuda:N,M for data parallel (physical GPU indices)"),
+    (
+        "device",
+        S,
+        "cpu, cuda:N, or cuda:N,M / cpu:0,1 for data parallel over those GPUs / CPU replicas (physical GPU indices)",
+    ),
     ("precision", S, "fp32, fp16 or bf16 (mixed precision with fp32 master weights)"),
-    ("batch_size", I, "training batch size, also the batch size of the inference latency figures"),
+    ("batch_size", I, "training batch size: the global batch, split evenly over the devices"),
+    ("num_devices", I, "devices (replicas) the cell trained on: 1, or the data-parallel device count"),
+    ("per_device_batch_size", I, "batch_size / num_devices: what each replica trains on per step"),
     ("epochs", I, "training epochs asked for"),
     ("seed", I, "seed of the data, the batch order and the initial weights"),
     ("dataset", S, "synthetic or cifar10"),
@@ -68,6 +74,31 @@ COLUMNS: list[tuple[str, pa.DataType, str]] = [
     ),
     ("samples_per_second_ci_low", F, "lower end of samples_per_second's 95% CI (bootstrap over the timed steps)"),
     ("samples_per_second_ci_high", F, "upper end of samples_per_second's 95% CI (bootstrap over the timed steps)"),
+    (
+        "samples_per_second_per_device",
+        F,
+        "samples_per_second / num_devices (samples_per_second is the global batch over the slowest replica's step)",
+    ),
+    (
+        "scaling_efficiency",
+        F,
+        "samples_per_second / (num_devices x samples_per_second of the one-device cell of the same framework, "
+        "model, precision and host at this cell's per_device_batch_size); 1 = linear (rebuilt; null without one)",
+    ),
+    ("scaling_efficiency_low", F, "scaling_efficiency's lower bound from the two throughputs' 95% CIs (rebuilt)"),
+    ("scaling_efficiency_high", F, "scaling_efficiency's upper bound from the two throughputs' 95% CIs (rebuilt)"),
+    (
+        "collective",
+        S,
+        "how a data-parallel cell's replicas all-reduce (e.g. DistributedDataParallel over nccl / gloo, "
+        "MirroredStrategy's NcclAllReduce, XLA all-reduce); null on one device",
+    ),
+    (
+        "batchnorm",
+        S,
+        "a data-parallel cell's BatchNorm statistics: sync (over the global batch, in every framework) and how; "
+        "null on one device",
+    ),
     ("step_time_median_s", F, "median wall time of a timed training step (data preparation included)"),
     ("step_time_mean_s", F, "mean of the timed training steps"),
     ("step_time_min_s", F, "fastest timed training step"),
@@ -115,7 +146,12 @@ COLUMNS: list[tuple[str, pa.DataType, str]] = [
         "highest framework (rebuilt; see calibration.json)",
     ),
     ("mfu", F, "model FLOPs utilisation: achieved_tflops / peak_tflops (rebuilt)"),
-    ("inference_batch_size", I, "batch size of the latency figures"),
+    (
+        "inference_batch_size",
+        I,
+        "batch size of the latency figures: batch_size, or per_device_batch_size on one replica of a "
+        "data-parallel cell",
+    ),
     ("inference_runs", I, "timed inference forward passes behind the latency figures"),
     ("inference_latency_mean_ms", F, "mean latency of an inference forward pass, input copy included (ms)"),
     ("inference_latency_p50_ms", F, "median inference latency (ms)"),
@@ -216,6 +252,9 @@ DERIVED = [
     "accuracy_parity",
     "peak_tflops",
     "mfu",
+    "scaling_efficiency",
+    "scaling_efficiency_low",
+    "scaling_efficiency_high",
 ]  # filled by rebuild
 FLAT = [name for name, _, _ in COLUMNS if name not in NESTED]
 

@@ -38,7 +38,7 @@ MEASURED = {
     "samples_per_second", "samples_per_second_ci_high", "samples_per_second_ci_low", "started_at", "step_time_cv",
     "step_time_max_s", "step_time_mean_s", "step_time_median_s", "step_time_min_s", "step_times_s",
     "total_train_time", "train_time_per_epoch", "warmup_time_s", "warmup_times_s", "worker_max_rss_mb",
-    "step_time_outliers", "noisy", "warmup_steps_detected", "steps_timed",
+    "step_time_outliers", "noisy", "warmup_steps_detected", "steps_timed", "samples_per_second_per_device",
 }  # fmt: skip
 
 

@@ -135,7 +135,7 @@ def test_precision_speedup_pairs_cells_that_differ_only_in_precision() -> None:
 def test_charts_with_nothing_to_show_say_why() -> None:
     rows = [row("pytorch"), row("jax")]
     drawn = {c.id: c for c in (f(rows) for f in charts.ALL)}
-    for cid in ("batch-scaling", "precision", "device", "multi-gpu", "gpu", "mfu"):
+    for cid in ("batch-scaling", "precision", "device", "scaling", "gpu", "mfu"):
         assert not drawn[cid].drawn and "class='empty'" in drawn[cid].html, cid
     assert drawn["throughput"].drawn and drawn["memory"].drawn and drawn["latency"].drawn
     failed = [row("pytorch", status="failed", reason="x")]
