@@ -42,10 +42,14 @@ UPDATE_FLOOR = 1e-2  # ... where the reference norm is at least this fraction of
 BATCH, STEPS, SGD_LR = 16, 3, 0.001
 # Data parallel against one device, same framework, same weights and global batches. With BatchNorm
 # synchronised the mathematics is the same; what differs is the order of the sums (each replica's
-# partial gradients, then the all-reduce), so the losses agree to fp32 rounding, amplified a little by
-# momentum (PyTorch ResNet-18 on cpu:0,1, measured: SGD 2e-6, momentum SGD 2.5e-5).
-DATA_PARALLEL_LOSS_RTOL = 1e-4
-DATA_PARALLEL_RECIPE_RTOL = 1e-3
+# partial sums, then the all-reduce), the same kind of fp32 rounding as between two frameworks, and
+# amplified the same way by deep BatchNorm nets under momentum. Measured on cpu:0,1 (3 steps): SGD
+# losses 1e-7 (mlp, bert) to 2.3e-4 (resnet34, PyTorch); momentum SGD up to 3e-4 (resnet18) and 5.4e-3
+# (resnet34, TensorFlow; PyTorch 2.8e-3, JAX 3.3e-3); AdamW (mlp, bert) 8e-8. The replicas' parameters
+# are the sharp test: identical after every step where the gradients were all-reduced (0.0 in all
+# three frameworks), 6e-3 apart after 3 steps without the all-reduce.
+DATA_PARALLEL_LOSS_RTOL = LOSS_RTOL
+DATA_PARALLEL_RECIPE_RTOL = {"sgd": 1e-2, "adamw": 5e-5}
 REPLICA_TOL = 1e-6  # replicas take identical updates: their parameters stay equal (exactly, where it is one all-reduce)
 
 
@@ -213,10 +217,11 @@ def compare_data_parallel(model: str, framework: str, device: str, got: dict[str
         )
     if got.get("recipe_losses") or ref.get("recipe_losses"):
         check.recipe_loss_rel_diff = _max_rel(got.get("recipe_losses", []), ref.get("recipe_losses", []))
-        if not check.recipe_loss_rel_diff <= DATA_PARALLEL_RECIPE_RTOL:
+        tol = DATA_PARALLEL_RECIPE_RTOL.get(specs.get_spec(model).optimizer.name, DATA_PARALLEL_LOSS_RTOL)
+        if not check.recipe_loss_rel_diff <= tol:
             check.problems.append(
                 f"losses with the model's own optimizer on {device} differ from one device: relative "
-                f"{check.recipe_loss_rel_diff:.2g} > {DATA_PARALLEL_RECIPE_RTOL:g}"
+                f"{check.recipe_loss_rel_diff:.2g} > {tol:g}"
             )
     divergence = got.get("replica_divergence")
     check.replica_divergence = divergence
