@@ -90,6 +90,14 @@ class Verdict:
             what += (
                 " (CPU replicas share this machine's cores: the figure is data parallel's overhead, not more hardware)"
             )
+            return (
+                what
+                + {
+                    "pays": ": replicas on the same cores beat one process here.",
+                    "does not pay": ": replicas on the same cores are slower than one process.",
+                    "cannot tell": ": cannot tell whether the replicas beat one process; the intervals overlap 1x.",
+                }[self.verdict]
+            )
         if self.verdict == "pays":
             return f"{what}: the extra devices pay."
         if self.verdict == "does not pay":
