@@ -252,7 +252,8 @@ def data_parallel_scaling(rows: list[Row]) -> Chart:
         fig.add_hline(y=1.0, line_dash="dot", row=2, col=col)
     fig.update_xaxes(title_text="devices", dtick=1, row=2)
     fig.update_yaxes(title_text="samples/s (95% CI)", row=1, col=1)
-    fig.update_yaxes(title_text="scaling efficiency (1 = linear)", tickformat=".0%", row=2, col=1)
+    fig.update_yaxes(tickformat=".0%", row=2)
+    fig.update_yaxes(title_text="scaling efficiency (100% = linear)", row=2, col=1)
     return _figure("scaling", title, fig, height=560)
 
 
