@@ -23,7 +23,7 @@ from typing import Any
 import psutil
 
 from mlbench import gpus as host_gpus
-from mlbench import protocol
+from mlbench import memlimit, protocol
 from mlbench.cells import Cell
 from mlbench.environment import ENV_FLAGS
 from mlbench.logs import BoundedLog
@@ -107,6 +107,8 @@ class Outcome:
     executor: str = "local"  # what ran it: local or ray
     physical_device: str | None = None  # the GPUs it ran on as NVML numbers them ("cuda:3"), or "cpu"
     host: dict[str, Any] | None = None  # the environment record of the machine it ran on (None: the head's)
+    # the memory limit it ran under and how it was enforced: {"mb", "how"} (mlbench/memlimit.py); None: none
+    memory_limit: dict[str, Any] | None = None
 
 
 def worker_env(cell: Cell, threads: int | None, cache_dir: Path, gpus: list[str] | None = None) -> dict[str, str]:
@@ -154,6 +156,19 @@ def _die_with_parent() -> None:  # pragma: no cover - runs in the child between 
     """Linux: the kernel SIGKILLs the worker if the orchestrator dies (even by SIGKILL)."""
     if _LIBC is not None:
         _LIBC.prctl(1, signal.SIGKILL)  # PR_SET_PDEATHSIG
+
+
+def _preexec(limit: memlimit.MemoryLimit | None) -> Callable[[], None] | None:
+    """What the worker runs between fork and exec: PR_SET_PDEATHSIG, then joining the cell's memory
+    cgroup, so that its first allocation and every process it starts are already under the limit."""
+    if limit is None or limit.cgroup is None:
+        return _die_with_parent if _LIBC is not None else None
+
+    def preexec() -> None:  # pragma: no cover - runs in the child
+        _die_with_parent()
+        limit.preexec()
+
+    return preexec
 
 
 try:
@@ -226,8 +241,38 @@ def classify(
     oom_kills: int,
     stderr_tail: str,
     limits: tuple[float, float],
+    memory: tuple[memlimit.MemoryLimit, str | None] | None = None,
 ) -> tuple[str, str]:
-    """(status, one-line reason) from how the worker ended."""
+    """(status, one-line reason) from how the worker ended. `memory`: the cell's memory limit and what
+    enforcing it did, if anything ("killed by the kernel's OOM killer", the watchdog's kill): a cell that
+    did not end ok after that is `oom` whatever the worker said (a DDP rank the OOM killer ended reads
+    as a dead rank to rank 0), and an `oom` under a limit names the limit and its mechanism."""
+    status, reason = _classify(exit_code, events, killed_for, oom_kills, stderr_tail, limits)
+    if memory is None:
+        return status, reason
+    limit, enforced = memory
+    prefix = f"out of memory under memory_limit_mb={limit.mb:g} ({limit.mechanism})"
+    if status == "ok":
+        return status, reason
+    if enforced is not None:
+        if status == "oom" or reason.startswith("killed by SIGKILL"):
+            return "oom", f"{prefix}: {enforced}"
+        return "oom", f"{prefix}: {enforced}; then {reason}"
+    if status == "oom":
+        return "oom", f"{prefix}: {reason}"
+    if limit.hit_limit():  # usage reached the limit; no OOM kill (page cache may have been reclaimed)
+        return status, f"{reason} (memory use reached memory_limit_mb={limit.mb:g} meanwhile)"
+    return status, reason
+
+
+def _classify(
+    exit_code: int | None,
+    events: list[dict[str, Any]],
+    killed_for: str | None,
+    oom_kills: int,
+    stderr_tail: str,
+    limits: tuple[float, float],
+) -> tuple[str, str]:
     last_line = next((ln.strip() for ln in reversed(stderr_tail.splitlines()) if ln.strip()), "")
     last_line = f": {last_line[:300]}" if last_line else ""
     if killed_for == "timeout":
@@ -272,10 +317,14 @@ def run_cell(
     python: str = sys.executable,
     cancel: CancelToken | None = None,
     gpus: list[str] | None = None,
+    memory_limit_mb: float | None = None,
 ) -> Outcome:
     """Run one cell to its end, whatever that end is; raises Interrupted on Ctrl-C/SIGTERM, or when
     `cancel` is cancelled (from another thread). `gpus`: the CUDA_VISIBLE_DEVICES entries of the GPUs
-    to run it on, where an executor chose them (a Ray task's), else those the cell names."""
+    to run it on, where an executor chose them (a Ray task's), else those the cell names.
+    `memory_limit_mb`: the worker's whole process tree runs under that much memory (host memory; a
+    memory cgroup of the cell's own where possible, else the monitor's RSS watchdog, mlbench/memlimit.py);
+    going over it is `oom`."""
     folder = RunFolder(run_dir)
     folder.logs.mkdir(parents=True, exist_ok=True)
     threads = resolved_threads(threads)
@@ -291,22 +340,39 @@ def run_cell(
     physical = "cuda:" + ",".join(str(i) for i in nvml) if nvml else "cpu"
     foreign = free_gpus_of_earlier_cells(nvml, STARTED_GROUPS) if nvml else []
     gpu_before = gpu_memory_used_bytes(nvml)
+    limit = memlimit.make(memory_limit_mb, monitor_interval_s) if memory_limit_mb is not None else None
     started_at, t0 = time.time(), time.monotonic()
     spawned_at = time.monotonic()
     env = worker_env(cell, threads, folder.cache, gpus)
-    proc = subprocess.Popen(
-        argv,
-        stdin=subprocess.DEVNULL,
-        stdout=subprocess.PIPE,
-        stderr=subprocess.PIPE,
-        env=env,
-        start_new_session=True,
-        preexec_fn=_die_with_parent if _LIBC is not None else None,
-    )
+
+    def spawn() -> subprocess.Popen[bytes]:
+        return subprocess.Popen(
+            argv,
+            stdin=subprocess.DEVNULL,
+            stdout=subprocess.PIPE,
+            stderr=subprocess.PIPE,
+            env=env,
+            start_new_session=True,
+            preexec_fn=_preexec(limit),
+        )
+
+    try:
+        proc = spawn()
+    except subprocess.SubprocessError as exc:  # the worker could not join the cgroup before exec
+        if limit is None or limit.cgroup is None:
+            raise
+        limit.remove()
+        limit = memlimit.watchdog(limit.mb, monitor_interval_s, f"joining {limit.cgroup} failed: {exc}")
+        proc = spawn()
+    except BaseException:
+        if limit is not None:
+            limit.remove()
+        raise
     STARTED_GROUPS.add(proc.pid)  # the worker leads its own process group
     if on_start is not None:
         on_start(proc.pid)
-    monitor = Monitor(proc.pid, monitor_interval_s, physical).start()
+    rss_limit = limit.limit_bytes if limit is not None and limit.cgroup is None else None
+    monitor = Monitor(proc.pid, monitor_interval_s, physical, rss_limit_bytes=rss_limit).start()
     q: queue.Queue[tuple[str, Any]] = queue.Queue()
     if cancel is not None:
         cancel.watch(q)
@@ -387,7 +453,13 @@ def run_cell(
         if proc.poll() is None:
             _terminate(proc, dump=False)
         _signal_group(proc.pid, signal.SIGKILL)  # nothing of the cell outlives it
+        if limit is not None:
+            limit.kill_all()  # also what left the process group but not the cgroup
         monitor_summary = monitor.stop()
+        memory_record = limit.record() if limit is not None else None  # read before the cgroup goes
+        cell_oom_kills = limit.oom_kills() if limit is not None else None
+        if limit is not None:
+            limit.remove()
         for t in threads_[:2]:
             t.join(timeout=2)
         stream_log.close()
@@ -401,6 +473,20 @@ def run_cell(
     if n_logs > len(logs):
         logs.insert(MAX_KEPT_LOGS // 2, f"[mlbench] {n_logs - len(logs)} log lines cut")
     tail = stderr_log.tail_text()
+    enforced = None  # what enforcing the memory limit did
+    if monitor.over_limit_rss is not None:
+        killed_for = "memory"
+        enforced = (
+            f"the process tree's RSS reached {monitor.over_limit_rss / 2**20:.0f} MB at a"
+            f" {monitor_interval_s:g} s sample; process group killed"
+        )
+    elif cell_oom_kills:
+        enforced = "killed by the kernel's OOM killer" + (
+            f" ({cell_oom_kills} processes of the cell)" if cell_oom_kills > 1 else ""
+        )
+    elif limit is not None and cell_oom_kills is None and limit.hit_limit() and exit_code == -signal.SIGKILL:
+        # a kernel before 4.13 has no oom_kill counter: SIGKILL with usage at the limit is the OOM killer
+        enforced = "killed by SIGKILL with memory use at the limit (the kernel's OOM killer; it keeps no count here)"
     status, reason = classify(
         exit_code if exit_code is not None else proc.poll(),
         events,
@@ -408,6 +494,7 @@ def run_cell(
         oom_kills,
         tail,
         (timeout_s, idle_timeout_s),
+        memory=(limit, enforced) if limit is not None else None,
     )
     return Outcome(
         status=status,
@@ -423,4 +510,5 @@ def run_cell(
         worker_wall_s=(exited_at - spawned_at) if exit_code is not None else None,
         env_flags=recorded_flags(env),
         physical_device=physical,
+        memory_limit=memory_record,
     )

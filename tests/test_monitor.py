@@ -127,20 +127,25 @@ def test_the_orchestrators_own_cpu_is_not_other_load() -> None:
     import threading
     import time
 
-    stop = time.monotonic() + 2.0
+    def watch(spinning: bool) -> float:
+        stop = time.monotonic() + 2.0
 
-    def spin() -> None:
-        while time.monotonic() < stop:
-            pass
+        def spin() -> None:
+            while time.monotonic() < stop:
+                pass
 
-    idle = subprocess.Popen([sys.executable, "-c", "import time; time.sleep(2)"])
-    mon = monitor.Monitor(idle.pid, interval_s=0.05).start()
-    spinner = threading.Thread(target=spin)
-    spinner.start()
-    idle.wait()
-    spinner.join()
-    s = mon.stop()
-    assert s["cpu_other_pct"] < 50  # a core's worth of the process's own work is not counted
+        idle = subprocess.Popen([sys.executable, "-c", "import time; time.sleep(2)"])
+        mon = monitor.Monitor(idle.pid, interval_s=0.05).start()
+        spinner = threading.Thread(target=spin if spinning else lambda: None)
+        spinner.start()
+        idle.wait()
+        spinner.join()
+        return mon.stop()["cpu_other_pct"]
+
+    # against the same window without the spinner: what the rest of the machine does (a shared CI host,
+    # tests of another session) is other load in both, and is not this test's business
+    baseline = watch(spinning=False)
+    assert watch(spinning=True) < baseline + 50  # a core's worth of the process's own work is not counted
 
 
 class FakeGpu:

@@ -47,6 +47,7 @@ class Settings:
     idle_timeout_s: float
     threads: int | None
     monitor_interval_s: float
+    memory_limit_mb: float | None = None  # the suite's memory_limit_mb: each worker's process tree under it
 
     @classmethod
     def of(cls, suite: Suite) -> Settings:
@@ -57,6 +58,7 @@ class Settings:
             idle_timeout_s=suite.idle_timeout_s,
             threads=suite.threads,
             monitor_interval_s=suite.monitor_interval_s,
+            memory_limit_mb=suite.memory_limit_mb,
         )
 
 
@@ -142,6 +144,7 @@ def run_here(
             log_name=unit.unit_id,
             cancel=cancel,
             gpus=gpus,
+            memory_limit_mb=settings.memory_limit_mb,
         )
     outcome.executor = executor
     return outcome
