@@ -257,6 +257,48 @@ def data_parallel_scaling(rows: list[Row]) -> Chart:
     return _figure("scaling", title, fig, height=560)
 
 
+def maxbatch_memory(probes: list[Row], searches: list[Row]) -> Chart:
+    """`mlbench maxbatch`: peak memory against batch size per framework (out-of-memory probes marked
+    with an x at the batch they failed), the memory limit drawn where the searches ran under one."""
+    title = "Memory against batch size (maxbatch probes)"
+    measured = [p for p in probes if p.get("fits") is not None]
+    if not measured:
+        return _empty("maxbatch-memory", title, "No probe measured: every search failed before its first probe ended.")
+    # against a cgroup limit, the cgroup's own peak (what the limit counts); else the tree's peak memory
+    y = "limit_peak_mb" if any(p.get("limit_peak_mb") is not None for p in measured) else "peak_memory_mb"
+    models = _models(measured)
+    fig = _subplots(models)
+    seen: set[str] = set()
+    for col, m in enumerate(models, 1):
+        for key in dict.fromkeys(
+            (p["framework"], p["device"], p["precision"]) for p in measured if p["model_name"] == m
+        ):
+            ps = sorted((p for p in measured if p["model_name"] == m and (p["framework"], p["device"], p["precision"]) == key),
+                        key=lambda p: p["batch_size"])  # fmt: skip
+            name = " ".join(key)
+            fits = [p for p in ps if p["fits"] and p.get(y) is not None]
+            fig.add_scatter(
+                name=name, legendgroup=name, showlegend=_legend_once(seen, name), mode="lines+markers",
+                line=dict(color=color(key[0])), x=[p["batch_size"] for p in fits], y=[p[y] for p in fits],
+                hovertemplate="batch %{x}: %{y:.0f} MiB", row=1, col=col,
+            )  # fmt: skip
+            failed = [p for p in ps if not p["fits"]]
+            if failed:
+                fig.add_scatter(
+                    name=f"{name} out of memory", legendgroup=name, showlegend=False, mode="markers",
+                    marker=dict(symbol="x", size=11, color=color(key[0])), x=[p["batch_size"] for p in failed],
+                    y=[p.get(y) for p in failed], hovertemplate="batch %{x}: out of memory",
+                    row=1, col=col,
+                )  # fmt: skip
+    limits = {r["memory_limit_mb"] for r in searches if r.get("memory_limit_mb")}
+    for limit in limits:
+        fig.add_hline(y=limit, line_dash="dot", annotation_text=f"memory_limit_mb {limit:g}")
+    fig.update_xaxes(type="log", title_text="batch size")
+    what = "peak in the cell's memory cgroup" if y == "limit_peak_mb" else "peak memory (process tree)"
+    fig.update_yaxes(title_text=f"{what} (MiB)", col=1)
+    return _figure("maxbatch-memory", title, fig)
+
+
 def memory(rows: list[Row]) -> Chart:
     title = "Memory: peak and average"
     ok = [r for r in analysis.ok_rows(rows) if r.get("peak_memory_mb") is not None]

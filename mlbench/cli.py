@@ -167,6 +167,96 @@ def run(
 
 @main.command()
 @click.argument("config", type=click.Path(dir_okay=False))
+@click.option("--name", help="Run name (folder under runs/), instead of the config's `name`.")
+@click.option("--runs-dir", default="runs", show_default=True, type=click.Path(file_okay=False), help="Where runs go.")
+@click.option(
+    "--memory-limit-mb",
+    type=click.FloatRange(min=1),
+    default=None,
+    help="Every probe under this memory limit, instead of the config's `memory_limit_mb`.",
+)
+@_filters
+def maxbatch(
+    config: str,
+    name: str | None,
+    runs_dir: str,
+    memory_limit_mb: float | None,
+    frameworks: tuple[str, ...],
+    models: tuple[str, ...],
+    devices: tuple[str, ...],
+    precisions: tuple[str, ...],
+    batch_sizes: tuple[str, ...],
+) -> None:
+    """The largest training batch that fits, per framework, model, device and precision of CONFIG:
+    a fresh worker per probe, doubling then bisecting (settings under `maxbatch:`); run it again to
+    continue an interrupted search from its stored probes."""
+    from rich.console import Console
+    from rich.table import Table
+
+    from mlbench import maxbatch as search
+
+    suite = _load(config, name)
+    if memory_limit_mb is not None:
+        suite = parse_suite(
+            {**suite.model_dump(), "memory_limit_mb": memory_limit_mb}, f"{config} (with --memory-limit-mb)"
+        )
+    only = _only(frameworks, models, devices, precisions, batch_sizes)
+    try:
+        expand(suite, only)
+    except ConfigError as exc:
+        _fail(str(exc))
+
+    def _sigterm(signum: int, frame: Any) -> None:
+        raise KeyboardInterrupt
+
+    signal.signal(signal.SIGTERM, _sigterm)
+    run_dir = Path(runs_dir) / suite.name
+    try:
+        run_dir.mkdir(parents=True, exist_ok=True)
+        with store.RunLock(run_dir):
+            orchestrator.prepare(suite, run_dir, environment.capture())
+            found = search.run(suite, run_dir, only, say=lambda line: click.echo(line, err=True))
+            orchestrator.rebuild(run_dir)
+    except (runner.Interrupted, KeyboardInterrupt):
+        click.echo(
+            f"\ninterrupted: the probe in flight was stopped; finished probes are stored.\n"
+            f"continue with: python -m mlbench maxbatch {config}" + (f" --name {name}" if name else ""),
+            err=True,
+        )
+        sys.exit(EXIT_INTERRUPTED)
+    except store.RunLocked as exc:
+        _fail(str(exc), 1)
+    except OSError as exc:
+        _fail(f"cannot use the run folder {run_dir}: {exc}", 1)
+    limit = f" under memory_limit_mb={suite.memory_limit_mb:g}" if suite.memory_limit_mb else ""
+    table = Table(title=f"mlbench maxbatch: the largest training batch that fits{limit}")
+    for col in (
+        "framework",
+        "model",
+        "device",
+        "precision",
+        "largest fit",
+        "first oom",
+        "recommended",
+        "probes",
+        "verdict",
+    ):
+        table.add_column(col)
+    for r in found:
+        table.add_row(
+            r["framework"], r["model_name"], r["device"], r["precision"],
+            *("-" if r[k] is None else str(r[k]) for k in ("max_batch_size", "first_failing_batch_size", "recommended_batch_size")),
+            str(r["probes"]), f"{r['status']}: {r['reason']}",
+        )  # fmt: skip
+    Console(width=200).print(table)
+    folder = RunFolder(run_dir)
+    click.echo(f"searches: {folder.maxbatch}  probes: {folder.maxbatch_probes_table}  report: {folder.report}")
+    if any(r["status"] == "failed" for r in found):
+        sys.exit(1)
+
+
+@main.command()
+@click.argument("config", type=click.Path(dir_okay=False))
 @_filters
 def validate(
     config: str,

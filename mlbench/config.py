@@ -70,6 +70,18 @@ class RayConfig(Strict):
     node_dir: str | None = None  # where nodes keep data, logs and caches (default: <tmp>/mlbench-ray/<run>)
 
 
+class MaxBatchConfig(Strict):
+    """How `mlbench maxbatch` searches for the largest batch that trains without running out of memory."""
+
+    start: PositiveInt = 8  # the first batch probed; doubled until the first out-of-memory
+    max_batch: PositiveInt = 65536  # the cap: a search that fits here stops (first_failing_batch_size null)
+    # bisection stops once the first failing batch is within this fraction of the largest fitting one
+    # (at least one batch step apart): 5% of the answer, in log2(1/0.05) ~ 4-5 probes past the doubling
+    resolution: float = Field(0.05, gt=0, le=1)
+    margin: float = Field(0.9, gt=0, le=1)  # recommended batch: this fraction of the largest that fit
+    steps: PositiveInt = 3  # full training steps a probe runs (after one warm-up step), then an inference pass
+
+
 class Suite(Strict):
     """One benchmark grid. Defaults live here, each with its reason."""
 
@@ -108,6 +120,11 @@ class Suite(Strict):
     executor: Literal["local", "ray"] = "local"  # ray: install the `ray` extra
     parallel: PositiveInt = 1  # cells at once: local runs only cells on disjoint GPUs together; ray: tasks in flight
     ray: RayConfig = RayConfig()
+    # every worker of `run` and `maxbatch` under this memory limit (its whole process tree): a memory
+    # cgroup where the machine allows one, else a watchdog on the tree's RSS (the run says which);
+    # over it the cell is `oom`, as on a GPU. Emulates a smaller card, and makes a CPU frontier testable.
+    memory_limit_mb: PositiveFloat | None = None
+    maxbatch: MaxBatchConfig = MaxBatchConfig()
 
     @field_validator("frameworks", "models", "devices", "precisions", "batch_sizes")
     @classmethod

@@ -132,6 +132,40 @@ def headline(rows: list[dict[str, Any]]) -> str:
     return "".join(out)
 
 
+def _limit(r: dict[str, Any]) -> str:
+    return f"{r['memory_limit_mb']:g} MB ({r['memory_limit_how']})" if r.get("memory_limit_mb") else "none"
+
+
+def maxbatch_section(searches: list[dict[str, Any]], probes: list[dict[str, Any]]) -> str:
+    """`mlbench maxbatch`: the frontier table and memory against batch size, with the limit drawn."""
+    if not searches:
+        return ""
+    head = (
+        "<tr><th>framework</th><th>model</th><th>device</th><th>precision</th><th>largest batch that fit</th>"
+        "<th>first out of memory</th><th>recommended</th><th>probes</th><th>memory limit</th><th>verdict</th></tr>"
+    )
+    body = "".join(
+        "<tr>"
+        + "".join(
+            f"<td>{_esc('—' if r[k] is None else r[k])}</td>"
+            for k in ("framework", "model_name", "device", "precision", "max_batch_size", "first_failing_batch_size")
+        )
+        + f"<td><b>{_esc('—' if r['recommended_batch_size'] is None else r['recommended_batch_size'])}</b></td>"
+        + f"<td>{r['probes']}</td>"
+        + f"<td>{_esc(_limit(r))}</td>"
+        + f"<td>{_esc(r['status'] + ': ' + r['reason'])}</td></tr>"
+        for r in searches
+    )
+    chart = charts.maxbatch_memory(probes, searches)
+    return (
+        "<h2 id='maxbatch'>Largest batch that fits</h2><p class='sub'>Each probe a fresh worker: a few full training "
+        "steps and an inference pass at that batch; doubling to the first out-of-memory, then bisection. The "
+        "recommended batch keeps the suite's margin below the largest that fit.</p>"
+        f"<table class='cells'><thead>{head}</thead><tbody>{body}</tbody></table>"
+        f"<section class='chart' id='{chart.id}'><h3>{_esc(chart.title)}</h3>{chart.html}</section>"
+    )
+
+
 def scaling_section(rows: list[dict[str, Any]]) -> str:
     """When a second device pays: each data-parallel cell against its one-device cell, with the interval."""
     found = scaling.verdicts(rows)
@@ -242,8 +276,10 @@ def build_html(
     env: dict[str, Any],
     grid_size: int | None = None,
     stale: int = 0,
+    frontier: tuple[list[dict[str, Any]], list[dict[str, Any]]] = ([], []),
 ) -> str:
-    """The whole report as one HTML string; every piece of text from configs and workers is escaped."""
+    """The whole report as one HTML string; every piece of text from configs and workers is escaped.
+    `frontier`: `mlbench maxbatch`'s searches and probes in this run folder, if any."""
     counts: dict[str, int] = {}
     for r in rows:
         counts[r["status"]] = counts.get(r["status"], 0) + 1
@@ -284,6 +320,7 @@ the 95% confidence intervals do not overlap (peak memory: a gap over {analysis.M
 <h2 id="tradeoffs">Trade-offs</h2>
 <p class="sub">Diamonds: the configurations no other beats on both axes (the Pareto front).</p>{trade_html}
 <h2 id="charts">Charts</h2>{chart_html}
+{maxbatch_section(*frontier)}
 <h2 id="parity">Parity</h2>{parity_section(rows)}
 {hosts_section(rows)}
 <h2 id="cells">Cells</h2>{cells_table(rows)}
@@ -301,9 +338,10 @@ def write(
     grid_size: int | None = None,
     stale: int = 0,
 ) -> Path:
+    from mlbench import maxbatch
     from mlbench.store import atomic_write
 
     path = RunFolder(run_dir).report
-    html_text = build_html(rows, suite, env, grid_size, stale)
+    html_text = build_html(rows, suite, env, grid_size, stale, frontier=maxbatch.load(run_dir))
     atomic_write(path, lambda p: p.write_text(html_text, encoding="utf-8"))
     return path

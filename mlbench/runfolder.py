@@ -100,3 +100,19 @@ class RunFolder:
     @property
     def calibration(self) -> Path:
         return self.root / "calibration.json"
+
+    @property
+    def maxbatch_runs(self) -> Path:  # a run folder of its own for the maxbatch probes' logs and data
+        return self.root / "maxbatch_runs"
+
+    @property
+    def maxbatch_probes(self) -> Path:  # one file per probe, as it finishes (resume reads them)
+        return self.root / "maxbatch"
+
+    @property
+    def maxbatch_probes_table(self) -> Path:
+        return self.root / "maxbatch_probes.parquet"
+
+    @property
+    def maxbatch(self) -> Path:
+        return self.root / "maxbatch.parquet"

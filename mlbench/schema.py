@@ -220,6 +220,8 @@ COLUMNS: list[tuple[str, pa.DataType, str]] = [
     ("gpu_model", S, "GPU model(s) of the cell's device, from NVML"),
     ("gpu_driver", S, "NVIDIA driver version"),
     ("hostname", S, "machine the cell ran on"),
+    ("memory_limit_mb", F, "the suite's memory_limit_mb the worker's process tree ran under (null: none)"),
+    ("memory_limit_how", S, "how that limit was enforced: a memory cgroup, or an RSS watchdog (null: none)"),
     ("executor", S, "what ran the cell: local (this machine) or ray (a task on a Ray cluster's node)"),
     ("env_flags", S, "allocator, thread and cache environment variables given to the worker (JSON)"),
     ("mlbench_version", S, "mlbench version"),

@@ -71,6 +71,10 @@ def main() -> int:
             return 1
     elif mode == "uncaught":
         raise RuntimeError("boom from the fault worker")
+    elif mode == "bigcrash":  # fine at small batches, a segfault from batch 64 (not out of memory)
+        if cell["batch_size"] >= 64:
+            ctypes.string_at(0)
+        _finish(em)
     elif mode == "segfault":
         ctypes.string_at(0)
     elif mode == "abort":
