@@ -70,6 +70,23 @@ def _filters(f: Any) -> Any:
     return f
 
 
+def _run_folder(f: Any) -> Any:
+    """--name and --runs-dir: where a command that writes a run folder writes it."""
+    f = click.option(
+        "--runs-dir", default="runs", show_default=True, type=click.Path(file_okay=False), help="Where runs go."
+    )(f)
+    return click.option("--name", help="Run name (folder under runs/), instead of the config's `name`.")(f)
+
+
+def _sigterm_interrupts() -> None:
+    """SIGTERM stops a command as Ctrl-C does: what is in flight is stopped, what finished is kept."""
+
+    def _sigterm(signum: int, frame: Any) -> None:
+        raise KeyboardInterrupt
+
+    signal.signal(signal.SIGTERM, _sigterm)
+
+
 def _load(config: str, name: str | None = None) -> Any:
     try:
         suite = load_suite(config)
@@ -90,8 +107,7 @@ def main() -> None:
 @click.argument("config", type=click.Path(dir_okay=False))
 @click.option("--resume", is_flag=True, help="Keep stored cells; run only those without a stored result.")
 @click.option("--retry-failed", is_flag=True, help="With --resume, also re-run cells stored as not ok.")
-@click.option("--name", help="Run name (folder under runs/), instead of the config's `name`.")
-@click.option("--runs-dir", default="runs", show_default=True, type=click.Path(file_okay=False), help="Where runs go.")
+@_run_folder
 @click.option(
     "--executor",
     type=click.Choice(["local", "ray"]),
@@ -132,10 +148,7 @@ def run(
     except (ConfigError, executors.ExecutorUnavailable) as exc:
         _fail(str(exc))
 
-    def _sigterm(signum: int, frame: Any) -> None:
-        raise KeyboardInterrupt
-
-    signal.signal(signal.SIGTERM, _sigterm)
+    _sigterm_interrupts()
     resume_cmd = (
         f"python -m mlbench run {config} --resume"
         + (f" --name {name}" if name else "")
@@ -167,8 +180,7 @@ def run(
 
 @main.command()
 @click.argument("config", type=click.Path(dir_okay=False))
-@click.option("--name", help="Run name (folder under runs/), instead of the config's `name`.")
-@click.option("--runs-dir", default="runs", show_default=True, type=click.Path(file_okay=False), help="Where runs go.")
+@_run_folder
 @click.option(
     "--memory-limit-mb",
     type=click.FloatRange(min=1),
@@ -206,10 +218,7 @@ def maxbatch(
     except ConfigError as exc:
         _fail(str(exc))
 
-    def _sigterm(signum: int, frame: Any) -> None:
-        raise KeyboardInterrupt
-
-    signal.signal(signal.SIGTERM, _sigterm)
+    _sigterm_interrupts()
     run_dir = Path(runs_dir) / suite.name
     try:
         run_dir.mkdir(parents=True, exist_ok=True)
