@@ -336,6 +336,38 @@ def test_fp16_loss_scaling_starts_alike_in_every_framework(framework: str) -> No
         assert float(backend.state.loss_scale) == FP16_INITIAL_SCALE
 
 
+def _updates_made(backend) -> int:
+    """The optimizer's own count of the updates it applied (what its lr schedule reads)."""
+    if backend.framework == "pytorch":
+        return backend.scheduler.last_epoch
+    if backend.framework == "tensorflow":
+        return int(backend.optimizer.iterations.numpy())
+    import jax
+
+    counts = [
+        leaf for path, leaf in jax.tree_util.tree_leaves_with_path(backend.state.opt_state) if "count" in str(path)
+    ]
+    return int(counts[0])
+
+
+@pytest.mark.parametrize("framework", ["pytorch", "tensorflow", "jax"])
+def test_a_skipped_fp16_step_does_not_advance_the_schedule(framework: str) -> None:
+    """Gradients that overflow fp16 skip the update and halve the scale; the learning-rate schedule
+    counts updates made, in all three (PyTorch's scheduler used to step anyway)."""
+    B = type(_backend(framework))
+    backend = B({**CELL, "precision": "fp16"})
+    spec = specs.get_spec("mlp")
+    backend.build(spec, initial_weights(spec, 0))
+    x = np.random.default_rng(0).standard_normal((8, spec.in_features)).astype(np.float32)
+    y = np.zeros(8, np.int64 if framework == "pytorch" else np.int32)
+    backend.step_result(backend.launch_step(x, y))
+    assert _updates_made(backend) == 1
+    backend.step_result(backend.launch_step(x * 1e6, y))  # past fp16's 65504: inf activations, no update
+    assert _updates_made(backend) == 1, framework
+    backend.step_result(backend.launch_step(x, y))
+    assert _updates_made(backend) == 2
+
+
 ALLOCATE_TOO_MUCH = {  # 16 TiB at once: refused at once by any allocator, nothing is touched
     "pytorch": "torch.empty(1 << 44, dtype=torch.uint8)",
     "tensorflow": "tf.zeros((1 << 44,), tf.uint8).numpy()",

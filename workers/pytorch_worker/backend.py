@@ -171,9 +171,17 @@ class TorchBackend:
             logits = self.train_forward(xb)
         loss = F.cross_entropy(logits.float(), yb)
         self.scaler.scale(loss).backward()
-        self.scaler.step(self.optimizer)
-        self.scaler.update()
-        self.scheduler.step()
+        if self.scaler.is_enabled():  # fp16
+            before = self.scaler.get_scale()
+            self.scaler.step(self.optimizer)  # skipped where the gradients are not finite
+            self.scaler.update()  # ... and then the scale is halved
+            # the schedule advances with the updates made, as Keras' LossScaleOptimizer and the JAX worker
+            # (which keeps the optimizer state of a skipped step) do; GradScaler.step has synced already
+            if self.scaler.get_scale() >= before:
+                self.scheduler.step()
+        else:
+            self.optimizer.step()
+            self.scheduler.step()
         correct = (logits.argmax(-1) == yb).sum()
         out = torch.stack([loss.detach().float(), correct.float()])
         if self.group is not None:
