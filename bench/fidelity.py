@@ -44,7 +44,7 @@ CASES = {"mlp": (256, 300), "resnet18": (64, 15), "bert": (32, 15)}  # model: (b
 # its runs are seconds long, so it gets more rounds than the others. A longer window does not help:
 # at 1200 steps (8 pairs each) PyTorch's and TensorFlow's pairs spread as widely as at 300 (sd of the
 # log ratios 0.19 and 0.16 against 0.14 and 0.11; ...-mlp-1200-steps.json). The speed of two-thread
-# work on this VM moves in phases of seconds to a minute (README, "Read the intervals"), longer than
+# work on this VM moves in phases of seconds to a minute (bench/README.md, "Read the intervals"), longer than
 # either window; one thread does not feel them
 EXTRA_ROUNDS = {"mlp": 2}  # rounds x this
 WARMUP = 3

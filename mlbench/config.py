@@ -108,7 +108,7 @@ class Suite(Strict):
     # glibc's malloc in the workers. steady: freed memory kept for reuse (fixed mmap and trim thresholds,
     # transparent huge pages), so a training step does not page-fault its temporaries in afresh each time;
     # system: the machine's settings as they are (glibc's dynamic thresholds: tens of thousands of page
-    # faults a step in a PyTorch ResNet-18 or BERT cell on a CPU, more in JAX's). See the README.
+    # faults a step in a PyTorch ResNet-18 or BERT cell on a CPU, more in JAX's). See docs/measurement.md, "Host memory between steps".
     malloc: Literal["steady", "system"] = "steady"
     timeout_s: PositiveFloat = 900  # wall-clock limit per cell
     idle_timeout_s: PositiveFloat = 300  # limit without any event from the worker

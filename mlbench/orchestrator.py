@@ -126,7 +126,7 @@ def plan(
         _say(
             f"resume: {sum(older.values())} stored cell(s) were measured by mlbench "
             f"{', '.join(sorted(older))}, this is {env['mlbench_version']}; how a figure is measured "
-            "may differ between versions (see the README): to compare like with like, run into a new folder"
+            "may differ between versions (see CHANGELOG.md): to compare like with like, run into a new folder"
         )
     return Plan(cells, todo, already)
 

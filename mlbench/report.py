@@ -235,7 +235,7 @@ def warnings(rows: list[dict[str, Any]]) -> list[str]:
         out.append(
             f"{len(faulting)} cell(s) page-faulted more than {FAULTS_PER_STEP:,} pages a training step (up to "
             f"{worst:,.0f}): memory given back to the kernel and mapped in again every step, a cost inside their "
-            "step times that the allocator's settings decide (see `malloc` in the README)."
+            "step times that the allocator's settings decide (see `malloc` in docs/measurement.md)."
         )
     over = [
         r

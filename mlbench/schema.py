@@ -1,7 +1,7 @@
 """The results schema: every column of a cell file, its Arrow type and what it means.
 
-The single source for the Parquet files, the CSV/JSON exports and the README's column table
-(`python -m mlbench schema` prints it; a test keeps the README in step).
+The single source for the Parquet files, the CSV/JSON exports and docs/results.md's column table
+(`python -m mlbench schema` prints it; a test keeps docs/results.md in step).
 """
 
 from __future__ import annotations
@@ -262,7 +262,7 @@ FLAT = [name for name, _, _ in COLUMNS if name not in NESTED]
 
 
 def markdown_table() -> str:
-    """The column table for the README."""
+    """The column table of docs/results.md."""
     lines = ["| column | type | meaning |", "| --- | --- | --- |"]
     for name, typ, doc in COLUMNS:
         lines.append(f"| `{name}` | {typ} | {doc} |")

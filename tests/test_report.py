@@ -79,7 +79,7 @@ def test_cells_that_page_fault_every_step_are_named_in_the_warnings() -> None:
     assert said == [
         "1 cell(s) page-faulted more than 5,000 pages a training step (up to 54,358): memory given back to the "
         "kernel and mapped in again every step, a cost inside their step times that the allocator's settings "
-        "decide (see `malloc` in the README)."
+        "decide (see `malloc` in docs/measurement.md)."
     ]
     assert not any("page-faulted" in w for w in report.warnings([row("jax", page_faults_per_step=830.9), row("tf")]))
 

@@ -9,7 +9,7 @@ that process. Measured, 2 CPU cores, minor faults per step: PyTorch BERT (batch 
 PyTorch ResNet-18 (batch 64) 54,000-104,000, the MLP 0-1,300 from one process to the next; JAX
 ResNet-18 135,000 and BERT 204,000 (XLA:CPU's temporary buffer, above any mmap threshold). Fixed
 thresholds keep freed memory in the heap (1 GiB before a trim) and huge pages (through madvise)
-serve what is still mapped: the same cells 0-2 faults a step in PyTorch, 600-1,200 in JAX. README,
+serve what is still mapped: the same cells 0-2 faults a step in PyTorch, 600-1,200 in JAX. docs/measurement.md,
 "Host memory between steps", has what it did to throughput.
 
 glibc reads GLIBC_TUNABLES once, when the process starts: the orchestrator sets it in each worker's
