@@ -35,9 +35,14 @@ def mlp(spec: MLPSpec) -> keras.Model:
 
 
 def _conv(x, filters: int, kernel: int, stride: int, name: str):
-    p = kernel // 2  # explicit symmetric padding, as PyTorch pads (SAME is asymmetric at stride 2)
-    if p:
-        x = layers.ZeroPadding2D(p)(x)
+    """A convolution padded as PyTorch pads it (kernel // 2 on every side). At stride 1 Keras' `same`
+    is exactly that, done inside the convolution; at stride 2 `same` pads only the bottom and right
+    (asymmetric), so the padding is an explicit layer there. An explicit ZeroPadding2D before every
+    3x3 convolution, stride 1 included, cost a copy of each activation per layer (#23)."""
+    p = kernel // 2
+    if stride == 1 or not p:
+        return layers.Conv2D(filters, kernel, stride, padding="same", use_bias=False, name=name)(x)
+    x = layers.ZeroPadding2D(p)(x)
     return layers.Conv2D(filters, kernel, stride, padding="valid", use_bias=False, name=name)(x)
 
 
