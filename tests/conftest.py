@@ -111,14 +111,21 @@ def loopback_only_prefix() -> list[str]:
 
 
 def verify_run(
-    framework: str, model: str, device: str, run_dir: Path, timeout_s: float = 600, overrides: dict | None = None
+    framework: str,
+    model: str,
+    device: str,
+    run_dir: Path,
+    timeout_s: float = 600,
+    overrides: dict | None = None,
+    module: str | None = None,
 ) -> tuple[Any, dict]:
-    """One framework's `mlbench verify` task for one model on `device` (cpu, cpu:0,1): the worker's
-    outcome and its verify event (None when it did not finish)."""
+    """One framework's `mlbench verify` task for one model on `device` (cpu, cpu:0,1), in its built-in
+    worker or `module` (a test's deliberately broken one): the worker's outcome and its verify event
+    (None when it did not finish)."""
     from mlbench import runner, verify
     from mlbench.config import BUILTIN_WORKERS
 
-    module = BUILTIN_WORKERS[framework]
+    module = module or BUILTIN_WORKERS[framework]
     cell = verify.verify_cell(framework, model, module, overrides, 0, device=device)
     run_dir.mkdir(parents=True, exist_ok=True)
     outcome = runner.run_cell(

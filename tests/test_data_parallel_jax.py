@@ -45,15 +45,7 @@ def test_two_cpu_replicas_take_the_one_device_steps(model: str, tmp_path: Path) 
 @pytest.mark.e2e
 def test_a_missing_all_reduce_shows_as_divergence_and_other_losses(tmp_path: Path) -> None:
     """tests/broken_dp_jax_worker.py: each replica steps on its own half of the batch."""
-    from mlbench import runner, verify
-
-    module = "tests.broken_dp_jax_worker"
-    cell = verify.verify_cell("jax", "mlp", module, None, 0, device="cpu:0,1")
-    outcome = runner.run_cell(
-        cell, tmp_path, module=module, timeout_s=300, idle_timeout_s=300,
-        extra={"verify_dir": str(tmp_path.resolve())}, threads=2,
-    )  # fmt: skip
-    broken = next(e for e in outcome.events if e["event"] == "verify")
+    _, broken = verify_run("jax", "mlp", "cpu:0,1", tmp_path / "broken", module="tests.broken_dp_jax_worker")
     _, one = verify_run("jax", "mlp", "cpu", tmp_path / "one")
     assert broken["replica_divergence"] > 1e-4, broken["replica_divergence"]  # measured 6e-3
     assert _rel(broken["losses"], one["losses"]) > 1e-3, (broken["losses"], one["losses"])

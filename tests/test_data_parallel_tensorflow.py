@@ -12,23 +12,15 @@ from typing import Any
 import numpy as np
 import pytest
 
-from mlbench import runner, verify
-from mlbench.config import BUILTIN_WORKERS
+from tests.conftest import verify_run
 
 pytest.importorskip("tensorflow")
 
 TINY = {"resnet18": {"widths": [8, 16, 32, 64]}}
 
 
-def _verify(model: str, device: str, run_dir: Path, module: str = BUILTIN_WORKERS["tensorflow"]) -> tuple[Any, dict]:
-    """The verify task of `model` on `device` in `module`'s worker: (outcome, verify event or None)."""
-    cell = verify.verify_cell("tensorflow", model, module, TINY.get(model), 0, device=device)
-    run_dir.mkdir(parents=True, exist_ok=True)
-    outcome = runner.run_cell(
-        cell, run_dir, module=module, timeout_s=300, idle_timeout_s=300,
-        extra={"verify_dir": str(run_dir.resolve())}, threads=2,
-    )  # fmt: skip
-    return outcome, next((e for e in outcome.events if e["event"] == "verify"), None)
+def _verify(model: str, device: str, run_dir: Path, module: str | None = None) -> tuple[Any, dict]:
+    return verify_run("tensorflow", model, device, run_dir, overrides=TINY.get(model), module=module)
 
 
 @pytest.mark.e2e

@@ -23,6 +23,7 @@ from __future__ import annotations
 
 import ctypes
 import datetime
+import json
 import os
 import signal
 import sys
@@ -106,8 +107,6 @@ class _RankEvents:
         self.rank, self.error_kind = rank, None
 
     def write(self, line: str) -> None:
-        import json
-
         event = json.loads(line)
         if event.get("event") == "error":
             self.error_kind = event.get("kind")
