@@ -127,10 +127,14 @@ def test_a_real_search_under_a_memory_limit_resumes_and_a_run_confirms_it(tmp_pa
     probe_rows = pd.read_parquet(tmp_path / "runs/t/maxbatch_probes.parquet")
     assert set(probe_rows.status) == {"ok", "oom"} and probe_rows.peak_memory_mb.notna().all()
     assert "Largest batch that fits" in (tmp_path / "runs/t/report.html").read_text()
-    # a run of that cell under the same limit and as many steps: ok at the answer, oom just above it
-    for batch, status in ((fit, "ok"), (fail, "oom")):
+    # a normal run of the probe's cell under the same limit: ok at the recommended batch, oom well above the
+    # first failure. Not at the edge itself: there the same cell fits in one process and not in the next
+    # (tiny ResNet-18 under 900 MB: 512 ran out of memory in three searches and fit in a fourth; a run at
+    # 512 went either way), which is what the margin is for (docs/maxbatch.md)
+    for batch, status in ((int(row["recommended_batch_size"]), "ok"), (fail * 5 // 4, "oom")):
         run = {**suite, "name": f"confirm{batch}", "batch_sizes": [batch], "warmup_steps": 1}
         run["dataset"] = {"name": "synthetic", "train_samples": batch * 3, "val_samples": batch}
+        run["inference"] = {"warmup": 0, "runs": 1, "min_runs": 1, "max_s": 1.0}
         (tmp_path / "c.yaml").write_text(yaml.safe_dump(run))
         assert cli("run", "c.yaml", "--runs-dir", "runs", cwd=tmp_path).returncode == 0
         r = pd.read_parquet(tmp_path / f"runs/confirm{batch}/results.parquet").iloc[0]
