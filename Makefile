@@ -2,15 +2,30 @@
 PYTHON ?= $(shell command -v python3.11 || command -v python3)
 VENV   := .venv
 BIN    := $(VENV)/bin
-STAMP  := $(VENV)/.installed-stamp
+# GPU=1: the CUDA builds of all three frameworks (`make venv GPU=1`, docs/gpu.md). A venv built so
+# remembers it (.venv/.gpu), so a later `make test` never installs the CPU TensorFlow over it.
+GPU    ?= $(shell cat $(VENV)/.gpu 2>/dev/null)
+ifeq ($(GPU),1)
+EXTRAS ?= torch,tensorflow-gpu,jax-gpu,ray,dev
+LOCKS  := -c requirements.lock -c requirements-gpu.lock
+STAMP  := $(VENV)/.installed-gpu
+else
 EXTRAS ?= torch,tensorflow,jax,ray,dev
+LOCKS  := -c requirements.lock
+STAMP  := $(VENV)/.installed-stamp
+endif
 
 .PHONY: venv browser quick run test test-fast bench gpu-smoke lint format clean
 
-$(STAMP): pyproject.toml requirements.lock
+$(STAMP): pyproject.toml requirements.lock requirements-gpu.lock
 	$(PYTHON) -m venv $(VENV)
 	$(BIN)/pip install --quiet --upgrade pip
-	$(BIN)/pip install --quiet -c requirements.lock -e '.[$(EXTRAS)]'
+ifeq ($(GPU),1)
+	$(BIN)/pip uninstall --quiet --yes tensorflow-cpu 2>/dev/null || true  # both install the module tensorflow
+	echo 1 > $(VENV)/.gpu
+endif
+	$(BIN)/pip install --quiet $(LOCKS) -e '.[$(EXTRAS)]'
+	$(BIN)/pip check
 	touch $(STAMP)
 
 venv: $(STAMP)
