@@ -198,6 +198,11 @@ def main() -> int:
             f"{r['status']:<7} {(r.get('samples_per_second') or 0):>9.0f} samples/s  MFU {r.get('mfu')}  "
             f"util {r.get('gpu_utilization_pct')}  efficiency {r.get('scaling_efficiency')}"
         )
+        if r["status"] == "ok":
+            say(
+                f"  {'':<10} memory {r.get('memory_source')}: peak {r.get('peak_memory_mb')} MiB, allocator peak "
+                f"{r.get('device_peak_allocated_mb')} MiB, outside the allocator {r.get('gpu_memory_outside_allocator_mb')} MiB"
+            )
     found = problems(runs["normal"], runs["oversized"], runs.get("two"))
     expected = len(frameworks) * 4
     if len(runs["normal"]) != expected:

@@ -82,14 +82,29 @@ def _summed(values: list[Any]) -> float | None:
     return None if not values or any(v is None for v in values) else float(sum(values))
 
 
+def _process_memory(procs_per_gpu: list[Any], pids: set[int]) -> float | None:
+    """Device memory NVML accounts to these processes on these GPUs, summed (their CUDA contexts
+    included). None where a GPU could not list its processes, where none of ours is among them (a
+    container's own PID namespace: NVML names host PIDs), or where a process's figure is unavailable."""
+    if any(procs is None for procs in procs_per_gpu):
+        return None
+    used = [getattr(p, "usedGpuMemory", None) for procs in procs_per_gpu for p in procs if p.pid in pids]
+    if not used or any(u is None for u in used):
+        return None
+    return float(sum(used))
+
+
 class _GpuSampler:
     """NVML samples of a cell's GPUs, each with its time, and the energy counter at the marks of the
-    worker's training window (`mark`), so the figures exist over the whole cell and over the window."""
+    worker's training window (`mark`), so the figures exist over the whole cell and over the window.
+    Memory twice: the whole device's and the worker's processes' own (`pids`: its process tree)."""
 
-    def __init__(self, indices: list[int]) -> None:
+    def __init__(self, indices: list[int], pids: Any = frozenset) -> None:
         self.handles = [pynvml.nvmlDeviceGetHandleByIndex(i) for i in indices]
+        self.pids = pids
         self.energy0 = self._energy_mj()
-        self.samples: list[tuple[float, float | None, float | None, float | None]] = []  # t, util %, mem B, W
+        # t, util %, device mem B, W, the worker's processes' mem B
+        self.samples: list[tuple[float, float | None, float | None, float | None, float | None]] = []
         self.sm_clock_max = 0
         self.throttle: int | None = None
         self.window: list[list[Any]] = []  # [t_start, energy_start_mj, t_end, energy_end_mj]
@@ -102,6 +117,9 @@ class _GpuSampler:
         util = _summed([getattr(_query(pynvml.nvmlDeviceGetUtilizationRates, h), "gpu", None) for h in self.handles])
         mem = _summed([getattr(_query(pynvml.nvmlDeviceGetMemoryInfo, h), "used", None) for h in self.handles])
         power_mw = _summed([_query(pynvml.nvmlDeviceGetPowerUsage, h) for h in self.handles])
+        own = _process_memory(
+            [_query(pynvml.nvmlDeviceGetComputeRunningProcesses, h) for h in self.handles], set(self.pids())
+        )
         for h in self.handles:
             clock = _query(pynvml.nvmlDeviceGetClockInfo, h, pynvml.NVML_CLOCK_SM)
             self.sm_clock_max = max(self.sm_clock_max, clock or 0)
@@ -110,7 +128,13 @@ class _GpuSampler:
                 self.throttle = (self.throttle or 0) | (reasons & ~0x1)
         n = len(self.handles)
         self.samples.append(
-            (time.monotonic(), None if util is None else util / n, mem, None if power_mw is None else power_mw / 1000)
+            (
+                time.monotonic(),
+                None if util is None else util / n,
+                mem,
+                None if power_mw is None else power_mw / 1000,
+                own,
+            )
         )
 
     def mark(self, state: str) -> None:
@@ -127,10 +151,11 @@ class _GpuSampler:
     def summary(self) -> dict[str, Any]:
         energy = self._energy_mj()
         joules = None if energy is None or self.energy0 is None else (energy - self.energy0) / 1000.0
-        util = [u for _, u, _, _ in self.samples if u is not None]
-        mem = [m for _, _, m, _ in self.samples if m is not None]
-        power = [p for _, _, _, p in self.samples if p is not None]
-        win = [(u, p) for t, u, _, p in self.samples if self._in_window(t)]
+        util = [s[1] for s in self.samples if s[1] is not None]
+        mem = [s[2] for s in self.samples if s[2] is not None]
+        power = [s[3] for s in self.samples if s[3] is not None]
+        own = [s[4] for s in self.samples if s[4] is not None]
+        win = [(u, p) for t, u, _, p, _ in self.samples if self._in_window(t)]
         win_util = [u for u, _ in win if u is not None]
         win_power = [p for _, p in win if p is not None]
         closed = [w for w in self.window if w[2] is not None]
@@ -144,6 +169,9 @@ class _GpuSampler:
             "gpu_utilization_peak_pct": max(util) if util else None,
             "gpu_memory_used_peak_bytes": max(mem) if mem else None,
             "gpu_memory_used_avg_bytes": sum(mem) / len(mem) if mem else None,
+            # over the samples in which the worker's processes held device memory (from their CUDA init on)
+            "gpu_process_memory_peak_bytes": max(own) if own else None,
+            "gpu_process_memory_avg_bytes": sum(own) / len(own) if own else None,
             "gpu_power_avg_w": sum(power) / len(power) if power else None,
             "gpu_energy_j": joules,
             "gpu_utilization_train_pct": sum(win_util) / len(win_util) if win_util else None,
@@ -239,7 +267,7 @@ class Monitor:
         if indices:
             if NVML.available():
                 try:
-                    self.gpu = _GpuSampler(indices)
+                    self.gpu = _GpuSampler(indices, pids=lambda: self._procs.keys())
                 except Exception as exc:
                     self.gpu_error = str(exc)
             else:
@@ -352,6 +380,8 @@ class Monitor:
             "gpu_utilization_peak_pct",
             "gpu_memory_used_peak_bytes",
             "gpu_memory_used_avg_bytes",
+            "gpu_process_memory_peak_bytes",
+            "gpu_process_memory_avg_bytes",
             "gpu_power_avg_w",
             "gpu_energy_j",
             "gpu_utilization_train_pct",

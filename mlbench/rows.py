@@ -22,6 +22,45 @@ def _last(events: list[dict[str, Any]], kind: str) -> dict[str, Any]:
     return next((e for e in reversed(events) if e["event"] == kind), {})
 
 
+def _memory_figures(on_gpu: bool, memory: dict[str, Any], mon: dict[str, Any]) -> tuple[Any, Any, str]:
+    """A cell's peak and average memory, both from one source, and what that source is.
+
+    On a GPU: NVML's memory of the worker's own processes (their CUDA contexts included) where NVML
+    lists them, else NVML's whole-device memory in use; the framework allocator's peak has a column
+    of its own (`device_peak_allocated_mb`), as allocators differ in what they count. On a CPU: the
+    RSS of the worker's process tree (its peak also from the worker's own getrusage)."""
+    if on_gpu:
+        if mon.get("gpu_process_memory_peak_bytes") is not None:
+            return (
+                mon["gpu_process_memory_peak_bytes"],
+                mon.get("gpu_process_memory_avg_bytes"),
+                "peak and avg: NVML device memory of the worker's processes (CUDA context included)",
+            )
+        return (
+            mon.get("gpu_memory_used_peak_bytes"),
+            mon.get("gpu_memory_used_avg_bytes"),
+            "peak and avg: NVML device memory in use on the cell's GPUs (whole device; per-process unavailable)",
+        )
+    candidates = [v for v in (mon.get("host_rss_peak_bytes"), memory.get("host_peak_rss_bytes")) if v is not None]
+    return (
+        max(candidates) if candidates else None,
+        mon.get("host_rss_avg_bytes"),
+        "peak and avg: host RSS of the worker's process tree",
+    )
+
+
+def _outside_allocator(memory: dict[str, Any], mon: dict[str, Any]) -> float | None:
+    """Device memory the worker's processes held beyond their framework allocator's pool at its peak:
+    the CUDA context, library workspaces (cuBLAS, cuDNN) and loaded kernels. The pool is the
+    allocator's reserved peak where the framework reports one (PyTorch, JAX), else its allocated peak
+    (TensorFlow: then the allocator's own slack is counted here too)."""
+    own = mon.get("gpu_process_memory_peak_bytes")
+    pool = memory.get("device_reserved_peak_bytes") or memory.get("device_peak_bytes")
+    if own is None or pool is None:
+        return None
+    return max(0.0, own - pool)
+
+
 def build(cell: Cell, run_name: str, outcome: Outcome, head_env: dict[str, Any], repeat: int = 0) -> dict[str, Any]:
     """The cell's row: every schema column present, null where nothing was measured. The machine's
     columns come from the host that ran the cell (a Ray node), else the head's record."""
@@ -49,17 +88,7 @@ def build(cell: Cell, run_name: str, outcome: Outcome, head_env: dict[str, Any],
     mon = outcome.monitor
     on_gpu = spec.parsed_device.kind == "cuda"
     worker_rss = memory.get("host_peak_rss_bytes")
-    if on_gpu:
-        peak = memory.get("device_peak_bytes") or mon.get("gpu_memory_used_peak_bytes")
-        avg = mon.get("gpu_memory_used_avg_bytes")
-        source = (
-            "peak: framework allocator peak" if memory.get("device_peak_bytes") else "peak: NVML device memory in use"
-        ) + "; avg: NVML device memory in use"
-    else:
-        candidates = [v for v in (mon.get("host_rss_peak_bytes"), worker_rss) if v is not None]
-        peak = max(candidates) if candidates else None
-        avg = mon.get("host_rss_avg_bytes")
-        source = "peak and avg: host RSS of the worker's process tree"
+    peak, avg, source = _memory_figures(on_gpu, memory, mon)
     row: dict[str, Any] = {
         "cell_id": cell.cell_id,
         "run_name": run_name,
@@ -151,12 +180,16 @@ def build(cell: Cell, run_name: str, outcome: Outcome, head_env: dict[str, Any],
         "host_rss_avg_mb": _mb(mon.get("host_rss_avg_bytes")),
         "worker_max_rss_mb": _mb(worker_rss),
         "device_peak_allocated_mb": _mb(memory.get("device_peak_bytes")),
+        "device_reserved_peak_mb": _mb(memory.get("device_reserved_peak_bytes")),
+        "gpu_memory_outside_allocator_mb": _mb(_outside_allocator(memory, mon)),
         "cpu_util_avg_pct": mon.get("cpu_util_avg_pct"),
         "cpu_other_pct": mon.get("cpu_other_pct"),
         "gpu_utilization_pct": mon.get("gpu_utilization_pct"),
         "gpu_utilization_peak_pct": mon.get("gpu_utilization_peak_pct"),
         "gpu_memory_used_peak_mb": _mb(mon.get("gpu_memory_used_peak_bytes")),
         "gpu_memory_used_avg_mb": _mb(mon.get("gpu_memory_used_avg_bytes")),
+        "gpu_process_memory_peak_mb": _mb(mon.get("gpu_process_memory_peak_bytes")),
+        "gpu_process_memory_avg_mb": _mb(mon.get("gpu_process_memory_avg_bytes")),
         "gpu_power_avg_w": mon.get("gpu_power_avg_w"),
         "gpu_energy_j": mon.get("gpu_energy_j"),
         "gpu_utilization_train_pct": mon.get("gpu_utilization_train_pct"),

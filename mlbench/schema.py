@@ -165,15 +165,33 @@ COLUMNS: list[tuple[str, pa.DataType, str]] = [
     (
         "peak_memory_mb",
         F,
-        "peak memory of the cell (MiB): on GPU the framework's peak allocation, on CPU the "
-        "larger of the sampled process-tree RSS peak and the worker's own maximum RSS",
+        "peak memory of the cell (MiB), from the same source as avg_memory_mb (memory_source): on GPU NVML's "
+        "device memory of the worker's processes (CUDA context included; the whole device's where NVML "
+        "cannot list processes), on CPU the larger of the sampled process-tree RSS peak and the worker's "
+        "own maximum RSS",
     ),
-    ("avg_memory_mb", F, "average memory (MiB): on GPU NVML's device memory in use, on CPU the process-tree RSS"),
+    (
+        "avg_memory_mb",
+        F,
+        "average memory (MiB), the same source as peak_memory_mb: on GPU NVML (the worker's processes, from "
+        "their CUDA initialisation on), on CPU the process-tree RSS",
+    ),
     ("memory_source", S, "what peak_memory_mb and avg_memory_mb measure for this cell"),
     ("host_rss_peak_mb", F, "peak RSS of the worker's process tree, sampled from outside (MiB)"),
     ("host_rss_avg_mb", F, "average RSS of the worker's process tree, sampled from outside (MiB)"),
     ("worker_max_rss_mb", F, "the worker process's own maximum RSS (getrusage) (MiB)"),
     ("device_peak_allocated_mb", F, "the framework allocator's peak device allocation (MiB)"),
+    (
+        "device_reserved_peak_mb",
+        F,
+        "the framework allocator's peak pool, reserved from the device (MiB; PyTorch, JAX; TensorFlow reports none)",
+    ),
+    (
+        "gpu_memory_outside_allocator_mb",
+        F,
+        "device memory of the worker's processes beyond the allocator's pool at its peak: the CUDA context, "
+        "cuBLAS/cuDNN workspaces, kernels (MiB; against the allocated peak where no pool is reported)",
+    ),
     ("cpu_util_avg_pct", F, "average CPU use of the process tree (100 = one core busy)"),
     (
         "cpu_other_pct",
@@ -184,6 +202,12 @@ COLUMNS: list[tuple[str, pa.DataType, str]] = [
     ("gpu_utilization_peak_pct", F, "peak sampled GPU utilisation (%)"),
     ("gpu_memory_used_peak_mb", F, "peak device memory in use (NVML, whole device) (MiB)"),
     ("gpu_memory_used_avg_mb", F, "average device memory in use (NVML, whole device) (MiB)"),
+    ("gpu_process_memory_peak_mb", F, "peak device memory of the worker's processes (NVML per process) (MiB)"),
+    (
+        "gpu_process_memory_avg_mb",
+        F,
+        "average device memory of the worker's processes (NVML per process, from their CUDA init on) (MiB)",
+    ),
     ("gpu_power_avg_w", F, "average board power (NVML) (W)"),
     ("gpu_energy_j", F, "energy from the device's total-energy counter over the cell (J)"),
     ("gpu_utilization_train_pct", F, "average GPU utilisation (NVML) over the timed training steps (%)"),

@@ -155,8 +155,9 @@ class FakeGpu:
 
     NVML_CLOCK_SM = 1
 
-    def __init__(self, clock: list[float], power_supported: bool = True) -> None:
+    def __init__(self, clock: list[float], power_supported: bool = True, processes: str = "listed") -> None:
         self.clock, self.training, self.energy_mj, self.power_supported = clock, False, 5_000_000.0, power_supported
+        self.processes = processes  # "listed", "unsupported" (vGPU), "foreign" (another PID namespace)
 
     def advance(self, seconds: float) -> None:
         self.energy_mj += (400.0 if self.training else 100.0) * seconds * 1000.0
@@ -182,6 +183,16 @@ class FakeGpu:
     def nvmlDeviceGetClockInfo(self, h, kind):
         return 1980 if self.training else 345
 
+    def nvmlDeviceGetComputeRunningProcesses(self, h):
+        """The worker (pid 4242: 2 GiB while it trains, 1 GiB of context before) and a foreign 5 GiB."""
+        if self.processes == "unsupported":
+            raise RuntimeError("NVML_ERROR_NOT_SUPPORTED")
+        ours = 4242 if self.processes == "listed" else 1
+        return [
+            SimpleNamespace(pid=ours, usedGpuMemory=(2 << 30) if self.training else (1 << 30)),
+            SimpleNamespace(pid=999_999, usedGpuMemory=5 << 30),
+        ]
+
     def nvmlDeviceGetCurrentClocksThrottleReasons(self, h):
         return 0x1 | (0x4 if self.training else 0)  # idle outside, the power cap inside
 
@@ -190,7 +201,7 @@ def _gpu_cell(monkeypatch: pytest.MonkeyPatch, gpu: FakeGpu, clock: list[float])
     monkeypatch.setattr(monitor, "pynvml", gpu)
     monkeypatch.setattr(monitor.NVML, "_state", True)
     monkeypatch.setattr(monitor.time, "monotonic", lambda: clock[0])
-    sampler = monitor._GpuSampler([0])
+    sampler = monitor._GpuSampler([0], pids=lambda: {4242, 4243})
     for phase, seconds in (("idle", 2.0), ("start", 0), ("train", 4.0), ("end", 0), ("idle", 2.0)):
         if phase in ("start", "end"):
             gpu.training = phase == "start"
@@ -219,3 +230,36 @@ def test_an_unsupported_nvml_query_costs_only_its_own_figure(monkeypatch: pytest
     s = _gpu_cell(monkeypatch, FakeGpu(clock, power_supported=False), clock)
     assert s["gpu_power_avg_w"] is None and s["gpu_power_train_avg_w"] is None  # missing, never zero
     assert s["gpu_utilization_train_pct"] == 90 and s["gpu_energy_train_j"] == pytest.approx(1600)
+
+
+def test_the_workers_own_gpu_memory_apart_from_the_whole_device(monkeypatch: pytest.MonkeyPatch) -> None:
+    clock = [100.0]
+    s = _gpu_cell(monkeypatch, FakeGpu(clock), clock)
+    # only the worker's processes count, not the foreign process on the same GPU
+    assert s["gpu_process_memory_peak_bytes"] == 2 << 30
+    assert s["gpu_process_memory_avg_bytes"] == pytest.approx((8 * (1 << 30) + 8 * (2 << 30)) / 16)
+    assert s["gpu_memory_used_peak_bytes"] == 3 << 30  # the whole device: another figure, another column
+    for processes in ("unsupported", "foreign"):  # never zero: missing where NVML cannot say
+        clock = [100.0]
+        s = _gpu_cell(monkeypatch, FakeGpu(clock, processes=processes), clock)
+        assert s["gpu_process_memory_peak_bytes"] is None and s["gpu_process_memory_avg_bytes"] is None
+
+
+def test_a_gpu_cells_peak_and_average_come_from_one_source() -> None:
+    from mlbench import rows
+
+    mon = {
+        "gpu_memory_used_peak_bytes": 9 << 30,
+        "gpu_memory_used_avg_bytes": 8 << 30,
+        "gpu_process_memory_peak_bytes": 3 << 30,
+        "gpu_process_memory_avg_bytes": 2 << 30,
+    }
+    memory = {"device_peak_bytes": 2 << 30, "device_reserved_peak_bytes": (5 << 29)}
+    peak, avg, source = rows._memory_figures(True, memory, mon)
+    assert (peak, avg) == (3 << 30, 2 << 30) and "worker's processes" in source
+    assert rows._outside_allocator(memory, mon) == (3 << 30) - (5 << 29)  # above the reserved pool
+    assert rows._outside_allocator({"device_peak_bytes": 2 << 30}, mon) == 1 << 30  # TensorFlow: no pool figure
+    whole = {k: v for k, v in mon.items() if not k.startswith("gpu_process")}
+    peak, avg, source = rows._memory_figures(True, memory, whole)
+    assert (peak, avg) == (9 << 30, 8 << 30) and "whole device" in source
+    assert rows._outside_allocator(memory, whole) is None

@@ -426,6 +426,8 @@ class JaxBackend:
         return {
             "device_peak_bytes": stats.get("peak_bytes_in_use"),
             "device_current_bytes": stats.get("bytes_in_use"),
+            # the BFC allocator's pool at its largest (None where this jaxlib does not report it)
+            "device_reserved_peak_bytes": stats.get("peak_pool_bytes"),
             "allocator": "XLA BFC allocator (no preallocation)",
         }
 
