@@ -125,6 +125,12 @@ class Suite(Strict):
     # over it the cell is `oom`, as on a GPU. Emulates a smaller card, and makes a CPU frontier testable.
     memory_limit_mb: PositiveFloat | None = None
     maxbatch: MaxBatchConfig = MaxBatchConfig()
+    # where a step's time goes: this many extra training steps after the timed window (and after the
+    # evaluation) are timed by part (forward, backward, optimizer, data); 0 leaves the breakdown out.
+    # Not part of a cell: the timed figures are taken before them (workers/common/profile.py)
+    profile_steps: int = Field(5, ge=0)
+    # keep each cell's profiler trace of those steps in runs/<name>/profiles/ (or `run --profile`)
+    profile: bool = False
 
     @field_validator("frameworks", "models", "devices", "precisions", "batch_sizes")
     @classmethod

@@ -18,7 +18,20 @@ from typing import Any
 import psutil
 import pyarrow.parquet as pq
 
-from mlbench import calibration, environment, executors, parity, repeats, report, rows, runner, scaling, store, verify
+from mlbench import (
+    bottleneck,
+    calibration,
+    environment,
+    executors,
+    parity,
+    repeats,
+    report,
+    rows,
+    runner,
+    scaling,
+    store,
+    verify,
+)
 from mlbench.cells import Cell, Unit, expand, units
 from mlbench.config import DATA_PARALLEL_CHECK_DEVICE, Suite, parse_suite
 from mlbench.progress import RunProgress
@@ -322,6 +335,7 @@ def rebuild(run_dir: Path) -> list[Path]:
     table, groups = parity.annotate(table, verify.load(run_dir), suite.accuracy_parity_pts)
     table = calibration.annotate(table, calibration.load(run_dir))
     table = scaling.annotate(table)
+    table = bottleneck.annotate(table)  # after calibration: the verdict reads MFU
     env_path = folder.environment
     env = json.loads(env_path.read_text()) if env_path.is_file() else {}
     written = store.write_exports(run_dir, table)

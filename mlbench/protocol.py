@@ -39,6 +39,7 @@ REQUIRED: dict[str, dict[str, tuple[type, ...]]] = {
     "verify": {"num_parameters": (int,), "shapes": (dict,), "losses": (list,), "arrays": (str,)},
     "progress": {"step": (int,), "total_steps": (int,)},
     "phase": {"name": (str,), "state": (str,)},  # the timed training steps start or end (GPU window figures)
+    "profile": {},  # a step's time by part (workers/common/profile.py), or `skipped` with the reason
 }
 ERROR_KINDS = ("oom", "unsupported", "exception", "crashed")  # crashed: a data-parallel cell lost a rank
 

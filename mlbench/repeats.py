@@ -22,7 +22,10 @@ MAX_OF = (
     "device_peak_allocated_mb",
     "gpu_memory_used_peak_mb",
     "gpu_utilization_peak_pct",
+    "memory_activations_mb",
 )
+# a step's time by part: the mean over the runs, so the parts still add up to the profiled step
+MEAN_OF = (*(f"step_{part}_s" for part in ("data", "forward", "backward", "optimizer", "other")), "step_profiled_s")
 MEDIAN_OF = (
     "avg_memory_mb",
     "host_rss_avg_mb",
@@ -104,6 +107,9 @@ def combine_one(runs: list[dict[str, Any]]) -> dict[str, Any]:
         row[key] = max(values) if values else None
     for key in MEDIAN_OF:
         row[key] = _median([r[key] for r in ok])
+    for key in MEAN_OF:
+        present = [r[key] for r in ok if r[key] is not None]
+        row[key] = statistics.fmean(present) if present else None
     return row
 
 

@@ -4,9 +4,10 @@ from __future__ import annotations
 
 import json
 from datetime import datetime, timezone
+from pathlib import Path
 from typing import Any
 
-from mlbench import environment, schema
+from mlbench import bottleneck, environment, schema
 from mlbench.cells import Cell
 from mlbench.runner import Outcome
 from workers.common import stats
@@ -47,6 +48,45 @@ def _memory_figures(on_gpu: bool, memory: dict[str, Any], mon: dict[str, Any]) -
         mon.get("host_rss_avg_bytes"),
         "peak and avg: host RSS of the worker's process tree",
     )
+
+
+PROFILE_COLUMNS = (
+    "step_forward_s",
+    "step_backward_s",
+    "step_optimizer_s",
+    "step_data_s",
+    "step_other_s",
+    "step_profiled_s",
+    "profile_steps",
+)
+
+
+def _in_run_folder(path: str | None) -> str | None:
+    """A file under runs/<name>/profiles/, relative to the run folder (the folder can move)."""
+    if not path:
+        return None
+    parts = Path(path).parts
+    if "profiles" not in parts:
+        return path
+    return str(Path(*parts[len(parts) - 1 - parts[::-1].index("profiles") :]))
+
+
+def _breakdown(on_gpu: bool, model: dict[str, Any], memory: dict[str, Any], prof: dict[str, Any]) -> dict[str, Any]:
+    """Where the step's time goes (the worker's `profile` event) and the memory by part
+    (mlbench/bottleneck.py): on a GPU the allocator's peak holds only tensors; on a CPU the peak RSS
+    holds the process as it was before the model was built and the training data's copy besides."""
+    if on_gpu:
+        peak, base = memory.get("device_peak_bytes"), 0.0
+    else:
+        before, feed = memory.get("host_rss_before_build_bytes"), memory.get("data_feed_bytes")
+        peak = memory.get("host_peak_rss_bytes")
+        base = before + feed if before is not None and feed is not None else None
+    optimizer = (model.get("spec") or {}).get("optimizer")
+    out = {k: prof.get(k) for k in PROFILE_COLUMNS}
+    out["profile_trace"] = _in_run_folder(prof.get("trace"))
+    out["profile_skipped"] = prof.get("skipped")
+    out.update(bottleneck.memory_parts(model.get("num_parameters"), optimizer, peak, base))
+    return out
 
 
 def _outside_allocator(memory: dict[str, Any], mon: dict[str, Any]) -> float | None:
@@ -179,6 +219,7 @@ def build(cell: Cell, run_name: str, outcome: Outcome, head_env: dict[str, Any],
         "host_rss_peak_mb": _mb(mon.get("host_rss_peak_bytes")),
         "host_rss_avg_mb": _mb(mon.get("host_rss_avg_bytes")),
         "worker_max_rss_mb": _mb(worker_rss),
+        **_breakdown(on_gpu, model, memory, _last(ev, "profile")),
         "device_peak_allocated_mb": _mb(memory.get("device_peak_bytes")),
         "device_reserved_peak_mb": _mb(memory.get("device_reserved_peak_bytes")),
         "gpu_memory_outside_allocator_mb": _mb(_outside_allocator(memory, mon)),

@@ -5,6 +5,7 @@
       logs/<unit_id>.ndjson       the worker's raw event stream; logs/<unit_id>.stderr.log its stderr
       data/                       the datasets the workers read; cache/ the compile caches
       calibration/, verify/       the logs of calibration and verify cells
+      profiles/<unit_id>/         a cell's profiler trace, where the run keeps them (`profile: true`)
       suite.json, environment.json, journal.ndjson, .lock
       results.{parquet,csv,json}, epochs.{parquet,csv}, steps.parquet, repeats.parquet
       verify.json, parity.json, calibration.json, report.html
@@ -39,6 +40,10 @@ class RunFolder:
 
     def stderr_log(self, name: str) -> Path:
         return self.logs / f"{name}.stderr.log"
+
+    @property
+    def profiles(self) -> Path:
+        return self.root / "profiles"
 
     @property
     def data(self) -> Path:

@@ -180,6 +180,39 @@ COLUMNS: list[tuple[str, pa.DataType, str]] = [
     ("host_rss_peak_mb", F, "peak RSS of the worker's process tree, sampled from outside (MiB)"),
     ("host_rss_avg_mb", F, "average RSS of the worker's process tree, sampled from outside (MiB)"),
     ("worker_max_rss_mb", F, "the worker process's own maximum RSS (getrusage) (MiB)"),
+    ("step_forward_s", F, "a training step's forward pass and loss, seconds (profiled steps after the timed window)"),
+    (
+        "step_backward_s",
+        F,
+        "the step's backward pass, s (JAX, TensorFlow: forward+backward minus the forward timed alone)",
+    ),
+    ("step_optimizer_s", F, "the step's optimizer update (loss scaling, schedule), s"),
+    ("step_data_s", F, "the step's batch: its host preparation and its copy to the device, s"),
+    (
+        "step_other_s",
+        F,
+        "the profiled step's wall time beyond the four parts (Python, dispatch, launch gaps, read-back), s",
+    ),
+    (
+        "step_profiled_s",
+        F,
+        "the profiled steps' mean wall time, which the five parts add up to; above step_time_median_s by "
+        "what the split costs (a sync after each part; XLA: parts compiled apart)",
+    ),
+    ("profile_steps", I, "how many steps the step-time breakdown averages"),
+    ("profile_trace", S, "the cell's profiler trace, relative to the run folder (profile: true)"),
+    ("profile_skipped", S, "why the cell has no step-time breakdown (a data-parallel cell)"),
+    ("memory_params_mb", F, "parameters, fp32 (computed from the spec: the same in every framework) (MiB)"),
+    ("memory_grads_mb", F, "gradients, fp32 (computed) (MiB)"),
+    ("memory_optimizer_mb", F, "optimizer state: SGD momentum 1x, AdamW 2x the parameters (computed) (MiB)"),
+    (
+        "memory_activations_mb",
+        F,
+        "activations and workspace: the peak beyond parameters, gradients and optimizer state (GPU: the "
+        "allocator's peak; CPU: the worker's peak RSS beyond the process before the model and the data copy) (MiB)",
+    ),
+    ("bottleneck", S, "input, host, memory, compute or none (mlbench/bottleneck.py: THRESHOLDS) (rebuilt)"),
+    ("bottleneck_evidence", S, "the figures the bottleneck verdict rests on (rebuilt)"),
     ("device_peak_allocated_mb", F, "the framework allocator's peak device allocation (MiB)"),
     (
         "device_reserved_peak_mb",
@@ -281,6 +314,8 @@ DERIVED = [
     "scaling_efficiency",
     "scaling_efficiency_low",
     "scaling_efficiency_high",
+    "bottleneck",
+    "bottleneck_evidence",
 ]  # filled by rebuild
 FLAT = [name for name, _, _ in COLUMNS if name not in NESTED]
 

@@ -48,6 +48,8 @@ class Settings:
     threads: int | None
     monitor_interval_s: float
     memory_limit_mb: float | None = None  # the suite's memory_limit_mb: each worker's process tree under it
+    profile_steps: int = 0  # the suite's profile_steps: steps timed by part after the timed window
+    profile: bool = False  # keep each cell's profiler trace (runs/<name>/profiles/)
 
     @classmethod
     def of(cls, suite: Suite) -> Settings:
@@ -59,6 +61,8 @@ class Settings:
             threads=suite.threads,
             monitor_interval_s=suite.monitor_interval_s,
             memory_limit_mb=suite.memory_limit_mb,
+            profile_steps=suite.profile_steps,
+            profile=suite.profile,
         )
 
 
@@ -145,9 +149,19 @@ def run_here(
             cancel=cancel,
             gpus=gpus,
             memory_limit_mb=settings.memory_limit_mb,
+            extra=profile_request(settings, RunFolder(run_dir), unit),
         )
     outcome.executor = executor
     return outcome
+
+
+def profile_request(settings: Settings, folder: RunFolder, unit: Unit) -> dict[str, Any]:
+    """The worker's profiling settings: steps timed by part, and where to keep its trace (a folder
+    per cell and repeat under runs/<name>/profiles/) when the run keeps traces."""
+    out: dict[str, Any] = {"profile_steps": settings.profile_steps}
+    if settings.profile and settings.profile_steps:
+        out["profile_dir"] = str((folder.profiles / unit.unit_id).resolve())
+    return out
 
 
 def _on_host(executor: str) -> str:

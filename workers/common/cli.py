@@ -15,7 +15,7 @@ import sys
 from collections.abc import Callable
 from typing import IO, Any
 
-from workers.common import harness, malloc, precision, threads
+from workers.common import harness, malloc, precision, profile, threads
 from workers.common.cellspec import CellSpec
 from workers.common.devices import Device
 from workers.common.events import Emitter, protect_stdout
@@ -63,10 +63,23 @@ def parse(argv: list[str] | None, framework: str) -> dict[str, Any]:
     p.add_argument("--data-dir", default=DEFAULTS["data_dir"])
     p.add_argument("--weights-in", help="start from these canonical weights (NPZ) instead of the seeded ones")
     p.add_argument("--weights-out", help="write the trained weights here, canonical NPZ")
+    p.add_argument(
+        "--profile-steps",
+        type=int,
+        default=profile.DEFAULT_STEPS,
+        help="extra steps after training timed by part (forward, backward, optimizer, data); 0: none",
+    )
+    p.add_argument("--profile-dir", help="keep a profiler trace of a few training steps in this folder")
     a = p.parse_args(argv)
-    run = {"weights_in": a.weights_in, "weights_out": a.weights_out}
+    run = {
+        "weights_in": a.weights_in,
+        "weights_out": a.weights_out,
+        "profile_steps": a.profile_steps,
+        "profile_dir": a.profile_dir and os.path.abspath(a.profile_dir),
+    }
     if a.cell:  # the orchestrator's payload: a whole spec, checked here as the contract it is
-        cell = {**DEFAULTS, **json.loads(a.cell), **{k: v for k, v in run.items() if v}, "framework": framework}
+        given = {k: v for k, v in run.items() if v and k != "profile_steps"}  # the payload's profile_steps wins
+        cell = {**DEFAULTS, "profile_steps": 0, **json.loads(a.cell), **given, "framework": framework}
         try:
             CellSpec.from_dict(cell)
         except (TypeError, ValueError) as exc:

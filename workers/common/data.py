@@ -130,6 +130,11 @@ class BatchFeed:
     def __len__(self) -> int:
         return self.n
 
+    @property
+    def nbytes(self) -> int:
+        """Host memory the feed's arrays hold."""
+        return self.raw.nbytes + self.y.nbytes + (self.x.nbytes if self.x is not self.raw else 0)
+
     def epoch(self, seed: int, epoch: int) -> Iterator[tuple[np.ndarray, np.ndarray]]:
         """Gathers (and normalises) the epoch now; returns its batches (views, valid until the next call)."""
         order = epoch_order(len(self.ds.y_train), seed, epoch)

@@ -34,6 +34,7 @@ from typing import Any, Protocol
 import numpy as np
 
 from workers.common import data as datasets
+from workers.common import profile
 from workers.common.devices import Device
 from workers.common.events import PROTOCOL_VERSION, Emitter
 from workers.common.specs import (
@@ -107,6 +108,10 @@ class Backend(Protocol):
     def memory(self) -> dict[str, Any]: ...  # framework allocator figures, bytes (the first replica's)
     def is_oom(self, exc: BaseException) -> bool: ...
     # for `mlbench verify`
+    # optional: one training step timed by part (workers/common/profile.py), and a context that keeps
+    # a profiler trace of what runs inside it in a folder, yielding the list its files are added to
+    # def step_parts(self, x: np.ndarray, y: np.ndarray) -> dict[str, float]: ...
+    # def trace(self, folder: str) -> ContextManager[list[str]]: ...
     def logits(self, x: np.ndarray) -> np.ndarray: ...  # inference-mode logits, fp32
     def export(self) -> dict[str, np.ndarray]: ...  # canonical tensors
     def activations(self, x: np.ndarray, modules: list[str]) -> dict[str, np.ndarray]: ...  # inference mode
@@ -136,6 +141,15 @@ def _disk_bytes(path: str) -> int:
 def host_peak_rss_bytes() -> int:
     """Peak resident set of this process (Linux reports KiB)."""
     return resource.getrusage(resource.RUSAGE_SELF).ru_maxrss * 1024
+
+
+def current_rss_bytes() -> int | None:
+    """This process's resident memory now (Linux /proc; None elsewhere)."""
+    try:
+        with open("/proc/self/statm") as f:
+            return int(f.read().split()[1]) * os.sysconf("SC_PAGE_SIZE")
+    except (OSError, ValueError, IndexError):
+        return None
 
 
 def minor_faults() -> int:
@@ -303,8 +317,40 @@ def train(backend: Backend, ds: datasets.Dataset, cell: dict[str, Any], em: Emit
         "step_faults": step_faults,
         "window_s": window_s,
         "window_samples": window_samples,
+        "feed": feed,  # the profiled steps after training reuse it (no second copy of the training set)
         **(reached or {"time_to_target_s": None, "epochs_to_target": None}),
     }
+
+
+TRACED_STEPS = 3  # training steps a kept profiler trace holds (the real, fused step)
+
+
+def profile_steps(backend: Backend, feed: datasets.BatchFeed, cell: dict[str, Any], em: Emitter) -> None:
+    """Where a step's time goes (workers/common/profile.py): `profile_steps` extra steps timed by
+    part, and, where the run keeps traces (`profile_dir`), a profiler trace of a few real steps
+    after them (traced apart, so the tracer's overhead is in no figure)."""
+    steps = int(cell.get("profile_steps") or 0)
+    if not steps:
+        return
+    if data_parallel(backend) or not hasattr(backend, "step_parts"):
+        why = "a data-parallel cell" if data_parallel(backend) else f"{backend.framework} has no step_parts"
+        em.emit("profile", skipped=f"not profiled: {why}")
+        return
+    t0 = time.perf_counter()
+    batches = list(feed.epoch(cell["seed"], cell["epochs"]))  # an epoch past the trained ones
+    prepare_s = (time.perf_counter() - t0) / len(batches)
+    ring = itertools.islice(itertools.cycle(batches), steps + 1 + TRACED_STEPS)
+    figures = profile.breakdown(backend.step_parts, ring, prepare_s, steps)
+    trace = None
+    if cell.get("profile_dir") and hasattr(backend, "trace"):
+        os.makedirs(cell["profile_dir"], exist_ok=True)
+        with backend.trace(cell["profile_dir"]) as files:
+            for x, y in itertools.islice(ring, TRACED_STEPS):
+                train_step(backend, x, y)
+        trace = files[0] if files else None
+        if trace is None:
+            em.log(f"the {backend.framework} profiler wrote no trace under {cell['profile_dir']}", level="warning")
+    em.emit("profile", **figures, trace=trace)
 
 
 def measure_inference(
@@ -479,6 +525,7 @@ def run(backend_loader: Any, cell: dict[str, Any], em: Emitter) -> int:
         ds = datasets.load(cell["dataset"], spec.family, inp, cell["seed"], cell["data_dir"], backend.layout)
         weights = load_npz(cell["weights_in"]) if cell.get("weights_in") else initial_weights(spec, cell["seed"])
         spec = with_total_steps(spec, cell["epochs"] * (len(ds.y_train) // cell["batch_size"]))
+        rss_before_build = current_rss_bytes()  # the framework, its runtime and the data, no model yet
         t0 = time.perf_counter()
         backend.build(spec, weights)
         build_s = time.perf_counter() - t0
@@ -512,6 +559,9 @@ def run(backend_loader: Any, cell: dict[str, Any], em: Emitter) -> int:
             val_samples=len(ds.y_val),
         )
         trained = train(backend, ds, cell, em)
+        if cell.get("weights_out"):  # the trained weights in the canonical NPZ format, readable by every worker
+            save_npz(cell["weights_out"], backend.export())
+        profile_steps(backend, trained["feed"], cell, em)  # train on: after the export and the evaluation
         device = Device.parse(cell["device"])
         per_device = cell["batch_size"] // device.count
         # one replica's latency: at batch 1 and at the batch each device trained on
@@ -520,9 +570,12 @@ def run(backend_loader: Any, cell: dict[str, Any], em: Emitter) -> int:
             if leader(backend)
             else {per_device: None}
         )
-        memory = {**backend.memory(), "host_peak_rss_bytes": host_peak_rss_bytes()}
-        if cell.get("weights_out"):  # the trained weights in the canonical NPZ format, readable by every worker
-            save_npz(cell["weights_out"], backend.export())
+        memory = {
+            **backend.memory(),
+            "host_peak_rss_bytes": host_peak_rss_bytes(),
+            "host_rss_before_build_bytes": rss_before_build,
+            "data_feed_bytes": trained["feed"].nbytes,  # the training set's batch-ordered copy
+        }
         em.emit("memory", **memory)
         last = trained["epochs"][-1]
         em.emit(

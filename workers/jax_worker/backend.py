@@ -18,7 +18,10 @@ the first device from a single-device copy of the variables (see `_served`).
 
 from __future__ import annotations
 
+import contextlib
+import glob
 import os
+from collections.abc import Iterator
 from typing import Any
 
 import flax
@@ -29,7 +32,7 @@ import optax
 from jax.sharding import Mesh, NamedSharding
 from jax.sharding import PartitionSpec as P
 
-from workers.common import precision
+from workers.common import precision, profile
 from workers.common.devices import Device
 from workers.common.harness import DeviceMissing, Unsupported
 from workers.common.specs import ModelSpec, OptimizerSpec, input_spec, module_path
@@ -235,7 +238,8 @@ class JaxBackend:
     def _variables(self, state: TrainState) -> dict[str, Any]:
         return {"params": state.params, **({"batch_stats": state.batch_stats} if state.batch_stats else {})}
 
-    def _train_step(self, state: TrainState, x: jax.Array, y: jax.Array) -> tuple[TrainState, jax.Array, jax.Array]:
+    def _loss_fn(self, state: TrainState, x: jax.Array, y: jax.Array) -> Any:
+        """The step's loss as a function of the parameters: (scaled loss, (loss, logits, BN updates))."""
         rng = jax.random.fold_in(self.rng, state.step)
         has_bn = bool(state.batch_stats)
         # loss scaling only in fp16: elsewhere the scale is 1 and unscaling would be a wasted pass over
@@ -251,8 +255,15 @@ class JaxBackend:
             loss = optax.softmax_cross_entropy_with_integer_labels(logits, y).mean()
             return (loss * state.loss_scale if scaled else loss), (loss, logits, updates)
 
-        grads, (loss, logits, updates) = jax.grad(loss_fn, has_aux=True)(state.params)
-        if scaled:  # dynamic loss scaling: skip the step and halve on overflow
+        return loss_fn
+
+    def _gradients(self, state: TrainState, x: jax.Array, y: jax.Array) -> tuple[Any, Any]:
+        return jax.grad(self._loss_fn(state, x, y), has_aux=True)(state.params)
+
+    def _update(self, state: TrainState, grads: Any, updates: Any) -> TrainState:
+        """The optimizer's update, with dynamic loss scaling in fp16 (skip the step and halve on overflow)."""
+        has_bn = bool(state.batch_stats)
+        if self.precision == "fp16":
             grads = jax.tree_util.tree_map(lambda g: g / state.loss_scale, grads)
             finite = jnp.all(jnp.asarray([jnp.all(jnp.isfinite(g)) for g in jax.tree_util.tree_leaves(grads)]))
         else:
@@ -263,7 +274,7 @@ class JaxBackend:
         good = jnp.where(finite, state.good_steps + 1, 0)
         grow = good >= precision.FP16_GROWTH_INTERVAL
         scale = jnp.where(finite, jnp.where(grow, state.loss_scale * 2.0, state.loss_scale), state.loss_scale / 2.0)
-        new_state = TrainState(
+        return TrainState(
             params=keep(new_params, state.params),
             batch_stats=keep(updates["batch_stats"], state.batch_stats) if has_bn else state.batch_stats,
             opt_state=keep(opt_state, state.opt_state),
@@ -271,8 +282,41 @@ class JaxBackend:
             good_steps=jnp.where(grow, 0, good),
             step=state.step + 1,
         )
+
+    def _train_step(self, state: TrainState, x: jax.Array, y: jax.Array) -> tuple[TrainState, jax.Array, jax.Array]:
+        grads, (loss, logits, updates) = self._gradients(state, x, y)
         correct = (jnp.argmax(logits, -1) == y).sum()
-        return new_state, loss, correct
+        return self._update(state, grads, updates), loss, correct
+
+    @contextlib.contextmanager
+    def trace(self, folder: str) -> Iterator[list[str]]:
+        """jax.profiler over what runs inside: TensorBoard's profile plugin files and a Perfetto trace
+        (`perfetto_trace.json.gz`, ui.perfetto.dev), under plugins/profile/<run>/."""
+        files: list[str] = []
+        with jax.profiler.trace(folder, create_perfetto_trace=True):
+            yield files
+        files.extend(sorted(glob.glob(os.path.join(folder, "plugins", "profile", "*", "perfetto_trace.json.gz"))))
+
+    def step_parts(self, x: np.ndarray, y: np.ndarray) -> dict[str, float]:
+        """One training step split where `_train_step` composes it, each part jitted apart and waited
+        for (workers/common/profile.py): the parts lose the fusion of the whole step."""
+        if not hasattr(self, "_parts"):
+            self._parts = (
+                jax.jit(lambda s, x, y: self._loss_fn(s, x, y)(s.params)[0]),
+                jax.jit(self._gradients),
+                jax.jit(self._update, donate_argnums=0),
+            )
+        forward, gradients, update = self._parts
+        clock = profile.PartClock(lambda: None)  # each part waited for below
+        xd, yd = jax.block_until_ready((jax.device_put(x, self.device), jax.device_put(y, self.device)))
+        clock.lap("data")
+        forward(self.state, xd, yd).block_until_ready()
+        clock.lap("forward")
+        grads, (_, _, updates) = jax.block_until_ready(gradients(self.state, xd, yd))
+        clock.lap("forward_backward")
+        self.state = jax.block_until_ready(update(self.state, grads, updates))
+        clock.lap("optimizer")
+        return profile.forward_apart(clock.parts)
 
     def _eval_step(self, state: TrainState, x: jax.Array, y: jax.Array) -> tuple[jax.Array, jax.Array]:
         logits = self.model.apply(self._variables(state), x, train=False).astype(jnp.float32)

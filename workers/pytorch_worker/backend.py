@@ -4,6 +4,7 @@ from __future__ import annotations
 
 import contextlib
 import os
+from collections.abc import Iterator
 from typing import Any
 
 import numpy as np
@@ -12,7 +13,7 @@ import torch.distributed as dist
 import torch.nn.functional as F
 from torch import nn
 
-from workers.common import precision
+from workers.common import precision, profile
 from workers.common.devices import Device
 from workers.common.harness import DeviceMissing, Unsupported
 from workers.common.specs import ModelSpec, OptimizerSpec
@@ -199,6 +200,40 @@ class TorchBackend:
         done = torch.cuda.Event()
         done.record(torch.cuda.current_stream(self.device))
         return host, done
+
+    def step_parts(self, x: np.ndarray, y: np.ndarray) -> dict[str, float]:
+        """One training step as `launch_step` runs it, timed by part with a device sync after each
+        (profile.py): the batch's copy to the device, forward with the loss, backward, the update."""
+        self._mode(True)
+        clock = profile.PartClock(self._sync)
+        xb, yb = self._inputs(x, y)
+        clock.lap("data")
+        self.optimizer.zero_grad(set_to_none=True)
+        with self._autocast():
+            logits = self.train_forward(xb)
+        loss = F.cross_entropy(logits.float(), yb)
+        clock.lap("forward")
+        self.scaler.scale(loss).backward()
+        clock.lap("backward")
+        self.scaler.step(self.optimizer)  # as optimizer.step() where the scaler is off
+        self.scaler.update()
+        self.scheduler.step()
+        clock.lap("optimizer")
+        return clock.parts
+
+    @contextlib.contextmanager
+    def trace(self, folder: str) -> Iterator[list[str]]:
+        """torch.profiler over what runs inside, kept as a Chrome trace (chrome://tracing, Perfetto)."""
+        activities = [torch.profiler.ProfilerActivity.CPU]
+        if self.device.type == "cuda":
+            activities.append(torch.profiler.ProfilerActivity.CUDA)
+        files: list[str] = []
+        with torch.profiler.profile(activities=activities) as prof:
+            yield files
+            self._sync()
+        path = os.path.join(folder, "trace.json")
+        prof.export_chrome_trace(path)
+        files.append(path)
 
     def step_result(self, handle: tuple[torch.Tensor, torch.cuda.Event | None]) -> tuple[float, int]:
         out, done = handle

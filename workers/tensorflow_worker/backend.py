@@ -13,14 +13,17 @@ run on the first replica's copies.
 
 from __future__ import annotations
 
+import contextlib
+import glob
 import os
+from collections.abc import Iterator
 from typing import Any
 
 import keras
 import numpy as np
 import tensorflow as tf
 
-from workers.common import precision
+from workers.common import precision, profile
 from workers.common.data import ALIGN
 from workers.common.devices import Device
 from workers.common.harness import DeviceMissing, Unsupported
@@ -263,23 +266,71 @@ class TFBackend:
             lambda x: self.model(x, training=False), jit_compile=self.jit, reduce_retracing=True
         )
 
-    def _train_step(self, x: tf.Tensor, y: tf.Tensor) -> tuple[tf.Tensor, tf.Tensor]:
-        variables = self.model.trainable_variables
+    def _forward(self, x: tf.Tensor, y: tf.Tensor) -> tuple[tf.Tensor, tf.Tensor, tf.Tensor]:
+        """The training forward pass and its loss: (mean loss, the scaled loss to differentiate, logits)."""
+        logits = tf.cast(self.model(x, training=True), tf.float32)
+        loss = tf.reduce_mean(tf.nn.sparse_softmax_cross_entropy_with_logits(labels=y, logits=logits))
+        total = loss
+        if self.l2:  # coupled weight decay: d/dw (wd/2 * |w|^2) = wd * w, as PyTorch's SGD adds
+            total = loss + 0.5 * self.l2 * tf.add_n(
+                [tf.reduce_sum(tf.square(tf.cast(v, tf.float32))) for v in self.model.trainable_variables]
+            )
+        return loss, self.optimizer.scale_loss(total), logits
+
+    def _gradients(self, x: tf.Tensor, y: tf.Tensor) -> tuple[tf.Tensor, tf.Tensor, list[tf.Tensor]]:
         with tf.GradientTape() as tape:
-            logits = tf.cast(self.model(x, training=True), tf.float32)
-            loss = tf.reduce_mean(tf.nn.sparse_softmax_cross_entropy_with_logits(labels=y, logits=logits))
-            total = loss
-            if self.l2:  # coupled weight decay: d/dw (wd/2 * |w|^2) = wd * w, as PyTorch's SGD adds
-                total = loss + 0.5 * self.l2 * tf.add_n(
-                    [tf.reduce_sum(tf.square(tf.cast(v, tf.float32))) for v in variables]
-                )
-            scaled = self.optimizer.scale_loss(total)
-        grads = tape.gradient(scaled, variables)
+            loss, scaled, logits = self._forward(x, y)
+        grads = tape.gradient(scaled, self.model.trainable_variables)
         # embedding gradients arrive as IndexedSlices, which Keras applies lazily (only the rows in the
         # batch move); PyTorch and optax update every row's moments and weights: make them dense
-        grads = [tf.convert_to_tensor(g) if isinstance(g, tf.IndexedSlices) else g for g in grads]
-        self.optimizer.apply(grads, variables)  # a LossScaleOptimizer unscales and skips non-finite steps
+        return loss, logits, [tf.convert_to_tensor(g) if isinstance(g, tf.IndexedSlices) else g for g in grads]
+
+    def _train_step(self, x: tf.Tensor, y: tf.Tensor) -> tuple[tf.Tensor, tf.Tensor]:
+        loss, logits, grads = self._gradients(x, y)
+        # a LossScaleOptimizer unscales and skips non-finite steps
+        self.optimizer.apply(grads, self.model.trainable_variables)
         return loss, count_correct(logits, y)
+
+    def _sync(self) -> None:
+        if self.device.startswith("/GPU"):  # on the CPU a function's call returns when it has run
+            tf.test.experimental.sync_devices()
+
+    @contextlib.contextmanager
+    def trace(self, folder: str) -> Iterator[list[str]]:
+        """TensorFlow's profiler over what runs inside, for TensorBoard's profile plugin
+        (`tensorboard --logdir FOLDER`): an XSpace protobuf under plugins/profile/<run>/."""
+        files: list[str] = []
+        tf.profiler.experimental.start(folder)
+        try:
+            yield files
+            self._sync()
+        finally:
+            tf.profiler.experimental.stop()
+        files.extend(sorted(glob.glob(os.path.join(folder, "plugins", "profile", "*", "*.xplane.pb"))))
+
+    def step_parts(self, x: np.ndarray, y: np.ndarray) -> dict[str, float]:
+        """One training step split where `_train_step` composes it, timed by part with a device sync
+        after each (workers/common/profile.py): each part a function of its own (XLA where the cell
+        compiles), so the parts lose the fusion of the whole step."""
+        if not hasattr(self, "_parts"):
+            fn = lambda f: tf.function(f, jit_compile=self.jit, reduce_retracing=True)  # noqa: E731
+            self._parts = (
+                fn(lambda x, y: self._forward(x, y)[1]),
+                fn(lambda x, y: self._gradients(x, y)[2]),
+                fn(lambda grads: self.optimizer.apply(grads, self.model.trainable_variables)),
+            )
+        forward, gradients, apply = self._parts
+        clock = profile.PartClock(self._sync)
+        with tf.device(self.device):
+            xd, yd = tf.identity(host_tensor(x)), tf.identity(host_tensor(y))
+            clock.lap("data")
+            forward(xd, yd)
+            clock.lap("forward")
+            grads = gradients(xd, yd)
+            clock.lap("forward_backward")
+            apply(grads)
+            clock.lap("optimizer")
+        return profile.forward_apart(clock.parts)
 
     def _replica_step(self, x: tf.Tensor, y: tf.Tensor) -> tuple[tf.Tensor, tf.Tensor]:
         """One replica's share of a data-parallel step (its rows of the global batch), in replica context.

@@ -1,0 +1,144 @@
+"""Where a cell's time and memory go, and what holds it back: the memory breakdown (computed from the
+spec, so the same in every framework), and a bottleneck verdict with its evidence, from the step's
+time by part (workers/common/profile.py), MFU and GPU utilisation.
+
+Every threshold sits in THRESHOLDS with its reason; `verdict` applies them in a fixed order (input,
+host, compute, memory) and says "none" where no rule holds: no single part stands out.
+"""
+
+from __future__ import annotations
+
+from dataclasses import dataclass
+from typing import Any
+
+import pyarrow as pa
+
+from mlbench import schema
+
+Row = dict[str, Any]
+MIB = 2**20
+FP32_BYTES = 4  # every framework keeps fp32 master weights and fp32 gradients, mixed precision included
+
+
+@dataclass(frozen=True)
+class Threshold:
+    value: float
+    reason: str
+
+
+THRESHOLDS: dict[str, Threshold] = {
+    "input_share": Threshold(
+        0.25,
+        "a quarter of the step preparing and copying the batch: a faster input path (more loader "
+        "threads, device prefetch) would buy more than a faster framework",
+    ),
+    "host_other_share": Threshold(
+        0.25,
+        "a quarter of the step outside forward, backward, update and data: Python, dispatch and launch "
+        "gaps, the framework's own overhead, which a bigger batch or a compiler amortises",
+    ),
+    "host_gpu_util_pct": Threshold(
+        60.0,
+        "the GPU busy under 60% of the training window: it waits on the host between kernels",
+    ),
+    "compute_mfu": Threshold(
+        0.5,
+        "half the matmul peak measured on this device: the arithmetic itself is most of the step",
+    ),
+    "memory_mfu": Threshold(
+        0.25,
+        "under a quarter of the peak while not input- or host-bound: the device is busy but not with FLOPs",
+    ),
+    "memory_flops_per_byte": Threshold(
+        100.0,
+        "FLOPs per byte of activations below a GPU's ridge point (peak FLOP/s over memory bandwidth, "
+        "~100-600 FLOP/B for HBM parts): the step is limited by memory bandwidth, not by the tensor cores. "
+        "GPUs only: on a CPU the RSS cannot tell activations from the runtime's own growth after the "
+        "model is built (a 2 MiB MLP's step showed ~95 MiB there), so the figure would decide nothing",
+    ),
+}
+
+
+def optimizer_states(optimizer: dict[str, Any]) -> int:
+    """Tensors of the parameters' size an optimizer keeps: AdamW two moments; SGD one momentum buffer
+    (none without momentum)."""
+    if optimizer.get("name") == "adamw":
+        return 2
+    if optimizer.get("name") == "sgd":
+        return 1 if optimizer.get("momentum") else 0
+    raise ValueError(f"optimizer {optimizer.get('name')!r}: its state size is not known")
+
+
+def memory_parts(
+    num_parameters: int | None,
+    optimizer: dict[str, Any] | None,
+    peak_bytes: float | None,
+    base_bytes: float | None,
+) -> dict[str, float | None]:
+    """Memory by part, MiB: parameters, gradients and optimizer state computed from the parameter count
+    and the optimizer; activations (and workspace) what the peak holds beyond those and `base_bytes`
+    (on a CPU the process before the model was built plus the training data's copy; on a GPU none,
+    as `peak_bytes` is then the allocator's peak, which holds only tensors)."""
+    if not num_parameters or optimizer is None:
+        return dict.fromkeys(("memory_params_mb", "memory_grads_mb", "memory_optimizer_mb", "memory_activations_mb"))
+    params = FP32_BYTES * num_parameters
+    state = optimizer_states(optimizer) * params
+    activations = None
+    if peak_bytes is not None and base_bytes is not None:
+        activations = max(0.0, peak_bytes - base_bytes - params - params - state)
+    return {
+        "memory_params_mb": params / MIB,
+        "memory_grads_mb": params / MIB,
+        "memory_optimizer_mb": state / MIB,
+        "memory_activations_mb": None if activations is None else activations / MIB,
+    }
+
+
+def _pct(part: float, whole: float) -> str:
+    return f"{100 * part / whole:.0f}% of the step ({1000 * part:.2f} of {1000 * whole:.2f} ms)"
+
+
+def verdict(r: Row) -> tuple[str | None, str | None]:
+    """(bottleneck, evidence) of an ok row with a step breakdown; (None, None) where it has none."""
+    step = r.get("step_profiled_s")
+    if r.get("status") != "ok" or not step:
+        return None, None
+    t = THRESHOLDS
+    data, other = r.get("step_data_s") or 0.0, r.get("step_other_s") or 0.0
+    if data / step >= t["input_share"].value:
+        return "input", f"data {_pct(data, step)}"
+    util = r.get("gpu_utilization_train_pct")
+    on_gpu = str(r.get("device", "")).startswith("cuda")
+    if on_gpu and util is not None and util < t["host_gpu_util_pct"].value:
+        return "host", f"GPU busy {util:.0f}% of the training window"
+    if not on_gpu and other / step >= t["host_other_share"].value:
+        return "host", f"outside the parts {_pct(other, step)}"
+    mfu = r.get("mfu")
+    if mfu is not None and mfu >= t["compute_mfu"].value:
+        return "compute", f"MFU {100 * mfu:.0f}% of the measured peak"
+    intensity = flops_per_activation_byte(r) if on_gpu else None
+    limit = t["memory_flops_per_byte"].value
+    if mfu is not None and mfu < t["memory_mfu"].value and intensity is not None and intensity < limit:
+        return "memory", f"{intensity:.1f} FLOP per activation byte, MFU {100 * mfu:.0f}%"
+    mfu_text = "MFU not measured" if mfu is None else f"MFU {100 * mfu:.0f}%"
+    return "none", f"data {100 * data / step:.0f}%, other {100 * other / step:.0f}%, {mfu_text}"
+
+
+def flops_per_activation_byte(r: Row) -> float | None:
+    """A training step's FLOPs per byte of its activations: how much arithmetic each byte held buys."""
+    per_sample, batch, act = (
+        r.get("train_flops_per_sample"),
+        r.get("per_device_batch_size"),
+        r.get("memory_activations_mb"),
+    )
+    if not per_sample or not batch or not act:
+        return None
+    return per_sample * batch / (act * MIB)
+
+
+def annotate(table: pa.Table) -> pa.Table:
+    """Fill bottleneck and bottleneck_evidence (after calibration: the verdict reads MFU)."""
+    rows = table.to_pylist()
+    for r in rows:
+        r["bottleneck"], r["bottleneck_evidence"] = verdict(r)
+    return pa.Table.from_pylist(rows, schema=schema.SCHEMA)
