@@ -176,10 +176,10 @@ def _mounts() -> list[tuple[str, Path, str, set[str]]]:
     return out
 
 
-def _own_path(version: int) -> str | None:
-    """This process's cgroup path in the v2 tree, or in the v1 hierarchy of the memory controller."""
+def _own_path(version: int, pid: int | str = "self") -> str | None:
+    """A process's cgroup path in the v2 tree, or in the v1 hierarchy of the memory controller."""
     try:
-        lines = Path("/proc/self/cgroup").read_text().splitlines()
+        lines = Path(f"/proc/{pid}/cgroup").read_text().splitlines()
     except OSError:
         return None
     for line in lines:
@@ -191,10 +191,21 @@ def _own_path(version: int) -> str | None:
     return None
 
 
-def _place(version: int) -> tuple[Path, Path]:
-    """The folder of this process's own memory cgroup (where a cell's cgroup is made), and the mount
-    point of its hierarchy."""
-    path = _own_path(version)
+def memory_cgroup(pid: int | str = "self") -> Path | None:
+    """The folder of a process's memory cgroup (the v1 memory controller's, else the v2 tree's), as
+    this process sees the mounts; None where it has none or it is not mounted here."""
+    for version in (1, 2):
+        try:
+            return _place(version, pid)[0]
+        except _NoCgroup:
+            continue
+    return None
+
+
+def _place(version: int, pid: int | str = "self") -> tuple[Path, Path]:
+    """The folder of a process's memory cgroup (this process's own: where a cell's cgroup is made), and
+    the mount point of its hierarchy."""
+    path = _own_path(version, pid)
     if path is None:
         raise _NoCgroup("this process is in no such cgroup")
     for root, point, fstype, options in _mounts():

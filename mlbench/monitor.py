@@ -16,6 +16,7 @@ from typing import Any
 
 import psutil
 
+from mlbench.memlimit import memory_cgroup
 from workers.common.devices import Device
 
 try:  # NVIDIA's NVML bindings (package nvidia-ml-py); absent or failing on machines without a driver
@@ -182,22 +183,6 @@ class _GpuSampler:
         }
 
 
-def memory_cgroup(pid: int | str) -> Path | None:
-    """The memory cgroup folder of a process (cgroup v1 memory controller, or the v2 unified tree)."""
-    try:
-        lines = Path(f"/proc/{pid}/cgroup").read_text().splitlines()
-    except OSError:
-        return None
-    for line in lines:
-        _, controllers, path = line.split(":", 2)
-        if "memory" in controllers.split(","):
-            return Path("/sys/fs/cgroup/memory") / path.lstrip("/")
-    for line in lines:
-        if line.startswith("0::"):
-            return Path("/sys/fs/cgroup") / line[3:].lstrip("/")
-    return None
-
-
 def oom_kill_count(cgroup: Path) -> int | None:
     """How many processes the kernel's OOM killer has killed in a memory cgroup (None: unreadable)."""
     for name in ("memory.events", "memory.oom_control"):  # v2, v1
@@ -314,7 +299,7 @@ class Monitor:
             except psutil.Error:  # gone since the last walk of the tree
                 self._procs.pop(p.pid, None)
                 continue
-            # at every sample (25 us a process): a worker may move itself into a cgroup of its own
+            # at every sample (~85 us a process, reading mountinfo): a worker may move itself into a cgroup of its own
             self._watch_cgroup(p.pid)
         if rss:
             self.rss.append(rss)
