@@ -11,10 +11,6 @@ from __future__ import annotations
 from dataclasses import dataclass
 from typing import Any
 
-import pyarrow as pa
-
-from mlbench import schema
-
 Row = dict[str, Any]
 MIB = 2**20
 FP32_BYTES = 4  # every framework keeps fp32 master weights and fp32 gradients, mixed precision included
@@ -136,9 +132,7 @@ def flops_per_activation_byte(r: Row) -> float | None:
     return per_sample * batch / (act * MIB)
 
 
-def annotate(table: pa.Table) -> pa.Table:
-    """Fill bottleneck and bottleneck_evidence (after calibration: the verdict reads MFU)."""
-    rows = table.to_pylist()
+def annotate(rows: list[Row]) -> None:
+    """Fill bottleneck and bottleneck_evidence, in place (after calibration: the verdict reads MFU)."""
     for r in rows:
         r["bottleneck"], r["bottleneck_evidence"] = verdict(r)
-    return pa.Table.from_pylist(rows, schema=schema.SCHEMA)

@@ -17,9 +17,7 @@ import socket
 from pathlib import Path
 from typing import Any
 
-import pyarrow as pa
-
-from mlbench import runner, schema, store
+from mlbench import runner, store
 from mlbench.cells import Cell
 from mlbench.config import Suite
 from mlbench.runfolder import RunFolder
@@ -117,12 +115,10 @@ def peak_of(top: dict[tuple[str | None, str, str], float], r: dict[str, Any]) ->
     return peak * device.count if peak and device.kind == "cuda" else peak
 
 
-def annotate(table: pa.Table, entries: list[dict[str, Any]]) -> pa.Table:
-    """Fill peak_tflops and mfu (null where no calibration of the cell's host succeeded)."""
+def annotate(rows: list[dict[str, Any]], entries: list[dict[str, Any]]) -> None:
+    """Fill peak_tflops and mfu, in place (null where no calibration of the cell's host succeeded)."""
     top = peaks(entries)
-    rows = table.to_pylist()
     for r in rows:
         r["peak_tflops"] = peak = peak_of(top, r)
         mfu = (r["achieved_tflops"] / peak) if (peak and r.get("achieved_tflops") is not None) else None
         r["mfu"] = mfu if mfu is None or mfu <= MFU_CEILING else None  # above 1: a peak measured too low
-    return pa.Table.from_pylist(rows, schema=schema.SCHEMA)

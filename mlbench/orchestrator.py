@@ -16,6 +16,7 @@ from pathlib import Path
 from typing import Any
 
 import psutil
+import pyarrow as pa
 import pyarrow.parquet as pq
 
 from mlbench import (
@@ -29,6 +30,7 @@ from mlbench import (
     rows,
     runner,
     scaling,
+    schema,
     store,
     verify,
 )
@@ -332,10 +334,13 @@ def rebuild(run_dir: Path) -> list[Path]:
     stored = {p.stem for p in folder.cells.glob("*.parquet")} if folder.cells.is_dir() else set()
     stale = len(stored - set(unit_ids))
     table = repeats.combine(per_repeat) if suite.repeats > 1 else per_repeat
-    table, groups = parity.annotate(table, verify.load(run_dir), suite.accuracy_parity_pts)
-    table = calibration.annotate(table, calibration.load(run_dir))
-    table = scaling.annotate(table)
-    table = bottleneck.annotate(table)  # after calibration: the verdict reads MFU
+    # the derived columns, in one pass over the rows
+    rows_ = table.to_pylist()
+    groups = parity.annotate(rows_, verify.load(run_dir), suite.accuracy_parity_pts)
+    calibration.annotate(rows_, calibration.load(run_dir))
+    scaling.annotate(rows_)
+    bottleneck.annotate(rows_)  # after calibration: the verdict reads MFU
+    table = pa.Table.from_pylist(rows_, schema=schema.SCHEMA)
     env_path = folder.environment
     env = json.loads(env_path.read_text()) if env_path.is_file() else {}
     written = store.write_exports(run_dir, table)

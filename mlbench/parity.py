@@ -5,9 +5,6 @@ from __future__ import annotations
 from collections import defaultdict
 from typing import Any
 
-import pyarrow as pa
-
-from mlbench import schema
 from mlbench.verify import Check, verdicts
 
 GROUP = ("model_name", "device", "precision", "batch_size", "dataset", "epochs", "seed")
@@ -34,9 +31,8 @@ def accuracy_groups(rows: list[dict[str, Any]], tolerance_pts: float) -> list[di
     return out
 
 
-def annotate(table: pa.Table, checks: list[Check], tolerance_pts: float) -> tuple[pa.Table, list[dict[str, Any]]]:
-    """Fill the derived columns of the results table; returns it with the accuracy groups."""
-    rows = table.to_pylist()
+def annotate(rows: list[dict[str, Any]], checks: list[Check], tolerance_pts: float) -> list[dict[str, Any]]:
+    """Fill the verify and accuracy-parity columns, in place; returns the accuracy groups."""
     groups = accuracy_groups(rows, tolerance_pts)
     by_key = {tuple(g[k] for k in GROUP): g for g in groups}
     verdict = verdicts(checks)
@@ -49,4 +45,4 @@ def annotate(table: pa.Table, checks: list[Check], tolerance_pts: float) -> tupl
             accuracy_spread_pts=g["spread_pts"] if g else None,
             accuracy_parity=g["parity"] if g else None,
         )
-    return pa.Table.from_pylist(rows, schema=schema.SCHEMA), groups
+    return groups

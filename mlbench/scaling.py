@@ -14,9 +14,6 @@ from __future__ import annotations
 from dataclasses import dataclass
 from typing import Any
 
-import pyarrow as pa
-
-from mlbench import schema
 from workers.common.devices import Device
 
 Row = dict[str, Any]
@@ -52,9 +49,8 @@ def _ratio(a: float | None, b: float | None, n: int) -> float | None:
     return a / (n * b) if a is not None and b else None
 
 
-def annotate(table: pa.Table) -> pa.Table:
-    """Fill scaling_efficiency and its bounds for every ok data-parallel row with a baseline."""
-    rows = table.to_pylist()
+def annotate(rows: list[Row]) -> None:
+    """Fill scaling_efficiency and its bounds for every ok data-parallel row with a baseline (in place)."""
     for r in rows:
         b = baseline(r, rows) if r["status"] == "ok" and r.get("samples_per_second") else None
         n = r.get("num_devices") or 1
@@ -65,7 +61,6 @@ def annotate(table: pa.Table) -> pa.Table:
         r["scaling_efficiency_high"] = (
             _ratio(r.get("samples_per_second_ci_high"), b.get("samples_per_second_ci_low"), n) if b else None
         )
-    return pa.Table.from_pylist(rows, schema=schema.SCHEMA)
 
 
 @dataclass

@@ -142,8 +142,8 @@ def test_scaling_efficiency_is_against_one_device_at_the_per_device_batch() -> N
         _row("cuda:0,1", 16, 500.0),  # no one-device cell at 8: null
         _row("cuda:0", 32, 999.0, framework="jax"),
     ]
-    table = scaling.annotate(__import__("pyarrow").Table.from_pylist(rows, schema=schema.SCHEMA))
-    out = {(r["framework"], r["device"], r["batch_size"]): r for r in table.to_pylist()}
+    scaling.annotate(rows)
+    out = {(r["framework"], r["device"], r["batch_size"]): r for r in rows}
     two = out[("pytorch", "cuda:0,1", 64)]
     assert two["scaling_efficiency"] == pytest.approx(1800 / (2 * 1000))
     assert two["scaling_efficiency_low"] == pytest.approx(1800 * 0.98 / (2 * 1000 * 1.02))
@@ -156,8 +156,8 @@ def test_scaling_efficiency_is_against_one_device_at_the_per_device_batch() -> N
 def test_the_verdict_says_whether_a_second_device_pays_or_that_it_cannot_tell() -> None:
     rows = [_row("cuda:0", 32, 1000.0), _row("cuda:0,1", 64, 1900.0), _row("cuda:0,1", 128, 800.0)]
     rows += [_row("cuda:0", 64, 1000.0), _row("cuda:0", 16, 1000.0, spread=0.3), _row("cuda:0,1", 32, 1100.0)]
-    table = scaling.annotate(__import__("pyarrow").Table.from_pylist(rows, schema=schema.SCHEMA)).to_pylist()
-    found = {v.row["batch_size"]: v for v in scaling.verdicts(table)}
+    scaling.annotate(rows)
+    found = {v.row["batch_size"]: v for v in scaling.verdicts(rows)}
     assert found[64].verdict == "pays" and "1.90x cuda:0's throughput" in found[64].text
     assert found[128].verdict == "does not pay" and "one device trains faster" in found[128].text
     assert found[32].verdict == "cannot tell" and "cannot tell" in found[32].text  # the baseline is too noisy
