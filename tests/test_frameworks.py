@@ -415,3 +415,18 @@ def test_mixed_precision_cells_run_end_to_end_in_every_framework(tmp_path) -> No
     modes = df.set_index(["framework", "precision"]).precision_mode
     assert "GradScaler" in modes[("pytorch", "fp16")] and "LossScaleOptimizer" in modes[("tensorflow", "fp16")]
     assert "loss scaling" in modes[("jax", "fp16")]
+
+
+def test_jax_reports_the_cuda_and_cudnn_its_plugin_loaded(monkeypatch: pytest.MonkeyPatch) -> None:
+    pytest.importorskip("jax")
+    import types
+
+    import jax._src.lib as jaxlib_info
+
+    from workers.jax_worker import backend
+
+    monkeypatch.setattr(jaxlib_info, "cuda_versions", None)  # a CPU jaxlib: missing, not invented
+    assert backend.cuda_versions() == {"cuda_version": None, "cudnn_version": None}
+    loaded = types.SimpleNamespace(cuda_runtime_get_version=lambda: 12090, cudnn_get_version=lambda: 92800)
+    monkeypatch.setattr(jaxlib_info, "cuda_versions", loaded)
+    assert backend.cuda_versions() == {"cuda_version": "12.9", "cudnn_version": "9.28.0"}

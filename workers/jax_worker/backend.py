@@ -41,6 +41,29 @@ from workers.jax_worker import models
 DTYPES = {"fp32": jnp.float32, "fp16": jnp.float16, "bf16": jnp.bfloat16}
 
 
+def cuda_versions() -> dict[str, str | None]:
+    """The CUDA runtime and cuDNN versions the CUDA plugin loaded (None without one: a CPU jaxlib).
+    jax 0.10 has no public call for them; jax's own tests read this module."""
+    try:
+        from jax._src.lib import cuda_versions as loaded
+    except ImportError:
+        loaded = None
+    if loaded is None:
+        return {"cuda_version": None, "cudnn_version": None}
+    out: dict[str, str | None] = {}
+    for key, call in (("cuda_version", "cuda_runtime_get_version"), ("cudnn_version", "cudnn_get_version")):
+        try:  # e.g. 12090 -> 12.9 (CUDA's major * 1000 + minor * 10), 92800 -> 9.28.0 (cuDNN's)
+            v = int(getattr(loaded, call)())
+            out[key] = (
+                f"{v // 1000}.{v % 1000 // 10}"
+                if key == "cuda_version"
+                else f"{v // 10000}.{v % 10000 // 100}.{v % 100}"
+            )
+        except Exception:
+            out[key] = None
+    return out
+
+
 def learning_rate(opt: OptimizerSpec) -> float | optax.Schedule:
     """The spec's lr, or its schedule: optax calls it with the count of updates made so far (0 first)."""
     if opt.schedule == "constant" or opt.total_steps <= 0:
@@ -166,8 +189,7 @@ class JaxBackend:
 
         return {
             "framework_version": f"jax {jax.__version__}, jaxlib {jaxlib.__version__}, flax {flax.__version__}, optax {optax.__version__}",
-            "cuda_version": None,
-            "cudnn_version": None,
+            **cuda_versions(),
             "devices": [str(d) for d in jax.devices()],
             "threads": {"XLA_FLAGS": os.environ.get("XLA_FLAGS"), "OMP_NUM_THREADS": os.environ.get("OMP_NUM_THREADS")},
             "compiler": "XLA (jax.jit, always on)",
