@@ -34,9 +34,7 @@ def _finish(em: Emitter) -> None:
         samples_per_second=800.0,
         data_wait_s=0.0,
     )
-    em.emit(
-        "steps", phase="train", warmup_s=[0.002], step_s=[0.001] * 8, batch_size=8, window_s=0.008, window_samples=64
-    )
+    em.emit("steps", phase="train", warmup_s=[0.002], step_s=[0.001] * 8, batch_size=8)
     em.emit(
         "inference", batch_size=8, runs=3, mean_ms=1.0, p50_ms=1.0, p95_ms=1.0, p99_ms=1.0, times_ms=[1.0, 1.0, 1.0]
     )

@@ -205,6 +205,77 @@ def pipelined(backend: Backend, batches: Iterable[tuple[np.ndarray, np.ndarray]]
         pending = handle
 
 
+@dataclasses.dataclass
+class StepLog:
+    """Every training step's wall time and minor page faults, the warm-up steps apart from the timed
+    ones; it also tells the orchestrator's monitor when the timed steps run (GPU figures over them)."""
+
+    warmup: int
+    em: Emitter
+    count: int = 0
+    warmup_s: list[float] = dataclasses.field(default_factory=list)
+    step_s: list[float] = dataclasses.field(default_factory=list)  # the timed (post-warm-up) steps
+    warmup_faults: list[int] = dataclasses.field(default_factory=list)
+    step_faults: list[int] = dataclasses.field(default_factory=list)
+    in_window: bool = False
+
+    def add(self, seconds: float, faults: int) -> None:
+        timed = self.count >= self.warmup
+        (self.step_s if timed else self.warmup_s).append(seconds)
+        (self.step_faults if timed else self.warmup_faults).append(faults)
+        self.count += 1
+
+    def window(self, open_: bool) -> None:
+        """The timed window opens (once the warm-up is over) or closes (evaluation is not part of it)."""
+        if open_ and not self.in_window and self.count >= self.warmup:
+            self.em.emit("phase", name="train", state="start")
+            self.in_window = True
+        elif not open_ and self.in_window:
+            self.em.emit("phase", name="train", state="end")
+            self.in_window = False
+
+    def figures(self) -> dict[str, list[Any]]:
+        return {
+            "warmup_s": self.warmup_s,
+            "step_s": self.step_s,
+            "warmup_faults": self.warmup_faults,
+            "step_faults": self.step_faults,
+        }
+
+
+def train_epoch(
+    backend: Backend, batches: Iterable[tuple[np.ndarray, np.ndarray]], log: StepLog, bs: int, progress: Any
+) -> dict[str, float]:
+    """One epoch's steps, each timed from the last one's completion to its own; (loss, accuracy, data wait)."""
+    loss_sum, correct, seen, data_s = 0.0, 0, 0, 0.0
+    log.window(True)
+    t_prev, f_prev = time.perf_counter(), minor_faults()
+    for loss, n_correct, wait_s in pipelined(backend, batches):
+        t_end = time.perf_counter()  # this step's figures are on the host: it is done
+        f_end = minor_faults()  # ~1 us, after the clock: it falls in the next step's interval
+        data_s += wait_s
+        log.add(t_end - t_prev, f_end - f_prev)
+        t_prev, f_prev = t_end, f_end
+        loss_sum, correct, seen = loss_sum + loss * bs, correct + n_correct, seen + bs
+        log.window(True)  # the next step is the first timed one once the warm-up is over
+        progress(log.count)
+    return {"train_loss": loss_sum / seen, "train_accuracy": correct / seen, "samples": seen, "data_wait_s": data_s}
+
+
+def evaluate(backend: Backend, ds: datasets.Dataset, bs: int) -> dict[str, Any]:
+    """The validation set in stored order (on the first replica only): summed loss and correct count."""
+    t0 = time.perf_counter()
+    loss, correct, seen = 0.0, 0, 0
+    for x_host, y_host in datasets.val_batches(ds, bs) if leader(backend) else ():
+        l_sum, n_correct = backend.eval_step(x_host, y_host)
+        loss, correct, seen = loss + l_sum, correct + n_correct, seen + len(y_host)
+    return {
+        "val_loss": loss / seen if seen else None,
+        "val_accuracy": correct / seen if seen else None,
+        "eval_s": time.perf_counter() - t0,
+    }
+
+
 def train(backend: Backend, ds: datasets.Dataset, cell: dict[str, Any], em: Emitter) -> dict[str, Any]:
     """Train for the cell's epochs, evaluating after each; returns the figures for the result."""
     bs, seed, warmup = cell["batch_size"], cell["seed"], cell["warmup_steps"]
@@ -212,97 +283,41 @@ def train(backend: Backend, ds: datasets.Dataset, cell: dict[str, Any], em: Emit
     if steps_per_epoch == 0:
         raise Unsupported(f"batch size {bs} is larger than the {len(ds.y_train)} training samples")
     total_steps = steps_per_epoch * cell["epochs"]
-    step_times: list[float] = []  # timed (post-warm-up) steps, seconds
-    warmup_times: list[float] = []
-    step_faults: list[int] = []  # minor page faults during each step, as the times
-    warmup_faults: list[int] = []
-    window_s = 0.0  # wall time of the timed windows (includes data preparation between steps)
-    window_samples = 0
-    epochs, global_step = [], 0
+    log = StepLog(warmup, em)
+    epochs: list[dict[str, Any]] = []
     total_train_s = total_eval_s = 0.0
     target, reached = cell.get("target_accuracy"), None  # time to accuracy: training and evaluation time
     feed = datasets.BatchFeed(ds, bs)
-    in_window = False  # the worker tells the orchestrator's monitor when the timed steps run (GPU figures)
+
+    def progress(step: int) -> None:
+        if step % max(1, total_steps // 20) == 0 or step == total_steps:
+            em.emit("progress", step=step, total_steps=total_steps, epoch=len(epochs))
+
     for epoch in range(cell["epochs"]):
-        loss_sum, correct, seen = 0.0, 0, 0
-        window_start = None
         t_epoch = time.perf_counter()
         batches = feed.epoch(seed, epoch)  # the epoch gathered in batch order, before the step timers
-        if global_step >= warmup and not in_window:
-            em.emit("phase", name="train", state="start")
-            in_window = True
-        t_prev = time.perf_counter()
-        f_prev = minor_faults()
-        data_s = t_prev - t_epoch
-        for loss, n_correct, wait_s in pipelined(backend, batches):
-            t_end = time.perf_counter()  # this step's figures are on the host: it is done
-            f_end = minor_faults()  # ~1 us, after the clock: it falls in the next step's interval
-            data_s += wait_s
-            step_s = t_end - t_prev
-            if global_step < warmup:
-                warmup_times.append(step_s)
-                warmup_faults.append(f_end - f_prev)
-            else:
-                if window_start is None:
-                    window_start = t_prev
-                step_times.append(step_s)
-                step_faults.append(f_end - f_prev)
-                window_samples += bs
-            t_prev, f_prev = t_end, f_end
-            loss_sum += loss * bs
-            correct += n_correct
-            seen += bs
-            global_step += 1
-            if global_step == warmup and not in_window:  # the next step is the first timed one
-                em.emit("phase", name="train", state="start")
-                in_window = True
-            if global_step % max(1, total_steps // 20) == 0 or global_step == total_steps:
-                em.emit("progress", step=global_step, total_steps=total_steps, epoch=epoch)
+        gather_s = time.perf_counter() - t_epoch
+        figures = train_epoch(backend, batches, log, bs, progress)
         train_s = time.perf_counter() - t_epoch
-        if in_window:  # evaluation is not part of the window
-            em.emit("phase", name="train", state="end")
-            in_window = False
-        if window_start is not None:
-            window_s += t_prev - window_start
+        log.window(False)
         total_train_s += train_s
-        t_eval = time.perf_counter()
-        val_loss, val_correct, val_seen = 0.0, 0, 0
-        for x_host, y_host in datasets.val_batches(ds, bs) if leader(backend) else ():
-            l_sum, n_correct = backend.eval_step(x_host, y_host)
-            val_loss += l_sum
-            val_correct += n_correct
-            val_seen += len(y_host)
-        eval_s = time.perf_counter() - t_eval
-        if target is not None and reached is None and val_seen and val_correct / val_seen >= target:
-            reached = {"time_to_target_s": total_train_s + total_eval_s + eval_s, "epochs_to_target": epoch + 1}
+        val = evaluate(backend, ds, bs)
+        if target is not None and reached is None and (val["val_accuracy"] or 0) >= target:
+            reached = {"time_to_target_s": total_train_s + total_eval_s + val["eval_s"], "epochs_to_target": epoch + 1}
             em.log(f"validation accuracy reached {target:.3f} after {epoch + 1} epoch(s)")
-        total_eval_s += eval_s
+        total_eval_s += val["eval_s"]
         record = {
             "epoch": epoch,
-            "train_loss": loss_sum / seen,
-            "train_accuracy": correct / seen,
-            "val_loss": val_loss / val_seen if val_seen else None,
-            "val_accuracy": val_correct / val_seen if val_seen else None,
+            **figures,
+            **val,
             "train_s": train_s,
-            "eval_s": eval_s,
-            "samples": seen,
-            "samples_per_second": seen / train_s,
-            "data_wait_s": data_s,
+            "samples_per_second": figures["samples"] / train_s,
         }
+        record["data_wait_s"] += gather_s
         epochs.append(record)
         em.emit("epoch", **record)
-    em.emit(
-        "steps",
-        phase="train",
-        warmup_s=warmup_times,
-        step_s=step_times,
-        warmup_faults=warmup_faults,
-        step_faults=step_faults,
-        batch_size=bs,
-        window_s=window_s,
-        window_samples=window_samples,
-    )
-    if not step_times:
+    em.emit("steps", phase="train", **log.figures(), batch_size=bs)
+    if not log.step_s:
         em.log(
             f"no timed steps: {total_steps} steps in all, {warmup} of them warm-up; "
             "throughput is missing; raise train_samples or lower warmup_steps",
@@ -311,12 +326,7 @@ def train(backend: Backend, ds: datasets.Dataset, cell: dict[str, Any], em: Emit
     return {
         "epochs": epochs,
         "total_train_s": total_train_s,
-        "warmup_s": warmup_times,
-        "step_s": step_times,
-        "warmup_faults": warmup_faults,
-        "step_faults": step_faults,
-        "window_s": window_s,
-        "window_samples": window_samples,
+        **log.figures(),
         "feed": feed,  # the profiled steps after training reuse it (no second copy of the training set)
         **(reached or {"time_to_target_s": None, "epochs_to_target": None}),
     }
@@ -494,106 +504,122 @@ def verify(backend: Backend, spec: ModelSpec, ds: datasets.Dataset, cell: dict[s
     )
 
 
+def _dataset(backend: Backend, cell: dict[str, Any]) -> tuple[ModelSpec, datasets.Dataset]:
+    spec = get_spec(cell["model"], cell.get("model_overrides"))
+    ds = datasets.load(cell["dataset"], spec.family, input_spec(spec), cell["seed"], cell["data_dir"], backend.layout)
+    return spec, ds
+
+
+def run_calibrate(backend: Backend, cell: dict[str, Any], em: Emitter) -> None:
+    calibrate(backend, cell, em)
+    em.emit("result", task="calibrate")
+
+
+def run_verify(backend: Backend, cell: dict[str, Any], em: Emitter) -> None:
+    spec, ds = _dataset(backend, cell)
+    verify(backend, spec, ds, cell, em)
+    em.emit("result", task="verify")
+
+
+def build_model(backend: Backend, spec: ModelSpec, ds: datasets.Dataset, cell: dict[str, Any], em: Emitter) -> int:
+    """Build the model from the canonical weights, check its size, time a save and a load of it, and
+    say so (`model`); returns its parameter count."""
+    weights = load_npz(cell["weights_in"]) if cell.get("weights_in") else initial_weights(spec, cell["seed"])
+    t0 = time.perf_counter()
+    backend.build(spec, weights)
+    build_s = time.perf_counter() - t0
+    n_params = backend.num_parameters()
+    if n_params != num_parameters(spec):
+        raise AssertionError(f"{backend.framework} built {n_params} parameters; the spec has {num_parameters(spec)}")
+    with tempfile.TemporaryDirectory(prefix="mlbench-save-") as tmp:
+        t0 = time.perf_counter()
+        saved = backend.save(os.path.join(tmp, "model"))
+        save_s = time.perf_counter() - t0
+        size = _disk_bytes(saved)
+        t0 = time.perf_counter()
+        backend.load(saved)
+        load_s = time.perf_counter() - t0
+    em.emit(
+        "model",
+        name=cell["model"],
+        num_parameters=n_params,
+        parameter_bytes=4 * n_params,
+        size_on_disk_bytes=size,
+        save_s=save_s,
+        load_s=load_s,
+        build_s=build_s,
+        format=os.path.basename(saved),
+        spec=spec_dict(spec),
+        train_flops_per_sample=train_flops(spec),
+        inference_flops_per_sample=forward_flops(spec),
+        dataset=ds.key,
+        train_samples=len(ds.y_train),
+        val_samples=len(ds.y_val),
+    )
+    return n_params
+
+
+def run_train(backend: Backend, cell: dict[str, Any], em: Emitter) -> None:
+    """A benchmark cell: build, train with evaluation, the step-time breakdown, inference latency, memory."""
+    spec, ds = _dataset(backend, cell)
+    spec = with_total_steps(spec, cell["epochs"] * (len(ds.y_train) // cell["batch_size"]))
+    rss_before_build = current_rss_bytes()  # the framework, its runtime and the data, no model yet
+    n_params = build_model(backend, spec, ds, cell, em)
+    trained = train(backend, ds, cell, em)
+    if cell.get("weights_out"):  # the trained weights in the canonical NPZ format, readable by every worker
+        save_npz(cell["weights_out"], backend.export())
+    profile_steps(backend, trained["feed"], cell, em)  # train on: after the export and the evaluation
+    device = Device.parse(cell["device"])
+    per_device = cell["batch_size"] // device.count
+    # one replica's latency: at batch 1 and at the batch each device trained on
+    latency = (
+        {bs: measure_inference(backend, ds, bs, cell, em) for bs in sorted({1, per_device})}
+        if leader(backend)
+        else {per_device: None}
+    )
+    em.emit(
+        "memory",
+        **backend.memory(),
+        host_peak_rss_bytes=host_peak_rss_bytes(),
+        host_rss_before_build_bytes=rss_before_build,
+        data_feed_bytes=trained["feed"].nbytes,  # the training set's batch-ordered copy
+    )
+    last = trained["epochs"][-1]
+    em.emit(
+        "result",
+        num_parameters=n_params,
+        final_train_accuracy=last["train_accuracy"],
+        final_val_accuracy=last["val_accuracy"],
+        total_train_s=trained["total_train_s"],
+        # the same figure the orchestrator stores, from the same samples and the same function
+        samples_per_second=steady_throughput(trained["warmup_s"], trained["step_s"], cell["batch_size"])[
+            "samples_per_second"
+        ],
+        inference=latency[per_device],
+        num_devices=device.count,
+        per_device_batch_size=per_device,
+        time_to_target_s=trained["time_to_target_s"],
+        epochs_to_target=trained["epochs_to_target"],
+    )
+
+
+TASKS = {"train": run_train, "calibrate": run_calibrate, "verify": run_verify}  # CellSpec.task -> what runs
+
+
 def run(backend_loader: Any, cell: dict[str, Any], em: Emitter) -> int:
     """Run one cell end to end and emit its events; returns the process exit status."""
     backend = None
     try:
         backend = backend_loader(cell)
-        info = backend.info()
         em.emit(
             "hello",
             protocol=PROTOCOL_VERSION,
             framework=backend.framework,
             pid=os.getpid(),
             glibc_tunables=os.environ.get("GLIBC_TUNABLES"),  # the malloc this process started with
-            **info,
+            **backend.info(),
         )
-        if cell.get("task") == "calibrate":
-            calibrate(backend, cell, em)
-            em.emit("result", task="calibrate")
-            return 0
-        if cell.get("task") == "verify":
-            spec = get_spec(cell["model"], cell.get("model_overrides"))
-            ds = datasets.load(
-                cell["dataset"], spec.family, input_spec(spec), cell["seed"], cell["data_dir"], backend.layout
-            )
-            verify(backend, spec, ds, cell, em)
-            em.emit("result", task="verify")
-            return 0
-        spec = get_spec(cell["model"], cell.get("model_overrides"))
-        inp = input_spec(spec)
-        ds = datasets.load(cell["dataset"], spec.family, inp, cell["seed"], cell["data_dir"], backend.layout)
-        weights = load_npz(cell["weights_in"]) if cell.get("weights_in") else initial_weights(spec, cell["seed"])
-        spec = with_total_steps(spec, cell["epochs"] * (len(ds.y_train) // cell["batch_size"]))
-        rss_before_build = current_rss_bytes()  # the framework, its runtime and the data, no model yet
-        t0 = time.perf_counter()
-        backend.build(spec, weights)
-        build_s = time.perf_counter() - t0
-        n_params = backend.num_parameters()
-        expected = num_parameters(spec)
-        if n_params != expected:
-            raise AssertionError(f"{backend.framework} built {n_params} parameters; the spec has {expected}")
-        with tempfile.TemporaryDirectory(prefix="mlbench-save-") as tmp:
-            t0 = time.perf_counter()
-            saved = backend.save(os.path.join(tmp, "model"))
-            save_s = time.perf_counter() - t0
-            size = _disk_bytes(saved)
-            t0 = time.perf_counter()
-            backend.load(saved)
-            load_s = time.perf_counter() - t0
-        em.emit(
-            "model",
-            name=cell["model"],
-            num_parameters=n_params,
-            parameter_bytes=4 * n_params,
-            size_on_disk_bytes=size,
-            save_s=save_s,
-            load_s=load_s,
-            build_s=build_s,
-            format=os.path.basename(saved),
-            spec=spec_dict(spec),
-            train_flops_per_sample=train_flops(spec),
-            inference_flops_per_sample=forward_flops(spec),
-            dataset=ds.key,
-            train_samples=len(ds.y_train),
-            val_samples=len(ds.y_val),
-        )
-        trained = train(backend, ds, cell, em)
-        if cell.get("weights_out"):  # the trained weights in the canonical NPZ format, readable by every worker
-            save_npz(cell["weights_out"], backend.export())
-        profile_steps(backend, trained["feed"], cell, em)  # train on: after the export and the evaluation
-        device = Device.parse(cell["device"])
-        per_device = cell["batch_size"] // device.count
-        # one replica's latency: at batch 1 and at the batch each device trained on
-        latency = (
-            {bs: measure_inference(backend, ds, bs, cell, em) for bs in sorted({1, per_device})}
-            if leader(backend)
-            else {per_device: None}
-        )
-        memory = {
-            **backend.memory(),
-            "host_peak_rss_bytes": host_peak_rss_bytes(),
-            "host_rss_before_build_bytes": rss_before_build,
-            "data_feed_bytes": trained["feed"].nbytes,  # the training set's batch-ordered copy
-        }
-        em.emit("memory", **memory)
-        last = trained["epochs"][-1]
-        em.emit(
-            "result",
-            num_parameters=n_params,
-            final_train_accuracy=last["train_accuracy"],
-            final_val_accuracy=last["val_accuracy"],
-            total_train_s=trained["total_train_s"],
-            # the same figure the orchestrator stores, from the same samples and the same function
-            samples_per_second=steady_throughput(trained["warmup_s"], trained["step_s"], cell["batch_size"])[
-                "samples_per_second"
-            ],
-            inference=latency[per_device],
-            num_devices=device.count,
-            per_device_batch_size=per_device,
-            time_to_target_s=trained["time_to_target_s"],
-            epochs_to_target=trained["epochs_to_target"],
-        )
+        TASKS[cell.get("task") or "train"](backend, cell, em)
         return 0
     except Unsupported as exc:
         em.emit("error", kind="unsupported", message=str(exc), traceback="")
