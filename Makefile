@@ -15,7 +15,7 @@ LOCKS  := -c requirements.lock
 STAMP  := $(VENV)/.installed-stamp
 endif
 
-.PHONY: venv browser quick run test test-fast bench gpu-smoke lint format clean
+.PHONY: venv browser quick run sample-results sample-results-gpu test test-fast bench gpu-smoke lint format clean
 
 $(STAMP): pyproject.toml requirements.lock requirements-gpu.lock
 	$(PYTHON) -m venv $(VENV)
@@ -30,19 +30,35 @@ endif
 
 venv: $(STAMP)
 
-quick: venv  ## the main job: every framework and model, small, on CPU
+quick: venv browser  ## the main job: every framework and model, small, on CPU (browser: RESULTS.md's chart images)
 	$(BIN)/python -m mlbench run configs/quick.yaml
 
 run: venv  ## CONFIG=configs/benchmark_config.yaml ARGS=--resume
 	$(BIN)/python -m mlbench run $(or $(CONFIG),configs/benchmark_config.yaml) $(ARGS)
 
-# Debian's Chromium for the report's browser test (root or sudo needed; without it that test skips)
+# docs/results/: RESULTS.md and charts of a real run of the default suite on this machine, the command,
+# date and commit on top; nothing in it edited by hand (report.html stays in the run folder: 4 MB of
+# inlined plotly.js is no document). ARGS=--resume continues an interrupted run.
+SAMPLE_RUN := mlbench run configs/benchmark_config.yaml --name sample-cpu
+sample-results: venv browser  ## the CPU sample (about 50 minutes on 2 cores: 24 cells)
+	$(BIN)/$(SAMPLE_RUN) $(ARGS)
+	$(BIN)/mlbench report --results runs/sample-cpu --output docs/results --command "make sample-results: $(strip $(SAMPLE_RUN) $(ARGS))"
+	rm -f docs/results/report.html
+
+SAMPLE_GPU_RUN := mlbench run configs/benchmark_config.yaml --devices cuda:0 --name sample-gpu
+sample-results-gpu: venv browser  ## the same suite on the first GPU, into docs/results/gpu/
+	$(BIN)/$(SAMPLE_GPU_RUN) $(ARGS)
+	$(BIN)/mlbench report --results runs/sample-gpu --output docs/results/gpu --command "make sample-results-gpu: $(strip $(SAMPLE_GPU_RUN) $(ARGS))"
+	rm -f docs/results/gpu/report.html
+
+# Debian's Chromium for the report's browser test and RESULTS.md's chart images (root or sudo needed;
+# without it that test skips and RESULTS.md says, in place of each image, why there is none)
 browser:
 	@command -v chromium >/dev/null 2>&1 || command -v chromium-browser >/dev/null 2>&1 || { \
 	  SUDO=$$( [ "$$(id -u)" = 0 ] || echo sudo ); \
 	  $$SUDO env DEBIAN_FRONTEND=noninteractive apt-get install -y -q chromium >/dev/null 2>&1 || \
 	  { $$SUDO apt-get update -q >/dev/null 2>&1 && $$SUDO env DEBIAN_FRONTEND=noninteractive apt-get install -y -q chromium >/dev/null 2>&1; } || \
-	  echo "warning: could not install chromium; the report's browser test will be skipped"; }
+	  echo "warning: could not install chromium; the report's browser test will be skipped and RESULTS.md will say why it has no chart images"; }
 
 test: venv browser
 	$(BIN)/python -m pytest -q

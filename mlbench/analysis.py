@@ -325,3 +325,118 @@ def ratios(rows: list[Row], axis: str, baseline: Callable[[Any], bool], key: str
 
 def gpu_count(device: str) -> int:
     return len(device.split(":", 1)[1].split(",")) if device.startswith("cuda:") else 0
+
+
+# --- the analysis RESULTS.md states (publish.py words it): leaders, and what an axis buys ------------
+
+UTILISATION_TOLERANCE = 0.10  # relative gap in GPU utilisation (one sampled average per cell) that tells two apart
+
+
+def gpu_utilization_estimate(r: Row) -> Estimate | None:
+    """GPU utilisation over the timed training steps (else over the whole cell); None where NVML measured none."""
+    v = r.get("gpu_utilization_train_pct")
+    if v is None:
+        v = r.get("gpu_utilization_pct")
+    return None if v is None else Estimate(v, None, None, r)
+
+
+GPU_UTILIZATION = Criterion(
+    "gpu_utilization",
+    "GPU utilisation (training)",
+    "%",
+    True,
+    gpu_utilization_estimate,
+    per_framework_best=False,
+    tolerance=UTILISATION_TOLERANCE,
+)
+
+
+def leaders(rows: list[Row]) -> list[tuple[str, str, Criterion, Recommendation | None]]:
+    """Every criterion, GPU utilisation too, for every (model, device) with an ok cell: its recommendation,
+    or None where no ok cell measured the figure."""
+    keys = list(dict.fromkeys((r["model_name"], r["device"]) for r in ok_rows(rows)))
+    return [(m, d, c, recommend_one(rows, c, m, d)) for m, d in keys for c in [*CRITERIA, GPU_UTILIZATION]]
+
+
+@dataclass
+class Effect:
+    """One ok cell against the cell equal to it in every axis but one (fp32, the smallest batch, the CPU):
+    what the change of that axis buys, each verdict from the figures' own intervals."""
+
+    row: Row
+    base: Row
+    ratio: float  # throughput over the base's
+    verdict: str  # faster | slower | within the intervals | too noisy: ... | no interval
+    accuracy_delta_pts: float | None
+    accuracy_verdict: str  # higher | lower | within the intervals | not measured
+    memory_ratio: float | None  # peak memory over the base's, where both were measured the same way
+    memory_verdict: str  # more | less | about the same (within MEMORY_TOLERANCE) | not measured
+
+
+def _throughput_verdict(r: Row, b: Row) -> str:
+    noisy = [f"{config_label(x)} ({why_untrusted(x)})" for x in (r, b) if why_untrusted(x)]
+    if noisy:
+        return "too noisy: " + "; ".join(noisy)
+    er, eb = throughput_estimate(r), throughput_estimate(b)
+    if er is None or eb is None or None in (er.low, er.high, eb.low, eb.high):
+        return "no interval"
+    if separated(er, eb, True):
+        return "faster"
+    return "slower" if separated(eb, er, True) else "within the intervals"
+
+
+def _accuracy_verdict(r: Row, b: Row) -> str:
+    er, eb = accuracy_estimate(r), accuracy_estimate(b)
+    if er is None or eb is None:
+        return "not measured"
+    if separated(er, eb, True):
+        return "higher"
+    return "lower" if separated(eb, er, True) else "within the intervals"
+
+
+def _memory_change(r: Row, b: Row) -> tuple[float | None, str]:
+    mr, mb = r.get("peak_memory_mb"), b.get("peak_memory_mb")
+    if not mr or not mb or r.get("memory_source") != b.get("memory_source"):
+        return None, "not measured"
+    ratio = mr / mb
+    if abs(ratio - 1) <= MEMORY_TOLERANCE:
+        return ratio, "about the same"
+    return ratio, "more" if ratio > 1 else "less"
+
+
+def effects(rows: list[Row], axis: str, baseline: Callable[[Any], bool]) -> list[Effect]:
+    """What changing `axis` away from its baseline value buys, per pair of cells `ratios` finds."""
+    out = []
+    for p in ratios(rows, axis, baseline):
+        r, b = p["row"], p["base"]
+        memory_ratio, memory_verdict = _memory_change(r, b)
+        out.append(
+            Effect(
+                r,
+                b,
+                p["ratio"],
+                _throughput_verdict(r, b),
+                p["accuracy_delta_pts"],
+                _accuracy_verdict(r, b),
+                memory_ratio,
+                memory_verdict,
+            )
+        )
+    return out
+
+
+def batch_effects(rows: list[Row]) -> list[Effect]:
+    """Each larger batch against the smallest batch of the same framework, model, device and precision."""
+    groups: dict[tuple[str, ...], list[Row]] = {}
+    for r in ok_rows(rows):
+        groups.setdefault((r["framework"], r["model_name"], r["device"], r["precision"]), []).append(r)
+    out = []
+    for group in groups.values():
+        smallest = min(r["batch_size"] for r in group)
+        out += effects(group, "batch_size", lambda b, s=smallest: b == s)
+    return out
+
+
+def device_effects(rows: list[Row]) -> list[Effect]:
+    """Each one-GPU cell against the same cell on the CPU."""
+    return [e for e in effects(rows, "device", lambda d: d == "cpu") if gpu_count(e.row["device"]) == 1]

@@ -5,7 +5,7 @@ from __future__ import annotations
 
 import html
 from collections.abc import Callable
-from dataclasses import dataclass
+from dataclasses import dataclass, field
 from typing import Any
 
 import plotly.graph_objects as go
@@ -24,6 +24,8 @@ class Chart:
     title: str
     html: str  # the figure's div, or a <p class="empty"> saying why there is none
     drawn: bool
+    figure: go.Figure | None = field(default=None, repr=False)  # the same figure, for static images (RESULTS.md)
+    why: str = ""  # where nothing is drawn: the sentence saying why
 
 
 def color(framework: str) -> str:
@@ -31,7 +33,7 @@ def color(framework: str) -> str:
 
 
 def _empty(cid: str, title: str, why: str) -> Chart:
-    return Chart(cid, title, f"<p class='empty'>{html.escape(why)}</p>", False)
+    return Chart(cid, title, f"<p class='empty'>{html.escape(why)}</p>", False, why=why)
 
 
 def _figure(cid: str, title: str, fig: go.Figure, height: int = 420) -> Chart:
@@ -42,7 +44,7 @@ def _figure(cid: str, title: str, fig: go.Figure, height: int = 420) -> Chart:
         legend=dict(orientation="h", y=-0.18),
     )
     div = fig.to_html(full_html=False, include_plotlyjs=False, div_id=f"chart-{cid}", config={"displaylogo": False})
-    return Chart(cid, title, div, True)
+    return Chart(cid, title, div, True, fig)
 
 
 def _models(rows: list[Row]) -> list[str]:

@@ -2,6 +2,7 @@
 
 from __future__ import annotations
 
+import difflib
 import json
 import signal
 import sys
@@ -12,7 +13,16 @@ import click
 
 from mlbench import environment, executors, orchestrator, runner, store
 from mlbench.cells import expand
-from mlbench.config import BUILTIN_WORKERS, DATA_PARALLEL_CHECK_DEVICE, PRECISIONS, ConfigError, load_suite, parse_suite
+from mlbench.config import (
+    BUILTIN_WORKERS,
+    DATA_PARALLEL_CHECK_DEVICE,
+    PRECISIONS,
+    ConfigError,
+    apply_filters,
+    load_suite,
+    parse_suite,
+)
+from mlbench.publish import RESULTS_MD
 from mlbench.runfolder import RunFolder
 from workers.common import specs
 
@@ -57,10 +67,17 @@ def _only(
 def _filters(f: Any) -> Any:
     for opt in reversed(
         [
-            click.option("--frameworks", multiple=True, help="Only these frameworks (comma-separated or repeated)."),
-            click.option("--models", multiple=True, help="Only these models."),
             click.option(
-                "--devices", multiple=True, help="Only these devices (repeat the flag; cuda:0,1 is one device)."
+                "--frameworks", multiple=True, help="Only these frameworks (comma- or space-separated, or repeated)."
+            ),
+            click.option(
+                "--models", multiple=True, help="Only these models, or families: cnn (the ResNets), transformer, mlp."
+            ),
+            click.option(
+                "--devices",
+                multiple=True,
+                help="These devices (space-separated or repeated; cuda:0,1 is one device); one the suite lacks "
+                "replaces the suite's devices.",
             ),
             click.option("--precisions", multiple=True, help="Only these precisions."),
             click.option("--batch-sizes", multiple=True, help="Only these batch sizes."),
@@ -68,6 +85,76 @@ def _filters(f: Any) -> Any:
     ):
         f = opt(f)
     return f
+
+
+FILTER_FLAGS = ("--frameworks", "--models", "--devices", "--precisions", "--batch-sizes")
+DEFAULT_CONFIG = Path("configs") / "benchmark_config.yaml"  # what `mlbench run` runs when given no suite
+
+
+def _config_like(arg: str) -> bool:
+    return arg.endswith((".yaml", ".yml", ".json")) or "/" in arg or Path(arg).is_file()
+
+
+def spread_filters(args: list[str]) -> list[str]:
+    """The brief's space-separated filter values (`--frameworks pytorch tensorflow`) as repeated flags: a
+    filter takes the words after its value up to the next option or a config file's name."""
+    out: list[str] = []
+    flag, needs_value = None, False
+    for i, arg in enumerate(args):
+        if arg == "--":
+            return out + args[i:]
+        if needs_value:
+            needs_value = False
+        elif flag and not arg.startswith("-") and not _config_like(arg):
+            out.append(flag)
+        else:
+            name, eq, _ = arg.partition("=")
+            flag = name if name in FILTER_FLAGS else None
+            needs_value = flag is not None and not eq
+        out.append(arg)
+    return out
+
+
+class FilterCommand(click.Command):
+    """A command whose filters also take space-separated values."""
+
+    def parse_args(self, ctx: click.Context, args: list[str]) -> list[str]:
+        return super().parse_args(ctx, spread_filters(args))
+
+
+def _config_arg(f: Any) -> Any:
+    """The suite file as the CONFIG argument or as --config FILE (the brief's form); neither: the default."""
+    f = click.option(
+        "--config", "config_opt", type=click.Path(dir_okay=False), help=f"The suite file [default: {DEFAULT_CONFIG}]."
+    )(f)
+    return click.argument("config", required=False, type=click.Path(dir_okay=False))(f)
+
+
+def _config_path(config: str | None, config_opt: str | None) -> str:
+    if config and config_opt and Path(config) != Path(config_opt):
+        _fail(f"two suite files given: {config} and --config {config_opt}; give one")
+    chosen = config or config_opt
+    if chosen:
+        if not Path(chosen).exists():  # the brief's configs/quick_test.yaml is configs/quick.yaml here
+            near = difflib.get_close_matches(Path(chosen).name, [p.name for p in Path(chosen).parent.glob("*.y*ml")])
+            _fail(
+                f"{chosen}: no such config file" + (f"; did you mean {Path(chosen).parent / near[0]}?" if near else "")
+            )
+        return chosen
+    default = DEFAULT_CONFIG if DEFAULT_CONFIG.is_file() else Path(__file__).resolve().parent.parent / DEFAULT_CONFIG
+    click.echo(f"no suite file given: running the default suite, {default}", err=True)
+    return str(default)
+
+
+def _narrow(suite: Any, only: dict[str, list[Any]], config: str) -> tuple[Any, dict[str, list[Any]]]:
+    """The command line's filters on the suite: families of models, a device the suite lacks (it runs there)."""
+    try:
+        suite, only, notes = apply_filters(suite, only, config)
+    except ConfigError as exc:
+        _fail(str(exc))
+    for note in notes:
+        click.echo(f"note: {note}", err=True)
+    return suite, only
 
 
 def _run_folder(f: Any) -> Any:
@@ -103,8 +190,8 @@ def main() -> None:
     """Train and measure identical models across PyTorch, TensorFlow and JAX/Flax."""
 
 
-@main.command()
-@click.argument("config", type=click.Path(dir_okay=False))
+@main.command(cls=FilterCommand)
+@_config_arg
 @click.option("--resume", is_flag=True, help="Keep stored cells; run only those without a stored result.")
 @click.option("--retry-failed", is_flag=True, help="With --resume, also re-run cells stored as not ok.")
 @_run_folder
@@ -123,7 +210,8 @@ def main() -> None:
 )
 @_filters
 def run(
-    config: str,
+    config: str | None,
+    config_opt: str | None,
     resume: bool,
     retry_failed: bool,
     name: str | None,
@@ -136,12 +224,15 @@ def run(
     precisions: tuple[str, ...],
     batch_sizes: tuple[str, ...],
 ) -> None:
-    """Run every cell of CONFIG (narrowed by the filters) and write results and report."""
+    """Run every cell of CONFIG (narrowed by the filters) and write results, report.html and RESULTS.md.
+    Filters take several values (comma-separated, space-separated or repeated); --models takes the family
+    names cnn, transformer and mlp too; a --devices value the suite lacks runs the suite on that device."""
+    config = _config_path(config, config_opt)
     suite = _load(config, name)
     where = {k: v for k, v in {"executor": executor, "parallel": jobs}.items() if v is not None}
     if where:  # validated like the file's own keys
         suite = parse_suite({**suite.model_dump(), **where}, f"{config} (with --executor/--jobs)")
-    only = _only(frameworks, models, devices, precisions, batch_sizes)
+    suite, only = _narrow(suite, _only(frameworks, models, devices, precisions, batch_sizes), config)
     try:
         expand(suite, only)
         executors.check(suite.executor)
@@ -173,13 +264,12 @@ def run(
         _fail(f"{exc}; finished cells are kept, resume with: {resume_cmd}", 1)
     counts = ", ".join(f"{v} {k}" for k, v in sorted(summary.counts.items())) or "nothing to run"
     kept = f" ({summary.already_stored} already stored)" if summary.already_stored else ""
-    click.echo(
-        f"{counts}{kept}. results: {RunFolder(summary.run_dir).results}  report: {RunFolder(summary.run_dir).report}"
-    )
+    folder = RunFolder(summary.run_dir)
+    click.echo(f"{counts}{kept}. results: {folder.results}  report: {folder.report}  {folder.root / RESULTS_MD}")
 
 
-@main.command()
-@click.argument("config", type=click.Path(dir_okay=False))
+@main.command(cls=FilterCommand)
+@_config_arg
 @_run_folder
 @click.option(
     "--memory-limit-mb",
@@ -189,7 +279,8 @@ def run(
 )
 @_filters
 def maxbatch(
-    config: str,
+    config: str | None,
+    config_opt: str | None,
     name: str | None,
     runs_dir: str,
     memory_limit_mb: float | None,
@@ -207,12 +298,13 @@ def maxbatch(
 
     from mlbench import maxbatch as search
 
+    config = _config_path(config, config_opt)
     suite = _load(config, name)
     if memory_limit_mb is not None:
         suite = parse_suite(
             {**suite.model_dump(), "memory_limit_mb": memory_limit_mb}, f"{config} (with --memory-limit-mb)"
         )
-    only = _only(frameworks, models, devices, precisions, batch_sizes)
+    suite, only = _narrow(suite, _only(frameworks, models, devices, precisions, batch_sizes), config)
     try:
         expand(suite, only)
     except ConfigError as exc:
@@ -264,21 +356,23 @@ def maxbatch(
         sys.exit(1)
 
 
-@main.command()
-@click.argument("config", type=click.Path(dir_okay=False))
+@main.command(cls=FilterCommand)
+@_config_arg
 @_filters
 def validate(
-    config: str,
+    config: str | None,
+    config_opt: str | None,
     frameworks: tuple[str, ...],
     models: tuple[str, ...],
     devices: tuple[str, ...],
     precisions: tuple[str, ...],
     batch_sizes: tuple[str, ...],
 ) -> None:
-    """Check CONFIG without running anything."""
-    suite = _load(config)
+    """Check CONFIG (and the filters) without running anything."""
+    config = _config_path(config, config_opt)
+    suite, only = _narrow(_load(config), _only(frameworks, models, devices, precisions, batch_sizes), config)
     try:
-        cells = expand(suite, _only(frameworks, models, devices, precisions, batch_sizes))
+        cells = expand(suite, only)
     except ConfigError as exc:
         _fail(str(exc))
     click.echo(f"{config}: ok, {len(cells)} cells -> runs/{suite.name}/")
@@ -307,20 +401,46 @@ def env() -> None:
 
 
 @main.command()
-@click.argument("run_dir", type=click.Path(file_okay=False, exists=True))
-def report(run_dir: str) -> None:
-    """Rebuild RUN_DIR's results exports and report.html from its stored cells."""
+@click.argument("run_dir", required=False, type=click.Path(file_okay=False, exists=True))
+@click.option(
+    "--results",
+    "results_path",
+    type=click.Path(exists=True),
+    help="A run folder (as RUN_DIR), or a results file (results.parquet or results.json) to report on.",
+)
+@click.option(
+    "--output",
+    type=click.Path(file_okay=False),
+    help="Folder for report.html, RESULTS.md and its charts/ [default: the run folder, or the results file's].",
+)
+@click.option("--command", "made_by", help="The command that made the run, quoted at the top of RESULTS.md.")
+def report(run_dir: str | None, results_path: str | None, output: str | None, made_by: str | None) -> None:
+    """Rebuild RUN_DIR's results exports, report.html and RESULTS.md (with its charts as SVG and PNG)
+    from its stored cells; or write report.html and RESULTS.md from a results file (--results FILE)."""
+    from mlbench import compare as cmp_mod
+    from mlbench import report as reporting
+
+    if run_dir and results_path:
+        _fail("give RUN_DIR or --results, not both")
+    if not (run_dir or results_path):
+        _fail("give a run folder (RUN_DIR, or --results DIR) or a results file (--results FILE)")
+    source = Path(run_dir or results_path)  # type: ignore[arg-type]
+    written: list[Path] = []
     try:
-        written = orchestrator.rebuild(Path(run_dir))
-    except (FileNotFoundError, ConfigError) as exc:
+        if source.is_dir() and RunFolder(source).suite.is_file():  # a run folder: rebuilt from its cells
+            written = orchestrator.rebuild(source)
+        if output or made_by or not written:  # a results file, or elsewhere, or with the command on top
+            written.append(reporting.from_results(source, Path(output) if output else None, made_by))
+    except (FileNotFoundError, ConfigError, cmp_mod.CompareError, OSError) as exc:
         _fail(str(exc))
     for p in written:
         click.echo(str(p))
+    click.echo(str(written[-1].parent / RESULTS_MD))
 
 
 @main.command()
-@click.argument("run_a", type=click.Path(file_okay=False, exists=True))
-@click.argument("run_b", type=click.Path(file_okay=False, exists=True))
+@click.argument("run_a", type=click.Path(exists=True))
+@click.argument("run_b", type=click.Path(exists=True))
 @click.option(
     "--alpha",
     type=click.FloatRange(0, 1, min_open=True),
@@ -347,7 +467,7 @@ def report(run_dir: str) -> None:
     "out_dir",
     type=click.Path(file_okay=False),
     default=None,
-    help="folder for compare-A-vs-B.html/.txt [default: RUN_B]",
+    help="folder for compare-A-vs-B.html/.txt [default: RUN_B, or the folder of RUN_B's file]",
 )
 @click.option("--fail-on-regression", is_flag=True, help="exit 1 when any figure regressed")
 def compare(
@@ -359,14 +479,15 @@ def compare(
     out_dir: str | None,
     fail_on_regression: bool,
 ) -> None:
-    """Compare RUN_B against RUN_A cell by cell: each figure's change and whether it is significant."""
+    """Compare RUN_B against RUN_A cell by cell: each figure's change and whether it is significant.
+    Each is a run folder or a results file (results.parquet, or results.json: no raw step times)."""
     from mlbench import compare as cmp_mod
 
     try:
         result = cmp_mod.compare_runs(
             Path(run_a), Path(run_b), alpha=alpha, min_change=min_change, min_change_ms=min_change_ms
         )
-        target = Path(out_dir) if out_dir else Path(run_b)
+        target = Path(out_dir) if out_dir else Path(run_b) if Path(run_b).is_dir() else Path(run_b).parent
         target.mkdir(parents=True, exist_ok=True)
         txt, page = cmp_mod.write(result, target)
     except (cmp_mod.CompareError, OSError) as exc:
@@ -387,7 +508,7 @@ def schema() -> None:
     click.echo(markdown_table())
 
 
-@main.command(name="verify")
+@main.command(name="verify", cls=FilterCommand)
 @click.option("--models", multiple=True, help="Models to check (default: all).")
 @click.option("--frameworks", multiple=True, help="Frameworks to compare (default: all built-in).")
 @click.option("--config", type=click.Path(dir_okay=False), help="Take workers and model_overrides from this suite.")

@@ -28,6 +28,7 @@ from typing import Any
 import pyarrow.parquet as pq
 from scipy import stats as sps
 
+from mlbench import schema
 from mlbench.analysis import loaded
 from mlbench.runfolder import RunFolder
 
@@ -122,23 +123,92 @@ class Comparison:
         return [c for c in self.changes if c.verdict == "improvement"]
 
 
-def load_run(run_dir: Path) -> tuple[list[Row], dict[str, Any]]:
-    path = RunFolder(run_dir).results
-    if not path.exists():
-        raise CompareError(f"{run_dir}: no results.parquet (run `mlbench report {run_dir}` to rebuild it)")
+RESULTS_FILES = (".parquet", ".json")  # results.parquet (every column) and results.json (no raw step samples)
+ROW_ENVIRONMENT = (  # the environment columns every row carries
+    "mlbench_version",
+    "hostname",
+    "cpu_model",
+    "cpu_count_physical",
+    "cpu_count_logical",
+    "memory_total_gb",
+    "os",
+    "python_version",
+    "gpu_driver",
+)
+
+
+@dataclass
+class Results:
+    """A run's rows as stored, with its environment and suite where they are known."""
+
+    rows: list[Row]
+    env: dict[str, Any]
+    suite: dict[str, Any]
+    folder: Path  # the run folder, or the folder holding the results file
+    source: Path  # the file the rows came from
+
+
+def _read_rows(path: Path) -> list[Row]:
+    if path.suffix not in RESULTS_FILES:
+        raise CompareError(f"{path}: not a results file; give results.parquet or results.json, or a run folder")
     try:
-        rows = pq.read_table(path).to_pylist()
+        if path.suffix == ".parquet":
+            return pq.read_table(path).to_pylist()
+        rows = json.loads(path.read_text(encoding="utf-8"))
     except (OSError, ValueError) as exc:  # pyarrow's ArrowInvalid is a ValueError
         raise CompareError(f"{path}: unreadable ({exc})") from exc
-    missing = [c for c in ("spec_json", "status", "worker_module") if rows and c not in rows[0]]
-    if missing:
-        raise CompareError(f"{path}: no {', '.join(missing)} column (written by an mlbench too old to compare)")
-    env_path = RunFolder(run_dir).environment
+    if not isinstance(rows, list) or not all(isinstance(r, dict) for r in rows):
+        raise CompareError(f"{path}: not a results file (mlbench's results.json is a list of rows)")
+    columns = dict.fromkeys(schema.SCHEMA.names)  # the columns results.json leaves out (raw samples) are null
+    return [{**columns, **r} for r in rows]
+
+
+def _read_json(path: Path) -> dict[str, Any]:
     try:
-        env = json.loads(env_path.read_text()) if env_path.exists() else {}
+        return json.loads(path.read_text(encoding="utf-8")) if path.is_file() else {}
     except (OSError, ValueError) as exc:
-        raise CompareError(f"{env_path}: unreadable ({exc})") from exc
-    return rows, env
+        raise CompareError(f"{path}: unreadable ({exc})") from exc
+
+
+def environment_of(rows: list[Row]) -> dict[str, Any]:
+    """The environment record as far as the rows carry it (where no environment.json lies beside them)."""
+    env = {k: next((r[k] for r in rows if r.get(k) is not None), None) for k in ROW_ENVIRONMENT}
+    env["gpus"] = sorted({r["gpu_model"] for r in rows if r.get("gpu_model")})
+    env["frameworks"] = {r["framework"]: r["framework_version"] for r in rows if r.get("framework_version")}
+    return env
+
+
+def load_results(path: Path) -> Results:
+    """A run folder's results.parquet, or a results file (results.parquet or results.json) with the
+    environment.json and suite.json beside it where present (else the environment from the rows)."""
+    path = Path(path)
+    file = RunFolder(path).results if path.is_dir() else path
+    if not file.exists():
+        raise CompareError(f"{path}: no results.parquet (run `mlbench report {path}` to rebuild it)")
+    rows = _read_rows(file)
+    if rows and "status" not in rows[0]:
+        raise CompareError(f"{file}: no status column (not mlbench's results)")
+    folder = RunFolder(file.parent)
+    env = _read_json(folder.environment) or environment_of(rows)
+    suite = _read_json(folder.suite) or {"name": run_name(path)}
+    return Results(rows, env, suite, file.parent, file)
+
+
+def run_name(path: Path) -> str:
+    """A short name for a run folder or a results file (runs/a/results.json: a)."""
+    path = Path(path)
+    if path.is_dir():
+        return path.name
+    return path.stem if path.stem != "results" else path.resolve().parent.name
+
+
+def load_run(path: Path) -> tuple[list[Row], dict[str, Any]]:
+    """The rows and environment of a run folder or a results file, checked for what compare needs."""
+    found = load_results(path)
+    missing = [c for c in ("spec_json", "status", "worker_module") if found.rows and c not in found.rows[0]]
+    if missing:
+        raise CompareError(f"{found.source}: no {', '.join(missing)} column (written by an mlbench too old to compare)")
+    return found.rows, found.env
 
 
 def match_key(row: Row) -> str:
@@ -236,7 +306,12 @@ def compare_runs(
     for fw in sorted(set(fa) | set(fb)):
         if fa.get(fw) != fb.get(fw):
             env_diff[f"{fw} version"] = (fa.get(fw), fb.get(fw))
-    notes = []
+    notes = [
+        f"{path}: no raw step times (a results.json): its throughput and latency changes are judged on their "
+        "size alone, without the rank test"
+        for path, ok in ((run_a, ok_a), (run_b, ok_b))
+        if ok and not any(len(r.get("step_times_s") or []) for r in ok.values())
+    ]
     workers_a = {match_key(r): r["worker_module"] for r in rows_a}
     for key, rb in ok_b.items():
         if key in workers_a and workers_a[key] != rb["worker_module"]:
@@ -360,7 +435,7 @@ the alpha, and a relative change at least the minimum shown (twice the run-to-ru
 def write(cmp: Comparison, out_dir: Path) -> tuple[Path, Path]:
     from mlbench.store import atomic_write
 
-    stem = f"compare-{cmp.run_a.name}-vs-{cmp.run_b.name}"
+    stem = f"compare-{run_name(cmp.run_a)}-vs-{run_name(cmp.run_b)}"
     txt, page = out_dir / f"{stem}.txt", out_dir / f"{stem}.html"
     atomic_write(txt, lambda p: p.write_text(text(cmp), encoding="utf-8"))
     atomic_write(page, lambda p: p.write_text(to_html(cmp), encoding="utf-8"))

@@ -311,3 +311,53 @@ def load_suite(path: str | Path) -> Suite:
         line = f"line {mark.line + 1}: " if mark else ""
         raise ConfigError(f"{p}: {line}not valid YAML ({getattr(exc, 'problem', exc)})") from None
     return parse_suite(data, str(p))
+
+
+# --- the command line's filters on a suite -----------------------------------------------------------
+
+MODEL_FAMILIES = {"cnn": "resnet", "transformer": "bert", "mlp": "mlp"}  # `--models cnn`: name -> spec kind
+
+
+def family_models(name: str) -> list[str]:
+    """The built-in models a family name stands for (cnn: the ResNets); [] for a name that is none."""
+    kind = MODEL_FAMILIES.get(name)
+    return [m for m, spec in specs.MODELS.items() if kind is not None and spec().kind == kind]
+
+
+def _models_of(suite: Suite, wanted: list[str]) -> list[str]:
+    out: list[str] = []
+    for name in wanted:
+        family = [m for m in family_models(name) if m in suite.models]
+        if name in suite.models or not family_models(name):
+            out.append(name)  # a model, or neither: cells.expand says whether the grid holds it
+        elif family:
+            out += family
+        else:
+            raise ConfigError(
+                f"--models: {name!r} ({', '.join(family_models(name))}) is not in this suite's grid; "
+                f"allowed: {', '.join(suite.models)}"
+            )
+    return list(dict.fromkeys(out))
+
+
+def apply_filters(
+    suite: Suite, only: dict[str, list[Any]], source: str = "<config>"
+) -> tuple[Suite, dict[str, list[Any]], list[str]]:
+    """The command line's filters on a suite: a model family (cnn, transformer, mlp) stands for the suite's
+    models of that kind; devices the suite does not list replace its devices (the suite runs on them);
+    every other filter only narrows (cells.expand checks it). Returns the suite, the filters left to
+    narrow with, and what to tell the user."""
+    only = {**only, "model": _models_of(suite, list(only.get("model") or []))}
+    try:
+        wanted = list(dict.fromkeys(str(Device.parse(d)) for d in only.get("device") or []))
+    except ValueError as exc:
+        raise ConfigError(f"--devices: {exc}") from None
+    lacking = [d for d in wanted if d not in suite.devices]
+    if not lacking:
+        return suite, only, []
+    replaced = parse_suite({**suite.model_dump(), "devices": wanted}, f"{source} (with --devices)")
+    note = (
+        f"--devices {' '.join(lacking)}: this suite lists {', '.join(suite.devices)}; "
+        f"running this suite on {', '.join(wanted)} instead"
+    )
+    return replaced, {**only, "device": []}, [note]

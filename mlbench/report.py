@@ -1,4 +1,5 @@
-"""The HTML report: one self-contained file (plotly.js inlined once, no network), rebuilt from the cells."""
+"""The HTML report: one self-contained file (plotly.js inlined once, no network), rebuilt from the cells; and
+RESULTS.md beside it (mlbench.publish), from the same rows and figures."""
 
 from __future__ import annotations
 
@@ -277,9 +278,11 @@ def build_html(
     grid_size: int | None = None,
     stale: int = 0,
     frontier: tuple[list[dict[str, Any]], list[dict[str, Any]]] = ([], []),
+    drawn: tuple[list[charts.Chart], list[charts.Chart]] | None = None,
 ) -> str:
     """The whole report as one HTML string; every piece of text from configs and workers is escaped.
-    `frontier`: `mlbench maxbatch`'s searches and probes in this run folder, if any."""
+    `frontier`: `mlbench maxbatch`'s searches and probes in this run folder, if any; `drawn`: the charts
+    and trade-off charts where the caller made them already (RESULTS.md renders the same figures)."""
     counts: dict[str, int] = {}
     for r in rows:
         counts[r["status"]] = counts.get(r["status"], 0) + 1
@@ -292,8 +295,7 @@ def build_html(
             "and are not part of these results; `mlbench run CONFIG --resume` runs the cells missing.",
         )
     warn = "".join(f"<p class='warn'>⚠ {_esc(w)}</p>" for w in notes)
-    figures = [c(rows) for c in charts.ALL]
-    trade = charts.pareto(rows)
+    figures, trade = drawn or draw(rows)
     chart_html = "".join(
         f"<section class='chart' id='{c.id}'><h3>{_esc(c.title)}</h3>{c.html}</section>" for c in figures
     )
@@ -330,6 +332,11 @@ the 95% confidence intervals do not overlap (peak memory: a gap over {analysis.M
 """
 
 
+def draw(rows: list[dict[str, Any]]) -> tuple[list[charts.Chart], list[charts.Chart]]:
+    """The report's charts and its trade-off charts, each figure made once."""
+    return [c(rows) for c in charts.ALL], charts.pareto(rows)
+
+
 def write(
     run_dir: Path,
     rows: list[dict[str, Any]],
@@ -337,11 +344,33 @@ def write(
     env: dict[str, Any],
     grid_size: int | None = None,
     stale: int = 0,
+    *,
+    out_dir: Path | None = None,
+    command: str | None = None,
 ) -> Path:
-    from mlbench import maxbatch
+    """report.html, and RESULTS.md with its chart images (mlbench.publish), into out_dir (default: the
+    run folder); the report's path. `command`: what made the run, quoted at the top of RESULTS.md."""
+    from mlbench import maxbatch, publish
     from mlbench.store import atomic_write
 
-    path = RunFolder(run_dir).report
-    html_text = build_html(rows, suite, env, grid_size, stale, frontier=maxbatch.load(run_dir))
-    atomic_write(path, lambda p: p.write_text(html_text, encoding="utf-8"))
-    return path
+    out = RunFolder(Path(out_dir) if out_dir is not None else run_dir)
+    out.root.mkdir(parents=True, exist_ok=True)
+    frontier = maxbatch.load(run_dir)
+    figures, trade = draw(rows)
+    html_text = build_html(rows, suite, env, grid_size, stale, frontier=frontier, drawn=(figures, trade))
+    atomic_write(out.report, lambda p: p.write_text(html_text, encoding="utf-8"))
+    frontier_chart = [charts.maxbatch_memory(frontier[1], frontier[0])] if frontier[0] else []
+    everything = [*figures, *trade, *frontier_chart]
+    publish.write(
+        out.root, rows, suite, env, everything, command=command, grid_size=grid_size, stale=stale, searches=frontier[0]
+    )
+    return out.report
+
+
+def from_results(source: Path, out_dir: Path | None = None, command: str | None = None) -> Path:
+    """report.html and RESULTS.md from a results file (results.parquet, results.json) or a run folder's
+    results.parquet, nothing rebuilt, into out_dir (default: the folder holding the results); the report's path."""
+    from mlbench import compare
+
+    found = compare.load_results(source)
+    return write(found.folder, found.rows, found.suite, found.env, out_dir=out_dir or found.folder, command=command)

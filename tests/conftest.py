@@ -56,7 +56,8 @@ def cli(
     *args: str, cwd: Path, env: dict[str, str] | None = None, timeout: float = 600
 ) -> subprocess.CompletedProcess[str]:
     """`python -m mlbench ARGS` as a user runs it."""
-    full_env = {**os.environ, "PYTHONPATH": str(ROOT), **(env or {})}
+    # RESULTS.md without chart images (4 s of Chromium a run); tests/test_publish.py renders them for real
+    full_env = {**os.environ, "PYTHONPATH": str(ROOT), "MLBENCH_CHART_IMAGES": "0", **(env or {})}
     return subprocess.run(
         [sys.executable, "-m", "mlbench", *args], cwd=cwd, env=full_env, capture_output=True, text=True, timeout=timeout
     )

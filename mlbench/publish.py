@@ -1,0 +1,585 @@
+"""RESULTS.md: a run's results as Markdown people can publish (a code host's Markdown view, a terminal
+pager), with the report's charts beside it as static SVG and PNG images rendered from the same Plotly
+figures.
+
+Everything in it is generated from the rows. Recommendations and analysis reuse mlbench.analysis's
+verdicts: a lead counts only beyond the 95% intervals (memory and GPU utilisation, single readings:
+beyond a tolerance), otherwise "no clear winner". A figure nothing measured is "—" or "not measured",
+never 0. A chart that cannot be rendered (no browser, no kaleido) says why in place of its image.
+"""
+
+from __future__ import annotations
+
+import asyncio
+import concurrent.futures
+import os
+import shutil
+import subprocess
+import time
+from collections.abc import Iterable
+from pathlib import Path
+from typing import Any
+
+import plotly.graph_objects as go
+import yaml
+
+import mlbench
+from mlbench import analysis, charts, report, scaling
+from mlbench.analysis import Effect, Recommendation, Row
+
+RESULTS_MD = "RESULTS.md"
+CHARTS_DIR = "charts"  # beside RESULTS.md: <chart id>.svg and .png
+FORMATS = ("svg", "png")
+IMAGE_WIDTH = 1100  # layout pixels of a static chart; the PNG is drawn at PNG_SCALE times that
+PNG_SCALE = 2
+RENDER_TIMEOUT_S = 60  # per image
+IMAGES_ENV = "MLBENCH_CHART_IMAGES"  # "0": RESULTS.md without images (it says so), e.g. in tests
+NA = "—"
+BROWSER_HINT = "`make browser` installs Debian's chromium; BROWSER_PATH names another Chrome or Chromium"
+
+
+# --- text ------------------------------------------------------------------------------------------
+
+
+def text(value: Any, own: bool = False) -> str:
+    """Text safe in Markdown and in a table cell: one line, no pipe, tag, link or emphasis it did not
+    mean. `own`: mlbench's own sentences, whose `code spans` are meant."""
+    s = " ".join(str(value).split())
+    for ch in ("\\", "|", "<", ">", "*") if own else ("\\", "|", "<", ">", "*", "`"):
+        s = s.replace(ch, "\\" + ch)
+    return s.replace("](", "]\\(")
+
+
+def code(value: Any) -> str:
+    """A value as an inline code span (environment strings, paths, reasons)."""
+    s = " ".join(str(value).split()).replace("`", "'").replace("|", "\\|")
+    return f"`{s}`" if s else NA
+
+
+def num(value: Any, digits: int = 3) -> str:
+    if value is None:
+        return NA
+    if isinstance(value, bool) or not isinstance(value, (int, float)):
+        return text(value)
+    if isinstance(value, int):
+        return f"{value:,}"
+    return f"{value:,.0f}" if abs(value) >= 100 else f"{value:.{digits}g}"
+
+
+def with_ci(value: float | None, low: float | None, high: float | None) -> str:
+    if value is None:
+        return NA
+    return num(value) + (f" [{num(low)}–{num(high)}]" if low is not None and high is not None else "")
+
+
+def table(head: list[str], body: Iterable[list[str]]) -> str:
+    lines = ["| " + " | ".join(head) + " |", "|" + "---|" * len(head)]
+    lines += ["| " + " | ".join(row) + " |" for row in body]
+    return "\n".join(lines)
+
+
+def label(r: Row) -> str:
+    return f"{r['framework']} {r['model_name']} {r['device']} {r['precision']} bs{r['batch_size']}"
+
+
+# --- the header and the environment ----------------------------------------------------------------
+
+
+def _git(repo: Path, *args: str) -> subprocess.CompletedProcess[str]:
+    return subprocess.run(["git", "-C", str(repo), *args], capture_output=True, text=True, timeout=10)
+
+
+def git_commit(repo: Path | None = None) -> str:
+    """The commit of mlbench's source tree, marked where it has uncommitted changes; why not, if none."""
+    repo = repo or Path(mlbench.__file__).resolve().parent.parent
+    try:
+        sha = _git(repo, "rev-parse", "--short=12", "HEAD")
+        if sha.returncode != 0:
+            return "unknown (not a git checkout)"
+        dirty = _git(repo, "status", "--porcelain", "--untracked-files=no").stdout.strip()
+    except (OSError, subprocess.TimeoutExpired):
+        return "unknown (git is not available)"
+    return sha.stdout.strip() + (" with uncommitted changes" if dirty else "")
+
+
+def header(rows: list[Row], suite: dict[str, Any], made: dict[str, str], grid_size: int | None) -> str:
+    """Title, what made the document (command, date, commit) and what the run holds."""
+    counts: dict[str, int] = {}
+    for r in rows:
+        counts[r["status"]] = counts.get(r["status"], 0) + 1
+    started = sorted(str(r["started_at"]) for r in rows if r.get("started_at"))
+    versions = sorted({str(r.get("mlbench_version") or "unknown") for r in rows})
+    lines = [f"# mlbench results: {text(suite.get('name') or 'results')}", ""]
+    if made.get("command"):
+        lines.append(f"- **Command**: {code(made['command'])}")
+    lines.append(f"- **Written**: {made['date']} by mlbench {mlbench.__version__}, commit {code(made['commit'])}")
+    if started:
+        lines.append(
+            f"- **Measured**: {text(started[0])} to {text(started[-1])} (cells' start times) "
+            f"by mlbench {', '.join(versions)}"
+        )
+    summary = ", ".join(f"{v} {k}" for k, v in sorted(counts.items())) or "none"
+    of_grid = f" of the grid's {grid_size}" if grid_size is not None else ""
+    lines.append(f"- **Cells**: {len(rows)}{of_grid} stored: {summary}")
+    lines += [
+        "",
+        "Every figure here is generated from the run's rows by `mlbench report`; none is edited by hand. "
+        f"{NA} means not measured. The interactive charts and every column of every cell are in `report.html`, "
+        "written into the run folder beside `results.parquet`.",
+        "",
+        "Contents: [Environment](#environment) · [Warnings](#warnings) · [Recommendations](#recommendations) · "
+        "[Analysis](#analysis) · [Results per model](#results-per-model) · [Charts](#charts) · "
+        "[Configuration](#configuration)",
+    ]
+    return "\n".join(lines)
+
+
+def _first(rows: list[Row], key: str) -> Any:
+    return next((r[key] for r in rows if r.get(key) is not None), None)
+
+
+def environment_section(rows: list[Row], suite: dict[str, Any], env: dict[str, Any]) -> str:
+    """Where and with what the cells ran: machine, software, settings."""
+
+    def fact(key: str) -> Any:  # the run's environment record, else what the rows carry
+        value = env.get(key)
+        return value if value is not None else _first(rows, key)
+
+    gpus = env.get("gpus") or sorted({r["gpu_model"] for r in rows if r.get("gpu_model")})
+    frameworks = env.get("frameworks") or {r["framework"]: r.get("framework_version") for r in rows}
+    hosts = sorted({r["hostname"] for r in rows if r.get("hostname")}) or [env.get("hostname")]
+    facts = [
+        ("hosts" if len(hosts) > 1 else "host", ", ".join(str(h) for h in hosts)),
+        (
+            "CPU",
+            f"{fact('cpu_model')} ({fact('cpu_count_physical')} physical cores, {fact('cpu_count_logical')} logical)",
+        ),
+        ("memory", f"{num(fact('memory_total_gb'))} GB"),
+        ("GPUs", ", ".join(str(g.get("name", g)) if isinstance(g, dict) else str(g) for g in gpus) or "none"),
+        ("GPU driver, CUDA", f"{fact('gpu_driver') or NA}, {_first(rows, 'cuda_version') or NA}"),
+        ("OS", fact("os")),
+        ("Python", fact("python_version")),
+        ("frameworks", ", ".join(f"{k} {v or NA}" for k, v in frameworks.items())),
+        ("threads per worker", suite.get("threads") or "the physical cores (threads: null)"),
+        ("malloc", suite.get("malloc", NA)),
+        ("executor", ", ".join(sorted({str(r.get("executor") or "local") for r in rows})) or NA),
+    ]
+    return "## Environment\n\n" + table(["what", "this run"], [[k, code(v)] for k, v in facts])
+
+
+def warnings_section(rows: list[Row], stale: int) -> str:
+    notes = report.warnings(rows)
+    if stale:
+        notes.insert(
+            0, f"{stale} stored cell(s) were measured under a different spec and are not part of these results."
+        )
+    body = "\n".join(f"- {text(n, own=True)}" for n in notes) or "None."
+    return f"## Warnings\n\n{body}"
+
+
+# --- recommendations and the analysis ------------------------------------------------------------
+
+
+def _estimate(e: analysis.Estimate | None, unit: str) -> str:
+    if e is None:
+        return NA
+    return f"{text(e.label)}: {with_ci(e.value, e.low, e.high)} {unit}"
+
+
+def recommendations_section(rows: list[Row]) -> str:
+    """Per model and device, the best of each criterion and the runner-up, each with its interval."""
+    recs = analysis.recommendations(rows)
+    out = [
+        "## Recommendations",
+        "",
+        "Per model and device, each framework's best configuration on each criterion (95% intervals in "
+        "brackets); a clear winner only where the intervals do not overlap (peak memory, one reading: a gap over "
+        f"{analysis.MEMORY_TOLERANCE:.0%}). A noisy or contended cell never wins.",
+    ]
+    if not recs:
+        return "\n".join([*out, "", "No recommendation: no cell finished ok."])
+    for model, device in dict.fromkeys((r.model, r.device) for r in recs):
+        body = [
+            [
+                text(r.title) + (f" ({text(r.note, own=True)})" if r.note else ""),
+                "**clear winner**" if r.clear else "no clear winner",
+                _estimate(r.winner, r.unit),
+                _estimate(r.runner_up, r.unit),
+            ]
+            for r in recs
+            if (r.model, r.device) == (model, device)
+        ]
+        out += [
+            "",
+            f"### {text(model)} on {text(device)}",
+            "",
+            table(["criterion", "verdict", "best", "runner-up"], body),
+        ]
+    return "\n".join(out)
+
+
+NOT_MEASURED = {
+    "gpu_utilization": "not measured: no cell here ran on an NVIDIA GPU (NVML samples it)",
+    "inference_latency": "not measured: no ok cell timed batch-1 inference",
+    "memory": "not measured: no ok cell has a peak memory figure",
+    "accuracy": "not measured: no ok cell has a validation accuracy",
+    "train_throughput": "not measured: no ok cell has a training throughput",
+}
+
+
+def leader_line(title: str, key: str, rec: Recommendation | None) -> str:
+    """One criterion: who leads and by how much, or "no clear winner", or "not measured"."""
+    if rec is None:
+        return f"- **{text(title)}**: {NOT_MEASURED.get(key, 'not measured')}."
+    note = f" ({text(rec.note, own=True)})" if rec.note else ""
+    if not rec.clear:
+        why = rec.verdict.removeprefix("no clear winner: ")
+        if rec.runner_up is None:
+            why = f"one candidate, nothing to rank against: {why}"
+        return f"- **{text(title)}**{note}: **no clear winner**: {text(why, own=True)}."
+    frameworks = {e.row["framework"] for e in rec.candidates}
+    who = rec.winner.row["framework"] if len(frameworks) > 1 else rec.winner.label
+    return f"- **{text(title)}**{note}: **{text(who)}** leads: {text(rec.verdict, own=True)}."
+
+
+def _throughput_phrase(e: Effect, what: str, base: str) -> str:
+    change = f"{what} trains at {e.ratio:.2f}x the throughput of {base}"
+    if e.verdict == "faster":
+        return f"{change}, faster beyond both 95% intervals"
+    if e.verdict == "slower":
+        return f"{change}, slower beyond both 95% intervals"
+    if e.verdict == "within the intervals":
+        return f"{change}, within the 95% intervals: no clear change"
+    if e.verdict == "no interval":
+        return f"{change} (no interval to judge it by)"
+    return f"{change}; {e.verdict.replace('too noisy', 'too noisy to tell')}"
+
+
+def effect_line(e: Effect, what: str, base: str, where: str) -> str:
+    """One pair of cells: what the changed axis buys in throughput, accuracy and memory."""
+    parts = [_throughput_phrase(e, what, base)]
+    if e.accuracy_delta_pts is not None:
+        acc = {"higher": "higher beyond", "lower": "lower beyond"}.get(e.accuracy_verdict, "within")
+        parts.append(f"validation accuracy {e.accuracy_delta_pts:+.1f} points ({acc} the 95% intervals)")
+    if e.memory_ratio is not None:
+        parts.append(f"peak memory {e.memory_ratio:.2f}x ({e.memory_verdict})")
+    return f"- {text(where)}: {text('; '.join(parts), own=True)}."
+
+
+EFFECTS = (  # what an axis buys: key, heading, why where the run has no such pair of cells
+    ("precision", "What mixed precision buys", "no configuration ran both fp32 and a mixed precision"),
+    ("batch", "What batch size buys", "no configuration ran at two batch sizes"),
+    ("device", "What a second device buys", "no configuration ran on both the CPU and a GPU, nor data parallel"),
+)
+
+
+def effect_lines(rows: list[Row]) -> dict[str, list[str]]:
+    """What precision, batch size and a second device buy among these rows, a line per pair of cells."""
+    precision = [
+        effect_line(e, e.row["precision"], "fp32", f"{e.row['framework']} {e.row['device']} bs{e.row['batch_size']}")
+        for e in analysis.effects(rows, "precision", lambda p: p == "fp32")
+    ]
+    batch = [
+        effect_line(
+            e, f"bs{e.row['batch_size']}", f"bs{e.base['batch_size']}",
+            f"{e.row['framework']} {e.row['device']} {e.row['precision']}",
+        )
+        for e in analysis.batch_effects(rows)
+    ]  # fmt: skip
+    device = [
+        effect_line(e, e.row["device"], "the CPU", f"{e.row['framework']} {e.row['precision']} bs{e.row['batch_size']}")
+        for e in analysis.device_effects(rows)
+    ] + [f"- {text(v.text, own=True)}" for v in scaling.verdicts(rows)]
+    return {"precision": precision, "batch": batch, "device": device}
+
+
+def model_analysis(rows: list[Row], model: str, measured: set[str]) -> list[str]:
+    """One model: the leaders per device, then what precision, batch size and a second device buy
+    (those the run measured for some model; the others are said once, for the whole run)."""
+    out = ["", f"### {text(model)}"]
+    mine = [r for r in rows if r["model_name"] == model]
+    for _, device, c, rec in analysis.leaders(mine):
+        if c is analysis.CRITERIA[0]:
+            out += ["", f"**On {text(device)}**", ""]
+        out.append(leader_line(c.title, c.key, rec))
+    lines = effect_lines(mine)
+    for key, title, why in EFFECTS:
+        if key in measured:
+            out += ["", f"**{title}**", "", *(lines[key] or [f"- Not measured for {text(model)}: {why}."])]
+    return out + bottleneck_lines(mine)
+
+
+def bottleneck_lines(rows: list[Row]) -> list[str]:
+    """The bottleneck verdict of each ok cell, where the rows carry one (nothing otherwise)."""
+    found = [r for r in analysis.ok_rows(rows) if r.get("bottleneck")]
+    if not found:
+        return []
+    lines = []
+    for r in found:
+        verdict = "no single part stands out" if r["bottleneck"] == "none" else r["bottleneck"]
+        evidence = f" ({text(r['bottleneck_evidence'])})" if r.get("bottleneck_evidence") else ""
+        lines.append(f"- {text(label(r))}: **{text(verdict)}**{evidence}")
+    return ["", "**Bottlenecks**", "", *lines]
+
+
+def analysis_section(rows: list[Row]) -> str:
+    ok = analysis.ok_rows(rows)
+    out = [
+        "## Analysis",
+        "",
+        "Generated from the rows, not written by hand. A framework leads on a criterion only where its lead is "
+        "beyond both 95% intervals (peak memory and GPU utilisation, single readings: beyond a gap of "
+        f"{analysis.MEMORY_TOLERANCE:.0%} and {analysis.UTILISATION_TOLERANCE:.0%}); otherwise there is no clear "
+        "winner. What precision, batch size and a second device buy compares cells equal in every other axis.",
+    ]
+    if not ok:
+        return "\n".join([*out, "", "Nothing to analyse: no cell finished ok."])
+    measured = {key for key, lines in effect_lines(rows).items() if lines}
+    missing = [f"{title.lower()} ({why})" for key, title, why in EFFECTS if key not in measured]
+    if missing:
+        out += ["", f"Not measured in this run: {'; '.join(missing)}."]
+    for model in dict.fromkeys(r["model_name"] for r in ok):
+        out += model_analysis(rows, model, measured)
+    return "\n".join(out)
+
+
+# --- the figures per model -------------------------------------------------------------------------
+
+
+def _pct(v: float | None) -> float | None:
+    return None if v is None else 100 * v
+
+
+def _latencies(r: Row, prefix: str) -> str:
+    values = [r.get(f"{prefix}_{q}_ms") for q in ("mean", "p50", "p95", "p99")]
+    return NA if all(v is None for v in values) else " / ".join(num(v) for v in values)
+
+
+def training_table(rows: list[Row]) -> str:
+    gpu = any(r.get("gpu_utilization_pct") is not None for r in rows)
+    head = ["framework", "device", "precision", "batch", "samples/s [95% CI]", "step CV", "train s", "peak MiB",
+            "avg MiB", "val acc % [95% CI]"] + (["GPU util %"] if gpu else [])  # fmt: skip
+    body = []
+    for r in rows:
+        acc = analysis.accuracy_estimate(r)
+        cv = num(_pct(r.get("step_time_cv")), 2) + ("% ⚠" if r.get("noisy") else "%") if r.get("step_time_cv") else NA
+        body.append(
+            [text(r["framework"]), text(r["device"]), text(r["precision"]), num(r["batch_size"]),
+             with_ci(r.get("samples_per_second"), r.get("samples_per_second_ci_low"), r.get("samples_per_second_ci_high")),
+             cv, num(r.get("total_train_time")), num(r.get("peak_memory_mb")), num(r.get("avg_memory_mb")),
+             with_ci(acc.value, acc.low, acc.high) if acc else NA]
+            + ([num(r.get("gpu_utilization_pct"))] if gpu else [])
+        )  # fmt: skip
+    return table(head, body)
+
+
+def inference_table(rows: list[Row]) -> str:
+    head = ["framework", "device", "precision", "batch", "batch 1: mean / p50 / p95 / p99 ms",
+            "the cell's batch: mean / p50 / p95 / p99 ms", "parameters", "on disk MiB"]  # fmt: skip
+    body = [
+        [text(r["framework"]), text(r["device"]), text(r["precision"]), num(r["batch_size"]),
+         _latencies(r, "inference_b1_latency"), _latencies(r, "inference_latency"),
+         num(r.get("num_parameters")), num(r.get("model_size_mb"))]
+        for r in rows
+    ]  # fmt: skip
+    return table(head, body)
+
+
+def parity_lines(rows: list[Row], tolerance: Any) -> list[str]:
+    """verify's verdict on the model and the accuracy parity of each group of cells."""
+    passed = _first(rows, "verify_passed")
+    detail = _first(rows, "verify_detail")
+    verdict = {None: "not run", True: "the same model in every framework", False: "**DIFFERENT**"}[passed]
+    out = [f"- mlbench verify: {verdict}" + (f" ({text(detail)})" if detail else "")]
+    groups: dict[tuple[Any, ...], Row] = {}
+    for r in analysis.ok_rows(rows):
+        groups.setdefault((r["device"], r["precision"], r["batch_size"]), r)
+    allowed = f"the {num(tolerance)}-point tolerance" if tolerance is not None else "the tolerance"
+    for (device, precision, batch), r in groups.items():
+        parity, spread = r.get("accuracy_parity"), r.get("accuracy_spread_pts")
+        said = (
+            "not judged (one framework, or no accuracy)"
+            if parity is None
+            else f"{'within' if parity else '**OUTSIDE**'} {allowed} (spread {num(spread)} points)"
+        )
+        out.append(f"- accuracy parity, {text(device)} {text(precision)} bs{batch}: {said}")
+    return out
+
+
+def models_section(rows: list[Row], suite: dict[str, Any]) -> str:
+    ok = analysis.ok_rows(rows)
+    out = ["## Results per model"]
+    sources = sorted({str(r["memory_source"]) for r in ok if r.get("memory_source")})
+    if sources:
+        out += ["", "Memory: " + "; ".join(code(s) for s in sources) + ". Step CV ⚠: above 10%, too noisy to rank."]
+    if not ok:
+        out += ["", "No cell finished ok."]
+    for model in dict.fromkeys(r["model_name"] for r in ok):
+        mine = [r for r in ok if r["model_name"] == model]
+        out += ["", f"### {text(model)}", "", "Training", "", training_table(mine)]
+        out += ["", "Inference latency and size", "", inference_table(mine)]
+        out += ["", "Parity", "", *parity_lines(mine, suite.get("accuracy_parity_pts"))]
+    return "\n".join(out)
+
+
+def unfinished_section(rows: list[Row]) -> str:
+    bad = sorted((r for r in rows if r["status"] != "ok"), key=lambda r: report.STATUS_ORDER.get(r["status"], 9))
+    if not bad:
+        return ""
+    body = [[text(r["status"]), text(label(r)), code(r.get("reason") or "")] for r in bad]
+    return "## Cells that did not finish ok\n\n" + table(["status", "cell", "reason"], body)
+
+
+def maxbatch_section(searches: list[Row]) -> str:
+    if not searches:
+        return ""
+    body = [
+        [text(r["framework"]), text(r["model_name"]), text(r["device"]), text(r["precision"]),
+         num(r["max_batch_size"]), num(r["first_failing_batch_size"]), f"**{num(r['recommended_batch_size'])}**",
+         code(f"{r['status']}: {r['reason']}")]
+        for r in searches
+    ]  # fmt: skip
+    head = ["framework", "model", "device", "precision", "largest fit", "first out of memory", "recommended", "verdict"]
+    return "## Largest batch that fits (mlbench maxbatch)\n\n" + table(head, body)
+
+
+def config_section(suite: dict[str, Any]) -> str:
+    dumped = yaml.safe_dump(suite, sort_keys=False, default_flow_style=None, width=110).strip()
+    return f"## Configuration\n\nThe suite as the run stored it (`suite.json`):\n\n```yaml\n{dumped}\n```"
+
+
+# --- the charts as static images ---------------------------------------------------------------------
+
+BROWSERS = ("chromium", "chromium-browser", "google-chrome", "google-chrome-stable", "chrome")
+
+
+def find_browser() -> str | None:
+    """The Chrome or Chromium to render with: BROWSER_PATH where set, else the first one on PATH."""
+    given = os.environ.get("BROWSER_PATH")
+    if given:
+        return given if os.access(given, os.X_OK) else None
+    return next((p for p in map(shutil.which, BROWSERS) if p), None)
+
+
+def static_figure(chart: charts.Chart) -> go.Figure:
+    """The chart's own figure with its title on it (a static image stands alone), at the image width."""
+    fig = go.Figure(chart.figure)
+    top = (fig.layout.margin.t or 40) + 50
+    fig.update_layout(title=dict(text=chart.title, x=0.01, xanchor="left"), margin=dict(t=top))
+    return fig
+
+
+async def _render_all(kaleido: Any, browser: str, drawn: list[charts.Chart], folder: Path) -> dict[str, str]:
+    from mlbench.store import atomic_write
+
+    done = {}
+    async with kaleido.Kaleido(n=1, timeout=RENDER_TIMEOUT_S, mathjax=False, path=browser) as k:
+        for chart in drawn:
+            fig = static_figure(chart)
+            size = {"width": IMAGE_WIDTH, "height": fig.layout.height or 420}
+            try:
+                for fmt in FORMATS:
+                    opts = {"format": fmt, **size, "scale": PNG_SCALE if fmt == "png" else 1}
+                    data = await k.calc_fig(fig, opts=opts)
+                    atomic_write(folder / f"{chart.id}.{fmt}", lambda p, d=data: p.write_bytes(d))
+                done[chart.id] = ""
+            except Exception as exc:  # one figure that fails leaves the others and the document
+                done[chart.id] = f"rendering failed ({type(exc).__name__}: {' '.join(str(exc).split())[:300]})"
+    return done
+
+
+def render(figures: list[charts.Chart], folder: Path) -> dict[str, str]:
+    """Each drawn chart as folder/<id>.svg and .png, in one browser session; chart id -> "" where both
+    were written, else the sentence saying why not. Images of an earlier report are removed first."""
+    drawn = [c for c in figures if c.drawn and c.figure is not None]
+    for old in folder.glob("*") if folder.is_dir() else []:
+        if old.suffix.lstrip(".") in FORMATS:
+            old.unlink()
+    if not drawn:
+        return {}
+    if os.environ.get(IMAGES_ENV) == "0":
+        return dict.fromkeys((c.id for c in drawn), f"images not rendered ({IMAGES_ENV}=0)")
+    try:
+        import kaleido
+    except ImportError:
+        return dict.fromkeys((c.id for c in drawn), "kaleido, the static image export, is not installed (`make venv`)")
+    browser = find_browser()
+    if browser is None:
+        return dict.fromkeys((c.id for c in drawn), f"no Chrome or Chromium found to render it ({BROWSER_HINT})")
+    folder.mkdir(parents=True, exist_ok=True)
+    try:  # in a thread of its own: asyncio.run needs a thread without a running event loop
+        with concurrent.futures.ThreadPoolExecutor(1) as pool:
+            return pool.submit(asyncio.run, _render_all(kaleido, browser, drawn, folder)).result()
+    except Exception as exc:  # the browser would not start or died: the document is written all the same
+        why = f"the browser {browser} could not render it ({type(exc).__name__}: {' '.join(str(exc).split())[:300]})"
+        return dict.fromkeys((c.id for c in drawn), why)
+
+
+def charts_section(figures: list[charts.Chart], images: dict[str, str]) -> str:
+    """Each chart as its PNG (the SVG linked beside it), or the sentence saying why there is no image."""
+    out = ["## Charts", "", "The report's charts, rendered from the same figures (PNG shown; SVG for print)."]
+    for c in figures:
+        out += ["", f"### {text(c.title)}", ""]
+        if not c.drawn:
+            out.append(f"_{text(c.why, own=True)}_")
+        elif images.get(c.id):
+            out.append(f"_No image: {text(images[c.id], own=True)}. The interactive chart is in `report.html`._")
+        else:
+            png, svg = (f"{CHARTS_DIR}/{c.id}.{fmt}" for fmt in ("png", "svg"))
+            out += [f"![{text(c.title)}]({png})", "", f"[SVG]({svg}) · [PNG]({png})"]
+    return "\n".join(out)
+
+
+# --- the whole document ------------------------------------------------------------------------------
+
+
+def markdown(
+    rows: list[Row],
+    suite: dict[str, Any],
+    env: dict[str, Any],
+    figures: list[charts.Chart],
+    images: dict[str, str],
+    made: dict[str, str],
+    *,
+    grid_size: int | None = None,
+    stale: int = 0,
+    searches: list[Row] | None = None,
+) -> str:
+    """RESULTS.md's text. `made`: command (may be empty), date and commit; `images`: what render said."""
+    sections = [
+        header(rows, suite, made, grid_size),
+        environment_section(rows, suite, env),
+        warnings_section(rows, stale),
+        recommendations_section(rows),
+        analysis_section(rows),
+        models_section(rows, suite),
+        unfinished_section(rows),
+        maxbatch_section(searches or []),
+        charts_section(figures, images),
+        config_section(suite),
+    ]
+    return "\n\n".join(s for s in sections if s) + "\n"
+
+
+def write(
+    out_dir: Path,
+    rows: list[Row],
+    suite: dict[str, Any],
+    env: dict[str, Any],
+    figures: list[charts.Chart],
+    *,
+    command: str | None = None,
+    grid_size: int | None = None,
+    stale: int = 0,
+    searches: list[Row] | None = None,
+) -> Path:
+    """Render the charts into out_dir/charts/ and write out_dir/RESULTS.md (atomically); its path."""
+    from mlbench.store import atomic_write
+
+    images = render(figures, out_dir / CHARTS_DIR)
+    date = time.strftime("%Y-%m-%d %H:%M UTC", time.gmtime())
+    made = {"command": command or "", "date": date, "commit": git_commit()}
+    doc = markdown(rows, suite, env, figures, images, made, grid_size=grid_size, stale=stale, searches=searches)
+    path = out_dir / RESULTS_MD
+    atomic_write(path, lambda p: p.write_text(doc, encoding="utf-8"))
+    return path
