@@ -77,6 +77,11 @@ def hardware(r: Row) -> str:
     return cpu + (f", {r['gpu_model']}" if r.get("gpu_model") else "")
 
 
+def label(r: Row) -> str:
+    """A cell in words: framework, model, device, precision and batch."""
+    return f"{r['framework']} {r['model_name']} {r['device']} {r['precision']} bs{r['batch_size']}"
+
+
 def ok_rows(rows: Iterable[Row]) -> list[Row]:
     return [r for r in rows if r.get("status") == "ok"]
 

@@ -55,6 +55,30 @@ THRESHOLDS: dict[str, Threshold] = {
 }
 
 
+# what a verdict means for the reader's next step
+ADVICE = {
+    "input": "the step waits for its data: more loader threads, pinned memory or device prefetch would help; "
+    "a faster framework would not",
+    "host": "the device waits on the host: a larger batch, a compiler (torch.compile, XLA) or fewer Python-side "
+    "operations per step would help more than a faster device",
+    "compute": "the arithmetic is most of the step: lower precision (bf16/fp16 where accuracy holds) or a "
+    "faster device helps; the framework is not what holds it back",
+    "memory": "the step moves more bytes than it computes on: fused kernels, a compiler or a larger batch "
+    "(more FLOPs per byte) would help",
+    "none": "no single part stands out; the figures above are the step as a whole",
+}
+
+
+def by_verdict(rows: list[Row]) -> dict[str, list[Row]]:
+    """The ok rows with a verdict, grouped by it (in ADVICE's order)."""
+    found: dict[str, list[Row]] = {}
+    for verdict in ADVICE:
+        cells = [r for r in rows if r.get("status") == "ok" and r.get("bottleneck") == verdict]
+        if cells:
+            found[verdict] = cells
+    return found
+
+
 def optimizer_states(optimizer: dict[str, Any]) -> int:
     """Tensors of the parameters' size an optimizer keeps: AdamW two moments; SGD one momentum buffer
     (none without momentum)."""

@@ -314,6 +314,56 @@ def memory(rows: list[Row]) -> Chart:
     return _figure("memory", title, fig)
 
 
+STEP_PARTS = [  # (column, label, colour): a step's time by part (workers/common/profile.py)
+    ("step_data_s", "data", "#8d6e63"),
+    ("step_forward_s", "forward", "#1e88e5"),
+    ("step_backward_s", "backward", "#43a047"),
+    ("step_optimizer_s", "optimizer", "#fb8c00"),
+    ("step_other_s", "other", "#9e9e9e"),
+]
+MEMORY_PARTS = [
+    ("memory_params_mb", "parameters", "#3949ab"),
+    ("memory_grads_mb", "gradients", "#00897b"),
+    ("memory_optimizer_mb", "optimizer state", "#f4511e"),
+    ("memory_activations_mb", "activations and workspace", "#8e24aa"),
+]
+
+
+def _stacked(cid: str, title: str, rows: list[Row], parts: list[tuple[str, str, str]], unit: str, why: str) -> Chart:
+    ok = [r for r in analysis.ok_rows(rows) if all(r.get(col) is not None for col, _, _ in parts)]
+    if not ok:
+        return _empty(cid, title, why)
+    x = [_label(r) for r in ok]
+    scale = 1000.0 if unit == "ms" else 1.0
+    fig = go.Figure()
+    for col, name, colour in parts:
+        fig.add_bar(name=name, x=x, y=[r[col] * scale for r in ok], marker_color=colour)
+    fig.update_layout(barmode="stack", yaxis_title=unit)
+    return _figure(cid, title, fig)
+
+
+def step_breakdown(rows: list[Row]) -> Chart:
+    return _stacked(
+        "step-breakdown",
+        "Where a training step's time goes (profiled steps, ms)",
+        rows,
+        STEP_PARTS,
+        "ms",
+        "No step-time breakdown: no cell finished ok with profiled steps (profile_steps: 0, or data-parallel cells).",
+    )
+
+
+def memory_breakdown(rows: list[Row]) -> Chart:
+    return _stacked(
+        "memory-breakdown",
+        "Memory by part (parameters, gradients and optimizer state computed; activations measured)",
+        rows,
+        MEMORY_PARTS,
+        "MiB",
+        "No memory breakdown: no cell finished ok with a measured peak.",
+    )
+
+
 def latency(rows: list[Row]) -> Chart:
     title = "Inference latency distributions"
     ok = [
@@ -524,6 +574,8 @@ ALL: list[Callable[[list[Row]], Chart]] = [
     device_speedup,
     data_parallel_scaling,
     memory,
+    step_breakdown,
+    memory_breakdown,
     latency,
     latency_percentiles,
     epochs,

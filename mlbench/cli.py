@@ -208,6 +208,12 @@ def main() -> None:
     default=None,
     help="Cells at once, instead of the config's `parallel` (local: only cells on disjoint GPUs together).",
 )
+@click.option(
+    "--profile",
+    is_flag=True,
+    default=None,
+    help="Keep each cell's profiler trace in runs/<name>/profiles/ (the config's `profile: true`).",
+)
 @_filters
 def run(
     config: str | None,
@@ -218,6 +224,7 @@ def run(
     runs_dir: str,
     executor: str | None,
     jobs: int | None,
+    profile: bool | None,
     frameworks: tuple[str, ...],
     models: tuple[str, ...],
     devices: tuple[str, ...],
@@ -229,9 +236,9 @@ def run(
     names cnn, transformer and mlp too; a --devices value the suite lacks runs the suite on that device."""
     config = _config_path(config, config_opt)
     suite = _load(config, name)
-    where = {k: v for k, v in {"executor": executor, "parallel": jobs}.items() if v is not None}
+    where = {k: v for k, v in {"executor": executor, "parallel": jobs, "profile": profile}.items() if v}
     if where:  # validated like the file's own keys
-        suite = parse_suite({**suite.model_dump(), **where}, f"{config} (with --executor/--jobs)")
+        suite = parse_suite({**suite.model_dump(), **where}, f"{config} (with --executor/--jobs/--profile)")
     suite, only = _narrow(suite, _only(frameworks, models, devices, precisions, batch_sizes), config)
     try:
         expand(suite, only)

@@ -24,7 +24,7 @@ import plotly.graph_objects as go
 import yaml
 
 import mlbench
-from mlbench import analysis, charts, report, scaling
+from mlbench import analysis, bottleneck, charts, report, scaling
 from mlbench.analysis import Effect, Recommendation, Row
 
 RESULTS_MD = "RESULTS.md"
@@ -78,8 +78,7 @@ def table(head: list[str], body: Iterable[list[str]]) -> str:
     return "\n".join(lines)
 
 
-def label(r: Row) -> str:
-    return f"{r['framework']} {r['model_name']} {r['device']} {r['precision']} bs{r['batch_size']}"
+label = analysis.label
 
 
 # --- the header and the environment ----------------------------------------------------------------
@@ -319,7 +318,8 @@ def bottleneck_lines(rows: list[Row]) -> list[str]:
         verdict = "no single part stands out" if r["bottleneck"] == "none" else r["bottleneck"]
         evidence = f" ({text(r['bottleneck_evidence'])})" if r.get("bottleneck_evidence") else ""
         lines.append(f"- {text(label(r))}: **{text(verdict)}**{evidence}")
-    return ["", "**Bottlenecks**", "", *lines]
+    advice = [f"- {text(v)}: {text(bottleneck.ADVICE[v])}." for v in bottleneck.by_verdict(found) if v != "none"]
+    return ["", "**Bottlenecks**", "", *lines, *(["", "What would help:", "", *advice] if advice else [])]
 
 
 def analysis_section(rows: list[Row]) -> str:

@@ -10,7 +10,7 @@ from typing import Any
 
 from plotly.offline import get_plotlyjs
 
-from mlbench import analysis, charts, scaling
+from mlbench import analysis, bottleneck, charts, scaling
 from mlbench.runfolder import RunFolder
 
 STATUS_ORDER = {"failed": 0, "crashed": 1, "oom": 2, "timeout": 3, "skipped": 4, "ok": 5}
@@ -47,6 +47,8 @@ def cells_table(rows: list[dict[str, Any]]) -> str:
         ("peak_memory_mb", "peak MiB"),
         ("num_parameters", "params"),
         ("model_size_mb", "disk MiB"),
+        ("bottleneck", "bottleneck"),
+        ("profile_trace", "trace"),
         ("cell_id", "cell"),
     ]
     ordered = sorted(rows, key=lambda r: (STATUS_ORDER.get(r["status"], 9), r["model_name"], r["framework"]))
@@ -58,7 +60,12 @@ def cells_table(rows: list[dict[str, Any]]) -> str:
             v = r.get(key)
             cls = f" class='st-{_esc(v)}'" if key == "status" else ""
             warn = " ⚠" if key == "step_time_cv" and r.get("noisy") else ""
-            cells.append(f"<td{cls}>{_fmt(v)}{warn}</td>")
+            if key == "bottleneck" and v:
+                cells.append(f"<td title='{_esc(r.get('bottleneck_evidence'))}'>{_esc(v)}</td>")
+            elif key == "profile_trace" and v:  # relative to the run folder, where report.html lies
+                cells.append(f"<td><a href='{_esc(v)}'>trace</a></td>")
+            else:
+                cells.append(f"<td{cls}>{_fmt(v)}{warn}</td>")
         body.append("<tr>" + "".join(cells) + "</tr>")
     return f"<table><thead><tr>{head}</tr></thead><tbody>{''.join(body)}</tbody></table>"
 
@@ -177,6 +184,24 @@ def scaling_section(rows: list[dict[str, Any]]) -> str:
         "<h3>Several devices</h3><p class='sub'>Each data-parallel cell against the one-device cell of the same "
         "framework, model and precision at its per-device batch (scaling efficiency 1 = linear); it pays where "
         f"the speed-up's 95% bounds stay above 1x.</p><ul>{items}</ul>"
+    )
+
+
+def bottleneck_section(rows: list[dict[str, Any]]) -> str:
+    """What holds each cell back (mlbench/bottleneck.py), and what would help, grouped by verdict."""
+    found = bottleneck.by_verdict(rows)
+    if not found:
+        return ""
+    items = "".join(
+        f"<li><b>{_esc(verdict)}</b> ({len(cells)} cell(s)): {_esc(bottleneck.ADVICE[verdict])}<ul>"
+        + "".join(f"<li>{_esc(analysis.label(r))}: {_esc(r['bottleneck_evidence'])}</li>" for r in cells)
+        + "</ul></li>"
+        for verdict, cells in found.items()
+    )
+    return (
+        "<h3 id='bottlenecks'>Bottlenecks</h3><p class='sub'>From each cell's profiled steps, MFU and GPU "
+        "utilisation; the thresholds and their reasons are in mlbench/bottleneck.py.</p>"
+        f"<ul>{items}</ul>"
     )
 
 
@@ -319,6 +344,7 @@ def build_html(
 the 95% confidence intervals do not overlap (peak memory: a gap over {analysis.MEMORY_TOLERANCE:.0%}).</p>
 {headline(rows)}
 {scaling_section(rows)}
+{bottleneck_section(rows)}
 <h2 id="tradeoffs">Trade-offs</h2>
 <p class="sub">Diamonds: the configurations no other beats on both axes (the Pareto front).</p>{trade_html}
 <h2 id="charts">Charts</h2>{chart_html}

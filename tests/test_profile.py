@@ -173,13 +173,13 @@ def profiled_run(tmp_path_factory):
             frameworks=["pytorch", "tensorflow", "jax"],
             models=["mlp", "resnet18"],
             model_overrides=TINY,
-            profile=True,
         ),
         "slow": suite_dict(name="slow", models=["mlp"], workers={"pytorch": "tests.slow_input_worker"}),
     }
     for name, suite in suites.items():
         (tmp / f"{name}.yaml").write_text(yaml.safe_dump(suite))
-        proc = cli("run", f"{name}.yaml", "--runs-dir", "runs", cwd=tmp)
+        keep = ["--profile"] if name == "p" else []  # as the suite's `profile: true`
+        proc = cli("run", f"{name}.yaml", "--runs-dir", "runs", *keep, cwd=tmp)
         assert proc.returncode == 0, proc.stderr[-3000:]
     return tmp / "runs"
 
@@ -230,4 +230,17 @@ def test_each_kept_trace_loads_in_the_viewer_it_is_meant_for(profiled_run: Path)
             space.ParseFromString(path.read_bytes())
             assert sum(len(line.events) for plane in space.planes for line in plane.lines) > 0
     report = (profiled_run / "p" / "report.html").read_text()
-    assert "profiles/" in report  # the report links each cell's trace
+    for trace in df.profile_trace:  # the report links each cell's trace, relative to where it lies
+        assert f"href='{trace}'" in report
+    slow = pd.read_parquet(profiled_run / "slow" / "results.parquet").iloc[0]
+    assert pd.isna(slow.profile_trace) and not (profiled_run / "slow" / "profiles").exists()  # not asked: none kept
+
+
+@pytest_e2e
+def test_the_report_shows_the_breakdowns_and_the_verdicts(profiled_run: Path) -> None:
+    report = (profiled_run / "p" / "report.html").read_text()
+    assert "id='step-breakdown'" in report and "id='memory-breakdown'" in report
+    slow = (profiled_run / "slow" / "report.html").read_text()
+    assert "id='bottlenecks'" in slow and "a faster framework would not" in slow  # input-bound, and what helps
+    results_md = (profiled_run / "slow" / "RESULTS.md").read_text()
+    assert "**input**" in results_md and "What would help" in results_md
