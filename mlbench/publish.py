@@ -24,7 +24,7 @@ import plotly.graph_objects as go
 import yaml
 
 import mlbench
-from mlbench import analysis, bottleneck, charts, report, scaling
+from mlbench import analysis, bottleneck, charts, parity, report, scaling
 from mlbench.analysis import Effect, Recommendation, Row
 
 RESULTS_MD = "RESULTS.md"
@@ -394,14 +394,10 @@ def parity_lines(rows: list[Row], tolerance: Any) -> list[str]:
     groups: dict[tuple[Any, ...], Row] = {}
     for r in analysis.ok_rows(rows):
         groups.setdefault((r["device"], r["precision"], r["batch_size"]), r)
-    allowed = f"the {num(tolerance)}-point tolerance" if tolerance is not None else "the tolerance"
     for (device, precision, batch), r in groups.items():
-        parity, spread = r.get("accuracy_parity"), r.get("accuracy_spread_pts")
-        said = (
-            "not judged (one framework, or no accuracy)"
-            if parity is None
-            else f"{'within' if parity else '**OUTSIDE**'} {allowed} (spread {num(spread)} points)"
-        )
+        said = text(parity.describe(r, tolerance))
+        if r.get("accuracy_parity_verdict") == "different":
+            said = f"**{said}**"
         out.append(f"- accuracy parity, {text(device)} {text(precision)} bs{batch}: {said}")
     return out
 

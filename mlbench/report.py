@@ -10,7 +10,7 @@ from typing import Any
 
 from plotly.offline import get_plotlyjs
 
-from mlbench import analysis, bottleneck, charts, scaling
+from mlbench import analysis, bottleneck, charts, parity, scaling
 from mlbench.runfolder import RunFolder
 
 STATUS_ORDER = {"failed": 0, "crashed": 1, "oom": 2, "timeout": 3, "skipped": 4, "ok": 5}
@@ -70,7 +70,7 @@ def cells_table(rows: list[dict[str, Any]]) -> str:
     return f"<table><thead><tr>{head}</tr></thead><tbody>{''.join(body)}</tbody></table>"
 
 
-def parity_section(rows: list[dict[str, Any]]) -> str:
+def parity_section(rows: list[dict[str, Any]], tolerance: float | None = None) -> str:
     """Verify verdicts per model and validation accuracy per framework, with the parity verdict."""
     models = list(dict.fromkeys(r["model_name"] for r in rows))
     verify_rows = []
@@ -85,23 +85,23 @@ def parity_section(rows: list[dict[str, Any]]) -> str:
     for r in rows:
         if r["status"] == "ok":
             key = (r["model_name"], r["device"], r["precision"], r["batch_size"])
-            g = groups.setdefault(key, {"spread": r.get("accuracy_spread_pts"), "parity": r.get("accuracy_parity")})
+            g = groups.setdefault(key, {"row": r})
             g[r["framework"]] = r["final_val_accuracy"]
     acc_rows = []
     for key, g in groups.items():
         accs = "".join(f"<td>{_fmt(g.get(fw) * 100 if g.get(fw) is not None else None, 4)}</td>" for fw in frameworks)
-        verdict = "—" if g["parity"] is None else ("within tolerance" if g["parity"] else "OUTSIDE tolerance")
-        cls = "" if g["parity"] is None else (" class='st-ok'" if g["parity"] else " class='st-failed'")
+        verdict = g["row"].get("accuracy_parity_verdict")
+        cls = {"equivalent": " class='st-ok'", "different": " class='st-failed'", "unresolved": " class='st-skipped'"}
         acc_rows.append(
-            f"<tr>{''.join(f'<td>{_esc(k)}</td>' for k in key)}{accs}<td>{_fmt(g['spread'])}</td>"
-            f"<td{cls}>{verdict}</td></tr>"
+            f"<tr>{''.join(f'<td>{_esc(k)}</td>' for k in key)}{accs}"
+            f"<td{cls.get(verdict, '')}>{_esc(parity.describe(g['row'], tolerance))}</td></tr>"
         )
     fw_head = "".join(f"<th>{_esc(fw)} val acc %</th>" for fw in frameworks)
     return (
         "<h3>Same model in every framework (mlbench verify)</h3><table><thead><tr><th>model</th><th>verdict</th>"
         f"<th>detail</th></tr></thead><tbody>{''.join(verify_rows)}</tbody></table>"
         "<h3>Accuracy parity</h3><table><thead><tr><th>model</th><th>device</th><th>precision</th><th>batch</th>"
-        f"{fw_head}<th>spread (points)</th><th>verdict</th></tr></thead><tbody>{''.join(acc_rows)}</tbody></table>"
+        f"{fw_head}<th>verdict (paired difference, 95% CI)</th></tr></thead><tbody>{''.join(acc_rows)}</tbody></table>"
     )
 
 
@@ -247,8 +247,12 @@ def warnings(rows: list[dict[str, Any]]) -> list[str]:
         out.append(
             "mlbench verify found a model that differs between frameworks: its comparisons are not like for like."
         )
-    if any(r.get("accuracy_parity") is False for r in rows):
-        out.append("Validation accuracy differs across frameworks by more than the allowed points for some models.")
+    different = sorted({r["model_name"] for r in rows if r.get("accuracy_parity_verdict") == "different"})
+    if different:  # only a difference the sample resolves: an unresolved one is said in the Parity section
+        out.append(
+            f"Validation accuracy differs across frameworks by more than the allowed points ({', '.join(different)}): "
+            "the paired 95% interval of the difference lies outside the tolerance. See Parity."
+        )
     noisy = [r for r in rows if r.get("noisy")]
     if noisy:
         out.append(
@@ -349,7 +353,7 @@ the 95% confidence intervals do not overlap (peak memory: a gap over {analysis.M
 <p class="sub">Diamonds: the configurations no other beats on both axes (the Pareto front).</p>{trade_html}
 <h2 id="charts">Charts</h2>{chart_html}
 {maxbatch_section(*frontier)}
-<h2 id="parity">Parity</h2>{parity_section(rows)}
+<h2 id="parity">Parity</h2>{parity_section(rows, suite.get("accuracy_parity_pts"))}
 {hosts_section(rows)}
 <h2 id="cells">Cells</h2>{cells_table(rows)}
 <h2 id="environment">Environment</h2><pre>{_esc(json.dumps(env, indent=1, default=str))}</pre>

@@ -122,6 +122,12 @@ COLUMNS: list[tuple[str, pa.DataType, str]] = [
     ("final_val_loss", F, "validation loss after the last epoch"),
     ("final_val_accuracy", F, "validation accuracy after the last epoch"),
     (
+        "val_correct_bits",
+        S,
+        "which validation samples the trained model got right, in stored order (numpy packbits, base64): "
+        "the paired accuracy verdict's input",
+    ),
+    (
         "time_to_target_s",
         F,
         "training plus evaluation time until validation accuracy first reached target_accuracy (s)",
@@ -294,7 +300,25 @@ COLUMNS: list[tuple[str, pa.DataType, str]] = [
         "max minus min final validation accuracy (points) across frameworks for the same "
         "model, device, precision and batch size (rebuilt; null with fewer than two)",
     ),
-    ("accuracy_parity", B, "accuracy_spread_pts within the suite's accuracy_parity_pts (rebuilt)"),
+    (
+        "accuracy_parity",
+        B,
+        "true where accuracy_parity_verdict is equivalent, false where different, null where unresolved (rebuilt)",
+    ),
+    (
+        "accuracy_parity_verdict",
+        S,
+        "equivalent / different / unresolved: every pair of frameworks' paired accuracy difference (95% "
+        "interval, same validation samples) against the suite's accuracy_parity_pts (rebuilt)",
+    ),
+    ("accuracy_diff_pts", F, "the group's largest accuracy difference between two frameworks (points) (rebuilt)"),
+    ("accuracy_diff_low_pts", F, "its 95% interval's lower end (points) (rebuilt)"),
+    ("accuracy_diff_high_pts", F, "its 95% interval's upper end (points) (rebuilt)"),
+    (
+        "accuracy_samples_needed",
+        I,
+        "validation samples that would resolve an unresolved verdict at the difference seen (rebuilt)",
+    ),
     ("epochs_detail", pa.list_(EPOCH), "per-epoch loss, accuracy and timing (nested; flat in epochs.parquet)"),
     ("step_times_s", pa.list_(F), "raw wall times of the timed training steps (nested; flat in steps.parquet)"),
     ("warmup_times_s", pa.list_(F), "raw wall times of the warm-up steps"),
@@ -309,6 +333,11 @@ DERIVED = [
     "verify_detail",
     "accuracy_spread_pts",
     "accuracy_parity",
+    "accuracy_parity_verdict",
+    "accuracy_diff_pts",
+    "accuracy_diff_low_pts",
+    "accuracy_diff_high_pts",
+    "accuracy_samples_needed",
     "peak_tflops",
     "mfu",
     "scaling_efficiency",

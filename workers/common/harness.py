@@ -19,6 +19,7 @@ batch. Where the replicas are processes (PyTorch's ranks) each runs this loop; o
 
 from __future__ import annotations
 
+import base64
 import dataclasses
 import itertools
 import math
@@ -566,6 +567,7 @@ def run_train(backend: Backend, cell: dict[str, Any], em: Emitter) -> None:
     rss_before_build = current_rss_bytes()  # the framework, its runtime and the data, no model yet
     n_params = build_model(backend, spec, ds, cell, em)
     trained = train(backend, ds, cell, em)
+    correct_bits = val_correct_bits(backend, ds, cell["batch_size"])
     if cell.get("weights_out"):  # the trained weights in the canonical NPZ format, readable by every worker
         save_npz(cell["weights_out"], backend.export())
     profile_steps(backend, trained["feed"], cell, em)  # train on: after the export and the evaluation
@@ -600,7 +602,19 @@ def run_train(backend: Backend, cell: dict[str, Any], em: Emitter) -> None:
         per_device_batch_size=per_device,
         time_to_target_s=trained["time_to_target_s"],
         epochs_to_target=trained["epochs_to_target"],
+        val_correct_bits=correct_bits,
     )
+
+
+def val_correct_bits(backend: Backend, ds: datasets.Dataset, bs: int) -> str | None:
+    """Which validation samples the trained model gets right, one bit each in stored order (numpy
+    packbits, base64): every framework is evaluated on the same samples, so two frameworks' accuracies
+    are a paired comparison (mlbench/parity.py). From the inference-mode logits, as the evaluation
+    counts them; on the first replica only."""
+    if not leader(backend) or not len(ds.y_val):
+        return None
+    right = [np.argmax(backend.logits(x), axis=-1) == y for x, y in datasets.val_batches(ds, bs)]
+    return base64.b64encode(np.packbits(np.concatenate(right))).decode("ascii")
 
 
 TASKS = {"train": run_train, "calibrate": run_calibrate, "verify": run_verify}  # CellSpec.task -> what runs
