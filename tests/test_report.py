@@ -156,10 +156,11 @@ def test_worker_and_config_text_is_escaped() -> None:
 def test_compare_statistics() -> None:
     rng = np.random.default_rng(0)
     base = rng.normal(0.010, 0.0002, 300)
-    a = row("pytorch", sps=3200.0, step_times_s=list(base))
-    same = row("pytorch", sps=3190.0, step_times_s=list(rng.normal(0.010, 0.0002, 300)))
-    slow = row("pytorch", sps=2000.0, step_times_s=list(base * 1.6))
-    tiny = row("pytorch", sps=3100.0, step_times_s=list(base * 1.03))  # real but under 5%
+    # repeats on both sides: the thresholds are the rank test's and the run-to-run CV's, no single-run floor
+    a = row("pytorch", sps=3200.0, step_times_s=list(base), repeats=3)
+    same = row("pytorch", sps=3190.0, step_times_s=list(rng.normal(0.010, 0.0002, 300)), repeats=3)
+    slow = row("pytorch", sps=2000.0, step_times_s=list(base * 1.6), repeats=3)
+    tiny = row("pytorch", sps=3100.0, step_times_s=list(base * 1.03), repeats=3)  # real but under 5%
     m = compare.METRICS[0]
     assert compare.compare_metric(m, a, same, 0.01, 0.05).verdict == "unchanged"
     assert compare.compare_metric(m, a, slow, 0.01, 0.05).verdict == "regression"
@@ -199,8 +200,8 @@ def test_memory_is_compared_only_where_measured_the_same_way() -> None:
 def test_compare_threshold_follows_each_figures_run_to_run_variation() -> None:
     rng = np.random.default_rng(2)
     lat = compare.METRICS[1]
-    a = row("pytorch", inference_latency_p50_ms=1.0, inference_times_ms=list(rng.normal(1.0, 0.01, 60)))
-    b = row("pytorch", inference_latency_p50_ms=1.5, inference_times_ms=list(rng.normal(1.5, 0.01, 60)))
+    a = row("pytorch", inference_latency_p50_ms=1.0, inference_times_ms=list(rng.normal(1.0, 0.01, 60)), repeats=3)
+    b = row("pytorch", inference_latency_p50_ms=1.5, inference_times_ms=list(rng.normal(1.5, 0.01, 60)), repeats=3)
     assert compare.compare_metric(lat, a, b, 0.01, 0.05).verdict == "regression"
     # runs of the same cell that differ by 30% (CV across repeats): a 50% change is within twice that
     noisy = compare.compare_metric(lat, dict(a, repeats_latency_cv=0.3), b, 0.01, 0.05)
@@ -213,8 +214,9 @@ def test_compare_latency_floor_in_milliseconds() -> None:
     unchanged, and still flags a change above the floor. Throughput takes no floor."""
     rng = np.random.default_rng(3)
     b1 = compare.METRICS[2]
-    a = row("pytorch", inference_b1_latency_p50_ms=0.10, inference_b1_times_ms=list(rng.normal(0.10, 0.002, 60)))
-    b = row("pytorch", inference_b1_latency_p50_ms=0.17, inference_b1_times_ms=list(rng.normal(0.17, 0.002, 60)))
+    kw = {"repeats": 3}  # with repeats: the single-run floor (a test of its own) is not what this checks
+    a = row("pytorch", inference_b1_latency_p50_ms=0.10, inference_b1_times_ms=list(rng.normal(0.10, 0.002, 60)), **kw)
+    b = row("pytorch", inference_b1_latency_p50_ms=0.17, inference_b1_times_ms=list(rng.normal(0.17, 0.002, 60)), **kw)
     assert compare.compare_metric(b1, a, b, 0.01, 0.6).verdict == "regression"  # +70%, p tiny
     c = compare.compare_metric(b1, a, b, 0.01, 0.6, min_change_ms=0.2)
     assert c.verdict == "unchanged" and c.floor_ms == 0.2
@@ -247,3 +249,24 @@ def test_the_other_load_limit_scales_with_the_machine() -> None:
     )
     assert analysis.loaded(small) and not analysis.loaded(big)  # 0.9 of a core is 0.7% of 128 cores
     assert analysis.loaded(row("jax", cpu_other_pct=700.0, cpu_count_logical=128))  # 5% of 128 cores is 640%
+
+
+def test_single_runs_confirm_only_what_clears_the_floor_and_never_under_other_load() -> None:
+    """Without repeats, a change under the single-run floor is unconfirmed (two runs of the same code
+    differ that much on a small machine); a 2x slowdown is still a regression; a cell that ran under
+    other load is never a confirmed regression."""
+    rng = np.random.default_rng(4)
+    base = rng.normal(0.010, 0.0002, 300)
+    m, lat = compare.METRICS[0], compare.METRICS[1]
+    a = row("pytorch", sps=3200.0, step_times_s=list(base))
+    drift = compare.compare_metric(m, a, row("pytorch", sps=2240.0, step_times_s=list(base * 1.43)), 0.01, 0.05)
+    assert drift.p < 1e-6 and drift.verdict == "unconfirmed"  # -30%: the rank test is sure, one run is not
+    halved = compare.compare_metric(m, a, row("pytorch", sps=1600.0, step_times_s=list(base * 2.0)), 0.01, 0.05)
+    assert halved.verdict == "regression"  # a 2x slowdown
+    la = row("pytorch", inference_latency_p50_ms=1.0, inference_times_ms=list(rng.normal(1.0, 0.01, 60)))
+    lb = row("pytorch", inference_latency_p50_ms=1.6, inference_times_ms=list(rng.normal(1.6, 0.01, 60)))
+    l2 = row("pytorch", inference_latency_p50_ms=2.0, inference_times_ms=list(rng.normal(2.0, 0.01, 60)))
+    assert compare.compare_metric(lat, la, lb, 0.01, 0.05).verdict == "unconfirmed"  # +60%
+    assert compare.compare_metric(lat, la, l2, 0.01, 0.05).verdict == "regression"  # +100%
+    busy = dict(row("pytorch", sps=1600.0, step_times_s=list(base * 2.0)), cpu_other_pct=180.0, cpu_count_logical=2)
+    assert compare.compare_metric(m, a, busy, 0.01, 0.05).verdict == "unconfirmed"
