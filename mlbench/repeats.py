@@ -12,7 +12,7 @@ from typing import Any
 
 import pyarrow as pa
 
-from mlbench import schema
+from mlbench import rows, schema
 from workers.common import stats
 
 MAX_OF = (
@@ -78,24 +78,11 @@ def combine_one(runs: list[dict[str, Any]]) -> dict[str, Any]:
     row["repeats_latency_cv"] = _cv([r["inference_latency_p50_ms"] for r in ok])
     row["repeats_b1_latency_cv"] = _cv([r["inference_b1_latency_p50_ms"] for r in ok])
     steps = [x for r in ok for x in (r["step_times_s"] or [])]
-    st = stats.summarize(steps)
     bs = row["batch_size"]
     # the pooled steady throughput of every run's timed steps, with the interval of that same figure
     row["samples_per_second"] = bs * len(steps) / sum(steps) if steps and sum(steps) > 0 else None
-    ci = stats.throughput_ci(steps, bs)
-    row.update(
-        step_times_s=steps,
-        step_time_median_s=st["median"],
-        step_time_mean_s=st["mean"],
-        step_time_min_s=st["min"],
-        step_time_max_s=st["max"],
-        step_time_cv=st["cv"],
-        step_time_outliers=st["outliers"],
-        steps_timed=len(steps),
-        samples_per_second_ci_low=ci[0],
-        samples_per_second_ci_high=ci[1],
-    )
-    row["noisy"] = bool((st["cv"] or 0) > stats.NOISE_CV or (row["repeats_cv"] or 0) > stats.NOISE_CV)
+    row.update(rows.step_statistics(steps, bs), step_times_s=steps, steps_timed=len(steps))
+    row["noisy"] = bool((row["step_time_cv"] or 0) > stats.NOISE_CV or (row["repeats_cv"] or 0) > stats.NOISE_CV)
     for prefix in ("inference", "inference_b1"):  # pooled latency samples, at the cell's batch size and at 1
         pooled = [x for r in ok for x in (r[f"{prefix}_times_ms"] or [])]
         if pooled:

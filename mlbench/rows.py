@@ -101,35 +101,28 @@ def _outside_allocator(memory: dict[str, Any], mon: dict[str, Any]) -> float | N
     return max(0.0, own - pool)
 
 
-def build(cell: Cell, run_name: str, outcome: Outcome, head_env: dict[str, Any], repeat: int = 0) -> dict[str, Any]:
-    """The cell's row: every schema column present, null where nothing was measured. The machine's
-    columns come from the host that ran the cell (a Ray node), else the head's record."""
-    env = outcome.host or head_env
-    ev = outcome.events
-    spec = cell.spec
-    hello, model, memory = _last(ev, "hello"), _last(ev, "model"), _last(ev, "memory")
-    steps, result = _last(ev, "steps"), _last(ev, "result")
-    by_batch = {e["batch_size"]: e for e in ev if e["event"] == "inference"}
-    # a data-parallel cell's latency is one replica's, at the batch each replica trained on
-    inference, b1 = by_batch.get(spec.per_device_batch_size, {}), by_batch.get(1, {})
-    parallel = hello.get("data_parallel") or {}
-    num_devices = spec.parsed_device.count
-    epochs = [e for e in ev if e["event"] == "epoch"]
-    ok = outcome.status == "ok"
-    # the worker splits off the configured warm-up; the steady state is then found from the samples
-    steady = stats.steady_throughput(steps.get("warmup_s", []), steps.get("step_s", []), cell.batch_size)
-    start, warm, step_s = steady["start"], steady["warmup"], steady["timed"]
+def step_statistics(step_s: list[float], batch_size: int, ok: bool = True) -> dict[str, Any]:
+    """The timed steps' statistics and the throughput's interval: the same figures for one run's steps
+    (build) and for the pooled steps of a cell's repeats (mlbench/repeats.py)."""
     st = stats.summarize(step_s)
-    # minor page faults per steady-state step: the same steps the throughput is made of (a worker
-    # that does not count them sends none)
-    faults = [*steps.get("warmup_faults", []), *steps.get("step_faults", [])]
-    timed_faults = faults[start:] if len(faults) == len(warm) + len(step_s) else []
-    ci = stats.throughput_ci(step_s, cell.batch_size) if ok else (None, None)
-    mon = outcome.monitor
-    on_gpu = spec.parsed_device.kind == "cuda"
-    worker_rss = memory.get("host_peak_rss_bytes")
-    peak, avg, source = _memory_figures(on_gpu, memory, mon)
-    row: dict[str, Any] = {
+    ci = stats.throughput_ci(step_s, batch_size) if ok else (None, None)
+    return {
+        "samples_per_second_ci_low": ci[0],
+        "samples_per_second_ci_high": ci[1],
+        "step_time_median_s": st["median"],
+        "step_time_mean_s": st["mean"],
+        "step_time_min_s": st["min"],
+        "step_time_max_s": st["max"],
+        "step_time_cv": st["cv"],
+        "step_time_outliers": st["outliers"] if step_s else None,
+        "noisy": st["noisy"],
+    }
+
+
+def _identity(cell: Cell, run_name: str, outcome: Outcome, model: dict[str, Any], repeat: int) -> dict[str, Any]:
+    """What the cell is and how it ended."""
+    spec = cell.spec
+    return {
         "cell_id": cell.cell_id,
         "run_name": run_name,
         "framework": cell.framework,
@@ -137,7 +130,7 @@ def build(cell: Cell, run_name: str, outcome: Outcome, head_env: dict[str, Any],
         "device": cell.device,
         "precision": cell.precision,
         "batch_size": cell.batch_size,
-        "num_devices": num_devices,
+        "num_devices": spec.parsed_device.count,
         "per_device_batch_size": spec.per_device_batch_size,
         "epochs": spec.epochs,
         "seed": spec.seed,
@@ -165,84 +158,130 @@ def build(cell: Cell, run_name: str, outcome: Outcome, head_env: dict[str, Any],
         "model_size_mb": _mb(model.get("size_on_disk_bytes")),
         "model_save_s": model.get("save_s"),
         "model_load_s": model.get("load_s"),
+    }
+
+
+def _training(cell: Cell, ev: list[dict[str, Any]], ok: bool) -> dict[str, Any]:
+    """Throughput, the step statistics, warm-up and compile time, losses and accuracies, FLOPs."""
+    steps, result, model = _last(ev, "steps"), _last(ev, "result"), _last(ev, "model")
+    parallel = _last(ev, "hello").get("data_parallel") or {}
+    epochs = [e for e in ev if e["event"] == "epoch"]
+    last = epochs[-1] if epochs else {}
+    # the worker splits off the configured warm-up; the steady state is then found from the samples
+    steady = stats.steady_throughput(steps.get("warmup_s", []), steps.get("step_s", []), cell.batch_size)
+    start, warm, step_s = steady["start"], steady["warmup"], steady["timed"]
+    sps = steady["samples_per_second"] if ok else None
+    figures = step_statistics(step_s, cell.batch_size, ok)
+    # minor page faults per steady-state step: the same steps the throughput is made of (a worker
+    # that does not count them sends none)
+    faults = [*steps.get("warmup_faults", []), *steps.get("step_faults", [])]
+    timed_faults = faults[start:] if len(faults) == len(warm) + len(step_s) else []
+    first = (warm or step_s or [None])[0]
+    flops = model.get("train_flops_per_sample")
+    return {
         "train_time_per_epoch": (sum(e["train_s"] for e in epochs) / len(epochs)) if epochs else None,
         "total_train_time": sum(e["train_s"] for e in epochs) if epochs else None,
-        "samples_per_second": steady["samples_per_second"] if ok else None,
-        "samples_per_second_ci_low": ci[0],
-        "samples_per_second_ci_high": ci[1],
-        "samples_per_second_per_device": steady["samples_per_second"] / num_devices
-        if (ok and steady["samples_per_second"])
-        else None,
+        "samples_per_second": sps,
+        **figures,
+        "samples_per_second_per_device": sps / cell.spec.parsed_device.count if sps else None,
         "collective": parallel.get("collective"),
         "batchnorm": parallel.get("batchnorm"),
-        "step_time_median_s": st["median"],
-        "step_time_mean_s": st["mean"],
-        "step_time_min_s": st["min"],
-        "step_time_max_s": st["max"],
-        "step_time_cv": st["cv"],
-        "step_time_outliers": st["outliers"] if step_s else None,
         "steps_timed": len(step_s) if steps else None,
         "warmup_steps_detected": start if steps else None,
-        "noisy": st["noisy"],
         "page_faults_per_step": sum(timed_faults) / len(timed_faults) if timed_faults else None,
-        "first_step_s": (warm or step_s or [None])[0],
-        "compile_time_s": ((warm or step_s)[0] - st["median"])
-        if ((warm or step_s) and st["median"] is not None)
+        "first_step_s": first,
+        "compile_time_s": first - figures["step_time_median_s"]
+        if first is not None and figures["step_time_median_s"] is not None
         else None,
         "warmup_time_s": sum(warm) if warm else None,
         "data_wait_s": sum(e.get("data_wait_s") or 0.0 for e in epochs) if epochs else None,
-        "final_train_loss": epochs[-1]["train_loss"] if epochs else None,
-        "final_train_accuracy": result.get("final_train_accuracy", epochs[-1]["train_accuracy"] if epochs else None),
-        "final_val_loss": epochs[-1]["val_loss"] if epochs else None,
-        "final_val_accuracy": result.get("final_val_accuracy", epochs[-1]["val_accuracy"] if epochs else None),
+        "final_train_loss": last.get("train_loss"),
+        "final_train_accuracy": result.get("final_train_accuracy", last.get("train_accuracy")),
+        "final_val_loss": last.get("val_loss"),
+        "final_val_accuracy": result.get("final_val_accuracy", last.get("val_accuracy")),
         "val_correct_bits": result.get("val_correct_bits"),
         "time_to_target_s": result.get("time_to_target_s"),
         "epochs_to_target": result.get("epochs_to_target"),
-        "train_flops_per_sample": model.get("train_flops_per_sample"),
+        "train_flops_per_sample": flops,
         "inference_flops_per_sample": model.get("inference_flops_per_sample"),
-        "achieved_tflops": (steady["samples_per_second"] * model["train_flops_per_sample"] / 1e12)
-        if (ok and steady["samples_per_second"] and model.get("train_flops_per_sample"))
-        else None,
-        "inference_b1_runs": b1.get("runs"),
-        "inference_b1_latency_mean_ms": b1.get("mean_ms"),
-        "inference_b1_latency_p50_ms": b1.get("p50_ms"),
-        "inference_b1_latency_p95_ms": b1.get("p95_ms"),
-        "inference_b1_latency_p99_ms": b1.get("p99_ms"),
-        "inference_batch_size": inference.get("batch_size"),
-        "inference_runs": inference.get("runs"),
-        "inference_latency_mean_ms": inference.get("mean_ms"),
-        "inference_latency_p50_ms": inference.get("p50_ms"),
-        "inference_latency_p95_ms": inference.get("p95_ms"),
-        "inference_latency_p99_ms": inference.get("p99_ms"),
+        "achieved_tflops": sps * flops / 1e12 if sps and flops else None,
+        # nested: every raw sample
+        "epochs_detail": [{k: e.get(k) for k in schema.EPOCH.names} for e in epochs],
+        "step_times_s": step_s,
+        "warmup_times_s": warm,
+    }
+
+
+def _latency(cell: Cell, ev: list[dict[str, Any]]) -> dict[str, Any]:
+    """Inference latency at batch 1 and at the cell's batch (a data-parallel cell's: one replica's, at
+    the batch each replica trained on)."""
+    by_batch = {e["batch_size"]: e for e in ev if e["event"] == "inference"}
+    inference, b1 = by_batch.get(cell.spec.per_device_batch_size, {}), by_batch.get(1, {})
+    out: dict[str, Any] = {"inference_b1_runs": b1.get("runs"), "inference_runs": inference.get("runs")}
+    for prefix, e in (("inference_b1", b1), ("inference", inference)):
+        out.update({f"{prefix}_latency_{q}": e.get(q) for q in ("mean_ms", "p50_ms", "p95_ms", "p99_ms")})
+        out[f"{prefix}_times_ms"] = [float(x) for x in e.get("times_ms", [])]
+    out["inference_batch_size"] = inference.get("batch_size")
+    return out
+
+
+def _memory(cell: Cell, ev: list[dict[str, Any]], mon: dict[str, Any]) -> dict[str, Any]:
+    """Memory: the headline peak and average from one source, every source's own figure, by part."""
+    on_gpu = cell.spec.parsed_device.kind == "cuda"
+    memory = _last(ev, "memory")
+    peak, avg, source = _memory_figures(on_gpu, memory, mon)
+    return {
         "peak_memory_mb": _mb(peak),
         "avg_memory_mb": _mb(avg),
         "memory_source": source if (peak or avg) else None,
         "host_rss_peak_mb": _mb(mon.get("host_rss_peak_bytes")),
         "host_rss_avg_mb": _mb(mon.get("host_rss_avg_bytes")),
-        "worker_max_rss_mb": _mb(worker_rss),
-        **_breakdown(on_gpu, model, memory, _last(ev, "profile")),
+        "worker_max_rss_mb": _mb(memory.get("host_peak_rss_bytes")),
+        **_breakdown(on_gpu, _last(ev, "model"), memory, _last(ev, "profile")),
         "device_peak_allocated_mb": _mb(memory.get("device_peak_bytes")),
         "device_reserved_peak_mb": _mb(memory.get("device_reserved_peak_bytes")),
         "gpu_memory_outside_allocator_mb": _mb(_outside_allocator(memory, mon)),
-        "cpu_util_avg_pct": mon.get("cpu_util_avg_pct"),
-        "cpu_other_pct": mon.get("cpu_other_pct"),
-        "gpu_utilization_pct": mon.get("gpu_utilization_pct"),
-        "gpu_utilization_peak_pct": mon.get("gpu_utilization_peak_pct"),
-        "gpu_memory_used_peak_mb": _mb(mon.get("gpu_memory_used_peak_bytes")),
-        "gpu_memory_used_avg_mb": _mb(mon.get("gpu_memory_used_avg_bytes")),
-        "gpu_process_memory_peak_mb": _mb(mon.get("gpu_process_memory_peak_bytes")),
-        "gpu_process_memory_avg_mb": _mb(mon.get("gpu_process_memory_avg_bytes")),
-        "gpu_power_avg_w": mon.get("gpu_power_avg_w"),
-        "gpu_energy_j": mon.get("gpu_energy_j"),
-        "gpu_utilization_train_pct": mon.get("gpu_utilization_train_pct"),
-        "gpu_power_train_avg_w": mon.get("gpu_power_train_avg_w"),
-        "gpu_energy_train_j": mon.get("gpu_energy_train_j"),
-        "gpu_sm_clock_max_mhz": mon.get("gpu_sm_clock_max_mhz"),
-        "gpu_throttle_reasons": mon.get("gpu_throttle_reasons"),
-        "monitor_samples": mon.get("monitor_samples"),
-        "gpu_memory_before_mb": _mb(mon.get("gpu_memory_before_bytes")),
-        "gpu_memory_after_mb": _mb(mon.get("gpu_memory_after_bytes")),
+    }
+
+
+MONITOR_FIGURES = (  # the outside monitor's figures, stored as it gives them
+    "cpu_util_avg_pct",
+    "cpu_other_pct",
+    "gpu_utilization_pct",
+    "gpu_utilization_peak_pct",
+    "gpu_power_avg_w",
+    "gpu_energy_j",
+    "gpu_utilization_train_pct",
+    "gpu_power_train_avg_w",
+    "gpu_energy_train_j",
+    "gpu_sm_clock_max_mhz",
+    "gpu_throttle_reasons",
+    "monitor_samples",
+)
+MONITOR_BYTES = (  # ... and those it gives in bytes, stored in MiB (`..._bytes` -> `..._mb`)
+    "gpu_memory_used_peak",
+    "gpu_memory_used_avg",
+    "gpu_process_memory_peak",
+    "gpu_process_memory_avg",
+    "gpu_memory_before",
+    "gpu_memory_after",
+)
+
+
+def _monitor(mon: dict[str, Any]) -> dict[str, Any]:
+    return {
+        **{k: mon.get(k) for k in MONITOR_FIGURES},
+        **{f"{k}_mb": _mb(mon.get(f"{k}_bytes")) for k in MONITOR_BYTES},
         "gpu_foreign_processes": json.dumps(mon["gpu_foreign_processes"]) if mon.get("gpu_foreign_processes") else None,
+    }
+
+
+def _environment(
+    cell: Cell, hello: dict[str, Any], outcome: Outcome, env: dict[str, Any], head_env: dict[str, Any]
+) -> dict[str, Any]:
+    """The framework as the worker reported it, and the machine that ran the cell."""
+    limit = getattr(outcome, "memory_limit", None) or {}
+    return {
         "framework_version": hello.get("framework_version"),
         "cuda_version": hello.get("cuda_version"),
         "cudnn_version": None if hello.get("cudnn_version") is None else str(hello.get("cudnn_version")),
@@ -251,27 +290,32 @@ def build(cell: Cell, run_name: str, outcome: Outcome, head_env: dict[str, Any],
         "precision_mode": hello.get("precision_mode"),
         "matmul_precision": hello.get("matmul_precision"),
         "compiler": hello.get("compiler"),
-        "python_version": env["python_version"],
-        "os": env["os"],
-        "cpu_model": env["cpu_model"],
-        "cpu_count_logical": env["cpu_count_logical"],
-        "cpu_count_physical": env["cpu_count_physical"],
+        **{k: env[k] for k in ("python_version", "os", "cpu_model", "cpu_count_logical", "cpu_count_physical")},
         "memory_total_gb": env["memory_total_gb"],
         "gpu_model": environment.gpu_model(env, outcome.physical_device or cell.device),
         "gpu_driver": env.get("gpu_driver"),
         "hostname": env["hostname"],
-        "memory_limit_mb": (getattr(outcome, "memory_limit", None) or {}).get("mb"),
-        "memory_limit_how": (getattr(outcome, "memory_limit", None) or {}).get("how"),
+        "memory_limit_mb": limit.get("mb"),
+        "memory_limit_how": limit.get("how"),
         "executor": outcome.executor,
         "env_flags": json.dumps(outcome.env_flags),
         "mlbench_version": head_env["mlbench_version"],
+    }
+
+
+def build(cell: Cell, run_name: str, outcome: Outcome, head_env: dict[str, Any], repeat: int = 0) -> dict[str, Any]:
+    """The cell's row: every schema column present, null where nothing was measured. The machine's
+    columns come from the host that ran the cell (a Ray node), else the head's record."""
+    ev, mon = outcome.events, outcome.monitor
+    row: dict[str, Any] = {
+        **_identity(cell, run_name, outcome, _last(ev, "model"), repeat),
+        **_training(cell, ev, outcome.status == "ok"),
+        **_latency(cell, ev),
+        **_memory(cell, ev, mon),
+        **_monitor(mon),
+        **_environment(cell, _last(ev, "hello"), outcome, outcome.host or head_env, head_env),
         **{name: None for name in schema.DERIVED},
-        "epochs_detail": [{k: e.get(k) for k in schema.EPOCH.names} for e in epochs],
-        "step_times_s": step_s,
-        "warmup_times_s": warm,
-        "inference_times_ms": [float(x) for x in inference.get("times_ms", [])],
-        "inference_b1_times_ms": [float(x) for x in b1.get("times_ms", [])],
     }
     missing = set(schema.FLAT + schema.NESTED) ^ set(row)
     assert not missing, f"row and schema differ: {sorted(missing)}"
-    return row
+    return {name: row[name] for name in schema.SCHEMA.names}

@@ -39,6 +39,8 @@ MEASURED = {
     "step_time_max_s", "step_time_mean_s", "step_time_median_s", "step_time_min_s", "step_times_s",
     "total_train_time", "train_time_per_epoch", "warmup_time_s", "warmup_times_s", "worker_max_rss_mb",
     "step_time_outliers", "noisy", "warmup_steps_detected", "steps_timed", "samples_per_second_per_device",
+    "step_data_s", "step_forward_s", "step_backward_s", "step_optimizer_s", "step_other_s", "step_profiled_s",
+    "memory_activations_mb", "bottleneck", "bottleneck_evidence",
 }  # fmt: skip
 
 
