@@ -538,7 +538,6 @@ def verify_cmd(
     """Check that every framework builds the same model: structure, weights, outputs, training losses;
     and that each framework's data-parallel training equals its one-device training."""
     from rich.console import Console
-    from rich.table import Table
 
     from mlbench import verify
 
@@ -566,42 +565,7 @@ def verify_cmd(
             )
     except store.RunLocked as exc:
         _fail(str(exc), 1)
-    table = Table(title="mlbench verify (fp32, CPU, same initial weights and global batches)")
-    for col in (
-        "model",
-        "framework",
-        "devices",
-        "vs",
-        "params",
-        "structure",
-        "round trip",
-        "first diverging layer",
-        "logits rel err",
-        "1st update rel err",
-        "SGD loss rel diff",
-        "own-optimizer loss rel diff",
-        "verdict",
-    ):
-        table.add_column(col)
-    for c in checks:
-        table.add_row(
-            c.model,
-            c.framework,
-            c.device,
-            c.reference or "-",
-            f"{c.num_parameters:,}" if c.num_parameters else "-",
-            c.structure or "-",
-            "-" if c.roundtrip_max_abs is None else f"{c.roundtrip_max_abs:.1g}",
-            c.first_diverging_module or "-",
-            "-" if c.logits_rel_err is None else f"{c.logits_rel_err:.1e}",
-            "-" if c.update_rel_err is None else f"{c.update_rel_err:.1e}",
-            "-" if c.loss_rel_diff is None else f"{c.loss_rel_diff:.1e}",
-            "-" if c.recipe_loss_rel_diff is None else f"{c.recipe_loss_rel_diff:.1e}",
-            ("ok" if not c.replica_divergence else f"ok (replicas differ by {c.replica_divergence:.1g})")
-            if c.status == "ok"
-            else f"{c.status}: {c.problems[0]}",
-        )
-    Console(width=200).print(table)
+    Console(width=200).print(verify.table(checks))
     failed = [c for c in checks if c.status != "ok"]
     click.echo(f"{len(checks) - len(failed)} of {len(checks)} checks passed; details: {RunFolder(run_dir).verify}")
     if failed:

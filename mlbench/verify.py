@@ -364,3 +364,51 @@ def load(run_dir: Path) -> list[Check]:
     if not path.is_file():
         return []
     return [Check(**c) for c in json.loads(path.read_text(encoding="utf-8"))]
+
+
+TABLE_COLUMNS = (
+    "model",
+    "framework",
+    "devices",
+    "vs",
+    "params",
+    "structure",
+    "round trip",
+    "first diverging layer",
+    "logits rel err",
+    "1st update rel err",
+    "SGD loss rel diff",
+    "own-optimizer loss rel diff",
+    "verdict",
+)
+
+
+def _e(value: float | None, fmt: str) -> str:
+    return "-" if value is None else format(value, fmt)
+
+
+def table(checks: list[Check]) -> Any:
+    """The checks as the terminal shows them (a rich Table)."""
+    from rich.table import Table
+
+    out = Table(title="mlbench verify (fp32, CPU, same initial weights and global batches)")
+    for col in TABLE_COLUMNS:
+        out.add_column(col)
+    for c in checks:
+        verdict = "ok" if not c.replica_divergence else f"ok (replicas differ by {c.replica_divergence:.1g})"
+        out.add_row(
+            c.model,
+            c.framework,
+            c.device,
+            c.reference or "-",
+            f"{c.num_parameters:,}" if c.num_parameters else "-",
+            c.structure or "-",
+            _e(c.roundtrip_max_abs, ".1g"),
+            c.first_diverging_module or "-",
+            _e(c.logits_rel_err, ".1e"),
+            _e(c.update_rel_err, ".1e"),
+            _e(c.loss_rel_diff, ".1e"),
+            _e(c.recipe_loss_rel_diff, ".1e"),
+            verdict if c.status == "ok" else f"{c.status}: {c.problems[0]}",
+        )
+    return out
