@@ -301,6 +301,149 @@ def _classify(
     return "crashed", f"exited with status {exit_code} without a result{last_line}"
 
 
+def _spawn(
+    argv: list[str], env: dict[str, str], limit: memlimit.MemoryLimit | None, interval_s: float
+) -> tuple[subprocess.Popen[bytes], memlimit.MemoryLimit | None]:
+    """Start the worker in a process group of its own (and the cell's memory cgroup, where it has one);
+    where it cannot join the cgroup, the limit falls back to the monitor's RSS watchdog."""
+
+    def spawn() -> subprocess.Popen[bytes]:
+        return subprocess.Popen(
+            argv,
+            stdin=subprocess.DEVNULL,
+            stdout=subprocess.PIPE,
+            stderr=subprocess.PIPE,
+            env=env,
+            start_new_session=True,
+            preexec_fn=_preexec(limit),
+        )
+
+    try:
+        return spawn(), limit
+    except subprocess.SubprocessError as exc:  # the worker could not join the cgroup before exec
+        if limit is None or limit.cgroup is None:
+            raise
+        limit.remove()
+        limit = memlimit.watchdog(limit.mb, interval_s, f"joining {limit.cgroup} failed: {exc}")
+        return spawn(), limit
+    except BaseException:
+        if limit is not None:
+            limit.remove()
+        raise
+
+
+@dataclass
+class _Reading:
+    """What was read from a worker's stdout, and how the reading ended."""
+
+    events: list[dict[str, Any]] = field(default_factory=list)
+    logs: list[str] = field(default_factory=list)
+    n_logs: int = 0
+    exit_code: int | None = None
+    exited_at: float = 0.0
+    killed_for: str | None = None  # timeout | idle | memory
+
+    def keep_log(self, text: str) -> None:
+        self.n_logs += 1
+        self.logs.append(text)
+        if len(self.logs) > MAX_KEPT_LOGS:  # keep the first half and a sliding tail
+            del self.logs[MAX_KEPT_LOGS // 2]
+
+    def line(self, value: bytes, monitor: Monitor, on_event: Callable[[dict[str, Any]], None] | None) -> None:
+        """One stdout line: an event (checked against the protocol), else kept as a log line."""
+        text = value.decode("utf-8", "replace").rstrip("\n")
+        try:
+            event = protocol.parse_line(text)
+        except protocol.ProtocolError as exc:
+            self.keep_log(f"[stdout, {exc}] {text[:1000]}")
+            return
+        if event["event"] == "phase":
+            monitor.mark(event["state"])
+        elif event["event"] == "log":
+            self.keep_log(f"[{event.get('level', 'info')}] {event['message'][:1000]}")
+        elif event["event"] != "progress" and len(self.events) < MAX_KEPT_EVENTS:
+            self.events.append(event)
+        if on_event is not None:
+            on_event(event)
+
+    def final_logs(self) -> list[str]:
+        if self.n_logs > len(self.logs):
+            self.logs.insert(MAX_KEPT_LOGS // 2, f"[mlbench] {self.n_logs - len(self.logs)} log lines cut")
+        return self.logs
+
+
+def _read(
+    proc: subprocess.Popen[bytes],
+    q: queue.Queue[tuple[str, Any]],
+    reading: _Reading,
+    stream_log: BoundedLog,
+    monitor: Monitor,
+    limits: tuple[float, float, float],
+    on_event: Callable[[dict[str, Any]], None] | None,
+) -> None:
+    """Read the worker's stdout until it has exited and its stream ended; stop it at the timeout or
+    when it goes idle (`limits`: its start, the wall-clock and the idle timeout). A child that outlives
+    the worker and holds the pipe gets ORPHAN_GRACE_S, then its group is killed and reading stops."""
+    t0, timeout_s, idle_timeout_s = limits
+    eof = False
+    drain_until: float | None = None  # once set: stop waiting for the streams at this instant
+    deadline, idle_deadline = t0 + timeout_s, t0 + idle_timeout_s
+    while not (eof and reading.exit_code is not None):
+        now = time.monotonic()
+        if drain_until is not None:
+            wait = drain_until - now
+        elif reading.exit_code is not None:  # exited; a child of it may still hold stdout open
+            wait = reading.exited_at + ORPHAN_GRACE_S - now
+        else:
+            wait = min(deadline, idle_deadline) - now
+        try:
+            kind, value = q.get(timeout=max(0.0, wait))
+        except queue.Empty:
+            if drain_until is not None:
+                break  # a process outside the group holds the pipe: stop reading it
+            if reading.exit_code is None:
+                reading.killed_for = "timeout" if time.monotonic() >= deadline else "idle"
+                _terminate(proc, dump=True)
+            else:
+                _signal_group(proc.pid, signal.SIGKILL)  # children of the exited worker
+            drain_until = time.monotonic() + ORPHAN_GRACE_S
+            continue
+        if kind == "cancel":
+            raise KeyboardInterrupt
+        if kind == "exit":
+            reading.exit_code, reading.exited_at = value, time.monotonic()
+        elif kind == "eof":
+            eof = True
+        elif kind == "long":
+            reading.keep_log(f"[mlbench] a stdout line of {value} bytes was cut (limit {protocol.MAX_LINE_BYTES})")
+        else:
+            stream_log.write(value)
+            idle_deadline = time.monotonic() + idle_timeout_s
+            reading.line(value, monitor, on_event)
+
+
+def _enforced(
+    monitor: Monitor,
+    limit: memlimit.MemoryLimit | None,
+    oom_kills: int | None,
+    exit_code: int | None,
+    interval_s: float,
+) -> str | None:
+    """What enforcing the cell's memory limit did to it, if anything (the RSS watchdog's kill, the
+    kernel's OOM killer in the cell's cgroup)."""
+    if monitor.over_limit_rss is not None:
+        return (
+            f"the process tree's RSS reached {monitor.over_limit_rss / 2**20:.0f} MB at a"
+            f" {interval_s:g} s sample; process group killed"
+        )
+    if oom_kills:
+        return "killed by the kernel's OOM killer" + (f" ({oom_kills} processes of the cell)" if oom_kills > 1 else "")
+    if limit is not None and oom_kills is None and limit.hit_limit() and exit_code == -signal.SIGKILL:
+        # a kernel before 4.13 has no oom_kill counter: SIGKILL with usage at the limit is the OOM killer
+        return "killed by SIGKILL with memory use at the limit (the kernel's OOM killer; it keeps no count here)"
+    return None
+
+
 def run_cell(
     cell: Cell,
     run_dir: Path,
@@ -324,7 +467,8 @@ def run_cell(
     to run it on, where an executor chose them (a Ray task's), else those the cell names.
     `memory_limit_mb`: the worker's whole process tree runs under that much memory (host memory; a
     memory cgroup of the cell's own where possible, else the monitor's RSS watchdog, mlbench/memlimit.py);
-    going over it is `oom`."""
+    going over it is `oom`. (Long: the one place a worker starts, and everything that must happen
+    around it in order; each stage is a function of its own above.)"""
     folder = RunFolder(run_dir)
     folder.logs.mkdir(parents=True, exist_ok=True)
     threads = resolved_threads(threads)
@@ -342,32 +486,8 @@ def run_cell(
     gpu_before = gpu_memory_used_bytes(nvml)
     limit = memlimit.make(memory_limit_mb, monitor_interval_s) if memory_limit_mb is not None else None
     started_at, t0 = time.time(), time.monotonic()
-    spawned_at = time.monotonic()
     env = worker_env(cell, threads, folder.cache, gpus)
-
-    def spawn() -> subprocess.Popen[bytes]:
-        return subprocess.Popen(
-            argv,
-            stdin=subprocess.DEVNULL,
-            stdout=subprocess.PIPE,
-            stderr=subprocess.PIPE,
-            env=env,
-            start_new_session=True,
-            preexec_fn=_preexec(limit),
-        )
-
-    try:
-        proc = spawn()
-    except subprocess.SubprocessError as exc:  # the worker could not join the cgroup before exec
-        if limit is None or limit.cgroup is None:
-            raise
-        limit.remove()
-        limit = memlimit.watchdog(limit.mb, monitor_interval_s, f"joining {limit.cgroup} failed: {exc}")
-        proc = spawn()
-    except BaseException:
-        if limit is not None:
-            limit.remove()
-        raise
+    proc, limit = _spawn(argv, env, limit, monitor_interval_s)
     STARTED_GROUPS.add(proc.pid)  # the worker leads its own process group
     if on_start is not None:
         on_start(proc.pid)
@@ -383,69 +503,9 @@ def run_cell(
     ]
     for t in threads_:
         t.start()
-    events: list[dict[str, Any]] = []
-    logs: list[str] = []
-    n_logs = 0
-    exit_code: int | None = None
-    eof = False
-    killed_for: str | None = None
-    exited_at = 0.0
-    drain_until: float | None = None  # once set: stop waiting for the streams at this instant
-    deadline, idle_deadline = t0 + timeout_s, t0 + idle_timeout_s
-
-    def keep_log(text: str) -> None:
-        nonlocal n_logs
-        n_logs += 1
-        logs.append(text)
-        if len(logs) > MAX_KEPT_LOGS:  # keep the first half and a sliding tail
-            del logs[MAX_KEPT_LOGS // 2]
-
+    reading = _Reading()
     try:
-        while not (eof and exit_code is not None):
-            now = time.monotonic()
-            if drain_until is not None:
-                wait = drain_until - now
-            elif exit_code is not None:  # exited; a child of it may still hold stdout open
-                wait = exited_at + ORPHAN_GRACE_S - now
-            else:
-                wait = min(deadline, idle_deadline) - now
-            try:
-                kind, value = q.get(timeout=max(0.0, wait))
-            except queue.Empty:
-                if drain_until is not None:
-                    break  # a process outside the group holds the pipe: stop reading it
-                if exit_code is None:
-                    killed_for = "timeout" if time.monotonic() >= deadline else "idle"
-                    _terminate(proc, dump=True)
-                else:
-                    _signal_group(proc.pid, signal.SIGKILL)  # children of the exited worker
-                drain_until = time.monotonic() + ORPHAN_GRACE_S
-                continue
-            if kind == "cancel":
-                raise KeyboardInterrupt
-            if kind == "exit":
-                exit_code, exited_at = value, time.monotonic()
-            elif kind == "eof":
-                eof = True
-            elif kind == "long":
-                keep_log(f"[mlbench] a stdout line of {value} bytes was cut (limit {protocol.MAX_LINE_BYTES})")
-            else:
-                stream_log.write(value)
-                idle_deadline = time.monotonic() + idle_timeout_s
-                text = value.decode("utf-8", "replace").rstrip("\n")
-                try:
-                    event = protocol.parse_line(text)
-                except protocol.ProtocolError as exc:
-                    keep_log(f"[stdout, {exc}] {text[:1000]}")
-                    continue
-                if event["event"] == "phase":
-                    monitor.mark(event["state"])
-                elif event["event"] == "log":
-                    keep_log(f"[{event.get('level', 'info')}] {event['message'][:1000]}")
-                elif event["event"] != "progress" and len(events) < MAX_KEPT_EVENTS:
-                    events.append(event)
-                if on_event is not None:
-                    on_event(event)
+        _read(proc, q, reading, stream_log, monitor, (t0, timeout_s, idle_timeout_s), on_event)
     except KeyboardInterrupt:
         _terminate(proc, dump=False)
         raise Interrupted(cell.cell_id) from None
@@ -469,29 +529,16 @@ def run_cell(
         gpu_memory_after_bytes=gpu_memory_used_bytes(nvml),
         gpu_foreign_processes=foreign or None,
     )
-    oom_kills = monitor_summary.get("oom_kills") or 0
-    if n_logs > len(logs):
-        logs.insert(MAX_KEPT_LOGS // 2, f"[mlbench] {n_logs - len(logs)} log lines cut")
     tail = stderr_log.tail_text()
-    enforced = None  # what enforcing the memory limit did
+    exit_code = reading.exit_code
+    enforced = _enforced(monitor, limit, cell_oom_kills, exit_code, monitor_interval_s)
     if monitor.over_limit_rss is not None:
-        killed_for = "memory"
-        enforced = (
-            f"the process tree's RSS reached {monitor.over_limit_rss / 2**20:.0f} MB at a"
-            f" {monitor_interval_s:g} s sample; process group killed"
-        )
-    elif cell_oom_kills:
-        enforced = "killed by the kernel's OOM killer" + (
-            f" ({cell_oom_kills} processes of the cell)" if cell_oom_kills > 1 else ""
-        )
-    elif limit is not None and cell_oom_kills is None and limit.hit_limit() and exit_code == -signal.SIGKILL:
-        # a kernel before 4.13 has no oom_kill counter: SIGKILL with usage at the limit is the OOM killer
-        enforced = "killed by SIGKILL with memory use at the limit (the kernel's OOM killer; it keeps no count here)"
+        reading.killed_for = "memory"
     status, reason = classify(
         exit_code if exit_code is not None else proc.poll(),
-        events,
-        killed_for,
-        oom_kills,
+        reading.events,
+        reading.killed_for,
+        monitor_summary.get("oom_kills") or 0,
         tail,
         (timeout_s, idle_timeout_s),
         memory=(limit, enforced) if limit is not None else None,
@@ -501,13 +548,13 @@ def run_cell(
         reason=reason,
         exit_code=exit_code,
         duration_s=time.monotonic() - t0,
-        events=events,
-        logs=logs,
+        events=reading.events,
+        logs=reading.final_logs(),
         stderr_tail=tail,
         monitor=monitor_summary,
         started_at=started_at,
-        killed_for=killed_for,
-        worker_wall_s=(exited_at - spawned_at) if exit_code is not None else None,
+        killed_for=reading.killed_for,
+        worker_wall_s=(reading.exited_at - t0) if exit_code is not None else None,
         env_flags=recorded_flags(env),
         physical_device=physical,
         memory_limit=memory_record,
