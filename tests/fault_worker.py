@@ -110,10 +110,10 @@ def main() -> int:
             time.sleep(0.2)
     elif mode == "notinstalled":  # the framework package is missing: the cell is skipped
         sys.modules["torch"] = None  # makes `import torch` raise ImportError
-        from workers.common import harness
+        from workers.common import harness, registry
 
         return harness.run(
-            lambda c: harness.import_backend("workers.pytorch_worker.backend", "TorchBackend")(c),
+            lambda c: registry.backend_class("pytorch")(c),
             {**cell, "data_dir": "unused"},
             em,
         )

@@ -7,13 +7,13 @@ import sys
 import time
 
 from workers.common.cli import main
-from workers.common.harness import import_backend
+from workers.common.registry import backend_class
 
 DELAY_S = 0.020  # a ~3 ms MLP step becomes ~23 ms, most of it waiting for the batch
 
 
 def _load(cell):
-    backend = import_backend("workers.pytorch_worker.backend", "TorchBackend")(cell)
+    backend = backend_class("pytorch")(cell)
     inputs = backend._inputs
 
     def slow_inputs(x, y=None):

@@ -7,13 +7,13 @@ import sys
 import time
 
 from workers.common.cli import main
-from workers.common.harness import import_backend
+from workers.common.registry import backend_class
 
 DELAY_S = 0.040  # a 5 ms MLP step becomes 45 ms (-89%): far outside this machine's run-to-run drift
 
 
 def _load(cell):
-    backend = import_backend("workers.pytorch_worker.backend", "TorchBackend")(cell)
+    backend = backend_class("pytorch")(cell)
     launch_step, predict = backend.launch_step, backend.predict
 
     def slow_launch_step(x, y):

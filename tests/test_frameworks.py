@@ -11,7 +11,7 @@ import yaml
 
 from mlbench import parity
 from tests.conftest import cli, suite_dict
-from workers.common import specs
+from workers.common import registry, specs
 from workers.common.weights import initial_weights
 
 TINY = {
@@ -21,17 +21,13 @@ TINY = {
 CELL = {"device": "cpu", "precision": "fp32", "seed": 0, "compile": False, "threads": None}
 
 
+def _class(framework: str):
+    pytest.importorskip({"pytorch": "torch"}.get(framework, framework))
+    return registry.backend_class(framework)
+
+
 def _backend(framework: str):
-    if framework == "pytorch":
-        pytest.importorskip("torch")
-        from workers.pytorch_worker.backend import TorchBackend as B
-    elif framework == "tensorflow":
-        pytest.importorskip("tensorflow")
-        from workers.tensorflow_worker.backend import TFBackend as B
-    else:
-        pytest.importorskip("jax")
-        from workers.jax_worker.backend import JaxBackend as B
-    return B(dict(CELL))
+    return _class(framework)(dict(CELL))
 
 
 @pytest.mark.parametrize("framework", ["pytorch", "tensorflow", "jax"])
@@ -55,11 +51,7 @@ def test_a_gpu_the_framework_cannot_see_is_a_missing_device(framework: str) -> N
     """Not Unsupported (skipped): the orchestrator starts a GPU cell only where NVML sees the GPU."""
     from workers.common.harness import DeviceMissing
 
-    _backend(framework)  # skips when the framework is not installed
-    if framework == "tensorflow":
-        from workers.tensorflow_worker.backend import TFBackend as B
-    else:
-        from workers.jax_worker.backend import JaxBackend as B
+    B = _class(framework)  # skips when the framework is not installed
     try:
         B({**CELL, "device": "cuda:7"})
     except DeviceMissing as exc:
@@ -295,8 +287,7 @@ def test_fp32_is_true_ieee_fp32_set_explicitly_and_reported(framework: str) -> N
 def test_tf32_on_a_cpu_is_unsupported(framework: str) -> None:
     from workers.common.harness import Unsupported
 
-    _backend(framework)  # skips when the framework is not installed
-    B = type(_backend(framework))
+    B = _class(framework)  # skips when the framework is not installed
     with pytest.raises(Unsupported, match="tf32 is a tensor-core mode of NVIDIA GPUs"):
         B({**CELL, "precision": "tf32"})
 
@@ -335,8 +326,7 @@ def test_fp16_loss_scaling_starts_alike_in_every_framework(framework: str) -> No
     """Keras' default first scale is 2**15, PyTorch's 2**16: all three start at the same one."""
     from workers.common.precision import FP16_INITIAL_SCALE
 
-    B = type(_backend(framework))
-    backend = B({**CELL, "precision": "fp16"})
+    backend = _class(framework)({**CELL, "precision": "fp16"})
     backend.build(specs.get_spec("mlp"), initial_weights(specs.get_spec("mlp"), 0))
     if framework == "pytorch":
         assert backend.scaler.get_scale() == FP16_INITIAL_SCALE and backend.scaler.get_growth_interval() == 2000
@@ -365,8 +355,7 @@ def _updates_made(backend) -> int:
 def test_a_skipped_fp16_step_does_not_advance_the_schedule(framework: str) -> None:
     """Gradients that overflow fp16 skip the update and halve the scale; the learning-rate schedule
     counts updates made, in all three (PyTorch's scheduler used to step anyway)."""
-    B = type(_backend(framework))
-    backend = B({**CELL, "precision": "fp16"})
+    backend = _class(framework)({**CELL, "precision": "fp16"})
     spec = specs.get_spec("mlp")
     backend.build(spec, initial_weights(spec, 0))
     x = np.random.default_rng(0).standard_normal((8, spec.in_features)).astype(np.float32)
@@ -441,3 +430,13 @@ def test_jax_reports_the_cuda_and_cudnn_its_plugin_loaded(monkeypatch: pytest.Mo
     loaded = types.SimpleNamespace(cuda_runtime_get_version=lambda: 12090, cudnn_get_version=lambda: 92800)
     monkeypatch.setattr(jaxlib_info, "cuda_versions", loaded)
     assert backend.cuda_versions() == {"cuda_version": "12.9", "cudnn_version": "9.28.0"}
+
+
+def test_the_registry_holds_every_built_in_framework() -> None:
+    from mlbench.config import BUILTIN_WORKERS
+
+    assert set(registry.BACKENDS) == set(BUILTIN_WORKERS)
+    for framework, (module, _) in registry.BACKENDS.items():
+        assert module == f"{BUILTIN_WORKERS[framework]}.backend"
+    with pytest.raises(ValueError, match="unknown framework 'mxnet'"):
+        registry.backend_class("mxnet")

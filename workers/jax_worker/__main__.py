@@ -6,7 +6,7 @@ import sys
 from workers.common import threads
 from workers.common.cli import main
 from workers.common.devices import Device
-from workers.common.harness import import_backend
+from workers.common.registry import backend_class
 
 
 def _cpu_replicas(n: int, threads: int | None) -> None:
@@ -29,7 +29,7 @@ def _load(cell):
     device = Device.parse(cell["device"])
     if device.kind == "cpu" and device.data_parallel:
         _cpu_replicas(device.count, cell.get("threads"))
-    return import_backend("workers.jax_worker.backend", "JaxBackend")(cell)
+    return backend_class("jax")(cell)
 
 
 if __name__ == "__main__":

@@ -3,11 +3,11 @@
 import sys
 
 from workers.common.cli import main
-from workers.common.harness import import_backend
+from workers.common.registry import backend_class
 
 
 def _load(cell):
-    return import_backend("workers.pytorch_worker.backend", "TorchBackend")(cell)
+    return backend_class("pytorch")(cell)
 
 
 if __name__ == "__main__":

@@ -4,13 +4,13 @@ import os
 import sys
 
 from workers.common.cli import main
-from workers.common.harness import import_backend
+from workers.common.registry import backend_class
 
 
 def _load(cell):
     os.environ.setdefault("KERAS_BACKEND", "tensorflow")
     os.environ.setdefault("TF_CPP_MIN_LOG_LEVEL", "1")
-    return import_backend("workers.tensorflow_worker.backend", "TFBackend")(cell)
+    return backend_class("tensorflow")(cell)
 
 
 if __name__ == "__main__":
