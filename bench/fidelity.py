@@ -1,18 +1,24 @@
-"""Fidelity benchmark: mlbench's throughput against an expert's hand-written loop, and the cost of
-the orchestrator itself.
+"""Fidelity benchmark: mlbench's throughput against independent references and outside tools, and
+the cost of the orchestrator itself.
 
 For each framework and model, the same cell runs through `python -m mlbench run` and through
-`bench.handwritten`, alternating which goes first, for several rounds on this machine. It prints
-the geometric mean of the rounds' paired ratios (mlbench samples/s over hand-written samples/s;
-1.0 means mlbench's measurement costs nothing) with its 95% interval and a verdict against the
-target, the orchestrator's overhead per cell (the cell's wall time through the orchestrator minus
-the worker's own) and the orchestrator's peak memory. With `--inprocess` it also runs
+`bench.handwritten` (an expert's loop over the framework's independent reference model,
+`bench.references`), in rotating order, for several rounds on this machine; for PyTorch, the same
+rounds also time the reference with PyTorch's own `torch.utils.benchmark.Timer` (a training step,
+inference at batch 1 and at the cell's batch) and, for BERT, train Hugging Face's BERT of the same size
+(`bench.peers`). It prints the geometric mean of the rounds' paired ratios (mlbench samples/s over the
+reference's; 1.0 means the worker's model and mlbench's measurement cost nothing against an
+independent implementation) with its 95% interval and a verdict against the target, the same for each
+peer, the pooled ratio per framework, the orchestrator's overhead per cell (the cell's wall time
+through the orchestrator minus the worker's own) and the orchestrator's peak memory. `--profile`
+traces one case's worker and reference steps with the framework's profiler and lists the operations
+each step's time goes to (`bench.step_profile`). With `--inprocess` it also runs
 `bench.inprocess`: the harness's loop against the hand-written one in one process, in alternating
 blocks, which isolates the cost of the measurement code from process-to-process noise, in several
 processes, beside a control (the hand-written loop against a second instance of itself).
 
     python -m bench.fidelity [--rounds 3] [--frameworks pytorch,jax] [--models mlp] [--inprocess]
-        [--processes 3] [--blocks 8] [--threads 1]
+        [--processes 3] [--blocks 8] [--threads 1] [--no-peers] [--profile] [--mlbench-tree DIR]
     python -m bench.fidelity --report runs/bench/fidelity.json [more.json]  # earlier runs, pooled
 """
 
@@ -52,6 +58,11 @@ TARGET = 0.97
 # in one process (`--inprocess`): model: (batch size, steps per timed block), blocks of a few seconds
 INPROCESS = {"mlp": (256, 150), "resnet18": (64, 3), "bert": (32, 4)}
 Case = tuple[str, str]
+# what the hand-written side of a file's pairs ran: the independent references (`bench.references`)
+# since #23; before, loops over the workers' own models and optimizer builders (a file without the key)
+REFERENCE = "independent"
+# the fidelity cells' inference settings: enough runs for a median to set beside the Timer peer's
+INFERENCE = {"warmup": 3, "runs": 30, "min_runs": 5, "max_s": 2}
 
 
 # the bench compares CPU loops: on a GPU host, TensorFlow and JAX would otherwise place the hand-written
@@ -94,10 +105,25 @@ def run_handwritten(framework: str, model: str, malloc: str, threads: int) -> fl
     return json.loads(out.stdout.strip().splitlines()[-1])["samples_per_second"]
 
 
-def run_mlbench(framework: str, model: str, runs_dir: Path, malloc: str, threads: int) -> dict[str, float]:
+def _tree_supports(tree: Path, key: str) -> bool:
+    """Whether the mlbench checkout at `tree` knows the suite key `key` (an older one refuses unknown keys)."""
+    return f"    {key}:" in (tree / "mlbench" / "config.py").read_text()
+
+
+def run_mlbench(
+    framework: str,
+    model: str,
+    runs_dir: Path,
+    malloc: str,
+    threads: int,
+    tree: Path = ROOT,
+    profile: bool = False,
+) -> dict[str, Any]:
+    """One cell through `python -m mlbench run` of the checkout at `tree` (this one, or another for a
+    before/after measurement of a worker change); with `profile`, the cell keeps a profiler trace."""
     bs, steps = CASES[model]
-    name = f"fidelity-{framework}-{model}"
-    suite = {
+    name = f"fidelity-{framework}-{model}" + ("-profile" if profile else "")
+    suite: dict[str, Any] = {
         "name": name,
         "frameworks": [framework],
         "models": [model],
@@ -105,24 +131,41 @@ def run_mlbench(framework: str, model: str, runs_dir: Path, malloc: str, threads
         "epochs": 1,
         "dataset": {"name": "synthetic", "train_samples": bs * (WARMUP + steps), "val_samples": bs},
         "warmup_steps": WARMUP,
-        "inference": {"warmup": 1, "runs": 3, "min_runs": 1, "max_s": 1},
+        "inference": INFERENCE,
         "calibrate": False,
         "malloc": malloc,
         "threads": threads,
     }
+    if _tree_supports(tree, "profile_steps"):
+        # the step-time breakdown's extra steps after the timed window: only where a profile is asked for
+        suite["profile_steps"] = 5 if profile else 0
+        suite["profile"] = profile
+    elif profile:
+        raise SystemExit(f"--profile: the mlbench at {tree} keeps no profiler traces")
     path = runs_dir / f"{name}.yaml"
     path.write_text(yaml.safe_dump(suite))
+    env = {
+        **os.environ,
+        "PYTHONPATH": os.pathsep.join([str(tree), os.environ.get("PYTHONPATH", "")]).rstrip(os.pathsep),
+    }
     t0 = time.perf_counter()
     subprocess.run(
         [sys.executable, "-m", "mlbench", "run", str(path), "--runs-dir", str(runs_dir)],
-        cwd=ROOT,
+        cwd=tree,
+        env=env,
         capture_output=True,
         text=True,
         check=True,
     )
     wall = time.perf_counter() - t0
     folder = RunFolder(runs_dir / name)
-    row = pq.read_table(folder.results, columns=["samples_per_second", "warmup_times_s", "step_times_s"]).to_pylist()[0]
+    figures = ["step_time_median_s", "inference_latency_p50_ms", "inference_b1_latency_p50_ms"]
+    if profile:
+        figures += ["profile_trace", *(f"step_{p}_s" for p in ("data", "forward", "backward", "optimizer", "other"))]
+        figures += ["step_profiled_s"]
+    row = pq.read_table(
+        folder.results, columns=["samples_per_second", "warmup_times_s", "step_times_s", *figures]
+    ).to_pylist()[0]
     # mlbench's figure starts where its step samples settle (at least WARMUP steps in); the hand-written
     # loop times every step after WARMUP. Over the same steps, the two differ only by what the
     # measurement code costs; the reported figure may also leave out slow steps the loop counts.
@@ -141,7 +184,52 @@ def run_mlbench(framework: str, model: str, runs_dir: Path, malloc: str, threads
         # the orchestrator's own CPU (monitor, event reading, progress) as a share of one core while
         # the worker ran: on a small machine the worker competes with it
         "orchestrator_cpu_pct": 100 * cell["orchestrator_cpu_s"] / cell["worker_wall_s"],
+        # beside the Timer peer's figures: the worker's median training step and p50 inference latencies
+        "step_time_median_s": row["step_time_median_s"],
+        "inference_p50_ms": row["inference_latency_p50_ms"],
+        "inference_b1_p50_ms": row["inference_b1_latency_p50_ms"],
+        **({k: row[k] for k in figures[3:]} | {"run_folder": str(folder.root)} if profile else {}),
     }
+
+
+# --- outside tools as peers (bench/peers.py) --------------------------------------------------------
+
+
+def peers_of(case: Case) -> list[str]:
+    """The outside tools that can time a case: PyTorch's Timer on every PyTorch cell, and transformers'
+    BERT beside PyTorch's BERT."""
+    fw, model = case
+    if fw != "pytorch":
+        return []
+    return ["timer", "hf-bert"] if model == "bert" else ["timer"]
+
+
+def run_peer(peer: str, model: str, malloc: str, threads: int) -> dict[str, Any]:
+    bs, steps = CASES[model]
+    args = ["--model", model, "--batch-size", str(bs), "--threads", str(threads)]
+    args += ["--warmup", str(WARMUP), "--steps", str(steps)]
+    out = subprocess.run(
+        [sys.executable, "-m", "bench.peers", peer, *args],
+        cwd=ROOT,
+        env=process_env(malloc),
+        capture_output=True,
+        text=True,
+        check=True,
+    )
+    return json.loads(out.stdout.strip().splitlines()[-1])
+
+
+def peer_ratios(ours: dict[str, Any], peer: dict[str, Any]) -> dict[str, float]:
+    """One round's ratios of mlbench's figures over an outside tool's, as speeds (above 1: mlbench's
+    figure is the faster): the Timer's medians against the worker's median step and p50 latencies,
+    transformers' BERT against the worker's throughput."""
+    if peer["peer"].startswith("torch.utils.benchmark"):
+        return {
+            "timer train step": peer["train_step"]["median_s"] / ours["step_time_median_s"],
+            "timer inference b1": 1e3 * peer["inference_b1"]["median_s"] / ours["inference_b1_p50_ms"],
+            "timer inference": 1e3 * peer["inference"]["median_s"] / ours["inference_p50_ms"],
+        }
+    return {"transformers bert": ours["samples_per_second"] / peer["samples_per_second"]}
 
 
 def geometric_mean(ratios: list[float]) -> float:
@@ -164,10 +252,17 @@ def paired_estimate(ratios: list[float]) -> dict[str, Any]:
     return {"pairs": n, "geometric_mean": float(np.exp(mean)), "ci95": [lo, hi], "verdict": verdict}
 
 
-def summarize(hand: dict[Case, list[float]], ours: dict[Case, list[dict[str, float]]]) -> list[dict[str, Any]]:
+def summarize(
+    hand: dict[Case, list[float]],
+    ours: dict[Case, list[dict[str, float]]],
+    peers: dict[Case, dict[str, list[float]]] | None = None,
+) -> list[dict[str, Any]]:
+    """Per case: the paired ratios of mlbench over the reference with their estimate, the same over the
+    same steps, and each peer's paired ratios (`peers`: case -> peer figure -> one ratio a round)."""
     results = []
     for (fw, model), h in hand.items():
         o = ours[(fw, model)]
+        case_peers = (peers or {}).get((fw, model), {})
         cpu = [x["orchestrator_cpu_pct"] for x in o if x.get("orchestrator_cpu_pct") is not None]
         # each round's pair ran back to back: their ratio cancels the machine's slow drift, so the
         # paired ratios are what the verdict rests on; the ratio of medians is kept beside it
@@ -192,6 +287,7 @@ def summarize(hand: dict[Case, list[float]], ours: dict[Case, list[dict[str, flo
                 "orchestrator_max_rss_mb": max(x["orchestrator_max_rss_mb"] for x in o),
                 # None for runs made before it was measured
                 "orchestrator_cpu_pct": statistics.median(cpu) if cpu else None,
+                "peers": {name: {"paired_ratios": r, **paired_estimate(r)} for name, r in case_peers.items() if r},
             }
         )
     return results
@@ -217,6 +313,18 @@ def pooled(results: list[dict[str, Any]]) -> dict[str, Any]:
         **boot([p for r in results for p in r["paired_ratios"]]),
         "same_steps": None if None in same else boot([p for s in same for p in s["paired_ratios"]]),
     }
+
+
+def by_framework(results: list[dict[str, Any]]) -> dict[str, dict[str, Any]]:
+    """Each framework's pairs pooled over its models (the issue's criterion: at least TARGET per
+    framework), with the bootstrap interval of `pooled` and a verdict."""
+    out = {}
+    for fw in dict.fromkeys(r["framework"] for r in results):
+        p = pooled([r for r in results if r["framework"] == fw])
+        lo, hi = p["ci95"]
+        p["verdict"] = f"at least {TARGET}" if lo >= TARGET else f"below {TARGET}" if hi < TARGET else "not resolved"
+        out[fw] = p
+    return out
 
 
 def process_estimate(per_process: list[list[float]]) -> dict[str, Any]:
@@ -291,19 +399,94 @@ def run_inprocess(cases: list[Case], blocks: int, processes: int, malloc: str, t
     return results
 
 
+# --- one step profiled, worker and reference (bench/step_profile.py) ----------------------------------
+
+
+def run_profile(case: Case, runs_dir: Path, malloc: str, threads: int, tree: Path = ROOT) -> dict[str, Any]:
+    """A case's worker step (mlbench's own `profile: true`: the cell's step-time breakdown and a trace of
+    three real steps) and its reference step (`bench.step_profile`), each trace read into its top
+    operations per step."""
+    from bench import step_profile
+
+    fw, model = case
+    worker = run_mlbench(fw, model, runs_dir, malloc, threads, tree, profile=True)
+    trace = Path(worker["run_folder"]) / worker["profile_trace"] if worker.get("profile_trace") else None
+    bs = CASES[model][0]
+    out = runs_dir / "profiles" / f"{fw}-{model}-reference"
+    proc = subprocess.run(
+        [
+            sys.executable,
+            "-m",
+            "bench.step_profile",
+            "--framework",
+            fw,
+            "--model",
+            model,
+            "--batch-size",
+            str(bs),
+            "--threads",
+            str(threads),
+            "--out",
+            str(out),
+        ],
+        cwd=ROOT,
+        env=process_env(malloc),
+        capture_output=True,
+        text=True,
+        check=True,
+    )
+    parts = {p: worker.get(f"step_{p}_s") for p in ("data", "forward", "backward", "optimizer", "other")}
+    return {
+        "framework": fw,
+        "model": model,
+        "batch_size": bs,
+        "worker": {
+            "samples_per_second": worker["samples_per_second"],
+            "step_time_median_s": worker["step_time_median_s"],
+            "step_parts_s": parts,
+            "step_profiled_s": worker.get("step_profiled_s"),
+            **(step_profile.top_ops(trace, step_profile.TRACED) if trace else {"trace": None}),
+        },
+        "reference": json.loads(proc.stdout.strip().splitlines()[-1]),
+    }
+
+
+def print_profiles(profiles: list[dict[str, Any]]) -> None:
+    for p in profiles:
+        w, r = p["worker"], p["reference"]
+        parts = ", ".join(f"{k} {1e3 * v:.1f}" for k, v in w["step_parts_s"].items() if v is not None)
+        print(
+            f"\nProfile: {p['framework']} {p['model']} (batch {p['batch_size']}): the worker's median step "
+            f"{1e3 * w['step_time_median_s']:.1f} ms, its parts (ms, profiled steps): {parts or '-'}\n"
+            f"  traces: worker {w.get('trace')}, reference {r.get('trace')}\n"
+            f"  {'operation (self time per step, ms)':<64} {'worker':>8} {'reference':>9}"
+        )
+        wt, rt = dict(w.get("top_ms_per_step", [])), dict(r.get("top_ms_per_step", []))
+        for name in list(dict.fromkeys([*wt, *rt])):
+            a, b = wt.get(name), rt.get(name)
+            print(f"  {name[:64]:<64} {'-' if a is None else f'{a:.2f}':>8} {'-' if b is None else f'{b:.2f}':>9}")
+        if w.get("total_ms_per_step") is not None:
+            print(f"  {'all traced events':<64} {w['total_ms_per_step']:>8.2f} {r['total_ms_per_step']:>9.2f}")
+
+
 def load_reports(paths: list[Path]) -> tuple[list[dict[str, Any]], list[dict[str, Any]], str, int | None]:
     """The results of earlier runs' files, every file's pairs pooled per case (runs made under the
     same settings only), with the in-process results of each; and the settings (malloc, threads)."""
     hand: dict[Case, list[float]] = {}
     ours: dict[Case, list[dict[str, Any]]] = {}
+    peers: dict[Case, dict[str, list[float]]] = {}
     inproc, settings = [], {}
     for path in paths:
         saved = json.loads(path.read_text())
         # files from before the settings: the machine's malloc; the physical cores in mlbench's workers
         # and each framework's default in the hand-written loops
-        settings[path.name] = (saved.get("malloc", "system"), saved.get("threads"))
+        # and what the hand-written side ran: pairs against the workers' own models do not pool with
+        # pairs against the independent references
+        settings[path.name] = (saved.get("malloc", "system"), saved.get("threads"), saved.get("reference", "workers"))
         for c in saved["cases"]:
             case = (c["framework"], c["model"])
+            for name, peer in (c.get("peers") or {}).items():
+                peers.setdefault(case, {}).setdefault(name, []).extend(peer["paired_ratios"])
             same = (c.get("same_steps") or {}).get("mlbench") or [None] * len(c["mlbench"])
             hand.setdefault(case, []).extend(c["handwritten"])
             ours.setdefault(case, []).extend(
@@ -321,9 +504,11 @@ def load_reports(paths: list[Path]) -> tuple[list[dict[str, Any]], list[dict[str
                 r["processes"] = [r.pop("blocks")]
             inproc.append({**r, **inprocess_estimates(r)})
     if len(set(settings.values())) > 1:
-        raise SystemExit(f"--report: pairs pool only under the same (malloc, threads); these files differ: {settings}")
-    malloc, threads = next(iter(settings.values()))
-    return summarize(hand, ours) if hand else [], inproc, malloc, threads
+        raise SystemExit(
+            f"--report: pairs pool only under the same (malloc, threads, reference); these files differ: {settings}"
+        )
+    malloc, threads, _ = next(iter(settings.values()))
+    return summarize(hand, ours, peers) if hand else [], inproc, malloc, threads
 
 
 def _pct(v: float | None) -> str:
@@ -347,8 +532,9 @@ def print_report(
     print(f"\nglibc malloc in every process: {malloc}; intra-op threads: {threads_}")
     if results:
         print(
-            f"\nWhole runs: `python -m mlbench run` against `python -m bench.handwritten`, back to back\n"
-            f"{'framework':<11} {'model':<9} {'batch':>5} {'pairs':>5} {'hand s/s':>10} {'mlbench s/s':>12} "
+            f"\nWhole runs: `python -m mlbench run` against `python -m bench.handwritten` (the independent reference), "
+            f"back to back\n"
+            f"{'framework':<11} {'model':<9} {'batch':>5} {'pairs':>5} {'ref s/s':>10} {'mlbench s/s':>12} "
             f"{'ratio':>6} {'95% CI':>11} {'verdict':<16} {'same steps':>10} {'95% CI':>11} {'verdict':<16} "
             f"{'overhead s':>10} {'run s':>6} {'orch. MiB':>9} {'orch. CPU':>9}"
         )
@@ -372,6 +558,24 @@ def print_report(
                 else f"; over the same steps {same['geometric_mean']:.3f} ({same['ci95'][0]:.3f}-{same['ci95'][1]:.3f})"
             )
         )
+        print(f"\nper framework, every model's pairs pooled (bootstrap 95% CI), against the target {TARGET}:")
+        for fw, p in by_framework(results).items():
+            print(
+                f"  {fw:<11} {p['paired_ratios']:>3} pairs  {p['geometric_mean']:.3f} "
+                f"({p['ci95'][0]:.3f}-{p['ci95'][1]:.3f})  {p['verdict']}"
+            )
+        peer_rows = [(r, name, e) for r in results for name, e in (r.get("peers") or {}).items()]
+        if peer_rows:
+            print(
+                "\nOutside tools, the same rounds: mlbench's figure over the tool's, as speeds (above 1: mlbench faster)\n"
+                f"{'framework':<11} {'model':<9} {'batch':>5} {'peer':<20} {'pairs':>5} {'ratio':>6} {'95% CI':>11} "
+                f"{'verdict':<16}"
+            )
+            for r, name, e in peer_rows:
+                print(
+                    f"{r['framework']:<11} {r['model']:<9} {r['batch_size']:>5} {name:<20} {e['pairs']:>5} "
+                    f"{e['geometric_mean']:>6.3f} {_ci(e):>11} {e['verdict']:<16}"
+                )
     if inproc:
         print(
             f"\nIn one process: the harness's training loop against the hand-written one, blocks in rotation\n"
@@ -387,8 +591,11 @@ def print_report(
                 f"{'-' if c is None else _ci(c):>11}"
             )
     print(
-        "\nratio: geometric mean of the paired ratios (mlbench samples/s over hand-written, each pair run back "
-        "to back), with its Student-t 95% interval;\nsame steps: mlbench's throughput over the steps the "
+        "\nratio: geometric mean of the paired ratios (mlbench samples/s over the independent reference's hand-written "
+        "loop, each pair run back to back), with its Student-t 95% interval;\npeers: timer = "
+        "torch.utils.benchmark.Timer.blocked_autorange on the PyTorch reference (a training step against mlbench's "
+        "median step; inference against its p50 latencies),\ntransformers bert = Hugging Face's BertForSequenceClassification "
+        "of the spec's size trained as the hand-written loop (against mlbench's samples/s);\nsame steps: mlbench's throughput over the steps the "
         f"hand-written loop times (all after the first {WARMUP}), where the reported figure starts where the "
         f"step times settle;\nverdict: against the target {TARGET}, `not resolved` where the interval spans it "
         "(more rounds narrow it);\nin one process: against the geometric mean of the two hand-written "
@@ -427,6 +634,20 @@ def main() -> None:
         metavar="FIDELITY_JSON",
         help="print the report of earlier runs and stop; several files' pairs are pooled per case",
     )
+    p.add_argument("--no-peers", action="store_true", help="leave out the outside tools (Timer, transformers' BERT)")
+    p.add_argument(
+        "--profile",
+        action="store_true",
+        help="after the rounds, trace each case's worker step and reference step with the framework's profiler "
+        "(traces under RUNS_DIR/profiles/) and list the operations each step's time goes to",
+    )
+    p.add_argument(
+        "--mlbench-tree",
+        default=str(ROOT),
+        metavar="DIR",
+        help="run mlbench's side from this checkout (a git worktree of an older commit: a worker change measured "
+        "before and after against the same reference)",
+    )
     a = p.parse_args()
     if a.report:
         paths = [Path(x) for x in a.report]
@@ -437,29 +658,50 @@ def main() -> None:
     runs_dir = Path(a.runs_dir)
     runs_dir.mkdir(parents=True, exist_ok=True)
     cases = [(fw, m) for fw in a.frameworks.split(",") for m in a.models.split(",")]
+    tree = Path(a.mlbench_tree).resolve()
     hand: dict[Case, list[float]] = {c: [] for c in cases}
-    ours: dict[Case, list[dict[str, float]]] = {c: [] for c in cases}
+    ours: dict[Case, list[dict[str, Any]]] = {c: [] for c in cases}
+    peers: dict[Case, dict[str, list[float]]] = {c: {} for c in cases}
     for r in range(a.rounds * max(EXTRA_ROUNDS.values())):
-        # interleaved: every case once per round, the order of the pair alternating
+        # interleaved: every case once per round; within a case the reference, mlbench and the case's
+        # peers in an order rotated each round (with two: alternating), so none always runs first
         for case in [c for c in cases if r < a.rounds * EXTRA_ROUNDS.get(c[1], 1)]:
-            for which in ("hand", "mlbench") if r % 2 == 0 else ("mlbench", "hand"):
+            items = ["hand", "mlbench", *([] if a.no_peers else peers_of(case))]
+            done: dict[str, Any] = {}
+            for which in items[r % len(items) :] + items[: r % len(items)]:
                 if which == "hand":
-                    hand[case].append(run_handwritten(*case, a.malloc, threads))
+                    done[which] = run_handwritten(*case, a.malloc, threads)
+                elif which == "mlbench":
+                    done[which] = run_mlbench(*case, runs_dir, a.malloc, threads, tree)
                 else:
-                    ours[case].append(run_mlbench(*case, runs_dir, a.malloc, threads))
-            print(
-                f"round {r + 1} {case[0]} {case[1]}: hand {hand[case][-1]:.1f}, "
-                f"mlbench {ours[case][-1]['samples_per_second']:.1f} samples/s",
-                file=sys.stderr,
-                flush=True,
-            )
-    results = summarize(hand, ours) if a.rounds > 0 else []
+                    done[which] = run_peer(which, case[1], a.malloc, threads)
+            hand[case].append(done["hand"])
+            ours[case].append(done["mlbench"])
+            line = f"round {r + 1} {case[0]} {case[1]}: ref {done['hand']:.1f}, mlbench {done['mlbench']['samples_per_second']:.1f} samples/s"
+            for peer in items[2:]:
+                for name, ratio in peer_ratios(done["mlbench"], done[peer]).items():
+                    peers[case].setdefault(name, []).append(ratio)
+                    line += f"; {name} {ratio:.3f}"
+            print(line, file=sys.stderr, flush=True)
+    results = summarize(hand, ours, peers) if a.rounds > 0 else []
     overall = pooled(results) if results else {}
     inproc = run_inprocess(cases, a.blocks, a.processes, a.malloc, threads) if a.inprocess else []
+    profiles = [run_profile(case, runs_dir, a.malloc, threads, tree) for case in cases] if a.profile else []
     out = runs_dir / "fidelity.json"
-    record = {"malloc": a.malloc, "threads": threads, "cases": results, "overall": overall, "inprocess": inproc}
+    record = {
+        "reference": REFERENCE,
+        "mlbench_tree": str(tree),
+        "malloc": a.malloc,
+        "threads": threads,
+        "cases": results,
+        "overall": overall,
+        "by_framework": by_framework(results) if results else {},
+        "inprocess": inproc,
+        "profiles": profiles,
+    }
     out.write_text(json.dumps(record, indent=1))
     print_report(results, overall, inproc, [out], a.malloc, threads)
+    print_profiles(profiles)
 
 
 if __name__ == "__main__":

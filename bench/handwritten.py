@@ -1,10 +1,12 @@
-"""Idiomatic hand-written training loops, one per framework, as an expert would time them.
+"""Idiomatic hand-written training loops, one per framework, over the independent references.
 
-Same model (the workers' definitions, the same canonical initial weights), the same optimizer and
-learning-rate schedule (the workers' own builders), the same number of distinct batches as the
-cell's steps; no harness: batches prepared up front as device arrays, no per-step host read-back,
-one device sync at the end of the timed steps; JAX's state donated to its step. Prints one JSON
-line: {"samples_per_second": ...}.
+Each loop trains its framework's reference model (`bench.references`: written apart from the
+workers, loaded with the same canonical initial weights, checked to give the worker's logits) with
+the spec's optimizer and learning-rate schedule as the reference writes them, on as many distinct
+batches as the cell's steps; no harness: batches prepared up front as device arrays, no per-step host
+read-back, one device sync at the end of the timed steps; JAX's state donated to its step. Nothing
+here imports a worker, so a model or optimizer written slowly in a worker shows as a ratio below 1.
+Prints one JSON line: {"samples_per_second": ...}.
 
     python -m bench.handwritten --framework jax --model resnet18 --batch-size 64 --steps 20 [--threads 1]
 """
@@ -65,14 +67,12 @@ def torch_loop(model: str, bs: int, total_steps: int, distinct: int) -> Block:
     import torch
     import torch.nn.functional as F
 
-    from workers.pytorch_worker import models
-    from workers.pytorch_worker.backend import make_optimizer
+    from bench.references import torch_models as ref
 
     spec = with_total_steps(get_spec(model), total_steps)
-    net = models.build(spec)
-    models.load_canonical(net, initial_weights(spec, 0))
-    opt = make_optimizer(net.parameters(), spec.optimizer)  # torch.optim.SGD or AdamW, as the worker's
-    sched = torch.optim.lr_scheduler.LambdaLR(opt, spec.optimizer.lr_factor)
+    net = ref.build(spec)
+    ref.load_canonical(net, spec, initial_weights(spec, 0))
+    opt, sched = ref.optimizer(net, spec.optimizer)  # torch.optim.SGD or AdamW, and a LambdaLR
     host = batches(model, bs, distinct, "NCHW")
     data_ = [
         (torch.from_numpy(x).long() if x.dtype == np.int32 else torch.from_numpy(x), torch.from_numpy(y).long())
@@ -96,15 +96,13 @@ def tf_loop(model: str, bs: int, total_steps: int, distinct: int) -> Block:
     import keras
     import tensorflow as tf
 
-    from workers.tensorflow_worker import models
-    from workers.tensorflow_worker.backend import make_optimizer
+    from bench.references import keras_models as ref
 
     spec = with_total_steps(get_spec(model), total_steps)
-    net = models.build(spec)
-    models.load_canonical(net, spec, initial_weights(spec, 0))
-    o = spec.optimizer
-    opt = make_optimizer(o)  # Keras SGD, or AdamW with PyTorch's epsilon: the same math as the others
-    l2 = o.weight_decay if o.name == "sgd" else 0.0
+    net = ref.build(spec)
+    ref.load_canonical(net, spec, initial_weights(spec, 0))
+    opt = ref.optimizer(spec.optimizer)  # PyTorch's SGD or AdamW arithmetic, as Keras optimizers
+    opt.build(net.trainable_variables)
     loss_fn = keras.losses.SparseCategoricalCrossentropy(from_logits=True)
     data_ = [(tf.constant(x), tf.constant(y)) for x, y in batches(model, bs, distinct, "NHWC")]
 
@@ -112,34 +110,29 @@ def tf_loop(model: str, bs: int, total_steps: int, distinct: int) -> Block:
     def step(x: tf.Tensor, y: tf.Tensor) -> tf.Tensor:
         with tf.GradientTape() as tape:
             loss = loss_fn(y, net(x, training=True))
-            if l2:
-                loss += 0.5 * l2 * tf.add_n([tf.reduce_sum(tf.square(v)) for v in net.trainable_variables])
         grads = tape.gradient(loss, net.trainable_variables)
         # dense embedding gradients: every row's moments move, as in PyTorch's AdamW (the lazy sparse
         # update Keras does by default is different math, and cheaper)
         grads = [tf.convert_to_tensor(g) if isinstance(g, tf.IndexedSlices) else g for g in grads]
-        opt.apply_gradients(zip(grads, net.trainable_variables))
+        opt.apply(grads, net.trainable_variables)  # SGD's coupled weight decay is in its update
         return loss
 
     return blocks(step, data_, lambda loss: loss.numpy())
 
 
 def jax_loop(model: str, bs: int, total_steps: int, distinct: int) -> Block:
-    import flax
     import jax
     import jax.numpy as jnp
     import optax
 
-    from workers.jax_worker import models
-    from workers.jax_worker.backend import make_optimizer
+    from bench.references import flax_models as ref
 
     spec = with_total_steps(get_spec(model), total_steps)
-    net = models.build(spec)
+    net = ref.build(spec)
     host = batches(model, bs, distinct, "NHWC")
-    like = jax.eval_shape(lambda: net.init(jax.random.PRNGKey(0), jnp.asarray(host[0][0][:1]), train=False))
-    variables = models.from_canonical(spec, initial_weights(spec, 0), flax.core.unfreeze(like))
+    variables = ref.load_canonical(net, spec, initial_weights(spec, 0), jnp.asarray(host[0][0][:1]))
     params, stats = variables["params"], variables.get("batch_stats", {})
-    tx = make_optimizer(spec.optimizer)
+    tx = ref.optimizer(spec.optimizer)
     opt_state = tx.init(params)
     data_ = [(jnp.asarray(x), jnp.asarray(y)) for x, y in host]
 

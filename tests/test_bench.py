@@ -5,6 +5,7 @@ from __future__ import annotations
 import collections
 import json
 import math
+from pathlib import Path
 
 import pytest
 
@@ -217,3 +218,131 @@ def test_gpu_smoke_names_what_failed() -> None:
     assert any("MFU 1.3" in p for p in bad) and any("gpu_energy_j missing" in p for p in bad)
     assert any("power x time 1050 J" in p for p in bad) and any("saw 2 GPUs" in p for p in bad)
     assert any("failed (boom)" in p for p in bad) and any("not oom" in p for p in bad)
+
+
+# --- independent references, outside tools, profiles ---------------------------------------------
+
+
+def test_the_references_and_the_loops_never_import_a_worker() -> None:
+    """The references are the workers' independent peers: they may read workers.common (the specs, the
+    canonical weights, the data) but no worker's models, backends or optimizer builders."""
+    import ast
+
+    bench = fidelity.ROOT / "bench"
+    files = [bench / "handwritten.py", bench / "peers.py", bench / "step_profile.py", *bench.glob("references/*.py")]
+    for path in files:
+        for node in ast.walk(ast.parse(path.read_text())):
+            names = [a.name for a in node.names] if isinstance(node, ast.Import) else []
+            if isinstance(node, ast.ImportFrom):
+                names = [node.module or ""] + [f"{node.module}.{a.name}" for a in node.names]
+            bad = [n for n in names if n.startswith("workers.") and not n.startswith("workers.common")]
+            assert not bad, f"{path.name} imports {bad}"
+
+
+def test_peer_ratios_are_speeds_mlbench_over_the_tool() -> None:
+    ours = {
+        "samples_per_second": 120.0,
+        "step_time_median_s": 0.5,
+        "inference_p50_ms": 40.0,
+        "inference_b1_p50_ms": 4.0,
+    }
+    timer = {
+        "peer": "torch.utils.benchmark.Timer.blocked_autorange",
+        "train_step": {"median_s": 0.55},  # the Timer's step is slower: mlbench 1.1x as fast
+        "inference_b1": {"median_s": 0.004},
+        "inference": {"median_s": 0.036},
+    }
+    r = fidelity.peer_ratios(ours, timer)
+    assert r == pytest.approx({"timer train step": 1.1, "timer inference b1": 1.0, "timer inference": 0.9})
+    hf = {"peer": "transformers.BertForSequenceClassification", "samples_per_second": 100.0}
+    assert fidelity.peer_ratios(ours, hf) == pytest.approx({"transformers bert": 1.2})
+    assert fidelity.peers_of(("pytorch", "bert")) == ["timer", "hf-bert"]
+    assert fidelity.peers_of(("pytorch", "mlp")) == ["timer"] and fidelity.peers_of(("jax", "bert")) == []
+
+
+def _runs(sps: list[float]) -> list[dict[str, float]]:
+    return [
+        {"samples_per_second": s, "overhead_s": 0.01, "run_overhead_s": 1.0, "orchestrator_max_rss_mb": 200.0}
+        for s in sps
+    ]
+
+
+def test_summary_has_each_peers_estimate_and_each_framework_pooled() -> None:
+    hand = {("pytorch", "mlp"): [100.0, 100.0], ("pytorch", "bert"): [10.0, 10.0], ("jax", "mlp"): [100.0, 100.0]}
+    ours = {("pytorch", "mlp"): _runs([99.0, 101.0]), ("pytorch", "bert"): _runs([9.0, 9.0])}
+    ours[("jax", "mlp")] = _runs([100.0, 100.0])
+    peers = {("pytorch", "mlp"): {"timer train step": [1.0, 1.02]}}
+    results = fidelity.summarize(hand, ours, peers)
+    by_case = {(r["framework"], r["model"]): r for r in results}
+    timer = by_case[("pytorch", "mlp")]["peers"]["timer train step"]
+    assert timer["pairs"] == 2 and timer["geometric_mean"] == pytest.approx(math.sqrt(1.02))
+    assert by_case[("jax", "mlp")]["peers"] == {}
+    fw = fidelity.by_framework(results)
+    # pytorch: pairs 0.99, 1.01, 0.9, 0.9 pooled; jax: 1.0, 1.0
+    assert fw["pytorch"]["paired_ratios"] == 4
+    assert fw["pytorch"]["geometric_mean"] == pytest.approx((0.99 * 1.01 * 0.9 * 0.9) ** 0.25)
+    assert fw["jax"]["geometric_mean"] == pytest.approx(1.0) and fw["jax"]["verdict"] == "at least 0.97"
+
+
+def test_report_pools_peers_and_keeps_references_apart(tmp_path) -> None:
+    def saved(name: str, reference: str | None, timer: list[float]) -> Path:
+        cases = fidelity.summarize(
+            {("pytorch", "mlp"): [100.0] * len(timer)},
+            {("pytorch", "mlp"): _runs([100.0] * len(timer))},
+            {("pytorch", "mlp"): {"timer train step": timer}},
+        )
+        record = {"malloc": "steady", "threads": 2, "cases": cases, "overall": {}, "inprocess": []}
+        if reference:
+            record["reference"] = reference
+        (tmp_path / name).write_text(json.dumps(record))
+        return tmp_path / name
+
+    a, b = saved("a.json", "independent", [1.0, 1.1]), saved("b.json", "independent", [0.9])
+    (r,) = fidelity.load_reports([a, b])[0]
+    assert r["peers"]["timer train step"]["paired_ratios"] == pytest.approx([1.0, 1.1, 0.9])
+    # pairs against the workers' own models (files from before the references) do not pool with these
+    old = saved("old.json", None, [1.0])
+    with pytest.raises(SystemExit, match="reference"):
+        fidelity.load_reports([a, old])
+
+
+def test_self_times_subtract_nested_events_per_thread() -> None:
+    from bench.step_profile import self_times
+
+    # thread 1: A [0, 10) holds B [2, 5) which holds C [3, 4); D [10, 12) after; thread 2: A [0, 3)
+    events = [(1, 0.0, 10.0, "A"), (1, 2.0, 3.0, "B"), (1, 3.0, 1.0, "C"), (1, 10.0, 2.0, "D"), (2, 0.0, 3.0, "A")]
+    assert self_times(events) == pytest.approx({"A": 7.0 + 3.0, "B": 2.0, "C": 1.0, "D": 2.0})
+
+
+def test_top_ops_of_a_chrome_trace(tmp_path) -> None:
+    from bench.step_profile import top_ops
+
+    trace = {
+        "traceEvents": [
+            {"ph": "X", "cat": "cpu_op", "name": "aten::linear", "pid": 1, "tid": 1, "ts": 0, "dur": 3000},
+            {"ph": "X", "cat": "cpu_op", "name": "aten::addmm", "pid": 1, "tid": 1, "ts": 500, "dur": 2000},
+            {"ph": "X", "cat": "python_function", "name": "forward", "pid": 1, "tid": 1, "ts": 0, "dur": 9000},
+        ]
+    }
+    (tmp_path / "trace.json").write_text(json.dumps(trace))
+    r = top_ops(tmp_path / "trace.json", steps=2)
+    # Python frames are left out of a torch trace; per step: addmm 1 ms, linear's own 0.5 ms
+    assert r["top_ms_per_step"] == [["aten::addmm", 1.0], ["aten::linear", 0.5]]
+    assert r["total_ms_per_step"] == pytest.approx(1.5)
+
+
+@pytest.mark.e2e
+def test_the_pytorch_peers_time_a_step_and_inference() -> None:
+    pytest.importorskip("torch")
+    from bench import peers
+
+    out = peers.timer("mlp", 8, 1, min_run_s=0.05)
+    for figure in ("train_step", "inference_b1", "inference"):
+        assert out[figure]["median_s"] > 0 and out[figure]["runs"] >= 1
+    pytest.importorskip("transformers")
+    hf = peers.hf_bert(2, warmup=1, steps=1)
+    assert hf["samples_per_second"] > 0 and hf["attn_implementation"] == "sdpa"
+    # the spec's sizes: the canonical count plus the token-type embedding (1 x 256) transformers always has
+    from workers.common.specs import get_spec, num_parameters
+
+    assert hf["parameters"] == num_parameters(get_spec("bert")) + 256
