@@ -63,6 +63,24 @@ THROTTLE_REASONS = {  # NVML's clock throttle reason bits (the idle bit left out
 }
 
 
+# what the GPU sampler's summary holds, None where nothing measured it (rows.py stores each)
+GPU_FIGURES = (
+    "gpu_utilization_pct",
+    "gpu_utilization_peak_pct",
+    "gpu_memory_used_peak_bytes",
+    "gpu_memory_used_avg_bytes",
+    "gpu_process_memory_peak_bytes",
+    "gpu_process_memory_avg_bytes",
+    "gpu_power_avg_w",
+    "gpu_energy_j",
+    "gpu_utilization_train_pct",
+    "gpu_power_train_avg_w",
+    "gpu_energy_train_j",
+    "gpu_sm_clock_max_mhz",
+    "gpu_throttle_reasons",
+)
+
+
 def throttle_names(bits: int | None) -> str | None:
     """The throttle reasons a bit mask names ("" when none but idle; None when never read)."""
     if bits is None:
@@ -360,22 +378,7 @@ class Monitor:
             own_pct = 100.0 * (_own_cpu_s() - self._own0) / max(time.monotonic() - self._host0[0], 1e-9)
             out["cpu_other_pct"] = max(0.0, host_busy - out["cpu_util_avg_pct"] - own_pct)
         gpu = self.gpu.summary() if self.gpu is not None else {}
-        for key in (
-            "gpu_utilization_pct",
-            "gpu_utilization_peak_pct",
-            "gpu_memory_used_peak_bytes",
-            "gpu_memory_used_avg_bytes",
-            "gpu_process_memory_peak_bytes",
-            "gpu_process_memory_avg_bytes",
-            "gpu_power_avg_w",
-            "gpu_energy_j",
-            "gpu_utilization_train_pct",
-            "gpu_power_train_avg_w",
-            "gpu_energy_train_j",
-            "gpu_sm_clock_max_mhz",
-            "gpu_throttle_reasons",
-        ):
-            out[key] = gpu.get(key)
+        out.update({key: gpu.get(key) for key in GPU_FIGURES})
         out["gpu_monitor_error"] = self.gpu_error
         # kills by the kernel's OOM killer in any cgroup the worker's tree was seen in, during the cell
         out["oom_kills"] = sum(max(0, (oom_kill_count(g) or 0) - n) for g, n in self.oom_baseline.items())

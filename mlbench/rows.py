@@ -9,6 +9,7 @@ from typing import Any
 
 from mlbench import bottleneck, environment, schema
 from mlbench.cells import Cell
+from mlbench.monitor import GPU_FIGURES
 from mlbench.runner import Outcome
 from workers.common import stats
 
@@ -244,25 +245,15 @@ def _memory(cell: Cell, ev: list[dict[str, Any]], mon: dict[str, Any]) -> dict[s
     }
 
 
-MONITOR_FIGURES = (  # the outside monitor's figures, stored as it gives them
+# the outside monitor's figures, stored as it gives them, and those it gives in bytes stored in MiB
+MONITOR_FIGURES = (
     "cpu_util_avg_pct",
     "cpu_other_pct",
-    "gpu_utilization_pct",
-    "gpu_utilization_peak_pct",
-    "gpu_power_avg_w",
-    "gpu_energy_j",
-    "gpu_utilization_train_pct",
-    "gpu_power_train_avg_w",
-    "gpu_energy_train_j",
-    "gpu_sm_clock_max_mhz",
-    "gpu_throttle_reasons",
     "monitor_samples",
+    *(k for k in GPU_FIGURES if not k.endswith("_bytes")),
 )
-MONITOR_BYTES = (  # ... and those it gives in bytes, stored in MiB (`..._bytes` -> `..._mb`)
-    "gpu_memory_used_peak",
-    "gpu_memory_used_avg",
-    "gpu_process_memory_peak",
-    "gpu_process_memory_avg",
+MONITOR_BYTES = (
+    *(k.removesuffix("_bytes") for k in GPU_FIGURES if k.endswith("_bytes")),
     "gpu_memory_before",
     "gpu_memory_after",
 )
