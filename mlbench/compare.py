@@ -309,43 +309,36 @@ def compare_metric(
     return Change(label(rb), m, a * scale, b * scale, rel, p, threshold, verdict, floor_ms)
 
 
-def compare_runs(
-    run_a: Path, run_b: Path, alpha: float = 0.01, min_change: float = 0.05, min_change_ms: float = 0.0
-) -> Comparison:
-    rows_a, env_a = load_run(run_a)
-    rows_b, env_b = load_run(run_b)
-    ok_a = {match_key(r): r for r in rows_a if r["status"] == "ok"}
-    ok_b = {match_key(r): r for r in rows_b if r["status"] == "ok"}
-    changes = []
-    matched = [k for k in ok_b if k in ok_a]
-    for key, rb in ok_b.items():
-        ra = ok_a.get(key)
-        if ra is None:
-            continue
-        for m in METRICS:
-            c = compare_metric(m, ra, rb, alpha, min_change, min_change_ms)
-            if c is not None:
-                changes.append(c)
-    env_diff = {k: (env_a.get(k), env_b.get(k)) for k in ENV_KEYS if env_a.get(k) != env_b.get(k)}
+def environment_differences(
+    rows_a: list[Row], rows_b: list[Row], env_a: dict[str, Any], env_b: dict[str, Any]
+) -> dict[str, tuple[Any, Any]]:
+    """What differs between the two runs' machines and software, listed beside the figures."""
+    diff = {k: (env_a.get(k), env_b.get(k)) for k in ENV_KEYS if env_a.get(k) != env_b.get(k)}
     for var in MALLOC_FLAGS:  # the workers' malloc moves step times (see the `malloc` setting)
         va, vb = (
             ", ".join(sorted({json.loads(r.get("env_flags") or "{}").get(var) or "unset" for r in rows}))
             for rows in (rows_a, rows_b)
         )
         if va != vb:
-            env_diff[var] = (va, vb)
+            diff[var] = (va, vb)
     for column in ROW_ENV_KEYS:  # where the cells ran (a Ray run's cells run on its nodes, not the head)
         va, vb = (", ".join(sorted({str(r.get(column) or "unknown") for r in rows})) for rows in (rows_a, rows_b))
         if va != vb:
-            env_diff[f"cells' {column}"] = (va, vb)
+            diff[f"cells' {column}"] = (va, vb)
     fa, fb = env_a.get("frameworks") or {}, env_b.get("frameworks") or {}
     for fw in sorted(set(fa) | set(fb)):
         if fa.get(fw) != fb.get(fw):
-            env_diff[f"{fw} version"] = (fa.get(fw), fb.get(fw))
+            diff[f"{fw} version"] = (fa.get(fw), fb.get(fw))
+    return diff
+
+
+def notes_on(runs: tuple[Path, Path], rows_a: list[Row], ok_a: dict[str, Row], ok_b: dict[str, Row]) -> list[str]:
+    """What a reader should know before trusting the verdicts: missing raw samples, changed workers,
+    single runs, cells under other load."""
     notes = [
         f"{path}: no raw step times (a results.json): its throughput and latency changes are judged on their "
         "size alone, without the rank test"
-        for path, ok in ((run_a, ok_a), (run_b, ok_b))
+        for path, ok in zip(runs, (ok_a, ok_b))
         if ok and not any(len(r.get("step_times_s") or []) for r in ok.values())
     ]
     workers_a = {match_key(r): r["worker_module"] for r in rows_a}
@@ -361,21 +354,37 @@ def compare_runs(
             "small machine; use repeats: 3 on both for a verdict on smaller changes"
         )
     for key, rb in ok_b.items():
-        ra = ok_a.get(key)
-        for name, r in (("A", ra), ("B", rb)):
+        for name, r in (("A", ok_a.get(key)), ("B", rb)):
             if r is not None and loaded(r):
                 notes.append(
                     f"{label(r)} in {name}: other processes used {r['cpu_other_pct']:.0f}% of a core during the cell; "
                     "its timings are suspect"
                 )
+    return notes
+
+
+def compare_runs(
+    run_a: Path, run_b: Path, alpha: float = 0.01, min_change: float = 0.05, min_change_ms: float = 0.0
+) -> Comparison:
+    rows_a, env_a = load_run(run_a)
+    rows_b, env_b = load_run(run_b)
+    ok_a = {match_key(r): r for r in rows_a if r["status"] == "ok"}
+    ok_b = {match_key(r): r for r in rows_b if r["status"] == "ok"}
+    matched = [k for k in ok_b if k in ok_a]
+    changes = [
+        c
+        for key in matched
+        for m in METRICS
+        if (c := compare_metric(m, ok_a[key], ok_b[key], alpha, min_change, min_change_ms)) is not None
+    ]
     return Comparison(
         run_a,
         run_b,
         changes,
         only_a=[label(r) for k, r in ok_a.items() if k not in ok_b],
         only_b=[label(r) for k, r in ok_b.items() if k not in ok_a],
-        env_diff=env_diff,
-        notes=notes,
+        env_diff=environment_differences(rows_a, rows_b, env_a, env_b),
+        notes=notes_on((run_a, run_b), rows_a, ok_a, ok_b),
         matched=len(matched),
     )
 
