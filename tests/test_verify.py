@@ -11,9 +11,13 @@ import yaml
 from mlbench.verify import Check, compare, verdicts, verify_overrides
 from tests.conftest import cli, suite_dict
 
-pytest.importorskip("torch")
-pytest.importorskip("tensorflow")
-pytest.importorskip("jax")
+
+
+@pytest.fixture
+def frameworks() -> None:
+    """The end-to-end tests run all three frameworks; the tests of verify's own logic need none."""
+    for package in ("torch", "tensorflow", "jax"):
+        pytest.importorskip(package)
 
 TINY = {
     "resnet18": {"widths": [8, 16, 32, 64]},
@@ -22,6 +26,7 @@ TINY = {
 
 
 @pytest.mark.e2e
+@pytest.mark.usefixtures("frameworks")
 def test_verify_passes_for_every_model_across_the_three_frameworks(tmp_path) -> None:
     (tmp_path / "s.yaml").write_text(
         yaml.safe_dump(
@@ -43,6 +48,7 @@ def test_verify_passes_for_every_model_across_the_three_frameworks(tmp_path) -> 
 
 
 @pytest.mark.e2e
+@pytest.mark.usefixtures("frameworks")
 @pytest.mark.parametrize(
     "altered,fragment",
     [
@@ -65,6 +71,7 @@ def test_verify_fails_on_an_altered_model_naming_the_layer(tmp_path, altered: st
 
 
 @pytest.mark.e2e
+@pytest.mark.usefixtures("frameworks")
 def test_verify_fails_a_data_parallel_step_that_does_not_all_reduce(tmp_path) -> None:
     """A DDP forward that bypasses the wrapper (each rank steps on its own slice's gradient): the
     one-device check passes, the data-parallel one fails on all three counts; the real worker passes."""
