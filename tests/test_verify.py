@@ -12,12 +12,12 @@ from mlbench.verify import Check, compare, verdicts, verify_overrides
 from tests.conftest import cli, suite_dict
 
 
-
 @pytest.fixture
 def frameworks() -> None:
     """The end-to-end tests run all three frameworks; the tests of verify's own logic need none."""
     for package in ("torch", "tensorflow", "jax"):
         pytest.importorskip(package)
+
 
 TINY = {
     "resnet18": {"widths": [8, 16, 32, 64]},
