@@ -460,8 +460,15 @@ def find_browser() -> str | None:
 def static_figure(chart: charts.Chart) -> go.Figure:
     """The chart's own figure with its title on it (a static image stands alone), at the image width."""
     fig = go.Figure(chart.figure)
-    top = (fig.layout.margin.t or 40) + 50
-    fig.update_layout(title=dict(text=chart.title, x=0.01, xanchor="left"), margin=dict(t=top))
+    top = (fig.layout.margin.t or 40) + 80
+    # the legend in a row above the plot: below it, it covered the long rotated cell labels
+    fig.update_layout(
+        title=dict(text=chart.title, x=0.01, xanchor="left"),
+        margin=dict(t=top),
+        legend=dict(orientation="h", yanchor="bottom", y=1.02, xanchor="left", x=0),
+    )
+    fig.update_xaxes(automargin=True)
+    fig.update_yaxes(automargin=True)
     return fig
 
 
