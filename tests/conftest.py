@@ -13,6 +13,9 @@ import pytest
 import yaml
 
 ROOT = Path(__file__).resolve().parent.parent
+# every mlbench a test starts writes RESULTS.md without chart images (a Chromium per run: seconds each,
+# and browser processes beside the fault tests' signals); tests/test_publish.py turns them on and renders
+os.environ.setdefault("MLBENCH_CHART_IMAGES", "0")
 
 
 def suite_dict(**overrides: Any) -> dict[str, Any]:

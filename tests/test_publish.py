@@ -16,6 +16,12 @@ ROOT = Path(__file__).resolve().parent.parent
 LINK = re.compile(r"!?\[[^\]]*\]\(([^)\s]+)\)")
 
 
+@pytest.fixture(autouse=True)
+def images_on(monkeypatch) -> None:
+    """These tests render (tests/conftest.py turns images off for every other test's runs)."""
+    monkeypatch.setenv(publish.IMAGES_ENV, "1")
+
+
 def doc(rows: list[dict], images: dict[str, str] | None = None, **kw) -> str:
     figures = [*report.draw(rows)[0], *report.draw(rows)[1]]
     made = {"command": "python -m mlbench run x.yaml", "date": "2026-01-01 00:00 UTC", "commit": "abc123"}

@@ -49,9 +49,12 @@ def forward_apart(parts: dict[str, float]) -> dict[str, float]:
     (`forward_backward`). Backward is the difference; the lone forward was extra work, not part of
     the step, so its time is `excluded` from the step's wall time."""
     out = dict(parts)
-    both = out.pop("forward_backward")
-    out["backward"] = max(0.0, both - out["forward"])
-    out["excluded"] = out["forward"]
+    both, alone = out.pop("forward_backward"), out["forward"]
+    # a tiny step's lone forward can take as long as the fused pair (its own launch and sync): the
+    # forward's share is then at most the pair's time, and nothing is left for backward
+    out["forward"] = min(alone, both)
+    out["backward"] = both - out["forward"]
+    out["excluded"] = alone
     return out
 
 
