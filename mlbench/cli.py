@@ -172,6 +172,9 @@ def _sigterm_interrupts() -> None:
         raise KeyboardInterrupt
 
     signal.signal(signal.SIGTERM, _sigterm)
+    # Ctrl-C / kill -INT as well when mlbench was started with SIGINT ignored (a shell script's `cmd &`
+    # passes SIG_IGN on, and Python then installs no handler): the same stop, not a run that ignores it
+    signal.signal(signal.SIGINT, signal.default_int_handler)
 
 
 def _load(config: str, name: str | None = None) -> Any:
