@@ -222,53 +222,58 @@ def recommend_one(rows: list[Row], c: Criterion, model: str, device: str) -> Rec
     est = [e for e in (c.estimate(r) for r in group) if e is not None]
     if not est:
         return None
-    ordered = sorted(est, key=lambda e: e.value, reverse=c.higher_is_better)
-    frameworks = {e.row["framework"] for e in ordered}
-    if len(frameworks) > 1:  # the question is which framework: each one's best configuration
-        best: dict[str, Estimate] = {}
-        for e in ordered:
-            best.setdefault(e.row["framework"], e)
-        candidates = list(best.values())
-    else:  # one framework: which configuration
-        candidates = ordered
+    candidates = _candidates(sorted(est, key=lambda e: e.value, reverse=c.higher_is_better))
     machines = sorted({hardware(e.row) for e in candidates})
     if len(machines) > 1:
         note = (note + "; " if note else "") + f"the cells compared ran on {len(machines)} kinds of hardware"
     winner = candidates[0]
     runner = candidates[1] if len(candidates) > 1 else None
     if runner is None:
-        verdict = f"only {_describe(winner, c.unit)} measured"
-        clear = False
+        clear, verdict = False, f"only {_describe(winner, c.unit)} measured"
     else:
-        timed = c.key in ("train_throughput", "inference_latency")
-        noisy = [f"{e.label} ({why_untrusted(e.row)})" for e in (winner, runner) if timed and why_untrusted(e.row)]
-        gap = abs(winner.value - runner.value) / abs(runner.value) if runner.value else math.inf
-        gap_text = f"{abs(winner.value - runner.value):.1f} points" if c.unit == "%" else f"{gap:.0%}"
-        if c.tolerance is not None:
-            clear = math.isfinite(gap) and gap > c.tolerance
-        else:
-            clear = separated(winner, runner, c.higher_is_better) and not noisy
-        word = ("higher" if c.higher_is_better else "lower") if c.key != "train_throughput" else "faster"
-        if clear:
-            verdict = (
-                f"{winner.label} ({_fmt(winner.value)} {c.unit}) is {gap_text} {word} than "
-                f"{runner.label} ({_fmt(runner.value)} {c.unit}); "
-                + (f"more than the {c.tolerance:.0%} tolerance" if c.tolerance else "the 95% intervals do not overlap")
-            )
-        elif noisy:
-            verdict = f"no clear winner: too noisy to rank: {'; '.join(noisy)}"
-        else:
-            why = (
-                f"gap under {MEMORY_TOLERANCE:.0%}"
-                if c.key == "memory"
-                else ("intervals overlap" if runner.low is not None or runner.high is not None else "no interval")
-            )
-            verdict = (
-                f"no clear winner: {winner.label} {_fmt(winner.value)} vs {runner.label} "
-                f"{_fmt(runner.value)} {c.unit} ({why})"
-            )
+        clear, verdict = _verdict(c, winner, runner)
     return Recommendation(
         c.key, c.title, model, device, c.unit, winner, runner, clear, verdict, candidates, note, machines
+    )
+
+
+def _candidates(ordered: list[Estimate]) -> list[Estimate]:
+    """Several frameworks: the question is which framework, so each one's best configuration;
+    one framework: which configuration, so all of them."""
+    if len({e.row["framework"] for e in ordered}) == 1:
+        return ordered
+    best: dict[str, Estimate] = {}
+    for e in ordered:
+        best.setdefault(e.row["framework"], e)
+    return list(best.values())
+
+
+def _verdict(c: Criterion, winner: Estimate, runner: Estimate) -> tuple[bool, str]:
+    """Whether the winner is clearly ahead of the runner-up, and the sentence that says so or why not."""
+    timed = c.key in ("train_throughput", "inference_latency")
+    noisy = [f"{e.label} ({why_untrusted(e.row)})" for e in (winner, runner) if timed and why_untrusted(e.row)]
+    gap = abs(winner.value - runner.value) / abs(runner.value) if runner.value else math.inf
+    gap_text = f"{abs(winner.value - runner.value):.1f} points" if c.unit == "%" else f"{gap:.0%}"
+    if c.tolerance is not None:
+        clear = math.isfinite(gap) and gap > c.tolerance
+    else:
+        clear = separated(winner, runner, c.higher_is_better) and not noisy
+    word = ("higher" if c.higher_is_better else "lower") if c.key != "train_throughput" else "faster"
+    if clear:
+        return clear, (
+            f"{winner.label} ({_fmt(winner.value)} {c.unit}) is {gap_text} {word} than "
+            f"{runner.label} ({_fmt(runner.value)} {c.unit}); "
+            + (f"more than the {c.tolerance:.0%} tolerance" if c.tolerance else "the 95% intervals do not overlap")
+        )
+    if noisy:
+        return clear, f"no clear winner: too noisy to rank: {'; '.join(noisy)}"
+    why = (
+        f"gap under {MEMORY_TOLERANCE:.0%}"
+        if c.key == "memory"
+        else ("intervals overlap" if runner.low is not None or runner.high is not None else "no interval")
+    )
+    return clear, (
+        f"no clear winner: {winner.label} {_fmt(winner.value)} vs {runner.label} {_fmt(runner.value)} {c.unit} ({why})"
     )
 
 

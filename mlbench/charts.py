@@ -213,43 +213,8 @@ def data_parallel_scaling(rows: list[Row]) -> Chart:
         for r in (r for r in ok if r["model_name"] == m):
             lines.setdefault((r["framework"], r["precision"], r["per_device_batch_size"]), []).append(r)
         for (fw, prec, per_device), rs in lines.items():
-            base = scaling.baseline(rs[0], rows)
-            points = sorted([base, *rs], key=lambda r: r["num_devices"])
-            name = f"{fw} {prec} {per_device}/device"
-            x = [r["num_devices"] for r in points]
-            y = [r["samples_per_second"] for r in points]
-            hi = [(r["samples_per_second_ci_high"] or v) - v for r, v in zip(points, y, strict=True)]
-            lo = [v - (r["samples_per_second_ci_low"] or v) for r, v in zip(points, y, strict=True)]
-            common = dict(name=name, legendgroup=name, line=dict(color=color(fw)), mode="lines+markers")
-            fig.add_scatter(
-                **common,
-                showlegend=_legend_once(seen, name),
-                x=x,
-                y=y,
-                error_y=dict(type="data", symmetric=False, array=hi, arrayminus=lo),
-                text=[r["device"] for r in points],
-                hovertemplate="%{text}: %{y:.4g} samples/s",
-                row=1,
-                col=col,
-            )
-            eff = [1.0 if r is base else r["scaling_efficiency"] for r in points]
-            fig.add_scatter(
-                **common,
-                showlegend=False,
-                x=x,
-                y=eff,
-                error_y=dict(
-                    type="data",
-                    symmetric=False,
-                    array=[0 if r is base else (r["scaling_efficiency_high"] or e) - e for r, e in zip(points, eff)],
-                    arrayminus=[
-                        0 if r is base else e - (r["scaling_efficiency_low"] or e) for r, e in zip(points, eff)
-                    ],
-                ),
-                text=[r["device"] for r in points],
-                hovertemplate="%{text}: efficiency %{y:.0%}",
-                row=2,
-                col=col,
+            _scaling_line(
+                fig, col, seen, f"{fw} {prec} {per_device}/device", color(fw), scaling.baseline(rs[0], rows), rs
             )
         fig.add_hline(y=1.0, line_dash="dot", row=2, col=col)
     fig.update_xaxes(title_text="devices", dtick=1, row=2)
@@ -257,6 +222,45 @@ def data_parallel_scaling(rows: list[Row]) -> Chart:
     fig.update_yaxes(tickformat=".0%", row=2)
     fig.update_yaxes(title_text="scaling efficiency (100% = linear)", row=2, col=1)
     return _figure("scaling", title, fig, height=560)
+
+
+def _scaling_line(fig: go.Figure, col: int, seen: set[str], name: str, colour: str, base: Row, rs: list[Row]) -> None:
+    """One line of the scaling chart: throughput above, efficiency below, each with its interval."""
+    points = sorted([base, *rs], key=lambda r: r["num_devices"])
+    x = [r["num_devices"] for r in points]
+    y = [r["samples_per_second"] for r in points]
+    hi = [(r["samples_per_second_ci_high"] or v) - v for r, v in zip(points, y, strict=True)]
+    lo = [v - (r["samples_per_second_ci_low"] or v) for r, v in zip(points, y, strict=True)]
+    common = dict(name=name, legendgroup=name, line=dict(color=colour), mode="lines+markers")
+    text = [r["device"] for r in points]
+    fig.add_scatter(
+        **common,
+        showlegend=_legend_once(seen, name),
+        x=x,
+        y=y,
+        error_y=dict(type="data", symmetric=False, array=hi, arrayminus=lo),
+        text=text,
+        hovertemplate="%{text}: %{y:.4g} samples/s",
+        row=1,
+        col=col,
+    )
+    eff = [1.0 if r is base else r["scaling_efficiency"] for r in points]
+    fig.add_scatter(
+        **common,
+        showlegend=False,
+        x=x,
+        y=eff,
+        error_y=dict(
+            type="data",
+            symmetric=False,
+            array=[0 if r is base else (r["scaling_efficiency_high"] or e) - e for r, e in zip(points, eff)],
+            arrayminus=[0 if r is base else e - (r["scaling_efficiency_low"] or e) for r, e in zip(points, eff)],
+        ),
+        text=text,
+        hovertemplate="%{text}: efficiency %{y:.0%}",
+        row=2,
+        col=col,
+    )
 
 
 def maxbatch_memory(probes: list[Row], searches: list[Row]) -> Chart:

@@ -304,7 +304,6 @@ def maxbatch(
     a fresh worker per probe, doubling then bisecting (settings under `maxbatch:`); run it again to
     continue an interrupted search from its stored probes."""
     from rich.console import Console
-    from rich.table import Table
 
     from mlbench import maxbatch as search
 
@@ -339,27 +338,7 @@ def maxbatch(
         _fail(str(exc), 1)
     except OSError as exc:
         _fail(f"cannot use the run folder {run_dir}: {exc}", 1)
-    limit = f" under memory_limit_mb={suite.memory_limit_mb:g}" if suite.memory_limit_mb else ""
-    table = Table(title=f"mlbench maxbatch: the largest training batch that fits{limit}")
-    for col in (
-        "framework",
-        "model",
-        "device",
-        "precision",
-        "largest fit",
-        "first oom",
-        "recommended",
-        "probes",
-        "verdict",
-    ):
-        table.add_column(col)
-    for r in found:
-        table.add_row(
-            r["framework"], r["model_name"], r["device"], r["precision"],
-            *("-" if r[k] is None else str(r[k]) for k in ("max_batch_size", "first_failing_batch_size", "recommended_batch_size")),
-            str(r["probes"]), f"{r['status']}: {r['reason']}",
-        )  # fmt: skip
-    Console(width=200).print(table)
+    Console(width=200).print(search.table(found, suite.memory_limit_mb))
     folder = RunFolder(run_dir)
     click.echo(f"searches: {folder.maxbatch}  probes: {folder.maxbatch_probes_table}  report: {folder.report}")
     if any(r["status"] == "failed" for r in found):

@@ -19,6 +19,7 @@ gives memory and throughput against batch size) and maxbatch.parquet (one row pe
 from __future__ import annotations
 
 import dataclasses
+import functools
 import math
 import time
 from collections.abc import Callable, Iterable
@@ -231,74 +232,100 @@ def run(
     """Search every framework x model x device x precision of the suite; returns the search rows."""
     folder = RunFolder(run_dir)
     folder.maxbatch_probes.mkdir(parents=True, exist_ok=True)
-    env = environment.capture()
-    settings = executors.Settings.of(suite)
-    stored = _stored(folder.maxbatch_probes)
-    cfg = suite.maxbatch
+    prober = _Prober(suite, folder, say)
     out: list[dict[str, Any]] = []
     all_probes: list[dict[str, Any]] = []
     for base in searches(suite, only):
         multiple = Device.parse(base.device).count
         label = f"{base.framework} {base.model} {base.device} {base.precision}"
-        found: list[dict[str, Any]] = []
-
-        def probe(batch: int, base: Cell = base, label: str = label, found: list[dict[str, Any]] = found) -> Probe:
-            cell = probe_cell(base, batch, cfg)
-            row = stored.get((cell.cell_id, suite.memory_limit_mb))
-            if row is None:
-                t0 = time.monotonic()
-                outcome = run_here(
-                    Unit(cell),
-                    folder.maxbatch_runs,
-                    settings,
-                    executor="local",
-                    on_start=lambda pid: None,
-                    on_event=lambda e: None,
-                    cancel=runner.CancelToken(),
-                )
-                row = _probe_row(cell, outcome, suite.name, env)
-                _write(folder.maxbatch_probes / f"{cell.cell_id}.parquet", [row], PROBE_SCHEMA)
-                say(f"  {label} bs={batch}: {row['status']}{' (' + row['reason'] + ')' if row['reason'] else ''}"
-                    f" in {time.monotonic() - t0:.0f}s")  # fmt: skip
-                was_stored = False
-            else:
-                say(f"  {label} bs={batch}: {row['status']} (stored)")
-                was_stored = True
-            found.append(row)
-            return Probe(batch, row["fits"], row["status"], row["reason"] or "", row["duration_s"] or 0.0, was_stored)
-
         say(
             f"maxbatch: {label}"
             + (f" under memory_limit_mb={suite.memory_limit_mb:g}" if suite.memory_limit_mb else "")
         )
-        result = search(probe, cfg, multiple)
+        found: list[dict[str, Any]] = []
+        result = search(functools.partial(prober.probe, base, label=label, found=found), suite.maxbatch, multiple)
         all_probes.extend(found)
-        how = next((r["memory_limit_how"] for r in found if r.get("memory_limit_how")), None)
-        out.append(
-            {
-                "framework": base.framework,
-                "model_name": base.model,
-                "device": base.device,
-                "precision": base.precision,
-                "status": result.status,
-                "reason": result.reason,
-                "max_batch_size": result.max_fit,
-                "first_failing_batch_size": result.first_fail,
-                "recommended_batch_size": result.recommended(cfg.margin, multiple),
-                "probes": len(result.probes),
-                "probes_run": sum(not p.stored for p in result.probes),
-                "search_s": sum(p.duration_s for p in result.probes),
-                "memory_limit_mb": suite.memory_limit_mb,
-                "memory_limit_how": how,
-                "start": cfg.start,
-                "max_batch": cfg.max_batch,
-                "resolution": cfg.resolution,
-                "margin": cfg.margin,
-            }
-        )
+        out.append(_search_row(base, result, suite, found))
         say(f"maxbatch: {label}: {result.status}: {result.reason}")
     _write(folder.maxbatch_probes_table, all_probes, PROBE_SCHEMA)
     _write(folder.maxbatch, out, SEARCH_SCHEMA)
+    return out
+
+
+class _Prober:
+    """Runs one probe (a fresh worker at one batch size), or answers it from a stored probe."""
+
+    def __init__(self, suite: Suite, folder: RunFolder, say: Callable[[str], None]) -> None:
+        self.suite, self.folder, self.say = suite, folder, say
+        self.env = environment.capture()
+        self.settings = executors.Settings.of(suite)
+        self.stored = _stored(folder.maxbatch_probes)
+
+    def probe(self, base: Cell, batch: int, *, label: str, found: list[dict[str, Any]]) -> Probe:
+        cell = probe_cell(base, batch, self.suite.maxbatch)
+        row = self.stored.get((cell.cell_id, self.suite.memory_limit_mb))
+        was_stored = row is not None
+        if row is None:
+            t0 = time.monotonic()
+            outcome = run_here(
+                Unit(cell),
+                self.folder.maxbatch_runs,
+                self.settings,
+                executor="local",
+                on_start=lambda pid: None,
+                on_event=lambda e: None,
+                cancel=runner.CancelToken(),
+            )
+            row = _probe_row(cell, outcome, self.suite.name, self.env)
+            _write(self.folder.maxbatch_probes / f"{cell.cell_id}.parquet", [row], PROBE_SCHEMA)
+            reason = f" ({row['reason']})" if row["reason"] else ""
+            self.say(f"  {label} bs={batch}: {row['status']}{reason} in {time.monotonic() - t0:.0f}s")
+        else:
+            self.say(f"  {label} bs={batch}: {row['status']} (stored)")
+        found.append(row)
+        return Probe(batch, row["fits"], row["status"], row["reason"] or "", row["duration_s"] or 0.0, was_stored)
+
+
+def _search_row(base: Cell, result: Search, suite: Suite, found: list[dict[str, Any]]) -> dict[str, Any]:
+    cfg = suite.maxbatch
+    return {
+        "framework": base.framework,
+        "model_name": base.model,
+        "device": base.device,
+        "precision": base.precision,
+        "status": result.status,
+        "reason": result.reason,
+        "max_batch_size": result.max_fit,
+        "first_failing_batch_size": result.first_fail,
+        "recommended_batch_size": result.recommended(cfg.margin, Device.parse(base.device).count),
+        "probes": len(result.probes),
+        "probes_run": sum(not p.stored for p in result.probes),
+        "search_s": sum(p.duration_s for p in result.probes),
+        "memory_limit_mb": suite.memory_limit_mb,
+        "memory_limit_how": next((r["memory_limit_how"] for r in found if r.get("memory_limit_how")), None),
+        "start": cfg.start,
+        "max_batch": cfg.max_batch,
+        "resolution": cfg.resolution,
+        "margin": cfg.margin,
+    }
+
+
+def table(found: list[dict[str, Any]], memory_limit_mb: float | None) -> Any:
+    """The searches as a rich table, for the terminal."""
+    from rich.table import Table
+
+    limit = f" under memory_limit_mb={memory_limit_mb:g}" if memory_limit_mb else ""
+    out = Table(title=f"mlbench maxbatch: the largest training batch that fits{limit}")
+    columns = "framework model device precision|largest fit|first oom|recommended|probes|verdict"
+    for col in columns.replace(" ", "|", 3).split("|"):
+        out.add_column(col)
+    sizes = ("max_batch_size", "first_failing_batch_size", "recommended_batch_size")
+    for r in found:
+        out.add_row(
+            r["framework"], r["model_name"], r["device"], r["precision"],
+            *("-" if r[k] is None else str(r[k]) for k in sizes),
+            str(r["probes"]), f"{r['status']}: {r['reason']}",
+        )  # fmt: skip
     return out
 
 

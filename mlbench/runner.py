@@ -467,8 +467,7 @@ def run_cell(
     to run it on, where an executor chose them (a Ray task's), else those the cell names.
     `memory_limit_mb`: the worker's whole process tree runs under that much memory (host memory; a
     memory cgroup of the cell's own where possible, else the monitor's RSS watchdog, mlbench/memlimit.py);
-    going over it is `oom`. (Long: the one place a worker starts, and everything that must happen
-    around it in order; each stage is a function of its own above.)"""
+    going over it is `oom`."""
     folder = RunFolder(run_dir)
     folder.logs.mkdir(parents=True, exist_ok=True)
     threads = resolved_threads(threads)
@@ -496,13 +495,7 @@ def run_cell(
     q: queue.Queue[tuple[str, Any]] = queue.Queue()
     if cancel is not None:
         cancel.watch(q)
-    threads_ = [
-        threading.Thread(target=_read_stdout, args=(proc.stdout, q), daemon=True),
-        threading.Thread(target=_copy_stderr, args=(proc.stderr, stderr_log), daemon=True),
-        threading.Thread(target=_wait_exit, args=(proc, q), daemon=True),
-    ]
-    for t in threads_:
-        t.start()
+    pipes = _start_pipes(proc, q, stderr_log)
     reading = _Reading()
     try:
         _read(proc, q, reading, stream_log, monitor, (t0, timeout_s, idle_timeout_s), on_event)
@@ -510,52 +503,98 @@ def run_cell(
         _terminate(proc, dump=False)
         raise Interrupted(cell.cell_id) from None
     finally:
-        if proc.poll() is None:
-            _terminate(proc, dump=False)
-        _signal_group(proc.pid, signal.SIGKILL)  # nothing of the cell outlives it
-        if limit is not None:
-            limit.kill_all()  # also what left the process group but not the cgroup
-        monitor_summary = monitor.stop()
-        memory_record = limit.record() if limit is not None else None  # read before the cgroup goes
-        cell_oom_kills = limit.oom_kills() if limit is not None else None
-        if limit is not None:
-            limit.remove()
-        for t in threads_[:2]:
-            t.join(timeout=2)
-        stream_log.close()
-        stderr_log.close()
-    monitor_summary.update(
+        ended = _tear_down(proc, limit, monitor, pipes[:2], (stream_log, stderr_log))
+    ended.monitor.update(
         gpu_memory_before_bytes=gpu_before,
         gpu_memory_after_bytes=gpu_memory_used_bytes(nvml),
         gpu_foreign_processes=foreign or None,
     )
     tail = stderr_log.tail_text()
-    exit_code = reading.exit_code
-    enforced = _enforced(monitor, limit, cell_oom_kills, exit_code, monitor_interval_s)
-    if monitor.over_limit_rss is not None:
-        reading.killed_for = "memory"
-    status, reason = classify(
-        exit_code if exit_code is not None else proc.poll(),
-        reading.events,
-        reading.killed_for,
-        monitor_summary.get("oom_kills") or 0,
-        tail,
-        (timeout_s, idle_timeout_s),
-        memory=(limit, enforced) if limit is not None else None,
-    )
+    status, reason = _classify_run(proc, reading, ended, tail, (timeout_s, idle_timeout_s))
     return Outcome(
         status=status,
         reason=reason,
-        exit_code=exit_code,
+        exit_code=reading.exit_code,
         duration_s=time.monotonic() - t0,
         events=reading.events,
         logs=reading.final_logs(),
         stderr_tail=tail,
-        monitor=monitor_summary,
+        monitor=ended.monitor,
         started_at=started_at,
         killed_for=reading.killed_for,
-        worker_wall_s=(reading.exited_at - t0) if exit_code is not None else None,
+        worker_wall_s=(reading.exited_at - t0) if reading.exit_code is not None else None,
         env_flags=recorded_flags(env),
         physical_device=physical,
-        memory_limit=memory_record,
+        memory_limit=ended.memory_record,
+    )
+
+
+def _start_pipes(
+    proc: subprocess.Popen[bytes], q: queue.Queue[tuple[str, Any]], stderr_log: BoundedLog
+) -> list[threading.Thread]:
+    """Threads that feed `q` with the worker's stdout lines and its exit, and copy its stderr to the log;
+    the two that read pipes first."""
+    pipes = [
+        threading.Thread(target=_read_stdout, args=(proc.stdout, q), daemon=True),
+        threading.Thread(target=_copy_stderr, args=(proc.stderr, stderr_log), daemon=True),
+        threading.Thread(target=_wait_exit, args=(proc, q), daemon=True),
+    ]
+    for t in pipes:
+        t.start()
+    return pipes
+
+
+@dataclass
+class _Ended:
+    """What is left of a cell's run once its processes are gone: what the monitor and the limit saw."""
+
+    monitor: dict[str, Any]
+    memory_record: dict[str, Any] | None
+    oom_kills: int | None
+    limit: memlimit.MemoryLimit | None
+    monitor_obj: Monitor
+
+
+def _tear_down(
+    proc: subprocess.Popen[bytes],
+    limit: memlimit.MemoryLimit | None,
+    monitor: Monitor,
+    pipes: list[threading.Thread],
+    logs: tuple[BoundedLog, BoundedLog],
+) -> _Ended:
+    """Nothing of the cell outlives it: the worker, its process group, its cgroup; then the monitor's
+    and the limit's figures, read before the cgroup goes."""
+    if proc.poll() is None:
+        _terminate(proc, dump=False)
+    _signal_group(proc.pid, signal.SIGKILL)
+    if limit is not None:
+        limit.kill_all()  # also what left the process group but not the cgroup
+    summary = monitor.stop()
+    record = limit.record() if limit is not None else None
+    oom_kills = limit.oom_kills() if limit is not None else None
+    if limit is not None:
+        limit.remove()
+    for t in pipes:
+        t.join(timeout=2)
+    for log in logs:
+        log.close()
+    return _Ended(summary, record, oom_kills, limit, monitor)
+
+
+def _classify_run(
+    proc: subprocess.Popen[bytes], reading: _Reading, ended: _Ended, tail: str, timeouts: tuple[float, float]
+) -> tuple[str, str]:
+    exit_code = reading.exit_code
+    limit, monitor = ended.limit, ended.monitor_obj
+    enforced = _enforced(monitor, limit, ended.oom_kills, exit_code, monitor.interval_s)
+    if monitor.over_limit_rss is not None:
+        reading.killed_for = "memory"
+    return classify(
+        exit_code if exit_code is not None else proc.poll(),
+        reading.events,
+        reading.killed_for,
+        ended.monitor.get("oom_kills") or 0,
+        tail,
+        timeouts,
+        memory=(limit, enforced) if limit is not None else None,
     )

@@ -153,6 +153,19 @@ def compare(
         check.problems.append(
             f"weights change on import/export (worst: {got['roundtrip_worst']}, {got['roundtrip_max_abs']:.3g})"
         )
+    _compare_forward(check, arrays, ref_arrays, modules)
+    _compare_update(check, got, ref)
+    _compare_losses(check, model, got, ref)
+    if check.problems:
+        check.status = "mismatch"
+    return check
+
+
+def _compare_forward(
+    check: Check, arrays: dict[str, np.ndarray], ref_arrays: dict[str, np.ndarray], modules: list[str]
+) -> None:
+    """The first module whose output differs, and the logits."""
+    reference = check.reference
     for name in modules:
         a, b = arrays.get(f"act:{name}"), ref_arrays.get(f"act:{name}")
         if a is None or b is None:
@@ -164,6 +177,10 @@ def compare(
     check.logits_rel_err = _rel(arrays["logits"], ref_arrays["logits"])
     if not check.logits_rel_err <= LOGITS_RTOL:
         check.problems.append(f"logits differ: relative error {check.logits_rel_err:.2g} > {LOGITS_RTOL:g}")
+
+
+def _compare_update(check: Check, got: dict[str, Any], ref: dict[str, Any]) -> None:
+    """The first SGD update, tensor by tensor (its norm and a fixed projection)."""
     worst, worst_name = 0.0, None
     ref_fp = ref.get("update_fingerprint", {})
     # a tensor whose update is tiny next to the largest one (e.g. attention key biases, whose gradient is
@@ -177,7 +194,13 @@ def compare(
             worst, worst_name = err, name
     check.update_rel_err, check.update_worst = worst, worst_name
     if worst > UPDATE_RTOL:
-        check.problems.append(f"layer {worst_name}: first SGD update differs from {reference} (relative {worst:.2g})")
+        check.problems.append(
+            f"layer {worst_name}: first SGD update differs from {check.reference} (relative {worst:.2g})"
+        )
+
+
+def _compare_losses(check: Check, model: str, got: dict[str, Any], ref: dict[str, Any]) -> None:
+    """A few steps' losses with plain SGD, then with the model's own optimizer and schedule."""
     la, lb = np.asarray(got["losses"], float), np.asarray(ref["losses"], float)
     check.loss_rel_diff = float(np.max(np.abs(la - lb) / np.abs(lb))) if la.shape == lb.shape and la.size else math.inf
     if not check.loss_rel_diff <= LOSS_RTOL:
@@ -192,9 +215,6 @@ def compare(
             check.problems.append(
                 f"losses with the model's own optimizer differ: relative {check.recipe_loss_rel_diff:.2g} > {tol:g}"
             )
-    if check.problems:
-        check.status = "mismatch"
-    return check
 
 
 def _max_rel(a: list[float], b: list[float]) -> float:

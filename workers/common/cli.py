@@ -36,8 +36,7 @@ DEFAULTS: dict[str, Any] = {
 }
 
 
-def parse(argv: list[str] | None, framework: str) -> dict[str, Any]:
-    """Build the cell dict from `--cell JSON` or from individual flags."""
+def _parser(framework: str) -> argparse.ArgumentParser:
     p = argparse.ArgumentParser(
         prog=f"python -m workers.{framework}_worker",
         description="Run one benchmark cell and print NDJSON events on stdout.",
@@ -70,6 +69,12 @@ def parse(argv: list[str] | None, framework: str) -> dict[str, Any]:
         help="extra steps after training timed by part (forward, backward, optimizer, data); 0: none",
     )
     p.add_argument("--profile-dir", help="keep a profiler trace of a few training steps in this folder")
+    return p
+
+
+def parse(argv: list[str] | None, framework: str) -> dict[str, Any]:
+    """Build the cell dict from `--cell JSON` or from individual flags."""
+    p = _parser(framework)
     a = p.parse_args(argv)
     run = {
         "weights_in": a.weights_in,
