@@ -478,11 +478,17 @@ def verify(backend: Backend, spec: ModelSpec, ds: datasets.Dataset, cell: dict[s
         losses.append(train_step(backend, xb, yb)[0])
         if i == 0:  # the first update, from identical weights: a direct check of the gradients
             fingerprint = update_fingerprint(weights, backend.export(), [k for k, p in params.items() if p.trainable])
-    recipe_losses = []
+    recipe_losses, recipe_fingerprint = [], {}
     if opts.get("recipe_optimizer"):  # the same steps again with the model's own optimizer (momentum, AdamW)
         recipe = OptimizerSpec(**{**opts["recipe_optimizer"], "total_steps": opts["steps"]})
         backend.build(dataclasses.replace(spec, optimizer=recipe), weights)
-        recipe_losses = [train_step(backend, xb, yb)[0] for xb, yb in batches]
+        trainable = [k for k, p in params.items() if p.trainable]
+        for i, (xb, yb) in enumerate(batches):
+            # a copy: an export may share memory with the live parameters (PyTorch on the CPU)
+            before = {k: np.array(v, copy=True) for k, v in backend.export().items()} if i == 1 else None
+            recipe_losses.append(train_step(backend, xb, yb)[0])
+            if before is not None:  # the second update: the first with optimizer state, under a new rate
+                recipe_fingerprint = update_fingerprint(before, backend.export(), trainable)
     # a data-parallel cell: how far the replicas' parameters drifted apart over the steps (0: in lockstep)
     divergence = backend.replica_divergence() if data_parallel(backend) else None
     path = os.path.join(cell["verify_dir"], f"{backend.framework}-{cell['model']}-{cell['cell_id']}.npz")
@@ -498,6 +504,7 @@ def verify(backend: Backend, spec: ModelSpec, ds: datasets.Dataset, cell: dict[s
         roundtrip_worst=worst_name,
         losses=losses,
         recipe_losses=recipe_losses,
+        recipe_update_fingerprint=recipe_fingerprint,
         arrays=path,
         update_fingerprint=fingerprint,
         device=cell["device"],
