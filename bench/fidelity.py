@@ -76,33 +76,27 @@ def process_env(malloc: str) -> dict[str, str]:
     return {**os.environ, **glibc_malloc.env_for(malloc, os.environ), **CPU_ONLY}
 
 
+def run_bench_module(module: str, malloc: str, **flags: Any) -> str:
+    """`python -m <module> --flag value ...` in a hand-written loop's environment; its stdout."""
+    argv = [sys.executable, "-m", module]
+    for flag, value in flags.items():
+        argv += [f"--{flag.replace('_', '-')}", str(value)]
+    return subprocess.run(argv, cwd=ROOT, env=process_env(malloc), capture_output=True, text=True, check=True).stdout
+
+
 def run_handwritten(framework: str, model: str, malloc: str, threads: int) -> float:
     bs, steps = CASES[model]
-    out = subprocess.run(
-        [
-            sys.executable,
-            "-m",
-            "bench.handwritten",
-            "--framework",
-            framework,
-            "--model",
-            model,
-            "--batch-size",
-            str(bs),
-            "--warmup",
-            str(WARMUP),
-            "--steps",
-            str(steps),
-            "--threads",
-            str(threads),
-        ],
-        cwd=ROOT,
-        env=process_env(malloc),
-        capture_output=True,
-        text=True,
-        check=True,
+    out = run_bench_module(
+        "bench.handwritten",
+        malloc,
+        framework=framework,
+        model=model,
+        batch_size=bs,
+        warmup=WARMUP,
+        steps=steps,
+        threads=threads,
     )
-    return json.loads(out.stdout.strip().splitlines()[-1])["samples_per_second"]
+    return json.loads(out.strip().splitlines()[-1])["samples_per_second"]
 
 
 def _tree_supports(tree: Path, key: str) -> bool:
@@ -368,17 +362,17 @@ def run_inprocess(cases: list[Case], blocks: int, processes: int, malloc: str, t
     for p in range(processes):
         for fw, model in cases:
             bs, steps = INPROCESS[model]
-            args = ["--framework", fw, "--model", model, "--batch-size", str(bs), "--steps", str(steps)]
-            args += ["--threads", str(threads)]
-            proc = subprocess.run(
-                [sys.executable, "-m", "bench.inprocess", *args, "--blocks", str(blocks)],
-                cwd=ROOT,
-                env=process_env(malloc),
-                capture_output=True,
-                text=True,
-                check=True,
+            stdout = run_bench_module(
+                "bench.inprocess",
+                malloc,
+                framework=fw,
+                model=model,
+                batch_size=bs,
+                steps=steps,
+                threads=threads,
+                blocks=blocks,
             )
-            timed = json.loads(proc.stdout.strip().splitlines()[-1])["blocks"]
+            timed = json.loads(stdout.strip().splitlines()[-1])["blocks"]
             groups[(fw, model)].append(timed)
             print(
                 f"in one process ({p + 1}/{processes}) {fw} {model}: "
@@ -413,27 +407,8 @@ def run_profile(case: Case, runs_dir: Path, malloc: str, threads: int, tree: Pat
     trace = Path(worker["run_folder"]) / worker["profile_trace"] if worker.get("profile_trace") else None
     bs = CASES[model][0]
     out = runs_dir / "profiles" / f"{fw}-{model}-reference"
-    proc = subprocess.run(
-        [
-            sys.executable,
-            "-m",
-            "bench.step_profile",
-            "--framework",
-            fw,
-            "--model",
-            model,
-            "--batch-size",
-            str(bs),
-            "--threads",
-            str(threads),
-            "--out",
-            str(out),
-        ],
-        cwd=ROOT,
-        env=process_env(malloc),
-        capture_output=True,
-        text=True,
-        check=True,
+    stdout = run_bench_module(
+        "bench.step_profile", malloc, framework=fw, model=model, batch_size=bs, threads=threads, out=out
     )
     parts = {p: worker.get(f"step_{p}_s") for p in ("data", "forward", "backward", "optimizer", "other")}
     return {
@@ -447,7 +422,7 @@ def run_profile(case: Case, runs_dir: Path, malloc: str, threads: int, tree: Pat
             "step_profiled_s": worker.get("step_profiled_s"),
             **(step_profile.top_ops(trace, step_profile.TRACED) if trace else {"trace": None}),
         },
-        "reference": json.loads(proc.stdout.strip().splitlines()[-1]),
+        "reference": json.loads(stdout.strip().splitlines()[-1]),
     }
 
 

@@ -183,7 +183,9 @@ def torch_losses(spec: specs.ModelSpec, w: dict) -> list[float]:
     return losses
 
 
-def keras_losses(spec: specs.ModelSpec, w: dict) -> list[float]:
+def keras_losses(spec: specs.ModelSpec, w: dict, opt=None, l2: float = 0.0) -> list[float]:
+    """The Keras reference's losses over the updates, with the reference's optimizer or `opt` (then
+    `l2`: coupled weight decay as a loss term, as the worker adds it)."""
     import keras
     import tensorflow as tf
 
@@ -191,7 +193,7 @@ def keras_losses(spec: specs.ModelSpec, w: dict) -> list[float]:
 
     net = ref.build(spec)
     ref.load_canonical(net, spec, w)
-    opt = ref.optimizer(spec.optimizer)
+    opt = opt or ref.optimizer(spec.optimizer)
     x, y = tf.constant(inputs(spec, "NHWC")), tf.constant(labels(spec))
     loss_fn = keras.losses.SparseCategoricalCrossentropy(from_logits=True)
 
@@ -201,7 +203,8 @@ def keras_losses(spec: specs.ModelSpec, w: dict) -> list[float]:
     def step() -> tf.Tensor:
         with tf.GradientTape() as tape:
             loss = loss_fn(y, net(x, training=True))
-        opt.apply(tape.gradient(loss, net.trainable_variables), net.trainable_variables)
+            total = loss + 0.5 * l2 * tf.add_n([tf.reduce_sum(tf.square(v)) for v in net.trainable_variables])
+        opt.apply(tape.gradient(total if l2 else loss, net.trainable_variables), net.trainable_variables)
         return loss
 
     return [float(step()) for _ in range(UPDATES + 1)]
@@ -284,27 +287,10 @@ def test_the_tensorflow_workers_sgd_trains_as_torch_optim() -> None:
     is PyTorch's arithmetic (this test failed on keras.optimizers.SGD: 1.119 against 1.212)."""
     pytest.importorskip("torch")
     pytest.importorskip("tensorflow")
-    import keras
-    import tensorflow as tf
-
-    from bench.references import keras_models as ref
     from workers.tensorflow_worker.backend import make_optimizer
 
     spec = train_spec("resnet18")
     w = perturbed_weights(spec)
-    net = ref.build(spec)  # the same function as the worker's model (above); the optimizer is the worker's
-    ref.load_canonical(net, spec, w)
-    opt, l2 = make_optimizer(spec.optimizer), spec.optimizer.weight_decay  # coupled decay as an L2 loss term
-    x, y = tf.constant(inputs(spec, "NHWC")), tf.constant(labels(spec))
-    loss_fn = keras.losses.SparseCategoricalCrossentropy(from_logits=True)
-
-    @tf.function
-    def step() -> tf.Tensor:
-        with tf.GradientTape() as tape:
-            loss = loss_fn(y, net(x, training=True))
-            total = loss + 0.5 * l2 * tf.add_n([tf.reduce_sum(tf.square(v)) for v in net.trainable_variables])
-        opt.apply(tape.gradient(total, net.trainable_variables), net.trainable_variables)
-        return loss
-
-    got = [float(step()) for _ in range(UPDATES + 1)]
+    # the reference's model (the same function as the worker's, above) with the worker's optimizer
+    got = keras_losses(spec, w, make_optimizer(spec.optimizer), spec.optimizer.weight_decay)
     np.testing.assert_allclose(got, torch_losses(spec, w), rtol=1e-5, atol=1e-6)
