@@ -5,7 +5,9 @@ so two frameworks' accuracies differ by the samples one gets right and the other
 difference gets a 95% interval (McNemar-style, from the discordant samples of the rows' per-sample
 correctness; `paired_interval`), and the verdict says what that interval can tell against `accuracy_parity_pts`:
 `equivalent` (it lies inside the tolerance), `different` (outside), `unresolved` (the sample cannot
-tell; `accuracy_samples_needed` says how many validation samples would, at this difference)."""
+tell; `accuracy_samples_needed` says how many validation samples would, at this difference), or
+`untrained` where no framework's model has learned enough for its accuracy to mean anything (see
+`LEARNED_LOSS_SHARE`); a group where some learned and some did not is judged as usual."""
 
 from __future__ import annotations
 
@@ -21,11 +23,19 @@ import numpy as np
 
 from mlbench import analysis
 from mlbench.verify import Check, verdicts
+from workers.common import specs
 
 GROUP = ("model_name", "device", "precision", "batch_size", "dataset", "epochs", "seed")
 
 
-VERDICTS = ("equivalent", "different", "unresolved")
+VERDICTS = ("equivalent", "different", "unresolved", "untrained")
+# A model whose validation loss is still above this share of a uniform guess's (ln K for K classes) has
+# barely learned: its argmax rests on near-ties between classes, which fp32 rounding and each framework's
+# dropout stream tip either way, so its accuracy says nothing about parity and more validation samples
+# would not change that. `make quick` (8 steps): BERT's losses 0.6916-0.6920 against ln 2 = 0.6931 with
+# accuracies of 48%, 62% and 77% ("different" on 64 samples, from ties); the ResNets' 2.24-2.28 against
+# ln 10 = 2.30. Trained models sit far below it (configs/parity.yaml: under 0.1 for the ResNets and BERT).
+LEARNED_LOSS_SHARE = 0.9
 Z95 = NormalDist().inv_cdf(0.975)
 
 
@@ -126,6 +136,24 @@ def compare_pair(a: dict[str, Any], b: dict[str, Any], tolerance_pts: float) -> 
     return PairedDifference(a["framework"], b["framework"], 100 * d, 100 * low, 100 * high, paired, n, verdict, need)
 
 
+def chance_loss(model: str) -> float | None:
+    """The cross-entropy of a uniform guess over the model's classes, ln K; None for an unknown model."""
+    try:
+        return math.log(specs.get_spec(model).num_classes)
+    except KeyError:
+        return None
+
+
+def untrained(members: list[dict[str, Any]]) -> bool:
+    """Whether no model of the group has learned enough for its accuracy to be compared (every final
+    validation loss at or above LEARNED_LOSS_SHARE of a uniform guess's)."""
+    ln_k = chance_loss(members[0]["model_name"])
+    losses = [r.get("final_val_loss") for r in members]
+    if ln_k is None or any(v is None or not math.isfinite(v) for v in losses):
+        return False
+    return all(v >= LEARNED_LOSS_SHARE * ln_k for v in losses)
+
+
 def group_verdict(pairs: list[PairedDifference]) -> str | None:
     """A group is different if any pair is, equivalent if every pair is, else unresolved."""
     if not pairs:
@@ -147,13 +175,16 @@ def accuracy_groups(rows: list[dict[str, Any]], tolerance_pts: float) -> list[di
         pairs = [compare_pair(a, b, tolerance_pts) for a, b in itertools.combinations(members, 2)]
         widest = max(pairs, key=lambda p: abs(p.diff_pts), default=None)
         verdict = group_verdict(pairs)
+        if verdict is not None and untrained(members):
+            verdict = "untrained"
         out.append(
             {
                 **dict(zip(GROUP, key)),
                 "val_accuracy": accs,
                 "spread_pts": (max(accs.values()) - min(accs.values())) * 100 if len(accs) > 1 else None,
                 "verdict": verdict,
-                "parity": None if verdict in (None, "unresolved") else verdict == "equivalent",
+                "parity": None if verdict in (None, "unresolved", "untrained") else verdict == "equivalent",
+                "val_loss": {r["framework"]: r.get("final_val_loss") for r in members},
                 "widest": None if widest is None else asdict(widest),
                 "samples_needed": max((p.samples_needed or 0 for p in pairs), default=0) or None,
                 "pairs": [asdict(p) for p in pairs],
@@ -175,6 +206,13 @@ def describe(r: dict[str, Any], tolerance_pts: float | None) -> str:
         return f"equivalent: {seen}, lies within {t}"
     if verdict == "different":
         return f"DIFFERENT: {seen}, lies outside {t}"
+    if verdict == "untrained":
+        ln_k, loss = chance_loss(r["model_name"]), r.get("final_val_loss")
+        return (
+            f"not judged: the models have not learned yet (validation loss {loss:.3f} in {r['framework']}, a "
+            f"uniform guess's {ln_k:.3f}); their accuracies rest on near-ties between classes, so {seen} says nothing of "
+            "parity. Train longer to judge it (configs/parity.yaml is sized for it)"
+        )
     need = r.get("accuracy_samples_needed")
     more = f"about {need:,} validation samples would tell" if need else "no sample size decides a difference on it"
     return f"unresolved: {seen}, straddles {t}; the {r.get('val_samples')} samples cannot tell ({more})"

@@ -91,7 +91,12 @@ def parity_section(rows: list[dict[str, Any]], tolerance: float | None = None) -
     for key, g in groups.items():
         accs = "".join(f"<td>{_fmt(g.get(fw) * 100 if g.get(fw) is not None else None, 4)}</td>" for fw in frameworks)
         verdict = g["row"].get("accuracy_parity_verdict")
-        cls = {"equivalent": " class='st-ok'", "different": " class='st-failed'", "unresolved": " class='st-skipped'"}
+        cls = {
+            "equivalent": " class='st-ok'",
+            "different": " class='st-failed'",
+            "unresolved": " class='st-skipped'",
+            "untrained": " class='st-skipped'",
+        }
         acc_rows.append(
             f"<tr>{''.join(f'<td>{_esc(k)}</td>' for k in key)}{accs}"
             f"<td{cls.get(verdict, '')}>{_esc(parity.describe(g['row'], tolerance))}</td></tr>"

@@ -303,13 +303,15 @@ COLUMNS: list[tuple[str, pa.DataType, str]] = [
     (
         "accuracy_parity",
         B,
-        "true where accuracy_parity_verdict is equivalent, false where different, null where unresolved (rebuilt)",
+        "true where accuracy_parity_verdict is equivalent, false where different, null where unresolved or untrained "
+        "(rebuilt)",
     ),
     (
         "accuracy_parity_verdict",
         S,
         "equivalent / different / unresolved: every pair of frameworks' paired accuracy difference (95% "
-        "interval, same validation samples) against the suite's accuracy_parity_pts (rebuilt)",
+        "interval, same validation samples) against the suite's accuracy_parity_pts; untrained: every "
+        "framework's validation loss still near a uniform guess's, not judged (rebuilt)",
     ),
     ("accuracy_diff_pts", F, "the group's largest accuracy difference between two frameworks (points) (rebuilt)"),
     ("accuracy_diff_low_pts", F, "its 95% interval's lower end (points) (rebuilt)"),

@@ -107,3 +107,27 @@ def test_the_report_warns_only_on_a_difference_the_sample_resolves() -> None:
     far = [row("a", BASE), row("b", worse)]
     parity.annotate(far, [], 2.0)
     assert any("Validation accuracy differs" in w for w in report.warnings(far))
+
+
+def test_models_that_have_not_learned_are_not_judged_and_one_that_cannot_learn_is_different() -> None:
+    """At a uniform guess's loss (ln 10 for the MLP's ten classes) accuracy rests on near-ties: a gap
+    the paired interval alone calls different is `untrained`, and the report does not warn. Where one
+    framework learned and another did not, that is the difference parity is for."""
+    worse = BASE.copy()
+    worse[np.flatnonzero(BASE)[:300]] = False  # a 56-point gap: different on its own
+    at_chance = 0.95 * np.log(10)
+    rows = [row("a", BASE, final_val_loss=at_chance), row("b", worse, final_val_loss=at_chance + 0.01)]
+    groups = parity.annotate(rows, [], 2.0)
+    assert groups[0]["verdict"] == "untrained" and rows[0]["accuracy_parity"] is None
+    assert not any("Validation accuracy differs" in w for w in report.warnings(rows))
+    assert parity.describe(rows[0], 2.0).startswith("not judged: the models have not learned yet")
+    learned = [row("a", BASE, final_val_loss=0.4), row("b", worse, final_val_loss=at_chance)]
+    parity.annotate(learned, [], 2.0)
+    assert learned[0]["accuracy_parity_verdict"] == "different"
+    # the share of a uniform guess's loss below which a model counts as learning
+    trained = [row("a", BASE, final_val_loss=0.85 * np.log(10)), row("b", worse, final_val_loss=0.4)]
+    parity.annotate(trained, [], 2.0)
+    assert trained[0]["accuracy_parity_verdict"] == "different"
+    unknown = [row("a", BASE), row("b", worse)]  # no losses recorded: judged on accuracy alone
+    parity.annotate(unknown, [], 2.0)
+    assert unknown[0]["accuracy_parity_verdict"] == "different"
