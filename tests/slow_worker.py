@@ -1,8 +1,11 @@
-"""The PyTorch worker with a planted slowdown: every training step and inference pass sleeps a few
-milliseconds more, so `mlbench compare` has a real regression to find between two real runs."""
+"""The PyTorch worker with a planted slowdown, so `mlbench compare` has a real regression to find
+between two real runs. By default every training step and inference pass sleeps DELAY_S more; with
+MLBENCH_SLOWDOWN=F in the environment (F > 1) each one instead sleeps (F - 1) times its own duration,
+so every model runs F times slower (`F=2`: the 2x slowdown docs/compare.md plants in `make quick`)."""
 
 from __future__ import annotations
 
+import os
 import sys
 import time
 
@@ -12,19 +15,21 @@ from workers.common.registry import backend_class
 DELAY_S = 0.040  # a 5 ms MLP step becomes 45 ms (-89%): far outside this machine's run-to-run drift
 
 
+def _slowed(fn, factor: float | None):
+    def slow(*args):
+        t0 = time.perf_counter()
+        out = fn(*args)  # on the CPU the work has run by the time it returns
+        time.sleep(DELAY_S if factor is None else (factor - 1) * (time.perf_counter() - t0))
+        return out
+
+    return slow
+
+
 def _load(cell):
+    factor = float(os.environ["MLBENCH_SLOWDOWN"]) if os.environ.get("MLBENCH_SLOWDOWN") else None
     backend = backend_class("pytorch")(cell)
-    launch_step, predict = backend.launch_step, backend.predict
-
-    def slow_launch_step(x, y):
-        time.sleep(DELAY_S)
-        return launch_step(x, y)
-
-    def slow_predict(x):
-        time.sleep(DELAY_S)
-        return predict(x)
-
-    backend.launch_step, backend.predict = slow_launch_step, slow_predict
+    backend.launch_step = _slowed(backend.launch_step, factor)
+    backend.predict = _slowed(backend.predict, factor)
     return backend
 
 
