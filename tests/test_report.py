@@ -169,6 +169,13 @@ def test_compare_statistics() -> None:
     assert c.p < 1e-6 and c.verdict == "unchanged"  # significant but too small to matter
     noisy = dict(slow, repeats_cv=0.3)  # run-to-run CV 30%: a 37% drop is inside twice that
     assert compare.compare_metric(m, a, noisy, 0.01, 0.05).verdict == "unchanged"
+    # a 2x slowdown the rank test cannot confirm on six steps (an outlier in A): unconfirmed, not unchanged
+    fast = [0.00271, 0.00749, 0.00232, 0.00223, 0.00217, 0.00232]  # a make quick PyTorch MLP's timed steps
+    slowed = [0.00755, 0.00737, 0.00666, 0.00584, 0.00593, 0.00553]  # ... run with the 2x planted slowdown
+    few = compare.compare_metric(
+        m, dict(a, step_times_s=fast), dict(a, samples_per_second=1600.0, step_times_s=slowed), 0.01, 0.05
+    )
+    assert few.p > 0.01 and few.verdict == "unconfirmed"
     acc = compare.METRICS[-1]
     assert compare.compare_metric(acc, a, dict(a, final_val_accuracy=0.80), 0.01, 0.05).verdict == "regression"
     assert compare.compare_metric(acc, a, dict(a, final_val_accuracy=0.89), 0.01, 0.05).verdict == "unchanged"
@@ -185,6 +192,20 @@ def test_compare_text_prints_user_text_verbatim(tmp_path) -> None:
     cmp = compare.Comparison(tmp_path / "[/x]", tmp_path / "b", [], [], ["pytorch [bold]mlp"], {"os": ("[/a]", "b")})
     out = compare.text(cmp)
     assert "[/x]" in out and "only in B: pytorch [bold]mlp" in out and "'[/a]' in A" in out
+
+
+def test_a_host_rss_change_between_single_runs_needs_the_rss_floor() -> None:
+    mem = next(m for m in compare.METRICS if m.column == "peak_memory_mb")
+    rss = {"memory_source": "peak and avg: host RSS of the worker's process tree"}
+    a = row("tensorflow", peak_memory_mb=1380.0, **rss)
+    assert compare.compare_metric(mem, a, dict(a, peak_memory_mb=1467.0), 0.01, 0.05).verdict == "unconfirmed"
+    assert compare.compare_metric(mem, a, dict(a, peak_memory_mb=1700.0), 0.01, 0.05).verdict == "regression"
+    repeated = dict(a, repeats=3)
+    assert compare.compare_metric(mem, repeated, dict(repeated, peak_memory_mb=1467.0), 0.01, 0.05).verdict == (
+        "regression"
+    )
+    gpu = row("pytorch", peak_memory_mb=1380.0, memory_source="allocator")
+    assert compare.compare_metric(mem, gpu, dict(gpu, peak_memory_mb=1467.0), 0.01, 0.05).verdict == "regression"
 
 
 def test_memory_is_compared_only_where_measured_the_same_way() -> None:
