@@ -4,4 +4,4 @@ The orchestrator package never imports a framework; each benchmark cell runs as 
 worker subprocess (see `workers/`).
 """
 
-__version__ = "0.5.0"
+__version__ = "0.5.1"
