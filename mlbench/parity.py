@@ -186,7 +186,10 @@ def accuracy_groups(rows: list[dict[str, Any]], tolerance_pts: float) -> list[di
                 "parity": None if verdict in (None, "unresolved", "untrained") else verdict == "equivalent",
                 "val_loss": {r["framework"]: r.get("final_val_loss") for r in members},
                 "widest": None if widest is None else asdict(widest),
-                "samples_needed": max((p.samples_needed or 0 for p in pairs), default=0) or None,
+                # more samples would not judge models that have not learned
+                "samples_needed": None
+                if verdict == "untrained"
+                else max((p.samples_needed or 0 for p in pairs), default=0) or None,
                 "pairs": [asdict(p) for p in pairs],
                 "tolerance_pts": tolerance_pts,
             }

@@ -119,6 +119,7 @@ def test_models_that_have_not_learned_are_not_judged_and_one_that_cannot_learn_i
     rows = [row("a", BASE, final_val_loss=at_chance), row("b", worse, final_val_loss=at_chance + 0.01)]
     groups = parity.annotate(rows, [], 2.0)
     assert groups[0]["verdict"] == "untrained" and rows[0]["accuracy_parity"] is None
+    assert rows[0]["accuracy_samples_needed"] is None  # more samples would not judge them
     assert not any("Validation accuracy differs" in w for w in report.warnings(rows))
     assert parity.describe(rows[0], 2.0).startswith("not judged: the models have not learned yet")
     learned = [row("a", BASE, final_val_loss=0.4), row("b", worse, final_val_loss=at_chance)]
