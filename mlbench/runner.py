@@ -504,7 +504,7 @@ def run_cell(
         raise Interrupted(cell.cell_id) from None
     finally:
         ended = _tear_down(proc, limit, monitor, pipes[:2], (stream_log, stderr_log))
-    ended.monitor.update(
+    ended.summary.update(
         gpu_memory_before_bytes=gpu_before,
         gpu_memory_after_bytes=gpu_memory_used_bytes(nvml),
         gpu_foreign_processes=foreign or None,
@@ -519,7 +519,7 @@ def run_cell(
         events=reading.events,
         logs=reading.final_logs(),
         stderr_tail=tail,
-        monitor=ended.monitor,
+        monitor=ended.summary,
         started_at=started_at,
         killed_for=reading.killed_for,
         worker_wall_s=(reading.exited_at - t0) if reading.exit_code is not None else None,
@@ -548,11 +548,11 @@ def _start_pipes(
 class _Ended:
     """What is left of a cell's run once its processes are gone: what the monitor and the limit saw."""
 
-    monitor: dict[str, Any]
+    summary: dict[str, Any]  # the monitor's figures (Outcome.monitor)
     memory_record: dict[str, Any] | None
     oom_kills: int | None
     limit: memlimit.MemoryLimit | None
-    monitor_obj: Monitor
+    monitor: Monitor
 
 
 def _tear_down(
@@ -585,7 +585,7 @@ def _classify_run(
     proc: subprocess.Popen[bytes], reading: _Reading, ended: _Ended, tail: str, timeouts: tuple[float, float]
 ) -> tuple[str, str]:
     exit_code = reading.exit_code
-    limit, monitor = ended.limit, ended.monitor_obj
+    limit, monitor = ended.limit, ended.monitor
     enforced = _enforced(monitor, limit, ended.oom_kills, exit_code, monitor.interval_s)
     if monitor.over_limit_rss is not None:
         reading.killed_for = "memory"
@@ -593,7 +593,7 @@ def _classify_run(
         exit_code if exit_code is not None else proc.poll(),
         reading.events,
         reading.killed_for,
-        ended.monitor.get("oom_kills") or 0,
+        ended.summary.get("oom_kills") or 0,
         tail,
         timeouts,
         memory=(limit, enforced) if limit is not None else None,
