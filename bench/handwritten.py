@@ -8,6 +8,11 @@ read-back, one device sync at the end of the timed steps; JAX's state donated to
 here imports a worker, so a model or optimizer written slowly in a worker shows as a ratio below 1.
 Prints one JSON line: {"samples_per_second": ...}.
 
+Each loop also takes `options`, forms other than its reference's own, for `bench.parity_cost`: the
+framework's native form where the reference writes the spec's (PyTorch's) arithmetic out, or the
+worker's where the reference takes the native one (OPTIONS: which each framework has). The fidelity
+bench's loops run without.
+
     python -m bench.handwritten --framework jax --model resnet18 --batch-size 64 --steps 20 [--threads 1]
 """
 
@@ -29,6 +34,26 @@ from workers.common.weights import initial_weights
 
 # A loop set up and ready: run(n) runs its next n steps, waits for the device, returns the seconds.
 Block = Callable[[int], float]
+
+# per framework, the forms a loop can take instead of the spec's arithmetic (see `bench.parity_cost`)
+OPTIONS: dict[str, dict[str, str]] = {
+    "pytorch": {},
+    "tensorflow": {
+        "same_padding": "Keras' `same` on the 3x3 stride-2 convolutions (pads bottom and right only)",
+        "keras_optimizer": "Keras' own SGD (rate inside the velocity, decoupled decay) or AdamW (epsilon before the bias correction)",
+        "sparse_embedding_gradients": "the embedding's gradients left as IndexedSlices (Keras' lazy update: only the batch's rows move)",
+    },
+    "jax": {
+        "same_padding": "Flax's SAME on the 3x3 stride-2 convolutions (pads bottom and right only)",
+        "two_pass_variance": "LayerNorm's variance in two passes, as the worker and PyTorch compute it (Flax's default: one pass)",
+    },
+}
+
+
+def check_options(framework: str, options: frozenset[str]) -> None:
+    unknown = sorted(options - OPTIONS[framework].keys())
+    if unknown:
+        raise ValueError(f"{framework}: unknown loop option(s) {unknown}; allowed: {sorted(OPTIONS[framework])}")
 
 
 def batches(model: str, batch_size: int, n: int, layout: str, seed: int = 0) -> list[tuple[np.ndarray, np.ndarray]]:
@@ -63,7 +88,8 @@ def blocks(step: Callable[..., Any], data_: list[tuple[Any, Any]], sync: Callabl
     return run
 
 
-def torch_loop(model: str, bs: int, total_steps: int, distinct: int) -> Block:
+def torch_loop(model: str, bs: int, total_steps: int, distinct: int, options: frozenset[str] = frozenset()) -> Block:
+    check_options("pytorch", options)
     import torch
     import torch.nn.functional as F
 
@@ -91,7 +117,8 @@ def torch_loop(model: str, bs: int, total_steps: int, distinct: int) -> Block:
     return blocks(step, data_, lambda loss: loss.item())  # the only sync
 
 
-def tf_loop(model: str, bs: int, total_steps: int, distinct: int) -> Block:
+def tf_loop(model: str, bs: int, total_steps: int, distinct: int, options: frozenset[str] = frozenset()) -> Block:
+    check_options("tensorflow", options)
     os.environ.setdefault("TF_CPP_MIN_LOG_LEVEL", "2")
     import keras
     import tensorflow as tf
@@ -99,9 +126,11 @@ def tf_loop(model: str, bs: int, total_steps: int, distinct: int) -> Block:
     from bench.references import keras_models as ref
 
     spec = with_total_steps(get_spec(model), total_steps)
-    net = ref.build(spec)
+    net = ref.build(spec, same_padding="same_padding" in options)
     ref.load_canonical(net, spec, initial_weights(spec, 0))
-    opt = ref.optimizer(spec.optimizer)  # PyTorch's SGD or AdamW arithmetic, as Keras optimizers
+    # PyTorch's SGD or AdamW arithmetic, as Keras optimizers (or Keras' own)
+    opt = ref.optimizer(spec.optimizer, keras_own="keras_optimizer" in options)
+    dense = "sparse_embedding_gradients" not in options
     opt.build(net.trainable_variables)
     loss_fn = keras.losses.SparseCategoricalCrossentropy(from_logits=True)
     data_ = [(tf.constant(x), tf.constant(y)) for x, y in batches(model, bs, distinct, "NHWC")]
@@ -113,14 +142,16 @@ def tf_loop(model: str, bs: int, total_steps: int, distinct: int) -> Block:
         grads = tape.gradient(loss, net.trainable_variables)
         # dense embedding gradients: every row's moments move, as in PyTorch's AdamW (the lazy sparse
         # update Keras does by default is different math, and cheaper)
-        grads = [tf.convert_to_tensor(g) if isinstance(g, tf.IndexedSlices) else g for g in grads]
+        if dense:
+            grads = [tf.convert_to_tensor(g) if isinstance(g, tf.IndexedSlices) else g for g in grads]
         opt.apply(grads, net.trainable_variables)  # SGD's coupled weight decay is in its update
         return loss
 
     return blocks(step, data_, lambda loss: loss.numpy())
 
 
-def jax_loop(model: str, bs: int, total_steps: int, distinct: int) -> Block:
+def jax_loop(model: str, bs: int, total_steps: int, distinct: int, options: frozenset[str] = frozenset()) -> Block:
+    check_options("jax", options)
     import jax
     import jax.numpy as jnp
     import optax
@@ -128,7 +159,7 @@ def jax_loop(model: str, bs: int, total_steps: int, distinct: int) -> Block:
     from bench.references import flax_models as ref
 
     spec = with_total_steps(get_spec(model), total_steps)
-    net = ref.build(spec)
+    net = ref.build(spec, same_padding="same_padding" in options, fast_variance="two_pass_variance" not in options)
     host = batches(model, bs, distinct, "NHWC")
     variables = ref.load_canonical(net, spec, initial_weights(spec, 0), jnp.asarray(host[0][0][:1]))
     params, stats = variables["params"], variables.get("batch_stats", {})
@@ -198,7 +229,7 @@ def thread_settings(framework: str) -> dict[str, Any]:
     return {"XLA_FLAGS": os.environ.get("XLA_FLAGS"), "OMP_NUM_THREADS": os.environ.get("OMP_NUM_THREADS")}
 
 
-LOOPS: dict[str, Callable[[str, int, int, int], Block]] = {
+LOOPS: dict[str, Callable[..., Block]] = {
     "pytorch": torch_loop,
     "tensorflow": tf_loop,
     "jax": jax_loop,

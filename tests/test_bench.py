@@ -346,3 +346,47 @@ def test_the_pytorch_peers_time_a_step_and_inference() -> None:
     from workers.common.specs import get_spec, num_parameters
 
     assert hf["parameters"] == num_parameters(get_spec("bert")) + 256
+
+
+def test_parity_cost_choices_and_verdicts() -> None:
+    from bench import parity_cost  # imports no framework at module level
+
+    # every choice names loop options its framework has (checked at import), and differs in them
+    for c in parity_cost.CHOICES:
+        assert c.parity != c.native, c.key
+    assert {c.framework for c in parity_cost.CHOICES} == {"tensorflow", "jax"}  # PyTorch's forms are the spec's
+
+    def blocks(ratio: float, spread: float) -> list[dict[str, float]]:
+        return [{"ratio": ratio * (1 + s), "control": 1.0 + s} for s in (-spread, 0.0, spread)]
+
+    slow = parity_cost.estimates([blocks(0.90, 0.01), blocks(0.91, 0.01), blocks(0.89, 0.01)])
+    assert slow["unit"] == "processes" and slow["ci95"][1] < 1
+    assert slow["verdict"] == f"costs {1 - slow['geometric_mean']:.1%}"
+    level = parity_cost.estimates([blocks(0.97, 0.01), blocks(1.03, 0.01), blocks(1.0, 0.01)])
+    assert level["verdict"] == "no cost resolved"
+    fast = parity_cost.estimates([blocks(1.10, 0.01), blocks(1.11, 0.01), blocks(1.09, 0.01)])
+    assert fast["verdict"].startswith("faster by")
+
+
+@pytest.mark.e2e
+def test_parity_cost_times_the_two_forms_in_one_process() -> None:
+    """One process of a choice: the spec's form, its twin and the native form in rotating blocks."""
+    pytest.importorskip("tensorflow")
+    import json
+    import subprocess
+    import sys
+
+    args = ["--one", "tensorflow-mlp-adamw", "--steps", "2", "--blocks", "3", "--threads", "1"]
+    out = subprocess.run(
+        [sys.executable, "-m", "bench.parity_cost", *args],
+        cwd=fidelity.ROOT,
+        capture_output=True,
+        text=True,
+        check=True,
+    )
+    res = json.loads(out.stdout.strip().splitlines()[-1])
+    assert res["choice"] == "tensorflow-mlp-adamw" and len(res["blocks"]) == 3
+    for b in res["blocks"]:
+        assert b["parity_s"] > 0 and b["twin_s"] > 0 and b["native_s"] > 0
+        assert b["ratio"] == pytest.approx(b["native_s"] / math.sqrt(b["parity_s"] * b["twin_s"]))
+        assert b["control"] == pytest.approx(b["parity_s"] / b["twin_s"])

@@ -294,3 +294,59 @@ def test_the_tensorflow_workers_sgd_trains_as_torch_optim() -> None:
     # the reference's model (the same function as the worker's, above) with the worker's optimizer
     got = keras_losses(spec, w, make_optimizer(spec.optimizer), spec.optimizer.weight_decay)
     np.testing.assert_allclose(got, torch_losses(spec, w), rtol=1e-5, atol=1e-6)
+
+
+# --- the native forms `bench.parity_cost` times against the spec's ------------------------------
+
+
+def test_the_native_forms_parity_cost_times_compute_another_function() -> None:
+    """What `bench.parity_cost` weighs: each native form it times is not the spec's function (else the
+    workers could simply use it): `same` padding at stride 2 moves the ResNets' logits, Keras' own SGD
+    its losses under the changing rate; and Flax's two-pass LayerNorm variance (the JAX worker's form)
+    is the same function as the reference's one-pass, within the logits' tolerance."""
+    pytest.importorskip("torch")
+    spec = tiny_spec("resnet18")
+    w = perturbed_weights(spec)
+    if _has("tensorflow"):
+        from bench.references import keras_models
+        from workers.tensorflow_worker import models
+
+        x = inputs(spec, "NHWC")
+        worker = models.build(spec)
+        models.load_canonical(worker, spec, w)
+        native = keras_models.build(spec, same_padding=True)
+        keras_models.load_canonical(native, spec, w)
+        assert max_excess(np.asarray(native(x, training=False)), np.asarray(worker(x, training=False))) > 0
+        tspec = train_spec("resnet18")
+        tw = perturbed_weights(tspec)
+        keras_sgd = keras_models.optimizer(tspec.optimizer, keras_own=True)
+        assert type(keras_sgd).__module__.startswith("keras")
+        got, want = keras_losses(tspec, tw, keras_sgd), torch_losses(tspec, tw)
+        assert not np.allclose(got, want, rtol=1e-5, atol=1e-6)
+    if _has("flax"):
+        import flax
+        import jax
+
+        from bench.references import flax_models
+        from workers.jax_worker import models as jax_models
+
+        x = inputs(spec, "NHWC")
+        worker = jax_models.build(spec)
+        like = jax.eval_shape(lambda: worker.init(jax.random.PRNGKey(0), x[:1], train=False))
+        want = np.asarray(worker.apply(jax_models.from_canonical(spec, w, flax.core.unfreeze(like)), x, train=False))
+        native = flax_models.build(spec, same_padding=True)
+        got = np.asarray(native.apply(flax_models.load_canonical(native, spec, w, x[:1]), x, train=False))
+        assert max_excess(got, want) > 0
+        bspec = tiny_spec("bert")
+        bw = perturbed_weights(bspec)
+        tokens = inputs(bspec, "NHWC")
+        worker = jax_models.build(bspec)
+        like = jax.eval_shape(lambda: worker.init(jax.random.PRNGKey(0), tokens[:1], train=False))
+        want = np.asarray(
+            worker.apply(jax_models.from_canonical(bspec, bw, flax.core.unfreeze(like)), tokens, train=False)
+        )
+        two_pass = flax_models.build(bspec, fast_variance=False)
+        got = np.asarray(
+            two_pass.apply(flax_models.load_canonical(two_pass, bspec, bw, tokens[:1]), tokens, train=False)
+        )
+        assert max_excess(got, want) <= 0

@@ -9,6 +9,10 @@ around `nn.MultiHeadDotProductAttention` (per-element attention dropout: `broadc
 learned positions as one `pos_embedding` parameter added to the token embeddings (the Flax WMT/LM1B
 examples' `AddPositionEmbs`), and Flax's LayerNorm as it comes (`use_fast_variance`: the variance
 as E[x^2] - E[x]^2, one pass).
+
+For `bench.parity_cost`: `build(spec, same_padding=True)` gives Flax's SAME on the stride-2
+convolutions too (other arithmetic), `build(spec, fast_variance=False)` the two-pass LayerNorm variance
+the JAX worker computes as PyTorch does (the same function, another rounding).
 """
 
 from __future__ import annotations
@@ -46,12 +50,13 @@ class ResNetBlock(nn.Module):
     norm: ModuleDef
     act: Callable[[jax.Array], jax.Array]
     strides: tuple[int, int] = (1, 1)
+    same_padding: bool = False  # SAME at stride 2 as well: not PyTorch's arithmetic
 
     @nn.compact
     def __call__(self, x: jax.Array) -> jax.Array:
         residual = x
         # SAME at stride 2 pads (0, 1): PyTorch's (1, 1) is written out there
-        padding = "SAME" if self.strides == (1, 1) else ((1, 1), (1, 1))
+        padding = "SAME" if self.strides == (1, 1) or self.same_padding else ((1, 1), (1, 1))
         y = self.conv(self.filters, (3, 3), self.strides, padding=padding)(x)
         y = self.act(self.norm()(y))
         y = self.conv(self.filters, (3, 3))(y)
@@ -69,6 +74,7 @@ class ResNet(nn.Module):
     bn_momentum: float  # Flax's: the weight of the old running value
     bn_eps: float
     act: Callable[[jax.Array], jax.Array] = nn.relu
+    same_padding: bool = False
 
     @nn.compact
     def __call__(self, x: jax.Array, train: bool = True) -> jax.Array:  # (B, 32, 32, 3)
@@ -78,7 +84,9 @@ class ResNet(nn.Module):
         for i, block_size in enumerate(self.stage_sizes):
             for j in range(block_size):
                 strides = (2, 2) if i > 0 and j == 0 else (1, 1)
-                x = ResNetBlock(self.widths[i], conv=conv, norm=norm, act=self.act, strides=strides)(x)
+                x = ResNetBlock(
+                    self.widths[i], conv=conv, norm=norm, act=self.act, strides=strides, same_padding=self.same_padding
+                )(x)
         x = jnp.mean(x, axis=(1, 2))  # (B, 512)
         return nn.Dense(self.num_classes)(x)
 
@@ -87,21 +95,24 @@ class EncoderBlock(nn.Module):
     """Post-LN: x = LN(x + dropout(attention(x))); x = LN(x + dropout(FFN(x)))."""
 
     spec: BertSpec
+    fast_variance: bool = True
 
     @nn.compact
     def __call__(self, x: jax.Array, train: bool) -> jax.Array:  # (B, T, H)
         s = self.spec
+        ln = partial(nn.LayerNorm, epsilon=s.ln_eps, use_fast_variance=self.fast_variance)
         y = nn.MultiHeadDotProductAttention(
             num_heads=s.heads, dropout_rate=s.dropout, broadcast_dropout=False, deterministic=not train
         )(x)
-        x = nn.LayerNorm(epsilon=s.ln_eps)(x + nn.Dropout(s.dropout, deterministic=not train)(y))
+        x = ln()(x + nn.Dropout(s.dropout, deterministic=not train)(y))
         y = nn.gelu(nn.Dense(s.ffn)(x), approximate=s.gelu != "exact")
         y = nn.Dense(s.hidden)(y)
-        return nn.LayerNorm(epsilon=s.ln_eps)(x + nn.Dropout(s.dropout, deterministic=not train)(y))
+        return ln()(x + nn.Dropout(s.dropout, deterministic=not train)(y))
 
 
 class Bert(nn.Module):
     spec: BertSpec
+    fast_variance: bool = True
 
     @nn.compact
     def __call__(self, tokens: jax.Array, train: bool = False) -> jax.Array:  # (B, T) int
@@ -109,21 +120,30 @@ class Bert(nn.Module):
         x = nn.Embed(s.vocab_size, s.hidden, name="word_embeddings")(tokens)
         pe = self.param("pos_embedding", nn.initializers.normal(s.init_std), (1, s.seq_len, s.hidden))
         x = x + pe[:, : tokens.shape[1]]
-        x = nn.LayerNorm(epsilon=s.ln_eps, name="embeddings_norm")(x)
+        x = nn.LayerNorm(epsilon=s.ln_eps, use_fast_variance=self.fast_variance, name="embeddings_norm")(x)
         x = nn.Dropout(s.dropout, deterministic=not train)(x)
         for _ in range(s.layers):
-            x = EncoderBlock(s)(x, train)
+            x = EncoderBlock(s, self.fast_variance)(x, train)
         pooled = jnp.tanh(nn.Dense(s.hidden, name="pooler")(x[:, 0]))  # the first token
         return nn.Dense(s.num_classes, name="classifier")(pooled)  # (B, classes)
 
 
-def build(spec: ModelSpec) -> nn.Module:
+def build(spec: ModelSpec, same_padding: bool = False, fast_variance: bool = True) -> nn.Module:
+    """The reference for `spec`; `same_padding`: SAME on the stride-2 3x3 convolutions too;
+    `fast_variance=False`: the LayerNorms' variance in two passes (the JAX worker's, PyTorch's)."""
     if isinstance(spec, MLPSpec):
         return MLP((*spec.hidden, spec.num_classes))
     if isinstance(spec, ResNetSpec):
-        return ResNet(spec.stage_sizes, spec.widths, spec.num_classes, 1.0 - spec.bn_momentum, spec.bn_eps)
+        return ResNet(
+            spec.stage_sizes,
+            spec.widths,
+            spec.num_classes,
+            1.0 - spec.bn_momentum,
+            spec.bn_eps,
+            same_padding=same_padding,
+        )
     if isinstance(spec, BertSpec):
-        return Bert(spec)
+        return Bert(spec, fast_variance)
     raise TypeError(f"no Flax reference for {type(spec).__name__}")
 
 

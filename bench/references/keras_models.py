@@ -11,6 +11,10 @@ which is not PyTorch's momentum (b = mu b + g; w -= lr b) once the rate changes 
 as the linear schedule does; and its AdamW adds epsilon to sqrt(v) before the bias correction, not
 after. Both are written out here as Keras optimizers with the spec's arithmetic; the cost is the
 same few element-wise ops per variable.
+
+`build(spec, same_padding=True)` and `optimizer(opt, keras_own=True)` give Keras' native forms instead
+(`same` at stride 2; Keras' own SGD and AdamW): other arithmetic, for `bench.parity_cost` to time what
+PyTorch's costs here.
 """
 
 from __future__ import annotations
@@ -40,8 +44,8 @@ def mlp(spec: MLPSpec) -> keras.Model:
     )
 
 
-def _conv(x: Any, filters: int, kernel: int, stride: int, name: str) -> Any:
-    if stride > 1 and kernel > 1:  # `same` is asymmetric here: pad as PyTorch does, both sides
+def _conv(x: Any, filters: int, kernel: int, stride: int, name: str, same_padding: bool = False) -> Any:
+    if stride > 1 and kernel > 1 and not same_padding:  # `same` is asymmetric here: pad as PyTorch does, both sides
         x = layers.ZeroPadding2D(kernel // 2, name=f"{name}_pad")(x)
         return layers.Conv2D(filters, kernel, stride, padding="valid", use_bias=False, name=f"{name}_conv")(x)
     return layers.Conv2D(filters, kernel, stride, padding="same", use_bias=False, name=f"{name}_conv")(x)
@@ -52,7 +56,7 @@ def _bn(x: Any, spec: ResNetSpec, name: str) -> Any:
     return layers.BatchNormalization(axis=3, epsilon=spec.bn_eps, momentum=1.0 - spec.bn_momentum, name=f"{name}_bn")(x)
 
 
-def _block(x: Any, filters: int, stride: int, spec: ResNetSpec, name: str) -> Any:
+def _block(x: Any, filters: int, stride: int, spec: ResNetSpec, name: str, same_padding: bool) -> Any:
     """A basic block named as keras.applications names its blocks: `{name}_1_conv`, `_1_bn`, `_2_*`,
     and the projection shortcut `_0_conv`, `_0_bn`."""
     if stride != 1 or x.shape[-1] != filters:
@@ -60,18 +64,18 @@ def _block(x: Any, filters: int, stride: int, spec: ResNetSpec, name: str) -> An
     else:
         shortcut = x
     x = layers.Activation("relu", name=f"{name}_1_relu")(
-        _bn(_conv(x, filters, 3, stride, f"{name}_1"), spec, f"{name}_1")
+        _bn(_conv(x, filters, 3, stride, f"{name}_1", same_padding), spec, f"{name}_1")
     )
     x = _bn(_conv(x, filters, 3, 1, f"{name}_2"), spec, f"{name}_2")
     return layers.Activation("relu", name=f"{name}_out")(layers.Add(name=f"{name}_add")([shortcut, x]))
 
 
-def resnet(spec: ResNetSpec) -> keras.Model:
+def resnet(spec: ResNetSpec, same_padding: bool = False) -> keras.Model:
     inputs = keras.Input((spec.image_size, spec.image_size, spec.in_channels))  # (B, 32, 32, 3)
     x = layers.Activation("relu", name="conv1_relu")(_bn(_conv(inputs, spec.widths[0], 3, 1, "conv1"), spec, "conv1"))
     for s, (blocks, filters) in enumerate(zip(spec.stage_sizes, spec.widths, strict=True)):
         for b in range(blocks):
-            x = _block(x, filters, 2 if (s > 0 and b == 0) else 1, spec, f"conv{s + 2}_block{b + 1}")
+            x = _block(x, filters, 2 if (s > 0 and b == 0) else 1, spec, f"conv{s + 2}_block{b + 1}", same_padding)
     x = layers.GlobalAveragePooling2D(name="avg_pool")(x)  # (B, 512)
     return keras.Model(inputs, layers.Dense(spec.num_classes, name="predictions")(x), name="resnet")
 
@@ -121,11 +125,13 @@ def bert(spec: BertSpec) -> keras.Model:
     return keras.Model(tokens, layers.Dense(spec.num_classes, name="classifier")(pooled), name="bert")
 
 
-def build(spec: ModelSpec) -> keras.Model:
+def build(spec: ModelSpec, same_padding: bool = False) -> keras.Model:
+    """The reference for `spec`; `same_padding`: Keras' `same` on the 3x3 stride-2 convolutions too
+    (bottom and right only: not PyTorch's arithmetic)."""
     if isinstance(spec, MLPSpec):
         return mlp(spec)
     if isinstance(spec, ResNetSpec):
-        return resnet(spec)
+        return resnet(spec, same_padding)
     if isinstance(spec, BertSpec):
         return bert(spec)
     raise TypeError(f"no Keras reference for {type(spec).__name__}")
@@ -302,9 +308,17 @@ def schedule(opt: OptimizerSpec) -> float | WarmupLinearDecay:
     return WarmupLinearDecay(opt.lr, max(1, round(opt.warmup * opt.total_steps)), opt.total_steps)
 
 
-def optimizer(opt: OptimizerSpec) -> keras.optimizers.Optimizer:
-    """The spec's optimizer and schedule, with PyTorch's arithmetic."""
+def optimizer(opt: OptimizerSpec, keras_own: bool = False) -> keras.optimizers.Optimizer:
+    """The spec's optimizer and schedule, with PyTorch's arithmetic; `keras_own`: Keras' own SGD (the
+    rate inside the velocity; its weight decay decoupled, w -= lr * wd * w) or AdamW (epsilon before
+    the bias correction), as a Keras user would write them."""
     lr = schedule(opt)
+    if keras_own and opt.name == "sgd":
+        return keras.optimizers.SGD(lr, momentum=opt.momentum, weight_decay=opt.weight_decay or None)
+    if keras_own and opt.name == "adamw":
+        return keras.optimizers.AdamW(
+            lr, weight_decay=opt.weight_decay, beta_1=opt.beta1, beta_2=opt.beta2, epsilon=opt.eps
+        )
     if opt.name == "sgd":
         return SGD(lr, momentum=opt.momentum, weight_decay=opt.weight_decay)
     if opt.name == "adamw":
