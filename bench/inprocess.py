@@ -33,6 +33,7 @@ import math
 import os
 import sys
 import tempfile
+from collections.abc import Callable
 from typing import Any
 
 from bench.handwritten import LOOPS, use_threads
@@ -78,6 +79,19 @@ def harness_loop(
 # then the same reversed (over six, each loop runs right after each other loop equally often)
 _ROTATIONS = [("hand", "twin", "harness"), ("twin", "harness", "hand"), ("harness", "hand", "twin")]
 ORDERS = _ROTATIONS + [r[::-1] for r in _ROTATIONS]
+NAMES = ("hand", "twin", "harness")
+
+
+def timed_blocks(
+    loops: dict[str, Callable[[], float]], blocks: int, warmup_blocks: int, names: tuple[str, str, str] = NAMES
+) -> list[dict[str, float]]:
+    """Each loop's block seconds, `blocks` times after `warmup_blocks` untimed rounds (compilation,
+    tracing, first touch of memory), the three loops (`names`, in ORDERS' roles) in rotating order."""
+    for _ in range(warmup_blocks):
+        for run in loops.values():
+            run()
+    role = dict(zip(NAMES, names))
+    return [{role[n]: loops[role[n]]() for n in ORDERS[b % len(ORDERS)]} for b in range(blocks)]
 
 
 def compare(
@@ -91,21 +105,16 @@ def compare(
         # a block's worth of distinct batches each, as the harness's epoch
         hand, twin = (LOOPS[framework](model, bs, total, steps) for _ in range(2))
         loops = {"hand": lambda: hand(steps), "twin": lambda: twin(steps), "harness": ours}
-        for _ in range(warmup_blocks):  # compilation, tracing, first-touch of memory: untimed
-            for run in loops.values():
-                run()
-        timed = []
-        for b in range(blocks):
-            t = {name: loops[name]() for name in ORDERS[b % len(ORDERS)]}
-            timed.append(
-                {
-                    "hand_s": t["hand"],
-                    "twin_s": t["twin"],
-                    "harness_s": t["harness"],
-                    "ratio": math.sqrt(t["hand"] * t["twin"]) / t["harness"],
-                    "control": t["hand"] / t["twin"],
-                }
-            )
+        timed = [
+            {
+                "hand_s": t["hand"],
+                "twin_s": t["twin"],
+                "harness_s": t["harness"],
+                "ratio": math.sqrt(t["hand"] * t["twin"]) / t["harness"],
+                "control": t["hand"] / t["twin"],
+            }
+            for t in timed_blocks(loops, blocks, warmup_blocks)
+        ]
     return {
         "framework": framework,
         "model": model,

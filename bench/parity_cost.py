@@ -31,12 +31,9 @@ from typing import Any
 
 from bench import fidelity
 from bench.handwritten import LOOPS, check_options, use_threads
-from bench.inprocess import ORDERS as _INPROCESS_ORDERS
+from bench.inprocess import timed_blocks
 from mlbench import runner
 from workers.common import malloc as glibc_malloc
-
-# block b runs ORDERS[b % 6]: every loop in every position, and right after each other loop, equally often
-ORDERS = [tuple({"hand": "parity", "twin": "twin", "harness": "native"}[n] for n in o) for o in _INPROCESS_ORDERS]
 
 
 @dataclass(frozen=True)
@@ -136,21 +133,17 @@ def compare(
     loop = LOOPS[choice.framework]
     forms = {"parity": choice.parity, "twin": choice.parity, "native": choice.native}
     runs = {name: loop(choice.model, bs, total, steps, options) for name, options in forms.items()}
-    for _ in range(warmup_blocks):  # tracing, compilation, first touch of memory: untimed
-        for run in runs.values():
-            run(steps)
-    timed = []
-    for b in range(blocks):
-        t = {name: runs[name](steps) for name in ORDERS[b % len(ORDERS)]}
-        timed.append(
-            {
-                "parity_s": t["parity"],
-                "twin_s": t["twin"],
-                "native_s": t["native"],
-                "ratio": t["native"] / math.sqrt(t["parity"] * t["twin"]),  # the spec's samples/s over native's
-                "control": t["parity"] / t["twin"],
-            }
-        )
+    blocks_s = {name: (lambda run=run: run(steps)) for name, run in runs.items()}
+    timed = [
+        {
+            "parity_s": t["parity"],
+            "twin_s": t["twin"],
+            "native_s": t["native"],
+            "ratio": t["native"] / math.sqrt(t["parity"] * t["twin"]),  # the spec's samples/s over native's
+            "control": t["parity"] / t["twin"],
+        }
+        for t in timed_blocks(blocks_s, blocks, warmup_blocks, ("parity", "twin", "native"))
+    ]
     return {"choice": choice.key, "batch_size": bs, "steps_per_block": steps, "blocks": timed}
 
 
