@@ -40,7 +40,7 @@ import pyarrow.parquet as pq
 import scipy.stats
 import yaml
 
-from mlbench import runner
+from mlbench.process import runner
 from mlbench.runfolder import RunFolder
 from workers.common import malloc as glibc_malloc
 

@@ -44,7 +44,7 @@ def say(line: str) -> None:
 
 def gpu_header() -> str | None:
     """The driver and each GPU with its MIG mode, or None without a driver."""
-    from mlbench.monitor import NVML, pynvml
+    from mlbench.process.monitor import NVML, pynvml
 
     if not NVML.available():
         return None
@@ -71,7 +71,7 @@ def installed() -> list[str]:
 
 
 def gpu_count() -> int:
-    from mlbench.monitor import NVML, pynvml
+    from mlbench.process.monitor import NVML, pynvml
 
     return pynvml.nvmlDeviceGetCount() if NVML.available() else 0
 
@@ -178,7 +178,7 @@ def problems(
 def main() -> int:
     header = gpu_header()
     if header is None:
-        from mlbench.monitor import NVML
+        from mlbench.process.monitor import NVML
 
         say(f"gpu-smoke: skipped: no NVIDIA GPU here (NVML: {NVML.error})")
         return 0

@@ -32,7 +32,7 @@ from typing import Any
 from bench import fidelity
 from bench.handwritten import LOOPS, check_options, use_threads
 from bench.inprocess import timed_blocks
-from mlbench import runner
+from mlbench.process import runner
 from workers.common import malloc as glibc_malloc
 
 

@@ -11,7 +11,7 @@ from typing import Any, NoReturn
 
 import click
 
-from mlbench import environment, executors, orchestrator, runner, store
+from mlbench import executors, orchestrator
 from mlbench.cells import expand
 from mlbench.config import (
     BUILTIN_WORKERS,
@@ -22,7 +22,9 @@ from mlbench.config import (
     load_suite,
     parse_suite,
 )
-from mlbench.publish import RESULTS_MD
+from mlbench.present.results_md import RESULTS_MD
+from mlbench.process import environment, runner
+from mlbench.results import store
 from mlbench.runfolder import RunFolder
 from workers.common import specs
 
@@ -305,7 +307,7 @@ def maxbatch(
     continue an interrupted search from its stored probes."""
     from rich.console import Console
 
-    from mlbench import maxbatch as search
+    from mlbench.tasks import maxbatch as search
 
     config = _config_path(config, config_opt)
     suite = _load(config, name)
@@ -406,8 +408,8 @@ def env() -> None:
 def report(run_dir: str | None, results_path: str | None, output: str | None, made_by: str | None) -> None:
     """Rebuild RUN_DIR's results exports, report.html and RESULTS.md (with its charts as SVG and PNG)
     from its stored cells; or write report.html and RESULTS.md from a results file (--results FILE)."""
-    from mlbench import compare as cmp_mod
-    from mlbench import report as reporting
+    from mlbench.analysis import compare as cmp_mod
+    from mlbench.present import report as reporting
 
     if run_dir and results_path:
         _fail("give RUN_DIR or --results, not both")
@@ -470,7 +472,7 @@ def compare(
 ) -> None:
     """Compare RUN_B against RUN_A cell by cell: each figure's change and whether it is significant.
     Each is a run folder or a results file (results.parquet, or results.json: no raw step times)."""
-    from mlbench import compare as cmp_mod
+    from mlbench.analysis import compare as cmp_mod
 
     try:
         result = cmp_mod.compare_runs(
@@ -492,7 +494,7 @@ def compare(
 @main.command()
 def schema() -> None:
     """Print the results columns as a Markdown table."""
-    from mlbench.schema import markdown_table
+    from mlbench.results.schema import markdown_table
 
     click.echo(markdown_table())
 
@@ -521,7 +523,7 @@ def verify_cmd(
     and that each framework's data-parallel training equals its one-device training."""
     from rich.console import Console
 
-    from mlbench import verify
+    from mlbench.tasks import verify
 
     suite = _load(config) if config else None
     workers = dict(suite.workers) if suite else {}

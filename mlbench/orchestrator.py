@@ -19,25 +19,16 @@ import psutil
 import pyarrow as pa
 import pyarrow.parquet as pq
 
-from mlbench import (
-    bottleneck,
-    calibration,
-    environment,
-    executors,
-    parity,
-    repeats,
-    report,
-    rows,
-    runner,
-    scaling,
-    schema,
-    store,
-    verify,
-)
+from mlbench import executors
+from mlbench.analysis import bottleneck, parity, scaling
 from mlbench.cells import Cell, Unit, expand, units
 from mlbench.config import DATA_PARALLEL_CHECK_DEVICE, Suite, parse_suite
+from mlbench.present import report
+from mlbench.process import environment, runner
 from mlbench.progress import RunProgress
+from mlbench.results import repeats, rows, schema, store
 from mlbench.runfolder import RunFolder
+from mlbench.tasks import calibration, verify
 from workers.common.devices import Device
 
 

@@ -126,8 +126,9 @@ def verify_run(
     """One framework's `mlbench verify` task for one model on `device` (cpu, cpu:0,1), in its built-in
     worker or `module` (a test's deliberately broken one): the worker's outcome and its verify event
     (None when it did not finish)."""
-    from mlbench import runner, verify
     from mlbench.config import BUILTIN_WORKERS
+    from mlbench.process import runner
+    from mlbench.tasks import verify
 
     module = module or BUILTIN_WORKERS[framework]
     cell = verify.verify_cell(framework, model, module, overrides, 0, device=device)

@@ -121,7 +121,7 @@ def main() -> int:
         em.emit("error", kind="exception", message="<script>alert('mlbench')</script> & <b>bold</b>", traceback="")
         return 1
     elif mode == "oomkill":  # the kernel's OOM killer ends it, in a memory cgroup of its own
-        from mlbench.memlimit import memory_cgroup
+        from mlbench.process.memlimit import memory_cgroup
 
         group = memory_cgroup("self") / f"mlbench-oom-{os.getpid()}"
         try:

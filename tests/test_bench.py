@@ -184,7 +184,7 @@ def test_gpu_smoke_without_a_gpu_says_so_in_one_line_and_exits_0() -> None:
     import subprocess
     import sys
 
-    from mlbench.monitor import NVML
+    from mlbench.process.monitor import NVML
     from tests.conftest import ROOT
 
     if NVML.available():

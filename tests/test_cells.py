@@ -115,7 +115,7 @@ def test_list_reports_each_builtin_framework_installed() -> None:
 def test_worker_environment_fixes_threads_and_hides_gpus_from_a_cpu_cell(tmp_path, monkeypatch) -> None:
     import psutil
 
-    from mlbench import runner
+    from mlbench.process import runner
 
     monkeypatch.delenv("XLA_FLAGS", raising=False)
     cell = expand(grid(frameworks=["jax"], models=["mlp"], batch_sizes=[8]))[0]
@@ -149,8 +149,8 @@ def test_cell_ids_of_the_quick_suite_are_unchanged() -> None:
 
 
 def test_a_spec_holds_exactly_its_tasks_keys() -> None:
-    from mlbench.calibration import calibration_cell
-    from mlbench.verify import verify_cell
+    from mlbench.tasks.calibration import calibration_cell
+    from mlbench.tasks.verify import verify_cell
     from workers.common.cellspec import KEYS, CellSpec
 
     train = expand(grid())[0]

@@ -18,8 +18,10 @@ import psutil
 import pytest
 import yaml
 
-from mlbench import calibration, scaling, schema
+from mlbench.analysis import scaling
 from mlbench.config import ConfigError, parse_suite
+from mlbench.results import schema
+from mlbench.tasks import calibration
 from tests.conftest import ROOT, cli, descendants_alive, suite_dict
 from workers.common import harness
 from workers.common.cellspec import CellSpec
@@ -279,8 +281,8 @@ def test_a_killed_orchestrator_leaves_no_rank_alive(tmp_path: Path) -> None:
 @pytest.mark.e2e
 def test_a_rank_that_dies_ends_the_cell_as_crashed_naming_the_rank(tmp_path: Path) -> None:
     pytest.importorskip("torch")
-    from mlbench import runner
     from mlbench.cells import make_cell
+    from mlbench.process import runner
 
     suite = parse_suite(
         suite_dict(

@@ -184,7 +184,7 @@ def test_worker_run_by_hand_prints_the_same_events(tmp_path: Path) -> None:
 
 
 def test_a_device_that_is_not_there_is_skipped(tmp_path: Path) -> None:
-    from mlbench.monitor import NVML
+    from mlbench.process.monitor import NVML
 
     if NVML.available():
         pytest.skip("this machine has an NVIDIA driver")

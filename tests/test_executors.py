@@ -47,7 +47,7 @@ def test_a_parallel_run_overlaps_only_cells_on_disjoint_gpus(tmp_path: Path, mon
     from click.testing import CliRunner
 
     from mlbench import cli as mlbench_cli
-    from mlbench import gpus
+    from mlbench.process import gpus
 
     suite = fault_suite("slow", devices=["cpu", "cuda:0", "cuda:1", "cuda:0,1"], parallel=4)
     (tmp_path / "s.yaml").write_text(yaml.safe_dump(suite))
@@ -81,7 +81,7 @@ def test_a_parallel_run_overlaps_only_cells_on_disjoint_gpus(tmp_path: Path, mon
 
 def test_a_cells_gpus_count_in_those_the_user_gave_mlbench() -> None:
     """cuda:0 is the first GPU of a CUDA_VISIBLE_DEVICES set before mlbench started, not physical GPU 0."""
-    from mlbench import gpus
+    from mlbench.process import gpus
 
     assert gpus.choose("cuda:0,1", {}) == ["0", "1"]  # nothing given: the machine's GPUs
     assert gpus.choose("cuda:0", {"CUDA_VISIBLE_DEVICES": "3,1"}) == ["3"]
@@ -93,8 +93,8 @@ def test_a_cells_gpus_count_in_those_the_user_gave_mlbench() -> None:
 
 
 def test_a_gpu_cell_on_a_host_without_that_gpu_is_skipped_before_any_worker(tmp_path: Path) -> None:
-    from mlbench import gpus
-    from mlbench.monitor import NVML
+    from mlbench.process import gpus
+    from mlbench.process.monitor import NVML
 
     if NVML.available():
         pytest.skip("this host has an NVIDIA driver: its GPUs decide")
@@ -111,7 +111,7 @@ def test_a_gpu_cell_on_a_host_without_that_gpu_is_skipped_before_any_worker(tmp_
 
 
 def test_workers_number_gpus_as_nvml_and_jax_is_pinned_to_the_cells_platform(tmp_path: Path) -> None:
-    from mlbench import runner
+    from mlbench.process import runner
 
     cpu, gpu = (expand(parse_suite(suite_dict(devices=[d])))[0] for d in ("cpu", "cuda:0"))
     env = runner.worker_env(cpu, 1, tmp_path)

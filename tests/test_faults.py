@@ -165,7 +165,7 @@ def test_a_full_disk_stops_the_run_with_no_half_written_file(tmp_path: Path, mon
     from click.testing import CliRunner
 
     from mlbench import cli as mlbench_cli
-    from mlbench import store
+    from mlbench.results import store
 
     (tmp_path / "s.yaml").write_text(yaml.safe_dump(fault_suite("fine", "slow")))
     monkeypatch.chdir(tmp_path)
@@ -192,7 +192,7 @@ def test_a_full_disk_stops_the_run_with_no_half_written_file(tmp_path: Path, mon
 
 
 def test_a_kill_by_the_kernel_oom_killer_is_oom() -> None:
-    from mlbench.runner import classify
+    from mlbench.process.runner import classify
 
     # the cgroup's oom_kill counter rose while the worker died by SIGKILL that mlbench did not send
     assert classify(-9, [], None, 1, "", (10, 10)) == (

@@ -9,7 +9,7 @@ import pandas as pd
 import pytest
 import yaml
 
-from mlbench import parity
+from mlbench.analysis import parity
 from tests.conftest import cli, suite_dict
 from workers.common import registry, specs
 from workers.common.weights import initial_weights
@@ -155,7 +155,7 @@ def test_mfu_against_the_calibrated_peak(three_frameworks) -> None:
 
 
 def test_peaks_take_the_highest_framework() -> None:
-    from mlbench.calibration import peaks
+    from mlbench.tasks.calibration import peaks
 
     entries = [
         {"framework": "a", "device": "cpu", "precision": "fp32", "peak_tflops": 0.1, "hostname": "h"},
@@ -169,8 +169,8 @@ def test_peaks_take_the_highest_framework() -> None:
 def test_a_cell_on_another_host_has_no_mfu_against_this_hosts_peak() -> None:
     """Calibration measures the orchestrator's machine; a Ray node's cell is not divided by it."""
 
-    from mlbench import schema
-    from mlbench.calibration import annotate
+    from mlbench.results import schema
+    from mlbench.tasks.calibration import annotate
 
     row = {name: None for name in schema.SCHEMA.names}
     rows = [{**row, "hostname": h, "device": "cpu", "precision": "fp32", "achieved_tflops": 0.1} for h in "hn"]
@@ -183,8 +183,9 @@ def test_a_cell_on_another_host_has_no_mfu_against_this_hosts_peak() -> None:
 def test_an_mfu_above_one_is_refused_and_said() -> None:
     """A cell faster than the calibrated peak means the peak was measured too low: no MFU is stored."""
 
-    from mlbench import report, schema
-    from mlbench.calibration import annotate
+    from mlbench.present import report
+    from mlbench.results import schema
+    from mlbench.tasks.calibration import annotate
 
     row = {name: None for name in schema.SCHEMA.names}
     rows = [

@@ -9,9 +9,9 @@ from pathlib import Path
 
 import pytest
 
-from mlbench import runner
 from mlbench.cells import expand
 from mlbench.config import Suite, parse_suite
+from mlbench.process import runner
 from tests.conftest import ROOT, suite_dict
 from workers.common import malloc
 

@@ -15,7 +15,7 @@ import pytest
 import yaml
 
 from mlbench.config import MaxBatchConfig
-from mlbench.maxbatch import Probe, search
+from mlbench.tasks.maxbatch import Probe, search
 from tests.conftest import ROOT, cli, suite_dict
 
 

@@ -15,9 +15,9 @@ from pathlib import Path
 
 import pytest
 
-from mlbench import memlimit, runner
 from mlbench.cells import make_cell
 from mlbench.config import parse_suite
+from mlbench.process import memlimit, runner
 from tests.conftest import descendants_alive, suite_dict
 
 

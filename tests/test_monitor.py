@@ -9,7 +9,7 @@ from types import SimpleNamespace
 
 import pytest
 
-from mlbench import monitor
+from mlbench.process import monitor
 
 
 def test_monitor_samples_a_real_process_tree() -> None:
@@ -246,7 +246,7 @@ def test_the_workers_own_gpu_memory_apart_from_the_whole_device(monkeypatch: pyt
 
 
 def test_a_gpu_cells_peak_and_average_come_from_one_source() -> None:
-    from mlbench import rows
+    from mlbench.results import rows
 
     mon = {
         "gpu_memory_used_peak_bytes": 9 << 30,

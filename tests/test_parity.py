@@ -8,7 +8,8 @@ import base64
 import numpy as np
 import pytest
 
-from mlbench import parity, report
+from mlbench.analysis import parity
+from mlbench.present import report
 
 
 def bits(right: np.ndarray) -> str:

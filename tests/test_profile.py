@@ -11,7 +11,7 @@ import pandas as pd
 import pytest
 import yaml
 
-from mlbench import bottleneck
+from mlbench.analysis import bottleneck
 from tests.conftest import cli, suite_dict
 from workers.common import profile, specs
 

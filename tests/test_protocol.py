@@ -9,7 +9,7 @@ import sys
 
 import pytest
 
-from mlbench import protocol
+from mlbench.process import protocol
 from tests.conftest import ROOT
 from workers.common import events
 

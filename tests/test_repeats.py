@@ -6,10 +6,10 @@ import pandas as pd
 import pytest
 import yaml
 
-from mlbench import schema
 from mlbench.cells import expand, units
 from mlbench.config import parse_suite
-from mlbench.repeats import combine_one
+from mlbench.results import schema
+from mlbench.results.repeats import combine_one
 from tests.conftest import cli, fault_suite, suite_dict
 
 

@@ -10,7 +10,9 @@ from pathlib import Path
 import numpy as np
 import pytest
 
-from mlbench import analysis, charts, compare, report, schema
+from mlbench.analysis import compare, recommend
+from mlbench.present import charts, report
+from mlbench.results import schema
 
 
 def row(framework: str, model: str = "mlp", sps: float = 1000.0, spread: float = 0.01, **kw) -> dict:
@@ -40,8 +42,8 @@ def row(framework: str, model: str = "mlp", sps: float = 1000.0, spread: float =
     return r
 
 
-def headline_of(rows: list[dict], criterion: str) -> analysis.Recommendation:
-    return next(r for r in analysis.recommendations(rows) if r.criterion == criterion)
+def headline_of(rows: list[dict], criterion: str) -> recommend.Recommendation:
+    return next(r for r in recommend.recommendations(rows) if r.criterion == criterion)
 
 
 def test_recommendations_follow_the_numbers() -> None:
@@ -111,14 +113,14 @@ def test_failed_cells_never_win() -> None:
 
 
 def test_wilson_interval_hand_computed() -> None:
-    lo, hi = analysis.wilson_interval(0.5, 100)  # z = 1.96: 0.5 +- 0.0960 / 1.0384
+    lo, hi = recommend.wilson_interval(0.5, 100)  # z = 1.96: 0.5 +- 0.0960 / 1.0384
     assert lo == pytest.approx(0.4038, abs=1e-3) and hi == pytest.approx(0.5962, abs=1e-3)
 
 
 def test_pareto_front() -> None:
     # maximise throughput (y), minimise latency (x)
     pts = [(1.0, 100.0), (2.0, 300.0), (3.0, 200.0), (4.0, 400.0), (2.0, 300.0)]
-    assert analysis.pareto_front(pts, (False, True)) == [True, True, False, True, True]
+    assert recommend.pareto_front(pts, (False, True)) == [True, True, False, True, True]
 
 
 def test_precision_speedup_pairs_cells_that_differ_only_in_precision() -> None:
@@ -127,7 +129,7 @@ def test_precision_speedup_pairs_cells_that_differ_only_in_precision() -> None:
         row("pytorch", sps=2500, precision="bf16", final_val_accuracy=0.88),
         row("jax", sps=3000, precision="bf16"),  # no fp32 jax cell: no pair
     ]
-    pairs = analysis.ratios(rows, "precision", lambda p: p == "fp32")
+    pairs = recommend.ratios(rows, "precision", lambda p: p == "fp32")
     assert len(pairs) == 1 and pairs[0]["ratio"] == pytest.approx(2.5)
     assert pairs[0]["accuracy_delta_pts"] == pytest.approx(-2.0)
 
@@ -268,8 +270,8 @@ def test_the_other_load_limit_scales_with_the_machine() -> None:
         row("jax", cpu_other_pct=90.0, cpu_count_logical=2),
         row("jax", cpu_other_pct=90.0, cpu_count_logical=128),
     )
-    assert analysis.loaded(small) and not analysis.loaded(big)  # 0.9 of a core is 0.7% of 128 cores
-    assert analysis.loaded(row("jax", cpu_other_pct=700.0, cpu_count_logical=128))  # 5% of 128 cores is 640%
+    assert recommend.loaded(small) and not recommend.loaded(big)  # 0.9 of a core is 0.7% of 128 cores
+    assert recommend.loaded(row("jax", cpu_other_pct=700.0, cpu_count_logical=128))  # 5% of 128 cores is 640%
 
 
 def test_single_runs_confirm_only_what_clears_the_floor_and_never_under_other_load() -> None:

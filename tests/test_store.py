@@ -12,7 +12,7 @@ import pyarrow as pa
 import pyarrow.parquet as pq
 import pytest
 
-from mlbench import schema, store
+from mlbench.results import schema, store
 from tests.conftest import ROOT
 
 
@@ -96,7 +96,7 @@ def test_lock_refuses_a_second_holder_and_dies_with_its_holder(tmp_path: Path) -
         [
             sys.executable,
             "-c",
-            f"from pathlib import Path; from mlbench.store import RunLock\n"
+            f"from pathlib import Path; from mlbench.results.store import RunLock\n"
             f"with RunLock(Path({str(tmp_path)!r})):\n print('held', flush=True)\n"
             f" import time; time.sleep(60)",
         ],

@@ -8,7 +8,7 @@ import numpy as np
 import pytest
 import yaml
 
-from mlbench.verify import Check, compare, verdicts, verify_overrides
+from mlbench.tasks.verify import Check, compare, verdicts, verify_overrides
 from tests.conftest import cli, suite_dict
 
 
@@ -120,7 +120,7 @@ def test_verify_fails_a_data_parallel_step_that_does_not_all_reduce(tmp_path) ->
 
 
 def test_a_data_parallel_run_is_checked_against_its_own_one_device_run() -> None:
-    from mlbench.verify import compare_data_parallel
+    from mlbench.tasks.verify import compare_data_parallel
 
     one = {"losses": [2.0, 1.9, 1.8], "recipe_losses": [2.0, 1.5, 1.2], "num_parameters": 10}
     same = {**one, "losses": [2.0, 1.9, 1.8000001], "replica_divergence": 0.0}

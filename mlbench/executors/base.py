@@ -20,10 +20,10 @@ from dataclasses import dataclass, field
 from pathlib import Path
 from typing import Any
 
-from mlbench import gpus as host_gpus
-from mlbench import runner
 from mlbench.cells import Cell, Unit
 from mlbench.config import Suite
+from mlbench.process import gpus as host_gpus
+from mlbench.process import runner
 from mlbench.runfolder import RunFolder
 from workers.common import data as datasets
 from workers.common import specs

@@ -14,10 +14,10 @@ from collections.abc import Callable, Iterator
 from pathlib import Path
 from typing import Any
 
-from mlbench import runner
 from mlbench.cells import Unit
 from mlbench.executors.base import Event, Executor, Pool, Report, Settings, Started, run_here
-from mlbench.monitor import gpu_indices
+from mlbench.process import runner
+from mlbench.process.monitor import gpu_indices
 
 
 def can_start(unit: Unit, running: list[Unit], parallel: int) -> bool:

@@ -29,7 +29,6 @@ from typing import Any
 
 import psutil
 
-from mlbench import environment, runner
 from mlbench.cells import Unit
 from mlbench.executors.base import (
     ClusterLost,
@@ -44,7 +43,8 @@ from mlbench.executors.base import (
     run_here,
     skip_outcome,
 )
-from mlbench.monitor import gpu_indices
+from mlbench.process import environment, runner
+from mlbench.process.monitor import gpu_indices
 from mlbench.runfolder import RunFolder
 
 INSTALL_HINT = "executor ray needs Ray on this machine: pip install 'mlbench[ray]' (or make venv EXTRAS=...,ray)"

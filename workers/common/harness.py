@@ -616,7 +616,7 @@ def run_train(backend: Backend, cell: dict[str, Any], em: Emitter) -> None:
 def val_correct_bits(backend: Backend, ds: datasets.Dataset, bs: int) -> str | None:
     """Which validation samples the trained model gets right, one bit each in stored order (numpy
     packbits, base64): every framework is evaluated on the same samples, so two frameworks' accuracies
-    are a paired comparison (mlbench/parity.py). From the inference-mode logits, as the evaluation
+    are a paired comparison (mlbench/analysis/parity.py). From the inference-mode logits, as the evaluation
     counts them; on the first replica only."""
     if not leader(backend) or not len(ds.y_val):
         return None

@@ -12,7 +12,7 @@ from __future__ import annotations
 import os
 from collections.abc import Mapping
 
-from mlbench.monitor import NVML, pynvml
+from mlbench.process.monitor import NVML, pynvml
 from workers.common.devices import Device
 
 

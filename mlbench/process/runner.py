@@ -22,12 +22,12 @@ from typing import Any
 
 import psutil
 
-from mlbench import gpus as host_gpus
-from mlbench import memlimit, protocol
 from mlbench.cells import Cell
-from mlbench.environment import ENV_FLAGS
-from mlbench.logs import BoundedLog
-from mlbench.monitor import Monitor, free_gpus_of_earlier_cells, gpu_memory_used_bytes
+from mlbench.process import gpus as host_gpus
+from mlbench.process import memlimit, protocol
+from mlbench.process.environment import ENV_FLAGS
+from mlbench.process.logs import BoundedLog
+from mlbench.process.monitor import Monitor, free_gpus_of_earlier_cells, gpu_memory_used_bytes
 from mlbench.runfolder import RunFolder
 from workers.common import malloc
 from workers.common import threads as thread_settings
@@ -107,13 +107,13 @@ class Outcome:
     executor: str = "local"  # what ran it: local or ray
     physical_device: str | None = None  # the GPUs it ran on as NVML numbers them ("cuda:3"), or "cpu"
     host: dict[str, Any] | None = None  # the environment record of the machine it ran on (None: the head's)
-    # the memory limit it ran under and how it was enforced: {"mb", "how"} (mlbench/memlimit.py); None: none
+    # the memory limit it ran under and how it was enforced: {"mb", "how"} (mlbench/process/memlimit.py); None: none
     memory_limit: dict[str, Any] | None = None
 
 
 def worker_env(cell: Cell, threads: int | None, cache_dir: Path, gpus: list[str] | None = None) -> dict[str, str]:
     """The worker's environment, fixed before it imports anything; `gpus`: the CUDA_VISIBLE_DEVICES
-    entries of the GPUs it runs on (default: those the cell names, see mlbench/gpus.py)."""
+    entries of the GPUs it runs on (default: those the cell names, see mlbench/process/gpus.py)."""
     env = dict(os.environ)
     root = str(Path(__file__).resolve().parent.parent)
     env["PYTHONPATH"] = root + (os.pathsep + env["PYTHONPATH"] if env.get("PYTHONPATH") else "")
@@ -466,7 +466,7 @@ def run_cell(
     `cancel` is cancelled (from another thread). `gpus`: the CUDA_VISIBLE_DEVICES entries of the GPUs
     to run it on, where an executor chose them (a Ray task's), else those the cell names.
     `memory_limit_mb`: the worker's whole process tree runs under that much memory (host memory; a
-    memory cgroup of the cell's own where possible, else the monitor's RSS watchdog, mlbench/memlimit.py);
+    memory cgroup of the cell's own where possible, else the monitor's RSS watchdog, mlbench/process/memlimit.py);
     going over it is `oom`."""
     folder = RunFolder(run_dir)
     folder.logs.mkdir(parents=True, exist_ok=True)

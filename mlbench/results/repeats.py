@@ -12,7 +12,7 @@ from typing import Any
 
 import pyarrow as pa
 
-from mlbench import rows, schema
+from mlbench.results import rows, schema
 from workers.common import stats
 
 MAX_OF = (

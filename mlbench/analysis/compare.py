@@ -28,8 +28,8 @@ from typing import Any
 import pyarrow.parquet as pq
 from scipy import stats as sps
 
-from mlbench import schema
-from mlbench.analysis import loaded
+from mlbench.analysis.recommend import loaded
+from mlbench.results import schema
 from mlbench.runfolder import RunFolder
 
 Row = dict[str, Any]
@@ -496,7 +496,7 @@ the alpha, and a relative change at least the minimum shown (twice the run-to-ru
 
 
 def write(cmp: Comparison, out_dir: Path) -> tuple[Path, Path]:
-    from mlbench.store import atomic_write
+    from mlbench.results.store import atomic_write
 
     stem = f"compare-{run_name(cmp.run_a)}-vs-{run_name(cmp.run_b)}"
     txt, page = out_dir / f"{stem}.txt", out_dir / f"{stem}.html"

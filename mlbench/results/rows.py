@@ -7,10 +7,12 @@ from datetime import datetime, timezone
 from pathlib import Path
 from typing import Any
 
-from mlbench import bottleneck, environment, schema
+from mlbench.analysis import bottleneck
 from mlbench.cells import Cell
-from mlbench.monitor import GPU_FIGURES
-from mlbench.runner import Outcome
+from mlbench.process import environment
+from mlbench.process.monitor import GPU_FIGURES
+from mlbench.process.runner import Outcome
+from mlbench.results import schema
 from workers.common import stats
 
 MIB = 2**20
@@ -74,7 +76,7 @@ def _in_run_folder(path: str | None) -> str | None:
 
 def _breakdown(on_gpu: bool, model: dict[str, Any], memory: dict[str, Any], prof: dict[str, Any]) -> dict[str, Any]:
     """Where the step's time goes (the worker's `profile` event) and the memory by part
-    (mlbench/bottleneck.py): on a GPU the allocator's peak holds only tensors; on a CPU the peak RSS
+    (mlbench/analysis/bottleneck.py): on a GPU the allocator's peak holds only tensors; on a CPU the peak RSS
     holds the process as it was before the model was built and the training data's copy besides."""
     if on_gpu:
         peak, base = memory.get("device_peak_bytes"), 0.0
@@ -104,7 +106,7 @@ def _outside_allocator(memory: dict[str, Any], mon: dict[str, Any]) -> float | N
 
 def step_statistics(step_s: list[float], batch_size: int, ok: bool = True) -> dict[str, Any]:
     """The timed steps' statistics and the throughput's interval: the same figures for one run's steps
-    (build) and for the pooled steps of a cell's repeats (mlbench/repeats.py)."""
+    (build) and for the pooled steps of a cell's repeats (mlbench/results/repeats.py)."""
     st = stats.summarize(step_s)
     ci = stats.throughput_ci(step_s, batch_size) if ok else (None, None)
     return {

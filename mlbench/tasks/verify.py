@@ -17,9 +17,10 @@ from typing import Any
 
 import numpy as np
 
-from mlbench import runner, store
 from mlbench.cells import Cell
 from mlbench.config import BUILTIN_WORKERS
+from mlbench.process import runner
+from mlbench.results import store
 from mlbench.runfolder import RunFolder
 from workers.common import specs
 from workers.common.cellspec import CellSpec

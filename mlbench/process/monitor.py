@@ -16,7 +16,7 @@ from typing import Any
 
 import psutil
 
-from mlbench.memlimit import memory_cgroup
+from mlbench.process.memlimit import memory_cgroup
 from workers.common.devices import Device
 
 try:  # NVIDIA's NVML bindings (package nvidia-ml-py); absent or failing on machines without a driver
@@ -235,7 +235,7 @@ class Monitor:
     watches the OOM-kill counters of every memory cgroup they are seen in.
 
     With `rss_limit_bytes` it is also the memory limit's fallback where no memory cgroup could be made
-    (mlbench/memlimit.py): the sample that finds the tree's summed RSS over the limit SIGKILLs the
+    (mlbench/process/memlimit.py): the sample that finds the tree's summed RSS over the limit SIGKILLs the
     worker's process group and every process of the tree, and `over_limit_rss` keeps the RSS it saw.
     Only samples are checked, so an allocation that rises and falls between two of them escapes it; the
     tree is then walked at every sample, not every `rescan_s`: a child allocating 20 MB every 10 ms

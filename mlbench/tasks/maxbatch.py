@@ -30,10 +30,12 @@ from typing import Any
 import pyarrow as pa
 import pyarrow.parquet as pq
 
-from mlbench import environment, executors, rows, runner, store
+from mlbench import executors
 from mlbench.cells import Cell, Unit, expand
 from mlbench.config import MaxBatchConfig, Suite
 from mlbench.executors.base import run_here
+from mlbench.process import environment, runner
+from mlbench.results import rows, store
 from mlbench.runfolder import RunFolder
 from workers.common.devices import Device
 

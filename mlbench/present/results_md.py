@@ -24,8 +24,9 @@ import plotly.graph_objects as go
 import yaml
 
 import mlbench
-from mlbench import analysis, bottleneck, charts, parity, report, scaling
-from mlbench.analysis import Effect, Recommendation, Row
+from mlbench.analysis import bottleneck, parity, recommend, scaling
+from mlbench.analysis.recommend import Effect, Recommendation, Row
+from mlbench.present import charts, report
 
 RESULTS_MD = "RESULTS.md"
 CHARTS_DIR = "charts"  # beside RESULTS.md: <chart id>.svg and .png
@@ -78,7 +79,7 @@ def table(head: list[str], body: Iterable[list[str]]) -> str:
     return "\n".join(lines)
 
 
-label = analysis.label
+label = recommend.label
 
 
 # --- the header and the environment ----------------------------------------------------------------
@@ -179,7 +180,7 @@ def warnings_section(rows: list[Row], stale: int) -> str:
 # --- recommendations and the analysis ------------------------------------------------------------
 
 
-def _estimate(e: analysis.Estimate | None, unit: str) -> str:
+def _estimate(e: recommend.Estimate | None, unit: str) -> str:
     if e is None:
         return NA
     return f"{text(e.label)}: {with_ci(e.value, e.low, e.high)} {unit}"
@@ -187,13 +188,13 @@ def _estimate(e: analysis.Estimate | None, unit: str) -> str:
 
 def recommendations_section(rows: list[Row]) -> str:
     """Per model and device, the best of each criterion and the runner-up, each with its interval."""
-    recs = analysis.recommendations(rows)
+    recs = recommend.recommendations(rows)
     out = [
         "## Recommendations",
         "",
         "Per model and device, each framework's best configuration on each criterion (95% intervals in "
         "brackets); a clear winner only where the intervals do not overlap (peak memory, one reading: a gap over "
-        f"{analysis.MEMORY_TOLERANCE:.0%}). A noisy or contended cell never wins.",
+        f"{recommend.MEMORY_TOLERANCE:.0%}). A noisy or contended cell never wins.",
     ]
     if not recs:
         return "\n".join([*out, "", "No recommendation: no cell finished ok."])
@@ -276,18 +277,18 @@ def effect_lines(rows: list[Row]) -> dict[str, list[str]]:
     """What precision, batch size and a second device buy among these rows, a line per pair of cells."""
     precision = [
         effect_line(e, e.row["precision"], "fp32", f"{e.row['framework']} {e.row['device']} bs{e.row['batch_size']}")
-        for e in analysis.effects(rows, "precision", lambda p: p == "fp32")
+        for e in recommend.effects(rows, "precision", lambda p: p == "fp32")
     ]
     batch = [
         effect_line(
             e, f"bs{e.row['batch_size']}", f"bs{e.base['batch_size']}",
             f"{e.row['framework']} {e.row['device']} {e.row['precision']}",
         )
-        for e in analysis.batch_effects(rows)
+        for e in recommend.batch_effects(rows)
     ]  # fmt: skip
     device = [
         effect_line(e, e.row["device"], "the CPU", f"{e.row['framework']} {e.row['precision']} bs{e.row['batch_size']}")
-        for e in analysis.device_effects(rows)
+        for e in recommend.device_effects(rows)
     ] + [f"- {text(v.text, own=True)}" for v in scaling.verdicts(rows)]
     return {"precision": precision, "batch": batch, "device": device}
 
@@ -297,8 +298,8 @@ def model_analysis(rows: list[Row], model: str, measured: set[str]) -> list[str]
     (those the run measured for some model; the others are said once, for the whole run)."""
     out = ["", f"### {text(model)}"]
     mine = [r for r in rows if r["model_name"] == model]
-    for _, device, c, rec in analysis.leaders(mine):
-        if c is analysis.CRITERIA[0]:
+    for _, device, c, rec in recommend.leaders(mine):
+        if c is recommend.CRITERIA[0]:
             out += ["", f"**On {text(device)}**", ""]
         out.append(leader_line(c.title, c.key, rec))
     lines = effect_lines(mine)
@@ -310,7 +311,7 @@ def model_analysis(rows: list[Row], model: str, measured: set[str]) -> list[str]
 
 def bottleneck_lines(rows: list[Row]) -> list[str]:
     """The bottleneck verdict of each ok cell, where the rows carry one (nothing otherwise)."""
-    found = [r for r in analysis.ok_rows(rows) if r.get("bottleneck")]
+    found = [r for r in recommend.ok_rows(rows) if r.get("bottleneck")]
     if not found:
         return []
     lines = []
@@ -323,13 +324,13 @@ def bottleneck_lines(rows: list[Row]) -> list[str]:
 
 
 def analysis_section(rows: list[Row]) -> str:
-    ok = analysis.ok_rows(rows)
+    ok = recommend.ok_rows(rows)
     out = [
         "## Analysis",
         "",
         "Generated from the rows, not written by hand. A framework leads on a criterion only where its lead is "
         "beyond both 95% intervals (peak memory and GPU utilisation, single readings: beyond a gap of "
-        f"{analysis.MEMORY_TOLERANCE:.0%} and {analysis.UTILISATION_TOLERANCE:.0%}); otherwise there is no clear "
+        f"{recommend.MEMORY_TOLERANCE:.0%} and {recommend.UTILISATION_TOLERANCE:.0%}); otherwise there is no clear "
         "winner. What precision, batch size and a second device buy compares cells equal in every other axis.",
     ]
     if not ok:
@@ -361,7 +362,7 @@ def training_table(rows: list[Row]) -> str:
             "avg MiB", "val acc % [95% CI]"] + (["GPU util %"] if gpu else [])  # fmt: skip
     body = []
     for r in rows:
-        acc = analysis.accuracy_estimate(r)
+        acc = recommend.accuracy_estimate(r)
         cv = num(_pct(r.get("step_time_cv")), 2) + ("% ⚠" if r.get("noisy") else "%") if r.get("step_time_cv") else NA
         body.append(
             [text(r["framework"]), text(r["device"]), text(r["precision"]), num(r["batch_size"]),
@@ -392,7 +393,7 @@ def parity_lines(rows: list[Row], tolerance: Any) -> list[str]:
     verdict = {None: "not run", True: "the same model in every framework", False: "**DIFFERENT**"}[passed]
     out = [f"- mlbench verify: {verdict}" + (f" ({text(detail)})" if detail else "")]
     groups: dict[tuple[Any, ...], Row] = {}
-    for r in analysis.ok_rows(rows):
+    for r in recommend.ok_rows(rows):
         groups.setdefault((r["device"], r["precision"], r["batch_size"]), r)
     for (device, precision, batch), r in groups.items():
         said = text(parity.describe(r, tolerance))
@@ -403,7 +404,7 @@ def parity_lines(rows: list[Row], tolerance: Any) -> list[str]:
 
 
 def models_section(rows: list[Row], suite: dict[str, Any]) -> str:
-    ok = analysis.ok_rows(rows)
+    ok = recommend.ok_rows(rows)
     out = ["## Results per model"]
     sources = sorted({str(r["memory_source"]) for r in ok if r.get("memory_source")})
     if sources:
@@ -473,7 +474,7 @@ def static_figure(chart: charts.Chart) -> go.Figure:
 
 
 async def _render_all(kaleido: Any, browser: str, drawn: list[charts.Chart], folder: Path) -> dict[str, str]:
-    from mlbench.store import atomic_write
+    from mlbench.results.store import atomic_write
 
     done = {}
     async with kaleido.Kaleido(n=1, timeout=RENDER_TIMEOUT_S, mathjax=False, path=browser) as k:
@@ -577,7 +578,7 @@ def write(
     searches: list[Row] | None = None,
 ) -> Path:
     """Render the charts into out_dir/charts/ and write out_dir/RESULTS.md (atomically); its path."""
-    from mlbench.store import atomic_write
+    from mlbench.results.store import atomic_write
 
     images = render(figures, out_dir / CHARTS_DIR)
     date = time.strftime("%Y-%m-%d %H:%M UTC", time.gmtime())

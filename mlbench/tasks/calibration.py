@@ -17,11 +17,12 @@ import socket
 from pathlib import Path
 from typing import Any
 
-from mlbench import runner, store
+from mlbench.analysis.scaling import one_device
 from mlbench.cells import Cell
 from mlbench.config import Suite
+from mlbench.process import runner
+from mlbench.results import store
 from mlbench.runfolder import RunFolder
-from mlbench.scaling import one_device
 from workers.common.cellspec import CellSpec
 from workers.common.devices import Device
 

@@ -217,7 +217,7 @@ COLUMNS: list[tuple[str, pa.DataType, str]] = [
         "activations and workspace: the peak beyond parameters, gradients and optimizer state (GPU: the "
         "allocator's peak; CPU: the worker's peak RSS beyond the process before the model and the data copy) (MiB)",
     ),
-    ("bottleneck", S, "input, host, memory, compute or none (mlbench/bottleneck.py: THRESHOLDS) (rebuilt)"),
+    ("bottleneck", S, "input, host, memory, compute or none (mlbench/analysis/bottleneck.py: THRESHOLDS) (rebuilt)"),
     ("bottleneck_evidence", S, "the figures the bottleneck verdict rests on (rebuilt)"),
     ("device_peak_allocated_mb", F, "the framework allocator's peak device allocation (MiB)"),
     (

@@ -18,7 +18,7 @@ import pyarrow as pa
 import pyarrow.csv as pacsv
 import pyarrow.parquet as pq
 
-from mlbench import schema
+from mlbench.results import schema
 from mlbench.runfolder import RunFolder
 
 

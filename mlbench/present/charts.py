@@ -11,7 +11,7 @@ from typing import Any
 import plotly.graph_objects as go
 from plotly.subplots import make_subplots
 
-from mlbench import analysis, scaling
+from mlbench.analysis import recommend, scaling
 
 Row = dict[str, Any]
 COLORS = {"pytorch": "#ee4c2c", "tensorflow": "#ff8f00", "jax": "#5e35b1"}
@@ -74,7 +74,7 @@ def _legend_once(seen: set[str], name: str) -> bool:
 
 def throughput(rows: list[Row]) -> Chart:
     title = "Training throughput per model and framework"
-    ok = [r for r in analysis.ok_rows(rows) if r.get("samples_per_second") is not None]
+    ok = [r for r in recommend.ok_rows(rows) if r.get("samples_per_second") is not None]
     if not ok:
         return _empty("throughput", title, "No training throughput to show: no cell finished ok.")
     models = _models(ok)
@@ -106,7 +106,7 @@ def throughput(rows: list[Row]) -> Chart:
 
 def batch_scaling(rows: list[Row]) -> Chart:
     title = "Batch-size scaling"
-    ok = [r for r in analysis.ok_rows(rows) if r.get("samples_per_second") is not None]
+    ok = [r for r in recommend.ok_rows(rows) if r.get("samples_per_second") is not None]
     series: dict[tuple[str, str, str, str], list[Row]] = {}
     for r in ok:
         series.setdefault((r["model_name"], r["framework"], r["device"], r["precision"]), []).append(r)
@@ -165,7 +165,7 @@ def _ratio_chart(
 
 
 def precision_speedup(rows: list[Row]) -> Chart:
-    pairs = analysis.ratios(rows, "precision", lambda p: p == "fp32")
+    pairs = recommend.ratios(rows, "precision", lambda p: p == "fp32")
     with_accuracy = any(p["accuracy_delta_pts"] is not None for p in pairs)
     return _ratio_chart(
         "precision",
@@ -179,8 +179,8 @@ def precision_speedup(rows: list[Row]) -> Chart:
 
 
 def device_speedup(rows: list[Row]) -> Chart:
-    pairs = analysis.ratios(rows, "device", lambda d: d == "cpu")
-    pairs = [p for p in pairs if analysis.gpu_count(p["row"]["device"]) == 1]
+    pairs = recommend.ratios(rows, "device", lambda d: d == "cpu")
+    pairs = [p for p in pairs if recommend.gpu_count(p["row"]["device"]) == 1]
     return _ratio_chart(
         "device",
         "GPU speed-up over CPU",
@@ -195,9 +195,9 @@ def device_speedup(rows: list[Row]) -> Chart:
 def data_parallel_scaling(rows: list[Row]) -> Chart:
     """Throughput and scaling efficiency against the device count: one line per framework, precision and
     per-device batch, from the one-device cell (efficiency 1 by definition) to each data-parallel cell
-    measured against it (see mlbench/scaling.py)."""
+    measured against it (see mlbench/analysis/scaling.py)."""
     title = "Data-parallel scaling: throughput and efficiency against device count"
-    ok = [r for r in analysis.ok_rows(rows) if r.get("scaling_efficiency") is not None]
+    ok = [r for r in recommend.ok_rows(rows) if r.get("scaling_efficiency") is not None]
     if not ok:
         return _empty(
             "scaling",
@@ -307,7 +307,7 @@ def maxbatch_memory(probes: list[Row], searches: list[Row]) -> Chart:
 
 def memory(rows: list[Row]) -> Chart:
     title = "Memory: peak and average"
-    ok = [r for r in analysis.ok_rows(rows) if r.get("peak_memory_mb") is not None]
+    ok = [r for r in recommend.ok_rows(rows) if r.get("peak_memory_mb") is not None]
     if not ok:
         return _empty("memory", title, "No memory figures to show: no cell finished ok with a memory measurement.")
     x = [_label(r) for r in ok]
@@ -334,7 +334,7 @@ MEMORY_PARTS = [
 
 
 def _stacked(cid: str, title: str, rows: list[Row], parts: list[tuple[str, str, str]], unit: str, why: str) -> Chart:
-    ok = [r for r in analysis.ok_rows(rows) if all(r.get(col) is not None for col, _, _ in parts)]
+    ok = [r for r in recommend.ok_rows(rows) if all(r.get(col) is not None for col, _, _ in parts)]
     if not ok:
         return _empty(cid, title, why)
     x = [_label(r) for r in ok]
@@ -372,7 +372,7 @@ def latency(rows: list[Row]) -> Chart:
     title = "Inference latency distributions"
     ok = [
         r
-        for r in analysis.ok_rows(rows)
+        for r in recommend.ok_rows(rows)
         if len(r.get("inference_times_ms") or []) or len(r.get("inference_b1_times_ms") or [])
     ]
     if not ok:
@@ -405,7 +405,7 @@ def latency(rows: list[Row]) -> Chart:
 
 def latency_percentiles(rows: list[Row]) -> Chart:
     title = "Inference latency p50 / p95 / p99 at the cell's batch size"
-    ok = [r for r in analysis.ok_rows(rows) if r.get("inference_latency_p50_ms") is not None]
+    ok = [r for r in recommend.ok_rows(rows) if r.get("inference_latency_p50_ms") is not None]
     if not ok:
         return _empty("latency-pct", title, "No inference latency to show: no cell finished ok with timed inference.")
     fig = go.Figure()
@@ -417,7 +417,7 @@ def latency_percentiles(rows: list[Row]) -> Chart:
 
 def epochs(rows: list[Row]) -> Chart:
     title = "Loss and accuracy per epoch"
-    ok = [r for r in analysis.ok_rows(rows) if len(r.get("epochs_detail") or [])]
+    ok = [r for r in recommend.ok_rows(rows) if len(r.get("epochs_detail") or [])]
     if not ok:
         return _empty("epochs", title, "No per-epoch figures to show: no cell finished ok.")
     models = _models(ok)
@@ -450,7 +450,7 @@ def epochs(rows: list[Row]) -> Chart:
 
 def compile_time(rows: list[Row]) -> Chart:
     title = "Warm-up: first step and compile time"
-    ok = [r for r in analysis.ok_rows(rows) if r.get("first_step_s") is not None]
+    ok = [r for r in recommend.ok_rows(rows) if r.get("first_step_s") is not None]
     if not ok:
         return _empty("compile", title, "No warm-up figures to show: no cell finished ok.")
     x = [_label(r) for r in ok]
@@ -468,7 +468,7 @@ def compile_time(rows: list[Row]) -> Chart:
 
 def mfu(rows: list[Row]) -> Chart:
     title = "Model FLOPs utilisation"
-    ok = [r for r in analysis.ok_rows(rows) if r.get("mfu") is not None]
+    ok = [r for r in recommend.ok_rows(rows) if r.get("mfu") is not None]
     if not ok:
         return _empty(
             "mfu", title, "No MFU to show: no calibration cell measured this device's peak (set calibrate: true)."
@@ -492,7 +492,7 @@ def gpu(rows: list[Row]) -> Chart:
     title = "GPU utilisation and energy"
     ok = [
         r
-        for r in analysis.ok_rows(rows)
+        for r in recommend.ok_rows(rows)
         if r.get("gpu_utilization_pct") is not None or r.get("gpu_energy_j") is not None
     ]
     if not ok:
@@ -516,7 +516,7 @@ def gpu(rows: list[Row]) -> Chart:
 def pareto(rows: list[Row]) -> list[Chart]:
     """Per model: training throughput against p99 latency, peak memory and validation accuracy,
     the cells no other cell beats on both axes joined by a line."""
-    ok = [r for r in analysis.ok_rows(rows) if r.get("samples_per_second") is not None]
+    ok = [r for r in recommend.ok_rows(rows) if r.get("samples_per_second") is not None]
     if not ok:
         return [_empty("pareto", "Trade-offs", "No trade-offs to show: no cell finished ok.")]
     axes = (
@@ -535,7 +535,7 @@ def pareto(rows: list[Row]) -> list[Chart]:
         seen: set[str] = set()
         for col, (key, _, up, scale) in enumerate(present, 1):
             pts = [r for r in rs if r.get(key) is not None]
-            front = analysis.pareto_front([(r[key] * scale, r["samples_per_second"]) for r in pts], (up, True))
+            front = recommend.pareto_front([(r[key] * scale, r["samples_per_second"]) for r in pts], (up, True))
             on = sorted([r for r, f in zip(pts, front, strict=True) if f], key=lambda r: r[key])
             fig.add_scatter(
                 x=[r[key] * scale for r in on],

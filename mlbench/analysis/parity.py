@@ -21,8 +21,8 @@ from typing import Any
 
 import numpy as np
 
-from mlbench import analysis
-from mlbench.verify import Check, verdicts
+from mlbench.analysis import recommend
+from mlbench.tasks.verify import Check, verdicts
 from workers.common import specs
 
 GROUP = ("model_name", "device", "precision", "batch_size", "dataset", "epochs", "seed")
@@ -71,8 +71,8 @@ def paired_interval(only_a: int, only_b: int, n: int) -> tuple[float, float, flo
     two models agree everywhere still allow a 14-point difference in the population, 1,000 only 0.4."""
     m = only_a + only_b
     d = (only_a - only_b) / n
-    q_low, q_high = analysis.wilson_interval(m / n, n, 0.975)
-    pi_low, pi_high = analysis.wilson_interval(only_a / m, m, 0.975) if m else (0.0, 1.0)
+    q_low, q_high = recommend.wilson_interval(m / n, n, 0.975)
+    pi_low, pi_high = recommend.wilson_interval(only_a / m, m, 0.975) if m else (0.0, 1.0)
     low = min(q * (2 * pi_low - 1) for q in (q_low, q_high))
     high = max(q * (2 * pi_high - 1) for q in (q_low, q_high))
     return d, low, high
@@ -126,7 +126,7 @@ def compare_pair(a: dict[str, Any], b: dict[str, Any], tolerance_pts: float) -> 
         d = pa - pb
 
         def interval(m: int) -> tuple[float, float]:  # two independent Wilson intervals (Newcombe's hybrid)
-            (la, ua), (lb, ub) = analysis.wilson_interval(pa, m), analysis.wilson_interval(pb, m)
+            (la, ua), (lb, ub) = recommend.wilson_interval(pa, m), recommend.wilson_interval(pb, m)
             return d - math.hypot(pa - la, ub - pb), d + math.hypot(ua - pa, pb - lb)
 
         low, high = interval(n)

@@ -10,7 +10,8 @@ from typing import Any
 
 from plotly.offline import get_plotlyjs
 
-from mlbench import analysis, bottleneck, charts, parity, scaling
+from mlbench.analysis import bottleneck, parity, recommend, scaling
+from mlbench.present import charts
 from mlbench.runfolder import RunFolder
 
 STATUS_ORDER = {"failed": 0, "crashed": 1, "oom": 2, "timeout": 3, "skipped": 4, "ok": 5}
@@ -110,7 +111,7 @@ def parity_section(rows: list[dict[str, Any]], tolerance: float | None = None) -
     )
 
 
-def _rec_cell(e: analysis.Estimate | None, unit: str) -> str:
+def _rec_cell(e: recommend.Estimate | None, unit: str) -> str:
     if e is None:
         return "<td>—</td>"
     ci = (
@@ -123,7 +124,7 @@ def _rec_cell(e: analysis.Estimate | None, unit: str) -> str:
 
 def headline(rows: list[dict[str, Any]]) -> str:
     """The recommendations: per model and device, who wins each criterion and how surely."""
-    recs = analysis.recommendations(rows)
+    recs = recommend.recommendations(rows)
     if not recs:
         return "<p class='empty'>No recommendation: no cell finished ok.</p>"
     out = []
@@ -193,19 +194,19 @@ def scaling_section(rows: list[dict[str, Any]]) -> str:
 
 
 def bottleneck_section(rows: list[dict[str, Any]]) -> str:
-    """What holds each cell back (mlbench/bottleneck.py), and what would help, grouped by verdict."""
+    """What holds each cell back (mlbench/analysis/bottleneck.py), and what would help, grouped by verdict."""
     found = bottleneck.by_verdict(rows)
     if not found:
         return ""
     items = "".join(
         f"<li><b>{_esc(verdict)}</b> ({len(cells)} cell(s)): {_esc(bottleneck.ADVICE[verdict])}<ul>"
-        + "".join(f"<li>{_esc(analysis.label(r))}: {_esc(r['bottleneck_evidence'])}</li>" for r in cells)
+        + "".join(f"<li>{_esc(recommend.label(r))}: {_esc(r['bottleneck_evidence'])}</li>" for r in cells)
         + "</ul></li>"
         for verdict, cells in found.items()
     )
     return (
         "<h3 id='bottlenecks'>Bottlenecks</h3><p class='sub'>From each cell's profiled steps, MFU and GPU "
-        "utilisation; the thresholds and their reasons are in mlbench/bottleneck.py.</p>"
+        "utilisation; the thresholds and their reasons are in mlbench/analysis/bottleneck.py.</p>"
         f"<ul>{items}</ul>"
     )
 
@@ -225,7 +226,7 @@ def hosts_section(rows: list[dict[str, Any]]) -> str:
         return ""
     body = "".join(
         f"<tr><td>{_esc(h)}</td><td>{_esc(', '.join(sorted({r.get('executor') or 'local' for r in rs})))}</td>"
-        f"<td>{_esc('; '.join(sorted({analysis.hardware(r) for r in rs})))}</td><td>{len(rs)}</td>"
+        f"<td>{_esc('; '.join(sorted({recommend.hardware(r) for r in rs})))}</td><td>{len(rs)}</td>"
         f"<td>{sum(r['status'] == 'ok' for r in rs)}</td></tr>"
         for h, rs in sorted(hosts.items())
     )
@@ -238,7 +239,7 @@ def hosts_section(rows: list[dict[str, Any]]) -> str:
 def warnings(rows: list[dict[str, Any]]) -> list[str]:
     """What a reader must know before trusting the figures, most serious first."""
     out = []
-    mixed = [r for r in analysis.recommendations(rows) if len(r.hardware) > 1]
+    mixed = [r for r in recommend.recommendations(rows) if len(r.hardware) > 1]
     if mixed:
         where = ", ".join(sorted({f"{r.model} on {r.device}" for r in mixed}))
         out.append(
@@ -264,7 +265,7 @@ def warnings(rows: list[dict[str, Any]]) -> list[str]:
             f"{len(noisy)} cell(s) have a step-time coefficient of variation above 10%: their throughput is too "
             "noisy to rank on (another load on the machine, throttling, or too few steps)."
         )
-    faulting = [r for r in analysis.ok_rows(rows) if (r.get("page_faults_per_step") or 0) > FAULTS_PER_STEP]
+    faulting = [r for r in recommend.ok_rows(rows) if (r.get("page_faults_per_step") or 0) > FAULTS_PER_STEP]
     if faulting:
         worst = max(r["page_faults_per_step"] for r in faulting)
         out.append(
@@ -274,7 +275,7 @@ def warnings(rows: list[dict[str, Any]]) -> list[str]:
         )
     over = [
         r
-        for r in analysis.ok_rows(rows)
+        for r in recommend.ok_rows(rows)
         if r.get("peak_tflops") and (r.get("achieved_tflops") or 0) > r["peak_tflops"] and r.get("mfu") is None
     ]
     if over:
@@ -282,12 +283,12 @@ def warnings(rows: list[dict[str, Any]]) -> list[str]:
             f"{len(over)} cell(s) trained faster than the calibrated peak of their device and precision: their MFU "
             "would be above 1, so it is not stored; the calibration measured too low a peak (see calibration.json)."
         )
-    busy = [r for r in analysis.ok_rows(rows) if analysis.loaded(r)]
+    busy = [r for r in recommend.ok_rows(rows) if recommend.loaded(r)]
     if busy:
         worst = max(r["cpu_other_pct"] for r in busy)
         out.append(
             f"{len(busy)} cell(s) ran while other processes used more than "
-            f"{min(analysis.other_load_limit_pct(r) for r in busy):.0f}% of a core (up to {worst:.0f}%): their "
+            f"{min(recommend.other_load_limit_pct(r) for r in busy):.0f}% of a core (up to {worst:.0f}%): their "
             "timings measure that contention too. Rerun them on a quiet machine."
         )
     return out
@@ -350,7 +351,7 @@ def build_html(
 {warn}
 <h2 id="recommendations">Recommendations</h2>
 <p class="sub">Per model and device, the best of each framework compared on each criterion; a winner only where
-the 95% confidence intervals do not overlap (peak memory: a gap over {analysis.MEMORY_TOLERANCE:.0%}).</p>
+the 95% confidence intervals do not overlap (peak memory: a gap over {recommend.MEMORY_TOLERANCE:.0%}).</p>
 {headline(rows)}
 {scaling_section(rows)}
 {bottleneck_section(rows)}
@@ -385,8 +386,9 @@ def write(
 ) -> Path:
     """report.html, and RESULTS.md with its chart images (mlbench.publish), into out_dir (default: the
     run folder); the report's path. `command`: what made the run, quoted at the top of RESULTS.md."""
-    from mlbench import maxbatch, publish
-    from mlbench.store import atomic_write
+    from mlbench.present import results_md
+    from mlbench.results.store import atomic_write
+    from mlbench.tasks import maxbatch
 
     out = RunFolder(Path(out_dir) if out_dir is not None else run_dir)
     out.root.mkdir(parents=True, exist_ok=True)
@@ -396,7 +398,7 @@ def write(
     atomic_write(out.report, lambda p: p.write_text(html_text, encoding="utf-8"))
     frontier_chart = [charts.maxbatch_memory(frontier[1], frontier[0])] if frontier[0] else []
     everything = [*figures, *trade, *frontier_chart]
-    publish.write(
+    results_md.write(
         out.root, rows, suite, env, everything, command=command, grid_size=grid_size, stale=stale, searches=frontier[0]
     )
     return out.report
@@ -405,7 +407,7 @@ def write(
 def from_results(source: Path, out_dir: Path | None = None, command: str | None = None) -> Path:
     """report.html and RESULTS.md from a results file (results.parquet, results.json) or a run folder's
     results.parquet, nothing rebuilt, into out_dir (default: the folder holding the results); the report's path."""
-    from mlbench import compare
+    from mlbench.analysis import compare
 
     found = compare.load_results(source)
     return write(found.folder, found.rows, found.suite, found.env, out_dir=out_dir or found.folder, command=command)
