@@ -16,6 +16,11 @@ from workers.common.cellspec import CellSpec
 from workers.common.devices import Device
 
 
+def describe(framework: str, model: str, device: str, precision: str, batch_size: int | None) -> str:
+    """A cell in words, the same in the progress bar, the journal and every output."""
+    return f"{framework} {model} {device} {precision} bs{batch_size}"
+
+
 @dataclass(frozen=True, eq=False)
 class Cell:
     """One cell as the orchestrator handles it: its typed spec, with the id and label derived from it.
@@ -49,7 +54,7 @@ class Cell:
     def label(self) -> str:
         if self.spec.task == "calibrate":
             return f"{self.framework} calibration matmul {self.device} {self.precision}"
-        return f"{self.framework} {self.model} {self.device} {self.precision} bs={self.batch_size}"
+        return describe(self.framework, self.model, self.device, self.precision, self.batch_size)
 
     def worker_payload(self, **run: Any) -> dict[str, Any]:
         """What the worker receives as `--cell JSON`: the spec, its id and how this run is set up."""

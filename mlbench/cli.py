@@ -11,7 +11,7 @@ from typing import Any, NoReturn
 
 import click
 
-from mlbench import executors, orchestrator
+from mlbench import executors
 from mlbench.cells import expand
 from mlbench.config import (
     BUILTIN_WORKERS,
@@ -22,7 +22,6 @@ from mlbench.config import (
     load_suite,
     parse_suite,
 )
-from mlbench.present.results_md import RESULTS_MD
 from mlbench.process import environment, runner
 from mlbench.results import store
 from mlbench.runfolder import RunFolder
@@ -239,6 +238,8 @@ def run(
     """Run every cell of CONFIG (narrowed by the filters) and write results, report.html and RESULTS.md.
     Filters take several values (comma-separated, space-separated or repeated); --models takes the family
     names cnn, transformer and mlp too; a --devices value the suite lacks runs the suite on that device."""
+    from mlbench import orchestrator  # here: `validate` and `list` need no plotting library
+
     config = _config_path(config, config_opt)
     suite = _load(config, name)
     where = {k: v for k, v in {"executor": executor, "parallel": jobs, "profile": profile}.items() if v}
@@ -277,7 +278,7 @@ def run(
     counts = ", ".join(f"{v} {k}" for k, v in sorted(summary.counts.items())) or "nothing to run"
     kept = f" ({summary.already_stored} already stored)" if summary.already_stored else ""
     folder = RunFolder(summary.run_dir)
-    click.echo(f"{counts}{kept}. results: {folder.results}  report: {folder.report}  {folder.root / RESULTS_MD}")
+    click.echo(f"{counts}{kept}. results: {folder.results}  report: {folder.report}  {folder.results_md}")
 
 
 @main.command(cls=FilterCommand)
@@ -307,6 +308,7 @@ def maxbatch(
     continue an interrupted search from its stored probes."""
     from rich.console import Console
 
+    from mlbench import orchestrator
     from mlbench.tasks import maxbatch as search
 
     config = _config_path(config, config_opt)
@@ -408,8 +410,7 @@ def env() -> None:
 def report(run_dir: str | None, results_path: str | None, output: str | None, made_by: str | None) -> None:
     """Rebuild RUN_DIR's results exports, report.html and RESULTS.md (with its charts as SVG and PNG)
     from its stored cells; or write report.html and RESULTS.md from a results file (--results FILE)."""
-    from mlbench.analysis import compare as cmp_mod
-    from mlbench.present import report as reporting
+    from mlbench import orchestrator
 
     if run_dir and results_path:
         _fail("give RUN_DIR or --results, not both")
@@ -421,12 +422,11 @@ def report(run_dir: str | None, results_path: str | None, output: str | None, ma
         if source.is_dir() and RunFolder(source).suite.is_file():  # a run folder: rebuilt from its cells
             written = orchestrator.rebuild(source)
         if output or made_by or not written:  # a results file, or elsewhere, or with the command on top
-            written.append(reporting.from_results(source, Path(output) if output else None, made_by))
-    except (FileNotFoundError, ConfigError, cmp_mod.CompareError, OSError) as exc:
+            written += orchestrator.from_results(source, Path(output) if output else None, made_by)
+    except (FileNotFoundError, ConfigError, store.ResultsError, OSError) as exc:
         _fail(str(exc))
     for p in written:
         click.echo(str(p))
-    click.echo(str(written[-1].parent / RESULTS_MD))
 
 
 @main.command()
@@ -473,6 +473,7 @@ def compare(
     """Compare RUN_B against RUN_A cell by cell: each figure's change and whether it is significant.
     Each is a run folder or a results file (results.parquet, or results.json: no raw step times)."""
     from mlbench.analysis import compare as cmp_mod
+    from mlbench.present import comparison
 
     try:
         result = cmp_mod.compare_runs(
@@ -480,8 +481,8 @@ def compare(
         )
         target = Path(out_dir) if out_dir else Path(run_b) if Path(run_b).is_dir() else Path(run_b).parent
         target.mkdir(parents=True, exist_ok=True)
-        txt, page = cmp_mod.write(result, target)
-    except (cmp_mod.CompareError, OSError) as exc:
+        txt, page = comparison.write(result, target)
+    except (store.ResultsError, OSError) as exc:
         _fail(str(exc))
     click.echo(txt.read_text(encoding="utf-8"), nl=False)
     click.echo(f"written: {txt}  {page}")

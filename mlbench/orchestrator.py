@@ -23,12 +23,12 @@ from mlbench import executors
 from mlbench.analysis import bottleneck, parity, scaling
 from mlbench.cells import Cell, Unit, expand, units
 from mlbench.config import DATA_PARALLEL_CHECK_DEVICE, Suite, parse_suite
-from mlbench.present import report
+from mlbench.present import content, report, results_md
 from mlbench.process import environment, runner
 from mlbench.progress import RunProgress
 from mlbench.results import repeats, rows, schema, store
 from mlbench.runfolder import RunFolder
-from mlbench.tasks import calibration, verify
+from mlbench.tasks import calibration, maxbatch, verify
 from workers.common.devices import Device
 
 
@@ -311,13 +311,12 @@ def run_suite(
 
 
 def rebuild(run_dir: Path) -> list[Path]:
-    """Rebuild results.* and report.html from the cell files of the run's suite grid."""
+    """Rebuild results.*, report.html and RESULTS.md from the cell files of the run's suite grid."""
     folder = RunFolder(run_dir)
-    suite_path = folder.suite
-    if not suite_path.is_file():
-        raise FileNotFoundError(f"{run_dir} has no {suite_path.name}: is it an mlbench run folder?")
-    suite_data = json.loads(suite_path.read_text())
-    suite = parse_suite(suite_data, str(suite_path))
+    if not folder.suite.is_file():
+        raise FileNotFoundError(f"{run_dir} has no {folder.suite.name}: is it an mlbench run folder?")
+    suite_data = json.loads(folder.suite.read_text())
+    suite = parse_suite(suite_data, str(folder.suite))
     grid = expand(suite)
     unit_ids = [u.unit_id for u in units(grid, suite.repeats)]
     per_repeat = store.read_cells(run_dir, unit_ids)
@@ -327,17 +326,33 @@ def rebuild(run_dir: Path) -> list[Path]:
     table = repeats.combine(per_repeat) if suite.repeats > 1 else per_repeat
     # the derived columns, in one pass over the rows
     rows_ = table.to_pylist()
-    groups = parity.annotate(rows_, verify.load(run_dir), suite.accuracy_parity_pts)
+    groups = parity.annotate(rows_, verify.verdicts(verify.load(run_dir)), suite.accuracy_parity_pts)
     calibration.annotate(rows_, calibration.load(run_dir))
     scaling.annotate(rows_)
     bottleneck.annotate(rows_)  # after calibration: the verdict reads MFU
-    table = pa.Table.from_pylist(rows_, schema=schema.SCHEMA)
-    env_path = folder.environment
-    env = json.loads(env_path.read_text()) if env_path.is_file() else {}
-    written = store.write_exports(run_dir, table)
+    written = store.write_exports(run_dir, pa.Table.from_pylist(rows_, schema=schema.SCHEMA))
     if suite.repeats > 1:  # every repeat's own row, beside the combined results
         store.atomic_write(folder.repeats, lambda p: pq.write_table(per_repeat, str(p)))
         written.append(folder.repeats)
     store.atomic_write(folder.parity, lambda p: p.write_text(json.dumps(groups, indent=1), encoding="utf-8"))
-    written.append(report.write(run_dir, table.to_pylist(), suite_data, env, grid_size=len(grid), stale=stale))
-    return written
+    env = json.loads(folder.environment.read_text()) if folder.environment.is_file() else {}
+    found = content.gather(rows_, suite_data, env, grid_size=len(grid), stale=stale, frontier=maxbatch.load(run_dir))
+    return [*written, *publish(found, folder)]
+
+
+def publish(found: content.Content, out: RunFolder, command: str | None = None) -> list[Path]:
+    """report.html and RESULTS.md (with its chart images) of one Content, side by side, into `out`."""
+    out.root.mkdir(parents=True, exist_ok=True)
+    return [report.write(out.report, found), results_md.write(out.root, found, command=command)]
+
+
+def from_results(source: Path, out_dir: Path | None = None, command: str | None = None) -> list[Path]:
+    """report.html and RESULTS.md from a results file (results.parquet, results.json) or a run folder's
+    results.parquet, nothing rebuilt, into out_dir (default: the folder holding the results)."""
+    found = store.load_results(source)
+    frontier = maxbatch.load(found.folder)
+    return publish(
+        content.gather(found.rows, found.suite, found.env, frontier=frontier),
+        RunFolder(out_dir or found.folder),
+        command,
+    )

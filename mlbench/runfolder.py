@@ -8,7 +8,7 @@
       profiles/<unit_id>/         a cell's profiler trace, where the run keeps them (`profile: true`)
       suite.json, environment.json, journal.ndjson, .lock
       results.{parquet,csv,json}, epochs.{parquet,csv}, steps.parquet, repeats.parquet
-      verify.json, parity.json, calibration.json, report.html
+      verify.json, parity.json, calibration.json, report.html, RESULTS.md and its charts/
 
 A Ray node keeps the same layout for its own part (data, cache, logs) in a folder of its own.
 """
@@ -93,6 +93,10 @@ class RunFolder:
     @property
     def report(self) -> Path:
         return self.root / "report.html"
+
+    @property
+    def results_md(self) -> Path:  # with its chart images in charts/ beside it
+        return self.root / "RESULTS.md"
 
     @property
     def verify(self) -> Path:

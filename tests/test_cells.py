@@ -145,7 +145,7 @@ def test_cell_ids_of_the_quick_suite_are_unchanged() -> None:
     from mlbench.config import load_suite
 
     cells = expand(load_suite(ROOT / "configs" / "quick.yaml"))
-    assert cells[0].label == "pytorch mlp cpu fp32 bs=32" and cells[0].cell_id == "2ae6cb789d37"
+    assert cells[0].label == "pytorch mlp cpu fp32 bs32" and cells[0].cell_id == "2ae6cb789d37"
 
 
 def test_a_spec_holds_exactly_its_tasks_keys() -> None:

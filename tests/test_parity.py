@@ -9,7 +9,12 @@ import numpy as np
 import pytest
 
 from mlbench.analysis import parity
-from mlbench.present import report
+from mlbench.present import content
+
+
+def warnings(rows: list[dict]) -> list[str]:
+    """The warnings both outputs print for these rows."""
+    return content.gather(rows, {}, {}, charts_too=False).warnings
 
 
 def bits(right: np.ndarray) -> str:
@@ -88,7 +93,7 @@ def test_a_group_is_different_if_any_pair_is_and_the_rows_carry_its_widest_inter
     worse = BASE.copy()
     worse[np.flatnonzero(BASE)[:80]] = False
     rows = [row("a", BASE), row("b", BASE.copy()), row("c", worse)]
-    groups = parity.annotate(rows, [], 2.0)
+    groups = parity.annotate(rows, {}, 2.0)
     assert groups[0]["verdict"] == "different" and len(groups[0]["pairs"]) == 3
     assert {r["accuracy_parity_verdict"] for r in rows} == {"different"} and rows[0]["accuracy_parity"] is False
     assert rows[0]["accuracy_diff_pts"] == pytest.approx(100 * 80 / 1024)
@@ -97,17 +102,17 @@ def test_a_group_is_different_if_any_pair_is_and_the_rows_carry_its_widest_inter
 
 def test_the_report_warns_only_on_a_difference_the_sample_resolves() -> None:
     few = [row("a", BASE[:64]), row("b", flip(BASE[:64], range(0, 3)))]
-    parity.annotate(few, [], 2.0)
+    parity.annotate(few, {}, 2.0)
     assert few[0]["accuracy_parity_verdict"] == "unresolved"
-    assert not any("Validation accuracy differs" in w for w in report.warnings(few))
+    assert not any("Validation accuracy differs" in w for w in warnings(few))
     assert "unresolved" in parity.describe(few[0], 2.0) and "validation samples would tell" in parity.describe(
         few[0], 2.0
     )
     worse = BASE.copy()
     worse[np.flatnonzero(BASE)[:80]] = False
     far = [row("a", BASE), row("b", worse)]
-    parity.annotate(far, [], 2.0)
-    assert any("Validation accuracy differs" in w for w in report.warnings(far))
+    parity.annotate(far, {}, 2.0)
+    assert any("Validation accuracy differs" in w for w in warnings(far))
 
 
 def test_models_that_have_not_learned_are_not_judged_and_one_that_cannot_learn_is_different() -> None:
@@ -118,18 +123,18 @@ def test_models_that_have_not_learned_are_not_judged_and_one_that_cannot_learn_i
     worse[np.flatnonzero(BASE)[:300]] = False  # a 56-point gap: different on its own
     at_chance = 0.95 * np.log(10)
     rows = [row("a", BASE, final_val_loss=at_chance), row("b", worse, final_val_loss=at_chance + 0.01)]
-    groups = parity.annotate(rows, [], 2.0)
+    groups = parity.annotate(rows, {}, 2.0)
     assert groups[0]["verdict"] == "untrained" and rows[0]["accuracy_parity"] is None
     assert rows[0]["accuracy_samples_needed"] is None  # more samples would not judge them
-    assert not any("Validation accuracy differs" in w for w in report.warnings(rows))
+    assert not any("Validation accuracy differs" in w for w in warnings(rows))
     assert parity.describe(rows[0], 2.0).startswith("not judged: the models have not learned yet")
     learned = [row("a", BASE, final_val_loss=0.4), row("b", worse, final_val_loss=at_chance)]
-    parity.annotate(learned, [], 2.0)
+    parity.annotate(learned, {}, 2.0)
     assert learned[0]["accuracy_parity_verdict"] == "different"
     # the share of a uniform guess's loss below which a model counts as learning
     trained = [row("a", BASE, final_val_loss=0.85 * np.log(10)), row("b", worse, final_val_loss=0.4)]
-    parity.annotate(trained, [], 2.0)
+    parity.annotate(trained, {}, 2.0)
     assert trained[0]["accuracy_parity_verdict"] == "different"
     unknown = [row("a", BASE), row("b", worse)]  # no losses recorded: judged on accuracy alone
-    parity.annotate(unknown, [], 2.0)
+    parity.annotate(unknown, {}, 2.0)
     assert unknown[0]["accuracy_parity_verdict"] == "different"

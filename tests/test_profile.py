@@ -12,6 +12,7 @@ import pytest
 import yaml
 
 from mlbench.analysis import bottleneck
+from mlbench.results import rows
 from tests.conftest import cli, suite_dict
 from workers.common import profile, specs
 
@@ -77,7 +78,7 @@ def test_memory_parts_of_each_model_against_hand_computed_figures(model: str, st
     spec = specs.get_spec(model)
     n = specs.num_parameters(spec)
     optimizer = specs.spec_dict(spec)["optimizer"]
-    got = bottleneck.memory_parts(n, optimizer, peak_bytes=None, base_bytes=None)
+    got = rows.memory_parts(n, optimizer, peak_bytes=None, base_bytes=None)
     assert got["memory_params_mb"] == pytest.approx(4 * n / MIB)  # fp32 master weights
     assert got["memory_grads_mb"] == pytest.approx(4 * n / MIB)
     assert got["memory_optimizer_mb"] == pytest.approx(states * 4 * n / MIB)
@@ -86,16 +87,16 @@ def test_memory_parts_of_each_model_against_hand_computed_figures(model: str, st
 
 def test_memory_parts_by_hand() -> None:
     # 1,000,000 parameters: 3.815 MiB each of weights and gradients; AdamW 7.63 MiB of moments
-    adamw = bottleneck.memory_parts(1_000_000, {"name": "adamw"}, peak_bytes=100 * MIB, base_bytes=50 * MIB)
+    adamw = rows.memory_parts(1_000_000, {"name": "adamw"}, peak_bytes=100 * MIB, base_bytes=50 * MIB)
     assert adamw["memory_params_mb"] == pytest.approx(3.8147, abs=1e-4)
     assert adamw["memory_optimizer_mb"] == pytest.approx(7.6294, abs=1e-4)
     assert adamw["memory_activations_mb"] == pytest.approx(50 - 4 * 3.8147, abs=1e-3)  # peak - base - 4x params
-    plain = bottleneck.memory_parts(1_000_000, {"name": "sgd", "momentum": 0.0}, 100 * MIB, 50 * MIB)
+    plain = rows.memory_parts(1_000_000, {"name": "sgd", "momentum": 0.0}, 100 * MIB, 50 * MIB)
     assert plain["memory_optimizer_mb"] == 0 and plain["memory_activations_mb"] == pytest.approx(
         50 - 2 * 3.8147, abs=1e-3
     )
     with pytest.raises(ValueError, match="lion"):
-        bottleneck.optimizer_states({"name": "lion"})
+        rows.optimizer_states({"name": "lion"})
 
 
 # --- the verdict rules, on constructed rows ----------------------------------------------------------

@@ -10,7 +10,7 @@ from pathlib import Path
 import pytest
 
 from mlbench.analysis import recommend
-from mlbench.present import report, results_md
+from mlbench.present import content, images, results_md
 from tests.test_report import row
 
 ROOT = Path(__file__).resolve().parent.parent
@@ -20,13 +20,13 @@ LINK = re.compile(r"!?\[[^\]]*\]\(([^)\s]+)\)")
 @pytest.fixture(autouse=True)
 def images_on(monkeypatch) -> None:
     """These tests render (tests/conftest.py turns images off for every other test's runs)."""
-    monkeypatch.setenv(results_md.IMAGES_ENV, "1")
+    monkeypatch.setenv(images.IMAGES_ENV, "1")
 
 
-def doc(rows: list[dict], images: dict[str, str] | None = None, **kw) -> str:
-    figures = [*report.draw(rows)[0], *report.draw(rows)[1]]
+def doc(rows: list[dict], rendered: dict[str, str] | None = None, **kw) -> str:
     made = {"command": "python -m mlbench run x.yaml", "date": "2026-01-01 00:00 UTC", "commit": "abc123"}
-    return results_md.markdown(rows, {"name": "t", "accuracy_parity_pts": 2.0}, {}, figures, images or {}, made, **kw)
+    found = content.gather(rows, {"name": "t", "accuracy_parity_pts": 2.0}, {}, **kw)
+    return results_md.markdown(found, rendered or {}, made)
 
 
 def section(text: str, heading: str) -> str:
@@ -123,27 +123,28 @@ def test_tables_and_header() -> None:
 def test_charts_say_why_they_have_no_image(tmp_path: Path, monkeypatch) -> None:
     rows = [row("pytorch"), row("jax")]
     monkeypatch.setenv("BROWSER_PATH", str(tmp_path / "no-browser"))
-    path = results_md.write(tmp_path, rows, {"name": "t"}, {}, report.draw(rows)[0])
+    found = content.gather(rows, {"name": "t"}, {})
+    path = results_md.write(tmp_path, found)
     text = path.read_text()
-    drawn = [c for c in report.draw(rows)[0] if c.drawn]
+    drawn = [c for c in found.every_chart if c.drawn]
     assert text.count("_No image: no Chrome or Chromium found to render it") == len(drawn) > 0
     assert "_No batch-size scaling to show: no configuration ran at two batch sizes._" in text
     assert not broken_links(path) and not list(tmp_path.glob("charts/*.png"))
-    monkeypatch.setenv(results_md.IMAGES_ENV, "0")
-    text = results_md.write(tmp_path, rows, {"name": "t"}, {}, report.draw(rows)[0]).read_text()
-    assert f"_No image: images not rendered ({results_md.IMAGES_ENV}=0)." in text
+    monkeypatch.setenv(images.IMAGES_ENV, "0")
+    text = results_md.write(tmp_path, found).read_text()
+    assert f"_No image: images not rendered ({images.IMAGES_ENV}=0)." in text
 
 
 def test_charts_render_as_svg_and_png(tmp_path: Path) -> None:
     pytest.importorskip("kaleido")
-    if results_md.find_browser() is None:
+    if images.find_browser() is None:
         pytest.skip("no Chrome or Chromium here (`make browser`)")
     rows = [row("pytorch"), row("jax", sps=1500)]
     (tmp_path / "charts").mkdir()
     (tmp_path / "charts" / "stale.png").write_bytes(b"an image of an earlier report")
-    figures, trade = report.draw(rows)
-    path = results_md.write(tmp_path, rows, {"name": "t"}, {}, [*figures, *trade])
-    drawn = [c.id for c in [*figures, *trade] if c.drawn]
+    found = content.gather(rows, {"name": "t"}, {})
+    path = results_md.write(tmp_path, found)
+    drawn = [c.id for c in found.every_chart if c.drawn]
     assert sorted(p.name for p in (tmp_path / "charts").iterdir()) == sorted(
         f"{cid}.{fmt}" for cid in drawn for fmt in ("svg", "png")
     )
@@ -168,14 +169,14 @@ def test_a_real_run_writes_results_md_with_its_images(tmp_path: Path, write_suit
     pytest.importorskip("torch")
     from tests.conftest import cli, suite_dict
 
-    images = {results_md.IMAGES_ENV: "1"}  # the other tests' runs leave them out (tests/conftest.cli)
-    proc = cli("run", str(write_suite(suite_dict())), "--runs-dir", "runs", cwd=tmp_path, env=images)
+    env = {images.IMAGES_ENV: "1"}  # the other tests' runs leave them out (tests/conftest.cli)
+    proc = cli("run", str(write_suite(suite_dict())), "--runs-dir", "runs", cwd=tmp_path, env=env)
     assert proc.returncode == 0, proc.stderr[-2000:]
-    path = tmp_path / "runs" / "t" / results_md.RESULTS_MD
+    path = tmp_path / "runs" / "t" / "RESULTS.md"
     text = path.read_text()
     assert not broken_links(path)
     leaders = [line for line in section(text, "Analysis").splitlines() if line.startswith("- **")]
     assert len(leaders) == len(recommend.CRITERIA) + 1  # and GPU utilisation, not measured on a CPU
     assert all("leads" in x or "no clear winner" in x or "not measured" in x for x in leaders), leaders
-    if results_md.find_browser() is not None:
+    if images.find_browser() is not None:
         assert (tmp_path / "runs" / "t" / "charts" / "throughput.png").is_file() and "No image" not in text

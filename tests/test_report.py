@@ -11,8 +11,13 @@ import numpy as np
 import pytest
 
 from mlbench.analysis import compare, recommend
-from mlbench.present import charts, report
+from mlbench.present import charts, comparison, content, report
 from mlbench.results import schema
+
+
+def warnings(rows: list[dict]) -> list[str]:
+    """The warnings both outputs print for these rows."""
+    return content.gather(rows, {}, {}, charts_too=False).warnings
 
 
 def row(framework: str, model: str = "mlp", sps: float = 1000.0, spread: float = 0.01, **kw) -> dict:
@@ -53,15 +58,15 @@ def test_recommendations_follow_the_numbers() -> None:
     assert ra.clear and ra.winner.row["framework"] == "jax" and ra.runner_up.row["framework"] == "pytorch"
     assert rb.clear and rb.winner.row["framework"] == "pytorch" and "33% faster" in rb.verdict
     # the HTML headline says the same
-    assert "jax fp32 bs32" in report.headline(a).split("clear winner")[1][:200]
-    assert "pytorch fp32 bs32" in report.headline(b).split("clear winner")[1][:200]
+    assert "jax fp32 bs32" in report.headline(recommend.recommendations(a)).split("clear winner")[1][:200]
+    assert "pytorch fp32 bs32" in report.headline(recommend.recommendations(b)).split("clear winner")[1][:200]
 
 
 def test_overlapping_intervals_are_no_clear_winner() -> None:
     rows = [row("pytorch", sps=1000, spread=0.05), row("jax", sps=1040, spread=0.05)]
     rec = headline_of(rows, "train_throughput")
     assert not rec.clear and rec.verdict.startswith("no clear winner") and "intervals overlap" in rec.verdict
-    assert "no clear winner" in report.headline(rows)
+    assert "no clear winner" in report.headline(recommend.recommendations(rows))
 
 
 def test_a_noisy_winner_is_not_ranked() -> None:
@@ -71,19 +76,19 @@ def test_a_noisy_winner_is_not_ranked() -> None:
     # nor one timed while other processes kept the CPU busy, and the report says so
     rows = [row("pytorch", sps=2000, cpu_other_pct=90.0), row("jax", sps=1000, cpu_other_pct=3.0)]
     assert not headline_of(rows, "train_throughput").clear
-    assert any("other processes used more than 25% of a core (up to 90%)" in w for w in report.warnings(rows))
-    assert not any("other processes" in w for w in report.warnings([row("jax", cpu_other_pct=3.0)]))
+    assert any("other processes used more than 25% of a core (up to 90%)" in w for w in warnings(rows))
+    assert not any("other processes" in w for w in warnings([row("jax", cpu_other_pct=3.0)]))
 
 
 def test_cells_that_page_fault_every_step_are_named_in_the_warnings() -> None:
     rows = [row("pytorch", page_faults_per_step=54357.8), row("jax", page_faults_per_step=830.9)]
-    said = [w for w in report.warnings(rows) if "page-faulted" in w]
+    said = [w for w in warnings(rows) if "page-faulted" in w]
     assert said == [
         "1 cell(s) page-faulted more than 5,000 pages a training step (up to 54,358): memory given back to the "
         "kernel and mapped in again every step, a cost inside their step times that the allocator's settings "
         "decide (see `malloc` in docs/measurement.md)."
     ]
-    assert not any("page-faulted" in w for w in report.warnings([row("jax", page_faults_per_step=830.9), row("tf")]))
+    assert not any("page-faulted" in w for w in warnings([row("jax", page_faults_per_step=830.9), row("tf")]))
 
 
 def test_latency_memory_and_accuracy_criteria() -> None:
@@ -142,13 +147,13 @@ def test_charts_with_nothing_to_show_say_why() -> None:
     assert drawn["throughput"].drawn and drawn["memory"].drawn and drawn["latency"].drawn
     failed = [row("pytorch", status="failed", reason="x")]
     assert not any(f(failed).drawn for f in charts.ALL)
-    assert "no cell finished ok" in report.build_html(failed, {"name": "t"}, {})
+    assert "no cell finished ok" in report.build_html(content.gather(failed, {"name": "t"}, {}))
 
 
 def test_worker_and_config_text_is_escaped() -> None:
     evil = "<script>alert(1)</script>"
     rows = [row("pytorch"), row("jax", status="crashed", reason=evil)]
-    page = report.build_html(rows, {"name": evil}, {"hostname": evil})
+    page = report.build_html(content.gather(rows, {"name": evil}, {"hostname": evil}))
     assert evil not in page and "&lt;script&gt;alert(1)&lt;/script&gt;" in page
     # failures come first in the cells table
     table = report.cells_table(rows)
@@ -192,7 +197,7 @@ def test_compare_without_raw_samples_uses_the_change_alone() -> None:
 
 def test_compare_text_prints_user_text_verbatim(tmp_path) -> None:
     cmp = compare.Comparison(tmp_path / "[/x]", tmp_path / "b", [], [], ["pytorch [bold]mlp"], {"os": ("[/a]", "b")})
-    out = compare.text(cmp)
+    out = comparison.text(cmp)
     assert "[/x]" in out and "only in B: pytorch [bold]mlp" in out and "'[/a]' in A" in out
 
 
@@ -243,7 +248,7 @@ def test_compare_latency_floor_in_milliseconds() -> None:
     assert compare.compare_metric(b1, a, b, 0.01, 0.6).verdict == "regression"  # +70%, p tiny
     c = compare.compare_metric(b1, a, b, 0.01, 0.6, min_change_ms=0.2)
     assert c.verdict == "unchanged" and c.floor_ms == 0.2
-    assert compare.table_rows(compare.Comparison(Path("a"), Path("b"), [c], [], [], {}))[0][-1] == "60% and 0.2 ms"
+    assert comparison.table_rows(compare.Comparison(Path("a"), Path("b"), [c], [], [], {}))[0][-1] == "60% and 0.2 ms"
     slow = row("pytorch", inference_b1_latency_p50_ms=0.45, inference_b1_times_ms=list(rng.normal(0.45, 0.002, 60)))
     assert compare.compare_metric(b1, a, slow, 0.01, 0.6, min_change_ms=0.2).verdict == "regression"
     thr = compare.METRICS[0]
@@ -256,11 +261,11 @@ def test_cells_from_several_hosts_are_grouped_and_mixed_hardware_is_warned() -> 
     same = dict(cpu_model="Xeon", cpu_count_physical=8)
     one_kind = [row("pytorch", hostname="a", **same), row("jax", hostname="b", **same)]
     assert headline_of(one_kind, "train_throughput").hardware == ["Xeon (8 cores)"]
-    assert not any("different hardware" in w for w in report.warnings(one_kind))  # two hosts, one kind: fine
+    assert not any("different hardware" in w for w in warnings(one_kind))  # two hosts, one kind: fine
     mixed = [row("pytorch", hostname="a", **same), row("jax", hostname="b", cpu_model="EPYC", cpu_count_physical=8)]
     rec = headline_of(mixed, "train_throughput")
     assert len(rec.hardware) == 2 and "2 kinds of hardware" in rec.note
-    assert any("different hardware (mlp on cpu)" in w for w in report.warnings(mixed))
+    assert any("different hardware (mlp on cpu)" in w for w in warnings(mixed))
     assert "<h2 id='hosts'>Hosts</h2>" in report.hosts_section(mixed)
     assert report.hosts_section([row("pytorch", hostname="a"), row("jax", hostname="a")]) == ""  # one host: no section
 

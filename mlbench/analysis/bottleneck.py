@@ -1,6 +1,5 @@
-"""Where a cell's time and memory go, and what holds it back: the memory breakdown (computed from the
-spec, so the same in every framework), and a bottleneck verdict with its evidence, from the step's
-time by part (workers/common/profile.py), MFU and GPU utilisation.
+"""What holds a cell back: a bottleneck verdict with its evidence, from the step's time by part
+(workers/common/profile.py), MFU and GPU utilisation (the memory by part is the row's: results/rows.py).
 
 Every threshold sits in THRESHOLDS with its reason; `verdict` applies them in a fixed order (input,
 host, compute, memory) and says "none" where no rule holds: no single part stands out.
@@ -13,7 +12,6 @@ from typing import Any
 
 Row = dict[str, Any]
 MIB = 2**20
-FP32_BYTES = 4  # every framework keeps fp32 master weights and fp32 gradients, mixed precision included
 
 
 @dataclass(frozen=True)
@@ -77,41 +75,6 @@ def by_verdict(rows: list[Row]) -> dict[str, list[Row]]:
         if cells:
             found[verdict] = cells
     return found
-
-
-def optimizer_states(optimizer: dict[str, Any]) -> int:
-    """Tensors of the parameters' size an optimizer keeps: AdamW two moments; SGD one momentum buffer
-    (none without momentum)."""
-    if optimizer.get("name") == "adamw":
-        return 2
-    if optimizer.get("name") == "sgd":
-        return 1 if optimizer.get("momentum") else 0
-    raise ValueError(f"optimizer {optimizer.get('name')!r}: its state size is not known")
-
-
-def memory_parts(
-    num_parameters: int | None,
-    optimizer: dict[str, Any] | None,
-    peak_bytes: float | None,
-    base_bytes: float | None,
-) -> dict[str, float | None]:
-    """Memory by part, MiB: parameters, gradients and optimizer state computed from the parameter count
-    and the optimizer; activations (and workspace) what the peak holds beyond those and `base_bytes`
-    (on a CPU the process before the model was built plus the training data's copy; on a GPU none,
-    as `peak_bytes` is then the allocator's peak, which holds only tensors)."""
-    if not num_parameters or optimizer is None:
-        return dict.fromkeys(("memory_params_mb", "memory_grads_mb", "memory_optimizer_mb", "memory_activations_mb"))
-    params = FP32_BYTES * num_parameters
-    state = optimizer_states(optimizer) * params
-    activations = None
-    if peak_bytes is not None and base_bytes is not None:
-        activations = max(0.0, peak_bytes - base_bytes - params - params - state)
-    return {
-        "memory_params_mb": params / MIB,
-        "memory_grads_mb": params / MIB,
-        "memory_optimizer_mb": state / MIB,
-        "memory_activations_mb": None if activations is None else activations / MIB,
-    }
 
 
 def _pct(part: float, whole: float) -> str:

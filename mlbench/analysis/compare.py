@@ -15,22 +15,18 @@ between two runs of the same code on a 2-core VM), a large relative change that 
 
 from __future__ import annotations
 
-import html
-import io
 import json
 import math
 import statistics
-from collections.abc import Callable
 from dataclasses import dataclass, field
 from pathlib import Path
 from typing import Any
 
-import pyarrow.parquet as pq
 from scipy import stats as sps
 
 from mlbench.analysis.recommend import loaded
-from mlbench.results import schema
-from mlbench.runfolder import RunFolder
+from mlbench.results import store
+from mlbench.results.labels import label
 
 Row = dict[str, Any]
 ENV_KEYS = (
@@ -46,10 +42,6 @@ ENV_KEYS = (
 )
 MALLOC_FLAGS = ("GLIBC_TUNABLES", "LD_PRELOAD")  # of the rows' env_flags
 ROW_ENV_KEYS = ("executor", "hostname", "cpu_model", "gpu_model")
-
-
-class CompareError(Exception):
-    """A run cannot be compared (no results, unreadable): one line for the user."""
 
 
 @dataclass(frozen=True)
@@ -129,91 +121,14 @@ class Comparison:
         return [c for c in self.changes if c.verdict == "unconfirmed"]
 
 
-RESULTS_FILES = (".parquet", ".json")  # results.parquet (every column) and results.json (no raw step samples)
-ROW_ENVIRONMENT = (  # the environment columns every row carries
-    "mlbench_version",
-    "hostname",
-    "cpu_model",
-    "cpu_count_physical",
-    "cpu_count_logical",
-    "memory_total_gb",
-    "os",
-    "python_version",
-    "gpu_driver",
-)
-
-
-@dataclass
-class Results:
-    """A run's rows as stored, with its environment and suite where they are known."""
-
-    rows: list[Row]
-    env: dict[str, Any]
-    suite: dict[str, Any]
-    folder: Path  # the run folder, or the folder holding the results file
-    source: Path  # the file the rows came from
-
-
-def _read_rows(path: Path) -> list[Row]:
-    if path.suffix not in RESULTS_FILES:
-        raise CompareError(f"{path}: not a results file; give results.parquet or results.json, or a run folder")
-    try:
-        if path.suffix == ".parquet":
-            return pq.read_table(path).to_pylist()
-        rows = json.loads(path.read_text(encoding="utf-8"))
-    except (OSError, ValueError) as exc:  # pyarrow's ArrowInvalid is a ValueError
-        raise CompareError(f"{path}: unreadable ({exc})") from exc
-    if not isinstance(rows, list) or not all(isinstance(r, dict) for r in rows):
-        raise CompareError(f"{path}: not a results file (mlbench's results.json is a list of rows)")
-    columns = dict.fromkeys(schema.SCHEMA.names)  # the columns results.json leaves out (raw samples) are null
-    return [{**columns, **r} for r in rows]
-
-
-def _read_json(path: Path) -> dict[str, Any]:
-    try:
-        return json.loads(path.read_text(encoding="utf-8")) if path.is_file() else {}
-    except (OSError, ValueError) as exc:
-        raise CompareError(f"{path}: unreadable ({exc})") from exc
-
-
-def environment_of(rows: list[Row]) -> dict[str, Any]:
-    """The environment record as far as the rows carry it (where no environment.json lies beside them)."""
-    env = {k: next((r[k] for r in rows if r.get(k) is not None), None) for k in ROW_ENVIRONMENT}
-    env["gpus"] = sorted({r["gpu_model"] for r in rows if r.get("gpu_model")})
-    env["frameworks"] = {r["framework"]: r["framework_version"] for r in rows if r.get("framework_version")}
-    return env
-
-
-def load_results(path: Path) -> Results:
-    """A run folder's results.parquet, or a results file (results.parquet or results.json) with the
-    environment.json and suite.json beside it where present (else the environment from the rows)."""
-    path = Path(path)
-    file = RunFolder(path).results if path.is_dir() else path
-    if not file.exists():
-        raise CompareError(f"{path}: no results.parquet (run `mlbench report {path}` to rebuild it)")
-    rows = _read_rows(file)
-    if rows and "status" not in rows[0]:
-        raise CompareError(f"{file}: no status column (not mlbench's results)")
-    folder = RunFolder(file.parent)
-    env = _read_json(folder.environment) or environment_of(rows)
-    suite = _read_json(folder.suite) or {"name": run_name(path)}
-    return Results(rows, env, suite, file.parent, file)
-
-
-def run_name(path: Path) -> str:
-    """A short name for a run folder or a results file (runs/a/results.json: a)."""
-    path = Path(path)
-    if path.is_dir():
-        return path.name
-    return path.stem if path.stem != "results" else path.resolve().parent.name
-
-
 def load_run(path: Path) -> tuple[list[Row], dict[str, Any]]:
     """The rows and environment of a run folder or a results file, checked for what compare needs."""
-    found = load_results(path)
+    found = store.load_results(path)
     missing = [c for c in ("spec_json", "status", "worker_module") if found.rows and c not in found.rows[0]]
     if missing:
-        raise CompareError(f"{found.source}: no {', '.join(missing)} column (written by an mlbench too old to compare)")
+        raise store.ResultsError(
+            f"{found.source}: no {', '.join(missing)} column (written by an mlbench too old to compare)"
+        )
     return found.rows, found.env
 
 
@@ -225,10 +140,6 @@ def match_key(row: Row) -> str:
     spec.pop("worker", None)
     spec.pop("malloc", None)
     return json.dumps(spec, sort_keys=True)
-
-
-def label(row: Row) -> str:
-    return f"{row['framework']} {row['model_name']} {row['device']} {row['precision']} bs{row['batch_size']}"
 
 
 # A single run says nothing of how far the next run of the same code lands: on this project's 2-core VM
@@ -403,103 +314,3 @@ def compare_runs(
         notes=notes_on((run_a, run_b), rows_a, ok_a, ok_b),
         matched=len(matched),
     )
-
-
-def _fmt(v: float | None) -> str:
-    if v is None:
-        return "—"
-    return f"{v:,.0f}" if abs(v) >= 100 else f"{v:.3g}"
-
-
-def _p(p: float | None) -> str:
-    return "—" if p is None else (f"{p:.1e}" if p < 1e-3 else f"{p:.3f}")
-
-
-def table_rows(cmp: Comparison) -> list[list[str]]:
-    order = {"regression": 0, "improvement": 1, "unconfirmed": 2, "unchanged": 3}
-    out = []
-    for c in sorted(cmp.changes, key=lambda c: (order[c.verdict], c.cell, c.metric.title)):
-        out.append(
-            [
-                c.verdict,
-                c.cell,
-                c.metric.title,
-                _fmt(c.a),
-                _fmt(c.b),
-                f"{c.b - c.a:+.1f} pts" if c.metric.kind == "fisher" else f"{c.rel:+.1%}",
-                _p(c.p),
-                "—"
-                if c.metric.kind == "fisher"
-                else f"{c.threshold:.0%}" + (f" and {c.floor_ms:g} ms" if c.floor_ms else ""),
-            ]
-        )
-    return out
-
-
-HEAD = ["verdict", "cell", "figure", "A", "B", "change", "p", "min change"]
-
-
-def summary_line(cmp: Comparison) -> str:
-    return (
-        f"{cmp.matched} cell(s) in both runs: {len(cmp.regressions)} regression(s), {len(cmp.improvements)} improvement(s), "
-        f"{len(cmp.unconfirmed)} unconfirmed change(s); {len(cmp.only_a)} only in A, {len(cmp.only_b)} only in B"
-    )
-
-
-def text(cmp: Comparison) -> str:
-    """The comparison as a plain-text table (what `compare.txt` holds and the terminal shows)."""
-    from rich.console import Console
-    from rich.table import Table
-    from rich.text import Text
-
-    # markup off: paths, environment values and cell labels are printed as they are
-    console = Console(record=True, width=160, file=io.StringIO(), markup=False, highlight=False)
-    t = Table(title=Text(f"A = {cmp.run_a}   B = {cmp.run_b}"))
-    for h in HEAD:
-        t.add_column(h)
-    for r in table_rows(cmp):
-        t.add_row(*(Text(v) for v in r))
-    console.print(t)
-    console.print(summary_line(cmp))
-    for k, (a, b) in cmp.env_diff.items():
-        console.print(f"environment differs: {k}: {a!r} in A, {b!r} in B")
-    for n in cmp.notes:
-        console.print(f"note: {n}")
-    for x in cmp.only_a:
-        console.print(f"only in A: {x}")
-    for x in cmp.only_b:
-        console.print(f"only in B: {x}")
-    return console.export_text()
-
-
-def to_html(cmp: Comparison) -> str:
-    e: Callable[[Any], str] = lambda v: html.escape(str(v))  # noqa: E731
-    body = "".join(
-        f"<tr class='{e(r[0])}'>" + "".join(f"<td>{e(v)}</td>" for v in r) + "</tr>" for r in table_rows(cmp)
-    )
-    env = "".join(
-        f"<p class='warn'>⚠ environment differs: {e(k)}: {e(a)} in A, {e(b)} in B</p>"
-        for k, (a, b) in cmp.env_diff.items()
-    )
-    lists = "".join(f"<p>{e(x)}</p>" for x in [*cmp.notes, *(f"only in A: {x}" for x in cmp.only_a)])
-    lists += "".join(f"<p>only in B: {e(x)}</p>" for x in cmp.only_b)
-    return f"""<!DOCTYPE html><html lang="en"><head><meta charset="utf-8"><title>mlbench compare</title>
-<style>body{{font-family:system-ui,sans-serif;margin:24px;color:#222}}table{{border-collapse:collapse;font-size:13px}}
-th,td{{border:1px solid #ddd;padding:4px 8px;text-align:left}}th{{background:#f5f5f5}}
-tr.regression td:first-child{{color:#b00020;font-weight:600}}tr.improvement td:first-child{{color:#17803d;font-weight:600}}
-.warn{{background:#fff4e5;border-left:4px solid #ff9800;padding:6px 10px}}</style></head><body>
-<h1>mlbench compare</h1><p>A = {e(cmp.run_a)}<br>B = {e(cmp.run_b)}</p><p><b>{e(summary_line(cmp))}</b></p>{env}
-<p>Significant: a two-sided Mann-Whitney rank test on the raw samples (Fisher's exact test for accuracy) below
-the alpha, and a relative change at least the minimum shown (twice the run-to-run CV where repeats measured it).</p>
-<table><thead><tr>{"".join(f"<th>{h}</th>" for h in HEAD)}</tr></thead><tbody>{body}</tbody></table>{lists}
-</body></html>"""
-
-
-def write(cmp: Comparison, out_dir: Path) -> tuple[Path, Path]:
-    from mlbench.results.store import atomic_write
-
-    stem = f"compare-{run_name(cmp.run_a)}-vs-{run_name(cmp.run_b)}"
-    txt, page = out_dir / f"{stem}.txt", out_dir / f"{stem}.html"
-    atomic_write(txt, lambda p: p.write_text(text(cmp), encoding="utf-8"))
-    atomic_write(page, lambda p: p.write_text(to_html(cmp), encoding="utf-8"))
-    return txt, page

@@ -22,7 +22,6 @@ from typing import Any
 import numpy as np
 
 from mlbench.analysis import recommend
-from mlbench.tasks.verify import Check, verdicts
 from workers.common import specs
 
 GROUP = ("model_name", "device", "precision", "batch_size", "dataset", "epochs", "seed")
@@ -221,13 +220,15 @@ def describe(r: dict[str, Any], tolerance_pts: float | None) -> str:
     return f"unresolved: {seen}, straddles {t}; the {r.get('val_samples')} samples cannot tell ({more})"
 
 
-def annotate(rows: list[dict[str, Any]], checks: list[Check], tolerance_pts: float) -> list[dict[str, Any]]:
-    """Fill the verify and accuracy-parity columns, in place; returns the accuracy groups."""
+def annotate(
+    rows: list[dict[str, Any]], verified: dict[str, tuple[bool, str]], tolerance_pts: float
+) -> list[dict[str, Any]]:
+    """Fill the verify columns (from `verified`: model -> passed, detail) and the accuracy-parity ones,
+    in place; returns the accuracy groups."""
     groups = accuracy_groups(rows, tolerance_pts)
     by_key = {tuple(g[k] for k in GROUP): g for g in groups}
-    verdict = verdicts(checks)
     for r in rows:
-        passed, detail = verdict.get(r["model_name"], (None, None))
+        passed, detail = verified.get(r["model_name"], (None, None))
         g = by_key.get(tuple(r[k] for k in GROUP)) if r["status"] == "ok" else None
         w = (g and g["widest"]) or {}  # the group's largest difference, with its interval
         r.update(

@@ -18,6 +18,7 @@ from typing import Any
 
 import numpy as np
 
+from mlbench.results.labels import config_label, num
 from workers.common import stats
 
 MEMORY_TOLERANCE = 0.05  # relative gap in peak memory below which two cells are not told apart
@@ -77,11 +78,6 @@ def hardware(r: Row) -> str:
     return cpu + (f", {r['gpu_model']}" if r.get("gpu_model") else "")
 
 
-def label(r: Row) -> str:
-    """A cell in words: framework, model, device, precision and batch."""
-    return f"{r['framework']} {r['model_name']} {r['device']} {r['precision']} bs{r['batch_size']}"
-
-
 def ok_rows(rows: Iterable[Row]) -> list[Row]:
     return [r for r in rows if r.get("status") == "ok"]
 
@@ -106,10 +102,6 @@ def why_untrusted(r: Row) -> str:
     if loaded(r):
         reasons.append(f"other processes used {r['cpu_other_pct']:.0f}% of a core")
     return ", ".join(reasons)
-
-
-def config_label(r: Row) -> str:
-    return f"{r['framework']} {r['precision']} bs{r['batch_size']}"
 
 
 def wilson_interval(p: float, n: int, confidence: float = 0.95) -> tuple[float, float]:
@@ -192,15 +184,9 @@ def common_configuration(rows: list[Row]) -> tuple[str, int] | None:
     return max(seen, key=lambda k: (len(seen[k]), k[0] == "fp32", k[1]))
 
 
-def _fmt(v: float | None) -> str:
-    if v is None:
-        return "?"
-    return f"{v:,.0f}" if abs(v) >= 100 else f"{v:.3g}"
-
-
 def _describe(e: Estimate, unit: str) -> str:
-    ci = f" [{_fmt(e.low)}–{_fmt(e.high)}]" if (e.low is not None or e.high is not None) else ""
-    return f"{e.label}: {_fmt(e.value)} {unit}{ci}"
+    ci = f" [{num(e.low)}–{num(e.high)}]" if (e.low is not None or e.high is not None) else ""
+    return f"{e.label}: {num(e.value)} {unit}{ci}"
 
 
 def recommend_one(rows: list[Row], c: Criterion, model: str, device: str) -> Recommendation | None:
@@ -261,8 +247,8 @@ def _verdict(c: Criterion, winner: Estimate, runner: Estimate) -> tuple[bool, st
     word = ("higher" if c.higher_is_better else "lower") if c.key != "train_throughput" else "faster"
     if clear:
         return clear, (
-            f"{winner.label} ({_fmt(winner.value)} {c.unit}) is {gap_text} {word} than "
-            f"{runner.label} ({_fmt(runner.value)} {c.unit}); "
+            f"{winner.label} ({num(winner.value)} {c.unit}) is {gap_text} {word} than "
+            f"{runner.label} ({num(runner.value)} {c.unit}); "
             + (f"more than the {c.tolerance:.0%} tolerance" if c.tolerance else "the 95% intervals do not overlap")
         )
     if noisy:
@@ -273,7 +259,7 @@ def _verdict(c: Criterion, winner: Estimate, runner: Estimate) -> tuple[bool, st
         else ("intervals overlap" if runner.low is not None or runner.high is not None else "no interval")
     )
     return clear, (
-        f"no clear winner: {winner.label} {_fmt(winner.value)} vs {runner.label} {_fmt(runner.value)} {c.unit} ({why})"
+        f"no clear winner: {winner.label} {num(winner.value)} vs {runner.label} {num(runner.value)} {c.unit} ({why})"
     )
 
 

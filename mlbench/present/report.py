@@ -1,5 +1,4 @@
-"""The HTML report: one self-contained file (plotly.js inlined once, no network), rebuilt from the cells; and
-RESULTS.md beside it (mlbench.publish), from the same rows and figures."""
+"""report.html: one self-contained page (plotly.js inlined once, no network) of a run's Content."""
 
 from __future__ import annotations
 
@@ -12,9 +11,9 @@ from plotly.offline import get_plotlyjs
 
 from mlbench.analysis import bottleneck, parity, recommend, scaling
 from mlbench.present import charts
-from mlbench.runfolder import RunFolder
-
-STATUS_ORDER = {"failed": 0, "crashed": 1, "oom": 2, "timeout": 3, "skipped": 4, "ok": 5}
+from mlbench.present.content import STATUS_ORDER, Content
+from mlbench.results.labels import label, num
+from mlbench.results.store import atomic_write
 
 
 def _esc(value: Any) -> str:
@@ -22,11 +21,7 @@ def _esc(value: Any) -> str:
 
 
 def _fmt(value: Any, digits: int = 3) -> str:
-    if value is None:
-        return "—"
-    if isinstance(value, float):
-        return f"{value:.{digits}g}" if abs(value) < 100 else f"{value:,.0f}"
-    return _esc(value)
+    return _esc(num(value, digits))
 
 
 def cells_table(rows: list[dict[str, Any]]) -> str:
@@ -122,9 +117,8 @@ def _rec_cell(e: recommend.Estimate | None, unit: str) -> str:
     return f"<td><b>{_esc(e.label)}</b><br>{_fmt(e.value)} {_esc(unit)}{ci}</td>"
 
 
-def headline(rows: list[dict[str, Any]]) -> str:
+def headline(recs: list[recommend.Recommendation]) -> str:
     """The recommendations: per model and device, who wins each criterion and how surely."""
-    recs = recommend.recommendations(rows)
     if not recs:
         return "<p class='empty'>No recommendation: no cell finished ok.</p>"
     out = []
@@ -150,9 +144,9 @@ def _limit(r: dict[str, Any]) -> str:
     return f"{r['memory_limit_mb']:g} MB ({r['memory_limit_how']})" if r.get("memory_limit_mb") else "none"
 
 
-def maxbatch_section(searches: list[dict[str, Any]], probes: list[dict[str, Any]]) -> str:
+def maxbatch_section(searches: list[dict[str, Any]], chart: charts.Chart | None) -> str:
     """`mlbench maxbatch`: the frontier table and memory against batch size, with the limit drawn."""
-    if not searches:
+    if not searches or chart is None:
         return ""
     head = (
         "<tr><th>framework</th><th>model</th><th>device</th><th>precision</th><th>largest batch that fit</th>"
@@ -170,7 +164,6 @@ def maxbatch_section(searches: list[dict[str, Any]], probes: list[dict[str, Any]
         + f"<td>{_esc(r['status'] + ': ' + r['reason'])}</td></tr>"
         for r in searches
     )
-    chart = charts.maxbatch_memory(probes, searches)
     return (
         "<h2 id='maxbatch'>Largest batch that fits</h2><p class='sub'>Each probe a fresh worker: a few full training "
         "steps and an inference pass at that batch; doubling to the first out-of-memory, then bisection. The "
@@ -180,9 +173,8 @@ def maxbatch_section(searches: list[dict[str, Any]], probes: list[dict[str, Any]
     )
 
 
-def scaling_section(rows: list[dict[str, Any]]) -> str:
+def scaling_section(found: list[scaling.Verdict]) -> str:
     """When a second device pays: each data-parallel cell against its one-device cell, with the interval."""
-    found = scaling.verdicts(rows)
     if not found:
         return ""
     items = "".join(f"<li class='scaling {_esc(v.verdict.replace(' ', '-'))}'>{_esc(v.text)}</li>" for v in found)
@@ -193,14 +185,13 @@ def scaling_section(rows: list[dict[str, Any]]) -> str:
     )
 
 
-def bottleneck_section(rows: list[dict[str, Any]]) -> str:
+def bottleneck_section(found: dict[str, list[dict[str, Any]]]) -> str:
     """What holds each cell back (mlbench/analysis/bottleneck.py), and what would help, grouped by verdict."""
-    found = bottleneck.by_verdict(rows)
     if not found:
         return ""
     items = "".join(
         f"<li><b>{_esc(verdict)}</b> ({len(cells)} cell(s)): {_esc(bottleneck.ADVICE[verdict])}<ul>"
-        + "".join(f"<li>{_esc(recommend.label(r))}: {_esc(r['bottleneck_evidence'])}</li>" for r in cells)
+        + "".join(f"<li>{_esc(label(r))}: {_esc(r['bottleneck_evidence'])}</li>" for r in cells)
         + "</ul></li>"
         for verdict, cells in found.items()
     )
@@ -209,11 +200,6 @@ def bottleneck_section(rows: list[dict[str, Any]]) -> str:
         "utilisation; the thresholds and their reasons are in mlbench/analysis/bottleneck.py.</p>"
         f"<ul>{items}</ul>"
     )
-
-
-# minor page faults a step above which the report says so: glibc's default settings cost PyTorch and JAX
-# ResNet-18/BERT cells on a CPU 18,000-204,000 a step; `malloc: steady` 0-1,200
-FAULTS_PER_STEP = 5000
 
 
 def hosts_section(rows: list[dict[str, Any]]) -> str:
@@ -236,64 +222,6 @@ def hosts_section(rows: list[dict[str, Any]]) -> str:
     )
 
 
-def warnings(rows: list[dict[str, Any]]) -> list[str]:
-    """What a reader must know before trusting the figures, most serious first."""
-    out = []
-    mixed = [r for r in recommend.recommendations(rows) if len(r.hardware) > 1]
-    if mixed:
-        where = ", ".join(sorted({f"{r.model} on {r.device}" for r in mixed}))
-        out.append(
-            f"{len(mixed)} recommendation(s) compare cells that ran on different hardware ({where}): they compare "
-            "machines as well as frameworks. See Hosts; run each comparison on one kind of node to separate the two."
-        )
-    bad = [r for r in rows if r["status"] not in ("ok", "skipped")]
-    if bad:
-        out.append(f"{len(bad)} cell(s) did not finish: see the cells table (failures first).")
-    if any(r.get("verify_passed") is False for r in rows):
-        out.append(
-            "mlbench verify found a model that differs between frameworks: its comparisons are not like for like."
-        )
-    different = sorted({r["model_name"] for r in rows if r.get("accuracy_parity_verdict") == "different"})
-    if different:  # only a difference the sample resolves: an unresolved one is said in the Parity section
-        out.append(
-            f"Validation accuracy differs across frameworks by more than the allowed points ({', '.join(different)}): "
-            "the paired 95% interval of the difference lies outside the tolerance. See Parity."
-        )
-    noisy = [r for r in rows if r.get("noisy")]
-    if noisy:
-        out.append(
-            f"{len(noisy)} cell(s) have a step-time coefficient of variation above 10%: their throughput is too "
-            "noisy to rank on (another load on the machine, throttling, or too few steps)."
-        )
-    faulting = [r for r in recommend.ok_rows(rows) if (r.get("page_faults_per_step") or 0) > FAULTS_PER_STEP]
-    if faulting:
-        worst = max(r["page_faults_per_step"] for r in faulting)
-        out.append(
-            f"{len(faulting)} cell(s) page-faulted more than {FAULTS_PER_STEP:,} pages a training step (up to "
-            f"{worst:,.0f}): memory given back to the kernel and mapped in again every step, a cost inside their "
-            "step times that the allocator's settings decide (see `malloc` in docs/measurement.md)."
-        )
-    over = [
-        r
-        for r in recommend.ok_rows(rows)
-        if r.get("peak_tflops") and (r.get("achieved_tflops") or 0) > r["peak_tflops"] and r.get("mfu") is None
-    ]
-    if over:
-        out.append(
-            f"{len(over)} cell(s) trained faster than the calibrated peak of their device and precision: their MFU "
-            "would be above 1, so it is not stored; the calibration measured too low a peak (see calibration.json)."
-        )
-    busy = [r for r in recommend.ok_rows(rows) if recommend.loaded(r)]
-    if busy:
-        worst = max(r["cpu_other_pct"] for r in busy)
-        out.append(
-            f"{len(busy)} cell(s) ran while other processes used more than "
-            f"{min(recommend.other_load_limit_pct(r) for r in busy):.0f}% of a core (up to {worst:.0f}%): their "
-            "timings measure that contention too. Rerun them on a quiet machine."
-        )
-    return out
-
-
 CSS = """
 body{font-family:system-ui,-apple-system,Segoe UI,Roboto,sans-serif;margin:24px auto;max-width:1400px;color:#222;padding:0 16px}
 h1{margin-bottom:0}.sub{color:#666;margin-top:4px}nav a{margin-right:12px}
@@ -306,59 +234,38 @@ th{background:#f5f5f5}.st-ok{color:#17803d}.st-failed,.st-crashed,.st-oom,.st-ti
 """
 
 
-def build_html(
-    rows: list[dict[str, Any]],
-    suite: dict[str, Any],
-    env: dict[str, Any],
-    grid_size: int | None = None,
-    stale: int = 0,
-    frontier: tuple[list[dict[str, Any]], list[dict[str, Any]]] = ([], []),
-    drawn: tuple[list[charts.Chart], list[charts.Chart]] | None = None,
-) -> str:
-    """The whole report as one HTML string; every piece of text from configs and workers is escaped.
-    `frontier`: `mlbench maxbatch`'s searches and probes in this run folder, if any; `drawn`: the charts
-    and trade-off charts where the caller made them already (RESULTS.md renders the same figures)."""
-    counts: dict[str, int] = {}
-    for r in rows:
-        counts[r["status"]] = counts.get(r["status"], 0) + 1
-    summary = ", ".join(f"{v} {_esc(k)}" for k, v in sorted(counts.items())) or "no cells stored"
-    notes = warnings(rows)
-    if stale:
-        notes.insert(
-            0,
-            f"{stale} stored cell(s) were measured under a different spec (another config or an older mlbench) "
-            "and are not part of these results; `mlbench run CONFIG --resume` runs the cells missing.",
-        )
-    warn = "".join(f"<p class='warn'>⚠ {_esc(w)}</p>" for w in notes)
-    figures, trade = drawn or draw(rows)
-    chart_html = "".join(
-        f"<section class='chart' id='{c.id}'><h3>{_esc(c.title)}</h3>{c.html}</section>" for c in figures
-    )
-    trade_html = "".join(
-        f"<section class='chart' id='{c.id}'><h3>{_esc(c.title)}</h3>{c.html}</section>" for c in trade
-    )
-    hosts = sorted({r["hostname"] for r in rows if r.get("hostname")}) or [env.get("hostname")]
+def _charts(drawn: list[charts.Chart]) -> str:
+    return "".join(f"<section class='chart' id='{c.id}'><h3>{_esc(c.title)}</h3>{c.html}</section>" for c in drawn)
+
+
+def build_html(content: Content) -> str:
+    """The whole report as one HTML string; every piece of text from configs and workers is escaped."""
+    rows, suite, env = content.rows, content.suite, content.env
+    summary = ", ".join(f"{v} {_esc(k)}" for k, v in sorted(content.counts.items())) or "no cells stored"
+    warn = "".join(f"<p class='warn'>⚠ {_esc(w)}</p>" for w in content.warnings)
+    grid_size = content.grid_size if content.grid_size is not None else len(rows)
+    hosts = content.hosts
     return f"""<!DOCTYPE html>
 <html lang="en"><head><meta charset="utf-8"><title>mlbench report: {_esc(suite.get("name"))}</title>
 <meta name="viewport" content="width=device-width, initial-scale=1">
 <style>{CSS}</style><script type="text/javascript">{get_plotlyjs()}</script></head>
 <body>
 <h1>mlbench: {_esc(suite.get("name"))}</h1>
-<p class="sub">{len(rows)} of the grid's {grid_size if grid_size is not None else len(rows)} cells stored: {summary}
-· {"hosts" if len(hosts) > 1 else "host"} {_esc(", ".join(str(h) for h in hosts))}</p>
+<p class="sub">{len(rows)} of the grid's {grid_size} cells stored: {summary}
+· {"hosts" if len(hosts) > 1 else "host"} {_esc(", ".join(hosts))}</p>
 <nav><a href="#recommendations">Recommendations</a><a href="#tradeoffs">Trade-offs</a><a href="#charts">Charts</a>
 <a href="#parity">Parity</a><a href="#cells">Cells</a><a href="#environment">Environment</a><a href="#config">Config</a></nav>
 {warn}
 <h2 id="recommendations">Recommendations</h2>
 <p class="sub">Per model and device, the best of each framework compared on each criterion; a winner only where
 the 95% confidence intervals do not overlap (peak memory: a gap over {recommend.MEMORY_TOLERANCE:.0%}).</p>
-{headline(rows)}
-{scaling_section(rows)}
-{bottleneck_section(rows)}
+{headline(content.recommendations)}
+{scaling_section(content.scaling)}
+{bottleneck_section(content.bottlenecks)}
 <h2 id="tradeoffs">Trade-offs</h2>
-<p class="sub">Diamonds: the configurations no other beats on both axes (the Pareto front).</p>{trade_html}
-<h2 id="charts">Charts</h2>{chart_html}
-{maxbatch_section(*frontier)}
+<p class="sub">Diamonds: the configurations no other beats on both axes (the Pareto front).</p>{_charts(content.tradeoffs)}
+<h2 id="charts">Charts</h2>{_charts(content.figures)}
+{maxbatch_section(content.searches, content.frontier_chart)}
 <h2 id="parity">Parity</h2>{parity_section(rows, suite.get("accuracy_parity_pts"))}
 {hosts_section(rows)}
 <h2 id="cells">Cells</h2>{cells_table(rows)}
@@ -368,46 +275,8 @@ the 95% confidence intervals do not overlap (peak memory: a gap over {recommend.
 """
 
 
-def draw(rows: list[dict[str, Any]]) -> tuple[list[charts.Chart], list[charts.Chart]]:
-    """The report's charts and its trade-off charts, each figure made once."""
-    return [c(rows) for c in charts.ALL], charts.pareto(rows)
-
-
-def write(
-    run_dir: Path,
-    rows: list[dict[str, Any]],
-    suite: dict[str, Any],
-    env: dict[str, Any],
-    grid_size: int | None = None,
-    stale: int = 0,
-    *,
-    out_dir: Path | None = None,
-    command: str | None = None,
-) -> Path:
-    """report.html, and RESULTS.md with its chart images (mlbench.publish), into out_dir (default: the
-    run folder); the report's path. `command`: what made the run, quoted at the top of RESULTS.md."""
-    from mlbench.present import results_md
-    from mlbench.results.store import atomic_write
-    from mlbench.tasks import maxbatch
-
-    out = RunFolder(Path(out_dir) if out_dir is not None else run_dir)
-    out.root.mkdir(parents=True, exist_ok=True)
-    frontier = maxbatch.load(run_dir)
-    figures, trade = draw(rows)
-    html_text = build_html(rows, suite, env, grid_size, stale, frontier=frontier, drawn=(figures, trade))
-    atomic_write(out.report, lambda p: p.write_text(html_text, encoding="utf-8"))
-    frontier_chart = [charts.maxbatch_memory(frontier[1], frontier[0])] if frontier[0] else []
-    everything = [*figures, *trade, *frontier_chart]
-    results_md.write(
-        out.root, rows, suite, env, everything, command=command, grid_size=grid_size, stale=stale, searches=frontier[0]
-    )
-    return out.report
-
-
-def from_results(source: Path, out_dir: Path | None = None, command: str | None = None) -> Path:
-    """report.html and RESULTS.md from a results file (results.parquet, results.json) or a run folder's
-    results.parquet, nothing rebuilt, into out_dir (default: the folder holding the results); the report's path."""
-    from mlbench.analysis import compare
-
-    found = compare.load_results(source)
-    return write(found.folder, found.rows, found.suite, found.env, out_dir=out_dir or found.folder, command=command)
+def write(path: Path, content: Content) -> Path:
+    """report.html at `path`, written atomically."""
+    html_text = build_html(content)
+    atomic_write(path, lambda p: p.write_text(html_text, encoding="utf-8"))
+    return path

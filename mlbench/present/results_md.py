@@ -10,33 +10,25 @@ never 0. A chart that cannot be rendered (no browser, no kaleido) says why in pl
 
 from __future__ import annotations
 
-import asyncio
-import concurrent.futures
-import os
-import shutil
 import subprocess
 import time
 from collections.abc import Iterable
 from pathlib import Path
 from typing import Any
 
-import plotly.graph_objects as go
 import yaml
 
 import mlbench
-from mlbench.analysis import bottleneck, parity, recommend, scaling
+from mlbench.analysis import bottleneck, parity, recommend
 from mlbench.analysis.recommend import Effect, Recommendation, Row
-from mlbench.present import charts, report
+from mlbench.present import charts, images
+from mlbench.present.content import STATUS_ORDER, Content
+from mlbench.results import labels
+from mlbench.results.labels import NA, label
+from mlbench.results.store import atomic_write
+from mlbench.runfolder import RunFolder
 
-RESULTS_MD = "RESULTS.md"
 CHARTS_DIR = "charts"  # beside RESULTS.md: <chart id>.svg and .png
-FORMATS = ("svg", "png")
-IMAGE_WIDTH = 1100  # layout pixels of a static chart; the PNG is drawn at PNG_SCALE times that
-PNG_SCALE = 2
-RENDER_TIMEOUT_S = 60  # per image
-IMAGES_ENV = "MLBENCH_CHART_IMAGES"  # "0": RESULTS.md without images (it says so), e.g. in tests
-NA = "—"
-BROWSER_HINT = "`make browser` installs Debian's chromium; BROWSER_PATH names another Chrome or Chromium"
 
 
 # --- text ------------------------------------------------------------------------------------------
@@ -58,13 +50,8 @@ def code(value: Any) -> str:
 
 
 def num(value: Any, digits: int = 3) -> str:
-    if value is None:
-        return NA
-    if isinstance(value, bool) or not isinstance(value, (int, float)):
-        return text(value)
-    if isinstance(value, int):
-        return f"{value:,}"
-    return f"{value:,.0f}" if abs(value) >= 100 else f"{value:.{digits}g}"
+    """A figure by the one number rule (results/labels.py), safe in Markdown."""
+    return text(labels.num(value, digits))
 
 
 def with_ci(value: float | None, low: float | None, high: float | None) -> str:
@@ -77,9 +64,6 @@ def table(head: list[str], body: Iterable[list[str]]) -> str:
     lines = ["| " + " | ".join(head) + " |", "|" + "---|" * len(head)]
     lines += ["| " + " | ".join(row) + " |" for row in body]
     return "\n".join(lines)
-
-
-label = recommend.label
 
 
 # --- the header and the environment ----------------------------------------------------------------
@@ -102,11 +86,9 @@ def git_commit(repo: Path | None = None) -> str:
     return sha.stdout.strip() + (" with uncommitted changes" if dirty else "")
 
 
-def header(rows: list[Row], suite: dict[str, Any], made: dict[str, str], grid_size: int | None) -> str:
+def header(content: Content, made: dict[str, str]) -> str:
     """Title, what made the document (command, date, commit) and what the run holds."""
-    counts: dict[str, int] = {}
-    for r in rows:
-        counts[r["status"]] = counts.get(r["status"], 0) + 1
+    rows, suite, grid_size = content.rows, content.suite, content.grid_size
     started = sorted(str(r["started_at"]) for r in rows if r.get("started_at"))
     versions = sorted({str(r.get("mlbench_version") or "unknown") for r in rows})
     lines = [f"# mlbench results: {text(suite.get('name') or 'results')}", ""]
@@ -118,7 +100,7 @@ def header(rows: list[Row], suite: dict[str, Any], made: dict[str, str], grid_si
             f"- **Measured**: {text(started[0])} to {text(started[-1])} (cells' start times) "
             f"by mlbench {', '.join(versions)}"
         )
-    summary = ", ".join(f"{v} {k}" for k, v in sorted(counts.items())) or "none"
+    summary = ", ".join(f"{v} {k}" for k, v in sorted(content.counts.items())) or "none"
     of_grid = f" of the grid's {grid_size}" if grid_size is not None else ""
     lines.append(f"- **Cells**: {len(rows)}{of_grid} stored: {summary}")
     lines += [
@@ -167,12 +149,7 @@ def environment_section(rows: list[Row], suite: dict[str, Any], env: dict[str, A
     return "## Environment\n\n" + table(["what", "this run"], [[k, code(v)] for k, v in facts])
 
 
-def warnings_section(rows: list[Row], stale: int) -> str:
-    notes = report.warnings(rows)
-    if stale:
-        notes.insert(
-            0, f"{stale} stored cell(s) were measured under a different spec and are not part of these results."
-        )
+def warnings_section(notes: list[str]) -> str:
     body = "\n".join(f"- {text(n, own=True)}" for n in notes) or "None."
     return f"## Warnings\n\n{body}"
 
@@ -186,9 +163,8 @@ def _estimate(e: recommend.Estimate | None, unit: str) -> str:
     return f"{text(e.label)}: {with_ci(e.value, e.low, e.high)} {unit}"
 
 
-def recommendations_section(rows: list[Row]) -> str:
+def recommendations_section(recs: list[Recommendation]) -> str:
     """Per model and device, the best of each criterion and the runner-up, each with its interval."""
-    recs = recommend.recommendations(rows)
     out = [
         "## Recommendations",
         "",
@@ -273,58 +249,67 @@ EFFECTS = (  # what an axis buys: key, heading, why where the run has no such pa
 )
 
 
-def effect_lines(rows: list[Row]) -> dict[str, list[str]]:
-    """What precision, batch size and a second device buy among these rows, a line per pair of cells."""
+def effect_lines(content: Content, model: str) -> dict[str, list[str]]:
+    """What precision, batch size and a second device buy for one model, a line per pair of cells."""
+    mine = {key: [e for e in found if e.row["model_name"] == model] for key, found in content.effects.items()}
     precision = [
         effect_line(e, e.row["precision"], "fp32", f"{e.row['framework']} {e.row['device']} bs{e.row['batch_size']}")
-        for e in recommend.effects(rows, "precision", lambda p: p == "fp32")
+        for e in mine["precision"]
     ]
     batch = [
         effect_line(
             e, f"bs{e.row['batch_size']}", f"bs{e.base['batch_size']}",
             f"{e.row['framework']} {e.row['device']} {e.row['precision']}",
         )
-        for e in recommend.batch_effects(rows)
+        for e in mine["batch"]
     ]  # fmt: skip
     device = [
         effect_line(e, e.row["device"], "the CPU", f"{e.row['framework']} {e.row['precision']} bs{e.row['batch_size']}")
-        for e in recommend.device_effects(rows)
-    ] + [f"- {text(v.text, own=True)}" for v in scaling.verdicts(rows)]
+        for e in mine["device"]
+    ] + [f"- {text(v.text, own=True)}" for v in content.scaling if v.row["model_name"] == model]
     return {"precision": precision, "batch": batch, "device": device}
 
 
-def model_analysis(rows: list[Row], model: str, measured: set[str]) -> list[str]:
+def measured_axes(content: Content) -> set[str]:
+    """The axes (precision, batch, device) some pair of cells of this run varies alone."""
+    found = {key for key, effects in content.effects.items() if effects}
+    return found | ({"device"} if content.scaling else set())
+
+
+def model_analysis(content: Content, model: str, measured: set[str]) -> list[str]:
     """One model: the leaders per device, then what precision, batch size and a second device buy
     (those the run measured for some model; the others are said once, for the whole run)."""
     out = ["", f"### {text(model)}"]
-    mine = [r for r in rows if r["model_name"] == model]
-    for _, device, c, rec in recommend.leaders(mine):
+    for m, device, c, rec in content.leaders:
+        if m != model:
+            continue
         if c is recommend.CRITERIA[0]:
             out += ["", f"**On {text(device)}**", ""]
         out.append(leader_line(c.title, c.key, rec))
-    lines = effect_lines(mine)
+    lines = effect_lines(content, model)
     for key, title, why in EFFECTS:
         if key in measured:
             out += ["", f"**{title}**", "", *(lines[key] or [f"- Not measured for {text(model)}: {why}."])]
-    return out + bottleneck_lines(mine)
+    return out + bottleneck_lines(content, model)
 
 
-def bottleneck_lines(rows: list[Row]) -> list[str]:
-    """The bottleneck verdict of each ok cell, where the rows carry one (nothing otherwise)."""
-    found = [r for r in recommend.ok_rows(rows) if r.get("bottleneck")]
-    if not found:
+def bottleneck_lines(content: Content, model: str) -> list[str]:
+    """The bottleneck verdict of each ok cell of the model, where the rows carry one (nothing otherwise)."""
+    mine = [r for r in recommend.ok_rows(content.rows) if r["model_name"] == model and r.get("bottleneck")]
+    if not mine:
         return []
     lines = []
-    for r in found:
+    for r in mine:
         verdict = "no single part stands out" if r["bottleneck"] == "none" else r["bottleneck"]
         evidence = f" ({text(r['bottleneck_evidence'])})" if r.get("bottleneck_evidence") else ""
         lines.append(f"- {text(label(r))}: **{text(verdict)}**{evidence}")
-    advice = [f"- {text(v)}: {text(bottleneck.ADVICE[v])}." for v in bottleneck.by_verdict(found) if v != "none"]
+    found = [v for v, rs in content.bottlenecks.items() if v != "none" and any(r["model_name"] == model for r in rs)]
+    advice = [f"- {text(v)}: {text(bottleneck.ADVICE[v])}." for v in found]
     return ["", "**Bottlenecks**", "", *lines, *(["", "What would help:", "", *advice] if advice else [])]
 
 
-def analysis_section(rows: list[Row]) -> str:
-    ok = recommend.ok_rows(rows)
+def analysis_section(content: Content) -> str:
+    ok = recommend.ok_rows(content.rows)
     out = [
         "## Analysis",
         "",
@@ -335,12 +320,12 @@ def analysis_section(rows: list[Row]) -> str:
     ]
     if not ok:
         return "\n".join([*out, "", "Nothing to analyse: no cell finished ok."])
-    measured = {key for key, lines in effect_lines(rows).items() if lines}
+    measured = measured_axes(content)
     missing = [f"{title.lower()} ({why})" for key, title, why in EFFECTS if key not in measured]
     if missing:
         out += ["", f"Not measured in this run: {'; '.join(missing)}."]
     for model in dict.fromkeys(r["model_name"] for r in ok):
-        out += model_analysis(rows, model, measured)
+        out += model_analysis(content, model, measured)
     return "\n".join(out)
 
 
@@ -420,7 +405,7 @@ def models_section(rows: list[Row], suite: dict[str, Any]) -> str:
 
 
 def unfinished_section(rows: list[Row]) -> str:
-    bad = sorted((r for r in rows if r["status"] != "ok"), key=lambda r: report.STATUS_ORDER.get(r["status"], 9))
+    bad = sorted((r for r in rows if r["status"] != "ok"), key=lambda r: STATUS_ORDER.get(r["status"], 9))
     if not bad:
         return ""
     body = [[text(r["status"]), text(label(r)), code(r.get("reason") or "")] for r in bad]
@@ -445,80 +430,6 @@ def config_section(suite: dict[str, Any]) -> str:
     return f"## Configuration\n\nThe suite as the run stored it (`suite.json`):\n\n```yaml\n{dumped}\n```"
 
 
-# --- the charts as static images ---------------------------------------------------------------------
-
-BROWSERS = ("chromium", "chromium-browser", "google-chrome", "google-chrome-stable", "chrome")
-
-
-def find_browser() -> str | None:
-    """The Chrome or Chromium to render with: BROWSER_PATH where set, else the first one on PATH."""
-    given = os.environ.get("BROWSER_PATH")
-    if given:
-        return given if os.access(given, os.X_OK) else None
-    return next((p for p in map(shutil.which, BROWSERS) if p), None)
-
-
-def static_figure(chart: charts.Chart) -> go.Figure:
-    """The chart's own figure with its title on it (a static image stands alone), at the image width."""
-    fig = go.Figure(chart.figure)
-    top = (fig.layout.margin.t or 40) + 80
-    # the legend in a row above the plot: below it, it covered the long rotated cell labels
-    fig.update_layout(
-        title=dict(text=chart.title, x=0.01, xanchor="left"),
-        margin=dict(t=top),
-        legend=dict(orientation="h", yanchor="bottom", y=1.02, xanchor="left", x=0),
-    )
-    fig.update_xaxes(automargin=True)
-    fig.update_yaxes(automargin=True)
-    return fig
-
-
-async def _render_all(kaleido: Any, browser: str, drawn: list[charts.Chart], folder: Path) -> dict[str, str]:
-    from mlbench.results.store import atomic_write
-
-    done = {}
-    async with kaleido.Kaleido(n=1, timeout=RENDER_TIMEOUT_S, mathjax=False, path=browser) as k:
-        for chart in drawn:
-            fig = static_figure(chart)
-            size = {"width": IMAGE_WIDTH, "height": fig.layout.height or 420}
-            try:
-                for fmt in FORMATS:
-                    opts = {"format": fmt, **size, "scale": PNG_SCALE if fmt == "png" else 1}
-                    data = await k.calc_fig(fig, opts=opts)
-                    atomic_write(folder / f"{chart.id}.{fmt}", lambda p, d=data: p.write_bytes(d))
-                done[chart.id] = ""
-            except Exception as exc:  # one figure that fails leaves the others and the document
-                done[chart.id] = f"rendering failed ({type(exc).__name__}: {' '.join(str(exc).split())[:300]})"
-    return done
-
-
-def render(figures: list[charts.Chart], folder: Path) -> dict[str, str]:
-    """Each drawn chart as folder/<id>.svg and .png, in one browser session; chart id -> "" where both
-    were written, else the sentence saying why not. Images of an earlier report are removed first."""
-    drawn = [c for c in figures if c.drawn and c.figure is not None]
-    for old in folder.glob("*") if folder.is_dir() else []:
-        if old.suffix.lstrip(".") in FORMATS:
-            old.unlink()
-    if not drawn:
-        return {}
-    if os.environ.get(IMAGES_ENV) == "0":
-        return dict.fromkeys((c.id for c in drawn), f"images not rendered ({IMAGES_ENV}=0)")
-    try:
-        import kaleido
-    except ImportError:
-        return dict.fromkeys((c.id for c in drawn), "kaleido, the static image export, is not installed (`make venv`)")
-    browser = find_browser()
-    if browser is None:
-        return dict.fromkeys((c.id for c in drawn), f"no Chrome or Chromium found to render it ({BROWSER_HINT})")
-    folder.mkdir(parents=True, exist_ok=True)
-    try:  # in a thread of its own: asyncio.run needs a thread without a running event loop
-        with concurrent.futures.ThreadPoolExecutor(1) as pool:
-            return pool.submit(asyncio.run, _render_all(kaleido, browser, drawn, folder)).result()
-    except Exception as exc:  # the browser would not start or died: the document is written all the same
-        why = f"the browser {browser} could not render it ({type(exc).__name__}: {' '.join(str(exc).split())[:300]})"
-        return dict.fromkeys((c.id for c in drawn), why)
-
-
 def charts_section(figures: list[charts.Chart], images: dict[str, str]) -> str:
     """Each chart as its PNG (the SVG linked beside it), or the sentence saying why there is no image."""
     out = ["## Charts", "", "The report's charts, rendered from the same figures (PNG shown; SVG for print)."]
@@ -537,53 +448,30 @@ def charts_section(figures: list[charts.Chart], images: dict[str, str]) -> str:
 # --- the whole document ------------------------------------------------------------------------------
 
 
-def markdown(
-    rows: list[Row],
-    suite: dict[str, Any],
-    env: dict[str, Any],
-    figures: list[charts.Chart],
-    images: dict[str, str],
-    made: dict[str, str],
-    *,
-    grid_size: int | None = None,
-    stale: int = 0,
-    searches: list[Row] | None = None,
-) -> str:
+def markdown(content: Content, images: dict[str, str], made: dict[str, str]) -> str:
     """RESULTS.md's text. `made`: command (may be empty), date and commit; `images`: what render said."""
+    rows, suite = content.rows, content.suite
     sections = [
-        header(rows, suite, made, grid_size),
-        environment_section(rows, suite, env),
-        warnings_section(rows, stale),
-        recommendations_section(rows),
-        analysis_section(rows),
+        header(content, made),
+        environment_section(rows, suite, content.env),
+        warnings_section(content.warnings),
+        recommendations_section(content.recommendations),
+        analysis_section(content),
         models_section(rows, suite),
         unfinished_section(rows),
-        maxbatch_section(searches or []),
-        charts_section(figures, images),
+        maxbatch_section(content.searches),
+        charts_section(content.every_chart, images),
         config_section(suite),
     ]
     return "\n\n".join(s for s in sections if s) + "\n"
 
 
-def write(
-    out_dir: Path,
-    rows: list[Row],
-    suite: dict[str, Any],
-    env: dict[str, Any],
-    figures: list[charts.Chart],
-    *,
-    command: str | None = None,
-    grid_size: int | None = None,
-    stale: int = 0,
-    searches: list[Row] | None = None,
-) -> Path:
+def write(out_dir: Path, content: Content, *, command: str | None = None) -> Path:
     """Render the charts into out_dir/charts/ and write out_dir/RESULTS.md (atomically); its path."""
-    from mlbench.results.store import atomic_write
-
-    images = render(figures, out_dir / CHARTS_DIR)
+    found = images.render(content.every_chart, out_dir / CHARTS_DIR)
     date = time.strftime("%Y-%m-%d %H:%M UTC", time.gmtime())
     made = {"command": command or "", "date": date, "commit": git_commit()}
-    doc = markdown(rows, suite, env, figures, images, made, grid_size=grid_size, stale=stale, searches=searches)
-    path = out_dir / RESULTS_MD
+    doc = markdown(content, found, made)
+    path = RunFolder(out_dir).results_md
     atomic_write(path, lambda p: p.write_text(doc, encoding="utf-8"))
     return path

@@ -7,7 +7,6 @@ from datetime import datetime, timezone
 from pathlib import Path
 from typing import Any
 
-from mlbench.analysis import bottleneck
 from mlbench.cells import Cell
 from mlbench.process import environment
 from mlbench.process.monitor import GPU_FIGURES
@@ -16,6 +15,7 @@ from mlbench.results import schema
 from workers.common import stats
 
 MIB = 2**20
+FP32_BYTES = 4  # every framework keeps fp32 master weights and fp32 gradients, mixed precision included
 
 
 def _mb(value: float | None) -> float | None:
@@ -74,9 +74,44 @@ def _in_run_folder(path: str | None) -> str | None:
     return str(Path(*parts[len(parts) - 1 - parts[::-1].index("profiles") :]))
 
 
+def optimizer_states(optimizer: dict[str, Any]) -> int:
+    """Tensors of the parameters' size an optimizer keeps: AdamW two moments; SGD one momentum buffer
+    (none without momentum)."""
+    if optimizer.get("name") == "adamw":
+        return 2
+    if optimizer.get("name") == "sgd":
+        return 1 if optimizer.get("momentum") else 0
+    raise ValueError(f"optimizer {optimizer.get('name')!r}: its state size is not known")
+
+
+def memory_parts(
+    num_parameters: int | None,
+    optimizer: dict[str, Any] | None,
+    peak_bytes: float | None,
+    base_bytes: float | None,
+) -> dict[str, float | None]:
+    """Memory by part, MiB: parameters, gradients and optimizer state computed from the parameter count
+    and the optimizer; activations (and workspace) what the peak holds beyond those and `base_bytes`
+    (on a CPU the process before the model was built plus the training data's copy; on a GPU none,
+    as `peak_bytes` is then the allocator's peak, which holds only tensors)."""
+    if not num_parameters or optimizer is None:
+        return dict.fromkeys(("memory_params_mb", "memory_grads_mb", "memory_optimizer_mb", "memory_activations_mb"))
+    params = FP32_BYTES * num_parameters
+    state = optimizer_states(optimizer) * params
+    activations = None
+    if peak_bytes is not None and base_bytes is not None:
+        activations = max(0.0, peak_bytes - base_bytes - params - params - state)
+    return {
+        "memory_params_mb": params / MIB,
+        "memory_grads_mb": params / MIB,
+        "memory_optimizer_mb": state / MIB,
+        "memory_activations_mb": None if activations is None else activations / MIB,
+    }
+
+
 def _breakdown(on_gpu: bool, model: dict[str, Any], memory: dict[str, Any], prof: dict[str, Any]) -> dict[str, Any]:
     """Where the step's time goes (the worker's `profile` event) and the memory by part
-    (mlbench/analysis/bottleneck.py): on a GPU the allocator's peak holds only tensors; on a CPU the peak RSS
+    (memory_parts): on a GPU the allocator's peak holds only tensors; on a CPU the peak RSS
     holds the process as it was before the model was built and the training data's copy besides."""
     if on_gpu:
         peak, base = memory.get("device_peak_bytes"), 0.0
@@ -88,7 +123,7 @@ def _breakdown(on_gpu: bool, model: dict[str, Any], memory: dict[str, Any], prof
     out = {k: prof.get(k) for k in PROFILE_COLUMNS}
     out["profile_trace"] = _in_run_folder(prof.get("trace"))
     out["profile_skipped"] = prof.get("skipped")
-    out.update(bottleneck.memory_parts(model.get("num_parameters"), optimizer, peak, base))
+    out.update(memory_parts(model.get("num_parameters"), optimizer, peak, base))
     return out
 
 

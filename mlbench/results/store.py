@@ -11,6 +11,7 @@ import fcntl
 import json
 import os
 from collections.abc import Iterable
+from dataclasses import dataclass
 from pathlib import Path
 from typing import Any
 
@@ -21,9 +22,15 @@ import pyarrow.parquet as pq
 from mlbench.results import schema
 from mlbench.runfolder import RunFolder
 
+Row = dict[str, Any]
+
 
 class StoreError(Exception):
     """The run folder cannot be written (full disk, permissions): the run stops, nothing half-written."""
+
+
+class ResultsError(Exception):
+    """A results file or run folder that cannot be read: one line for the user, naming the file."""
 
 
 class RunLocked(Exception):
@@ -211,3 +218,84 @@ class RunLock:
             fcntl.flock(self.fd, fcntl.LOCK_UN)
             os.close(self.fd)
             self.fd = None
+
+
+# --- reading a run's results back (report --results, compare) ----------------------------------
+
+RESULTS_FILES = (".parquet", ".json")  # results.parquet (every column) and results.json (no raw step samples)
+ROW_ENVIRONMENT = (  # the environment columns every row carries
+    "mlbench_version",
+    "hostname",
+    "cpu_model",
+    "cpu_count_physical",
+    "cpu_count_logical",
+    "memory_total_gb",
+    "os",
+    "python_version",
+    "gpu_driver",
+)
+
+
+@dataclass
+class Results:
+    """A run's rows as stored, with its environment and suite where they are known."""
+
+    rows: list[Row]
+    env: dict[str, Any]
+    suite: dict[str, Any]
+    folder: Path  # the run folder, or the folder holding the results file
+    source: Path  # the file the rows came from
+
+
+def _read_rows(path: Path) -> list[Row]:
+    if path.suffix not in RESULTS_FILES:
+        raise ResultsError(f"{path}: not a results file; give results.parquet or results.json, or a run folder")
+    try:
+        if path.suffix == ".parquet":
+            return pq.read_table(path).to_pylist()
+        rows = json.loads(path.read_text(encoding="utf-8"))
+    except (OSError, ValueError) as exc:  # pyarrow's ArrowInvalid is a ValueError
+        raise ResultsError(f"{path}: unreadable ({exc})") from exc
+    if not isinstance(rows, list) or not all(isinstance(r, dict) for r in rows):
+        raise ResultsError(f"{path}: not a results file (mlbench's results.json is a list of rows)")
+    columns = dict.fromkeys(schema.SCHEMA.names)  # the columns results.json leaves out (raw samples) are null
+    return [{**columns, **r} for r in rows]
+
+
+def _read_json(path: Path) -> dict[str, Any]:
+    try:
+        return json.loads(path.read_text(encoding="utf-8")) if path.is_file() else {}
+    except (OSError, ValueError) as exc:
+        raise ResultsError(f"{path}: unreadable ({exc})") from exc
+
+
+def environment_of(rows: list[Row]) -> dict[str, Any]:
+    """The environment record as far as the rows carry it (where no environment.json lies beside them)."""
+    env = {k: next((r[k] for r in rows if r.get(k) is not None), None) for k in ROW_ENVIRONMENT}
+    env["gpus"] = sorted({r["gpu_model"] for r in rows if r.get("gpu_model")})
+    env["frameworks"] = {r["framework"]: r["framework_version"] for r in rows if r.get("framework_version")}
+    return env
+
+
+def load_results(path: Path) -> Results:
+    """A run folder's results.parquet, or a results file (results.parquet or results.json) with the
+    environment.json and suite.json beside it where present (else the environment from the rows)."""
+    path = Path(path)
+    file = RunFolder(path).results if path.is_dir() else path
+    if not file.exists():
+        raise ResultsError(f"{path}: no results.parquet (run `mlbench report {path}` to rebuild it)")
+    rows = _read_rows(file)
+    if rows and "status" not in rows[0]:
+        raise ResultsError(f"{file}: no status column (not mlbench's results)")
+    folder = RunFolder(file.parent)
+    env = _read_json(folder.environment) or environment_of(rows)
+    suite = _read_json(folder.suite) or {"name": run_name(path)}
+    return Results(rows, env, suite, file.parent, file)
+
+
+def run_name(path: Path) -> str:
+    """A short name for a run folder or a results file (runs/a/results.json: a)."""
+    path = Path(path)
+    if path.is_dir():
+        return path.name
+    return path.stem if path.stem != "results" else path.resolve().parent.name

@@ -1,0 +1,163 @@
+"""What report.html and RESULTS.md both show, derived once from the rows: the status counts, the
+warnings, each criterion's verdict, what an axis buys, the bottlenecks, the maxbatch frontier and the
+charts. The two writers only word and lay it out."""
+
+from __future__ import annotations
+
+from dataclasses import dataclass, field
+from typing import Any
+
+from mlbench.analysis import bottleneck, recommend, scaling
+from mlbench.analysis.recommend import Effect, Recommendation
+from mlbench.present import charts
+
+Row = dict[str, Any]
+STATUS_ORDER = {"failed": 0, "crashed": 1, "oom": 2, "timeout": 3, "skipped": 4, "ok": 5}
+# minor page faults a step above which the outputs say so: the allocator gives memory back to the
+# kernel and maps it in again every step (see `malloc` in docs/measurement.md)
+FAULTS_PER_STEP = 5000
+Leader = tuple[str, str, recommend.Criterion, Recommendation | None]
+
+
+@dataclass(frozen=True)
+class Content:
+    rows: list[Row]
+    suite: dict[str, Any]
+    env: dict[str, Any]
+    grid_size: int | None
+    stale: int  # stored cells of another spec, not shown
+    counts: dict[str, int]
+    warnings: list[str]
+    leaders: list[Leader]  # every criterion, GPU utilisation too, per (model, device): None where unmeasured
+    effects: dict[str, list[Effect]]  # precision, batch, device: each pair of cells equal but in that axis
+    scaling: list[scaling.Verdict]
+    bottlenecks: dict[str, list[Row]]
+    searches: list[Row] = field(default_factory=list)  # `mlbench maxbatch`'s frontier, where one ran
+    probes: list[Row] = field(default_factory=list)
+    figures: list[charts.Chart] = field(default_factory=list)
+    tradeoffs: list[charts.Chart] = field(default_factory=list)
+
+    @property
+    def recommendations(self) -> list[Recommendation]:
+        """The headline criteria's verdicts (GPU utilisation is analysis only), in a stable order."""
+        return [rec for _, _, c, rec in self.leaders if rec is not None and c in recommend.CRITERIA]
+
+    @property
+    def frontier_chart(self) -> charts.Chart | None:
+        return charts.maxbatch_memory(self.probes, self.searches) if self.searches else None
+
+    @property
+    def every_chart(self) -> list[charts.Chart]:
+        """Every chart either writer shows, in the order RESULTS.md renders them as images."""
+        frontier = self.frontier_chart
+        return [*self.figures, *self.tradeoffs, *([frontier] if frontier else [])]
+
+    @property
+    def hosts(self) -> list[str]:
+        return sorted({r["hostname"] for r in self.rows if r.get("hostname")}) or [str(self.env.get("hostname"))]
+
+
+def gather(
+    rows: list[Row],
+    suite: dict[str, Any],
+    env: dict[str, Any],
+    *,
+    grid_size: int | None = None,
+    stale: int = 0,
+    frontier: tuple[list[Row], list[Row]] = ([], []),
+    charts_too: bool = True,
+) -> Content:
+    """Everything both writers show, each derived once. `frontier`: maxbatch's searches and probes;
+    `charts_too`: False leaves the figures out (a test of the words alone)."""
+    counts: dict[str, int] = {}
+    for r in rows:
+        counts[r["status"]] = counts.get(r["status"], 0) + 1
+    leaders = recommend.leaders(rows)
+    recs = [rec for _, _, c, rec in leaders if rec is not None and c in recommend.CRITERIA]
+    return Content(
+        rows=rows,
+        suite=suite,
+        env=env,
+        grid_size=grid_size,
+        stale=stale,
+        counts=counts,
+        warnings=warnings(rows, recs, stale),
+        leaders=leaders,
+        effects={
+            "precision": recommend.effects(rows, "precision", lambda p: p == "fp32"),
+            "batch": recommend.batch_effects(rows),
+            "device": recommend.device_effects(rows),
+        },
+        scaling=scaling.verdicts(rows),
+        bottlenecks=bottleneck.by_verdict(rows),
+        searches=frontier[0],
+        probes=frontier[1],
+        figures=[c(rows) for c in charts.ALL] if charts_too else [],
+        tradeoffs=charts.pareto(rows) if charts_too else [],
+    )
+
+
+def stale_note(stale: int) -> str:
+    return (
+        f"{stale} stored cell(s) were measured under a different spec (another config or an older mlbench) "
+        "and are not part of these results; `mlbench run CONFIG --resume` runs the cells missing."
+    )
+
+
+def warnings(rows: list[Row], recommendations: list[Recommendation], stale: int = 0) -> list[str]:
+    """What a reader must know before trusting the figures, most serious first."""
+    out = [stale_note(stale)] if stale else []
+    mixed = [r for r in recommendations if len(r.hardware) > 1]
+    if mixed:
+        where = ", ".join(sorted({f"{r.model} on {r.device}" for r in mixed}))
+        out.append(
+            f"{len(mixed)} recommendation(s) compare cells that ran on different hardware ({where}): they compare "
+            "machines as well as frameworks. See Hosts; run each comparison on one kind of node to separate the two."
+        )
+    bad = [r for r in rows if r["status"] not in ("ok", "skipped")]
+    if bad:
+        out.append(f"{len(bad)} cell(s) did not finish: see the cells table (failures first).")
+    if any(r.get("verify_passed") is False for r in rows):
+        out.append(
+            "mlbench verify found a model that differs between frameworks: its comparisons are not like for like."
+        )
+    different = sorted({r["model_name"] for r in rows if r.get("accuracy_parity_verdict") == "different"})
+    if different:  # only a difference the sample resolves: an unresolved one is said in the Parity section
+        out.append(
+            f"Validation accuracy differs across frameworks by more than the allowed points ({', '.join(different)}): "
+            "the paired 95% interval of the difference lies outside the tolerance. See Parity."
+        )
+    noisy = [r for r in rows if r.get("noisy")]
+    if noisy:
+        out.append(
+            f"{len(noisy)} cell(s) have a step-time coefficient of variation above 10%: their throughput is too "
+            "noisy to rank on (another load on the machine, throttling, or too few steps)."
+        )
+    ok = recommend.ok_rows(rows)
+    faulting = [r for r in ok if (r.get("page_faults_per_step") or 0) > FAULTS_PER_STEP]
+    if faulting:
+        worst = max(r["page_faults_per_step"] for r in faulting)
+        out.append(
+            f"{len(faulting)} cell(s) page-faulted more than {FAULTS_PER_STEP:,} pages a training step (up to "
+            f"{worst:,.0f}): memory given back to the kernel and mapped in again every step, a cost inside their "
+            "step times that the allocator's settings decide (see `malloc` in docs/measurement.md)."
+        )
+    over = [
+        r
+        for r in ok
+        if r.get("peak_tflops") and (r.get("achieved_tflops") or 0) > r["peak_tflops"] and r.get("mfu") is None
+    ]
+    if over:
+        out.append(
+            f"{len(over)} cell(s) trained faster than the calibrated peak of their device and precision: their MFU "
+            "would be above 1, so it is not stored; the calibration measured too low a peak (see calibration.json)."
+        )
+    busy = [r for r in ok if recommend.loaded(r)]
+    if busy:
+        worst = max(r["cpu_other_pct"] for r in busy)
+        out.append(
+            f"{len(busy)} cell(s) ran while other processes used more than "
+            f"{min(recommend.other_load_limit_pct(r) for r in busy):.0f}% of a core (up to {worst:.0f}%): their "
+            "timings measure that contention too. Rerun them on a quiet machine."
+        )
+    return out

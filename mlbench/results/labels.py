@@ -1,0 +1,33 @@
+"""How a cell and a figure are written, the same in every output: the report, RESULTS.md, compare and
+the verdicts' sentences."""
+
+from __future__ import annotations
+
+from typing import Any
+
+from mlbench.cells import describe
+
+Row = dict[str, Any]
+NA = "—"  # a figure nothing measured: never 0
+
+
+def label(r: Row) -> str:
+    """A stored cell in words: framework, model, device, precision and batch."""
+    return describe(r["framework"], r["model_name"], r["device"], r["precision"], r["batch_size"])
+
+
+def config_label(r: Row) -> str:
+    """A cell among those of one model and device: framework, precision and batch."""
+    return f"{r['framework']} {r['precision']} bs{r['batch_size']}"
+
+
+def num(value: Any, digits: int = 3, missing: str = NA) -> str:
+    """A figure as text: whole numbers with thousands separators from 100 up, else `digits` significant
+    digits; `missing` for None, and anything not a number as it is."""
+    if value is None:
+        return missing
+    if isinstance(value, bool) or not isinstance(value, (int, float)):
+        return str(value)
+    if isinstance(value, int):
+        return f"{value:,}"
+    return f"{value:,.0f}" if abs(value) >= 100 else f"{value:.{digits}g}"
