@@ -130,11 +130,14 @@ class Unit:
 
     cell: Cell
     repeat: int = 0
+    node: str | None = None  # the cluster node it must run on (a calibration runs on each); None: any
 
     @property
     def unit_id(self) -> str:
-        """The cell file's name: the cell id for the first repeat, `<cell_id>.r<k>` for the others."""
-        return self.cell.cell_id if self.repeat == 0 else f"{self.cell.cell_id}.r{self.repeat}"
+        """The cell file's name: the cell id for the first repeat, `<cell_id>.r<k>` for the others;
+        `@<node>` after it where the unit is pinned to a node."""
+        base = self.cell.cell_id if self.repeat == 0 else f"{self.cell.cell_id}.r{self.repeat}"
+        return base if self.node is None else f"{base}@{self.node[:12]}"
 
     @property
     def framework(self) -> str:
@@ -146,7 +149,8 @@ class Unit:
 
     @property
     def label(self) -> str:
-        return self.cell.label + (f" (repeat {self.repeat + 1})" if self.repeat else "")
+        where = f" on node {self.node[:12]}" if self.node else ""
+        return self.cell.label + (f" (repeat {self.repeat + 1})" if self.repeat else "") + where
 
 
 def units(cells: list[Cell], repeats: int) -> list[Unit]:

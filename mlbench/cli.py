@@ -247,9 +247,8 @@ def run(
         suite = parse_suite({**suite.model_dump(), **where}, f"{config} (with --executor/--jobs/--profile)")
     suite, only = _narrow(suite, _only(frameworks, models, devices, precisions, batch_sizes), config)
     try:
-        expand(suite, only)
         executors.check(suite.executor)
-    except (ConfigError, executors.ExecutorUnavailable) as exc:
+    except executors.ExecutorUnavailable as exc:
         _fail(str(exc))
 
     _sigterm_interrupts()
@@ -269,6 +268,8 @@ def run(
             err=True,
         )
         sys.exit(EXIT_INTERRUPTED)
+    except ConfigError as exc:  # a filter outside the grid: raised before anything is touched
+        _fail(str(exc))
     except executors.ClusterLost as exc:
         _fail(f"{exc}; finished cells are kept, resume with: {resume_cmd}", 1)
     except store.RunLocked as exc:
@@ -543,7 +544,7 @@ def verify_cmd(
                 chosen_models,
                 chosen_fws,
                 run_dir,
-                workers=workers,
+                executors.Settings.of(suite) if suite else executors.Settings.standalone(name, chosen_fws, workers),
                 overrides=dict(suite.model_overrides) if suite else None,
                 seed=suite.seed if suite else 0,
                 data_parallel=DATA_PARALLEL_CHECK_DEVICE if data_parallel else None,

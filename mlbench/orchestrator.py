@@ -122,11 +122,8 @@ def prepare(suite: Suite, run_dir: Path, env: dict[str, Any]) -> None:
         torn.unlink(missing_ok=True)
 
 
-def plan(
-    suite: Suite, run_dir: Path, env: dict[str, Any], only: dict[str, list[Any]] | None, resume: bool, retry: bool
-) -> Plan:
-    """The cells of the (narrowed) grid and the units this invocation runs."""
-    cells = expand(suite, only)
+def plan(suite: Suite, cells: list[Cell], run_dir: Path, env: dict[str, Any], resume: bool, retry: bool) -> Plan:
+    """The units of the (narrowed) grid's cells this invocation runs."""
     todo, already = cells_to_run(suite, cells, run_dir, resume, retry)
     if already and (older := stored_versions(run_dir, env["mlbench_version"])):
         _say(
@@ -153,12 +150,14 @@ def verify_models(suite: Suite, todo: list[Unit], run_dir: Path, resume: bool) -
         to_verify,
         suite.frameworks,
         run_dir,
-        workers=suite.workers,
+        executors.Settings.of(suite),
         overrides=suite.model_overrides,
         seed=suite.seed,
-        timeout_s=suite.timeout_s,
         # a suite with data-parallel cells also proves data parallel equals one device, per framework
         data_parallel=DATA_PARALLEL_CHECK_DEVICE if any(Device.parse(d).data_parallel for d in suite.devices) else None,
+        on_start=lambda unit, pid: _journal(
+            run_dir, action="cell_start", cell_id=unit.unit_id, pid=pid, host=socket.gethostname()
+        ),
     )
     kept = [c for c in stored if c.model not in to_verify]  # the verdicts of other models' cells
     if kept:
@@ -171,14 +170,15 @@ def verify_models(suite: Suite, todo: list[Unit], run_dir: Path, resume: bool) -
     _journal(run_dir, action="verify", passed=len(checks) - len(failed), failed=failed)
 
 
-def calibrate(suite: Suite, todo: list[Unit], run_dir: Path) -> None:
-    """Peak matmul FLOP/s per framework, device and precision of the units, on this machine (for MFU)."""
-    if not (suite.calibrate and todo):
+def calibrate(suite: Suite, todo: list[Unit], run_dir: Path, executor: executors.Executor | None) -> None:
+    """Peak matmul FLOP/s per framework, device and precision of the units, on each host that runs them
+    (for MFU), through the executor like every cell."""
+    if not (suite.calibrate and todo and executor is not None):
         return
-    for e in calibration.run(suite, [u.cell for u in todo], run_dir):
+    for e in calibration.run(suite, [u.cell for u in todo], run_dir, executor):
         if e["status"] != "ok":
             _say(
-                f"calibration: {e['framework']} {e['device']} {e['precision']}: {e['status']} "
+                f"calibration: {e['framework']} {e['device']} {e['precision']} on {e['hostname']}: {e['status']} "
                 f"({e['reason']}); MFU against the other frameworks' peak"
             )
 
@@ -283,7 +283,7 @@ def run_suite(
 ) -> RunSummary:
     """Run a suite's cells; raises runner.Interrupted (after storing what finished) on Ctrl-C/SIGTERM."""
     run_dir = runs_root / suite.name
-    expand(suite, only)  # a bad filter is an error before anything is touched
+    cells = expand(suite, only)  # a bad filter is a ConfigError before anything is touched
     with contextlib.ExitStack() as stack:
         try:
             run_dir.mkdir(parents=True, exist_ok=True)
@@ -292,12 +292,12 @@ def run_suite(
             raise store.StoreError(f"cannot use the run folder {run_dir}: {exc.strerror or exc}") from None
         env = environment.capture()
         prepare(suite, run_dir, env)
-        the_plan = plan(suite, run_dir, env, only, resume, retry_failed)
+        the_plan = plan(suite, cells, run_dir, env, resume, retry_failed)
         summary = RunSummary(run_dir, already_stored=the_plan.already_stored)
         executor = stack.enter_context(connect(suite, run_dir)) if the_plan.todo else None
         verify_models(suite, the_plan.todo, run_dir, resume)
         _journal(run_dir, action="start", cells=len(the_plan.cells), to_run=len(the_plan.todo), resume=resume)
-        calibrate(suite, the_plan.todo, run_dir)
+        calibrate(suite, the_plan.todo, run_dir, executor)
         if executor is not None:
             execute(executor, suite, the_plan.todo, run_dir, env, summary, tty)
         rebuild(run_dir)

@@ -4,7 +4,7 @@
       cells/<unit_id>.parquet     one row per cell (repeat), written atomically
       logs/<unit_id>.ndjson       the worker's raw event stream; logs/<unit_id>.stderr.log its stderr
       data/                       the datasets the workers read; cache/ the compile caches
-      calibration/, verify/       the logs of calibration and verify cells
+      verify/                     verify's own run folder (logs, arrays); calibration cells log in logs/
       profiles/<unit_id>/         a cell's profiler trace, where the run keeps them (`profile: true`)
       suite.json, environment.json, journal.ndjson, .lock
       results.{parquet,csv,json}, epochs.{parquet,csv}, steps.parquet, repeats.parquet
@@ -52,10 +52,6 @@ class RunFolder:
     @property
     def cache(self) -> Path:
         return self.root / "cache"
-
-    @property
-    def calibration_runs(self) -> Path:  # a run folder of its own for the calibration cells' logs
-        return self.root / "calibration"
 
     @property
     def verify_runs(self) -> Path:

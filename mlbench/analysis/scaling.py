@@ -20,18 +20,11 @@ Row = dict[str, Any]
 MATCH = ("framework", "model_name", "precision", "dataset", "epochs", "seed", "hostname", "compile")
 
 
-def one_device(device: str) -> str:
-    """The single device a data-parallel device's baseline runs on: the CPU for CPU replicas (they
-    share its cores), the first GPU of a GPU list."""
-    d = Device.parse(device)
-    return "cpu" if d.kind == "cpu" else f"cuda:{d.indices[0]}"
-
-
 def baseline(r: Row, rows: list[Row]) -> Row | None:
     """The ok one-device cell that `r` (an ok data-parallel cell) is measured against, if the run holds it."""
     if (r.get("num_devices") or 1) < 2:
         return None
-    want = one_device(r["device"])
+    want = str(Device.parse(r["device"]).single())
     for b in rows:
         if (
             b["status"] == "ok"

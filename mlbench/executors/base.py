@@ -21,7 +21,7 @@ from pathlib import Path
 from typing import Any
 
 from mlbench.cells import Cell, Unit
-from mlbench.config import Suite
+from mlbench.config import BUILTIN_WORKERS, Suite
 from mlbench.process import gpus as host_gpus
 from mlbench.process import runner
 from mlbench.runfolder import RunFolder
@@ -63,6 +63,21 @@ class Settings:
             memory_limit_mb=suite.memory_limit_mb,
             profile_steps=suite.profile_steps,
             profile=suite.profile,
+        )
+
+    @classmethod
+    def standalone(cls, name: str, frameworks: list[str], workers: dict[str, str] | None = None) -> Settings:
+        """Settings for a task run without a suite (`mlbench verify`): a suite's defaults, its own workers
+        where given, else the built-in ones."""
+        default = {k: f.default for k, f in Suite.model_fields.items()}
+        modules = {**BUILTIN_WORKERS, **(workers or {})}
+        return cls(
+            run_name=name,
+            modules={fw: modules[fw] for fw in frameworks},
+            timeout_s=default["timeout_s"],
+            idle_timeout_s=default["idle_timeout_s"],
+            threads=default["threads"],
+            monitor_interval_s=default["monitor_interval_s"],
         )
 
 
@@ -117,10 +132,13 @@ def run_here(
     on_event: Callable[[dict[str, Any]], None],
     cancel: runner.CancelToken,
     gpus: list[str] | None = None,
+    extra: dict[str, Any] | None = None,
 ) -> runner.Outcome:
-    """Run one unit's worker on this host with runner.run_cell (the one place a worker is started),
-    or say why it is skipped; raises runner.Interrupted when cancelled. `gpus`: the GPUs an executor
-    chose for it (CUDA_VISIBLE_DEVICES entries), else those the cell names on this host."""
+    """Run one unit's worker on this host with runner.run_cell, with the run's threads, limits and
+    timeouts: the one place mlbench starts a worker (grid cells, calibration, verify and maxbatch probes
+    alike); or say why it is skipped. Raises runner.Interrupted when cancelled. `gpus`: the GPUs an
+    executor chose for it (CUDA_VISIBLE_DEVICES entries), else those the cell names on this host;
+    `extra`: what the task adds to the worker's payload (verify's folder for its arrays)."""
     module = settings.modules[unit.framework]
     try:
         if gpus is None:
@@ -149,7 +167,7 @@ def run_here(
             cancel=cancel,
             gpus=gpus,
             memory_limit_mb=settings.memory_limit_mb,
-            extra=profile_request(settings, RunFolder(run_dir), unit),
+            extra={**profile_request(settings, RunFolder(run_dir), unit), **(extra or {})},
         )
     outcome.executor = executor
     return outcome
@@ -186,6 +204,15 @@ class Executor(ABC):
     def execute(self, units: list[Unit]) -> Iterator[Report]:
         """Run every unit; yield reports as they come; raise runner.Interrupted on Ctrl-C after
         stopping everything in flight."""
+
+    def hosts(self) -> list[str]:
+        """The host names of the machines that may run this run's cells."""
+        return [socket.gethostname()]
+
+    def on_each_host(self, units: list[Unit]) -> Iterator[Report]:
+        """Run each unit once on every host that may run this run's cells (a calibrated peak belongs to
+        its host); one host here."""
+        return self.execute(units)
 
     def describe(self) -> dict[str, Any]:
         """What the journal records about where this run's cells run."""

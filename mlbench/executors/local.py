@@ -17,7 +17,7 @@ from typing import Any
 from mlbench.cells import Unit
 from mlbench.executors.base import Event, Executor, Pool, Report, Settings, Started, run_here
 from mlbench.process import runner
-from mlbench.process.monitor import gpu_indices
+from mlbench.process.gpus import gpu_indices
 
 
 def can_start(unit: Unit, running: list[Unit], parallel: int) -> bool:

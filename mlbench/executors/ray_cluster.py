@@ -44,7 +44,7 @@ from mlbench.executors.base import (
     skip_outcome,
 )
 from mlbench.process import environment, runner
-from mlbench.process.monitor import gpu_indices
+from mlbench.process.gpus import gpu_indices
 from mlbench.runfolder import RunFolder
 
 INSTALL_HINT = "executor ray needs Ray on this machine: pip install 'mlbench[ray]' (or make venv EXTRAS=...,ray)"
@@ -312,16 +312,36 @@ class RayExecutor(Executor):
             "num_gpus": len(gpu_indices(unit.cell.device)),
         }
 
+    def _fitting_nodes(self, need: dict[str, float]) -> list[str]:
+        """The ids of the alive nodes that could hold a unit needing `need`."""
+        return [
+            n["NodeID"]
+            for n in self.ray.nodes()
+            if n.get("Alive")
+            and n.get("Resources", {}).get("CPU", 0) >= need["num_cpus"]
+            and n.get("Resources", {}).get("GPU", 0) >= need["num_gpus"]
+        ]
+
+    def hosts(self) -> list[str]:
+        return sorted({n.get("NodeManagerHostname") or "?" for n in self.ray.nodes() if n.get("Alive")})
+
+    def on_each_host(self, units: list[Unit]) -> Iterator[Report]:
+        """Each unit once on every alive node that could run it, pinned there (a node's calibrated peak
+        is its own: MFU divides a cell's FLOP/s by the peak of the node that ran it)."""
+        pinned = [Unit(u.cell, u.repeat, node) for u in units for node in self._fitting_nodes(self._resources(u))]
+        return self.execute(pinned)
+
     def _unschedulable(self, need: dict[str, float]) -> str | None:
         """Why no alive node could ever hold the unit (Ray would queue it forever), or None."""
-        nodes = [n.get("Resources", {}) for n in self.ray.nodes() if n.get("Alive")]
-        if any(r.get("CPU", 0) >= need["num_cpus"] and r.get("GPU", 0) >= need["num_gpus"] for r in nodes):
+        if self._fitting_nodes(need):
             return None
         gpus = f" and {need['num_gpus']:g} GPU(s)" if need["num_gpus"] else ""
         return f"no node of the Ray cluster has {need['num_cpus']:g} CPU(s){gpus} (set `threads` lower, or add a node)"
 
     def _checksum(self, unit: Unit) -> str | None:
         spec = unit.cell.spec
+        if spec.task != "train":  # a calibration reads no dataset
+            return None
         key = repr((spec.dataset, spec.model, spec.model_overrides, spec.seed))
         if key not in self._checksums:
             self._checksums[key] = dataset_checksum(unit.cell, RunFolder(self.run_dir).data)
@@ -330,7 +350,11 @@ class RayExecutor(Executor):
     def _submit(self, unit: Unit, need: dict[str, float]) -> tuple[Any, Any]:
         options: dict[str, Any] = dict(need)
         group = None
-        if need["num_gpus"] > 1:  # a multi-GPU cell: all its GPUs and CPUs on one node, reserved together
+        if unit.node is not None:  # pinned: a calibration of that node's own peak
+            from ray.util.scheduling_strategies import NodeAffinitySchedulingStrategy
+
+            options["scheduling_strategy"] = NodeAffinitySchedulingStrategy(unit.node, soft=False)
+        elif need["num_gpus"] > 1:  # a multi-GPU cell: all its GPUs and CPUs on one node, reserved together
             from ray.util.placement_group import placement_group
             from ray.util.scheduling_strategies import PlacementGroupSchedulingStrategy
 

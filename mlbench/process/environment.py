@@ -12,7 +12,7 @@ from typing import Any
 import psutil
 
 from mlbench import __version__
-from mlbench.process.monitor import NVML, gpu_indices, pynvml
+from mlbench.process.gpus import NVML, gpu_indices, pynvml
 
 FRAMEWORK_PACKAGES = {  # framework -> the distributions that provide it, first found wins
     "pytorch": ("torch",),

@@ -16,40 +16,8 @@ from typing import Any
 
 import psutil
 
+from mlbench.process.gpus import NVML, gpu_indices, pynvml
 from mlbench.process.memlimit import memory_cgroup
-from workers.common.devices import Device
-
-try:  # NVIDIA's NVML bindings (package nvidia-ml-py); absent or failing on machines without a driver
-    import pynvml
-except ImportError:  # pragma: no cover - the package is a dependency, the library may still be missing
-    pynvml = None
-
-
-class NVML:
-    """NVML initialised once per orchestrator; `available` says whether a driver answered."""
-
-    _lock = threading.Lock()
-    _state: bool | None = None
-    error: str | None = None
-
-    @classmethod
-    def available(cls) -> bool:
-        with cls._lock:
-            if cls._state is None:
-                try:
-                    if pynvml is None:
-                        raise RuntimeError("nvidia-ml-py is not installed")
-                    pynvml.nvmlInit()
-                    cls._state = True
-                except Exception as exc:
-                    cls._state, cls.error = False, str(exc) or type(exc).__name__
-            return cls._state
-
-
-def gpu_indices(device: str) -> list[int]:
-    """Physical GPU indices of a device string ('cuda:0,1' -> [0, 1]; 'cpu' -> [])."""
-    return list(Device.parse(device).gpus)
-
 
 THROTTLE_REASONS = {  # NVML's clock throttle reason bits (the idle bit left out: an idle GPU is not throttled)
     0x2: "applications clocks setting",

@@ -5,22 +5,24 @@ run counts, and the highest framework sets the peak that MFU is measured against
 means the peak was measured too low: it is refused (stored as missing), and the report says so.
 
 MFU here is achieved training FLOP/s (throughput x the spec's FLOPs per sample) over that measured
-peak: a figure of this machine, not of a datasheet. Calibration runs on the orchestrator's machine;
-a cell that ran on another host (a Ray node) has no peak of its own machine, so its MFU is missing.
+peak: a figure of this machine, not of a datasheet. The calibration cells run through the run's
+executor with the suite's threads, like every cell, once on each host that runs cells (each Ray node
+too): a row's MFU is over the peak of the host that ran it, and missing where that host has none.
 A data-parallel cell's peak is its GPU count times one GPU's; CPU replicas share one CPU's peak.
 """
 
 from __future__ import annotations
 
+import contextlib
 import json
 import socket
 from pathlib import Path
 from typing import Any
 
-from mlbench.analysis.scaling import one_device
-from mlbench.cells import Cell
+from mlbench.cells import Cell, Unit
 from mlbench.config import Suite
-from mlbench.process import runner
+from mlbench.executors import Executor, Finished
+from mlbench.process.runner import Outcome
 from mlbench.results import store
 from mlbench.runfolder import RunFolder
 from workers.common.cellspec import CellSpec
@@ -54,45 +56,52 @@ def load(run_dir: Path) -> list[dict[str, Any]]:
     return json.loads(path.read_text(encoding="utf-8")) if path.is_file() else []
 
 
-def run(suite: Suite, cells: list[Cell], run_dir: Path) -> list[dict[str, Any]]:
-    """Calibrate every (framework, device, precision) of `cells` not calibrated in this run yet."""
+def run(suite: Suite, cells: list[Cell], run_dir: Path, executor: Executor) -> list[dict[str, Any]]:
+    """Calibrate every (framework, device, precision) of `cells` not calibrated in this run yet, through
+    the run's executor like every cell (the suite's threads and limits), once on each host it runs cells on."""
     entries = load(run_dir)
-    done = {(e["framework"], e["device"], e["precision"]) for e in entries}
+    done = {(e.get("hostname"), e["framework"], e["device"], e["precision"]) for e in entries}
     # a data-parallel device is calibrated on one of its devices (see `peak_of`)
-    wanted = list(dict.fromkeys((c.framework, one_device(c.device), c.precision) for c in cells))
-    for framework, device, precision in wanted:
-        if (framework, device, precision) in done:
-            continue
-        cell = calibration_cell(suite, framework, device, precision)
-        out = runner.run_cell(
-            cell,
-            RunFolder(run_dir).calibration_runs,
-            module=suite.worker_module(framework),
-            timeout_s=min(suite.timeout_s, 300),
-            idle_timeout_s=min(suite.idle_timeout_s, 300),
-        )
-        event = next((e for e in out.events if e["event"] == "calibration"), {})
-        entries.append(
-            {
-                "framework": framework,
-                "device": device,
-                "precision": precision,
-                "hostname": socket.gethostname(),
-                "status": out.status,
-                "reason": out.reason,
-                "n": event.get("n"),
-                "reps": event.get("reps"),
-                "runs": event.get("runs"),
-                "sustained_s": event.get("sustained_s"),
-                "peak_tflops": event.get("peak_tflops"),  # the median run
-                "best_tflops": event.get("best_tflops"),
-                "worst_tflops": event.get("worst_tflops"),
-            }
-        )
+    wanted = dict.fromkeys((c.framework, str(Device.parse(c.device).single()), c.precision) for c in cells)
+    hosts = executor.hosts()
+    todo = [Unit(calibration_cell(suite, *key)) for key in wanted if any((h, *key) not in done for h in hosts)]
+    if not todo:
+        return entries
+    with contextlib.closing(executor.on_each_host(todo)) as reports:
+        for report in reports:
+            if not isinstance(report, Finished):
+                continue
+            out, cell = report.outcome, report.unit.cell
+            host = (out.host or {}).get("hostname") or socket.gethostname()
+            if (host, cell.framework, cell.device, cell.precision) in done:
+                continue  # calibrated there earlier in this run (a resumed run keeps its peaks)
+            entries.append(entry(cell, out, host))
     store.atomic_write(
         RunFolder(run_dir).calibration, lambda p: p.write_text(json.dumps(entries, indent=1), encoding="utf-8")
     )
     return entries
+
+
+def entry(cell: Cell, out: Outcome, host: str) -> dict[str, Any]:
+    """calibration.json's record of one calibration cell's run on one host."""
+    event = next((e for e in out.events if e["event"] == "calibration"), {})
+    return {
+        "framework": cell.framework,
+        "device": cell.device,
+        "precision": cell.precision,
+        "hostname": host,
+        "executor": out.executor,
+        "threads": cell.spec.threads,
+        "status": out.status,
+        "reason": out.reason,
+        "n": event.get("n"),
+        "reps": event.get("reps"),
+        "runs": event.get("runs"),
+        "sustained_s": event.get("sustained_s"),
+        "peak_tflops": event.get("peak_tflops"),  # the median run
+        "best_tflops": event.get("best_tflops"),
+        "worst_tflops": event.get("worst_tflops"),
+    }
 
 
 def peaks(entries: list[dict[str, Any]]) -> dict[tuple[str | None, str, str], float]:
@@ -111,7 +120,7 @@ def peak_of(top: dict[tuple[str | None, str, str], float], r: dict[str, Any]) ->
     (the same model of GPU assumed: the report warns on mixed hardware); CPU replicas share the CPU's cores
     and so its one peak."""
     device = Device.parse(r["device"])
-    single = one_device(r["device"])
+    single = str(device.single())
     peak = top.get((r["hostname"], single, r["precision"])) or top.get((None, single, r["precision"]))
     return peak * device.count if peak and device.kind == "cuda" else peak
 

@@ -11,15 +11,16 @@ from __future__ import annotations
 
 import json
 import math
-from dataclasses import asdict, dataclass, field
+from collections.abc import Callable
+from dataclasses import asdict, dataclass, field, replace
 from pathlib import Path
 from typing import Any
 
 import numpy as np
 
-from mlbench.cells import Cell
-from mlbench.config import BUILTIN_WORKERS
-from mlbench.process import runner
+from mlbench.cells import Cell, Unit
+from mlbench.executors.base import Settings, run_here
+from mlbench.process.runner import CancelToken, Outcome
 from mlbench.results import store
 from mlbench.runfolder import RunFolder
 from workers.common import specs
@@ -304,59 +305,56 @@ def run(
     models: list[str],
     frameworks: list[str],
     run_dir: Path,
+    settings: Settings,
     *,
-    workers: dict[str, str] | None = None,
     overrides: dict[str, dict[str, Any]] | None = None,
     seed: int = 0,
-    timeout_s: float = 900,
     data_parallel: str | None = None,
+    on_start: Callable[[Unit, int], None] | None = None,
 ) -> list[Check]:
-    """Run the verify task of every framework for every model; returns one Check per framework and model,
-    and with `data_parallel` (a device such as cpu:0,1) one more each: the same steps on those devices
-    against the framework's one-device run."""
-    modules = {**BUILTIN_WORKERS, **(workers or {})}
+    """Run the verify task of every framework for every model, on this host through the executors' one
+    launch path (the run's threads and limits); one Check per framework and model, and with
+    `data_parallel` (a device such as cpu:0,1) one more each: the same steps on those devices against
+    the framework's one-device run. `on_start`: told each worker's pid (the run's journal)."""
     out_dir = RunFolder(run_dir).verify_runs
     out_dir.mkdir(parents=True, exist_ok=True)
+    # its arrays are compared here, so it runs on this host; its worker may stay silent for a while
+    settings = replace(settings, idle_timeout_s=max(settings.idle_timeout_s, settings.timeout_s))
+
+    def launch(cell: Cell) -> tuple[Outcome, dict[str, Any] | None]:
+        unit = Unit(cell)
+        outcome = run_here(
+            unit,
+            out_dir,
+            settings,
+            executor="local",
+            on_start=lambda pid: on_start(unit, pid) if on_start else None,
+            on_event=lambda e: None,
+            cancel=CancelToken(),
+            extra={"verify_dir": str(out_dir.resolve())},
+        )
+        return outcome, next((e for e in outcome.events if e["event"] == "verify"), None)
+
     checks: list[Check] = []
     for model in models:
         spec = specs.get_spec(model, verify_overrides(model, (overrides or {}).get(model)))
         probe = list(dict.fromkeys(n.rsplit(".", 1)[0] for n in specs.canonical_params(spec)))
         reference: tuple[str, dict[str, Any], dict[str, np.ndarray]] | None = None
         for fw in frameworks:
-            cell = verify_cell(fw, model, modules[fw], (overrides or {}).get(model), seed)
-            outcome = runner.run_cell(
-                cell,
-                out_dir,
-                module=modules[fw],
-                timeout_s=timeout_s,
-                idle_timeout_s=timeout_s,
-                extra={"verify_dir": str(out_dir.resolve())},
-            )
-            event = next((e for e in outcome.events if e["event"] == "verify"), None)
+            module = settings.modules[fw]
+            outcome, event = launch(verify_cell(fw, model, module, (overrides or {}).get(model), seed))
             if outcome.status != "ok" or event is None:
-                checks.append(
-                    Check(
-                        model,
-                        fw,
-                        reference[0] if reference else "",
-                        "error",
-                        problems=[f"{outcome.status}: {outcome.reason}"],
-                    )
-                )
+                ref = reference[0] if reference else ""
+                checks.append(Check(model, fw, ref, "error", problems=[f"{outcome.status}: {outcome.reason}"]))
                 continue
             arrays = _load_arrays(event["arrays"])
             if reference is None:
                 reference = (fw, event, arrays)
-                check = compare(model, fw, fw, event, event, arrays, arrays, probe)
-            else:
-                check = compare(model, fw, reference[0], event, reference[1], arrays, reference[2], probe)
-            checks.append(check)
+            checks.append(compare(model, fw, reference[0], event, reference[1], arrays, reference[2], probe))
             if data_parallel:
-                checks.append(
-                    _data_parallel_check(
-                        model, fw, modules[fw], overrides, seed, data_parallel, event, out_dir, timeout_s
-                    )
-                )
+                cell = verify_cell(fw, model, module, (overrides or {}).get(model), seed, device=data_parallel)
+                dp_outcome, dp_event = launch(cell)
+                checks.append(_data_parallel_check(model, fw, data_parallel, dp_outcome, dp_event, event))
     save(run_dir, checks)
     return checks
 
@@ -364,24 +362,11 @@ def run(
 def _data_parallel_check(
     model: str,
     framework: str,
-    module: str,
-    overrides: dict[str, dict[str, Any]] | None,
-    seed: int,
     device: str,
+    outcome: Outcome,
+    event: dict[str, Any] | None,
     one_device: dict[str, Any],
-    out_dir: Path,
-    timeout_s: float,
 ) -> Check:
-    cell = verify_cell(framework, model, module, (overrides or {}).get(model), seed, device=device)
-    outcome = runner.run_cell(
-        cell,
-        out_dir,
-        module=module,
-        timeout_s=timeout_s,
-        idle_timeout_s=timeout_s,
-        extra={"verify_dir": str(out_dir.resolve())},
-    )
-    event = next((e for e in outcome.events if e["event"] == "verify"), None)
     if outcome.status != "ok" or event is None:
         return Check(
             model,

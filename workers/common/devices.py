@@ -54,6 +54,11 @@ class Device:
     def data_parallel(self) -> bool:
         return self.count > 1
 
+    def single(self) -> Device:
+        """The one device a data-parallel device's single-device baseline runs on: the CPU for CPU replicas
+        (they share its cores), the first GPU of a GPU list."""
+        return Device("cpu") if self.kind == "cpu" else Device("cuda", self.indices[:1])
+
     def visible(self) -> Device:
         """The same device as its worker sees it, once only its GPUs are visible (renumbered from 0)."""
         return self if self.kind == "cpu" else Device("cuda", tuple(range(len(self.indices))))
