@@ -26,7 +26,6 @@ control (the second hand-written loop's over the first's).
 from __future__ import annotations
 
 import argparse
-import importlib
 import io
 import json
 import math
@@ -38,7 +37,7 @@ from typing import Any
 
 from bench.handwritten import LOOPS, use_threads
 from workers.common import data as datasets
-from workers.common import harness
+from workers.common import harness, registry
 from workers.common.cellspec import CellSpec
 from workers.common.events import Emitter
 from workers.common.specs import get_spec, input_spec, with_total_steps
@@ -61,7 +60,7 @@ def harness_loop(
         dataset={"name": "synthetic", "train_samples": bs * steps, "val_samples": bs, "path": None},
     ).payload(cell_id="inprocess")
     # the worker's own loader: the backend set up (environment, flags) exactly as a cell's worker does it
-    backend = importlib.import_module(f"workers.{framework}_worker.__main__")._load(cell)
+    backend = registry.load_backend(framework, cell)
     spec = get_spec(model)
     ds = datasets.load(cell["dataset"], spec.family, input_spec(spec), 0, data_dir, backend.layout)
     spec = with_total_steps(spec, total_steps)

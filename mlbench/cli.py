@@ -25,7 +25,7 @@ from mlbench.config import (
 from mlbench.process import environment, runner
 from mlbench.results import store
 from mlbench.runfolder import RunFolder
-from workers.common import specs
+from workers.common import registry, specs
 
 EXIT_CONFIG = 2
 EXIT_INTERRUPTED = 130
@@ -377,7 +377,7 @@ def list_() -> None:
     """Frameworks (and whether installed here), models, precisions."""
     click.echo("frameworks:")
     for fw, module in BUILTIN_WORKERS.items():
-        version = environment.installed_version(*environment.FRAMEWORK_PACKAGES[fw])
+        version = environment.installed_version(*registry.get(fw).distributions)
         worker = "worker ready" if not executors.base.worker_missing(module) else "worker missing"
         click.echo(f"  {fw:<11} {module:<26} {'installed ' + version if version else 'not installed'}; {worker}")
     click.echo("models:")

@@ -19,14 +19,10 @@ from pydantic import (
     model_validator,
 )
 
-from workers.common import precision, specs
+from workers.common import precision, registry, specs
 from workers.common.devices import Device
 
-BUILTIN_WORKERS = {
-    "pytorch": "workers.pytorch_worker",
-    "tensorflow": "workers.tensorflow_worker",
-    "jax": "workers.jax_worker",
-}
+BUILTIN_WORKERS = {name: f.module for name, f in registry.FRAMEWORKS.items()}
 PRECISIONS = precision.PRECISIONS
 MODULE_RE = re.compile(r"^[A-Za-z_][A-Za-z0-9_]*(\.[A-Za-z_][A-Za-z0-9_]*)*$")
 DATA_PARALLEL_CHECK_DEVICE = "cpu:0,1"  # where `mlbench verify` trains data parallel against one device

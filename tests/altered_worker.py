@@ -36,9 +36,9 @@ def _load(cell):
         models.MLP.forward = _gelu_forward
     elif cell["framework"] == "altered_shape":
         models.MLP.__init__ = _wider_init
-    from workers.pytorch_worker.backend import TorchBackend
+    from workers.pytorch_worker.backend import Backend
 
-    backend = TorchBackend(cell)
+    backend = Backend(cell)
     backend.framework = cell["framework"]
     return backend
 

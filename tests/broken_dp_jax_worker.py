@@ -12,7 +12,7 @@ import sys
 from typing import Any
 
 from workers.common.cli import main
-from workers.jax_worker.__main__ import _load as load_jax
+from workers.jax_worker.__main__ import load_backend as load_jax
 
 
 def _load(cell: dict[str, Any]) -> Any:

@@ -16,11 +16,11 @@ def _load(cell):
     os.environ.setdefault("TF_CPP_MIN_LOG_LEVEL", "1")
     from keras.src.backend.tensorflow.optimizer import TFOptimizer
 
-    from workers.tensorflow_worker.backend import TFBackend
+    from workers.tensorflow_worker.backend import Backend
 
     # Keras' optimizer sums the replicas' gradients here before its update; hand them back unreduced
     TFOptimizer._all_reduce_sum_gradients = lambda self, grads_and_vars: list(grads_and_vars)
-    return TFBackend(cell)
+    return Backend(cell)
 
 
 if __name__ == "__main__":

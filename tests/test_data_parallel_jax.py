@@ -76,18 +76,18 @@ def test_a_two_replica_training_cell_ends_as_the_one_device_cell(tmp_path: Path)
 
 def test_a_data_parallel_cell_needs_synchronised_batchnorm() -> None:
     from workers.common.harness import Unsupported
-    from workers.jax_worker.backend import JaxBackend
+    from workers.jax_worker.backend import Backend
 
     cell = {"device": "cpu:0,1", "precision": "fp32", "seed": 0, "threads": None, "batchnorm": None}
     with pytest.raises(Unsupported, match="batchnorm"):
-        JaxBackend(cell)
+        Backend(cell)
 
 
 def test_two_gpus_jax_cannot_see_are_a_missing_device() -> None:
     import jax
 
     from workers.common.harness import DeviceMissing
-    from workers.jax_worker.backend import JaxBackend
+    from workers.jax_worker.backend import Backend
 
     try:
         if len(jax.devices("gpu")) >= 2:
@@ -96,4 +96,4 @@ def test_two_gpus_jax_cannot_see_are_a_missing_device() -> None:
         pass
     cell = {"device": "cuda:0,1", "precision": "fp32", "seed": 0, "threads": None, "batchnorm": "sync"}
     with pytest.raises(DeviceMissing, match="cuda:0,1"):
-        JaxBackend(cell)
+        Backend(cell)

@@ -91,8 +91,8 @@ def test_a_two_replica_training_cell_runs_end_to_end(tmp_path) -> None:
 
 def test_a_data_parallel_cell_needs_synchronised_batchnorm() -> None:
     from workers.common.harness import Unsupported
-    from workers.tensorflow_worker.backend import TFBackend
+    from workers.tensorflow_worker.backend import Backend
 
     cell = {"device": "cpu:0,1", "precision": "fp32", "seed": 0, "compile": False, "threads": None}
     with pytest.raises(Unsupported, match="batchnorm"):
-        TFBackend({**cell, "batchnorm": None})
+        Backend({**cell, "batchnorm": None})

@@ -10,7 +10,7 @@ import pytest
 import yaml
 
 from mlbench.analysis import parity
-from tests.conftest import cli, suite_dict
+from tests.conftest import ROOT, cli, suite_dict
 from workers.common import registry, specs
 from workers.common.weights import initial_weights
 
@@ -437,9 +437,39 @@ def test_jax_reports_the_cuda_and_cudnn_its_plugin_loaded(monkeypatch: pytest.Mo
 
 def test_the_registry_holds_every_built_in_framework() -> None:
     from mlbench.config import BUILTIN_WORKERS
+    from mlbench.process import environment
 
-    assert set(registry.BACKENDS) == set(BUILTIN_WORKERS)
-    for framework, (module, _) in registry.BACKENDS.items():
-        assert module == f"{BUILTIN_WORKERS[framework]}.backend"
+    assert {name: f"workers.{name}_worker" for name in registry.FRAMEWORKS} == BUILTIN_WORKERS
+    assert set(environment.capture()["frameworks"]) == set(registry.FRAMEWORKS)
     with pytest.raises(ValueError, match="unknown framework 'mxnet'"):
         registry.backend_class("mxnet")
+
+
+SHAPE = {  # file -> the names every worker defines there, for the same job
+    "__main__.py": {"load_backend"},
+    "backend.py": {"Backend", "DTYPES"},
+    "models.py": {"build", "load_canonical", "export_canonical"},
+    "distributed.py": {"data_parallel_info"},
+}
+
+
+def test_every_worker_has_one_shape() -> None:
+    """The same files, and in them the same names with the same parameters for the same job."""
+    import ast
+
+    signatures: dict[str, set[tuple[str, ...]]] = {}
+    for framework in registry.FRAMEWORKS:
+        folder = ROOT / "workers" / f"{framework}_worker"
+        for file, names in SHAPE.items():
+            tree = ast.parse((folder / file).read_text())
+            defined = {n.name: n for n in tree.body if isinstance(n, (ast.FunctionDef, ast.ClassDef))}
+            defined |= {
+                t.id: n for n in tree.body if isinstance(n, ast.Assign) for t in n.targets if isinstance(t, ast.Name)
+            }
+            assert names <= set(defined), f"{folder.name}/{file} lacks {names - set(defined)}"
+            for name in names:
+                if isinstance(defined[name], ast.FunctionDef):
+                    params = tuple(a.arg for a in defined[name].args.args)
+                    signatures.setdefault(f"{file}:{name}", set()).add(params)
+    differing = {k: v for k, v in signatures.items() if len(v) > 1}
+    assert not differing, f"the same job with other parameters: {differing}"

@@ -68,8 +68,8 @@ def test_torch_model_matches_the_canonical_layout(name: str) -> None:
     assert {k: tuple(v.shape) for k, v in state.items()} == {k: p.shape for k, p in canonical.items()}
     assert sum(p.numel() for p in model.parameters()) == specs.num_parameters(spec)
     weights = initial_weights(spec, 0)
-    models.load_canonical(model, weights)
-    exported = models.export_canonical(model)
+    models.load_canonical(model, spec, weights)
+    exported = models.export_canonical(model, spec)
     assert all(np.array_equal(exported[k], weights[k]) for k in weights)
 
 
@@ -94,10 +94,10 @@ def test_load_canonical_refuses_mismatches() -> None:
     weights = initial_weights(spec, 0)
     weights["layers.0.weight"] = weights["layers.0.weight"][:, :10]
     with pytest.raises(ValueError, match=r"layers\.0\.weight"):
-        models.load_canonical(model, weights)
+        models.load_canonical(model, spec, weights)
     del weights["layers.0.weight"]
     with pytest.raises(ValueError, match="canonical names differ"):
-        models.load_canonical(model, weights)
+        models.load_canonical(model, spec, weights)
 
 
 def test_flop_counts_by_hand() -> None:

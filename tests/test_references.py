@@ -73,7 +73,7 @@ def torch_logits(spec: specs.ModelSpec, worker_w: dict, ref_w: dict) -> tuple[np
     x = torch.from_numpy(inputs(spec, "NCHW"))
     x = x.long() if x.dtype == torch.int32 else x
     worker = models.build(spec)
-    models.load_canonical(worker, worker_w)
+    models.load_canonical(worker, spec, worker_w)
     reference = ref.build(spec)
     ref.load_canonical(reference, spec, ref_w)
     with torch.no_grad():
@@ -103,7 +103,7 @@ def flax_logits(spec: specs.ModelSpec, worker_w: dict, ref_w: dict) -> tuple[np.
     x = inputs(spec, "NHWC")
     worker = models.build(spec)
     like = jax.eval_shape(lambda: worker.init(jax.random.PRNGKey(0), x[:1], train=False))
-    worker_vars = models.from_canonical(spec, worker_w, flax.core.unfreeze(like))
+    worker_vars = models.load_canonical(flax.core.unfreeze(like), spec, worker_w)
     reference = ref.build(spec)
     ref_vars = ref.load_canonical(reference, spec, ref_w, x[:1])
     return np.asarray(worker.apply(worker_vars, x, train=False)), np.asarray(reference.apply(ref_vars, x, train=False))
@@ -333,7 +333,7 @@ def test_the_native_forms_parity_cost_times_compute_another_function() -> None:
         x = inputs(spec, "NHWC")
         worker = jax_models.build(spec)
         like = jax.eval_shape(lambda: worker.init(jax.random.PRNGKey(0), x[:1], train=False))
-        want = np.asarray(worker.apply(jax_models.from_canonical(spec, w, flax.core.unfreeze(like)), x, train=False))
+        want = np.asarray(worker.apply(jax_models.load_canonical(flax.core.unfreeze(like), spec, w), x, train=False))
         native = flax_models.build(spec, same_padding=True)
         got = np.asarray(native.apply(flax_models.load_canonical(native, spec, w, x[:1]), x, train=False))
         assert max_excess(got, want) > 0
@@ -343,7 +343,7 @@ def test_the_native_forms_parity_cost_times_compute_another_function() -> None:
         worker = jax_models.build(bspec)
         like = jax.eval_shape(lambda: worker.init(jax.random.PRNGKey(0), tokens[:1], train=False))
         want = np.asarray(
-            worker.apply(jax_models.from_canonical(bspec, bw, flax.core.unfreeze(like)), tokens, train=False)
+            worker.apply(jax_models.load_canonical(flax.core.unfreeze(like), bspec, bw), tokens, train=False)
         )
         two_pass = flax_models.build(bspec, fast_variance=False)
         got = np.asarray(

@@ -8,9 +8,9 @@ thousands of step samples make any shift "significant", so the practical thresho
 verdict. Accuracy uses Fisher's exact test on the correct/incorrect counts of the validation set
 (conservative: both runs score the same validation samples, so the counts are paired);
 figures with a single reading (peak memory) are flagged on the relative change alone. A latency must
-also move by at least `min_change_ms` milliseconds (0 by default): on a CPU, a run's sub-millisecond
-latencies shift by tens of microseconds from one run to the next (a batch-1 MLP pass: 0.10 to 0.17 ms
-between two runs of the same code on a 2-core VM), a large relative change that no code made.
+also move by at least `min_change_ms` milliseconds (0 by default): a sub-millisecond latency shifts by
+tens of microseconds between runs of the same code, a large relative change no code made.
+Where either run is a single run, the floors below decide (their evidence: docs/compare.md).
 """
 
 from __future__ import annotations
@@ -142,19 +142,11 @@ def match_key(row: Row) -> str:
     return json.dumps(spec, sort_keys=True)
 
 
-# A single run says nothing of how far the next run of the same code lands: on this project's 2-core VM
-# two runs of one MLP cell minutes apart gave 16.6k and 9.3k samples/s (-44%), a 0.10 ms batch-1
-# latency 0.17 ms (+66%), and two clean-clone `make quick` runs of one commit 19 figures called
-# regressions at the 5% minimum. Without repeats on both sides, a change smaller than this floor is
-# `unconfirmed`, never a regression; with repeats, the threshold is the figure's own run-to-run
-# variation (twice its CV), as measured. A 2x slowdown (-50% throughput, +100% latency) clears both.
+# How far a single run's figures move between runs of the same code (docs/compare.md, "Single runs"):
+# without repeats on both sides, a smaller change is `unconfirmed`, never a regression
 SINGLE_RUN_FLOOR = {"samples_per_second": 0.45, "ms": 0.75}
 SINGLE_RUN_FLOOR_MS = 0.1  # and a latency must move by this much in absolute terms
-# A host RSS peak (CPU cells) moves between runs of the same code too: up to +6.3% (TensorFlow
-# ResNet-18, 1,380 -> 1,467 MiB) across three make quick runs of one commit, where the first compare
-# called it a regression at the 5% minimum. Between single runs, an RSS change under this is
-# unconfirmed; an allocator's or NVML's figure (GPU cells) keeps the minimum change alone.
-SINGLE_RUN_FLOOR_RSS = 0.15
+SINGLE_RUN_FLOOR_RSS = 0.15  # a host RSS peak (CPU cells); an allocator's or NVML's figure keeps min_change
 
 
 def _verdict(rel: float, significant: bool, higher_is_better: bool) -> str:

@@ -28,12 +28,8 @@ GROUP = ("model_name", "device", "precision", "batch_size", "dataset", "epochs",
 
 
 VERDICTS = ("equivalent", "different", "unresolved", "untrained")
-# A model whose validation loss is still above this share of a uniform guess's (ln K for K classes) has
-# barely learned: its argmax rests on near-ties between classes, which fp32 rounding and each framework's
-# dropout stream tip either way, so its accuracy says nothing about parity and more validation samples
-# would not change that. `make quick` (8 steps): BERT's losses 0.6916-0.6920 against ln 2 = 0.6931 with
-# accuracies of 48%, 62% and 77% ("different" on 64 samples, from ties); the ResNets' 2.24-2.28 against
-# ln 10 = 2.30. Trained models sit far below it (configs/parity.yaml: under 0.1 for the ResNets and BERT).
+# still above this share of a uniform guess's loss (ln K for K classes): not learned; its argmax rests on
+# near-ties that rounding and dropout tip either way (docs/measurement.md has the case that set it)
 LEARNED_LOSS_SHARE = 0.9
 Z95 = NormalDist().inv_cdf(0.975)
 

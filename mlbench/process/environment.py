@@ -13,12 +13,8 @@ import psutil
 
 from mlbench import __version__
 from mlbench.process.gpus import NVML, gpu_indices, pynvml
+from workers.common import registry
 
-FRAMEWORK_PACKAGES = {  # framework -> the distributions that provide it, first found wins
-    "pytorch": ("torch",),
-    "tensorflow": ("tensorflow", "tensorflow-cpu", "tensorflow-macos"),
-    "jax": ("jax",),
-}
 ENV_FLAGS = (
     "OMP_NUM_THREADS",
     "MKL_NUM_THREADS",
@@ -103,7 +99,7 @@ def capture() -> dict[str, Any]:
         "gpu_driver": driver,
         "cuda_driver_version": cuda_driver,
         "nvml_error": None if NVML.available() else NVML.error,
-        "frameworks": {fw: installed_version(*pkgs) for fw, pkgs in FRAMEWORK_PACKAGES.items()},
+        "frameworks": {fw: installed_version(*f.distributions) for fw, f in registry.FRAMEWORKS.items()},
         "pid": os.getpid(),
     }
 

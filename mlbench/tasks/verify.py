@@ -27,36 +27,20 @@ from workers.common import specs
 from workers.common.cellspec import CellSpec
 from workers.common.devices import Device
 
+# Each bound sits above the fp32 floor it was measured at and below the smallest difference found so
+# far; the floors and the differences: docs/measurement.md ("Proven, not assumed") and docs/data-parallel.md.
 LOGITS_RTOL = 1e-4  # max |a - b| over max |b|, fp32
 LOSS_RTOL = 1e-3  # per SGD step, |a - b| / |b|
-# The same steps with the model's own optimizer and lr (10x the SGD check's for the ResNets): fp32
-# rounding grows faster. Measured on CPU: resnet34's momentum-SGD losses 2.3e-3 apart (JAX vs PyTorch)
-# after 3 steps; AdamW models within 2.2e-6 (bert, mlp). Each optimizer gets a bound above its floor
-# that still catches the differences found so far: Keras' lazy sparse embedding update (1.2e-4 on a
-# tiny BERT, 4.6e-3 on the real one) and its epsilon placement.
+# the model's own optimizer and rate: rounding grows faster through momentum in deep BatchNorm nets
 RECIPE_LOSS_RTOL = {"sgd": 5e-3, "adamw": 5e-5}
 MODULE_RTOL = 1e-4  # a module output further off than this names the first diverging module
-# First SGD update per tensor: |norm and projection differences| over the reference norm. Measured floor:
-# PyTorch's own fp32 gradients differ from its fp64 ones by up to 6e-3 (relative) in ResNet-18's early
-# layers at batch 16, where per-channel sums cancel; a wrong layer is off by far more than 1e-2.
-UPDATE_RTOL = 1e-2
-# The second update with the model's own optimizer (its momentum or Adam state, under a changed rate),
-# as the first update is compared. Its fp32 floor is the first update's after one more step of rounding,
-# amplified by deep BatchNorm nets: measured on CPU against PyTorch, resnet34 0.028 (TensorFlow) and 0.020
-# (JAX), resnet18 0.0045 and 0.0021 (0.0105 for JAX at the tests' tiny widths), mlp and bert (AdamW,
-# tensors the SGD update moves) under 1e-4. Keras' own momentum SGD, which keeps the rate inside the
-# momentum, is 0.23-0.31 off in every ResNet (tests/keras_sgd_worker.py): the bound sits between, ~3x from each.
+UPDATE_RTOL = 1e-2  # first SGD update per tensor: fp32 against fp64 differs up to 6e-3 where sums cancel
+# the second update with optimizer state under a changed rate: ~3x above the floor (0.028), ~3x below
+# Keras' own momentum SGD (0.23-0.31, tests/keras_sgd_worker.py)
 RECIPE_UPDATE_RTOL = 8e-2
 UPDATE_FLOOR = 1e-2  # ... where the reference norm is at least this fraction of the model's largest tensor update
 BATCH, STEPS, SGD_LR = 16, 3, 0.001
-# Data parallel against one device, same framework, same weights and global batches. With BatchNorm
-# synchronised the mathematics is the same; what differs is the order of the sums (each replica's
-# partial sums, then the all-reduce), the same kind of fp32 rounding as between two frameworks, and
-# amplified the same way by deep BatchNorm nets under momentum. Measured on cpu:0,1 (3 steps): SGD
-# losses 1e-7 (mlp, bert) to 2.3e-4 (resnet34, PyTorch); momentum SGD up to 3e-4 (resnet18) and 5.4e-3
-# (resnet34, TensorFlow; PyTorch 2.8e-3, JAX 3.3e-3); AdamW (mlp, bert) 8e-8. The replicas' parameters
-# are the sharp test: identical after every step where the gradients were all-reduced (0.0 in all
-# three frameworks), 6e-3 apart after 3 steps without the all-reduce.
+# data parallel against one device: the same mathematics, the sums in another order
 DATA_PARALLEL_LOSS_RTOL = LOSS_RTOL
 DATA_PARALLEL_RECIPE_RTOL = {"sgd": 1e-2, "adamw": 5e-5}
 REPLICA_TOL = 1e-6  # replicas take identical updates: their parameters stay equal (exactly, where it is one all-reduce)

@@ -36,7 +36,7 @@ from workers.common import precision, profile
 from workers.common.devices import Device
 from workers.common.harness import DeviceMissing, Unsupported
 from workers.common.specs import ModelSpec, OptimizerSpec, input_spec, module_path
-from workers.jax_worker import models
+from workers.jax_worker import distributed, models
 
 DTYPES = {"fp32": jnp.float32, "fp16": jnp.float16, "bf16": jnp.bfloat16}
 
@@ -108,7 +108,7 @@ def _capability(device: Any) -> tuple[int, int] | None:
         return None
 
 
-class JaxBackend:
+class Backend:
     """One cell's model, optimizer and jitted steps in JAX/Flax."""
 
     framework = "jax"
@@ -123,12 +123,12 @@ class JaxBackend:
         self.mesh: Mesh | None = None
         if parsed.data_parallel:
             self._mesh(parsed)
-        elif device.startswith("cuda"):
+        elif parsed.kind == "cuda":
             try:
                 gpus = jax.devices("gpu")
             except RuntimeError:
                 gpus = []
-            index = int(device.split(":")[1])
+            index = parsed.indices[0]
             if index >= len(gpus):
                 raise DeviceMissing(device, f"jax {jax.__version__}", f"{len(gpus)} GPU(s)")
             self.device = gpus[index]
@@ -152,34 +152,9 @@ class JaxBackend:
 
     def _mesh(self, device: Device) -> None:
         """The data-parallel mesh over the cell's devices; `self.device`, the first, serves inference."""
-        if self.cell.get("batchnorm") != "sync":
-            # the sharded jit takes BatchNorm's statistics over the global batch, whatever is asked:
-            # per-replica statistics would need a shard_map'd step, a different program
-            raise Unsupported(
-                f"batchnorm {self.cell.get('batchnorm')!r}: the JAX worker's data-parallel step synchronises "
-                "BatchNorm over the global batch (batchnorm: sync)"
-            )
-        n = device.count
-        if device.kind == "cuda":
-            try:
-                gpus = jax.devices("gpu")
-            except RuntimeError:
-                gpus = []
-            if len(gpus) < n:
-                raise DeviceMissing(str(device), f"jax {jax.__version__}", f"{len(gpus)} GPU(s)")
-            devices = gpus[:n]  # as the worker sees them: CUDA_VISIBLE_DEVICES holds just the cell's GPUs
-        else:
-            devices = jax.devices("cpu")[:n]
-            if len(devices) < n:
-                # the worker's entry point forces the host device count before jax is imported; a
-                # backend made in a process that imported jax first sees one CPU device
-                raise Unsupported(
-                    f"{device} needs {n} XLA CPU devices but jax sees {len(devices)}: "
-                    f"XLA_FLAGS must hold --xla_force_host_platform_device_count={n} before jax is imported"
-                )
-        self.devices = devices
-        self.device = devices[0]
-        self.mesh = Mesh(np.array(devices), ("data",))
+        self.devices = distributed.replica_devices(device, self.cell)
+        self.device = self.devices[0]
+        self.mesh = Mesh(np.array(self.devices), ("data",))
         self.batch_sharding = NamedSharding(self.mesh, P("data"))  # rows split over the replicas
         self.replicated = NamedSharding(self.mesh, P())  # a full copy on every replica
         self._served_state: TrainState | None = None
@@ -199,36 +174,17 @@ class JaxBackend:
                 "bf16": "bf16 compute, fp32 params",
             }[self.precision],
             "matmul_precision": self.matmul_precision,
-            "data_parallel": None if self.mesh is None else self._dp_info(),
-        }
-
-    def _dp_info(self) -> dict[str, Any]:
-        cpu = self.device.platform == "cpu"
-        threads = self.cell.get("threads")
-        return {
-            "replicas": self.replicas,
-            "devices": [str(d) for d in self.devices],
-            # what the compiled step does (its HLO holds all-reduce ops over the mesh's devices): NCCL
-            # on GPUs, XLA:CPU's in-process collectives between the host devices
-            "collective": "XLA all-reduce (GSPMD)" + (" in-process (XLA:CPU)" if cpu else " over NCCL"),
-            "batchnorm": "sync (the global batch's statistics: the sharded step computes them as one device does)",
-            "threads": (
-                f"one XLA:CPU intra-op pool of {threads or 'default'} thread(s), shared by the {self.replicas} "
-                f"host devices; their programs run side by side on XLA's client pool of NPROC="
-                f"{os.environ.get('NPROC')} threads"
-                if cpu
-                else "one host process drives every GPU"
-            ),
+            "data_parallel": distributed.data_parallel_info(self),
         }
 
     def build(self, spec: ModelSpec, weights: dict[str, np.ndarray]) -> None:
         self.spec = spec
-        self.model = models.build(spec, self.dtype)
+        self.model = models.build(spec, dtype=self.dtype)
         inp = input_spec(spec)
         shape = inp.shape if len(inp.shape) != 3 else (inp.shape[1], inp.shape[2], inp.shape[0])  # NHWC
         dummy = jnp.zeros((1, *shape), jnp.int32 if inp.dtype == "int32" else jnp.float32)
         like = jax.eval_shape(lambda: self.model.init(jax.random.PRNGKey(0), dummy, train=False))
-        variables = jax.device_put(models.from_canonical(spec, weights, flax.core.unfreeze(like)), self.device)
+        variables = jax.device_put(models.load_canonical(flax.core.unfreeze(like), spec, weights), self.device)
         self.tx = make_optimizer(spec.optimizer)
         params = variables["params"]
         state = TrainState(
@@ -376,17 +332,9 @@ class JaxBackend:
         return self._served_state
 
     def replica_divergence(self) -> float:
-        """The largest absolute difference between two replicas' copies of any parameter or BatchNorm
-        statistic: each replica's own buffer (`addressable_shards`), not the replicated view, which
-        reads one of them, so replicas an all-reduce failed to keep in lockstep show."""
         if self.mesh is None:
             return 0.0
-        worst = 0.0
-        for leaf in jax.tree_util.tree_leaves((self.state.params, self.state.batch_stats)):
-            copies = [np.asarray(shard.data, dtype=np.float64) for shard in leaf.addressable_shards]
-            for other in copies[1:]:
-                worst = max(worst, float(np.max(np.abs(other - copies[0]), initial=0.0)))
-        return worst
+        return distributed.replica_divergence((self.state.params, self.state.batch_stats))
 
     def _put(self, a: np.ndarray) -> jax.Array | np.ndarray:
         # on the default device a host batch goes straight into the jitted call, which places it through
@@ -452,7 +400,7 @@ class JaxBackend:
         return out
 
     def export(self) -> dict[str, np.ndarray]:
-        return models.to_canonical(self.spec, flax.core.unfreeze(self._variables(self._served())))
+        return models.export_canonical(flax.core.unfreeze(self._variables(self._served())), self.spec)
 
     def save(self, path: str) -> str:
         target = path + ".msgpack"

@@ -173,7 +173,7 @@ class Bert(nn.Module):
         return nn.Dense(self.spec.num_classes, dtype=self.dtype, name="head")(pooled)  # (B, classes)
 
 
-def build(spec: ModelSpec, dtype: Dtype = jnp.float32) -> nn.Module:
+def build(spec: ModelSpec, *, dtype: Dtype = jnp.float32) -> nn.Module:
     """The Flax module for a spec (parameters always fp32; `dtype` is the compute type)."""
     if isinstance(spec, MLPSpec):
         return MLP(spec, dtype)
@@ -197,9 +197,10 @@ def _flat(tree: dict[str, Any], prefix: tuple[str, ...] = ()) -> dict[tuple[str,
     return out
 
 
-def from_canonical(spec: ModelSpec, weights: dict[str, np.ndarray], like: dict[str, Any]) -> dict[str, Any]:
-    """Flax variables (params, batch_stats) holding the canonical tensors; names and shapes must match `like`."""
-    target = _flat(jax.tree_util.tree_map(lambda a: a, like))
+def load_canonical(model: dict[str, Any], spec: ModelSpec, weights: dict[str, np.ndarray]) -> dict[str, Any]:
+    """Flax variables (params, batch_stats) holding the canonical tensors, returned: a Flax model is its
+    variables, so `model` (variables, or only their shapes) is not changed; names and shapes must match."""
+    target = _flat(jax.tree_util.tree_map(lambda a: a, model))
     out: dict[str, Any] = {}
     seen = set()
     for name, param in canonical_params(spec).items():
@@ -221,9 +222,9 @@ def from_canonical(spec: ModelSpec, weights: dict[str, np.ndarray], like: dict[s
     return out
 
 
-def to_canonical(spec: ModelSpec, variables: dict[str, Any]) -> dict[str, np.ndarray]:
-    """The model's tensors as canonical NumPy arrays."""
-    flat = _flat(variables)
+def export_canonical(model: dict[str, Any], spec: ModelSpec) -> dict[str, np.ndarray]:
+    """The model's tensors as canonical NumPy arrays, under the spec's names."""
+    flat = _flat(model)
     out = {}
     for name, param in canonical_params(spec).items():
         path, perm, role = framework_layout(name, param)

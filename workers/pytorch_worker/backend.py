@@ -33,7 +33,7 @@ def make_optimizer(params: Any, opt: OptimizerSpec) -> torch.optim.Optimizer:
     raise Unsupported(f"optimizer {opt.name!r} is not implemented in the PyTorch worker")
 
 
-class TorchBackend:
+class Backend:
     """One cell's model, optimizer and steps in PyTorch."""
 
     framework = "pytorch"
@@ -47,7 +47,7 @@ class TorchBackend:
             raise Unsupported(f"batchnorm {cell.get('batchnorm')!r}: the PyTorch worker synchronises BatchNorm (sync)")
         device = spec.replica(rank) if spec.data_parallel else str(spec)
         if spec.kind == "cuda":
-            index = int(device.split(":")[1])
+            index = rank if spec.data_parallel else spec.indices[0]  # as `device` names it
             needed = max(spec.indices) + 1 if spec.data_parallel else index + 1
             if not torch.cuda.is_available() or needed > torch.cuda.device_count():
                 raise DeviceMissing(
@@ -103,17 +103,7 @@ class TorchBackend:
                 self.precision
             ],
             "matmul_precision": self.matmul_precision,
-            "data_parallel": None
-            if self.group is None
-            else {
-                "replicas": self.replicas,
-                "devices": [str(Device.parse(self.cell["device"]).replica(r)) for r in range(self.replicas)],
-                "collective": f"DistributedDataParallel over {self.group.backend_name}",
-                "batchnorm": "sync (torch.nn.SyncBatchNorm)"
-                if self.device.type == "cuda"
-                else "sync (all-reduced over gloo: SyncBatchNorm refuses CPUs)",
-                "threads": f"{torch.get_num_threads()} intra-op threads in each of {self.replicas} rank processes",
-            },
+            "data_parallel": distributed.data_parallel_info(self),
         }
 
     def _autocast(self) -> contextlib.AbstractContextManager[Any]:
@@ -122,8 +112,9 @@ class TorchBackend:
         return torch.autocast(self.device.type, dtype=DTYPES[self.precision])
 
     def build(self, spec: ModelSpec, weights: dict[str, np.ndarray]) -> None:
+        self.spec = spec
         self.model = models.build(spec)
-        models.load_canonical(self.model, weights)
+        models.load_canonical(self.model, spec, weights)
         self.model.to(self.device)
         # what a training step runs: the model, or its DDP wrapper, whose backward all-reduces the
         # gradients (averaged over the ranks: the global batch's mean loss, as the slices are equal)
@@ -266,7 +257,7 @@ class TorchBackend:
             return self.model(self._inputs(x)[0]).float().cpu().numpy()
 
     def export(self) -> dict[str, np.ndarray]:
-        return models.export_canonical(self.model)
+        return models.export_canonical(self.model, self.spec)
 
     @torch.inference_mode()
     def activations(self, x: np.ndarray, modules: list[str]) -> dict[str, np.ndarray]:

@@ -232,3 +232,18 @@ class Group:
             for proc in self.context.processes:
                 if proc.is_alive():
                     proc.kill()
+
+
+def data_parallel_info(backend: Any) -> dict[str, Any] | None:
+    """What the cell's `hello` event says of its replicas (None: one device)."""
+    if backend.group is None:
+        return None
+    return {
+        "replicas": backend.replicas,
+        "devices": [str(Device.parse(backend.cell["device"]).replica(r)) for r in range(backend.replicas)],
+        "collective": f"DistributedDataParallel over {backend.group.backend_name}",
+        "batchnorm": "sync (torch.nn.SyncBatchNorm)"
+        if backend.device.type == "cuda"
+        else "sync (all-reduced over gloo: SyncBatchNorm refuses CPUs)",
+        "threads": f"{torch.get_num_threads()} intra-op threads in each of {backend.replicas} rank processes",
+    }

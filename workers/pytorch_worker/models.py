@@ -9,7 +9,7 @@ import torch
 import torch.nn.functional as F
 from torch import nn
 
-from workers.common.specs import BertSpec, MLPSpec, ModelSpec, ResNetSpec, resnet_blocks
+from workers.common.specs import BertSpec, MLPSpec, ModelSpec, ResNetSpec, canonical_params, resnet_blocks
 
 
 class MLP(nn.Module):
@@ -157,10 +157,10 @@ def canonical_state(model: nn.Module) -> dict[str, torch.Tensor]:
     return {k: v for k, v in model.state_dict().items() if not k.endswith("num_batches_tracked")}
 
 
-def load_canonical(model: nn.Module, weights: dict[str, np.ndarray]) -> None:
-    """Copy canonical tensors into the model; names and shapes must match exactly."""
+def load_canonical(model: nn.Module, spec: ModelSpec, weights: dict[str, np.ndarray]) -> nn.Module:
+    """Copy canonical tensors into the model (returned); names and shapes must match the spec's exactly."""
     state = canonical_state(model)
-    if set(state) != set(weights):
+    if set(state) != set(weights) or set(weights) != set(canonical_params(spec)):
         missing, extra = sorted(set(weights) - set(state)), sorted(set(state) - set(weights))
         raise ValueError(f"canonical names differ: not in model {missing[:5]}, not in weights {extra[:5]}")
     with torch.no_grad():
@@ -169,8 +169,10 @@ def load_canonical(model: nn.Module, weights: dict[str, np.ndarray]) -> None:
             if tuple(src.shape) != tuple(tensor.shape):
                 raise ValueError(f"{name}: weights {tuple(src.shape)} but model {tuple(tensor.shape)}")
             tensor.copy_(src)
+    return model
 
 
-def export_canonical(model: nn.Module) -> dict[str, np.ndarray]:
-    """The model's tensors as canonical NumPy arrays."""
-    return {k: v.detach().float().cpu().numpy() for k, v in canonical_state(model).items()}
+def export_canonical(model: nn.Module, spec: ModelSpec) -> dict[str, np.ndarray]:
+    """The model's tensors as canonical NumPy arrays, under the spec's names."""
+    state = canonical_state(model)
+    return {k: state[k].detach().float().cpu().numpy() for k in canonical_params(spec)}

@@ -28,9 +28,9 @@ from workers.common.data import ALIGN
 from workers.common.devices import Device
 from workers.common.harness import DeviceMissing, Unsupported
 from workers.common.specs import ModelSpec, OptimizerSpec
-from workers.tensorflow_worker import models
+from workers.tensorflow_worker import distributed, models
 
-POLICIES = {"fp32": "float32", "fp16": "mixed_float16", "bf16": "mixed_bfloat16"}
+DTYPES = {"fp32": "float32", "fp16": "mixed_float16", "bf16": "mixed_bfloat16"}  # as Keras mixed-precision policies
 
 
 def count_correct(logits: tf.Tensor, y: tf.Tensor) -> tf.Tensor:
@@ -108,34 +108,6 @@ class LinearWarmupDecay(keras.optimizers.schedules.LearningRateSchedule):
         return {"lr": self.lr, "w": self.w, "t": self.t}
 
 
-def split_batch(strategy: tf.distribute.Strategy, a: np.ndarray) -> Any:
-    """The global batch as per-replica values: replica r gets rows r*B/N .. (r+1)*B/N, the rows a
-    one-device step sees in that order. Host tensors: each replica's step copies only its own rows to
-    its device, as the one-device step copies the whole batch."""
-    n = strategy.num_replicas_in_sync
-    b = len(a) // n
-    return strategy.experimental_distribute_values_from_function(
-        lambda ctx: host_tensor(a[ctx.replica_id_in_sync_group * b : (ctx.replica_id_in_sync_group + 1) * b])
-    )
-
-
-def configure_cpu_replicas(n: int) -> None:
-    """`n` logical CPU devices over the physical CPU, for a `cpu:0,1` cell's MirroredStrategy. Must run
-    before TensorFlow initialises its runtime (the first op, device listing or seed): it is the
-    backend's first TensorFlow call. A process that already holds `n` logical CPUs (a second backend)
-    is left as it is."""
-    cpu = tf.config.list_physical_devices("CPU")[0]
-    try:
-        tf.config.set_logical_device_configuration(cpu, [tf.config.LogicalDeviceConfiguration() for _ in range(n)])
-    except RuntimeError as exc:  # the runtime is up: only its existing devices can be used
-        have = len(tf.config.list_logical_devices("CPU"))
-        if have < n:
-            raise RuntimeError(
-                f"cpu:{','.join(map(str, range(n)))} needs {n} logical CPU devices, but TensorFlow was "
-                f"initialised in this process with {have} before the backend could configure them ({exc})"
-            ) from None
-
-
 def learning_rate(opt: OptimizerSpec) -> float | LinearWarmupDecay:
     if opt.schedule == "constant" or opt.total_steps <= 0:
         return opt.lr
@@ -144,7 +116,7 @@ def learning_rate(opt: OptimizerSpec) -> float | LinearWarmupDecay:
 
 def make_optimizer(opt: OptimizerSpec) -> keras.optimizers.Optimizer:
     """The spec's optimizer. SGD weight decay is coupled (PyTorch semantics): it is added to the loss as
-    an L2 term over every trained variable (see `TFBackend`), not given to Keras, which decouples it."""
+    an L2 term over every trained variable (see `Backend`), not given to Keras, which decouples it."""
     lr = learning_rate(opt)
     if opt.name == "sgd":
         return TorchSGD(lr, momentum=opt.momentum)
@@ -153,7 +125,7 @@ def make_optimizer(opt: OptimizerSpec) -> keras.optimizers.Optimizer:
     raise Unsupported(f"optimizer {opt.name!r} is not implemented in the TensorFlow worker")
 
 
-class TFBackend:
+class Backend:
     """One cell's model, optimizer and compiled steps in TensorFlow/Keras."""
 
     framework = "tensorflow"
@@ -173,7 +145,7 @@ class TFBackend:
                 "statistics over the global batch only (batchnorm: sync)"
             )
         if parsed.data_parallel and parsed.kind == "cpu":
-            configure_cpu_replicas(parsed.count)  # before any other TensorFlow call
+            distributed.cpu_replicas(parsed.count)  # before any other TensorFlow call
         gpus = tf.config.list_physical_devices("GPU") if parsed.kind == "cuda" else []
         if parsed.kind == "cuda":
             if max(parsed.indices) >= len(gpus):
@@ -201,7 +173,7 @@ class TFBackend:
         self.matmul_precision = precision.matmul_policy(cell["precision"])
         tf.config.experimental.enable_tensor_float_32_execution(self.matmul_precision == "tf32")
         self.precision = precision.compute_dtype(cell["precision"])
-        keras.mixed_precision.set_global_policy(POLICIES[self.precision])
+        keras.mixed_precision.set_global_policy(DTYPES[self.precision])
         keras.utils.set_random_seed(cell["seed"])  # dropout masks
         self.jit = bool(cell.get("compile"))
         # a GPU step's kernels are queued on the device's stream and its outputs returned before they
@@ -211,26 +183,6 @@ class TFBackend:
     def _scope(self) -> Any:
         """Where variables are made and assigned: the strategy's scope (every replica's copy), or the device."""
         return self.strategy.scope() if self.strategy is not None else tf.device(self.device)
-
-    def _data_parallel_info(self) -> dict[str, Any] | None:
-        if self.strategy is None:
-            return None
-        extended = self.strategy.extended
-        # which CrossDeviceOps MirroredStrategy chose for these devices (not public API: guarded)
-        ops = getattr(extended, "_cross_device_ops", None) or getattr(extended, "_inferred_cross_device_ops", None)
-        gpu = self.device.startswith("/GPU")
-        return {
-            "replicas": self.replicas,
-            "devices": list(extended.worker_devices),
-            "collective": f"MirroredStrategy, {type(ops).__name__ if ops is not None else 'its default all-reduce'}",
-            "batchnorm": "sync (mean, then squared deviation, each summed over the replicas)",
-            "threads": (
-                "one intra-op pool (the cell's threads) shared by the logical CPU devices: TensorFlow's CPU "
-                "devices, logical or not, run their kernels on the process's one pool"
-                if not gpu
-                else "one intra-op pool (the cell's threads) for the replicas' host-side ops; each GPU its own streams"
-            ),
-        }
 
     def info(self) -> dict[str, Any]:
         build = tf.sysconfig.get_build_info()
@@ -251,7 +203,7 @@ class TFBackend:
                 "bf16": "Keras mixed_bfloat16",
             }[self.precision],
             "matmul_precision": self.matmul_precision,
-            "data_parallel": self._data_parallel_info(),
+            "data_parallel": distributed.data_parallel_info(self),
         }
 
     def build(self, spec: ModelSpec, weights: dict[str, np.ndarray]) -> None:
@@ -408,7 +360,10 @@ class TFBackend:
 
     def launch_step(self, x: np.ndarray, y: np.ndarray) -> tuple[tf.Tensor, tf.Tensor]:
         if self.strategy is not None:
-            return self._train(split_batch(self.strategy, x), split_batch(self.strategy, y))
+            return self._train(
+                distributed.split_batch(self.strategy, x, host_tensor),
+                distributed.split_batch(self.strategy, y, host_tensor),
+            )
         # eager TensorFlow returns a GPU op's outputs before they are computed; on the CPU, after
         with tf.device(self.device):
             return self._train(host_tensor(x), host_tensor(y))
@@ -486,14 +441,7 @@ class TFBackend:
         }
 
     def replica_divergence(self) -> float:
-        """The largest difference between two replicas' copies of any model variable (parameters and
-        BatchNorm statistics), read copy by copy (`MirroredVariable.values`), not through the mirrored
-        view, which reads the first replica's."""
-        worst = 0.0
-        for v in self.model.weights:
-            copies = np.stack([np.asarray(c.numpy(), np.float64) for c in v.value.values])
-            worst = max(worst, float(np.max(np.ptp(copies, axis=0))) if copies.size else 0.0)
-        return worst
+        return distributed.replica_divergence(self.model)
 
     def is_oom(self, exc: BaseException) -> bool:
         return isinstance(exc, tf.errors.ResourceExhaustedError) or "out of memory" in str(exc).lower()

@@ -123,7 +123,7 @@ def bert(spec: BertSpec) -> keras.Model:
     return keras.Model(tokens, layers.Dense(spec.num_classes, name="head")(pooled), name="bert")
 
 
-def build(spec: ModelSpec, sync_bn: bool = False) -> keras.Model:
+def build(spec: ModelSpec, *, sync_bn: bool = False) -> keras.Model:
     """The Keras model for a spec, under the current mixed-precision policy.
 
     `sync_bn` (a data-parallel cell, built under its MirroredStrategy's scope): BatchNorm takes its
@@ -149,8 +149,8 @@ def _variable(model: keras.Model, name: str, module: str, role: str):
     return getattr(layer, _ATTR[role])
 
 
-def load_canonical(model: keras.Model, spec: ModelSpec, weights: dict[str, np.ndarray]) -> None:
-    """Assign canonical tensors to the model's variables; every variable must be covered."""
+def load_canonical(model: keras.Model, spec: ModelSpec, weights: dict[str, np.ndarray]) -> keras.Model:
+    """Assign canonical tensors to the model's variables (the model returned); every variable must be covered."""
     covered = set()
     for name, param in canonical_params(spec).items():
         _, perm, role = framework_layout(name, param)
@@ -163,9 +163,11 @@ def load_canonical(model: keras.Model, spec: ModelSpec, weights: dict[str, np.nd
     extra = [v.path for v in model.weights if id(v) not in covered]
     if extra:
         raise ValueError(f"Keras variables without a canonical name: {extra[:5]}")
+    return model
 
 
 def export_canonical(model: keras.Model, spec: ModelSpec) -> dict[str, np.ndarray]:
+    """The model's tensors as canonical NumPy arrays, under the spec's names."""
     out = {}
     for name, param in canonical_params(spec).items():
         _, perm, role = framework_layout(name, param)
