@@ -15,9 +15,8 @@ pytestmark = pytest.mark.e2e
 
 
 def suite(name: str, **kw) -> dict:
-    # enough steps and inference passes for the rank test; an MLP so each run takes seconds. Repeats:
-    # on this 2-core machine two runs of the same cell differ by up to 80% (9.3k to 16.6k samples/s
-    # seen), which only the run-to-run CV that repeats measure lets compare tell from a regression.
+    # enough steps and inference passes for the rank test; an MLP so each run takes seconds; repeats, so
+    # that compare's threshold is the run-to-run variation they measure (docs/compare.md)
     return suite_dict(
         name=name,
         repeats=3,
@@ -42,10 +41,8 @@ def runs(tmp_path_factory) -> Path:
     return tmp
 
 
-# the practical threshold for this machine: two runs of one cell minutes apart have differed by
-# -31% throughput and +34% latency with each run's own repeats within 15% (a clean-clone CI run
-# failed at 0.3), and the MLP's 0.1 ms batch-1 latency by +66% (0.101 -> 0.168 ms: a CI run failed at
-# 0.6 alone, hence the floor in ms). The planted slowdown (-89% throughput, +40 ms) stays far beyond both.
+# a threshold above what two runs of the same code differ by on a small shared machine, in relative and
+# in ms terms (docs/compare.md); the planted slowdown (-89% throughput, +40 ms) stays far beyond both
 MIN_CHANGE = ("--min-change", "0.6", "--min-change-ms", "0.2")
 
 

@@ -357,7 +357,7 @@ def _updates_made(backend) -> int:
 @pytest.mark.parametrize("framework", ["pytorch", "tensorflow", "jax"])
 def test_a_skipped_fp16_step_does_not_advance_the_schedule(framework: str) -> None:
     """Gradients that overflow fp16 skip the update and halve the scale; the learning-rate schedule
-    counts updates made, in all three (PyTorch's scheduler used to step anyway)."""
+    counts updates made, in all three."""
     backend = _class(framework)({**CELL, "precision": "fp16"})
     spec = specs.get_spec("mlp")
     backend.build(spec, initial_weights(spec, 0))

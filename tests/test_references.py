@@ -284,7 +284,7 @@ def _has(package: str) -> bool:
 def test_the_tensorflow_workers_sgd_trains_as_torch_optim() -> None:
     """Keras' own SGD keeps the lr inside its velocity (v = mu v - lr g): PyTorch's momentum only while
     the lr is constant, and the ResNets' linear schedule changes it every update; the worker's TorchSGD
-    is PyTorch's arithmetic (this test failed on keras.optimizers.SGD: 1.119 against 1.212)."""
+    is PyTorch's arithmetic (keras.optimizers.SGD fails this test: docs/findings.md)."""
     pytest.importorskip("torch")
     pytest.importorskip("tensorflow")
     from workers.tensorflow_worker.backend import make_optimizer

@@ -2,9 +2,8 @@
 
 One cell at a time by default. With `parallel: N` (`--jobs N`), up to N cells run at once, but only
 cells whose devices are disjoint sets of GPUs: each worker sees only its own GPUs. A CPU cell never
-runs beside another cell, since cells on one CPU take each other's cores and memory bandwidth: two
-2-thread cells at once on a 2-core machine halve ResNet-18's throughput while each one's median step
-hides why.
+runs beside another cell, since cells on one CPU take each other's cores and memory bandwidth, and
+each cell's median step hides it (docs/findings.md).
 """
 
 from __future__ import annotations

@@ -10,10 +10,8 @@ kills the process group when the tree's summed RSS goes over the limit: checked 
 sample, so an allocation spike between two samples can escape it, and RSS counts pages shared between
 processes once per process.
 
-RLIMIT_AS is not used: it limits virtual address space, not memory. Measured on CPU after one small op,
-virtual peak against resident: TensorFlow 1.8 GB against 0.67 GB, JAX 1.5 GB against 0.20 GB, PyTorch
-0.63 GB against 0.22 GB; so under a 1000 MB limit TensorFlow and JAX could not even start, and each
-thread's stack and malloc arena, and CUDA's address reservations on a GPU, add more.
+RLIMIT_AS is not used: it limits virtual address space, which the frameworks reserve far beyond what
+they touch (TensorFlow and JAX could not even start under 1000 MB: docs/findings.md).
 
 Every cell's cgroup is named `mlbench-<orchestrator pid>-<its start time>-<n>` and removed after the
 cell; one left by an orchestrator that was killed (its workers die with it, PR_SET_PDEATHSIG) is empty

@@ -206,9 +206,8 @@ class Monitor:
     (mlbench/process/memlimit.py): the sample that finds the tree's summed RSS over the limit SIGKILLs the
     worker's process group and every process of the tree, and `over_limit_rss` keeps the RSS it saw.
     Only samples are checked, so an allocation that rises and falls between two of them escapes it; the
-    tree is then walked at every sample, not every `rescan_s`: a child allocating 20 MB every 10 ms
-    under a 300 MB limit (0.05 s samples) was stopped at 408-587 MB when found at the next 1 s walk,
-    at 302-314 MB walking every sample."""
+    tree is then walked at every sample, not every `rescan_s`, so a child found late overshoots less
+    (docs/findings.md)."""
 
     def __init__(
         self,

@@ -5,12 +5,9 @@ By default glibc serves a block above its mmap threshold (128 KiB, raised as suc
 at most 32 MiB) with a fresh mmap, and gives the top of its heap back to the kernel once more than
 twice that lies free: a training step's temporaries are then unmapped at its end and page-faulted
 (and zeroed by the kernel) in afresh by the next step, as often as the thresholds happen to stand in
-that process. Measured, 2 CPU cores, minor faults per step: PyTorch BERT (batch 32) 18,000-58,000,
-PyTorch ResNet-18 (batch 64) 54,000-104,000, the MLP 0-1,300 from one process to the next; JAX
-ResNet-18 135,000 and BERT 204,000 (XLA:CPU's temporary buffer, above any mmap threshold). Fixed
-thresholds keep freed memory in the heap (1 GiB before a trim) and huge pages (through madvise)
-serve what is still mapped: the same cells 0-2 faults a step in PyTorch, 600-1,200 in JAX. docs/measurement.md,
-"Host memory between steps", has what it did to throughput.
+that process (tens of thousands of faults a step: docs/findings.md). Fixed thresholds keep freed
+memory in the heap (1 GiB before a trim) and huge pages (through madvise) serve what is still mapped.
+docs/measurement.md, "Host memory between steps", has what it did to throughput.
 
 glibc reads GLIBC_TUNABLES once, when the process starts: the orchestrator sets it in each worker's
 environment; a worker started by hand re-executes itself once with it (`ensure`).

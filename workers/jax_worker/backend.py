@@ -312,8 +312,7 @@ class Backend:
         parallel, a single-device copy of the current variables on the first device, made once after each
         run of training steps. The replicated state cannot serve: a jit over it runs on every device of
         the mesh (batch 1 does not split over two), and a view of its first shard dies with the buffer
-        the next step donates (measured: `addressable_shards[0].data` is deleted by the donating step,
-        and `device_put` to the first device aliases that same buffer), hence a copy."""
+        the next step donates (docs/findings.md), hence a copy."""
         if self.mesh is None:
             return self.state
         if self._served_state is None:
@@ -338,15 +337,13 @@ class Backend:
 
     def _put(self, a: np.ndarray) -> jax.Array | np.ndarray:
         # on the default device a host batch goes straight into the jitted call, which places it through
-        # its C++ path (zero-copy on the CPU when aligned); `jax.device_put` costs ~0.14 ms of Python a
-        # call on a slow CPU, twice a step (0.3-0.5 ms of the MLP's 7 ms step on 2 cores, measured), and
-        # weighs more on a GPU step or a batch-1 inference. Elsewhere (a second GPU), placed explicitly.
+        # its C++ path (zero-copy on the CPU when aligned), cheaper than `jax.device_put`'s Python
+        # (docs/findings.md). Elsewhere (a second GPU), placed explicitly.
         return a if self._default_device else jax.device_put(a, self.device)
 
     def _put_global(self, a: np.ndarray) -> jax.Array | np.ndarray:
         # data parallel: the host batch goes into the jitted step as it is, which splits it by its
-        # in_shardings (rows r*B/N .. (r+1)*B/N to replica r); an explicit `jax.device_put(a,
-        # batch_sharding)` first cost 0.49 ms a step against 0.24 (toy step on 2 CPU devices, measured).
+        # in_shardings (rows r*B/N .. (r+1)*B/N to replica r), cheaper than an explicit put first.
         # Where the first device is not the default one (a GPU mesh that does not start at device 0)
         # the batch is placed explicitly.
         return a if self._default_device else jax.device_put(a, self.batch_sharding)
@@ -363,8 +360,7 @@ class Backend:
         return loss, correct
 
     def step_result(self, handle: tuple[jax.Array, jax.Array]) -> tuple[float, int]:
-        # waits for that step. np.asarray is the cheap read: ~50 us a step against 170-200 for
-        # float()/int() on the arrays and ~250 for jax.device_get (MLP on 2 CPU cores, measured)
+        # waits for that step; np.asarray is the cheapest read (docs/findings.md)
         loss, correct = handle
         if self.mesh is not None:
             # a replicated output reads back from one device; waiting on every replica's copy first

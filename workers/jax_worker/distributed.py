@@ -18,9 +18,8 @@ def cpu_replicas(n: int, threads: int | None) -> None:
     """`cpu:0,1`: n XLA:CPU devices, and a client thread pool that can hold every replica's program at
     once; both read when jax starts. XLA:CPU runs each device's program on its client pool, sized by
     the NPROC variable (else the core count), and a replica waiting in the all-reduce holds its
-    thread until every replica arrives. Measured (2 cores, dependent sharded steps queued back to
-    back): a pool of 2 deadlocks 2 replicas and a pool of 4 deadlocks 4 (XLA aborts the process after
-    40 s in the rendezvous); a pool of 2n ran both. Single-device cells are left as they were."""
+    thread until every replica arrives: a pool of n deadlocked n replicas, 2n ran them (docs/findings.md).
+    Single-device cells are left as they were."""
     flag = f"--xla_force_host_platform_device_count={n}"
     existing = os.environ.get("XLA_FLAGS", "")
     os.environ["XLA_FLAGS"] = existing if flag in existing.split() else f"{flag} {existing}".strip()

@@ -156,8 +156,7 @@ class Backend:
             x, y = x[self.rank * share : (self.rank + 1) * share], y[self.rank * share : (self.rank + 1) * share]
         xb, yb = self._inputs(x, y)
         # the last step's gradients freed before the forward pass, as the reference loop and PyTorch's
-        # AMP recipe order it, so the activations can take their memory (after the forward pass: the
-        # MLP on 2 cores about 0.6% slower in three processes, each inside its ±2-4% interval)
+        # AMP recipe order it, so the activations can take their memory
         self.optimizer.zero_grad(set_to_none=True)
         with self._autocast():
             logits = self.train_forward(xb)

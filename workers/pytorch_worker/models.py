@@ -19,8 +19,7 @@ class MLP(nn.Module):
         self.layers = nn.ModuleList(nn.Linear(a, b) for a, b in itertools.pairwise(sizes))
 
     def forward(self, x: torch.Tensor) -> torch.Tensor:  # (B, 784) -> (B, classes)
-        # unpacked, not sliced: `self.layers[:-1]` builds a new ModuleList every call (13 us measured, about
-        # a tenth of a batch-1 forward pass on this 2-core VM; found by the fidelity bench's Timer peer)
+        # unpacked, not sliced: `self.layers[:-1]` builds a new ModuleList every call (docs/findings.md)
         *hidden, last = self.layers
         for layer in hidden:
             x = F.relu(layer(x))

@@ -41,9 +41,8 @@ def count_correct(logits: tf.Tensor, y: tf.Tensor) -> tf.Tensor:
 
 def host_tensor(a: np.ndarray) -> tf.Tensor:
     """A host tensor over `a`'s memory (DLPack) where `a` is writable, C-contiguous and ALIGN-byte
-    aligned, as the harness's batches are; else a copy (`tf.constant`). The copy cost the MLP's
-    ~7 ms step ~0.06 ms (a 3 MB batch 0.22 ms); TensorFlow aborts on a misaligned DLPack import,
-    hence the check. The tensor is used within the step that receives `a`, before `a` is reused."""
+    aligned, as the harness's batches are; else a copy (`tf.constant`, docs/findings.md). TensorFlow
+    aborts on a misaligned DLPack import, hence the check. The tensor is used within the step that receives `a`, before `a` is reused."""
     if a.flags.c_contiguous and a.flags.writeable and a.ctypes.data % ALIGN == 0 and a.size:
         return tf.experimental.dlpack.from_dlpack(a.__dlpack__())
     return tf.constant(a)
@@ -54,8 +53,7 @@ class TorchAdamW(keras.optimizers.AdamW):
 
     Keras computes m * lr * sqrt(1 - b2^t) / (1 - b1^t) / (sqrt(v) + eps), which is PyTorch's formula
     with eps scaled by sqrt(1 - b2^t) (0.03 at the first step): where gradients are tiny (embedding
-    rows seen once), the two take very different steps. `mlbench verify` caught it on BERT (losses
-    after 3 AdamW steps 4.6e-3 apart; 2e-6 with this)."""
+    rows seen once), the two take very different steps (`mlbench verify` on BERT: docs/findings.md)."""
 
     def update_step(self, gradient: Any, variable: Any, learning_rate: Any) -> None:
         ops = keras.ops
