@@ -97,9 +97,10 @@ def _excluded(values: dict[str, Any], excludes: Iterable[dict[str, Any]]) -> boo
     )
 
 
-def expand(suite: Suite, only: dict[str, list[Any]] | None = None) -> list[Cell]:
-    """All cells of the suite in a stable order, narrowed by `only` (axis -> allowed values)."""
-    axes = {
+def axes(suite: Suite, only: dict[str, list[Any]] | None = None) -> dict[str, list[Any]]:
+    """The suite's axes narrowed by `only` (axis -> allowed values); a ConfigError names a filter value
+    outside the grid. Cheap: no cell is made."""
+    out = {
         "framework": suite.frameworks,
         "model": suite.models,
         "device": suite.devices,
@@ -109,15 +110,21 @@ def expand(suite: Suite, only: dict[str, list[Any]] | None = None) -> list[Cell]
     for axis, wanted in (only or {}).items():
         if not wanted:
             continue
-        unknown = [w for w in wanted if w not in axes[axis]]
+        unknown = [w for w in wanted if w not in out[axis]]
         if unknown:
-            allowed = ", ".join(str(a) for a in axes[axis])
+            allowed = ", ".join(str(a) for a in out[axis])
             raise ConfigError(
                 f"--{axis.replace('_', '-')}s: {unknown[0]!r} is not in this suite's grid; allowed: {allowed}"
             )
-        axes[axis] = [a for a in axes[axis] if a in wanted]
+        out[axis] = [a for a in out[axis] if a in wanted]
+    return out
+
+
+def expand(suite: Suite, only: dict[str, list[Any]] | None = None) -> list[Cell]:
+    """All cells of the suite in a stable order, narrowed by `only` (axis -> allowed values)."""
+    narrowed = axes(suite, only)
     cells = []
-    for combo in itertools.product(*(axes[a] for a in CELL_AXES)):
+    for combo in itertools.product(*(narrowed[a] for a in CELL_AXES)):
         values = dict(zip(CELL_AXES, combo))
         if not _excluded(values, suite.excludes):
             cells.append(make_cell(suite, **values))

@@ -12,7 +12,7 @@ from typing import Any, NoReturn
 import click
 
 from mlbench import executors
-from mlbench.cells import expand
+from mlbench.cells import axes, expand
 from mlbench.config import (
     BUILTIN_WORKERS,
     DATA_PARALLEL_CHECK_DEVICE,
@@ -247,8 +247,9 @@ def run(
         suite = parse_suite({**suite.model_dump(), **where}, f"{config} (with --executor/--jobs/--profile)")
     suite, only = _narrow(suite, _only(frameworks, models, devices, precisions, batch_sizes), config)
     try:
+        axes(suite, only)  # a filter outside the grid: said before anything starts
         executors.check(suite.executor)
-    except executors.ExecutorUnavailable as exc:
+    except (ConfigError, executors.ExecutorUnavailable) as exc:
         _fail(str(exc))
 
     _sigterm_interrupts()

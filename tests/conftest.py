@@ -18,6 +18,19 @@ ROOT = Path(__file__).resolve().parent.parent
 os.environ.setdefault("MLBENCH_CHART_IMAGES", "0")
 
 
+def pytest_collection_modifyitems(config: pytest.Config, items: list[pytest.Item]) -> None:
+    """Tests marked `gpu` run only where NVML sees an NVIDIA GPU; elsewhere they skip, saying why."""
+    gpu = [item for item in items if item.get_closest_marker("gpu")]
+    if not gpu:
+        return
+    from mlbench.process.gpus import NVML
+
+    if not NVML.available():
+        skip = pytest.mark.skip(reason=f"needs an NVIDIA GPU: NVML does not answer ({NVML.error})")
+        for item in gpu:
+            item.add_marker(skip)
+
+
 def suite_dict(**overrides: Any) -> dict[str, Any]:
     """A tiny valid suite (one PyTorch MLP cell) with overrides."""
     base: dict[str, Any] = {
@@ -36,6 +49,9 @@ def suite_dict(**overrides: Any) -> dict[str, Any]:
         "timeout_s": 120,
         "idle_timeout_s": 60,
         "monitor_interval_s": 0.05,
+        # no steps timed by part after the timed window (seconds a TensorFlow or JAX cell): the tests of
+        # the breakdown ask for them (the shared run, tests/test_profile.py)
+        "profile_steps": 0,
     }
     base.update(overrides)
     return base
@@ -64,6 +80,29 @@ def cli(
     return subprocess.run(
         [sys.executable, "-m", "mlbench", *args], cwd=cwd, env=full_env, capture_output=True, text=True, timeout=timeout
     )
+
+
+def cli_here(*args: str, cwd: Path) -> subprocess.CompletedProcess[str]:
+    """`mlbench ARGS` in this process (click's runner), for commands that only parse and validate: the
+    same exit code, stdout and stderr as `cli` without a Python start that imports every dependency.
+    Signal handlers a command installs are put back."""
+    import contextlib
+    import signal
+
+    from click.testing import CliRunner
+
+    from mlbench import cli as mlbench_cli
+
+    handlers = {s: signal.getsignal(s) for s in (signal.SIGINT, signal.SIGTERM)}
+    try:
+        with contextlib.chdir(cwd):
+            result = CliRunner().invoke(mlbench_cli.main, list(args))
+    finally:
+        for s, h in handlers.items():
+            signal.signal(s, h)
+    if result.exception is not None and not isinstance(result.exception, SystemExit):
+        raise result.exception
+    return subprocess.CompletedProcess(list(args), result.exit_code, result.stdout, result.stderr)
 
 
 def descendants_alive(pids: list[int]) -> list[int]:
@@ -138,3 +177,63 @@ def verify_run(
         extra={"verify_dir": str(run_dir.resolve())}, threads=2,
     )  # fmt: skip
     return outcome, next((e for e in outcome.events if e["event"] == "verify"), None)
+
+
+# --- one real run that the tests reading a real run share ------------------------------------------
+
+TINY = {  # tiny versions of the real architectures, so a cell takes seconds on 2 cores (no dropout:
+    # the same weights and data give the same training curve in every framework)
+    "resnet18": {"widths": [8, 16, 32, 64]},
+    "bert": {"layers": 1, "hidden": 64, "heads": 2, "ffn": 128, "vocab_size": 512, "seq_len": 32, "dropout": 0.0},
+}
+SHARED_FRAMEWORKS = ["pytorch", "tensorflow", "jax"]
+SHARED_MODELS = ["mlp", "resnet18", "bert"]
+SHARED_CELLS = len(SHARED_FRAMEWORKS) * 5  # the mlp in three precisions, resnet18 and bert in fp32
+
+
+def shared_suite(**overrides: Any) -> dict[str, Any]:
+    """Every framework, each model small, the MLP in every precision too; two epochs; verify first, MFU
+    against a calibration, a profile kept, on one thread (the calibration checked to run on it too)."""
+    shared = {
+        "name": "shared",
+        "frameworks": SHARED_FRAMEWORKS,
+        "models": SHARED_MODELS,
+        "precisions": ["fp32", "bf16", "fp16"],
+        "excludes": [{"model": ["resnet18", "bert"], "precision": ["bf16", "fp16"]}],
+        "model_overrides": TINY,
+        "dataset": {"name": "synthetic", "train_samples": 96, "val_samples": 64},
+        "epochs": 2,
+        "verify": True,
+        "calibrate": True,
+        "profile": True,
+        "profile_steps": 5,
+        "threads": 1,
+    }
+    return suite_dict(**{**shared, **overrides})
+
+
+@pytest.fixture(scope="session")
+def shared_run(tmp_path_factory) -> Path:
+    """The run folder of `shared_suite`, run once for the whole session: fp32 first (verified and
+    calibrated), then the mixed-precision cells resumed into the same folder without calibrating them
+    (a calibration a precision costs seconds, and no test reads their MFU). Tests that change a run
+    copy it first (`copy_run`)."""
+    for module in ("torch", "tensorflow", "jax"):
+        pytest.importorskip(module)
+    tmp = tmp_path_factory.mktemp("shared")
+    (tmp / "fp32.yaml").write_text(yaml.safe_dump(shared_suite()))
+    (tmp / "all.yaml").write_text(yaml.safe_dump(shared_suite(calibrate=False)))
+    first = cli("run", "fp32.yaml", "--runs-dir", "runs", "--precisions", "fp32", cwd=tmp)
+    assert first.returncode == 0, first.stderr[-3000:]
+    second = cli("run", "all.yaml", "--runs-dir", "runs", "--resume", cwd=tmp)
+    assert second.returncode == 0, second.stderr[-3000:]
+    return tmp / "runs" / "shared"
+
+
+def copy_run(run: Path, to: Path) -> Path:
+    """A copy of a run folder, for a test that changes it (the shared one stays as it was)."""
+    import shutil
+
+    target = to / "runs" / run.name
+    shutil.copytree(run, target)
+    return target

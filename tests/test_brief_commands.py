@@ -94,6 +94,7 @@ def test_run_on_a_device_the_suite_lacks(planned: dict[str, Any]) -> None:
     assert result.exit_code == 2 and "'nope' is not in this suite's grid" in result.stderr
 
 
+@pytest.mark.e2e
 def test_a_gpu_run_skips_its_cells_with_the_reason_without_a_gpu(tmp_path: Path, write_suite) -> None:
     path = write_suite(suite_dict())
     proc = run_cli("run", "--config", str(path), "--models", "mlp", "--devices", "cuda:0", "--runs-dir", "runs",
@@ -112,6 +113,7 @@ def results_file(path: Path, rows: list[dict]) -> Path:
     return path
 
 
+@pytest.mark.e2e
 def test_report_from_a_results_file_into_a_folder(tmp_path: Path) -> None:
     source = results_file(tmp_path / "results" / "benchmark_results.json", [row("pytorch"), row("jax", sps=2000)])
     proc = run_cli("report", "--results", str(source), "--output", "report", cwd=tmp_path,
@@ -125,6 +127,7 @@ def test_report_from_a_results_file_into_a_folder(tmp_path: Path) -> None:
     assert bad.returncode == 2 and "give results.parquet or results.json" in bad.stderr
 
 
+@pytest.mark.e2e
 def test_compare_two_results_files(tmp_path: Path) -> None:
     a = results_file(tmp_path / "a" / "results.json", [row("pytorch", sps=1000)])
     b = results_file(tmp_path / "b" / "results.json", [row("pytorch", sps=400)])

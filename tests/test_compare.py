@@ -8,7 +8,7 @@ import pandas as pd
 import pytest
 import yaml
 
-from tests.conftest import cli, suite_dict
+from tests.conftest import cli, cli_here, suite_dict
 
 pytest.importorskip("torch")
 pytestmark = pytest.mark.e2e
@@ -21,8 +21,8 @@ def suite(name: str, **kw) -> dict:
         name=name,
         repeats=3,
         batch_sizes=[64],
-        dataset={"name": "synthetic", "train_samples": 4096, "val_samples": 256},
-        inference={"warmup": 3, "runs": 60, "min_runs": 30, "max_s": 5},
+        dataset={"name": "synthetic", "train_samples": 2048, "val_samples": 256},
+        inference={"warmup": 3, "runs": 40, "min_runs": 20, "max_s": 3},
         **kw,
     )
 
@@ -47,7 +47,7 @@ MIN_CHANGE = ("--min-change", "0.6", "--min-change-ms", "0.2")
 
 
 def test_two_runs_of_the_same_code_pass(runs: Path) -> None:
-    proc = cli("compare", "runs/base", "runs/same", "--fail-on-regression", *MIN_CHANGE, cwd=runs)
+    proc = cli_here("compare", "runs/base", "runs/same", "--fail-on-regression", *MIN_CHANGE, cwd=runs)
     assert proc.returncode == 0, proc.stdout + proc.stderr
     assert "1 cell(s) in both runs: 0 regression(s)" in proc.stdout
     assert (runs / "runs" / "same" / "compare-base-vs-same.html").exists()
@@ -56,7 +56,7 @@ def test_two_runs_of_the_same_code_pass(runs: Path) -> None:
 def test_a_planted_slowdown_is_a_regression(runs: Path) -> None:
     slow = pd.read_parquet(runs / "runs" / "slow" / "results.parquet").iloc[0]
     assert slow.worker_module == "tests.slow_worker"
-    proc = cli(
+    proc = cli_here(
         "compare",
         "runs/base",
         "runs/slow",
@@ -74,10 +74,10 @@ def test_a_planted_slowdown_is_a_regression(runs: Path) -> None:
     assert "worker workers.pytorch_worker in A, tests.slow_worker in B" in text
     assert "GLIBC_TUNABLES" in text and "unset" in text  # `malloc: steady` in A, `system` in B
     # without the flag the regression is reported, not an error
-    assert cli("compare", "runs/base", "runs/slow", "--out", "cmp", cwd=runs).returncode == 0
+    assert cli_here("compare", "runs/base", "runs/slow", "--out", "cmp", cwd=runs).returncode == 0
 
 
 def test_compare_needs_results(runs: Path) -> None:
     (runs / "empty").mkdir()
-    proc = cli("compare", "runs/base", "empty", cwd=runs)
+    proc = cli_here("compare", "runs/base", "empty", cwd=runs)
     assert proc.returncode == 2 and "no results.parquet" in proc.stderr and "Traceback" not in proc.stderr

@@ -7,7 +7,7 @@ from pathlib import Path
 import pytest
 
 from mlbench.config import ConfigError, Suite, load_suite, parse_suite
-from tests.conftest import ROOT, cli, suite_dict
+from tests.conftest import ROOT, cli, cli_here, suite_dict
 
 CONFIGS = sorted((ROOT / "configs").glob("*.yaml"))
 
@@ -95,18 +95,30 @@ def test_missing_file(tmp_path: Path) -> None:
 
 @pytest.mark.parametrize("spec,fragments", BAD, ids=[str(i) for i in range(len(BAD))])
 def test_cli_config_errors_exit_2_without_traceback_or_output(tmp_path: Path, write_suite, spec, fragments) -> None:
+    """In process (click's runner): each command's parse and checks; the real process's stderr below."""
     path = _materialise(tmp_path, spec, write_suite)
     for command in (["validate", str(path)], ["run", str(path), "--runs-dir", str(tmp_path / "runs")]):
-        proc = cli(*command, cwd=tmp_path)
+        proc = cli_here(*command, cwd=tmp_path)
         assert proc.returncode == 2, proc.stderr
         assert proc.stderr.startswith("error: ") and proc.stderr.count("\n") == 1, proc.stderr
         assert "Traceback" not in proc.stderr and fragments[0] in proc.stderr
     assert not (tmp_path / "runs").exists()
 
 
+@pytest.mark.e2e
+def test_a_bad_config_in_a_real_process_prints_one_line_and_no_traceback(tmp_path: Path, write_suite) -> None:
+    path = _materialise(tmp_path, BAD[0][0], write_suite)
+    for command in (["validate", str(path)], ["run", str(path), "--runs-dir", str(tmp_path / "runs")]):
+        proc = cli(*command, cwd=tmp_path)
+        assert proc.returncode == 2 and proc.stdout == "", proc.stdout + proc.stderr
+        assert proc.stderr.startswith("error: ") and proc.stderr.count("\n") == 1, proc.stderr
+        assert "Traceback" not in proc.stderr and BAD[0][1][0] in proc.stderr
+    assert not (tmp_path / "runs").exists()
+
+
 def test_cli_filter_outside_grid_is_a_config_error(tmp_path: Path, write_suite) -> None:
     path = write_suite(suite_dict())
-    proc = cli("run", str(path), "--models", "bert", "--runs-dir", str(tmp_path / "runs"), cwd=tmp_path)
+    proc = cli_here("run", str(path), "--models", "bert", "--runs-dir", str(tmp_path / "runs"), cwd=tmp_path)
     assert proc.returncode == 2
     assert "--models: 'bert' is not in this suite's grid; allowed: mlp" in proc.stderr
     assert not (tmp_path / "runs").exists()
@@ -125,7 +137,7 @@ def test_a_misspelt_required_key_is_reported_as_itself(tmp_path: Path) -> None:
 def test_several_errors_are_listed_one_a_line(tmp_path: Path) -> None:
     path = tmp_path / "bad.yaml"
     path.write_text("name: x\nframworks: [pytorch]\nmodels: [mlp]\nbatch_sizes: [8]\nepochs: 0\nseed: -1\n")
-    proc = cli("validate", str(path), cwd=tmp_path)
+    proc = cli_here("validate", str(path), cwd=tmp_path)
     lines = proc.stderr.splitlines()
     assert proc.returncode == 2 and len(lines) == 3, proc.stderr
     assert all(line.startswith(f"error: {path}: ") for line in lines)

@@ -41,6 +41,7 @@ def test_cells_on_disjoint_gpus_run_together_and_cpu_cells_run_alone() -> None:
     assert not can_start(u["cuda:0"], [u["cpu"]], parallel=4)
 
 
+@pytest.mark.e2e
 def test_a_parallel_run_overlaps_only_cells_on_disjoint_gpus(tmp_path: Path, monkeypatch: pytest.MonkeyPatch) -> None:
     """Fake workers on fake GPUs (no GPU is touched; the host is told it has them): the journal says
     which cells ran at once."""
@@ -92,6 +93,7 @@ def test_a_cells_gpus_count_in_those_the_user_gave_mlbench() -> None:
         gpus.choose("cuda:2", {"CUDA_VISIBLE_DEVICES": "3,1"})
 
 
+@pytest.mark.e2e
 def test_a_gpu_cell_on_a_host_without_that_gpu_is_skipped_before_any_worker(tmp_path: Path) -> None:
     from mlbench.process import gpus
     from mlbench.process.monitor import NVML
@@ -110,6 +112,7 @@ def test_a_gpu_cell_on_a_host_without_that_gpu_is_skipped_before_any_worker(tmp_
         gpus.check_present(["0"])
 
 
+@pytest.mark.e2e
 def test_workers_number_gpus_as_nvml_and_jax_is_pinned_to_the_cells_platform(tmp_path: Path) -> None:
     from mlbench.process import runner
 
@@ -121,6 +124,7 @@ def test_workers_number_gpus_as_nvml_and_jax_is_pinned_to_the_cells_platform(tmp
     assert env["CUDA_DEVICE_ORDER"] == "PCI_BUS_ID"
 
 
+@pytest.mark.e2e
 def test_executor_ray_without_ray_installed_is_one_line_and_exit_2(tmp_path: Path, write_suite) -> None:
     fake = tmp_path / "noray" / "ray"
     fake.mkdir(parents=True)
@@ -157,6 +161,7 @@ def test_executor_settings_are_not_part_of_a_cell() -> None:
     assert [c.cell_id for c in local] == [c.cell_id for c in ray]
 
 
+@pytest.mark.e2e
 def test_the_data_checksum_a_ray_node_checks_against_the_heads(tmp_path: Path) -> None:
     """Two machines that make a cell's data from the same seed agree on its checksum; other data does not."""
     from mlbench.executors.base import dataset_checksum
@@ -175,6 +180,7 @@ def test_the_data_checksum_a_ray_node_checks_against_the_heads(tmp_path: Path) -
     assert dataset_checksum(cell, tmp_path / "node") != head
 
 
+@pytest.mark.e2e
 def test_a_ray_node_with_other_data_says_so(tmp_path: Path) -> None:
     from mlbench.executors.base import dataset_checksum
     from mlbench.executors.ray_cluster import _data_problem

@@ -15,6 +15,9 @@ import pytest
 
 from tests.conftest import ROOT, cli, descendants_alive, fault_suite
 
+pytestmark = pytest.mark.e2e  # real worker processes or framework training: not in make test-fast
+
+
 FAULTS = {  # mode: (status, fragment of the reason)
     "raise": ("failed", "KeyError"),
     "uncaught": ("crashed", "RuntimeError: boom from the fault worker"),

@@ -7,10 +7,9 @@ import json
 import numpy as np
 import pandas as pd
 import pytest
-import yaml
 
 from mlbench.analysis import parity
-from tests.conftest import ROOT, cli, suite_dict
+from tests.conftest import ROOT
 from workers.common import registry, specs
 from workers.common.weights import initial_weights
 
@@ -30,6 +29,7 @@ def _backend(framework: str):
     return _class(framework)(dict(CELL))
 
 
+@pytest.mark.e2e
 @pytest.mark.parametrize("framework", ["pytorch", "tensorflow", "jax"])
 @pytest.mark.parametrize("model", ["mlp", "resnet18", "bert"])
 def test_canonical_weights_round_trip_exactly(framework: str, model: str, tmp_path) -> None:
@@ -46,6 +46,7 @@ def test_canonical_weights_round_trip_exactly(framework: str, model: str, tmp_pa
     assert (tmp_path / saved.split("/")[-1]).stat().st_size > 4 * specs.num_parameters(spec) * 0.9
 
 
+@pytest.mark.e2e
 @pytest.mark.parametrize("framework", ["tensorflow", "jax"])
 def test_a_gpu_the_framework_cannot_see_is_a_missing_device(framework: str) -> None:
     """Not Unsupported (skipped): the orchestrator starts a GPU cell only where NVML sees the GPU."""
@@ -60,29 +61,11 @@ def test_a_gpu_the_framework_cannot_see_is_a_missing_device(framework: str) -> N
         pytest.skip("this machine has 8 GPUs")
 
 
-@pytest.fixture(scope="module")
-def three_frameworks(tmp_path_factory):
-    pytest.importorskip("tensorflow")
-    pytest.importorskip("jax")
-    tmp = tmp_path_factory.mktemp("fw")
-    suite = suite_dict(
-        frameworks=["pytorch", "tensorflow", "jax"],
-        models=["mlp", "bert"],
-        model_overrides=TINY,
-        dataset={"name": "synthetic", "train_samples": 160, "val_samples": 64},
-        epochs=2,
-        calibrate=True,
-    )
-    (tmp / "s.yaml").write_text(yaml.safe_dump(suite))
-    proc = cli("run", "s.yaml", "--runs-dir", "runs", cwd=tmp)
-    assert proc.returncode == 0, proc.stderr[-3000:]
-    return tmp
-
-
 @pytest.mark.e2e
-def test_one_real_training_cell_per_framework(three_frameworks) -> None:
-    df = pd.read_parquet(three_frameworks / "runs" / "t" / "results.parquet")
-    assert len(df) == 6 and set(df.status) == {"ok"}, df[["framework", "model_name", "status", "reason"]]
+def test_one_real_training_cell_per_framework(shared_run) -> None:
+    df = pd.read_parquet(shared_run / "results.parquet")
+    df = df[df.precision == "fp32"]
+    assert len(df) == 9 and set(df.status) == {"ok"}, df[["framework", "model_name", "status", "reason"]]
     for _, r in df.iterrows():
         assert r.num_parameters == specs.num_parameters(specs.get_spec(r.model_name, TINY.get(r.model_name)))
         assert r.samples_per_second > 0 and 0 < r.inference_latency_p50_ms <= r.inference_latency_p99_ms
@@ -93,8 +76,9 @@ def test_one_real_training_cell_per_framework(three_frameworks) -> None:
 
 
 @pytest.mark.e2e
-def test_same_weights_and_data_give_the_same_training_curve(three_frameworks) -> None:
-    df = pd.read_parquet(three_frameworks / "runs" / "t" / "results.parquet").set_index(["model_name", "framework"])
+def test_same_weights_and_data_give_the_same_training_curve(shared_run) -> None:
+    df = pd.read_parquet(shared_run / "results.parquet")
+    df = df[df.precision == "fp32"].set_index(["model_name", "framework"])
     for model in ("mlp", "bert"):  # no dropout in either: the curves agree to float rounding
         losses = {fw: df.loc[(model, fw)].final_train_loss for fw in ("pytorch", "tensorflow", "jax")}
         assert max(losses.values()) - min(losses.values()) < 1e-3 * max(losses.values()), losses
@@ -112,8 +96,8 @@ def test_same_weights_and_data_give_the_same_training_curve(three_frameworks) ->
             r = df.loc[(model, fw)]
             right = parity.correct_vector(r.val_correct_bits, r.val_samples)
             assert len(right) == 64 and right.mean() == pytest.approx(r.final_val_accuracy)
-    groups = json.loads((three_frameworks / "runs" / "t" / "parity.json").read_text())
-    assert {g["model_name"] for g in groups} == {"mlp", "bert"}
+    groups = json.loads((shared_run / "parity.json").read_text())
+    assert {g["model_name"] for g in groups} == {"mlp", "resnet18", "bert"}
     assert all(set(g["val_accuracy"]) == {"pytorch", "tensorflow", "jax"} for g in groups)
 
 
@@ -142,16 +126,28 @@ def test_trained_weights_move_between_frameworks_as_canonical_npz(tmp_path) -> N
 
 
 @pytest.mark.e2e
-def test_mfu_against_the_calibrated_peak(three_frameworks) -> None:
-    run = three_frameworks / "runs" / "t"
-    entries = json.loads((run / "calibration.json").read_text())
+def test_mfu_against_the_calibrated_peak(shared_run) -> None:
+    entries = json.loads((shared_run / "calibration.json").read_text())
     assert {e["framework"] for e in entries} == {"pytorch", "tensorflow", "jax"}
     assert all(e["status"] == "ok" and e["peak_tflops"] > 0 and e["runs"] >= 3 for e in entries)
-    df = pd.read_parquet(run / "results.parquet")
+    df = pd.read_parquet(shared_run / "results.parquet")
+    df = df[df.precision == "fp32"]  # the mixed-precision cells were resumed without a calibration
     peak = max(e["peak_tflops"] for e in entries)
     assert (df.peak_tflops == peak).all()
     assert ((df.mfu - df.achieved_tflops / peak).abs() < 1e-12).all() and (df.mfu > 0).all()
     assert (df.model_load_s > 0).all() and (df.inference_b1_runs >= 3).all()
+
+
+@pytest.mark.e2e
+def test_the_calibration_runs_on_the_cells_threads(shared_run) -> None:
+    """A calibration cell starts through the executor like every cell: on the suite's threads (1 here),
+    not on every core, so a one-thread cell's MFU is over a one-thread peak."""
+    for e in json.loads((shared_run / "calibration.json").read_text()):
+        assert e["threads"] == 1 and e["executor"] == "local" and e["hostname"], e
+        hello = json.loads((shared_run / "logs" / f"{e['cell_id']}.ndjson").read_text().splitlines()[0])
+        threads = hello["threads"]
+        assert threads.get("intra_op") == 1 or "intra_op_parallelism_threads=1" in threads["XLA_FLAGS"], threads
+        assert threads.get("OMP_NUM_THREADS", "1") == "1" and threads.get("TF_NUM_INTRAOP_THREADS", "1") == "1"
 
 
 def test_peaks_take_the_highest_framework() -> None:
@@ -199,6 +195,7 @@ def test_an_mfu_above_one_is_refused_and_said() -> None:
     assert any("faster than the calibrated peak" in w for w in content.warnings(out, []))
 
 
+@pytest.mark.e2e
 @pytest.mark.parametrize("framework", ["pytorch", "tensorflow", "jax"])
 def test_calibration_is_sustained_on_random_data_and_reports_its_spread(tmp_path, framework) -> None:
     """The calibration cell runs chains of products for at least a second in all and reports the
@@ -231,6 +228,7 @@ def test_calibration_is_sustained_on_random_data_and_reports_its_spread(tmp_path
     assert event["peak_tflops"] == pytest.approx(event["flops"] / event["median_s"] / 1e12)
 
 
+@pytest.mark.e2e
 @pytest.mark.parametrize("framework", ["pytorch", "tensorflow", "jax"])
 def test_a_gpu_the_framework_does_not_see_fails_the_cell(tmp_path, framework) -> None:
     """The orchestrator starts a GPU cell only where NVML sees its GPU; a framework that then sees none
@@ -354,6 +352,7 @@ def _updates_made(backend) -> int:
     return int(counts[0])
 
 
+@pytest.mark.e2e
 @pytest.mark.parametrize("framework", ["pytorch", "tensorflow", "jax"])
 def test_a_skipped_fp16_step_does_not_advance_the_schedule(framework: str) -> None:
     """Gradients that overflow fp16 skip the update and halve the scale; the learning-rate schedule
@@ -378,6 +377,7 @@ ALLOCATE_TOO_MUCH = {  # 16 TiB at once: refused at once by any allocator, nothi
 }
 
 
+@pytest.mark.e2e
 @pytest.mark.parametrize("framework", ["pytorch", "tensorflow", "jax"])
 def test_each_frameworks_real_out_of_memory_error_is_oom(framework: str) -> None:
     """The exception each framework really raises when an allocation fails (on the CPU here) is
@@ -395,21 +395,11 @@ def test_each_frameworks_real_out_of_memory_error_is_oom(framework: str) -> None
 
 
 @pytest.mark.e2e
-def test_mixed_precision_cells_run_end_to_end_in_every_framework(tmp_path) -> None:
+def test_mixed_precision_cells_run_end_to_end_in_every_framework(shared_run) -> None:
     """bf16 and fp16 cells (fp16 with loss scaling) train, evaluate and time inference on a CPU in all
     three frameworks, and say how they ran the precision."""
-    pytest.importorskip("torch")
-    pytest.importorskip("tensorflow")
-    pytest.importorskip("jax")
-    suite = suite_dict(
-        frameworks=["pytorch", "tensorflow", "jax"],
-        precisions=["bf16", "fp16"],
-        dataset={"name": "synthetic", "train_samples": 96, "val_samples": 32},
-    )
-    (tmp_path / "s.yaml").write_text(yaml.safe_dump(suite))
-    proc = cli("run", "s.yaml", "--runs-dir", "runs", cwd=tmp_path)
-    assert proc.returncode == 0, proc.stderr[-3000:]
-    df = pd.read_parquet(tmp_path / "runs" / "t" / "results.parquet")
+    df = pd.read_parquet(shared_run / "results.parquet")
+    df = df[df.precision != "fp32"]
     assert len(df) == 6 and set(df.status) == {"ok"}, df[["framework", "precision", "status", "reason"]]
     for _, r in df.iterrows():
         assert np.isfinite(r.final_train_loss) and r.samples_per_second > 0 and r.inference_latency_p50_ms > 0

@@ -59,6 +59,7 @@ print((resource.getrusage(resource.RUSAGE_SELF).ru_minflt - before) / 20)
 """
 
 
+@pytest.mark.e2e
 @pytest.mark.skipif(platform.libc_ver()[0] != "glibc", reason="GLIBC_TUNABLES is glibc's")
 def test_steady_malloc_stops_a_process_from_faulting_its_freed_memory_in_again() -> None:
     def faults_per_round(mode: str) -> float:
@@ -89,6 +90,7 @@ print(os.environ.get("GLIBC_TUNABLES"))
 )
 
 
+@pytest.mark.e2e
 @pytest.mark.skipif(platform.libc_ver()[0] != "glibc", reason="GLIBC_TUNABLES is glibc's")
 @pytest.mark.parametrize(
     ("mode", "own", "tunables"),

@@ -82,6 +82,7 @@ def test_a_data_parallel_search_probes_only_batches_the_devices_divide() -> None
 SMALL = {"resnet18": {"widths": [8, 16, 32, 64]}}
 
 
+@pytest.mark.e2e
 def test_a_probe_that_crashes_ends_its_search_with_the_reason_not_a_batch(tmp_path: Path) -> None:
     suite = suite_dict(frameworks=["bigcrash"], workers={"bigcrash": "tests.fault_worker"}, maxbatch={"start": 16})
     (tmp_path / "s.yaml").write_text(yaml.safe_dump(suite))

@@ -20,6 +20,8 @@ from mlbench.config import parse_suite
 from mlbench.process import memlimit, runner
 from tests.conftest import descendants_alive, suite_dict
 
+pytestmark = pytest.mark.e2e  # real worker processes or framework training: not in make test-fast
+
 
 def _cgroup_place() -> Path | None:
     """Where this machine makes a cell's cgroup, or None where it cannot (the watchdog then)."""

@@ -12,6 +12,7 @@ import pytest
 from mlbench.process import monitor
 
 
+@pytest.mark.e2e
 def test_monitor_samples_a_real_process_tree() -> None:
     code = (
         "import subprocess, sys, time; b = bytearray(200 << 20); "
@@ -29,6 +30,7 @@ def test_monitor_samples_a_real_process_tree() -> None:
     assert s["gpu_utilization_pct"] is None and s["gpu_energy_j"] is None  # CPU device: missing, not 0
 
 
+@pytest.mark.e2e
 def test_the_tree_is_walked_once_a_rescan_interval_and_late_children_are_found(
     monkeypatch: pytest.MonkeyPatch,
 ) -> None:
@@ -86,6 +88,7 @@ def _alive(pid: int) -> bool:
     return monitor.psutil.Process(pid).status() != monitor.psutil.STATUS_ZOMBIE
 
 
+@pytest.mark.e2e
 def test_leftovers_of_earlier_cells_are_ended_and_others_only_reported(monkeypatch: pytest.MonkeyPatch) -> None:
     leftover = subprocess.Popen([sys.executable, "-c", "import time; time.sleep(60)"], start_new_session=True)
     try:
@@ -110,6 +113,7 @@ def test_without_nvml_nothing_is_measured(monkeypatch: pytest.MonkeyPatch) -> No
     assert m.gpu is None
 
 
+@pytest.mark.e2e
 def test_load_from_other_processes_is_measured() -> None:
     busy = subprocess.Popen([sys.executable, "-c", "import time\nt = time.time()\nwhile time.time() - t < 3: pass"])
     idle = subprocess.Popen([sys.executable, "-c", "import time; time.sleep(2)"])
@@ -121,6 +125,7 @@ def test_load_from_other_processes_is_measured() -> None:
     assert s["cpu_other_pct"] > 60  # while another process kept a core busy
 
 
+@pytest.mark.e2e
 def test_the_orchestrators_own_cpu_is_not_other_load() -> None:
     """A busy thread of the monitoring process itself (the orchestrator's readers, monitor, progress)
     is subtracted: only other processes are other load."""

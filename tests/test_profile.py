@@ -13,7 +13,7 @@ import yaml
 
 from mlbench.analysis import bottleneck
 from mlbench.results import rows
-from tests.conftest import cli, suite_dict
+from tests.conftest import SHARED_CELLS, cli, suite_dict
 from workers.common import profile, specs
 
 MIB = 2**20
@@ -158,40 +158,27 @@ def test_input_comes_first_and_rows_without_a_breakdown_get_no_verdict() -> None
 
 # --- real cells ----------------------------------------------------------------------------------------
 
-TINY = {"resnet18": {"widths": [8, 16, 32, 64]}}
-
 
 @pytest.fixture(scope="module")
-def profiled_run(tmp_path_factory):
-    """mlp and a small resnet18 in all three frameworks with traces kept, and one PyTorch MLP cell whose
-    batches arrive slowly (tests/slow_input_worker.py)."""
-    for framework in ("torch", "tensorflow", "jax"):
-        pytest.importorskip(framework)
+def slow_run(tmp_path_factory) -> Path:
+    """One PyTorch MLP cell whose batches arrive slowly (tests/slow_input_worker.py), no trace kept; the
+    other tests read the shared run, every cell of which keeps its trace (`profile: true`)."""
+    pytest.importorskip("torch")
     tmp = tmp_path_factory.mktemp("profile")
-    suites = {
-        "p": suite_dict(
-            name="p",
-            frameworks=["pytorch", "tensorflow", "jax"],
-            models=["mlp", "resnet18"],
-            model_overrides=TINY,
-        ),
-        "slow": suite_dict(name="slow", models=["mlp"], workers={"pytorch": "tests.slow_input_worker"}),
-    }
-    for name, suite in suites.items():
-        (tmp / f"{name}.yaml").write_text(yaml.safe_dump(suite))
-        keep = ["--profile"] if name == "p" else []  # as the suite's `profile: true`
-        proc = cli("run", f"{name}.yaml", "--runs-dir", "runs", *keep, cwd=tmp)
-        assert proc.returncode == 0, proc.stderr[-3000:]
-    return tmp / "runs"
+    suite = suite_dict(name="slow", models=["mlp"], workers={"pytorch": "tests.slow_input_worker"}, profile_steps=5)
+    (tmp / "slow.yaml").write_text(yaml.safe_dump(suite))
+    proc = cli("run", "slow.yaml", "--runs-dir", "runs", cwd=tmp)
+    assert proc.returncode == 0, proc.stderr[-3000:]
+    return tmp / "runs" / "slow"
 
 
 pytest_e2e = pytest.mark.e2e
 
 
 @pytest_e2e
-def test_every_cell_carries_its_breakdowns_and_the_parts_add_up(profiled_run: Path) -> None:
-    df = pd.read_parquet(profiled_run / "p" / "results.parquet")
-    assert len(df) == 6 and set(df.status) == {"ok"}, df[["framework", "model_name", "status", "reason"]]
+def test_every_cell_carries_its_breakdowns_and_the_parts_add_up(shared_run: Path) -> None:
+    df = pd.read_parquet(shared_run / "results.parquet")
+    assert len(df) == SHARED_CELLS and set(df.status) == {"ok"}, df[["framework", "model_name", "status", "reason"]]
     for _, r in df.iterrows():
         cell = f"{r.framework} {r.model_name}"
         parts = [r.step_data_s, r.step_forward_s, r.step_backward_s, r.step_optimizer_s, r.step_other_s]
@@ -207,19 +194,21 @@ def test_every_cell_carries_its_breakdowns_and_the_parts_add_up(profiled_run: Pa
 
 
 @pytest_e2e
-def test_a_starved_input_path_is_called_input_bound_and_a_compute_heavy_cell_is_not(profiled_run: Path) -> None:
-    slow = pd.read_parquet(profiled_run / "slow" / "results.parquet").iloc[0]
+def test_a_starved_input_path_is_called_input_bound_and_a_compute_heavy_cell_is_not(
+    shared_run: Path, slow_run: Path
+) -> None:
+    slow = pd.read_parquet(slow_run / "results.parquet").iloc[0]
     assert slow.bottleneck == "input", slow.bottleneck_evidence
     assert slow.step_data_s > slow.step_forward_s + slow.step_backward_s  # the 20 ms sleep is in the data part
-    df = pd.read_parquet(profiled_run / "p" / "results.parquet")
+    df = pd.read_parquet(shared_run / "results.parquet")
     assert set(df[df.model_name == "resnet18"].bottleneck) & {"input"} == set()
 
 
 @pytest_e2e
-def test_each_kept_trace_loads_in_the_viewer_it_is_meant_for(profiled_run: Path) -> None:
-    df = pd.read_parquet(profiled_run / "p" / "results.parquet").set_index(["framework", "model_name"])
+def test_each_kept_trace_loads_in_the_viewer_it_is_meant_for(shared_run: Path, slow_run: Path) -> None:
+    df = pd.read_parquet(shared_run / "results.parquet").set_index(["framework", "model_name"])
     for (framework, model), r in df.iterrows():
-        path = profiled_run / "p" / r.profile_trace
+        path = shared_run / r.profile_trace
         assert path.is_file(), (framework, model, r.profile_trace)
         if framework == "pytorch":  # a Chrome trace (chrome://tracing, Perfetto)
             events = json.loads(path.read_text())["traceEvents"]
@@ -231,18 +220,18 @@ def test_each_kept_trace_loads_in_the_viewer_it_is_meant_for(profiled_run: Path)
             space = xplane_pb2.XSpace()
             space.ParseFromString(path.read_bytes())
             assert sum(len(line.events) for plane in space.planes for line in plane.lines) > 0
-    report = (profiled_run / "p" / "report.html").read_text()
+    report = (shared_run / "report.html").read_text()
     for trace in df.profile_trace:  # the report links each cell's trace, relative to where it lies
         assert f"href='{trace}'" in report
-    slow = pd.read_parquet(profiled_run / "slow" / "results.parquet").iloc[0]
-    assert pd.isna(slow.profile_trace) and not (profiled_run / "slow" / "profiles").exists()  # not asked: none kept
+    slow = pd.read_parquet(slow_run / "results.parquet").iloc[0]
+    assert pd.isna(slow.profile_trace) and not (slow_run / "profiles").exists()  # not asked: none kept
 
 
 @pytest_e2e
-def test_the_report_shows_the_breakdowns_and_the_verdicts(profiled_run: Path) -> None:
-    report = (profiled_run / "p" / "report.html").read_text()
+def test_the_report_shows_the_breakdowns_and_the_verdicts(shared_run: Path, slow_run: Path) -> None:
+    report = (shared_run / "report.html").read_text()
     assert "id='step-breakdown'" in report and "id='memory-breakdown'" in report
-    slow = (profiled_run / "slow" / "report.html").read_text()
+    slow = (slow_run / "report.html").read_text()
     assert "id='bottlenecks'" in slow and "a faster framework would not" in slow  # input-bound, and what helps
-    results_md = (profiled_run / "slow" / "RESULTS.md").read_text()
+    results_md = (slow_run / "RESULTS.md").read_text()
     assert "**input**" in results_md and "What would help" in results_md

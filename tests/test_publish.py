@@ -135,6 +135,7 @@ def test_charts_say_why_they_have_no_image(tmp_path: Path, monkeypatch) -> None:
     assert f"_No image: images not rendered ({images.IMAGES_ENV}=0)." in text
 
 
+@pytest.mark.e2e
 def test_charts_render_as_svg_and_png(tmp_path: Path) -> None:
     pytest.importorskip("kaleido")
     if images.find_browser() is None:
@@ -165,18 +166,18 @@ def test_the_shipped_sample_holds_together() -> None:
 
 
 @pytest.mark.e2e
-def test_a_real_run_writes_results_md_with_its_images(tmp_path: Path, write_suite) -> None:
-    pytest.importorskip("torch")
-    from tests.conftest import cli, suite_dict
+def test_a_real_run_writes_results_md_with_its_images(shared_run: Path, tmp_path: Path) -> None:
+    from tests.conftest import cli
 
-    env = {images.IMAGES_ENV: "1"}  # the other tests' runs leave them out (tests/conftest.cli)
-    proc = cli("run", str(write_suite(suite_dict())), "--runs-dir", "runs", cwd=tmp_path, env=env)
+    env = {images.IMAGES_ENV: "1"}  # the runs of the tests leave them out (tests/conftest.cli)
+    proc = cli("report", "--results", str(shared_run), "--output", str(tmp_path), cwd=tmp_path, env=env)
     assert proc.returncode == 0, proc.stderr[-2000:]
-    path = tmp_path / "runs" / "t" / "RESULTS.md"
+    path = tmp_path / "RESULTS.md"
     text = path.read_text()
     assert not broken_links(path)
     leaders = [line for line in section(text, "Analysis").splitlines() if line.startswith("- **")]
-    assert len(leaders) == len(recommend.CRITERIA) + 1  # and GPU utilisation, not measured on a CPU
+    per_model = len(recommend.CRITERIA) + 1  # and GPU utilisation, not measured on a CPU
+    assert len(leaders) == 3 * per_model  # every model of the shared run
     assert all("leads" in x or "no clear winner" in x or "not measured" in x for x in leaders), leaders
     if images.find_browser() is not None:
-        assert (tmp_path / "runs" / "t" / "charts" / "throughput.png").is_file() and "No image" not in text
+        assert (tmp_path / "charts" / "throughput.png").is_file() and "No image" not in text

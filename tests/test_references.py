@@ -22,6 +22,9 @@ import pytest
 from workers.common import specs
 from workers.common.weights import initial_weights
 
+pytestmark = pytest.mark.e2e  # real worker processes or framework training: not in make test-fast
+
+
 ATOL = RTOL = 1e-5
 # tiny specs of the bench's three models: every kind of block is there (a stride-2 stage whose width
 # does not change still takes a projection shortcut), at sizes that run in well under a second

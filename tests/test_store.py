@@ -91,6 +91,7 @@ def test_exports_have_the_same_rows(tmp_path: Path) -> None:
     assert pq.read_table(tmp_path / "epochs.parquet").num_rows == 3
 
 
+@pytest.mark.e2e
 def test_lock_refuses_a_second_holder_and_dies_with_its_holder(tmp_path: Path) -> None:
     holder = subprocess.Popen(
         [

@@ -27,25 +27,20 @@ TINY = {
 
 @pytest.mark.e2e
 @pytest.mark.usefixtures("frameworks")
-def test_verify_passes_for_every_model_across_the_three_frameworks(tmp_path) -> None:
-    (tmp_path / "s.yaml").write_text(
-        yaml.safe_dump(
-            suite_dict(
-                frameworks=["pytorch", "tensorflow", "jax"], models=["mlp", "resnet18", "bert"], model_overrides=TINY
-            )
-        )
-    )
-    # data parallel against one device: tests/test_verify.py's last test and tests/test_data_parallel_*.py
-    proc = cli("verify", "--config", "s.yaml", "--no-data-parallel", cwd=tmp_path)
-    assert proc.returncode == 0, proc.stdout + proc.stderr
-    assert "9 of 9 checks passed" in proc.stdout
-    checks = json.loads((tmp_path / "runs" / "verify" / "verify.json").read_text())
+def test_verify_passes_for_every_model_across_the_three_frameworks(shared_run) -> None:
+    """The shared run verified its models before timing them (data parallel against one device:
+    tests/test_verify.py's last test and tests/test_data_parallel_*.py)."""
+    checks = json.loads((shared_run / "verify.json").read_text())
+    assert len(checks) == 9 and {c["framework"] for c in checks} == {"pytorch", "tensorflow", "jax"}
+    assert {c["model"] for c in checks} == {"mlp", "resnet18", "bert"}
     for c in checks:
         assert c["status"] == "ok" and c["roundtrip_max_abs"] == 0.0 and c["structure"] == "ok"
         assert c["logits_rel_err"] <= 1e-4 and c["loss_rel_diff"] <= 1e-3
         # the same steps with each model's own optimizer (AdamW with bert's warm-up schedule, momentum SGD)
         assert c["recipe_loss_rel_diff"] <= (5e-3 if c["model"] == "resnet18" else 5e-5), c
         assert c["recipe_update_rel_err"] <= 8e-2, c  # the second update, under a changed learning rate
+    journal = (shared_run / "journal.ndjson").read_text()
+    assert '"action": "verify", "passed": 9, "failed": []' in journal
 
 
 @pytest.mark.e2e

@@ -86,6 +86,7 @@ def entry(cell: Cell, out: Outcome, host: str) -> dict[str, Any]:
     """calibration.json's record of one calibration cell's run on one host."""
     event = next((e for e in out.events if e["event"] == "calibration"), {})
     return {
+        "cell_id": cell.cell_id,  # its worker's log: logs/<cell_id>.ndjson
         "framework": cell.framework,
         "device": cell.device,
         "precision": cell.precision,
