@@ -1,4 +1,4 @@
-"""RESULTS.md from hand-made result sets: the analysis names a leader or "no clear winner" for every
+"""RESULTS.md from hand-made result sets: the analysis names a leader or says why it cannot order them for every
 criterion from the rows' own intervals, says what precision, batch size and a second device buy, says
 "not measured" instead of 0, escapes worker text; its charts render as SVG and PNG, or say why not."""
 
@@ -47,19 +47,19 @@ def test_every_criterion_names_a_leader_or_no_clear_winner() -> None:
     ]
     text = section(doc(rows), "Analysis")
     lines = {line.split("**")[1]: line for line in text.splitlines() if line.startswith("- **")}
-    assert "**pytorch** leads" in lines["Training throughput"] and "100% faster" in lines["Training throughput"]
-    assert "no clear winner" in lines["Inference latency (batch 1, median)"]  # the same latency: the intervals overlap
-    assert "**pytorch** leads" in lines["Peak memory"] and "50% lower" in lines["Peak memory"]
-    assert "no clear winner" in lines["Validation accuracy"]  # equal
+    assert "**pytorch** leads" in lines["Training throughput"] and "is 2.00x jax" in lines["Training throughput"]
+    assert "cannot order" in lines["Inference latency (batch 1, median)"]  # the same latency: the intervals overlap
+    assert "**pytorch** leads" in lines["Peak memory"] and "is 1/2.00 of jax" in lines["Peak memory"]
+    assert "cannot order" in lines["Validation accuracy"]  # equal
     assert "not measured" in lines["GPU utilisation (training)"]  # no NVML on a CPU: never 0
     for criterion in recommend.CRITERIA:
-        assert "leads" in lines[criterion.title] or "no clear winner" in lines[criterion.title], criterion.title
+        assert "leads" in lines[criterion.title] or "cannot order" in lines[criterion.title], criterion.title
 
 
 def test_a_lead_inside_the_intervals_is_no_clear_winner() -> None:
     rows = [row("pytorch", sps=1000, spread=0.05), row("jax", sps=1040, spread=0.05)]
     line = next(x for x in doc(rows).splitlines() if x.startswith("- **Training throughput**"))
-    assert "**no clear winner**" in line and "intervals overlap" in line
+    assert "**cannot order**" in line and "intervals overlap" in line
 
 
 def test_what_precision_batch_size_and_a_gpu_buy() -> None:
@@ -71,15 +71,17 @@ def test_what_precision_batch_size_and_a_gpu_buy() -> None:
     ]
     text = section(doc(rows), "Analysis")
     precision = text.split("**What mixed precision buys**")[1].split("**")[0]
-    assert "bf16 trains at 2.50x the throughput of fp32, faster beyond both 95% intervals" in precision
+    assert "bf16 trains at 2.50x the throughput of fp32: faster, beyond the between-run intervals" in precision
     assert "validation accuracy -2.0 points (within the 95% intervals)" in precision
     batch = text.split("**What batch size buys**")[1].split("**")[0]
-    assert "bs64 trains at 1.01x the throughput of bs32, within the 95% intervals: no clear change" in batch
+    assert "bs64 trains at 1.01x the throughput of bs32; cannot tell: the between-run intervals overlap" in batch
+    # half the optimizer updates in the same epochs: its accuracy is not the batch size's doing
+    assert "5 optimizer updates against 10" in batch and "not comparable: 5 against 10 updates" in batch
     assert "peak memory 1.40x (more)" in batch
     device = text.split("**What a second device buys**")[1]
-    assert "cuda:0 trains at 9.00x the throughput of the CPU, faster beyond both 95% intervals" in device
+    assert "cuda:0 trains at 9.00x the throughput of the CPU: faster, beyond the between-run intervals" in device
     gpu = next(x for x in text.splitlines() if x.startswith("- **GPU utilisation (training)** (compared at"))
-    assert "**no clear winner**: one candidate" in gpu  # one GPU cell: nothing to rank it against
+    assert "**one ranked**: only pytorch" in gpu  # one GPU cell: nothing to rank it against
 
 
 def test_what_the_run_did_not_measure_is_said_once() -> None:
@@ -115,7 +117,10 @@ def test_tables_and_header() -> None:
     assert "- **Command**: `python -m mlbench run x.yaml`" in text and "commit `abc123`" in text
     assert "- **Cells**: 2 of the grid's 3 stored: 2 ok" in text
     recs = section(text, "Recommendations")
-    assert "| Training throughput | no clear winner | pytorch fp32 bs32: 1,000 [990–1,010] samples/s |" in recs
+    assert (
+        "| Training throughput | cannot order | pytorch fp32 bs32: 1,000 [990–1,010] samples/s (across runs, 5 processes) |"
+        in recs
+    )
     for heading in ("Environment", "Warnings", "Analysis", "Results per model", "Charts", "Configuration"):
         assert f"\n## {heading}\n" in text
 
@@ -178,6 +183,6 @@ def test_a_real_run_writes_results_md_with_its_images(shared_run: Path, tmp_path
     leaders = [line for line in section(text, "Analysis").splitlines() if line.startswith("- **")]
     per_model = len(recommend.CRITERIA) + 1  # and GPU utilisation, not measured on a CPU
     assert len(leaders) == 3 * per_model  # every model of the shared run
-    assert all("leads" in x or "no clear winner" in x or "not measured" in x for x in leaders), leaders
+    assert all(any(w in x for w in ("leads", "cannot order", "one ranked", "not measured")) for x in leaders), leaders
     if images.find_browser() is not None:
         assert (tmp_path / "charts" / "throughput.png").is_file() and "No image" not in text

@@ -23,6 +23,7 @@ def test_units_interleave_the_grid() -> None:
 def _run(repeat: int, sps: float, steps: list[float], status: str = "ok") -> dict:
     r = {name: None for name in schema.FLAT} | {name: [] for name in schema.NESTED}
     r.update(
+        noisy=False,
         cell_id="c",
         repeat=repeat,
         status=status,
@@ -38,9 +39,11 @@ def _run(repeat: int, sps: float, steps: list[float], status: str = "ok") -> dic
 
 def test_combine_pools_the_runs_steps() -> None:
     row = combine_one([_run(1, 110.0, [0.09] * 6), _run(0, 100.0, [0.1] * 6), _run(2, 90.0, [0.11] * 6)])
-    # the pooled figure: 18 steps of batch 10 over 6 x (0.09 + 0.1 + 0.11) = 1.8 s; its CI contains it
+    # the figure is the runs' mean, its interval the t-interval across the three runs (independent
+    # processes): 100 +- t(0.975, 2) x 10 / sqrt(3) = 100 +- 24.84; the steps' statistics are pooled
     assert row["repeats"] == 3 and row["samples_per_second"] == pytest.approx(100.0)
-    assert row["samples_per_second_ci_low"] < 100.0 < row["samples_per_second_ci_high"]
+    assert row["samples_per_second_ci_low"] == pytest.approx(75.16, abs=0.01)
+    assert row["samples_per_second_ci_high"] == pytest.approx(124.84, abs=0.01) and row["ci_kind"] == "runs"
     assert row["repeat_samples_per_second"] == [100.0, 110.0, 90.0]  # in repeat order
     assert row["repeats_cv"] == pytest.approx(10.0 / 100.0)  # stdev(100, 110, 90) = 10
     assert row["steps_timed"] == 18 and row["step_time_median_s"] == pytest.approx(0.1)

@@ -10,7 +10,7 @@ from pathlib import Path
 import numpy as np
 import pytest
 
-from mlbench.analysis import compare, recommend
+from mlbench.analysis import compare, evidence, recommend
 from mlbench.present import charts, comparison, content, report
 from mlbench.results import schema
 
@@ -21,10 +21,12 @@ def warnings(rows: list[dict]) -> list[str]:
 
 
 def row(framework: str, model: str = "mlp", sps: float = 1000.0, spread: float = 0.01, **kw) -> dict:
-    """A result row as the store makes it: every column present, null unless given."""
+    """A result row as the store makes it: every column present, null unless given. By default a cell of
+    five runs (between-run intervals, ci_kind runs); `runs=1` makes it a single run."""
     r = dict.fromkeys(schema.SCHEMA.names)
     rng = np.random.default_rng(zlib.crc32(f"{framework} {model} {sps}".encode()))  # same data every run
     lat = kw.pop("latency_ms", 1.0)
+    runs = kw.pop("runs", 5)
     r.update(
         framework=framework,
         model_name=model,
@@ -36,9 +38,15 @@ def row(framework: str, model: str = "mlp", sps: float = 1000.0, spread: float =
         samples_per_second_ci_low=sps * (1 - spread),
         samples_per_second_ci_high=sps * (1 + spread),
         inference_b1_times_ms=list(lat * (1 + 0.01 * rng.standard_normal(200))),
+        inference_b1_latency_p50_ms=lat,
+        repeat_b1_latency_p50_ms=list(lat * (1 + 0.01 * rng.standard_normal(runs))) if runs > 1 else [lat],
+        ci_kind="runs" if runs > 1 else "within_run",
+        repeats=runs,
         peak_memory_mb=500.0,
         final_val_accuracy=0.9,
         val_samples=1000,
+        train_samples=320,
+        epochs=1,
         epochs_detail=[{"epoch": 0, "train_loss": 1.0, "val_accuracy": 0.9}],
         spec_json=json.dumps({"framework": framework, "model": model}),
         cell_id=f"{framework}-{model}",
@@ -56,7 +64,8 @@ def test_recommendations_follow_the_numbers() -> None:
     b = [row("pytorch", sps=2000), row("jax", sps=1500), row("tensorflow", sps=900)]
     ra, rb = headline_of(a, "train_throughput"), headline_of(b, "train_throughput")
     assert ra.clear and ra.winner.row["framework"] == "jax" and ra.runner_up.row["framework"] == "pytorch"
-    assert rb.clear and rb.winner.row["framework"] == "pytorch" and "33% faster" in rb.verdict
+    assert rb.clear and rb.winner.row["framework"] == "pytorch" and "is 1.33x jax" in rb.verdict
+    assert "beyond the between-run intervals" in rb.verdict
     # the HTML headline says the same
     assert "jax fp32 bs32" in report.headline(recommend.recommendations(a)).split("clear winner")[1][:200]
     assert "pytorch fp32 bs32" in report.headline(recommend.recommendations(b)).split("clear winner")[1][:200]
@@ -65,17 +74,39 @@ def test_recommendations_follow_the_numbers() -> None:
 def test_overlapping_intervals_are_no_clear_winner() -> None:
     rows = [row("pytorch", sps=1000, spread=0.05), row("jax", sps=1040, spread=0.05)]
     rec = headline_of(rows, "train_throughput")
-    assert not rec.clear and rec.verdict.startswith("no clear winner") and "intervals overlap" in rec.verdict
-    assert "no clear winner" in report.headline(recommend.recommendations(rows))
+    assert not rec.clear and rec.verdict.startswith("cannot order") and "intervals overlap" in rec.verdict
+    assert "cannot order" in report.headline(recommend.recommendations(rows))
+    # separated intervals but a gap not worth reporting: 400,000 against 399,000 samples/s
+    close = [row("pytorch", sps=400_000, spread=0.0001), row("jax", sps=399_000, spread=0.0001)]
+    rec = headline_of(close, "train_throughput")
+    assert not rec.clear and "under the 5% worth reporting" in rec.verdict
+
+
+def test_single_runs_are_told_apart_only_beyond_what_a_rerun_moves() -> None:
+    """One process's interval says nothing of the next: between single runs only a gap beyond the measured
+    single-run floor (45%) is a verdict, however narrow the within-run intervals."""
+    rows = [row("pytorch", sps=1300, runs=1), row("jax", sps=1000, runs=1)]
+    rec = headline_of(rows, "train_throughput")
+    assert not rec.clear and "single runs: 30% apart, under the 45%" in rec.verdict
+    rows = [row("pytorch", sps=2000, runs=1), row("jax", sps=1000, runs=1)]
+    assert headline_of(rows, "train_throughput").clear  # 2x from one run each
+    mixed = [row("pytorch", sps=1300), row("jax", sps=1000, runs=1)]  # one side a single run: its floor
+    assert "a single run: 30% apart" in headline_of(mixed, "train_throughput").verdict
 
 
 def test_a_noisy_winner_is_not_ranked() -> None:
-    rows = [row("pytorch", sps=2000, noisy=True), row("jax", sps=1000)]
+    """A single run too noisy to stand for a rerun is left out and named; the others are ranked."""
+    rows = [row("pytorch", sps=3000, noisy=True, runs=1, step_time_robust_cv=0.3), row("jax", sps=1000)]
+    rows.append(row("tensorflow", sps=1900))
     rec = headline_of(rows, "train_throughput")
-    assert not rec.clear and "too noisy" in rec.verdict
+    assert rec.clear and rec.winner.row["framework"] == "tensorflow" and rec.runner_up.row["framework"] == "jax"
+    assert "pytorch fp32 bs32 not ranked: step-time robust CV 30%" in rec.verdict
+    # with between-run intervals the spread is in the interval already: a noisy cell still ranks
+    assert headline_of([row("pytorch", sps=3000, noisy=True), row("jax", sps=1000)], "train_throughput").clear
     # nor one timed while other processes kept the CPU busy, and the report says so
     rows = [row("pytorch", sps=2000, cpu_other_pct=90.0), row("jax", sps=1000, cpu_other_pct=3.0)]
-    assert not headline_of(rows, "train_throughput").clear
+    rec = headline_of(rows, "train_throughput")
+    assert not rec.clear and "only jax" in rec.verdict and "other processes used 90% of a core" in rec.verdict
     assert any("other processes used more than 25% of a core (up to 90%)" in w for w in warnings(rows))
     assert not any("other processes" in w for w in warnings([row("jax", cpu_other_pct=3.0)]))
 
@@ -98,12 +129,42 @@ def test_latency_memory_and_accuracy_criteria() -> None:
     ]
     lat = headline_of(rows, "inference_latency")
     assert lat.clear and lat.winner.row["framework"] == "jax" and lat.winner.low < 1.0 < lat.winner.high
-    mem = headline_of(rows, "memory")  # 2% apart: inside the tolerance
-    assert not mem.clear and mem.winner.row["framework"] == "jax" and "gap under 5%" in mem.verdict
+    assert lat.winner.label == "jax fp32" and lat.winner.kind == "runs"  # one workload: no training batch in it
+    mem = headline_of(rows, "memory")  # 2% apart: inside what a rerun moves it
+    assert not mem.clear and mem.winner.row["framework"] == "jax" and "under the 5%" in mem.verdict
     rows[0]["peak_memory_mb"] = 2000.0
     assert headline_of(rows, "memory").clear
     acc = headline_of(rows, "accuracy")  # 95% vs 80% of 1000 samples: Wilson intervals far apart
     assert acc.clear and acc.winner.row["framework"] == "jax" and acc.winner.value == pytest.approx(95.0)
+
+
+def test_latency_reads_its_own_evidence_not_the_training_steps() -> None:
+    """A training step CV says nothing of inference: two single runs 3x apart in batch-1 latency are told
+    apart even where training was noisy; a single run whose own passes spread is not ranked."""
+    rows = [
+        row("pytorch", latency_ms=1.0, runs=1, noisy=True, step_time_robust_cv=0.4),
+        row("jax", latency_ms=3.0, runs=1, noisy=True, step_time_robust_cv=1.4),
+    ]
+    lat = headline_of(rows, "inference_latency")
+    assert lat.clear and lat.winner.label == "pytorch fp32"
+    rows[0]["inference_b1_latency_robust_cv"] = 0.25
+    lat = headline_of(rows, "inference_latency")
+    assert not lat.clear and "pytorch fp32 not ranked: batch-1 passes' robust CV 25%" in lat.verdict
+    # each framework's cells at other batch sizes measured the same workload: pooled, one estimate each
+    pooled = [row("pytorch", latency_ms=1.0, batch_size=b, runs=1) for b in (32, 64)] + [row("jax", latency_ms=1.5)]
+    est = recommend.latency_estimates(pooled)
+    assert [(e.label, e.runs, e.kind) for e in est] == [("pytorch fp32", 2, "runs"), ("jax fp32", 5, "runs")]
+
+
+def test_peak_memory_from_a_host_rss_needs_the_rss_floor_and_says_what_dominates() -> None:
+    rss = {"memory_source": "host RSS peak of the worker's tree"}
+    rows = [row("pytorch", peak_memory_mb=354.0, **rss), row("jax", peak_memory_mb=374.0, **rss)]
+    mem = headline_of(rows, "memory")
+    assert not mem.clear and "under the 15%" in mem.verdict  # 5.6%: a rerun moves a host RSS that much
+    parts = {"memory_params_mb": 4.0, "memory_grads_mb": 4.0, "memory_optimizer_mb": 8.0, "memory_activations_mb": 4.0}
+    rows = [row("pytorch", peak_memory_mb=354.0, **rss, **parts), row("jax", peak_memory_mb=500.0, **rss)]
+    mem = headline_of(rows, "memory")
+    assert mem.clear and "mostly the runtime (libraries, allocator, data): 20 MiB is the model's" in mem.verdict
 
 
 def test_one_framework_ranks_its_configurations() -> None:
@@ -204,7 +265,7 @@ def test_compare_text_prints_user_text_verbatim(tmp_path) -> None:
 def test_a_host_rss_change_between_single_runs_needs_the_rss_floor() -> None:
     mem = next(m for m in compare.METRICS if m.column == "peak_memory_mb")
     rss = {"memory_source": "peak and avg: host RSS of the worker's process tree"}
-    a = row("tensorflow", peak_memory_mb=1380.0, **rss)
+    a = row("tensorflow", peak_memory_mb=1380.0, runs=1, **rss)
     assert compare.compare_metric(mem, a, dict(a, peak_memory_mb=1467.0), 0.01, 0.05).verdict == "unconfirmed"
     assert compare.compare_metric(mem, a, dict(a, peak_memory_mb=1700.0), 0.01, 0.05).verdict == "regression"
     repeated = dict(a, repeats=3)
@@ -275,8 +336,8 @@ def test_the_other_load_limit_scales_with_the_machine() -> None:
         row("jax", cpu_other_pct=90.0, cpu_count_logical=2),
         row("jax", cpu_other_pct=90.0, cpu_count_logical=128),
     )
-    assert recommend.loaded(small) and not recommend.loaded(big)  # 0.9 of a core is 0.7% of 128 cores
-    assert recommend.loaded(row("jax", cpu_other_pct=700.0, cpu_count_logical=128))  # 5% of 128 cores is 640%
+    assert evidence.loaded(small) and not evidence.loaded(big)  # 0.9 of a core is 0.7% of 128 cores
+    assert evidence.loaded(row("jax", cpu_other_pct=700.0, cpu_count_logical=128))  # 5% of 128 cores is 640%
 
 
 def test_single_runs_confirm_only_what_clears_the_floor_and_never_under_other_load() -> None:
@@ -286,15 +347,17 @@ def test_single_runs_confirm_only_what_clears_the_floor_and_never_under_other_lo
     rng = np.random.default_rng(4)
     base = rng.normal(0.010, 0.0002, 300)
     m, lat = compare.METRICS[0], compare.METRICS[1]
-    a = row("pytorch", sps=3200.0, step_times_s=list(base))
-    drift = compare.compare_metric(m, a, row("pytorch", sps=2240.0, step_times_s=list(base * 1.43)), 0.01, 0.05)
+    a = row("pytorch", runs=1, sps=3200.0, step_times_s=list(base))
+    drift = compare.compare_metric(m, a, row("pytorch", runs=1, sps=2240.0, step_times_s=list(base * 1.43)), 0.01, 0.05)
     assert drift.p < 1e-6 and drift.verdict == "unconfirmed"  # -30%: the rank test is sure, one run is not
-    halved = compare.compare_metric(m, a, row("pytorch", sps=1600.0, step_times_s=list(base * 2.0)), 0.01, 0.05)
+    halved = compare.compare_metric(m, a, row("pytorch", runs=1, sps=1600.0, step_times_s=list(base * 2.0)), 0.01, 0.05)
     assert halved.verdict == "regression"  # a 2x slowdown
-    la = row("pytorch", inference_latency_p50_ms=1.0, inference_times_ms=list(rng.normal(1.0, 0.01, 60)))
-    lb = row("pytorch", inference_latency_p50_ms=1.6, inference_times_ms=list(rng.normal(1.6, 0.01, 60)))
-    l2 = row("pytorch", inference_latency_p50_ms=2.0, inference_times_ms=list(rng.normal(2.0, 0.01, 60)))
+    la = row("pytorch", runs=1, inference_latency_p50_ms=1.0, inference_times_ms=list(rng.normal(1.0, 0.01, 60)))
+    lb = row("pytorch", runs=1, inference_latency_p50_ms=1.6, inference_times_ms=list(rng.normal(1.6, 0.01, 60)))
+    l2 = row("pytorch", runs=1, inference_latency_p50_ms=2.0, inference_times_ms=list(rng.normal(2.0, 0.01, 60)))
     assert compare.compare_metric(lat, la, lb, 0.01, 0.05).verdict == "unconfirmed"  # +60%
     assert compare.compare_metric(lat, la, l2, 0.01, 0.05).verdict == "regression"  # +100%
-    busy = dict(row("pytorch", sps=1600.0, step_times_s=list(base * 2.0)), cpu_other_pct=180.0, cpu_count_logical=2)
+    busy = dict(
+        row("pytorch", runs=1, sps=1600.0, step_times_s=list(base * 2.0)), cpu_other_pct=180.0, cpu_count_logical=2
+    )
     assert compare.compare_metric(m, a, busy, 0.01, 0.05).verdict == "unconfirmed"

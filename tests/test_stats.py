@@ -92,3 +92,41 @@ def test_throughput_ci_belongs_to_the_figure() -> None:
     assert stats.throughput_ci(steps, 32) == (lo, hi)  # seeded: the same every time
     assert stats.throughput_ci([0.01] * 10, 32) == pytest.approx((3200.0, 3200.0))
     assert stats.throughput_ci([0.01], 32) == (None, None)
+
+
+def test_t_interval_hand_computed() -> None:
+    # mean 2, sample sd 1, n = 3: t(0.975, 2) = 4.303, half-width 4.303 / sqrt(3) = 2.484
+    lo, hi = stats.t_interval([1.0, 2.0, 3.0])
+    assert lo == pytest.approx(2 - 2.4843, abs=1e-3) and hi == pytest.approx(2 + 2.4843, abs=1e-3)
+    assert stats.t_interval([5.0]) == (None, None) and stats.t_interval([]) == (None, None)
+    assert stats.t_interval([4.0, 4.0, 4.0]) == (4.0, 4.0)
+
+
+def test_the_within_run_interval_widens_for_correlated_steps() -> None:
+    """Steps that drift in slow waves (as a shared machine's do) are not 300 independent draws: the batch-
+    means interval is wider than an interval that takes them as independent would be."""
+    rng = np.random.default_rng(2)
+    wave = 0.01 * (1 + 0.1 * np.sin(np.arange(300) / 15.0))  # lag-1 correlation near 1
+    steps = list(wave * rng.lognormal(0, 0.02, 300))
+    lo, hi = stats.throughput_ci(steps, 32)
+    figure = 32 / np.mean(steps)
+    iid_half = 1.96 * np.std(steps, ddof=1) / np.sqrt(300) / np.mean(steps) * figure
+    assert lo < figure < hi and (hi - lo) / 2 > 2 * iid_half
+
+
+def test_robust_cv_ignores_one_pause_that_the_cv_does_not() -> None:
+    steps = [1.0, 1.02, 0.98, 1.01, 0.99] * 20 + [15.0]  # one 15x pause among 101 steps
+    s = stats.summarize(steps)
+    assert s["cv"] > 1.0 and s["robust_cv"] < 0.05 and s["outliers"] == 1 and s["noisy"] is False
+    assert stats.robust_cv([1.0, 2.0]) is None
+
+
+def test_warm_up_is_a_slow_prefix_only_and_capped() -> None:
+    # a fast stretch at the start is not warm-up (two-sided detection used to drop it)
+    fast_first = [0.8, 0.8, 0.8, *([1.0, 1.01, 0.99] * 10)]
+    assert stats.steady_state(fast_first) == (0, False)
+    # slow for 12 of 40 steps: at most a quarter (10) is dropped, and the cap is said
+    late = [3.0] * 12 + [1.0, 1.01, 0.99, 1.0] * 7
+    assert stats.steady_state(late) == (10, True)
+    out = stats.steady_throughput([5.0, 4.0], late, 32)
+    assert out["start"] == 2 + 10 and out["dropped"] == 10 and out["capped"] is True

@@ -24,7 +24,7 @@ from typing import Any
 
 from scipy import stats as sps
 
-from mlbench.analysis.recommend import loaded
+from mlbench.analysis.evidence import loaded
 from mlbench.results import store
 from mlbench.results.labels import label
 

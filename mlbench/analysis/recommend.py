@@ -1,11 +1,13 @@
 """What a run's results say: recommendations with their evidence, Pareto fronts and speed-ups.
 
 Pure functions of result rows (dicts with the schema's columns), framework-free, so the report,
-`mlbench compare` and the tests all draw the same conclusions from the same numbers. A
-recommendation names a winner only where the evidence separates it from the runner-up: 95%
-confidence intervals that do not overlap (order statistics of the raw samples for throughput and
-latency, Wilson intervals for accuracy), or, for memory, which has no interval, a gap larger than
-MEMORY_TOLERANCE. Otherwise it says "no clear winner" and shows both.
+RESULTS.md and the tests draw the same conclusions from the same numbers. A recommendation ranks the
+cells whose evidence can rank them and names the ones it leaves out (noisy single runs, cells under
+other load); it names a winner only where the evidence tells the top two apart (mlbench/analysis/
+evidence.py: between-run intervals that do not overlap and a gap worth reporting, or a gap beyond what
+a single run's rerun moves). Accuracy: Wilson intervals of the validation samples. Peak memory, one
+reading: a gap beyond what a rerun moves it (15% for a host RSS, 5% for an allocator's or NVML's
+figure). Otherwise it says "cannot order" and why: not "alike".
 """
 
 from __future__ import annotations
@@ -13,34 +15,36 @@ from __future__ import annotations
 import math
 from collections.abc import Callable, Iterable
 from dataclasses import dataclass, field
-from statistics import NormalDist
+from statistics import NormalDist, fmean
 from typing import Any
 
-import numpy as np
-
+from mlbench.analysis import evidence
+from mlbench.analysis.evidence import Told, why_untrusted
 from mlbench.results.labels import config_label, num
 from workers.common import stats
 
-MEMORY_TOLERANCE = 0.05  # relative gap in peak memory below which two cells are not told apart
-# CPU other processes used during a cell (% of one core) above which it is suspect: a quarter of a core,
-# or 5% of the machine where that is more (a 128-core node is never quiet to a quarter of one core)
-OTHER_LOAD_PCT = 25.0
-OTHER_LOAD_SHARE = 0.05
+MEMORY_TOLERANCE = 0.05  # an allocator's or NVML's peak: the relative gap that tells two cells apart
+MEMORY_RSS_FLOOR = 0.15  # a host RSS peak moves up to 6.3% between runs of the same code (docs/compare.md)
 Row = dict[str, Any]
 
 
 @dataclass(frozen=True)
 class Estimate:
-    """A figure with its 95% confidence interval (None where there is none) and the cell it is of."""
+    """A figure with its 95% interval (None where there is none), what the interval covers (`kind`:
+    runs, within_run, validation), how many processes it comes from, and the cell it is of."""
 
     value: float
     low: float | None
     high: float | None
     row: Row = field(compare=False, repr=False)
+    kind: str | None = None
+    runs: int = 1
+    untrusted: str = ""  # why it cannot be ranked ('' when it can)
+    name: str = ""  # its label where the cell's would mislead (batch-1 latency has no training batch)
 
     @property
     def label(self) -> str:
-        return config_label(self.row)
+        return self.name or config_label(self.row)
 
 
 @dataclass(frozen=True)
@@ -49,7 +53,7 @@ class Criterion:
     title: str
     unit: str
     higher_is_better: bool
-    estimate: Callable[[Row], Estimate | None]
+    estimates: Callable[[list[Row]], list[Estimate]]  # of the ok cells of one model and device
     per_framework_best: bool = True  # False: compared at one configuration every framework ran
     tolerance: float | None = None  # figures with no interval: the relative gap that tells two apart
 
@@ -63,13 +67,14 @@ class Recommendation:
     model: str
     device: str
     unit: str
-    winner: Estimate | None
+    winner: Estimate | None  # the best ranked estimate
     runner_up: Estimate | None
     clear: bool
-    verdict: str  # one line: who wins and by how much, or why there is no clear winner
-    candidates: list[Estimate]
+    verdict: str  # one line: who leads and by how much, or why the evidence cannot order them
+    candidates: list[Estimate]  # the ranked ones, best first
     note: str = ""  # the configuration the comparison was made at, where it is fixed
     hardware: list[str] = field(default_factory=list)  # more than one: the compared cells ran on different machines
+    left_out: list[Estimate] = field(default_factory=list)  # not ranked, each with why
 
 
 def hardware(r: Row) -> str:
@@ -80,28 +85,6 @@ def hardware(r: Row) -> str:
 
 def ok_rows(rows: Iterable[Row]) -> list[Row]:
     return [r for r in rows if r.get("status") == "ok"]
-
-
-def other_load_limit_pct(r: Row) -> float:
-    """The other load (in % of one core) above which a cell's timings are suspect on its machine."""
-    return max(OTHER_LOAD_PCT, OTHER_LOAD_SHARE * 100.0 * (r.get("cpu_count_logical") or 1))
-
-
-def loaded(r: Row) -> bool:
-    """Whether other processes used the CPU enough during the cell to skew its timings."""
-    other = r.get("cpu_other_pct")
-    return other is not None and other > other_load_limit_pct(r)
-
-
-def why_untrusted(r: Row) -> str:
-    """Why a cell's timings cannot rank it ('' when they can): its own spread, or other load."""
-    reasons = []
-    if r.get("noisy"):
-        cv = r.get("step_time_cv")
-        reasons.append(f"step-time CV {cv:.0%}" if cv is not None else "step times vary over 10%")
-    if loaded(r):
-        reasons.append(f"other processes used {r['cpu_other_pct']:.0f}% of a core")
-    return ", ".join(reasons)
 
 
 def wilson_interval(p: float, n: int, confidence: float = 0.95) -> tuple[float, float]:
@@ -120,17 +103,34 @@ def throughput_estimate(r: Row) -> Estimate | None:
     v = r.get("samples_per_second")
     if v is None:
         return None
-    return Estimate(v, r.get("samples_per_second_ci_low"), r.get("samples_per_second_ci_high"), r)
+    lo, hi = r.get("samples_per_second_ci_low"), r.get("samples_per_second_ci_high")
+    return Estimate(v, lo, hi, r, r.get("ci_kind"), r.get("repeats") or 1, why_untrusted(r))
 
 
-def latency_estimate(r: Row) -> Estimate | None:
-    """Median latency of one sample's forward pass (batch 1), with the CI of the median."""
-    samples = r.get("inference_b1_times_ms") or []
-    if len(samples) == 0:
-        v = r.get("inference_b1_latency_p50_ms")
-        return None if v is None else Estimate(v, None, None, r)
-    lo, hi = stats.median_ci(list(samples))
-    return Estimate(float(np.median(samples)), lo, hi, r)
+def latency_estimates(rows: list[Row]) -> list[Estimate]:
+    """Batch-1 latency is one workload per framework and precision, whatever batch a cell trained at:
+    every process that measured it (each cell's each run) is an independent sample of its median, so
+    they pool into one figure (their mean) with a between-run interval where there are two or more,
+    labelled without a training batch. One process alone: its passes' order-statistics interval."""
+    groups: dict[tuple[str, str], list[Row]] = {}
+    for r in rows:
+        if r.get("inference_b1_latency_p50_ms") is not None:
+            groups.setdefault((r["framework"], r["precision"]), []).append(r)
+    out = []
+    for (framework, precision), members in groups.items():
+        p50s = [x for r in members for x in (r.get("repeat_b1_latency_p50_ms") or [r["inference_b1_latency_p50_ms"]])]
+        untrusted = "; ".join(w for w in (why_untrusted(r, latency=True) for r in members) if w)
+        name = f"{framework} {precision}"
+        if len(p50s) > 1:
+            lo, hi = stats.t_interval(p50s)
+            out.append(Estimate(fmean(p50s), lo, hi, members[0], "runs", len(p50s), untrusted, name))
+        else:
+            r = members[0]
+            lo, hi = r.get("inference_b1_latency_p50_ci_low_ms"), r.get("inference_b1_latency_p50_ci_high_ms")
+            if lo is None and r.get("inference_b1_times_ms"):
+                lo, hi = stats.median_ci(list(r["inference_b1_times_ms"]))
+            out.append(Estimate(p50s[0], lo, hi, r, "within_run", 1, untrusted, name))
+    return out
 
 
 def memory_estimate(r: Row) -> Estimate | None:
@@ -147,24 +147,30 @@ def accuracy_estimate(r: Row) -> Estimate | None:
     if not n:
         return Estimate(100 * acc, None, None, r)
     lo, hi = wilson_interval(acc, int(n))
-    return Estimate(100 * acc, 100 * lo, 100 * hi, r)
+    return Estimate(100 * acc, 100 * lo, 100 * hi, r, "validation")
+
+
+def _each(estimate: Callable[[Row], Estimate | None]) -> Callable[[list[Row]], list[Estimate]]:
+    return lambda rows: [e for e in map(estimate, rows) if e is not None]
 
 
 CRITERIA = [
-    Criterion("train_throughput", "Training throughput", "samples/s", True, throughput_estimate),
-    Criterion("inference_latency", "Inference latency (batch 1, median)", "ms", False, latency_estimate),
+    Criterion("train_throughput", "Training throughput", "samples/s", True, _each(throughput_estimate)),
+    Criterion("inference_latency", "Inference latency (batch 1, median)", "ms", False, latency_estimates),
     Criterion(
-        "memory", "Peak memory", "MiB", False, memory_estimate, per_framework_best=False, tolerance=MEMORY_TOLERANCE
+        "memory",
+        "Peak memory",
+        "MiB",
+        False,
+        _each(memory_estimate),
+        per_framework_best=False,
+        tolerance=MEMORY_TOLERANCE,
     ),
-    Criterion("accuracy", "Validation accuracy", "%", True, accuracy_estimate),
+    Criterion("accuracy", "Validation accuracy", "%", True, _each(accuracy_estimate)),
 ]
 
 
 # --- recommendations --------------------------------------------------------------------------
-
-
-def _better(a: Estimate, b: Estimate, higher: bool) -> bool:
-    return a.value > b.value if higher else a.value < b.value
 
 
 def separated(a: Estimate, b: Estimate, higher: bool) -> bool:
@@ -189,44 +195,47 @@ def _describe(e: Estimate, unit: str) -> str:
     return f"{e.label}: {num(e.value)} {unit}{ci}"
 
 
+def _at_common_configuration(group: list[Row], c: Criterion) -> tuple[list[Row], str]:
+    common = common_configuration(group)
+    if common is None:
+        return [], ""
+    group = [r for r in group if (r["precision"], r["batch_size"]) == common]
+    note = f"compared at {common[0]}, batch {common[1]}"
+    if c.key == "memory":  # only figures measured the same way (allocator peak vs device memory in use)
+        sources = [r.get("memory_source") for r in group]
+        common_source = max(set(sources), key=sources.count)
+        if len(set(sources)) > 1:
+            note += f"; only cells whose memory is '{common_source}'"
+        group = [r for r in group if r.get("memory_source") == common_source]
+    return group, note
+
+
 def recommend_one(rows: list[Row], c: Criterion, model: str, device: str) -> Recommendation | None:
     """The recommendation of criterion `c` among the ok cells of one model on one device."""
     group = [r for r in ok_rows(rows) if r["model_name"] == model and r["device"] == device]
     note = ""
     if not c.per_framework_best:
-        common = common_configuration(group)
-        if common is None:
-            return None
-        group = [r for r in group if (r["precision"], r["batch_size"]) == common]
-        note = f"compared at {common[0]}, batch {common[1]}"
-        if c.key == "memory":  # only figures measured the same way (allocator peak vs device memory in use)
-            sources = [r.get("memory_source") for r in group]
-            common_source = max(set(sources), key=sources.count)
-            if len(set(sources)) > 1:
-                note += f"; only cells whose memory is '{common_source}'"
-            group = [r for r in group if r.get("memory_source") == common_source]
-    est = [e for e in (c.estimate(r) for r in group) if e is not None]
+        group, note = _at_common_configuration(group, c)
+    est = c.estimates(group)
     if not est:
         return None
-    candidates = _candidates(sorted(est, key=lambda e: e.value, reverse=c.higher_is_better))
-    machines = sorted({hardware(e.row) for e in candidates})
+    ranked = _candidates(sorted((e for e in est if not e.untrusted), key=lambda e: e.value, reverse=c.higher_is_better))
+    left_out = _candidates([e for e in est if e.untrusted])
+    machines = sorted({hardware(e.row) for e in [*ranked, *left_out]})
     if len(machines) > 1:
         note = (note + "; " if note else "") + f"the cells compared ran on {len(machines)} kinds of hardware"
-    winner = candidates[0]
-    runner = candidates[1] if len(candidates) > 1 else None
-    if runner is None:
-        clear, verdict = False, f"only {_describe(winner, c.unit)} measured"
-    else:
-        clear, verdict = _verdict(c, winner, runner)
+    winner = ranked[0] if ranked else None
+    runner = ranked[1] if len(ranked) > 1 else None
+    clear, verdict = _verdict(c, winner, runner, left_out)
     return Recommendation(
-        c.key, c.title, model, device, c.unit, winner, runner, clear, verdict, candidates, note, machines
+        c.key, c.title, model, device, c.unit, winner, runner, clear, verdict, ranked, note, machines, left_out
     )
 
 
 def _candidates(ordered: list[Estimate]) -> list[Estimate]:
     """Several frameworks: the question is which framework, so each one's best configuration;
     one framework: which configuration, so all of them."""
-    if len({e.row["framework"] for e in ordered}) == 1:
+    if len({e.row["framework"] for e in ordered}) <= 1:
         return ordered
     best: dict[str, Estimate] = {}
     for e in ordered:
@@ -234,33 +243,81 @@ def _candidates(ordered: list[Estimate]) -> list[Estimate]:
     return list(best.values())
 
 
-def _verdict(c: Criterion, winner: Estimate, runner: Estimate) -> tuple[bool, str]:
-    """Whether the winner is clearly ahead of the runner-up, and the sentence that says so or why not."""
-    timed = c.key in ("train_throughput", "inference_latency")
-    noisy = [f"{e.label} ({why_untrusted(e.row)})" for e in (winner, runner) if timed and why_untrusted(e.row)]
-    gap = abs(winner.value - runner.value) / abs(runner.value) if runner.value else math.inf
-    gap_text = f"{abs(winner.value - runner.value):.1f} points" if c.unit == "%" else f"{gap:.0%}"
-    if c.tolerance is not None:
-        clear = math.isfinite(gap) and gap > c.tolerance
-    else:
-        clear = separated(winner, runner, c.higher_is_better) and not noisy
-    word = ("higher" if c.higher_is_better else "lower") if c.key != "train_throughput" else "faster"
-    if clear:
-        return clear, (
-            f"{winner.label} ({num(winner.value)} {c.unit}) is {gap_text} {word} than "
-            f"{runner.label} ({num(runner.value)} {c.unit}); "
-            + (f"more than the {c.tolerance:.0%} tolerance" if c.tolerance else "the 95% intervals do not overlap")
+def not_ranked(left_out: list[Estimate]) -> str:
+    return "; ".join(f"{e.label} not ranked: {e.untrusted}" for e in left_out)
+
+
+def told(c: Criterion, winner: Estimate, runner: Estimate) -> Told:
+    """Whether the evidence tells the winner ahead of the runner-up on criterion `c`."""
+    if c.key in ("train_throughput", "inference_latency"):
+        return evidence.tell(
+            winner.value,
+            runner.value,
+            ((winner.low, winner.high), (runner.low, runner.high)),
+            (winner.kind, runner.kind),
+            "throughput" if c.key == "train_throughput" else "latency",
+            c.higher_is_better,
         )
-    if noisy:
-        return clear, f"no clear winner: too noisy to rank: {'; '.join(noisy)}"
-    why = (
-        f"gap under {MEMORY_TOLERANCE:.0%}"
-        if c.key == "memory"
-        else ("intervals overlap" if runner.low is not None or runner.high is not None else "no interval")
+    ratio = winner.value / runner.value if runner.value else math.inf
+    ratio = max(ratio, 1 / ratio) if ratio else math.inf
+    if c.key == "memory":
+        floor = memory_floor(winner.row, runner.row)
+        if ratio - 1 > floor:
+            return Told(True, ratio, f"more than the {floor:.0%} a rerun may move it")
+        return Told(False, ratio, f"{ratio - 1:.1%} apart, under the {floor:.0%} a rerun may move it")
+    if c.tolerance is not None:
+        if ratio - 1 > c.tolerance:
+            return Told(True, ratio, f"more than the {c.tolerance:.0%} tolerance")
+        return Told(False, ratio, f"a gap under {c.tolerance:.0%}")
+    if separated(winner, runner, c.higher_is_better):
+        return Told(True, ratio, "the validation samples' 95% intervals do not overlap")
+    return Told(False, ratio, "the validation samples' 95% intervals overlap")
+
+
+def memory_floor(*rows: Row) -> float:
+    """The relative gap that tells two peak-memory readings apart: a host RSS moves more between runs."""
+    return MEMORY_RSS_FLOOR if any("RSS" in str(r.get("memory_source") or "") for r in rows) else MEMORY_TOLERANCE
+
+
+def memory_dominance(r: Row) -> str:
+    """What a cell's peak memory mostly is: the model's training state, or the runtime around it."""
+    parts = [r.get(k) for k in ("memory_params_mb", "memory_grads_mb", "memory_optimizer_mb", "memory_activations_mb")]
+    peak = r.get("peak_memory_mb")
+    if peak is None or any(p is None for p in parts):
+        return ""
+    model = sum(parts)
+    whose = "the model's training state" if model >= peak / 2 else "the runtime (libraries, allocator, data)"
+    return f"{config_label(r)}'s {num(peak)} MiB is mostly {whose}: {num(model)} MiB is the model's"
+
+
+def _verdict(
+    c: Criterion, winner: Estimate | None, runner: Estimate | None, left_out: list[Estimate]
+) -> tuple[bool, str]:
+    """Whether the winner is clearly ahead of the runner-up, and the sentence that says so or why not."""
+    excluded = not_ranked(left_out)
+    tail = f"; {excluded}" if excluded else ""
+    if winner is None:
+        return False, f"cannot rank: {excluded}"
+    if runner is None:
+        return False, f"only {_describe(winner, c.unit)} can be ranked{tail}"
+    said = told(c, winner, runner)
+    if said.clear:
+        dominance = f"; {memory_dominance(winner.row)}" if c.key == "memory" and memory_dominance(winner.row) else ""
+        return True, f"{_lead(c, winner, runner, said.ratio)}: {said.why}{dominance}{tail}"
+    return False, (
+        f"cannot order {winner.label} {num(winner.value)} and {runner.label} {num(runner.value)} {c.unit}: "
+        f"{said.why}{tail}"
     )
-    return clear, (
-        f"no clear winner: {winner.label} {num(winner.value)} vs {runner.label} {num(runner.value)} {c.unit} ({why})"
-    )
+
+
+def _lead(c: Criterion, winner: Estimate, runner: Estimate, ratio: float) -> str:
+    """The winner's lead in words: a ratio of the figures (points for a percentage)."""
+    w, r = f"{winner.label} ({num(winner.value)} {c.unit})", f"{runner.label} ({num(runner.value)} {c.unit})"
+    if c.unit == "%":
+        return f"{w} is {abs(winner.value - runner.value):.1f} points {'higher' if c.higher_is_better else 'lower'} than {r}"
+    if c.higher_is_better:
+        return f"{w} is {ratio:.2f}x {r}"
+    return f"{w} is 1/{ratio:.2f} of {r}"
 
 
 def recommendations(rows: list[Row]) -> list[Recommendation]:
@@ -341,7 +398,7 @@ GPU_UTILIZATION = Criterion(
     "GPU utilisation (training)",
     "%",
     True,
-    gpu_utilization_estimate,
+    _each(gpu_utilization_estimate),
     per_framework_best=False,
     tolerance=UTILISATION_TOLERANCE,
 )
@@ -357,34 +414,53 @@ def leaders(rows: list[Row]) -> list[tuple[str, str, Criterion, Recommendation |
 @dataclass
 class Effect:
     """One ok cell against the cell equal to it in every axis but one (fp32, the smallest batch, the CPU):
-    what the change of that axis buys, each verdict from the figures' own intervals."""
+    what the change of that axis buys, each verdict from its own evidence."""
 
     row: Row
     base: Row
     ratio: float  # throughput over the base's
-    verdict: str  # faster | slower | within the intervals | too noisy: ... | no interval
+    verdict: str  # faster | slower | cannot tell | not ranked
+    why: str  # the evidence's sentence: the rule that decided, or why a cell is not ranked
+    updates: tuple[int | None, int | None]  # optimizer updates the row's and the base's training made
     accuracy_delta_pts: float | None
-    accuracy_verdict: str  # higher | lower | within the intervals | not measured
+    accuracy_verdict: str  # higher | lower | within the intervals | not measured | not comparable: ...
     memory_ratio: float | None  # peak memory over the base's, where both were measured the same way
-    memory_verdict: str  # more | less | about the same (within MEMORY_TOLERANCE) | not measured
+    memory_verdict: str  # more | less | about the same (within the floor) | not measured
 
 
-def _throughput_verdict(r: Row, b: Row) -> str:
-    noisy = [f"{config_label(x)} ({why_untrusted(x)})" for x in (r, b) if why_untrusted(x)]
-    if noisy:
-        return "too noisy: " + "; ".join(noisy)
+def updates(r: Row) -> int | None:
+    """The optimizer updates a cell's training made: full batches an epoch (the last partial one is
+    dropped) times the epochs."""
+    n, bs, epochs = r.get("train_samples"), r.get("batch_size"), r.get("epochs")
+    return (n // bs) * epochs if n and bs and epochs else None
+
+
+def _throughput_verdict(r: Row, b: Row) -> tuple[str, str]:
+    untrusted = [f"{config_label(x)} not ranked: {why_untrusted(x)}" for x in (r, b) if why_untrusted(x)]
+    if untrusted:
+        return "not ranked", "; ".join(untrusted)
     er, eb = throughput_estimate(r), throughput_estimate(b)
-    if er is None or eb is None or None in (er.low, er.high, eb.low, eb.high):
-        return "no interval"
-    if separated(er, eb, True):
-        return "faster"
-    return "slower" if separated(eb, er, True) else "within the intervals"
+    if er is None or eb is None:
+        return "cannot tell", "no figure"
+    faster, slower = (er, eb) if er.value >= eb.value else (eb, er)
+    said = evidence.tell(
+        faster.value, slower.value, ((faster.low, faster.high), (slower.low, slower.high)),
+        (faster.kind, slower.kind), "throughput",
+    )  # fmt: skip
+    if not said.clear:
+        return "cannot tell", said.why
+    return ("faster" if faster is er else "slower"), said.why
 
 
 def _accuracy_verdict(r: Row, b: Row) -> str:
+    """Accuracy of two cells compared only at equal updates: a batch twice the size makes half the updates
+    in the same epochs, a difference of training length, not of the batch (time to a target compares them)."""
     er, eb = accuracy_estimate(r), accuracy_estimate(b)
     if er is None or eb is None:
         return "not measured"
+    ur, ub = updates(r), updates(b)
+    if ur != ub:
+        return f"not comparable: {ur} against {ub} updates (compare time to target_accuracy instead)"
     if separated(er, eb, True):
         return "higher"
     return "lower" if separated(eb, er, True) else "within the intervals"
@@ -395,7 +471,7 @@ def _memory_change(r: Row, b: Row) -> tuple[float | None, str]:
     if not mr or not mb or r.get("memory_source") != b.get("memory_source"):
         return None, "not measured"
     ratio = mr / mb
-    if abs(ratio - 1) <= MEMORY_TOLERANCE:
+    if abs(ratio - 1) <= memory_floor(r, b):
         return ratio, "about the same"
     return ratio, "more" if ratio > 1 else "less"
 
@@ -406,12 +482,15 @@ def effects(rows: list[Row], axis: str, baseline: Callable[[Any], bool]) -> list
     for p in ratios(rows, axis, baseline):
         r, b = p["row"], p["base"]
         memory_ratio, memory_verdict = _memory_change(r, b)
+        verdict, why = _throughput_verdict(r, b)
         out.append(
             Effect(
                 r,
                 b,
                 p["ratio"],
-                _throughput_verdict(r, b),
+                verdict,
+                why,
+                (updates(r), updates(b)),
                 p["accuracy_delta_pts"],
                 _accuracy_verdict(r, b),
                 memory_ratio,

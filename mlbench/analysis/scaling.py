@@ -14,6 +14,7 @@ from __future__ import annotations
 from dataclasses import dataclass
 from typing import Any
 
+from mlbench.analysis import evidence
 from workers.common.devices import Device
 
 Row = dict[str, Any]
@@ -64,6 +65,7 @@ class Verdict:
     low: float | None  # the speed-up's bounds (num_devices x the efficiency's bounds)
     high: float | None
     verdict: str  # "pays" | "does not pay" | "cannot tell"
+    why: str = ""  # the evidence's rule (mlbench/analysis/evidence.py), or why a cell is not ranked
 
     @property
     def text(self) -> str:
@@ -83,16 +85,35 @@ class Verdict:
                 + {
                     "pays": ": replicas on the same cores beat one process here.",
                     "does not pay": ": replicas on the same cores are slower than one process.",
-                    "cannot tell": ": cannot tell whether the replicas beat one process; the intervals overlap 1x.",
+                    "cannot tell": f": cannot tell whether the replicas beat one process ({self.why}).",
                 }[self.verdict]
             )
         if self.verdict == "pays":
-            return f"{what}: the extra devices pay."
+            return f"{what}: faster than one device ({self.why})."
         if self.verdict == "does not pay":
-            return f"{what}: the extra devices do not pay here; one device trains faster."
-        return (
-            f"{what}: cannot tell whether the extra devices pay; the intervals overlap 1x (repeat or time more steps)."
-        )
+            return f"{what}: one device trains faster ({self.why})."
+        return f"{what}: cannot tell whether the extra devices are faster ({self.why}; repeats: 5 tells more)."
+
+
+def _faster(r: Row, b: Row) -> tuple[str, str]:
+    """Whether the data-parallel cell is faster than its one-device cell beyond the evidence (the same
+    rule as every comparison of two throughputs: evidence.tell), and the sentence why."""
+    untrusted = "; ".join(
+        f"{x['device']} not ranked: {evidence.why_untrusted(x)}" for x in (r, b) if evidence.why_untrusted(x)
+    )
+    if untrusted:
+        return "cannot tell", untrusted
+    fast, slow = (r, b) if r["samples_per_second"] >= b["samples_per_second"] else (b, r)
+    said = evidence.tell(
+        fast["samples_per_second"],
+        slow["samples_per_second"],
+        tuple((x.get("samples_per_second_ci_low"), x.get("samples_per_second_ci_high")) for x in (fast, slow)),
+        (fast.get("ci_kind"), slow.get("ci_kind")),
+        "throughput",
+    )
+    if not said.clear:
+        return "cannot tell", said.why
+    return ("pays" if fast is r else "does not pay"), said.why
 
 
 def verdicts(rows: list[Row]) -> list[Verdict]:
@@ -108,11 +129,5 @@ def verdicts(rows: list[Row]) -> list[Verdict]:
         low = r["scaling_efficiency_low"] * n if r.get("scaling_efficiency_low") is not None else None
         high = r["scaling_efficiency_high"] * n if r.get("scaling_efficiency_high") is not None else None
         speedup = r["scaling_efficiency"] * n
-        if low is not None and low > 1.0:
-            verdict = "pays"
-        elif high is not None and high < 1.0:
-            verdict = "does not pay"
-        else:
-            verdict = "cannot tell"
-        out.append(Verdict(r, b, speedup, low, high, verdict))
+        out.append(Verdict(r, b, speedup, low, high, *_faster(r, b)))
     return out

@@ -7,7 +7,7 @@ from __future__ import annotations
 from dataclasses import dataclass, field
 from typing import Any
 
-from mlbench.analysis import bottleneck, recommend, scaling
+from mlbench.analysis import bottleneck, evidence, recommend, scaling
 from mlbench.analysis.recommend import Effect, Recommendation
 from mlbench.present import charts
 
@@ -97,6 +97,23 @@ def gather(
     )
 
 
+RULES = (
+    "A clear winner only where the evidence tells the top two apart: intervals across runs (independent "
+    f"processes) that do not overlap and a gap of at least {evidence.MIN_EFFECT:.0%}, or, where a cell ran once, "
+    f"a gap beyond what a rerun of the same code moves ({evidence.SINGLE_RUN_FLOOR['throughput']:.0%} "
+    f"throughput, {evidence.SINGLE_RUN_FLOOR['latency']:.0%} latency); peak memory, one reading, a gap over "
+    f"{recommend.MEMORY_RSS_FLOOR:.0%} (host RSS) or {recommend.MEMORY_TOLERANCE:.0%}. A single run too noisy "
+    "to rank, or a cell under other load, is named and left out of the ranking."
+)
+
+
+def badge(rec: Recommendation) -> str:
+    """The verdict in two words: a clear winner, or why there is none (not "alike": "cannot order")."""
+    if rec.clear:
+        return "clear winner"
+    return "cannot order" if rec.runner_up is not None else ("one ranked" if rec.winner else "none ranked")
+
+
 def stale_note(stale: int) -> str:
     return (
         f"{stale} stored cell(s) were measured under a different spec (another config or an older mlbench) "
@@ -129,9 +146,10 @@ def warnings(rows: list[Row], recommendations: list[Recommendation], stale: int 
         )
     noisy = [r for r in rows if r.get("noisy")]
     if noisy:
+        outliers = sum(r.get("step_time_outliers") or 0 for r in noisy)
         out.append(
-            f"{len(noisy)} cell(s) have a step-time coefficient of variation above 10%: their throughput is too "
-            "noisy to rank on (another load on the machine, throttling, or too few steps)."
+            f"{len(noisy)} cell(s) have step times whose robust spread is above 10% ({outliers} outlier step(s) "
+            "among them): where such a cell ran once, it is not ranked; see each cell's step CV and outliers."
         )
     ok = recommend.ok_rows(rows)
     faulting = [r for r in ok if (r.get("page_faults_per_step") or 0) > FAULTS_PER_STEP]
@@ -152,12 +170,12 @@ def warnings(rows: list[Row], recommendations: list[Recommendation], stale: int 
             f"{len(over)} cell(s) trained faster than the calibrated peak of their device and precision: their MFU "
             "would be above 1, so it is not stored; the calibration measured too low a peak (see calibration.json)."
         )
-    busy = [r for r in ok if recommend.loaded(r)]
+    busy = [r for r in ok if evidence.loaded(r)]
     if busy:
         worst = max(r["cpu_other_pct"] for r in busy)
         out.append(
             f"{len(busy)} cell(s) ran while other processes used more than "
-            f"{min(recommend.other_load_limit_pct(r) for r in busy):.0f}% of a core (up to {worst:.0f}%): their "
+            f"{min(evidence.other_load_limit_pct(r) for r in busy):.0f}% of a core (up to {worst:.0f}%): their "
             "timings measure that contention too. Rerun them on a quiet machine."
         )
     return out

@@ -11,7 +11,8 @@ from plotly.offline import get_plotlyjs
 
 from mlbench.analysis import bottleneck, parity, recommend, scaling
 from mlbench.present import charts
-from mlbench.present.content import STATUS_ORDER, Content
+from mlbench.present.content import RULES, STATUS_ORDER, Content
+from mlbench.present.content import badge as content_badge
 from mlbench.results.labels import label, num
 from mlbench.results.store import atomic_write
 
@@ -126,7 +127,7 @@ def headline(recs: list[recommend.Recommendation]) -> str:
         body = []
         for r in (x for x in recs if (x.model, x.device) == (model, device)):
             cls = "win" if r.clear else "tie"
-            badge = "clear winner" if r.clear else "no clear winner"
+            badge = content_badge(r)
             note = f"<br><span class='ci'>{_esc(r.note)}</span>" if r.note else ""
             body.append(
                 f"<tr class='rec {cls}' data-criterion='{_esc(r.criterion)}'><td>{_esc(r.title)}{note}</td>"
@@ -257,8 +258,7 @@ def build_html(content: Content) -> str:
 <a href="#parity">Parity</a><a href="#cells">Cells</a><a href="#environment">Environment</a><a href="#config">Config</a></nav>
 {warn}
 <h2 id="recommendations">Recommendations</h2>
-<p class="sub">Per model and device, the best of each framework compared on each criterion; a winner only where
-the 95% confidence intervals do not overlap (peak memory: a gap over {recommend.MEMORY_TOLERANCE:.0%}).</p>
+<p class="sub">Per model and device, the best of each framework compared on each criterion. {_esc(RULES)}</p>
 {headline(content.recommendations)}
 {scaling_section(content.scaling)}
 {bottleneck_section(content.bottlenecks)}

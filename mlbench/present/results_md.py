@@ -2,10 +2,9 @@
 pager), with the report's charts beside it as static SVG and PNG images rendered from the same Plotly
 figures.
 
-Everything in it is generated from the rows. Recommendations and analysis reuse mlbench.analysis's
-verdicts: a lead counts only beyond the 95% intervals (memory and GPU utilisation, single readings:
-beyond a tolerance), otherwise "no clear winner". A figure nothing measured is "—" or "not measured",
-never 0. A chart that cannot be rendered (no browser, no kaleido) says why in place of its image.
+Everything in it is generated from the rows. Recommendations and analysis word mlbench/analysis's
+verdicts: a lead counts only where the evidence tells the two apart (mlbench/analysis/evidence.py),
+otherwise "cannot order", with why. A figure nothing measured is "—" or "not measured", never 0. A chart that cannot be rendered (no browser, no kaleido) says why in place of its image.
 """
 
 from __future__ import annotations
@@ -22,7 +21,7 @@ import mlbench
 from mlbench.analysis import bottleneck, parity, recommend
 from mlbench.analysis.recommend import Effect, Recommendation, Row
 from mlbench.present import charts, images
-from mlbench.present.content import STATUS_ORDER, Content
+from mlbench.present.content import RULES, STATUS_ORDER, Content, badge
 from mlbench.results import labels
 from mlbench.results.labels import NA, label
 from mlbench.results.store import atomic_write
@@ -157,10 +156,14 @@ def warnings_section(notes: list[str]) -> str:
 # --- recommendations and the analysis ------------------------------------------------------------
 
 
+INTERVALS = {"runs": "across runs", "within_run": "one run", "validation": "validation samples"}
+
+
 def _estimate(e: recommend.Estimate | None, unit: str) -> str:
     if e is None:
         return NA
-    return f"{text(e.label)}: {with_ci(e.value, e.low, e.high)} {unit}"
+    kind = f" ({INTERVALS[e.kind]}{f', {e.runs} processes' if e.kind == 'runs' else ''})" if e.kind in INTERVALS else ""
+    return f"{text(e.label)}: {with_ci(e.value, e.low, e.high)} {unit}{kind}"
 
 
 def recommendations_section(recs: list[Recommendation]) -> str:
@@ -169,8 +172,7 @@ def recommendations_section(recs: list[Recommendation]) -> str:
         "## Recommendations",
         "",
         "Per model and device, each framework's best configuration on each criterion (95% intervals in "
-        "brackets); a clear winner only where the intervals do not overlap (peak memory, one reading: a gap over "
-        f"{recommend.MEMORY_TOLERANCE:.0%}). A noisy or contended cell never wins.",
+        f"brackets, with what they cover). {RULES}",
     ]
     if not recs:
         return "\n".join([*out, "", "No recommendation: no cell finished ok."])
@@ -178,7 +180,7 @@ def recommendations_section(recs: list[Recommendation]) -> str:
         body = [
             [
                 text(r.title) + (f" ({text(r.note, own=True)})" if r.note else ""),
-                "**clear winner**" if r.clear else "no clear winner",
+                "**clear winner**" if r.clear else badge(r),
                 _estimate(r.winner, r.unit),
                 _estimate(r.runner_up, r.unit),
             ]
@@ -204,15 +206,12 @@ NOT_MEASURED = {
 
 
 def leader_line(title: str, key: str, rec: Recommendation | None) -> str:
-    """One criterion: who leads and by how much, or "no clear winner", or "not measured"."""
+    """One criterion: who leads and by how much, or why the evidence cannot order them, or "not measured"."""
     if rec is None:
         return f"- **{text(title)}**: {NOT_MEASURED.get(key, 'not measured')}."
     note = f" ({text(rec.note, own=True)})" if rec.note else ""
     if not rec.clear:
-        why = rec.verdict.removeprefix("no clear winner: ")
-        if rec.runner_up is None:
-            why = f"one candidate, nothing to rank against: {why}"
-        return f"- **{text(title)}**{note}: **no clear winner**: {text(why, own=True)}."
+        return f"- **{text(title)}**{note}: **{badge(rec)}**: {text(rec.verdict, own=True)}."
     frameworks = {e.row["framework"] for e in rec.candidates}
     who = rec.winner.row["framework"] if len(frameworks) > 1 else rec.winner.label
     return f"- **{text(title)}**{note}: **{text(who)}** leads: {text(rec.verdict, own=True)}."
@@ -220,23 +219,25 @@ def leader_line(title: str, key: str, rec: Recommendation | None) -> str:
 
 def _throughput_phrase(e: Effect, what: str, base: str) -> str:
     change = f"{what} trains at {e.ratio:.2f}x the throughput of {base}"
-    if e.verdict == "faster":
-        return f"{change}, faster beyond both 95% intervals"
-    if e.verdict == "slower":
-        return f"{change}, slower beyond both 95% intervals"
-    if e.verdict == "within the intervals":
-        return f"{change}, within the 95% intervals: no clear change"
-    if e.verdict == "no interval":
-        return f"{change} (no interval to judge it by)"
-    return f"{change}; {e.verdict.replace('too noisy', 'too noisy to tell')}"
+    if e.verdict in ("faster", "slower"):
+        return f"{change}: {e.verdict}, {e.why}"
+    if e.verdict == "not ranked":
+        return f"{change}; cannot tell: {e.why}"
+    return f"{change}; cannot tell: {e.why}"
 
 
 def effect_line(e: Effect, what: str, base: str, where: str) -> str:
     """One pair of cells: what the changed axis buys in throughput, accuracy and memory."""
     parts = [_throughput_phrase(e, what, base)]
+    ur, ub = e.updates
+    if ur is not None and ub is not None and ur != ub:
+        parts.append(f"{ur} optimizer updates against {ub}")
     if e.accuracy_delta_pts is not None:
-        acc = {"higher": "higher beyond", "lower": "lower beyond"}.get(e.accuracy_verdict, "within")
-        parts.append(f"validation accuracy {e.accuracy_delta_pts:+.1f} points ({acc} the 95% intervals)")
+        if e.accuracy_verdict.startswith("not comparable"):
+            parts.append(f"validation accuracy {e.accuracy_delta_pts:+.1f} points, {e.accuracy_verdict}")
+        else:
+            acc = {"higher": "higher beyond", "lower": "lower beyond"}.get(e.accuracy_verdict, "within")
+            parts.append(f"validation accuracy {e.accuracy_delta_pts:+.1f} points ({acc} the 95% intervals)")
     if e.memory_ratio is not None:
         parts.append(f"peak memory {e.memory_ratio:.2f}x ({e.memory_verdict})")
     return f"- {text(where)}: {text('; '.join(parts), own=True)}."
@@ -313,10 +314,9 @@ def analysis_section(content: Content) -> str:
     out = [
         "## Analysis",
         "",
-        "Generated from the rows, not written by hand. A framework leads on a criterion only where its lead is "
-        "beyond both 95% intervals (peak memory and GPU utilisation, single readings: beyond a gap of "
-        f"{recommend.MEMORY_TOLERANCE:.0%} and {recommend.UTILISATION_TOLERANCE:.0%}); otherwise there is no clear "
-        "winner. What precision, batch size and a second device buy compares cells equal in every other axis.",
+        f"Generated from the rows, not written by hand. {RULES} What precision, batch size and a second "
+        "device buy compares cells equal in every other axis; accuracy only between cells that made as many "
+        "optimizer updates.",
     ]
     if not ok:
         return "\n".join([*out, "", "Nothing to analyse: no cell finished ok."])

@@ -1,7 +1,9 @@
 """Combine the repeats of each cell into one results row; repeats.parquet keeps every run's own row.
 
-Throughput is the median of the runs' throughputs, with their CV across runs; step and inference
-statistics come from the pooled raw samples of the runs that finished ok.
+Each repeat is an independent worker process, interleaved across the grid. Throughput and the
+latency medians are the mean over the runs that finished ok, and their interval is that mean's
+95% t-interval across the runs (`ci_kind` runs): what a rerun would give, which one process's samples
+cannot say. The step and pass statistics (median, CV, percentiles) come from the pooled raw samples.
 """
 
 from __future__ import annotations
@@ -73,22 +75,31 @@ def combine_one(runs: list[dict[str, Any]]) -> dict[str, Any]:
     if not ok:
         return row
     sps = [r["samples_per_second"] for r in ok if r["samples_per_second"] is not None]
+    b1 = [r["inference_b1_latency_p50_ms"] for r in ok if r["inference_b1_latency_p50_ms"] is not None]
+    p50 = [r["inference_latency_p50_ms"] for r in ok if r["inference_latency_p50_ms"] is not None]
     row["repeat_samples_per_second"] = sps
+    row["repeat_b1_latency_p50_ms"] = b1
     row["repeats_cv"] = _cv(sps)
-    row["repeats_latency_cv"] = _cv([r["inference_latency_p50_ms"] for r in ok])
-    row["repeats_b1_latency_cv"] = _cv([r["inference_b1_latency_p50_ms"] for r in ok])
+    row["repeats_latency_cv"] = _cv(p50)
+    row["repeats_b1_latency_cv"] = _cv(b1)
     steps = [x for r in ok for x in (r["step_times_s"] or [])]
-    bs = row["batch_size"]
-    # the pooled steady throughput of every run's timed steps, with the interval of that same figure
-    row["samples_per_second"] = bs * len(steps) / sum(steps) if steps and sum(steps) > 0 else None
-    row.update(rows.step_statistics(steps, bs), step_times_s=steps, steps_timed=len(steps))
-    row["noisy"] = bool((row["step_time_cv"] or 0) > stats.NOISE_CV or (row["repeats_cv"] or 0) > stats.NOISE_CV)
+    row.update(rows.step_statistics(steps, row["batch_size"]), step_times_s=steps, steps_timed=len(steps))
     for prefix in ("inference", "inference_b1"):  # pooled latency samples, at the cell's batch size and at 1
         pooled = [x for r in ok for x in (r[f"{prefix}_times_ms"] or [])]
         if pooled:
             p = stats.percentiles_ms([x / 1e3 for x in pooled])
             row[f"{prefix}_times_ms"], row[f"{prefix}_runs"] = pooled, len(pooled)
-            row.update({f"{prefix}_latency_{q}": p[q] for q in ("mean_ms", "p50_ms", "p95_ms", "p99_ms")})
+            row.update({f"{prefix}_latency_{q}": p[q] for q in ("mean_ms", "p95_ms", "p99_ms")})
+    row.update(rows.b1_latency_statistics(row["inference_b1_times_ms"] or []))
+    # the headline figures: the mean over the runs, with the interval a rerun would fall in
+    row["samples_per_second"] = statistics.fmean(sps) if sps else None
+    row["samples_per_second_ci_low"], row["samples_per_second_ci_high"] = stats.t_interval(sps)
+    row["inference_latency_p50_ms"] = statistics.fmean(p50) if p50 else None
+    row["inference_b1_latency_p50_ms"] = statistics.fmean(b1) if b1 else None
+    row["inference_b1_latency_p50_ci_low_ms"], row["inference_b1_latency_p50_ci_high_ms"] = stats.t_interval(b1)
+    row["ci_kind"] = "runs" if len(sps) > 1 else row["ci_kind"]
+    # a run too noisy to rank on, or runs that disagree by more than the noise line
+    row["noisy"] = bool((row["repeats_cv"] or 0) > stats.NOISE_CV or any(r["noisy"] for r in ok))
     for key in MAX_OF:
         values = [r[key] for r in ok if r[key] is not None]
         row[key] = max(values) if values else None

@@ -147,11 +147,13 @@ def step_statistics(step_s: list[float], batch_size: int, ok: bool = True) -> di
     return {
         "samples_per_second_ci_low": ci[0],
         "samples_per_second_ci_high": ci[1],
+        "ci_kind": "within_run" if ci[0] is not None else None,
         "step_time_median_s": st["median"],
         "step_time_mean_s": st["mean"],
         "step_time_min_s": st["min"],
         "step_time_max_s": st["max"],
         "step_time_cv": st["cv"],
+        "step_time_robust_cv": st["robust_cv"],
         "step_time_outliers": st["outliers"] if step_s else None,
         "noisy": st["noisy"],
     }
@@ -226,6 +228,8 @@ def _training(cell: Cell, ev: list[dict[str, Any]], ok: bool) -> dict[str, Any]:
         "batchnorm": parallel.get("batchnorm"),
         "steps_timed": len(step_s) if steps else None,
         "warmup_steps_detected": start if steps else None,
+        "steady_dropped_steps": steady["dropped"] if steps else None,
+        "steady_capped": steady["capped"] if steps else None,
         "page_faults_per_step": sum(timed_faults) / len(timed_faults) if timed_faults else None,
         "first_step_s": first,
         "compile_time_s": first - figures["step_time_median_s"]
@@ -260,7 +264,22 @@ def _latency(cell: Cell, ev: list[dict[str, Any]]) -> dict[str, Any]:
         out.update({f"{prefix}_latency_{q}": e.get(q) for q in ("mean_ms", "p50_ms", "p95_ms", "p99_ms")})
         out[f"{prefix}_times_ms"] = [float(x) for x in e.get("times_ms", [])]
     out["inference_batch_size"] = inference.get("batch_size")
+    out.update(b1_latency_statistics(out["inference_b1_times_ms"]))
+    p50 = out["inference_b1_latency_p50_ms"]
+    out["repeat_b1_latency_p50_ms"] = [p50] if p50 is not None else []
     return out
+
+
+def b1_latency_statistics(times_ms: list[float]) -> dict[str, Any]:
+    """One run's batch-1 passes: the interval of their median (order statistics: within the run), their
+    own spread and outliers, which the latency verdict reads (not the training steps')."""
+    lo, hi = stats.median_ci(times_ms) if times_ms else (None, None)
+    return {
+        "inference_b1_latency_p50_ci_low_ms": lo,
+        "inference_b1_latency_p50_ci_high_ms": hi,
+        "inference_b1_latency_robust_cv": stats.robust_cv(times_ms),
+        "inference_b1_outliers": sum(stats.outliers(times_ms)) if times_ms else None,
+    }
 
 
 def _memory(cell: Cell, ev: list[dict[str, Any]], mon: dict[str, Any]) -> dict[str, Any]:

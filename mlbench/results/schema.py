@@ -53,6 +53,13 @@ COLUMNS: list[tuple[str, pa.DataType, str]] = [
     ("repeats_cv", F, "coefficient of variation of throughput across the combined runs"),
     ("repeats_latency_cv", F, "coefficient of variation of the inference p50 latency across the combined runs"),
     ("repeats_b1_latency_cv", F, "coefficient of variation of the batch-1 p50 latency across the combined runs"),
+    (
+        "ci_kind",
+        S,
+        "what the row's intervals cover: `runs` (the t-interval of the mean over its repeats, independent "
+        "processes: what a rerun would give) or `within_run` (one process's samples: narrower than a rerun moves)",
+    ),
+    ("repeat_b1_latency_p50_ms", pa.list_(F), "batch-1 p50 latency of each combined run (one a process)"),
     ("status", S, "ok, failed, oom, timeout, crashed or skipped"),
     ("reason", S, "one line saying why, for every status but ok"),
     ("exit_code", I, "the worker's exit status (negative: the signal that ended it)"),
@@ -70,10 +77,16 @@ COLUMNS: list[tuple[str, pa.DataType, str]] = [
     (
         "samples_per_second",
         F,
-        "steady-state training throughput: timed samples over the wall time of the timed steps (repeats: pooled)",
+        "steady-state training throughput: timed samples over the wall time of the timed steps (repeats: the "
+        "mean of the runs')",
     ),
-    ("samples_per_second_ci_low", F, "lower end of samples_per_second's 95% CI (bootstrap over the timed steps)"),
-    ("samples_per_second_ci_high", F, "upper end of samples_per_second's 95% CI (bootstrap over the timed steps)"),
+    (
+        "samples_per_second_ci_low",
+        F,
+        "lower end of samples_per_second's 95% CI: across the runs (t-interval, ci_kind runs), else batch means "
+        "of one run's timed steps (ci_kind within_run)",
+    ),
+    ("samples_per_second_ci_high", F, "upper end of samples_per_second's 95% CI (as the lower end)"),
     (
         "samples_per_second_per_device",
         F,
@@ -103,11 +116,24 @@ COLUMNS: list[tuple[str, pa.DataType, str]] = [
     ("step_time_mean_s", F, "mean of the timed training steps"),
     ("step_time_min_s", F, "fastest timed training step"),
     ("step_time_max_s", F, "slowest timed training step"),
-    ("step_time_cv", F, "coefficient of variation of the timed steps (std / mean)"),
+    ("step_time_cv", F, "coefficient of variation of the timed steps (std / mean): one pause can dominate it"),
+    ("step_time_robust_cv", F, "robust coefficient of variation of the timed steps (1.4826 x MAD / median)"),
     ("step_time_outliers", I, "timed steps flagged by the modified Z-score (> 3.5) on the MAD"),
     ("steps_timed", I, "training steps after warm-up that the figures above come from"),
     ("warmup_steps_detected", I, "steps before the steady state, detected from the samples (at least warmup_steps)"),
-    ("noisy", B, "true where the step-time CV is above 10%: too noisy to rank on"),
+    (
+        "steady_dropped_steps",
+        I,
+        "steps after the configured warm-up that steady-state detection dropped as a slow prefix (at most a "
+        "quarter of them)",
+    ),
+    ("steady_capped", B, "true where the slow prefix was longer than the cap: the window still holds warm-up"),
+    (
+        "noisy",
+        B,
+        "true where the timed steps' robust CV (or, with repeats, the runs' CV) is above 10%: a single run too "
+        "noisy to rank on",
+    ),
     (
         "page_faults_per_step",
         F,
@@ -165,7 +191,16 @@ COLUMNS: list[tuple[str, pa.DataType, str]] = [
     ("inference_latency_p99_ms", F, "99th percentile inference latency (ms)"),
     ("inference_b1_runs", I, "timed inference passes at batch size 1"),
     ("inference_b1_latency_mean_ms", F, "mean latency of one sample's forward pass (batch 1) (ms)"),
-    ("inference_b1_latency_p50_ms", F, "median latency at batch 1 (ms)"),
+    ("inference_b1_latency_p50_ms", F, "median latency at batch 1 (ms; repeats: the mean of the runs' medians)"),
+    (
+        "inference_b1_latency_p50_ci_low_ms",
+        F,
+        "lower end of the batch-1 p50's 95% CI: across the runs (ci_kind runs), else order statistics of one "
+        "run's passes",
+    ),
+    ("inference_b1_latency_p50_ci_high_ms", F, "upper end of the batch-1 p50's 95% CI (as the lower end)"),
+    ("inference_b1_latency_robust_cv", F, "robust CV of the batch-1 passes (the latency's own spread)"),
+    ("inference_b1_outliers", I, "batch-1 passes flagged by the modified Z-score (> 3.5) on the MAD"),
     ("inference_b1_latency_p95_ms", F, "95th percentile latency at batch 1 (ms)"),
     ("inference_b1_latency_p99_ms", F, "99th percentile latency at batch 1 (ms)"),
     (

@@ -1,0 +1,101 @@
+"""What a figure's evidence can tell: one rule for every verdict that compares two timed figures (the
+recommendations, what an axis buys, data parallel, compare's notes).
+
+A figure carries an interval and says what it covers (`ci_kind`): `runs`, the t-interval of the mean
+over independent worker processes, which is what a rerun would give; or `within_run`, one process's
+samples, which says nothing of where the next process lands (reruns of one cell on a 2-core machine
+moved 1.4-33% against within-run intervals of about 1%: docs/measurement.md). So two figures are told
+apart only when
+- both have between-run intervals that do not overlap and the gap is worth reporting (MIN_EFFECT), or
+- either is a single run and the gap clears what a rerun of the same code moves (SINGLE_RUN_FLOOR,
+  measured: docs/compare.md);
+and never when either cell is untrusted (its own samples too noisy, or other load during it).
+"""
+
+from __future__ import annotations
+
+import math
+from dataclasses import dataclass
+from typing import Any
+
+from workers.common.stats import NOISE_CV
+
+Row = dict[str, Any]
+MIN_EFFECT = 0.05  # a gap under 5% is no verdict, whatever the intervals say (400,000 vs 399,000 samples/s)
+# how much faster (ratio - 1) one single run must be than another to be told apart: a rerun of the same
+# code moved throughput by up to 44% and a batch-1 latency by up to 66% (docs/compare.md)
+SINGLE_RUN_FLOOR = {"throughput": 0.45, "latency": 0.75}
+# CPU other processes used during a cell (% of one core) above which it is suspect: a quarter of a core,
+# or 5% of the machine where that is more (a 128-core node is never quiet to a quarter of one core)
+OTHER_LOAD_PCT = 25.0
+OTHER_LOAD_SHARE = 0.05
+
+
+@dataclass(frozen=True)
+class Told:
+    """What two figures' evidence says: whether the first is ahead, by how much, and why (or why not)."""
+
+    clear: bool
+    ratio: float  # the better figure over the worse (>= 1)
+    why: str  # the rule that decided: "beyond the between-run intervals", "single run: under the 45% ..."
+
+
+def other_load_limit_pct(r: Row) -> float:
+    """The other load (in % of one core) above which a cell's timings are suspect on its machine."""
+    return max(OTHER_LOAD_PCT, OTHER_LOAD_SHARE * 100.0 * (r.get("cpu_count_logical") or 1))
+
+
+def loaded(r: Row) -> bool:
+    """Whether other processes used the CPU enough during the cell to skew its timings."""
+    other = r.get("cpu_other_pct")
+    return other is not None and other > other_load_limit_pct(r)
+
+
+def why_untrusted(r: Row, latency: bool = False) -> str:
+    """Why a cell's timings cannot rank it ('' when they can): other load during it, or its own samples'
+    spread where a single run must stand for a rerun (the training steps' for throughput, the batch-1
+    passes' for latency). With between-run intervals the spread is in the interval already."""
+    reasons = []
+    if latency:
+        cv = r.get("inference_b1_latency_robust_cv")
+        if cv is not None and cv > NOISE_CV and r.get("ci_kind") != "runs":
+            reasons.append(f"batch-1 passes' robust CV {cv:.0%}")
+    elif r.get("noisy") and r.get("ci_kind") != "runs":
+        cv = r.get("step_time_robust_cv")
+        reasons.append(f"step-time robust CV {cv:.0%}" if cv is not None else "step times vary over 10%")
+    if loaded(r):
+        reasons.append(f"other processes used {r['cpu_other_pct']:.0f}% of a core")
+    return ", ".join(reasons)
+
+
+def tell(
+    better: float,
+    worse: float,
+    intervals: tuple[tuple[float | None, float | None], tuple[float | None, float | None]],
+    kinds: tuple[str | None, str | None],
+    what: str,
+    higher_is_better: bool = True,
+) -> Told:
+    """Whether `better` is ahead of `worse` beyond their evidence. `intervals`: each figure's (low, high);
+    `kinds`: each one's ci_kind; `what`: throughput or latency (its single-run floor)."""
+    if not (better and worse) or not (math.isfinite(better) and math.isfinite(worse)):
+        return Told(False, math.nan, "no figure to compare")
+    ratio = better / worse if higher_is_better else worse / better
+    ratio = max(ratio, 1 / ratio)
+    if all(k == "runs" for k in kinds):
+        (bl, bh), (wl, wh) = intervals
+        if None in (bl, bh, wl, wh):
+            return Told(False, ratio, "no interval")
+        apart = bl > wh if higher_is_better else bh < wl
+        if not apart:
+            return Told(False, ratio, "the between-run intervals overlap")
+        if ratio - 1 < MIN_EFFECT:
+            return Told(False, ratio, f"{ratio - 1:.1%} apart, under the {MIN_EFFECT:.0%} worth reporting")
+        return Told(True, ratio, "beyond the between-run intervals")
+    floor = SINGLE_RUN_FLOOR[what]
+    runs = "single runs" if all(k != "runs" for k in kinds) else "a single run"
+    if ratio - 1 < floor:
+        return Told(
+            False, ratio, f"{runs}: {ratio - 1:.0%} apart, under the {floor:.0%} a rerun of the same code moves"
+        )
+    return Told(True, ratio, f"{runs}, beyond the {floor:.0%} a rerun of the same code moves")
