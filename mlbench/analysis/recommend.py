@@ -226,7 +226,7 @@ def recommend_one(rows: list[Row], c: Criterion, model: str, device: str) -> Rec
         note = (note + "; " if note else "") + f"the cells compared ran on {len(machines)} kinds of hardware"
     winner = ranked[0] if ranked else None
     runner = ranked[1] if len(ranked) > 1 else None
-    clear, verdict = _verdict(c, winner, runner, left_out)
+    clear, verdict = _verdict(c, ranked, left_out)
     return Recommendation(
         c.key, c.title, model, device, c.unit, winner, runner, clear, verdict, ranked, note, machines, left_out
     )
@@ -290,10 +290,11 @@ def memory_dominance(r: Row) -> str:
     return f"{config_label(r)}'s {num(peak)} MiB is mostly {whose}: {num(model)} MiB is the model's"
 
 
-def _verdict(
-    c: Criterion, winner: Estimate | None, runner: Estimate | None, left_out: list[Estimate]
-) -> tuple[bool, str]:
-    """Whether the winner is clearly ahead of the runner-up, and the sentence that says so or why not."""
+def _verdict(c: Criterion, ranked: list[Estimate], left_out: list[Estimate]) -> tuple[bool, str]:
+    """Whether the winner is clearly ahead of the runner-up, and the sentence that says so or why not,
+    with the tiers below them."""
+    winner = ranked[0] if ranked else None
+    runner = ranked[1] if len(ranked) > 1 else None
     excluded = not_ranked(left_out)
     tail = f"; {excluded}" if excluded else ""
     if winner is None:
@@ -301,13 +302,39 @@ def _verdict(
     if runner is None:
         return False, f"only {_describe(winner, c.unit)} can be ranked{tail}"
     said = told(c, winner, runner)
+    behind = _behind(c, ranked)
     if said.clear:
         dominance = f"; {memory_dominance(winner.row)}" if c.key == "memory" and memory_dominance(winner.row) else ""
-        return True, f"{_lead(c, winner, runner, said.ratio)}: {said.why}{dominance}{tail}"
+        return True, f"{_lead(c, winner, runner, said.ratio)}: {said.why}{dominance}{behind}{tail}"
     return False, (
         f"cannot order {winner.label} {num(winner.value)} and {runner.label} {num(runner.value)} {c.unit}: "
-        f"{said.why}{tail}"
+        f"{said.why}{behind}{tail}"
     )
+
+
+def tiers(c: Criterion, ranked: list[Estimate]) -> list[list[Estimate]]:
+    """The ranked estimates in tiers, best first: each one joins the tier above unless the evidence tells
+    it apart from that tier's last member (so the A/A twins share a tier, and a slower third falls below)."""
+    out: list[list[Estimate]] = []
+    for e in ranked:
+        if out and not told(c, out[-1][-1], e).clear:
+            out[-1].append(e)
+        else:
+            out.append([e])
+    return out
+
+
+def _behind(c: Criterion, ranked: list[Estimate]) -> str:
+    """Past the top two: each lower tier, by how much and why it is behind the tier above it."""
+    groups = tiers(c, ranked)
+    top = 2 if len(groups[0]) == 1 and len(groups) > 1 else 1  # a lone winner's runner-up tier is said already
+    out = []
+    for above, tier in zip(groups[top - 1 :], groups[top:]):
+        said = told(c, above[-1], tier[0])
+        out.append(
+            f"{' and '.join(e.label for e in tier)} behind {above[-1].label} by {said.ratio:.2f}x ({said.why})"
+        )
+    return "".join(f"; {x}" for x in out)
 
 
 def _lead(c: Criterion, winner: Estimate, runner: Estimate, ratio: float) -> str:
