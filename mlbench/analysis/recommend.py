@@ -331,9 +331,7 @@ def _behind(c: Criterion, ranked: list[Estimate]) -> str:
     out = []
     for above, tier in zip(groups[top - 1 :], groups[top:]):
         said = told(c, above[-1], tier[0])
-        out.append(
-            f"{' and '.join(e.label for e in tier)} behind {above[-1].label} by {said.ratio:.2f}x ({said.why})"
-        )
+        out.append(f"{' and '.join(e.label for e in tier)} behind {above[-1].label} by {said.ratio:.2f}x ({said.why})")
     return "".join(f"; {x}" for x in out)
 
 
