@@ -390,3 +390,25 @@ def test_parity_cost_times_the_two_forms_in_one_process() -> None:
         assert b["parity_s"] > 0 and b["twin_s"] > 0 and b["native_s"] > 0
         assert b["ratio"] == pytest.approx(b["native_s"] / math.sqrt(b["parity_s"] * b["twin_s"]))
         assert b["control"] == pytest.approx(b["parity_s"] / b["twin_s"])
+
+
+def test_coverage_counts_a_rerun_inside_the_first_rounds_interval() -> None:
+    """bench/coverage.py: every ordered pair of rounds, the rerun's figure against the first's interval."""
+    import pandas as pd
+
+    from bench.coverage import coverage
+
+    def round_(sps: float, lo: float, hi: float) -> pd.DataFrame:
+        return pd.DataFrame(
+            [{"cell_id": "c", "framework": "pytorch", "model_name": "mlp", "samples_per_second": sps,
+              "samples_per_second_ci_low": lo, "samples_per_second_ci_high": hi,
+              "inference_b1_latency_p50_ms": None, "inference_b1_latency_p50_ci_low_ms": None,
+              "inference_b1_latency_p50_ci_high_ms": None}]
+        )  # fmt: skip
+
+    # round 0 [90, 110] holds 105 (round 1); round 1 [104, 106] misses 100 (round 0)
+    found = coverage([round_(100.0, 90.0, 110.0), round_(105.0, 104.0, 106.0)])
+    assert found["samples_per_second"]["pairs"] == 2 and found["samples_per_second"]["coverage"] == 0.5
+    widths = (20 / 100, 2 / 105)  # each first round's interval over its own figure
+    assert found["samples_per_second"]["cells"]["pytorch mlp"]["median_relative_width"] == pytest.approx(sum(widths) / 2)
+    assert found["inference_b1_latency_p50_ms"]["pairs"] == 0  # nothing measured: no pair, not a hit
