@@ -410,5 +410,7 @@ def test_coverage_counts_a_rerun_inside_the_first_rounds_interval() -> None:
     found = coverage([round_(100.0, 90.0, 110.0), round_(105.0, 104.0, 106.0)])
     assert found["samples_per_second"]["pairs"] == 2 and found["samples_per_second"]["coverage"] == 0.5
     widths = (20 / 100, 2 / 105)  # each first round's interval over its own figure
-    assert found["samples_per_second"]["cells"]["pytorch mlp"]["median_relative_width"] == pytest.approx(sum(widths) / 2)
+    assert found["samples_per_second"]["cells"]["pytorch mlp"]["median_relative_width"] == pytest.approx(
+        sum(widths) / 2
+    )
     assert found["inference_b1_latency_p50_ms"]["pairs"] == 0  # nothing measured: no pair, not a hit
