@@ -266,3 +266,21 @@ def test_calibration_stops_at_its_budget_on_a_slow_device(monkeypatch: pytest.Mo
     harness.calibrate(backend, {"calibrate": {"n": 1000, "max_s": 3.0}}, Emitter("c", out))
     event = json.loads(out.getvalue().splitlines()[-1])
     assert event["reps"] == 1 and event["runs"] == 3  # at least three runs, then the budget ends it
+
+
+def test_garbage_collection_inside_a_step_is_timed_and_named() -> None:
+    """GcClock counts the collector's pauses while installed; the row names the outlier steps they explain."""
+    import gc
+
+    from mlbench.results.rows import gc_figures
+    from workers.common.harness import GcClock
+
+    with GcClock() as clock:
+        gc.collect()
+    before = clock.total_s
+    gc.collect()  # uninstalled: not counted
+    assert before > 0 and clock.total_s == before
+    steps = [0.010] * 20 + [0.040]  # one 4x step among steady ones
+    pauses = [0.0] * 20 + [0.028]  # ... with a collection inside it
+    assert gc_figures(steps, pauses) == {"gc_pause_s": 0.028, "gc_steps": 1, "step_outliers_with_gc": 1}
+    assert gc_figures(steps, []) == {"gc_pause_s": None, "gc_steps": None, "step_outliers_with_gc": None}

@@ -126,6 +126,25 @@ def test_load_from_other_processes_is_measured() -> None:
 
 
 @pytest.mark.e2e
+def test_other_load_is_measured_over_the_timed_window_alone() -> None:
+    """A busy neighbour during the marked training window, none outside it: the window's figure says it,
+    the whole cell's average halves it, and a phase never marked has no figure (not 0)."""
+    import time
+
+    idle = subprocess.Popen([sys.executable, "-c", "import time; time.sleep(3)"])
+    mon = monitor.Monitor(idle.pid, interval_s=0.05).start()
+    time.sleep(1.0)  # quiet
+    mon.mark("start", "train")
+    busy = subprocess.Popen([sys.executable, "-c", "import time\nt = time.time()\nwhile time.time() - t < 1.2: pass"])
+    busy.wait()
+    mon.mark("end", "train")
+    idle.wait()
+    s = mon.stop()
+    assert s["cpu_other_train_pct"] > 60 and s["cpu_other_train_pct"] > s["cpu_other_pct"] + 20, s
+    assert s["cpu_orchestrator_train_pct"] is not None and s["cpu_other_inference_pct"] is None
+
+
+@pytest.mark.e2e
 def test_the_orchestrators_own_cpu_is_not_other_load() -> None:
     """A busy thread of the monitoring process itself (the orchestrator's readers, monitor, progress)
     is subtracted: only other processes are other load."""

@@ -45,9 +45,16 @@ def other_load_limit_pct(r: Row) -> float:
     return max(OTHER_LOAD_PCT, OTHER_LOAD_SHARE * 100.0 * (r.get("cpu_count_logical") or 1))
 
 
-def loaded(r: Row) -> bool:
-    """Whether other processes used the CPU enough during the cell to skew its timings."""
-    other = r.get("cpu_other_pct")
+def other_load(r: Row, phase: str = "train") -> float | None:
+    """Other processes' CPU (% of one core) during the phase a figure comes from (the timed training
+    steps, or the timed inference passes), else over the whole cell (a row from before the phases)."""
+    during = r.get(f"cpu_other_{phase}_pct")
+    return during if during is not None else r.get("cpu_other_pct")
+
+
+def loaded(r: Row, phase: str = "train") -> bool:
+    """Whether other processes used the CPU enough during the phase to skew its timings."""
+    other = other_load(r, phase)
     return other is not None and other > other_load_limit_pct(r)
 
 
@@ -63,8 +70,9 @@ def why_untrusted(r: Row, latency: bool = False) -> str:
     elif r.get("noisy") and r.get("ci_kind") != "runs":
         cv = r.get("step_time_robust_cv")
         reasons.append(f"step-time robust CV {cv:.0%}" if cv is not None else "step times vary over 10%")
-    if loaded(r):
-        reasons.append(f"other processes used {r['cpu_other_pct']:.0f}% of a core")
+    phase = "inference" if latency else "train"
+    if loaded(r, phase):
+        reasons.append(f"other processes used {other_load(r, phase):.0f}% of a core")
     return ", ".join(reasons)
 
 

@@ -147,9 +147,12 @@ def warnings(rows: list[Row], recommendations: list[Recommendation], stale: int 
     noisy = [r for r in rows if r.get("noisy")]
     if noisy:
         outliers = sum(r.get("step_time_outliers") or 0 for r in noisy)
+        with_gc = sum(r.get("step_outliers_with_gc") or 0 for r in noisy)
+        loaded_ = sum(evidence.loaded(r) for r in noisy)
         out.append(
-            f"{len(noisy)} cell(s) have step times whose robust spread is above 10% ({outliers} outlier step(s) "
-            "among them): where such a cell ran once, it is not ranked; see each cell's step CV and outliers."
+            f"{len(noisy)} cell(s) have step times whose robust spread is above 10%, with {outliers} outlier "
+            f"step(s), {with_gc} of them paused by garbage collection, and {loaded_} cell(s) under other load "
+            "during their timed steps: where such a cell ran once, it is not ranked."
         )
     ok = recommend.ok_rows(rows)
     faulting = [r for r in ok if (r.get("page_faults_per_step") or 0) > FAULTS_PER_STEP]

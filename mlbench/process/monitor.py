@@ -233,6 +233,8 @@ class Monitor:
         self._watch_cgroup("self")  # the worker starts in the orchestrator's cgroup
         self._host0 = (time.monotonic(), psutil.cpu_times())  # the whole machine's CPU, to see other load
         self._own0 = _own_cpu_s()  # the orchestrator's own threads are not other load
+        self._phase_open: dict[str, tuple[float, float, float, float]] = {}
+        self._phase_cpu: dict[str, list[float]] = {}  # phase -> [wall, busy, tree, own] summed over its windows
         indices = gpu_indices(device)
         if indices:
             if NVML.available():
@@ -316,13 +318,46 @@ class Monitor:
             self.sample()
             self._stop.wait(max(0.0, self.interval_s - (time.perf_counter() - t0)))
 
-    def mark(self, state: str) -> None:
-        """The worker's training window starts or ends (its `phase` event): GPU figures over it too."""
-        if self.gpu is not None:
+    def mark(self, state: str, name: str = "train") -> None:
+        """A phase of the worker starts or ends (its `phase` event): the machine's other load over each
+        phase, and the GPU figures over the training window too."""
+        if self.gpu is not None and name == "train":
             try:
                 self.gpu.mark(state)
             except Exception as exc:
                 self.gpu_error = str(exc)
+        now = self._cpu_clocks()
+        if state == "start":
+            self._phase_open[name] = now
+        elif state == "end" and name in self._phase_open:
+            opened = self._phase_open.pop(name)
+            total = self._phase_cpu.setdefault(name, [0.0, 0.0, 0.0, 0.0])
+            for i, (a, b) in enumerate(zip(opened, now)):
+                total[i] += b - a
+
+    def _cpu_clocks(self) -> tuple[float, float, float, float]:
+        """(wall, the machine's busy CPU seconds, the worker tree's, the orchestrator's own) now."""
+        t = psutil.cpu_times()
+        busy = sum(t) - t.idle - getattr(t, "iowait", 0.0)
+        tree = 0.0
+        for p in list(self._procs.values()):
+            try:
+                c = p.cpu_times()
+                tree += c.user + c.system
+            except psutil.Error:
+                continue
+        return time.monotonic(), busy, tree, _own_cpu_s()
+
+    def phase_load(self) -> dict[str, float | None]:
+        """Other processes' CPU (% of one core) over each phase, and the orchestrator's own over training:
+        what competed with the timed steps and passes, not the whole cell's average."""
+        out: dict[str, float | None] = {}
+        for name in ("train", "inference"):
+            wall, busy, tree, own = self._phase_cpu.get(name, (0.0, 0.0, 0.0, 0.0))
+            out[f"cpu_other_{name}_pct"] = max(0.0, 100.0 * (busy - tree - own) / wall) if wall > 0 else None
+            if name == "train":
+                out["cpu_orchestrator_train_pct"] = 100.0 * own / wall if wall > 0 else None
+        return out
 
     def stop(self) -> dict[str, Any]:
         """Stop sampling; the summary of what was measured (None where nothing was)."""
@@ -344,6 +379,7 @@ class Monitor:
             # readers, progress, other cells' threads): other processes, in % of one core
             own_pct = 100.0 * (_own_cpu_s() - self._own0) / max(time.monotonic() - self._host0[0], 1e-9)
             out["cpu_other_pct"] = max(0.0, host_busy - out["cpu_util_avg_pct"] - own_pct)
+        out.update(self.phase_load())
         gpu = self.gpu.summary() if self.gpu is not None else {}
         out.update({key: gpu.get(key) for key in GPU_FIGURES})
         out["gpu_monitor_error"] = self.gpu_error

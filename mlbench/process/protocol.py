@@ -38,7 +38,9 @@ REQUIRED: dict[str, dict[str, tuple[type, ...]]] = {
     "calibration": {"n": (int,), "peak_tflops": _NUM, "best_s": _NUM},
     "verify": {"num_parameters": (int,), "shapes": (dict,), "losses": (list,), "arrays": (str,)},
     "progress": {"step": (int,), "total_steps": (int,)},
-    "phase": {"name": (str,), "state": (str,)},  # the timed training steps start or end (GPU window figures)
+    # the timed training steps (name train: GPU window figures) or the timed inference passes start or end;
+    # the monitor measures other load over each
+    "phase": {"name": (str,), "state": (str,)},
     "profile": {},  # a step's time by part (workers/common/profile.py), or `skipped` with the reason
 }
 ERROR_KINDS = ("oom", "unsupported", "exception", "crashed")  # crashed: a data-parallel cell lost a rank

@@ -358,7 +358,7 @@ class _Reading:
             self.keep_log(f"[stdout, {exc}] {text[:1000]}")
             return
         if event["event"] == "phase":
-            monitor.mark(event["state"])
+            monitor.mark(event["state"], event["name"])
         elif event["event"] == "log":
             self.keep_log(f"[{event.get('level', 'info')}] {event['message'][:1000]}")
         elif event["event"] != "progress" and len(self.events) < MAX_KEPT_EVENTS:

@@ -159,6 +159,19 @@ def step_statistics(step_s: list[float], batch_size: int, ok: bool = True) -> di
     }
 
 
+def gc_figures(step_s: list[float], gc_s: list[float]) -> dict[str, Any]:
+    """Garbage collection inside the timed steps (a worker that does not count it sends none): its time,
+    the steps it paused, and how many of the outlier steps it explains."""
+    if not gc_s or len(gc_s) != len(step_s):
+        return {"gc_pause_s": None, "gc_steps": None, "step_outliers_with_gc": None}
+    flags = stats.outliers(step_s)
+    return {
+        "gc_pause_s": sum(gc_s),
+        "gc_steps": sum(g > 0 for g in gc_s),
+        "step_outliers_with_gc": sum(1 for f, g in zip(flags, gc_s) if f and g > 0),
+    }
+
+
 def _identity(cell: Cell, run_name: str, outcome: Outcome, model: dict[str, Any], repeat: int) -> dict[str, Any]:
     """What the cell is and how it ended."""
     spec = cell.spec
@@ -216,6 +229,8 @@ def _training(cell: Cell, ev: list[dict[str, Any]], ok: bool) -> dict[str, Any]:
     # that does not count them sends none)
     faults = [*steps.get("warmup_faults", []), *steps.get("step_faults", [])]
     timed_faults = faults[start:] if len(faults) == len(warm) + len(step_s) else []
+    gcs = [*steps.get("warmup_gc_s", []), *steps.get("step_gc_s", [])]
+    timed_gc = gcs[start:] if len(gcs) == len(warm) + len(step_s) else []
     first = (warm or step_s or [None])[0]
     flops = model.get("train_flops_per_sample")
     return {
@@ -231,6 +246,7 @@ def _training(cell: Cell, ev: list[dict[str, Any]], ok: bool) -> dict[str, Any]:
         "steady_dropped_steps": steady["dropped"] if steps else None,
         "steady_capped": steady["capped"] if steps else None,
         "page_faults_per_step": sum(timed_faults) / len(timed_faults) if timed_faults else None,
+        **gc_figures(step_s, timed_gc),
         "first_step_s": first,
         "compile_time_s": first - figures["step_time_median_s"]
         if first is not None and figures["step_time_median_s"] is not None
@@ -305,6 +321,9 @@ def _memory(cell: Cell, ev: list[dict[str, Any]], mon: dict[str, Any]) -> dict[s
 MONITOR_FIGURES = (
     "cpu_util_avg_pct",
     "cpu_other_pct",
+    "cpu_other_train_pct",
+    "cpu_orchestrator_train_pct",
+    "cpu_other_inference_pct",
     "monitor_samples",
     *(k for k in GPU_FIGURES if not k.endswith("_bytes")),
 )

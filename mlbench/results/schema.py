@@ -119,6 +119,9 @@ COLUMNS: list[tuple[str, pa.DataType, str]] = [
     ("step_time_cv", F, "coefficient of variation of the timed steps (std / mean): one pause can dominate it"),
     ("step_time_robust_cv", F, "robust coefficient of variation of the timed steps (1.4826 x MAD / median)"),
     ("step_time_outliers", I, "timed steps flagged by the modified Z-score (> 3.5) on the MAD"),
+    ("gc_pause_s", F, "Python garbage collection inside the timed steps (s); null where the worker did not count it"),
+    ("gc_steps", I, "timed steps that a garbage collection paused"),
+    ("step_outliers_with_gc", I, "outlier steps with a garbage collection inside them: a spike named, not guessed"),
     ("steps_timed", I, "training steps after warm-up that the figures above come from"),
     ("warmup_steps_detected", I, "steps before the steady state, detected from the samples (at least warmup_steps)"),
     (
@@ -267,6 +270,14 @@ COLUMNS: list[tuple[str, pa.DataType, str]] = [
         "cuBLAS/cuDNN workspaces, kernels (MiB; against the allocated peak where no pool is reported)",
     ),
     ("cpu_util_avg_pct", F, "average CPU use of the process tree (100 = one core busy)"),
+    (
+        "cpu_other_train_pct",
+        F,
+        "CPU other processes used during the timed training steps alone (% of one core; the orchestrator's own "
+        "apart): the load that competed with the steps",
+    ),
+    ("cpu_orchestrator_train_pct", F, "the orchestrator's own CPU during the timed training steps (% of one core)"),
+    ("cpu_other_inference_pct", F, "CPU other processes used during the timed inference passes (% of one core)"),
     (
         "cpu_other_pct",
         F,

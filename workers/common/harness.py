@@ -21,6 +21,7 @@ from __future__ import annotations
 
 import base64
 import dataclasses
+import gc
 import itertools
 import math
 import os
@@ -206,6 +207,30 @@ def pipelined(backend: Backend, batches: Iterable[tuple[np.ndarray, np.ndarray]]
         pending = handle
 
 
+class GcClock:
+    """Time Python's cyclic garbage collector has spent collecting (it pauses the training loop's
+    thread), counted through gc.callbacks while installed: a slow step with a collection inside it is
+    named a GC pause, not guessed at."""
+
+    def __init__(self) -> None:
+        self.total_s = 0.0
+        self._started: float | None = None
+
+    def __call__(self, phase: str, info: dict[str, Any]) -> None:
+        if phase == "start":
+            self._started = time.perf_counter()
+        elif self._started is not None:
+            self.total_s += time.perf_counter() - self._started
+            self._started = None
+
+    def __enter__(self) -> GcClock:
+        gc.callbacks.append(self)
+        return self
+
+    def __exit__(self, *exc: object) -> None:
+        gc.callbacks.remove(self)
+
+
 @dataclasses.dataclass
 class StepLog:
     """Every training step's wall time and minor page faults, the warm-up steps apart from the timed
@@ -218,12 +243,15 @@ class StepLog:
     step_s: list[float] = dataclasses.field(default_factory=list)  # the timed (post-warm-up) steps
     warmup_faults: list[int] = dataclasses.field(default_factory=list)
     step_faults: list[int] = dataclasses.field(default_factory=list)
+    warmup_gc_s: list[float] = dataclasses.field(default_factory=list)  # GC time inside each step
+    step_gc_s: list[float] = dataclasses.field(default_factory=list)
     in_window: bool = False
 
-    def add(self, seconds: float, faults: int) -> None:
+    def add(self, seconds: float, faults: int, gc_s: float = 0.0) -> None:
         timed = self.count >= self.warmup
         (self.step_s if timed else self.warmup_s).append(seconds)
         (self.step_faults if timed else self.warmup_faults).append(faults)
+        (self.step_gc_s if timed else self.warmup_gc_s).append(gc_s)
         self.count += 1
 
     def window(self, open_: bool) -> None:
@@ -241,22 +269,31 @@ class StepLog:
             "step_s": self.step_s,
             "warmup_faults": self.warmup_faults,
             "step_faults": self.step_faults,
+            "warmup_gc_s": self.warmup_gc_s,
+            "step_gc_s": self.step_gc_s,
         }
 
 
 def train_epoch(
-    backend: Backend, batches: Iterable[tuple[np.ndarray, np.ndarray]], log: StepLog, bs: int, progress: Any
+    backend: Backend,
+    batches: Iterable[tuple[np.ndarray, np.ndarray]],
+    log: StepLog,
+    bs: int,
+    progress: Any,
+    gc_clock: GcClock | None = None,
 ) -> dict[str, float]:
     """One epoch's steps, each timed from the last one's completion to its own; (loss, accuracy, data wait)."""
     loss_sum, correct, seen, data_s = 0.0, 0, 0, 0.0
     log.window(True)
     t_prev, f_prev = time.perf_counter(), minor_faults()
+    g_prev = gc_clock.total_s if gc_clock else 0.0
     for loss, n_correct, wait_s in pipelined(backend, batches):
         t_end = time.perf_counter()  # this step's figures are on the host: it is done
         f_end = minor_faults()  # ~1 us, after the clock: it falls in the next step's interval
+        g_end = gc_clock.total_s if gc_clock else 0.0
         data_s += wait_s
-        log.add(t_end - t_prev, f_end - f_prev)
-        t_prev, f_prev = t_end, f_end
+        log.add(t_end - t_prev, f_end - f_prev, g_end - g_prev)
+        t_prev, f_prev, g_prev = t_end, f_end, g_end
         loss_sum, correct, seen = loss_sum + loss * bs, correct + n_correct, seen + bs
         log.window(True)  # the next step is the first timed one once the warm-up is over
         progress(log.count)
@@ -294,11 +331,13 @@ def train(backend: Backend, ds: datasets.Dataset, cell: dict[str, Any], em: Emit
         if step % max(1, total_steps // 20) == 0 or step == total_steps:
             em.emit("progress", step=step, total_steps=total_steps, epoch=len(epochs))
 
+    gc_clock = GcClock()
     for epoch in range(cell["epochs"]):
         t_epoch = time.perf_counter()
         batches = feed.epoch(seed, epoch)  # the epoch gathered in batch order, before the step timers
         gather_s = time.perf_counter() - t_epoch
-        figures = train_epoch(backend, batches, log, bs, progress)
+        with gc_clock:
+            figures = train_epoch(backend, batches, log, bs, progress, gc_clock)
         train_s = time.perf_counter() - t_epoch
         log.window(False)
         total_train_s += train_s
@@ -369,6 +408,7 @@ def measure_inference(
 ) -> dict[str, Any]:
     """Latency of the inference forward pass at one batch size, after warm-up runs."""
     inf = cell["inference"]
+    em.emit("phase", name="inference", state="start")  # the monitor measures other load over it
     n_val = len(ds.y_val)
     idx = np.arange(batch_size) % n_val  # repeat validation samples when there are too few
     # aligned, as training batches are: no framework copies it on the way in (see data.ALIGN)
@@ -381,6 +421,7 @@ def measure_inference(
         t0 = time.perf_counter()
         backend.predict(x)
         times.append(time.perf_counter() - t0)
+    em.emit("phase", name="inference", state="end")
     summary = percentiles_ms(times)
     em.emit(
         "inference",
