@@ -463,3 +463,24 @@ def test_every_worker_has_one_shape() -> None:
                     signatures.setdefault(f"{file}:{name}", set()).add(params)
     differing = {k: v for k, v in signatures.items() if len(v) > 1}
     assert not differing, f"the same job with other parameters: {differing}"
+
+
+def test_mfu_carries_the_calibrations_spread_and_a_moved_peak_is_said(tmp_path) -> None:
+    """MFU over the best and the worst calibration run beside the median's; a peak measured again under the
+    same runs root is compared with the last one, and a move of more than 25% is a warning."""
+    from mlbench.present import content
+    from mlbench.results import schema
+    from mlbench.tasks.calibration import annotate, remember
+
+    base = {"hostname": "h", "framework": "jax", "device": "cpu", "precision": "fp32", "threads": 1}
+    first = remember({**base, "peak_tflops": 0.4}, tmp_path / "run-a")
+    second = remember({**base, "peak_tflops": 0.2, "best_tflops": 0.25, "worst_tflops": 0.16}, tmp_path / "run-b")
+    assert first["earlier_peak_tflops"] is None and second["earlier_peak_tflops"] == 0.4
+    assert second["earlier_run"] == "run-a"
+    row = {name: None for name in schema.SCHEMA.names}
+    row.update(hostname="h", device="cpu", precision="fp32", achieved_tflops=0.1, status="ok", cpu_count_logical=2)
+    annotate([row], [second])
+    assert row["mfu"] == pytest.approx(0.5) and row["mfu_low"] == pytest.approx(0.4)
+    assert row["mfu_high"] == pytest.approx(0.625) and row["peak_tflops_earlier"] == 0.4
+    said = content.warnings([row], [])
+    assert any("The calibrated peak moved more than 25%" in w and "0.2 against 0.4" in w for w in said), said

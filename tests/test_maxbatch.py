@@ -15,7 +15,7 @@ import pytest
 import yaml
 
 from mlbench.config import MaxBatchConfig
-from mlbench.tasks.maxbatch import Probe, search
+from mlbench.tasks.maxbatch import Probe, confirm, search
 from tests.conftest import ROOT, cli, suite_dict
 
 
@@ -94,6 +94,41 @@ def test_a_probe_that_crashes_ends_its_search_with_the_reason_not_a_batch(tmp_pa
     assert pd.isna(row["max_batch_size"]) and pd.isna(row["recommended_batch_size"]) and row["probes"] == 3
 
 
+def test_a_found_edge_is_probed_again_and_reported_as_a_band() -> None:
+    """The same batch can fit in one process and not the next: the edge is rerun, the band is what every
+    probe says, and the recommended batch is run once more before it is recommended."""
+    probe, _ = fits_up_to(100)
+    found = search(probe, MaxBatchConfig(start=8, resolution=0.05))  # 100 fits, 104 does not
+    asked: list[tuple[int, int]] = []
+
+    def again(batch: int, repeat: int) -> Probe:  # a fresh process: 100 runs out of memory this time
+        asked.append((batch, repeat))
+        fits = batch < 100
+        return Probe(batch, fits, "ok" if fits else "oom")
+
+    band = confirm(found, again, margin=0.9)
+    assert asked == [(100, 1), (104, 1), (86, 0)]  # the edge again, then 0.9 x 96 (the band's low end)
+    assert (band.low, band.high, band.flaky) == (96, 104, [100])
+    assert (band.recommended, band.confirmed) == (86, True)
+
+
+def test_a_recommended_batch_that_does_not_fit_again_steps_down() -> None:
+    probe, _ = fits_up_to(100)
+    found = search(probe, MaxBatchConfig(start=8, resolution=0.05))
+    tried: list[int] = []
+
+    def again(batch: int, repeat: int) -> Probe:
+        tried.append(batch)
+        fits = batch in (100,) or batch < 80  # the edge holds; 90 does not fit in a fresh process
+        return Probe(batch, fits, "ok" if fits else "oom")
+
+    band = confirm(found, again, margin=0.9)
+    assert tried == [100, 104, 90, 81, 72] and (band.low, band.high) == (100, 104)
+    assert (band.recommended, band.confirmed) == (72, True)
+    nothing = confirm(found, lambda b, k: Probe(b, b == 100, "oom"), margin=0.9, tries=2)
+    assert (nothing.recommended, nothing.confirmed) == (None, False)  # never recommended unconfirmed
+
+
 @pytest.mark.e2e
 def test_a_real_search_under_a_memory_limit_resumes_and_a_run_confirms_it(tmp_path: Path) -> None:
     pytest.importorskip("torch")
@@ -123,7 +158,10 @@ def test_a_real_search_under_a_memory_limit_resumes_and_a_run_confirms_it(tmp_pa
     (row,) = pd.read_parquet(tmp_path / "runs/t/maxbatch.parquet").to_dict("records")
     assert row["status"] == "found" and row["probes"] - row["probes_run"] == stored
     fit, fail = int(row["max_batch_size"]), int(row["first_failing_batch_size"])
-    assert 64 <= fit < fail <= fit * 1.1 + 1 and row["recommended_batch_size"] == int(fit * 0.75)
+    assert 64 <= fit < fail <= fit * 1.1 + 1 and row["confirm_probes"] >= 3
+    # the band: what every probe of the edge said (the edge can move between processes)
+    low = int(row["frontier_low"])
+    assert low <= fit and row["recommended_confirmed"] and row["recommended_batch_size"] <= int(low * 0.75)
     assert row["memory_limit_mb"] == 900 and row["memory_limit_how"]
     probe_rows = pd.read_parquet(tmp_path / "runs/t/maxbatch_probes.parquet")
     assert set(probe_rows.status) == {"ok", "oom"} and probe_rows.peak_memory_mb.notna().all()

@@ -156,6 +156,41 @@ def test_input_comes_first_and_rows_without_a_breakdown_get_no_verdict() -> None
         assert t.reason and t.value > 0, name
 
 
+def test_a_step_flat_in_the_batch_is_overhead_bound() -> None:
+    """Twice the batch, 1.2x the step: a fixed cost per step (dispatch, Python) dominates, which no part of
+    a CPU breakdown shows (it sits inside forward and backward): the batch scaling says it."""
+    small = row(batch_size=32, step_time_median_s=0.010, step_profiled_s=0.010, step_data_s=0.0, step_other_s=0.0)
+    got, why = bottleneck.verdict(small, scaling=(64, 0.012))
+    assert got == "overhead" and "12.00 ms at batch 64 against 10.00 ms at 32" in why
+    assert bottleneck.verdict(small, scaling=(64, 0.019))[0] == "none"  # it grew 90% as much as the batch
+    rows = [{**small, "framework": "pytorch", "model_name": "mlp", "precision": "fp32", "hostname": "h"}]
+    rows.append({**rows[0], "batch_size": 64, "step_time_median_s": 0.012})
+    bottleneck.annotate(rows)
+    assert rows[0]["bottleneck"] == "overhead" and rows[1]["bottleneck"] != "overhead"  # the largest: no larger
+
+
+def test_a_profiled_step_that_is_another_program_gets_no_verdict() -> None:
+    """Three separately jitted parts in place of one fused step: their shares do not describe the timed step."""
+    got, why = bottleneck.verdict(row(step_profiled_s=0.175, step_time_median_s=0.100, step_data_s=0.09))
+    assert got is None and "is not the timed step" in why
+
+
+def test_compute_bound_reads_the_calibrations_spread_and_other_frameworks() -> None:
+    """MFU over the calibration's best run must clear the line; and where another framework runs the same
+    FLOPs clearly faster, the framework is said to matter."""
+    assert bottleneck.verdict(row(mfu=0.62, mfu_low=0.45, mfu_high=0.70))[0] == "none"  # its spread crosses 50%
+    got, why = bottleneck.verdict(row(mfu=0.62, mfu_low=0.55, mfu_high=0.70))
+    assert got == "compute" and "(55-70% over the calibration's runs)" in why
+    same = {"model_name": "resnet18", "precision": "fp32", "batch_size": 64, "hostname": "h", "ci_kind": "runs"}
+    slow = row(framework="tensorflow", mfu=0.62, samples_per_second=30.0, **same)
+    fast = row(framework="pytorch", mfu=0.3, samples_per_second=60.0, **same)
+    for r, sps in ((slow, 30.0), (fast, 60.0)):
+        r.update(samples_per_second_ci_low=sps * 0.98, samples_per_second_ci_high=sps * 1.02)
+    bottleneck.annotate([slow, fast])
+    assert slow["bottleneck"] == "compute" and "pytorch runs the same FLOPs 2.00x faster" in slow["bottleneck_evidence"]
+    assert "the framework is not what holds it back" not in bottleneck.ADVICE["compute"]
+
+
 # --- real cells ----------------------------------------------------------------------------------------
 
 

@@ -2,7 +2,10 @@
 (workers/common/profile.py), MFU and GPU utilisation (the memory by part is the row's: results/rows.py).
 
 Every threshold sits in THRESHOLDS with its reason; `verdict` applies them in a fixed order (input,
-host, compute, memory) and says "none" where no rule holds: no single part stands out.
+host, overhead, compute, memory) and says "none" where no rule holds: no single part stands out. A
+breakdown whose profiled step is far from the timed step (three jitted parts in place of one fused
+step) gets no verdict: its shares describe another program. What a CPU verdict cannot see is said
+(CPU_BLIND): dispatch overhead sits inside the forward and backward laps, and the feed is in memory.
 """
 
 from __future__ import annotations
@@ -43,6 +46,16 @@ THRESHOLDS: dict[str, Threshold] = {
         0.25,
         "under a quarter of the peak while not input- or host-bound: the device is busy but not with FLOPs",
     ),
+    "overhead_step_growth": Threshold(
+        0.5,
+        "the step grew by under half of what the batch did (twice the batch, under 1.5x the step time): a "
+        "fixed cost per step (Python, dispatch, launches) dominates, which a larger batch or a compiler amortises",
+    ),
+    "profile_match": Threshold(
+        0.5,
+        "a profiled step more than 50% off the timed median step is another program (separately jitted "
+        "parts, or eager parts of a compiled step): its shares do not describe the timed step",
+    ),
     "memory_flops_per_byte": Threshold(
         100.0,
         "FLOPs per byte of activations below a GPU's ridge point (peak FLOP/s over memory bandwidth, "
@@ -59,8 +72,10 @@ ADVICE = {
     "a faster framework would not",
     "host": "the device waits on the host: a larger batch, a compiler (torch.compile, XLA) or fewer Python-side "
     "operations per step would help more than a faster device",
+    "overhead": "a fixed cost per step dominates (the step barely grows with the batch): a larger batch, a "
+    "compiler (torch.compile, XLA) or fewer Python-side operations per step would help",
     "compute": "the arithmetic is most of the step: lower precision (bf16/fp16 where accuracy holds) or a "
-    "faster device helps; the framework is not what holds it back",
+    "faster device helps; where another framework runs the same FLOPs faster (said per cell), the framework too",
     "memory": "the step moves more bytes than it computes on: fused kernels, a compiler or a larger batch "
     "(more FLOPs per byte) would help",
     "none": "no single part stands out; the figures above are the step as a whole",
@@ -81,12 +96,25 @@ def _pct(part: float, whole: float) -> str:
     return f"{100 * part / whole:.0f}% of the step ({1000 * part:.2f} of {1000 * whole:.2f} ms)"
 
 
-def verdict(r: Row) -> tuple[str | None, str | None]:
-    """(bottleneck, evidence) of an ok row with a step breakdown; (None, None) where it has none."""
+CPU_BLIND = (
+    "on a CPU the verdicts cannot see dispatch overhead (it sits inside the forward and backward laps; the "
+    "overhead rule reads batch scaling instead) nor a real input pipeline (the feed is in memory)"
+)
+
+
+def verdict(r: Row, scaling: tuple[int, float] | None = None) -> tuple[str | None, str | None]:
+    """(bottleneck, evidence) of an ok row with a step breakdown; (None, None) where it has none.
+    `scaling`: (a larger batch, its median step time) of the same framework, model, device and precision."""
     step = r.get("step_profiled_s")
     if r.get("status") != "ok" or not step:
         return None, None
     t = THRESHOLDS
+    timed = r.get("step_time_median_s")
+    if timed and abs(step / timed - 1) > t["profile_match"].value:
+        return None, (
+            f"the profiled step ({1000 * step:.2f} ms) is not the timed step ({1000 * timed:.2f} ms): its parts "
+            "describe another program, so no verdict reads them"
+        )
     data, other = r.get("step_data_s") or 0.0, r.get("step_other_s") or 0.0
     if data / step >= t["input_share"].value:
         return "input", f"data {_pct(data, step)}"
@@ -96,9 +124,21 @@ def verdict(r: Row) -> tuple[str | None, str | None]:
         return "host", f"GPU busy {util:.0f}% of the training window"
     if not on_gpu and other / step >= t["host_other_share"].value:
         return "host", f"outside the parts {_pct(other, step)}"
+    if scaling is not None and timed:
+        batch, step_at = scaling
+        growth = (step_at / timed - 1) / (batch / r["batch_size"] - 1)
+        if growth < t["overhead_step_growth"].value:
+            return "overhead", (
+                f"the step takes {1000 * step_at:.2f} ms at batch {batch} against {1000 * timed:.2f} ms at "
+                f"{r['batch_size']}: it grew {growth:.0%} as much as the batch"
+            )
     mfu = r.get("mfu")
-    if mfu is not None and mfu >= t["compute_mfu"].value:
-        return "compute", f"MFU {100 * mfu:.0f}% of the measured peak"
+    low = r.get("mfu_low") if r.get("mfu_low") is not None else mfu
+    if mfu is not None and low is not None and low >= t["compute_mfu"].value:
+        spread = (
+            f" ({100 * low:.0f}-{100 * r['mfu_high']:.0f}% over the calibration's runs)" if r.get("mfu_high") else ""
+        )
+        return "compute", f"MFU {100 * mfu:.0f}% of the measured peak{spread}"
     intensity = flops_per_activation_byte(r) if on_gpu else None
     limit = t["memory_flops_per_byte"].value
     if mfu is not None and mfu < t["memory_mfu"].value and intensity is not None and intensity < limit:
@@ -119,7 +159,53 @@ def flops_per_activation_byte(r: Row) -> float | None:
     return per_sample * batch / (act * MIB)
 
 
+def larger_batch(r: Row, rows: list[Row]) -> tuple[int, float] | None:
+    """The next larger batch (at least twice this one) of the same framework, model, device and precision
+    that ran ok, and its median step time: how the step grows with the batch."""
+    same = ("framework", "model_name", "device", "precision", "hostname")
+    bigger = [
+        x
+        for x in rows
+        if x.get("status") == "ok"
+        and all(x.get(k) == r.get(k) for k in same)
+        and x["batch_size"] >= 2 * r["batch_size"]
+        and x.get("step_time_median_s")
+    ]
+    if not bigger:
+        return None
+    x = min(bigger, key=lambda x: x["batch_size"])
+    return x["batch_size"], x["step_time_median_s"]
+
+
+def faster_elsewhere(r: Row, rows: list[Row]) -> str:
+    """Another framework running the same model, device, precision and batch clearly faster (the evidence
+    rule of every throughput comparison), in words; '' where none is."""
+    from mlbench.analysis import evidence
+
+    same = ("model_name", "device", "precision", "batch_size", "hostname")
+    best = ""
+    for x in rows:
+        if x.get("status") != "ok" or x["framework"] == r["framework"] or not all(x.get(k) == r.get(k) for k in same):
+            continue
+        if (
+            not (x.get("samples_per_second") and r.get("samples_per_second"))
+            or x["samples_per_second"] <= r["samples_per_second"]
+        ):
+            continue
+        said = evidence.tell(
+            x["samples_per_second"], r["samples_per_second"],
+            tuple((y.get("samples_per_second_ci_low"), y.get("samples_per_second_ci_high")) for y in (x, r)),
+            (x.get("ci_kind"), r.get("ci_kind")), "throughput",
+        )  # fmt: skip
+        if said.clear:
+            best = f"; {x['framework']} runs the same FLOPs {said.ratio:.2f}x faster here: the framework matters"
+    return best
+
+
 def annotate(rows: list[Row]) -> None:
     """Fill bottleneck and bottleneck_evidence, in place (after calibration: the verdict reads MFU)."""
     for r in rows:
-        r["bottleneck"], r["bottleneck_evidence"] = verdict(r)
+        scaling = larger_batch(r, rows) if r.get("status") == "ok" else None
+        r["bottleneck"], r["bottleneck_evidence"] = verdict(r, scaling)
+        if r["bottleneck"] == "compute":
+            r["bottleneck_evidence"] += faster_elsewhere(r, rows)

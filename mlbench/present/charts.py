@@ -11,7 +11,7 @@ from typing import Any
 import plotly.graph_objects as go
 from plotly.subplots import make_subplots
 
-from mlbench.analysis import recommend, scaling
+from mlbench.analysis import evidence, recommend, scaling
 
 Row = dict[str, Any]
 COLORS = {"pytorch": "#ee4c2c", "tensorflow": "#ff8f00", "jax": "#5e35b1"}
@@ -93,15 +93,26 @@ def throughput(rows: list[Row]) -> Chart:
                 legendgroup=fw,
                 showlegend=_legend_once(seen, fw),
                 marker_color=color(fw),
+                marker_pattern_shape=["/" if evidence.why_untrusted(r) else "" for r in rs],
                 x=[_label(r, "framework", "model") for r in rs],
                 y=y,
                 error_y=dict(type="data", symmetric=False, array=hi, arrayminus=lo),
+                hovertext=[_interval_note(r) for r in rs],
                 row=1,
                 col=col,
             )
     fig.update_layout(barmode="group")
-    fig.update_yaxes(title_text="samples/s (95% CI)", col=1)
+    fig.update_yaxes(title_text="samples/s (95% CI; hatched: not ranked)", col=1)
     return _figure("throughput", title, fig)
+
+
+def _interval_note(r: Row) -> str:
+    """What a bar's interval covers, and why a cell is not ranked, for its hover text."""
+    kind = {"runs": f"across {r.get('repeats') or '?'} runs", "within_run": "within one run"}.get(
+        r.get("ci_kind") or "", ""
+    )
+    why = evidence.why_untrusted(r)
+    return "; ".join(x for x in (f"95% interval {kind}" if kind else "", f"not ranked: {why}" if why else "") if x)
 
 
 def batch_scaling(rows: list[Row]) -> Chart:
@@ -377,16 +388,26 @@ def latency(rows: list[Row]) -> Chart:
     ]
     if not ok:
         return _empty("latency", title, "No inference latency to show: no cell finished ok with timed inference.")
-    fig = make_subplots(rows=1, cols=2, subplot_titles=["batch 1", "the cell's batch size"])
+    fig = make_subplots(rows=1, cols=2, subplot_titles=["batch 1 (every cell pooled)", "the cell's batch size"])
     seen: set[str] = set()
-    b1_drawn: set[str] = set()  # batch-1 latency does not depend on the training batch size: one box each
+    pooled: dict[str, list[float]] = {}  # batch-1 latency does not depend on the training batch: one box each
+    for r in ok:
+        pooled.setdefault(_label(r, "batch"), []).extend(r.get("inference_b1_times_ms") or [])
+    for estimate in recommend.latency_estimates(ok):  # the verdict's figure and its interval
+        fig.add_scatter(
+            x=[estimate.value], y=[estimate.label], mode="markers", marker_symbol="diamond", marker_color="#222",
+            error_x=dict(type="data", symmetric=False, array=[(estimate.high or estimate.value) - estimate.value],
+                         arrayminus=[estimate.value - (estimate.low or estimate.value)]),
+            hovertext=f"median {estimate.value:.3g} ms, 95% interval {'across runs' if estimate.kind == 'runs' else 'within one run'}",
+            showlegend=False, row=1, col=1,
+        )  # fmt: skip
     for r in ok:
         for col, key, label in ((1, "inference_b1_times_ms", _label(r, "batch")), (2, "inference_times_ms", _label(r))):
             samples = list(r.get(key) or [])
             if col == 1:
-                if label in b1_drawn:
+                if label not in pooled:
                     continue
-                b1_drawn.add(label)
+                samples = pooled.pop(label)
             if samples:
                 fig.add_box(
                     x=samples,
@@ -457,7 +478,7 @@ def compile_time(rows: list[Row]) -> Chart:
     fig = go.Figure()
     fig.add_bar(name="first step (s)", x=x, y=[r["first_step_s"] for r in ok], marker_color="#6d4c41")
     fig.add_bar(
-        name="compile: first step − median step (s)",
+        name="first step − median step (s): compilation; eager frameworks' first-call overhead",
         x=x,
         y=[r.get("compile_time_s") for r in ok],
         marker_color="#bcaaa4",

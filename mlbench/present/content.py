@@ -16,6 +16,7 @@ STATUS_ORDER = {"failed": 0, "crashed": 1, "oom": 2, "timeout": 3, "skipped": 4,
 # minor page faults a step above which the outputs say so: the allocator gives memory back to the
 # kernel and maps it in again every step (see `malloc` in docs/measurement.md)
 FAULTS_PER_STEP = 5000
+PEAK_MOVED = 0.25  # a calibrated peak that moved more than this against the last one on the host is said
 Leader = tuple[str, str, recommend.Criterion, Recommendation | None]
 
 
@@ -162,6 +163,21 @@ def warnings(rows: list[Row], recommendations: list[Recommendation], stale: int 
             f"{len(faulting)} cell(s) page-faulted more than {FAULTS_PER_STEP:,} pages a training step (up to "
             f"{worst:,.0f}): memory given back to the kernel and mapped in again every step, a cost inside their "
             "step times that the allocator's settings decide (see `malloc` in docs/measurement.md)."
+        )
+    moved = [r for r in ok if r.get("peak_tflops") and r.get("peak_tflops_earlier")]
+    moved = [r for r in moved if abs(r["peak_tflops"] / r["peak_tflops_earlier"] - 1) > PEAK_MOVED]
+    if moved:
+        worst = max(moved, key=lambda r: abs(r["peak_tflops"] / r["peak_tflops_earlier"] - 1))
+        out.append(
+            f"The calibrated peak moved more than {PEAK_MOVED:.0%} against the last calibration on this host for "
+            f"{len(moved)} cell(s) (up to {worst['peak_tflops']:.3g} against {worst['peak_tflops_earlier']:.3g} "
+            "TFLOP/s): MFU does not compare across those runs, and a bottleneck verdict that reads MFU moves with it."
+        )
+    contended = [r for r in ok if (r.get("calibration_other_pct") or 0) > evidence.other_load_limit_pct(r)]
+    if contended:
+        out.append(
+            f"The calibration behind {len(contended)} cell(s)' MFU ran while other processes used the CPU (up to "
+            f"{max(r['calibration_other_pct'] for r in contended):.0f}% of a core): its peak is low and their MFU high."
         )
     over = [
         r

@@ -39,11 +39,13 @@ def static_figure(chart: charts.Chart) -> go.Figure:
     """The chart's own figure with its title on it (a static image stands alone), at the image width."""
     fig = go.Figure(chart.figure)
     top = (fig.layout.margin.t or 40) + 80
-    # the legend in a row above the plot: below it, it covered the long rotated cell labels
+    plot_px = max(100, (fig.layout.height or 420) - top - (fig.layout.margin.b or 60))
+    # the legend in a row above the plot (below it, it covered the long rotated cell labels), and above
+    # the subplots' titles, which sit just over the plot (30 px up; in paper units of the plot's height)
     fig.update_layout(
         title=dict(text=chart.title, x=0.01, xanchor="left"),
         margin=dict(t=top),
-        legend=dict(orientation="h", yanchor="bottom", y=1.02, xanchor="left", x=0),
+        legend=dict(orientation="h", yanchor="bottom", y=1.0 + 30 / plot_px, xanchor="left", x=0),
     )
     fig.update_xaxes(automargin=True)
     fig.update_yaxes(automargin=True)

@@ -13,7 +13,7 @@ from mlbench.analysis import bottleneck, parity, recommend, scaling
 from mlbench.present import charts
 from mlbench.present.content import RULES, STATUS_ORDER, Content
 from mlbench.present.content import badge as content_badge
-from mlbench.results.labels import label, num
+from mlbench.results.labels import band_text, label, num
 from mlbench.results.store import atomic_write
 
 
@@ -151,7 +151,8 @@ def maxbatch_section(searches: list[dict[str, Any]], chart: charts.Chart | None)
         return ""
     head = (
         "<tr><th>framework</th><th>model</th><th>device</th><th>precision</th><th>largest batch that fit</th>"
-        "<th>first out of memory</th><th>recommended</th><th>probes</th><th>memory limit</th><th>verdict</th></tr>"
+        "<th>first out of memory</th><th>the edge, every probe</th><th>recommended (fit again)</th><th>probes</th>"
+        "<th>memory limit</th><th>verdict</th></tr>"
     )
     body = "".join(
         "<tr>"
@@ -159,6 +160,7 @@ def maxbatch_section(searches: list[dict[str, Any]], chart: charts.Chart | None)
             f"<td>{_esc('—' if r[k] is None else r[k])}</td>"
             for k in ("framework", "model_name", "device", "precision", "max_batch_size", "first_failing_batch_size")
         )
+        + f"<td>{_esc(band_text(r))}</td>"
         + f"<td><b>{_esc('—' if r['recommended_batch_size'] is None else r['recommended_batch_size'])}</b></td>"
         + f"<td>{r['probes']}</td>"
         + f"<td>{_esc(_limit(r))}</td>"
@@ -168,7 +170,9 @@ def maxbatch_section(searches: list[dict[str, Any]], chart: charts.Chart | None)
     return (
         "<h2 id='maxbatch'>Largest batch that fits</h2><p class='sub'>Each probe a fresh worker: a few full training "
         "steps and an inference pass at that batch; doubling to the first out-of-memory, then bisection. The "
-        "recommended batch keeps the suite's margin below the largest that fit.</p>"
+        "edge moves between processes: the search's largest fit and first failure run again, and the band is what "
+        "every probe said. The recommended batch keeps the suite's margin below the band's low end and fit once "
+        "more in a fresh process.</p>"
         f"<table class='cells'><thead>{head}</thead><tbody>{body}</tbody></table>"
         f"<section class='chart' id='{chart.id}'><h3>{_esc(chart.title)}</h3>{chart.html}</section>"
     )

@@ -23,7 +23,7 @@ from mlbench.analysis.recommend import Effect, Recommendation, Row
 from mlbench.present import charts, images
 from mlbench.present.content import RULES, STATUS_ORDER, Content, badge
 from mlbench.results import labels
-from mlbench.results.labels import NA, label
+from mlbench.results.labels import NA, band_text, label
 from mlbench.results.store import atomic_write
 from mlbench.runfolder import RunFolder
 
@@ -417,12 +417,18 @@ def maxbatch_section(searches: list[Row]) -> str:
         return ""
     body = [
         [text(r["framework"]), text(r["model_name"]), text(r["device"]), text(r["precision"]),
-         num(r["max_batch_size"]), num(r["first_failing_batch_size"]), f"**{num(r['recommended_batch_size'])}**",
-         code(f"{r['status']}: {r['reason']}")]
+         num(r["max_batch_size"]), num(r["first_failing_batch_size"]), text(band_text(r)),
+         f"**{num(r['recommended_batch_size'])}**", code(f"{r['status']}: {r['reason']}")]
         for r in searches
     ]  # fmt: skip
-    head = ["framework", "model", "device", "precision", "largest fit", "first out of memory", "recommended", "verdict"]
-    return "## Largest batch that fits (mlbench maxbatch)\n\n" + table(head, body)
+    head = ["framework", "model", "device", "precision", "largest fit", "first out of memory",
+            "the edge, every probe", "recommended (fit again)", "verdict"]  # fmt: skip
+    return (
+        "## Largest batch that fits (mlbench maxbatch)\n\n"
+        "The edge moves between processes: the search's largest fit and first failure are run again, and the "
+        "band is what every probe said; the recommended batch, the margin below its low end, fit once more "
+        "in a fresh process.\n\n" + table(head, body)
+    )
 
 
 def config_section(suite: dict[str, Any]) -> str:

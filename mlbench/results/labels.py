@@ -31,3 +31,12 @@ def num(value: Any, digits: int = 3, missing: str = NA) -> str:
     if isinstance(value, int):
         return f"{value:,}"
     return f"{value:,.0f}" if abs(value) >= 100 else f"{value:.{digits}g}"
+
+
+def band_text(r: dict[str, Any]) -> str:
+    """A search's edge as a band, with the batches that fit in one process and not in another."""
+    low, high = r.get("frontier_low"), r.get("frontier_high")
+    if low is None and high is None:
+        return "-"
+    flaky = f"; {r['flaky_batches']} both" if r.get("flaky_batches") else ""
+    return f"{'-' if low is None else low} fits every time, {'-' if high is None else high} never{flaky}"

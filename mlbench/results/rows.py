@@ -248,7 +248,8 @@ def _training(cell: Cell, ev: list[dict[str, Any]], ok: bool) -> dict[str, Any]:
         "page_faults_per_step": sum(timed_faults) / len(timed_faults) if timed_faults else None,
         **gc_figures(step_s, timed_gc),
         "first_step_s": first,
-        "compile_time_s": first - figures["step_time_median_s"]
+        # a first step no slower than the median has no overhead to show: 0, never negative
+        "compile_time_s": max(0.0, first - figures["step_time_median_s"])
         if first is not None and figures["step_time_median_s"] is not None
         else None,
         "warmup_time_s": sum(warm) if warm else None,

@@ -180,6 +180,15 @@ COLUMNS: list[tuple[str, pa.DataType, str]] = [
         "peak matmul TFLOP/s measured on this device and precision by the calibration cells, "
         "highest framework (rebuilt; see calibration.json)",
     ),
+    ("mfu_low", F, "MFU over the calibration's best run (its lowest reading; rebuilt)"),
+    ("mfu_high", F, "MFU over the calibration's worst run (its highest reading; rebuilt)"),
+    ("calibration_other_pct", F, "other processes' CPU during the calibration behind peak_tflops (% of one core)"),
+    (
+        "peak_tflops_earlier",
+        F,
+        "the peak the same calibration measured last under this runs root (calibration-history.jsonl): MFU "
+        "across runs compares only where the peak held",
+    ),
     ("mfu", F, "model FLOPs utilisation: achieved_tflops / peak_tflops (rebuilt)"),
     (
         "inference_batch_size",

@@ -31,6 +31,7 @@ from workers.common.devices import Device
 SIZE = {"cpu": 1024, "cuda": 8192}  # matmul size n: 2 GFLOP on a CPU, 1.1 TFLOP on a GPU
 BUDGET_S = 3.0
 MFU_CEILING = 1.0
+HISTORY = "calibration-history.jsonl"  # beside the run folders: every peak measured under this runs root
 
 
 def calibration_cell(suite: Suite, framework: str, device: str, precision: str) -> Cell:
@@ -75,7 +76,7 @@ def run(suite: Suite, cells: list[Cell], run_dir: Path, executor: Executor) -> l
             host = (out.host or {}).get("hostname") or socket.gethostname()
             if (host, cell.framework, cell.device, cell.precision) in done:
                 continue  # calibrated there earlier in this run (a resumed run keeps its peaks)
-            entries.append(entry(cell, out, host))
+            entries.append(remember(entry(cell, out, host), run_dir))
     store.atomic_write(
         RunFolder(run_dir).calibration, lambda p: p.write_text(json.dumps(entries, indent=1), encoding="utf-8")
     )
@@ -102,18 +103,51 @@ def entry(cell: Cell, out: Outcome, host: str) -> dict[str, Any]:
         "peak_tflops": event.get("peak_tflops"),  # the median run
         "best_tflops": event.get("best_tflops"),
         "worst_tflops": event.get("worst_tflops"),
+        "cpu_other_pct": (out.monitor or {}).get("cpu_other_pct"),  # a peak measured under load is low
     }
 
 
-def peaks(entries: list[dict[str, Any]]) -> dict[tuple[str | None, str, str], float]:
-    """(hostname, device, precision) -> the highest calibrated TFLOP/s of any framework (hostname
-    None: an entry from before calibration recorded its host)."""
-    out: dict[tuple[str | None, str, str], float] = {}
+def remember(e: dict[str, Any], run_dir: Path) -> dict[str, Any]:
+    """The entry with the peak the same calibration measured last on this host (in any run folder under
+    the same runs root), and that history extended by it: a peak that moved says MFU is not comparable
+    across those runs."""
+    history = run_dir.parent / HISTORY
+    same = ("hostname", "framework", "device", "precision", "threads")
+    earlier = None
+    if history.is_file():
+        for line in history.read_text(encoding="utf-8").splitlines():
+            try:
+                h = json.loads(line)
+            except ValueError:
+                continue  # a line torn by a kill
+            if all(h.get(k) == e.get(k) for k in same) and h.get("peak_tflops"):
+                earlier = h
+    e = {
+        **e,
+        "earlier_peak_tflops": earlier["peak_tflops"] if earlier else None,
+        "earlier_run": (earlier or {}).get("run"),
+    }
+    if e.get("peak_tflops"):
+        with open(history, "a", encoding="utf-8") as f:
+            f.write(json.dumps({**{k: e.get(k) for k in (*same, "peak_tflops")}, "run": run_dir.name}) + "\n")
+    return e
+
+
+def peak_entries(entries: list[dict[str, Any]]) -> dict[tuple[str | None, str, str], dict[str, Any]]:
+    """(hostname, device, precision) -> the entry of the highest calibrated TFLOP/s of any framework
+    (hostname None: an entry from before calibration recorded its host)."""
+    out: dict[tuple[str | None, str, str], dict[str, Any]] = {}
     for e in entries:
         if e.get("peak_tflops"):
             key = (e.get("hostname"), e["device"], e["precision"])
-            out[key] = max(out.get(key, 0.0), e["peak_tflops"])
+            if key not in out or e["peak_tflops"] > out[key]["peak_tflops"]:
+                out[key] = e
     return out
+
+
+def peaks(entries: list[dict[str, Any]]) -> dict[tuple[str | None, str, str], float]:
+    """(hostname, device, precision) -> the highest calibrated TFLOP/s of any framework."""
+    return {k: e["peak_tflops"] for k, e in peak_entries(entries).items()}
 
 
 def peak_of(top: dict[tuple[str | None, str, str], float], r: dict[str, Any]) -> float | None:
@@ -127,9 +161,24 @@ def peak_of(top: dict[tuple[str | None, str, str], float], r: dict[str, Any]) ->
 
 
 def annotate(rows: list[dict[str, Any]], entries: list[dict[str, Any]]) -> None:
-    """Fill peak_tflops and mfu, in place (null where no calibration of the cell's host succeeded)."""
-    top = peaks(entries)
+    """Fill peak_tflops and mfu with its spread over the calibration's runs, and what the calibration says
+    of its own trust (other load during it, the peak it measured last time), in place (null where no
+    calibration of the cell's host succeeded)."""
+    top = peak_entries(entries)
+    scale = {
+        k: {"peak": e["peak_tflops"], "best": e.get("best_tflops"), "worst": e.get("worst_tflops")}
+        for k, e in top.items()
+    }
     for r in rows:
-        r["peak_tflops"] = peak = peak_of(top, r)
-        mfu = (r["achieved_tflops"] / peak) if (peak and r.get("achieved_tflops") is not None) else None
+        found = {
+            name: peak_of({k: v[name] for k, v in scale.items() if v[name]}, r) for name in ("peak", "best", "worst")
+        }
+        entry = next((e for k, e in top.items() if peak_of({k: e["peak_tflops"]}, r)), {})
+        r["peak_tflops"] = peak = found["peak"]
+        achieved = r.get("achieved_tflops")
+        mfu = (achieved / peak) if (peak and achieved is not None) else None
         r["mfu"] = mfu if mfu is None or mfu <= MFU_CEILING else None  # above 1: a peak measured too low
+        r["mfu_low"] = achieved / found["best"] if r["mfu"] is not None and found["best"] else None
+        r["mfu_high"] = achieved / found["worst"] if r["mfu"] is not None and found["worst"] else None
+        r["calibration_other_pct"] = entry.get("cpu_other_pct") if peak else None
+        r["peak_tflops_earlier"] = entry.get("earlier_peak_tflops") if peak else None

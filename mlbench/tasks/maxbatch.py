@@ -14,6 +14,13 @@ a search killed mid-probe continues from its stored probes: the search is determ
 already stored under the same spec and memory limit is read back instead of run. At the end:
 maxbatch_probes.parquet (one row per probe: its memory figures and step time, so the search also
 gives memory and throughput against batch size) and maxbatch.parquet (one row per search).
+
+The edge moves between processes (a tiny ResNet-18 under 900 MB: 512 ran out of memory in three
+searches and fit in a fourth), so a found edge is probed again in fresh processes, its largest fit
+and its first failure, and reported as a band: the largest batch that fit every time it was probed,
+the smallest that ran out of memory every time, and the batches that did both. The recommended batch
+is the margin below the band's low end, and is itself run once more before it is recommended
+(stepping down by the margin, up to CONFIRM_TRIES times, where it does not fit).
 """
 
 from __future__ import annotations
@@ -36,6 +43,7 @@ from mlbench.config import MaxBatchConfig, Suite
 from mlbench.executors.base import run_here
 from mlbench.process import environment, runner
 from mlbench.results import rows, store
+from mlbench.results.labels import band_text
 from mlbench.runfolder import RunFolder
 from workers.common.devices import Device
 
@@ -64,6 +72,7 @@ PROBE_COLUMNS = [
     ("duration_s", pa.float64()),
     ("probe_id", pa.string()),
     ("hostname", pa.string()),
+    ("repeat", pa.int64()),  # 0: the search's probe; 1, 2, ...: the same batch again in a fresh process
 ]
 PROBE_SCHEMA = pa.schema([pa.field(n, t) for n, t in PROBE_COLUMNS])
 SEARCH_COLUMNS = [
@@ -77,7 +86,12 @@ SEARCH_COLUMNS = [
     ("reason", pa.string()),
     ("max_batch_size", pa.int64()),  # the largest batch that fit (null: none did)
     ("first_failing_batch_size", pa.int64()),  # the smallest that ran out of memory (null: the cap fit)
-    ("recommended_batch_size", pa.int64()),  # margin x max_batch_size, down to a multiple of the devices
+    ("recommended_batch_size", pa.int64()),  # margin x frontier_low, down to a multiple of the devices, rerun
+    ("recommended_confirmed", pa.bool_()),  # it fit again in a fresh process (null: nothing to confirm)
+    ("frontier_low", pa.int64()),  # the largest batch that fit every time it was probed
+    ("frontier_high", pa.int64()),  # the smallest batch that ran out of memory every time it was probed
+    ("flaky_batches", pa.string()),  # batches that fit in one process and not in another
+    ("confirm_probes", pa.int64()),
     ("probes", pa.int64()),
     ("probes_run", pa.int64()),  # of those, run by this invocation (the rest were stored)
     ("search_s", pa.float64()),  # wall time of the probes that make the answer
@@ -164,6 +178,61 @@ def search(probe: Callable[[int], Probe], cfg: MaxBatchConfig, multiple: int = 1
     return Search("found", f"{fit} fits, {fail} runs out of memory", fit, fail, done)
 
 
+CONFIRM_TRIES = 3  # steps down by the margin where the recommended batch does not fit again
+
+
+@dataclass
+class Band:
+    """Where memory runs out, as every probe of it says: the edge as a band, and the recommended batch
+    once a fresh process has run it again."""
+
+    low: int | None  # the largest batch that fit every time
+    high: int | None  # the smallest batch that ran out of memory every time
+    flaky: list[int]  # batches that fit once and ran out of memory another time
+    recommended: int | None
+    confirmed: bool | None  # the recommended batch fit again (None: no answer to confirm)
+    probes: list[Probe] = field(default_factory=list)  # the confirming probes
+
+
+def confirm(
+    result: Search, probe: Callable[[int, int], Probe], margin: float, multiple: int = 1, tries: int = CONFIRM_TRIES
+) -> Band:
+    """Probe the search's edge again (its largest fit and first failure), then the recommended batch, each
+    in a fresh process (`probe(batch, repeat)`); the band and the confirmed recommendation."""
+    seen: dict[int, list[bool | None]] = {}
+    for p in result.probes:
+        seen.setdefault(p.batch_size, []).append(p.fits)
+    done: list[Probe] = []
+
+    def again(batch: int) -> Probe:
+        p = probe(batch, len(seen.get(batch, [])))
+        seen.setdefault(batch, []).append(p.fits)
+        done.append(p)
+        return p
+
+    if result.max_fit is None:
+        return Band(None, result.first_fail, [], None, None, done)
+    for batch in (result.max_fit, result.first_fail):
+        if batch is not None and again(batch).fits is None:  # another failure: the band is not known
+            return Band(None, None, [], None, None, done)
+    always = [b for b, o in seen.items() if o and all(x is True for x in o)]
+    never = [b for b, o in seen.items() if o and all(x is False for x in o)]
+    flaky = sorted(b for b, o in seen.items() if True in o and False in o)
+    low = max((b for b in always if not any(f <= b for f in [*never, *flaky])), default=None)
+    high = min(never, default=None)
+    if low is None:
+        return Band(None, high, flaky, None, None, done)
+    rec = max(multiple, math.floor(low * margin / multiple) * multiple)
+    for _ in range(tries):
+        p = again(rec)
+        if p.fits:
+            return Band(low, high, flaky, rec, True, done)
+        if p.fits is None or rec <= multiple:
+            break
+        rec = max(multiple, math.floor(rec * margin / multiple) * multiple)
+    return Band(low, high, flaky, None, False, done)
+
+
 def probe_cell(cell: Cell, batch: int, cfg: MaxBatchConfig) -> Cell:
     """The short cell that probes `batch`: one warm-up and cfg.steps training steps, one evaluation
     batch and one inference pass, all at that batch."""
@@ -202,16 +271,17 @@ def _probe_row(cell: Cell, outcome: runner.Outcome, run_name: str, env: dict[str
         "duration_s": outcome.duration_s,
         "probe_id": cell.cell_id,
         "hostname": r.get("hostname"),
+        "repeat": 0,
     }
 
 
-def _stored(folder: Path) -> dict[tuple[str, float | None], dict[str, Any]]:
-    """Probes stored by earlier invocations: (probe id, memory limit) -> row."""
+def _stored(folder: Path) -> dict[tuple[str, float | None, int], dict[str, Any]]:
+    """Probes stored by earlier invocations: (probe id, memory limit, repeat) -> row."""
     out = {}
     for path in sorted(folder.glob("*.parquet")) if folder.is_dir() else []:
         try:
             for r in pq.read_table(path).to_pylist():
-                out[(r["probe_id"], r["memory_limit_mb"])] = r
+                out[(r["probe_id"], r["memory_limit_mb"], r.get("repeat") or 0)] = r
         except (OSError, pa.ArrowInvalid):  # a torn file from a kill: the probe runs again
             continue
     return out
@@ -246,9 +316,12 @@ def run(
         )
         found: list[dict[str, Any]] = []
         result = search(functools.partial(prober.probe, base, label=label, found=found), suite.maxbatch, multiple)
+        again = functools.partial(prober.probe, base, label=label, found=found)
+        band = confirm(result, lambda b, k, again=again: again(b, repeat=k), suite.maxbatch.margin, multiple)
         all_probes.extend(found)
-        out.append(_search_row(base, result, suite, found))
-        say(f"maxbatch: {label}: {result.status}: {result.reason}")
+        out.append(_search_row(base, result, band, suite, found))
+        said = f"; band {band.low}-{band.high}" + (f", {band.recommended} confirmed" if band.confirmed else "")
+        say(f"maxbatch: {label}: {result.status}: {result.reason}{said if result.max_fit else ''}")
     _write(folder.maxbatch_probes_table, all_probes, PROBE_SCHEMA)
     _write(folder.maxbatch, out, SEARCH_SCHEMA)
     return out
@@ -263,14 +336,15 @@ class _Prober:
         self.settings = executors.Settings.of(suite)
         self.stored = _stored(folder.maxbatch_probes)
 
-    def probe(self, base: Cell, batch: int, *, label: str, found: list[dict[str, Any]]) -> Probe:
+    def probe(self, base: Cell, batch: int, *, label: str, found: list[dict[str, Any]], repeat: int = 0) -> Probe:
         cell = probe_cell(base, batch, self.suite.maxbatch)
-        row = self.stored.get((cell.cell_id, self.suite.memory_limit_mb))
+        row = self.stored.get((cell.cell_id, self.suite.memory_limit_mb, repeat))
         was_stored = row is not None
+        again = f" (again, {repeat + 1})" if repeat else ""
         if row is None:
             t0 = time.monotonic()
             outcome = run_here(
-                Unit(cell),
+                Unit(cell, repeat),
                 self.folder.maxbatch_runs,
                 self.settings,
                 executor="local",
@@ -278,17 +352,17 @@ class _Prober:
                 on_event=lambda e: None,
                 cancel=runner.CancelToken(),
             )
-            row = _probe_row(cell, outcome, self.suite.name, self.env)
-            _write(self.folder.maxbatch_probes / f"{cell.cell_id}.parquet", [row], PROBE_SCHEMA)
+            row = {**_probe_row(cell, outcome, self.suite.name, self.env), "repeat": repeat}
+            _write(self.folder.maxbatch_probes / f"{Unit(cell, repeat).unit_id}.parquet", [row], PROBE_SCHEMA)
             reason = f" ({row['reason']})" if row["reason"] else ""
-            self.say(f"  {label} bs={batch}: {row['status']}{reason} in {time.monotonic() - t0:.0f}s")
+            self.say(f"  {label} bs={batch}{again}: {row['status']}{reason} in {time.monotonic() - t0:.0f}s")
         else:
-            self.say(f"  {label} bs={batch}: {row['status']} (stored)")
+            self.say(f"  {label} bs={batch}{again}: {row['status']} (stored)")
         found.append(row)
         return Probe(batch, row["fits"], row["status"], row["reason"] or "", row["duration_s"] or 0.0, was_stored)
 
 
-def _search_row(base: Cell, result: Search, suite: Suite, found: list[dict[str, Any]]) -> dict[str, Any]:
+def _search_row(base: Cell, result: Search, band: Band, suite: Suite, found: list[dict[str, Any]]) -> dict[str, Any]:
     cfg = suite.maxbatch
     return {
         "framework": base.framework,
@@ -299,7 +373,12 @@ def _search_row(base: Cell, result: Search, suite: Suite, found: list[dict[str, 
         "reason": result.reason,
         "max_batch_size": result.max_fit,
         "first_failing_batch_size": result.first_fail,
-        "recommended_batch_size": result.recommended(cfg.margin, Device.parse(base.device).count),
+        "recommended_batch_size": band.recommended,
+        "recommended_confirmed": band.confirmed,
+        "frontier_low": band.low,
+        "frontier_high": band.high,
+        "flaky_batches": ", ".join(map(str, band.flaky)) or None,
+        "confirm_probes": len(band.probes),
         "probes": len(result.probes),
         "probes_run": sum(not p.stored for p in result.probes),
         "search_s": sum(p.duration_s for p in result.probes),
@@ -318,15 +397,16 @@ def table(found: list[dict[str, Any]], memory_limit_mb: float | None) -> Any:
 
     limit = f" under memory_limit_mb={memory_limit_mb:g}" if memory_limit_mb else ""
     out = Table(title=f"mlbench maxbatch: the largest training batch that fits{limit}")
-    columns = "framework model device precision|largest fit|first oom|recommended|probes|verdict"
+    columns = "framework model device precision|largest fit|first oom|band|recommended|probes|verdict"
     for col in columns.replace(" ", "|", 3).split("|"):
         out.add_column(col)
     sizes = ("max_batch_size", "first_failing_batch_size", "recommended_batch_size")
     for r in found:
         out.add_row(
             r["framework"], r["model_name"], r["device"], r["precision"],
-            *("-" if r[k] is None else str(r[k]) for k in sizes),
-            str(r["probes"]), f"{r['status']}: {r['reason']}",
+            *("-" if r[k] is None else str(r[k]) for k in sizes[:2]), band_text(r),
+            "-" if r["recommended_batch_size"] is None else f"{r['recommended_batch_size']} (rerun: fits)",
+            f"{r['probes']} + {r.get('confirm_probes') or 0}", f"{r['status']}: {r['reason']}",
         )  # fmt: skip
     return out
 
