@@ -110,8 +110,9 @@ def parity_section(rows: list[dict[str, Any]], tolerance: float | None = None) -
 def _rec_cell(e: recommend.Estimate | None, unit: str) -> str:
     if e is None:
         return "<td>—</td>"
+    covers = {"runs": f" across {e.runs} runs", "within_run": " within one run", "validation": " of the validation"}
     ci = (
-        f"<br><span class='ci'>95% CI {_fmt(e.low)} – {_fmt(e.high)}</span>"
+        f"<br><span class='ci'>95% CI {_fmt(e.low)} – {_fmt(e.high)}{covers.get(e.kind or '', '')}</span>"
         if e.low is not None or e.high is not None
         else ""
     )
@@ -201,8 +202,9 @@ def bottleneck_section(found: dict[str, list[dict[str, Any]]]) -> str:
         for verdict, cells in found.items()
     )
     return (
-        "<h3 id='bottlenecks'>Bottlenecks</h3><p class='sub'>From each cell's profiled steps, MFU and GPU "
-        "utilisation; the thresholds and their reasons are in mlbench/analysis/bottleneck.py.</p>"
+        "<h3 id='bottlenecks'>Bottlenecks</h3><p class='sub'>From each cell's profiled steps, batch scaling, MFU "
+        "and GPU utilisation; the thresholds and their reasons are in mlbench/analysis/bottleneck.py. "
+        f"{_esc(bottleneck.CPU_BLIND[0].upper() + bottleneck.CPU_BLIND[1:])}.</p>"
         f"<ul>{items}</ul>"
     )
 

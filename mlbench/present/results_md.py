@@ -306,7 +306,12 @@ def bottleneck_lines(content: Content, model: str) -> list[str]:
         lines.append(f"- {text(label(r))}: **{text(verdict)}**{evidence}")
     found = [v for v, rs in content.bottlenecks.items() if v != "none" and any(r["model_name"] == model for r in rs)]
     advice = [f"- {text(v)}: {text(bottleneck.ADVICE[v])}." for v in found]
-    return ["", "**Bottlenecks**", "", *lines, *(["", "What would help:", "", *advice] if advice else [])]
+    blind = [f"_{text(bottleneck.CPU_BLIND[0].upper() + bottleneck.CPU_BLIND[1:], own=True)}._", ""]
+    on_cpu = any(str(r.get("device", "")).startswith("cpu") for r in mine)
+    return [
+        "", "**Bottlenecks**", "", *(blind if on_cpu else []), *lines,
+        *(["", "What would help:", "", *advice] if advice else []),
+    ]  # fmt: skip
 
 
 def analysis_section(content: Content) -> str:
