@@ -224,7 +224,13 @@ def test_every_cell_carries_its_breakdowns_and_the_parts_add_up(shared_run: Path
         # what it was), not asserted here: one slow step of five on a busy 2-core machine moves it
         assert r.profile_steps == 5 and pd.isna(r.profile_skipped)
         assert r.memory_params_mb == pytest.approx(4 * r.num_parameters / MIB)
-        assert r.memory_activations_mb >= 0 and r.bottleneck in {"input", "host", "memory", "compute", "none"}
+        assert r.memory_activations_mb >= 0
+        # a verdict, or none where the profiled step is another program than the timed one (a tiny step on
+        # a busy machine can land there), and then the evidence says so
+        if pd.isna(r.bottleneck):
+            assert r.bottleneck_evidence.startswith("the profiled step"), (cell, r.bottleneck_evidence)
+        else:
+            assert r.bottleneck in {"input", "host", "overhead", "memory", "compute", "none"}, cell
         assert r.bottleneck_evidence
 
 

@@ -40,7 +40,11 @@ MEASURED = {
     "total_train_time", "train_time_per_epoch", "warmup_time_s", "warmup_times_s", "worker_max_rss_mb",
     "step_time_outliers", "noisy", "warmup_steps_detected", "steps_timed", "samples_per_second_per_device",
     "step_data_s", "step_forward_s", "step_backward_s", "step_optimizer_s", "step_other_s", "step_profiled_s",
-    "memory_activations_mb", "bottleneck", "bottleneck_evidence",
+    "memory_activations_mb", "bottleneck", "bottleneck_evidence", "cpu_other_train_pct",
+    "cpu_orchestrator_train_pct", "cpu_other_inference_pct", "gc_pause_s", "gc_steps", "step_outliers_with_gc",
+    "step_time_robust_cv", "steady_dropped_steps", "steady_capped", "inference_b1_latency_robust_cv",
+    "inference_b1_outliers", "inference_b1_latency_p50_ci_low_ms", "inference_b1_latency_p50_ci_high_ms",
+    "repeat_b1_latency_p50_ms", "ci_kind",
 }  # fmt: skip
 
 

@@ -78,4 +78,6 @@ def test_a_2x_slowdown_is_called_from_single_runs(runs: Path) -> None:
     df = pd.read_parquet(runs / "x2" / "results.parquet")
     assert set(df.ci_kind) == {"within_run"} and (df.repeats == 1).all()
     throughput = next(line for line in analysis(runs / "x2") if line.startswith("- **Training throughput**"))
-    assert "**pytorch** leads" in throughput and "beyond the 45% a rerun of the same code moves" in throughput
+    assert "**pytorch** leads" in throughput, throughput
+    # beyond the 45% a rerun of the same code moves, widened by twice the robust CV of a run whose steps spread
+    assert "beyond the" in throughput and ("a rerun of the same code moves" in throughput or "this noisy" in throughput)

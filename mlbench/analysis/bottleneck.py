@@ -195,7 +195,7 @@ def faster_elsewhere(r: Row, rows: list[Row]) -> str:
         said = evidence.tell(
             x["samples_per_second"], r["samples_per_second"],
             tuple((y.get("samples_per_second_ci_low"), y.get("samples_per_second_ci_high")) for y in (x, r)),
-            (x.get("ci_kind"), r.get("ci_kind")), "throughput",
+            (x.get("ci_kind"), r.get("ci_kind")), "throughput", noises=(evidence.noise(x), evidence.noise(r)),
         )  # fmt: skip
         if said.clear:
             best = f"; {x['framework']} runs the same FLOPs {said.ratio:.2f}x faster here: the framework matters"

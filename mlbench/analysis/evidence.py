@@ -58,18 +58,20 @@ def loaded(r: Row, phase: str = "train") -> bool:
     return other is not None and other > other_load_limit_pct(r)
 
 
+def noise(r: Row, latency: bool = False) -> float | None:
+    """A single run's own spread above the noise line (the training steps' robust CV for throughput, the
+    batch-1 passes' for latency), which widens the gap it needs; None where there is none to add (a
+    between-run interval holds the spread already)."""
+    if r.get("ci_kind") == "runs":
+        return None
+    cv = r.get("inference_b1_latency_robust_cv" if latency else "step_time_robust_cv")
+    return cv if cv is not None and cv > NOISE_CV else None
+
+
 def why_untrusted(r: Row, latency: bool = False) -> str:
-    """Why a cell's timings cannot rank it ('' when they can): other load during it, or its own samples'
-    spread where a single run must stand for a rerun (the training steps' for throughput, the batch-1
-    passes' for latency). With between-run intervals the spread is in the interval already."""
+    """Why a cell's timings cannot rank it at all ('' when they can): other processes used the CPU during
+    the phase the figure comes from (its timed steps, or its timed inference passes)."""
     reasons = []
-    if latency:
-        cv = r.get("inference_b1_latency_robust_cv")
-        if cv is not None and cv > NOISE_CV and r.get("ci_kind") != "runs":
-            reasons.append(f"batch-1 passes' robust CV {cv:.0%}")
-    elif r.get("noisy") and r.get("ci_kind") != "runs":
-        cv = r.get("step_time_robust_cv")
-        reasons.append(f"step-time robust CV {cv:.0%}" if cv is not None else "step times vary over 10%")
     phase = "inference" if latency else "train"
     if loaded(r, phase):
         reasons.append(f"other processes used {other_load(r, phase):.0f}% of a core")
@@ -83,9 +85,11 @@ def tell(
     kinds: tuple[str | None, str | None],
     what: str,
     higher_is_better: bool = True,
+    noises: tuple[float | None, float | None] = (None, None),
 ) -> Told:
     """Whether `better` is ahead of `worse` beyond their evidence. `intervals`: each figure's (low, high);
-    `kinds`: each one's ci_kind; `what`: throughput or latency (its single-run floor)."""
+    `kinds`: each one's ci_kind; `what`: throughput or latency (its single-run floor); `noises`: a noisy
+    single run's own spread (`noise`), which widens the floor by twice itself."""
     if not (better and worse) or not (math.isfinite(better) and math.isfinite(worse)):
         return Told(False, math.nan, "no figure to compare")
     ratio = better / worse if higher_is_better else worse / better
@@ -100,10 +104,12 @@ def tell(
         if ratio - 1 < MIN_EFFECT:
             return Told(False, ratio, f"{ratio - 1:.1%} apart, under the {MIN_EFFECT:.0%} worth reporting")
         return Told(True, ratio, "beyond the between-run intervals")
-    floor = SINGLE_RUN_FLOOR[what]
+    spread = max((n for n in noises if n), default=0.0)
+    floor = SINGLE_RUN_FLOOR[what] + 2 * spread
     runs = "single runs" if all(k != "runs" for k in kinds) else "a single run"
+    moves = (
+        f"a rerun of a run this noisy (robust CV {spread:.0%}) moves" if spread else "a rerun of the same code moves"
+    )
     if ratio - 1 < floor:
-        return Told(
-            False, ratio, f"{runs}: {ratio - 1:.0%} apart, under the {floor:.0%} a rerun of the same code moves"
-        )
-    return Told(True, ratio, f"{runs}, beyond the {floor:.0%} a rerun of the same code moves")
+        return Told(False, ratio, f"{runs}: {ratio - 1:.0%} apart, under the {floor:.0%} {moves}")
+    return Told(True, ratio, f"{runs}, beyond the {floor:.0%} {moves}")

@@ -40,6 +40,7 @@ class Estimate:
     kind: str | None = None
     runs: int = 1
     untrusted: str = ""  # why it cannot be ranked ('' when it can)
+    noise: float | None = None  # a single run's own spread, which widens the gap it needs (evidence.noise)
     name: str = ""  # its label where the cell's would mislead (batch-1 latency has no training batch)
 
     @property
@@ -104,7 +105,7 @@ def throughput_estimate(r: Row) -> Estimate | None:
     if v is None:
         return None
     lo, hi = r.get("samples_per_second_ci_low"), r.get("samples_per_second_ci_high")
-    return Estimate(v, lo, hi, r, r.get("ci_kind"), r.get("repeats") or 1, why_untrusted(r))
+    return Estimate(v, lo, hi, r, r.get("ci_kind"), r.get("repeats") or 1, why_untrusted(r), evidence.noise(r))
 
 
 def latency_estimates(rows: list[Row]) -> list[Estimate]:
@@ -123,13 +124,15 @@ def latency_estimates(rows: list[Row]) -> list[Estimate]:
         name = f"{framework} {precision}"
         if len(p50s) > 1:
             lo, hi = stats.t_interval(p50s)
-            out.append(Estimate(fmean(p50s), lo, hi, members[0], "runs", len(p50s), untrusted, name))
+            out.append(Estimate(fmean(p50s), lo, hi, members[0], "runs", len(p50s), untrusted, name=name))
         else:
             r = members[0]
             lo, hi = r.get("inference_b1_latency_p50_ci_low_ms"), r.get("inference_b1_latency_p50_ci_high_ms")
             if lo is None and r.get("inference_b1_times_ms"):
                 lo, hi = stats.median_ci(list(r["inference_b1_times_ms"]))
-            out.append(Estimate(p50s[0], lo, hi, r, "within_run", 1, untrusted, name))
+            out.append(
+                Estimate(p50s[0], lo, hi, r, "within_run", 1, untrusted, evidence.noise(r, latency=True), name=name)
+            )
     return out
 
 
@@ -257,6 +260,7 @@ def told(c: Criterion, winner: Estimate, runner: Estimate) -> Told:
             (winner.kind, runner.kind),
             "throughput" if c.key == "train_throughput" else "latency",
             c.higher_is_better,
+            (winner.noise, runner.noise),
         )
     ratio = winner.value / runner.value if runner.value else math.inf
     ratio = max(ratio, 1 / ratio) if ratio else math.inf
@@ -470,7 +474,7 @@ def _throughput_verdict(r: Row, b: Row) -> tuple[str, str]:
     faster, slower = (er, eb) if er.value >= eb.value else (eb, er)
     said = evidence.tell(
         faster.value, slower.value, ((faster.low, faster.high), (slower.low, slower.high)),
-        (faster.kind, slower.kind), "throughput",
+        (faster.kind, slower.kind), "throughput", noises=(faster.noise, slower.noise),
     )  # fmt: skip
     if not said.clear:
         return "cannot tell", said.why

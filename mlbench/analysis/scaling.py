@@ -110,6 +110,7 @@ def _faster(r: Row, b: Row) -> tuple[str, str]:
         tuple((x.get("samples_per_second_ci_low"), x.get("samples_per_second_ci_high")) for x in (fast, slow)),
         (fast.get("ci_kind"), slow.get("ci_kind")),
         "throughput",
+        noises=(evidence.noise(fast), evidence.noise(slow)),
     )
     if not said.clear:
         return "cannot tell", said.why

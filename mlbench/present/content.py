@@ -103,8 +103,9 @@ RULES = (
     f"processes) that do not overlap and a gap of at least {evidence.MIN_EFFECT:.0%}, or, where a cell ran once, "
     f"a gap beyond what a rerun of the same code moves ({evidence.SINGLE_RUN_FLOOR['throughput']:.0%} "
     f"throughput, {evidence.SINGLE_RUN_FLOOR['latency']:.0%} latency); peak memory, one reading, a gap over "
-    f"{recommend.MEMORY_RSS_FLOOR:.0%} (host RSS) or {recommend.MEMORY_TOLERANCE:.0%}. A single run too noisy "
-    "to rank, or a cell under other load, is named and left out of the ranking."
+    f"{recommend.MEMORY_RSS_FLOOR:.0%} (host RSS) or {recommend.MEMORY_TOLERANCE:.0%}. A single run whose own "
+    f"samples spread (robust CV over {evidence.NOISE_CV:.0%}) needs that gap widened by twice its robust CV; a cell "
+    "under other load is named and left out of the ranking."
 )
 
 
@@ -153,7 +154,7 @@ def warnings(rows: list[Row], recommendations: list[Recommendation], stale: int 
         out.append(
             f"{len(noisy)} cell(s) have step times whose robust spread is above 10%, with {outliers} outlier "
             f"step(s), {with_gc} of them paused by garbage collection, and {loaded_} cell(s) under other load "
-            "during their timed steps: where such a cell ran once, it is not ranked."
+            "during their timed steps: where such a cell ran once, a verdict needs a gap wider by twice its spread."
         )
     ok = recommend.ok_rows(rows)
     faulting = [r for r in ok if (r.get("page_faults_per_step") or 0) > FAULTS_PER_STEP]

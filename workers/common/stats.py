@@ -70,15 +70,14 @@ def throughput_ci(
     step_s: Sequence[float], batch_size: int, confidence: float = 0.95, blocks: int = BLOCKS
 ) -> tuple[float | None, float | None]:
     """Within-run interval of the steady throughput batch_size / mean(step), by batch means: the timed
-    window cut into up to `blocks` contiguous blocks of at least 3 steps, a t-interval on the blocks'
-    mean step, mapped to throughput. Consecutive steps are correlated (lag-1 0.7 in a ResNet), which
+    window cut into up to `blocks` contiguous blocks of at least 3 steps (2 in a window of 6-8), a
+    t-interval on the blocks' mean step, mapped to throughput. Consecutive steps are correlated (lag-1 0.7 in a ResNet), which
     an i.i.d. bootstrap of the steps ignores; blocks keep it inside them. It says nothing of a rerun:
-    another process lands elsewhere (the between-run interval of repeats covers that). None with too
-    few steps for three blocks."""
+    another process lands elsewhere (the between-run interval of repeats covers that). None under 6 steps."""
     a = np.asarray(step_s, dtype=np.float64)
-    k = min(blocks, len(a) // 3)
-    if k < 3 or a.sum() <= 0:
+    if len(a) < 6 or a.sum() <= 0:
         return None, None
+    k = min(blocks, len(a) // 3) if len(a) >= 9 else 3
     size = len(a) // k
     means = a[: k * size].reshape(k, size).mean(axis=1)
     half = t_quantile(confidence, k - 1) * float(means.std(ddof=1)) / math.sqrt(k)
