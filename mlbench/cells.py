@@ -61,9 +61,18 @@ class Cell:
         return self.spec.payload(**run)
 
 
-def make_cell(suite: Suite, framework: str, model: str, device: str, precision: str, batch_size: int) -> Cell:
-    """One cell of a suite."""
+def make_cell(
+    suite: Suite, framework: str, model: str, device: str, precision: str, batch_size: int, seed: int | None = None
+) -> Cell:
+    """One cell of a suite (at its first training seed unless `seed` says another)."""
     model_spec = specs.get_spec(model, suite.model_overrides.get(model))
+    seed = suite.seed if seed is None else seed
+    dataset = suite.dataset.model_dump()
+    data_seed = dataset.pop("seed")
+    if data_seed is None:
+        data_seed = suite.seeds[0]
+    if data_seed != seed:  # in the spec only where it differs, so a one-seed cell keeps its id
+        dataset["seed"] = data_seed
     return Cell(
         CellSpec(
             framework=framework,
@@ -76,8 +85,8 @@ def make_cell(suite: Suite, framework: str, model: str, device: str, precision: 
             precision=precision,
             batch_size=batch_size,
             epochs=suite.epochs,
-            seed=suite.seed,
-            dataset=suite.dataset.model_dump(),
+            seed=seed,
+            dataset=dataset,
             # how synthetic data is made: a changed generator makes different data, so a new cell
             data_generator=datasets.GENERATOR[model_spec.family] if suite.dataset.name == "synthetic" else None,
             warmup_steps=suite.warmup_steps,
@@ -121,13 +130,15 @@ def axes(suite: Suite, only: dict[str, list[Any]] | None = None) -> dict[str, li
 
 
 def expand(suite: Suite, only: dict[str, list[Any]] | None = None) -> list[Cell]:
-    """All cells of the suite in a stable order, narrowed by `only` (axis -> allowed values)."""
+    """All cells of the suite in a stable order, narrowed by `only` (axis -> allowed values): the whole
+    grid at the first seed, then at each further one (a stopped run has the first seed complete)."""
     narrowed = axes(suite, only)
     cells = []
-    for combo in itertools.product(*(narrowed[a] for a in CELL_AXES)):
-        values = dict(zip(CELL_AXES, combo))
-        if not _excluded(values, suite.excludes):
-            cells.append(make_cell(suite, **values))
+    for seed in suite.seeds:
+        for combo in itertools.product(*(narrowed[a] for a in CELL_AXES)):
+            values = dict(zip(CELL_AXES, combo))
+            if not _excluded(values, suite.excludes):
+                cells.append(make_cell(suite, **values, seed=seed))
     return cells
 
 

@@ -42,6 +42,9 @@ class DatasetConfig(Strict):
     path: str | None = None  # folder with the CIFAR-10 python batches
     train_samples: PositiveInt = 1024
     val_samples: PositiveInt = 256
+    # the data's own seed (synthetic data and nothing else); None: the suite's first seed. Every training
+    # seed of `seeds` reads the same data: a seed varies the initial weights, dropout and the batch order
+    seed: int | None = Field(None, ge=0)
 
     @model_validator(mode="after")
     def _cifar_needs_path(self) -> DatasetConfig:
@@ -92,6 +95,10 @@ class Suite(Strict):
     epochs: PositiveInt = 1
     repeats: PositiveInt = 1  # runs of every cell, interleaved across the grid; results combine them
     seed: int = Field(0, ge=0)
+    # training seeds, one cell each (the initial weights, dropout, the batch order; not the data, see
+    # dataset.seed): a list, or a count n for 0..n-1. Accuracy parity compares frameworks against the
+    # spread over seeds (docs/measurement.md); performance verdicts read the first seed's cells
+    seeds: list[int] = Field([0], min_length=1)
     dataset: DatasetConfig = DatasetConfig()
     warmup_steps: int = Field(5, ge=0)  # first training steps kept out of steady-state throughput
     inference: InferenceConfig = InferenceConfig()
@@ -127,6 +134,35 @@ class Suite(Strict):
     profile_steps: int = Field(5, ge=0)
     # keep each cell's profiler trace of those steps in runs/<name>/profiles/ (or `run --profile`)
     profile: bool = False
+
+    @model_validator(mode="before")
+    @classmethod
+    def _one_seed_key(cls, data: Any) -> Any:
+        """`seed` is one training seed, `seeds` several (or a count); `seed` is then the first."""
+        if not isinstance(data, dict):
+            return data
+        if "seeds" not in data:
+            seed = data.get("seed", 0)
+            ok = isinstance(seed, int) and not isinstance(seed, bool) and seed >= 0
+            return {**data, "seeds": [seed]} if ok else data  # a bad `seed` is its own error
+        seeds = data["seeds"]
+        if isinstance(seeds, int) and not isinstance(seeds, bool):
+            if seeds < 1:
+                raise ValueError(f"seeds: a count of seeds is at least 1, not {seeds}")
+            seeds = list(range(seeds))
+        if isinstance(seeds, list) and seeds and all(isinstance(s, int) for s in seeds):
+            # a stored suite holds both, agreeing; a config that names both and disagrees is refused
+            if "seed" in data and data["seed"] != seeds[0]:
+                raise ValueError("give `seed` (one training seed) or `seeds` (several, or a count), not both")
+            data = {**data, "seeds": seeds, "seed": seeds[0]}
+        return data
+
+    @field_validator("seeds")
+    @classmethod
+    def _seeds(cls, v: list[int]) -> list[int]:
+        if any(s < 0 for s in v):
+            raise ValueError(f"a seed is a non-negative integer: {min(v)}")
+        return cls._unique(v)
 
     @field_validator("frameworks", "models", "devices", "precisions", "batch_sizes")
     @classmethod

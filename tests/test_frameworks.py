@@ -87,11 +87,14 @@ def test_same_weights_and_data_give_the_same_training_curve(shared_run) -> None:
         # the same predictions on 64 samples: no difference seen, but 64 samples cannot prove one under 2
         # points either (the interval of a zero discordant share is +-8 points): unresolved, not different;
         # or, where these few steps left every model at a uniform guess's loss, untrained
+        # or, where a curve still moved in its last epoch (two epochs of a few steps), not_converged
         members = [df.loc[(model, fw)].to_dict() | {"model_name": model} for fw in ("pytorch", "tensorflow", "jax")]
         learned = not parity.untrained(members)
-        assert row.accuracy_parity_verdict == ("unresolved" if learned else "untrained"), row.final_val_loss
+        settled = all(parity.convergence(m, 2.0)[0] for m in members)
+        expected = "untrained" if not learned else "unresolved" if settled else "not_converged"
+        assert row.accuracy_parity_verdict == expected, (row.final_val_loss, row.accuracy_convergence)
         assert row.accuracy_diff_low_pts < 0 < row.accuracy_diff_high_pts
-        assert row.accuracy_samples_needed > 64 if learned else pd.isna(row.accuracy_samples_needed)
+        assert row.accuracy_samples_needed > 64 if expected == "unresolved" else pd.isna(row.accuracy_samples_needed)
         for fw in ("pytorch", "tensorflow", "jax"):  # the per-sample record the verdict pairs on
             r = df.loc[(model, fw)]
             right = parity.correct_vector(r.val_correct_bits, r.val_samples)

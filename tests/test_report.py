@@ -253,8 +253,14 @@ def test_compare_statistics() -> None:
     )
     assert few.p > 0.01 and few.verdict == "unconfirmed"
     acc = compare.METRICS[-1]
-    assert compare.compare_metric(acc, a, dict(a, final_val_accuracy=0.80), 0.01, 0.05).verdict == "regression"
-    assert compare.compare_metric(acc, a, dict(a, final_val_accuracy=0.89), 0.01, 0.05).verdict == "unchanged"
+    settled = dict(a, epochs_detail=[{"epoch": 0, "val_accuracy": 0.895}, {"epoch": 1, "val_accuracy": 0.9}])
+    worse = dict(settled, final_val_accuracy=0.80, epochs_detail=[{"val_accuracy": 0.805}, {"val_accuracy": 0.80}])
+    assert compare.compare_metric(acc, settled, worse, 0.01, 0.05).verdict == "regression"  # -10 of 1,000
+    assert (
+        compare.compare_metric(acc, settled, dict(settled, final_val_accuracy=0.89), 0.01, 0.05).verdict == "unchanged"
+    )
+    # one epoch is no learning curve: a 10-point swing is not a regression to fail a build on
+    assert compare.compare_metric(acc, a, dict(a, final_val_accuracy=0.80), 0.01, 0.05).verdict == "unconfirmed"
 
 
 def test_compare_without_raw_samples_uses_the_change_alone() -> None:

@@ -5,8 +5,9 @@ the stock one). A change is significant when a two-sided Mann-Whitney rank test 
 samples (step times, inference latencies) gives p < alpha AND the relative change is at least
 `min_change`, raised to twice the figure's coefficient of variation across repeats where the runs have them:
 thousands of step samples make any shift "significant", so the practical threshold carries the
-verdict. Accuracy uses Fisher's exact test on the correct/incorrect counts of the validation set
-(conservative: both runs score the same validation samples, so the counts are paired);
+verdict. Accuracy is judged as parity judges two frameworks (`accuracy_change`): the difference's
+95% interval, paired on the same validation samples where both rows carry per-sample correctness,
+against a floor of ACCURACY_FLOOR_PTS, and only between cells whose learning curves have settled;
 figures with a single reading (peak memory) are flagged on the relative change alone. A latency must
 also move by at least `min_change_ms` milliseconds (0 by default): a sub-millisecond latency shifts by
 tens of microseconds between runs of the same code, a large relative change no code made.
@@ -24,6 +25,7 @@ from typing import Any
 
 from scipy import stats as sps
 
+from mlbench.analysis import parity
 from mlbench.analysis.evidence import loaded
 from mlbench.results import store
 from mlbench.results.labels import label
@@ -149,6 +151,35 @@ SINGLE_RUN_FLOOR_MS = 0.1  # and a latency must move by this much in absolute te
 SINGLE_RUN_FLOOR_RSS = 0.15  # a host RSS peak (CPU cells); an allocator's or NVML's figure keeps min_change
 
 
+# an accuracy change counts only where its 95% interval lies beyond this many points (parity's default
+# tolerance): a 5-point drop on 512 samples is a guess, and a curve still moving swings further
+ACCURACY_FLOOR_PTS = 2.0
+
+
+def accuracy_change(ra: Row, rb: Row) -> tuple[str, float | None]:
+    """(verdict, p) of B's validation accuracy against A's: improvement or regression where the interval
+    of B minus A lies beyond the floor, unchanged where it lies inside it or where the change seen is
+    under it, else unconfirmed; unconfirmed too where either cell's learning curve still moved in its last
+    epoch (parity.convergence). p: McNemar's exact test on the discordant samples where paired, else
+    Fisher's on the counts."""
+    diff = parity.compare_pair(rb, ra, ACCURACY_FLOOR_PTS)
+    n = diff.n
+    if diff.paired:
+        va, vb = (parity.correct_vector(r.get("val_correct_bits"), n) for r in (ra, rb))
+        only_b, only_a = int((vb & ~va).sum()), int((va & ~vb).sum())
+        p = float(sps.binomtest(only_b, only_a + only_b).pvalue) if only_a + only_b else 1.0
+    else:
+        ca, cb = round(ra["final_val_accuracy"] * n), round(rb["final_val_accuracy"] * n)
+        p = float(sps.fisher_exact([[ca, n - ca], [cb, n - cb]]).pvalue) if n else None
+    if diff.verdict == "equivalent" or (diff.verdict == "unresolved" and abs(diff.diff_pts) < ACCURACY_FLOOR_PTS):
+        return "unchanged", p
+    if diff.verdict == "unresolved":
+        return "unconfirmed", p
+    if any(parity.convergence(r, ACCURACY_FLOOR_PTS)[0] is False for r in (ra, rb)):
+        return "unconfirmed", p
+    return ("improvement" if diff.diff_pts > 0 else "regression"), p
+
+
 def _verdict(rel: float, significant: bool, higher_is_better: bool) -> str:
     if not significant:
         return "unchanged"
@@ -216,12 +247,10 @@ def compare_metric(
             significant = significant and abs(b - a) >= min_change_ms
             untested = untested and abs(b - a) >= min_change_ms
     elif m.kind == "fisher":
-        na, nb = ra.get("val_samples"), rb.get("val_samples")
-        if na and nb:
-            ca, cb = round(a * na), round(b * nb)
-            p = float(sps.fisher_exact([[ca, na - ca], [cb, nb - cb]]).pvalue)
-        significant = p is not None and p < alpha
-        threshold = 0.0
+        if not (ra.get("val_samples") and rb.get("val_samples")):
+            return None
+        verdict, p = accuracy_change(ra, rb)
+        return Change(label(rb), m, a * scale, b * scale, rel, p, ACCURACY_FLOOR_PTS / 100, verdict)
     else:
         significant = abs(rel) >= threshold
     verdict = "unconfirmed" if untested else confirmed(m, ra, rb, rel, _verdict(rel, significant, m.higher_is_better))

@@ -88,6 +88,23 @@ def ok_rows(rows: Iterable[Row]) -> list[Row]:
     return [r for r in rows if r.get("status") == "ok"]
 
 
+def first_seed(rows: Iterable[Row]) -> list[Row]:
+    """The rows the performance verdicts read: each configuration at its first training seed. Further
+    seeds (`seeds`) serve accuracy parity; ranking them beside the first would count one configuration
+    several times under one label (their repeats are what times a configuration again)."""
+    rows = list(rows)
+    first: dict[tuple[Any, ...], int] = {}
+    for r in rows:
+        key = (r.get("framework"), r.get("model_name"), r.get("device"), r.get("precision"), r.get("batch_size"))
+        first[key] = min(first.get(key, r.get("seed") or 0), r.get("seed") or 0)
+    return [
+        r
+        for r in rows
+        if (r.get("seed") or 0)
+        == first[(r.get("framework"), r.get("model_name"), r.get("device"), r.get("precision"), r.get("batch_size"))]
+    ]
+
+
 def wilson_interval(p: float, n: int, confidence: float = 0.95) -> tuple[float, float]:
     """Wilson score interval of a proportion p observed on n trials."""
     z = NormalDist().inv_cdf(0.5 + confidence / 2)
@@ -482,14 +499,19 @@ def _throughput_verdict(r: Row, b: Row) -> tuple[str, str]:
 
 
 def _accuracy_verdict(r: Row, b: Row) -> str:
-    """Accuracy of two cells compared only at equal updates: a batch twice the size makes half the updates
-    in the same epochs, a difference of training length, not of the batch (time to a target compares them)."""
+    """Accuracy of two cells compared only at equal updates and on settled learning curves: a batch twice
+    the size makes half the updates in the same epochs, a difference of training length, not of the batch
+    (time to a target compares them); a curve still moving compares two points of training, not two
+    settings (`converged`, filled by the parity rebuild)."""
     er, eb = accuracy_estimate(r), accuracy_estimate(b)
     if er is None or eb is None:
         return "not measured"
     ur, ub = updates(r), updates(b)
     if ur != ub:
         return f"not comparable: {ur} against {ub} updates (compare time to target_accuracy instead)"
+    moving = [config_label(x) for x in (r, b) if x.get("converged") is False]
+    if moving:
+        return f"not comparable: not converged ({', '.join(moving)}: the last epoch still moved it; more epochs)"
     if separated(er, eb, True):
         return "higher"
     return "lower" if separated(eb, er, True) else "within the intervals"

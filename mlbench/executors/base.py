@@ -119,7 +119,9 @@ def dataset_checksum(cell: Cell, data_dir: Path) -> str:
     spec = cell.spec
     model = specs.get_spec(spec.model, spec.model_overrides)
     inp = specs.input_spec(model)
-    return datasets.checksum(datasets.materialise(spec.dataset, model.family, inp, spec.seed, str(data_dir)))
+    return datasets.checksum(
+        datasets.materialise(spec.dataset, model.family, inp, datasets.data_seed(spec.to_dict()), str(data_dir))
+    )
 
 
 def run_here(

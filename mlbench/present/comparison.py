@@ -35,7 +35,7 @@ def table_rows(cmp: Comparison) -> list[list[str]]:
                 num(c.b),
                 f"{c.b - c.a:+.1f} pts" if c.metric.kind == "fisher" else f"{c.rel:+.1%}",
                 _p(c.p),
-                "—"
+                f"{100 * c.threshold:g} pts, 95% CI"
                 if c.metric.kind == "fisher"
                 else f"{c.threshold:.0%}" + (f" and {c.floor_ms:g} ms" if c.floor_ms else ""),
             ]

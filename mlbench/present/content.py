@@ -73,7 +73,8 @@ def gather(
     counts: dict[str, int] = {}
     for r in rows:
         counts[r["status"]] = counts.get(r["status"], 0) + 1
-    leaders = recommend.leaders(rows)
+    timed = recommend.first_seed(rows)  # further seeds serve accuracy parity
+    leaders = recommend.leaders(timed)
     recs = [rec for _, _, c, rec in leaders if rec is not None and c in recommend.CRITERIA]
     return Content(
         rows=rows,
@@ -85,16 +86,16 @@ def gather(
         warnings=warnings(rows, recs, stale),
         leaders=leaders,
         effects={
-            "precision": recommend.effects(rows, "precision", lambda p: p == "fp32"),
-            "batch": recommend.batch_effects(rows),
-            "device": recommend.device_effects(rows),
+            "precision": recommend.effects(timed, "precision", lambda p: p == "fp32"),
+            "batch": recommend.batch_effects(timed),
+            "device": recommend.device_effects(timed),
         },
-        scaling=scaling.verdicts(rows),
-        bottlenecks=bottleneck.by_verdict(rows),
+        scaling=scaling.verdicts(timed),
+        bottlenecks=bottleneck.by_verdict(timed),
         searches=frontier[0],
         probes=frontier[1],
-        figures=[c(rows) for c in charts.ALL] if charts_too else [],
-        tradeoffs=charts.pareto(rows) if charts_too else [],
+        figures=[c(timed) for c in charts.ALL] if charts_too else [],
+        tradeoffs=charts.pareto(timed) if charts_too else [],
     )
 
 
@@ -140,11 +141,18 @@ def warnings(rows: list[Row], recommendations: list[Recommendation], stale: int 
         out.append(
             "mlbench verify found a model that differs between frameworks: its comparisons are not like for like."
         )
-    different = sorted({r["model_name"] for r in rows if r.get("accuracy_parity_verdict") == "different"})
-    if different:  # only a difference the sample resolves: an unresolved one is said in the Parity section
+    different = sorted(
+        {
+            f"{r['model_name']} {r['precision']} bs{r['batch_size']}"
+            for r in rows
+            if r.get("accuracy_parity_verdict") == "different"
+        }
+    )
+    if different:  # only a difference the sample resolves on converged models: the rest is said under Parity
         out.append(
             f"Validation accuracy differs across frameworks by more than the allowed points ({', '.join(different)}): "
-            "the paired 95% interval of the difference lies outside the tolerance. See Parity."
+            "the 95% interval of the difference lies outside the tolerance, on models whose learning curves have "
+            "settled. See Parity."
         )
     noisy = [r for r in rows if r.get("noisy")]
     if noisy:

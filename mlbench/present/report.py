@@ -83,7 +83,8 @@ def parity_section(rows: list[dict[str, Any]], tolerance: float | None = None) -
         if r["status"] == "ok":
             key = (r["model_name"], r["device"], r["precision"], r["batch_size"])
             g = groups.setdefault(key, {"row": r})
-            g[r["framework"]] = r["final_val_accuracy"]
+            # the mean over the seeds the verdict read, where it read several
+            g[r["framework"]] = r.get("accuracy_seed_mean") or r["final_val_accuracy"]
     acc_rows = []
     for key, g in groups.items():
         accs = "".join(f"<td>{_fmt(g.get(fw) * 100 if g.get(fw) is not None else None, 4)}</td>" for fw in frameworks)
@@ -93,6 +94,7 @@ def parity_section(rows: list[dict[str, Any]], tolerance: float | None = None) -
             "different": " class='st-failed'",
             "unresolved": " class='st-skipped'",
             "untrained": " class='st-skipped'",
+            "not_converged": " class='st-skipped'",
         }
         acc_rows.append(
             f"<tr>{''.join(f'<td>{_esc(k)}</td>' for k in key)}{accs}"

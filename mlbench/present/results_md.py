@@ -230,8 +230,8 @@ def effect_line(e: Effect, what: str, base: str, where: str) -> str:
     """One pair of cells: what the changed axis buys in throughput, accuracy and memory."""
     parts = [_throughput_phrase(e, what, base)]
     ur, ub = e.updates
-    if ur is not None and ub is not None and ur != ub:
-        parts.append(f"{ur} optimizer updates against {ub}")
+    if ur is not None and ub is not None:  # the training each accuracy comes from
+        parts.append(f"{ur} optimizer updates against {ub}" if ur != ub else f"{ur} optimizer updates each")
     if e.accuracy_delta_pts is not None:
         if e.accuracy_verdict.startswith("not comparable"):
             parts.append(f"validation accuracy {e.accuracy_delta_pts:+.1f} points, {e.accuracy_verdict}")

@@ -40,7 +40,11 @@ COLUMNS: list[tuple[str, pa.DataType, str]] = [
     ("num_devices", I, "devices (replicas) the cell trained on: 1, or the data-parallel device count"),
     ("per_device_batch_size", I, "batch_size / num_devices: what each replica trains on per step"),
     ("epochs", I, "training epochs asked for"),
-    ("seed", I, "seed of the data, the batch order and the initial weights"),
+    (
+        "seed",
+        I,
+        "training seed: the initial weights, dropout and the batch order (the data too unless dataset.seed is set apart)",
+    ),
     ("dataset", S, "synthetic or cifar10"),
     ("train_samples", I, "training samples in the dataset the worker read"),
     ("val_samples", I, "validation samples"),
@@ -358,19 +362,32 @@ COLUMNS: list[tuple[str, pa.DataType, str]] = [
     (
         "accuracy_parity",
         B,
-        "true where accuracy_parity_verdict is equivalent, false where different, null where unresolved or untrained "
-        "(rebuilt)",
+        "true where accuracy_parity_verdict is equivalent, false where different, null otherwise (rebuilt)",
     ),
     (
         "accuracy_parity_verdict",
         S,
-        "equivalent / different / unresolved: every pair of frameworks' paired accuracy difference (95% "
-        "interval, same validation samples) against the suite's accuracy_parity_pts; untrained: every "
-        "framework's validation loss still near a uniform guess's, not judged (rebuilt)",
+        "equivalent / different / unresolved: every pair of frameworks' accuracy difference (95% interval: "
+        "the same validation samples paired, and over seeds the seeds' spread) against the suite's "
+        "accuracy_parity_pts; untrained: every framework's validation loss still near a uniform guess's; "
+        "not_converged: a learning curve still moving (convergence_evidence); neither judged (rebuilt)",
     ),
-    ("accuracy_diff_pts", F, "the group's largest accuracy difference between two frameworks (points) (rebuilt)"),
+    ("accuracy_pair", S, "the two frameworks whose difference decided the verdict, as 'a vs b' (rebuilt)"),
+    ("accuracy_diff_pts", F, "that pair's accuracy difference, a minus b (points; mean over seeds) (rebuilt)"),
     ("accuracy_diff_low_pts", F, "its 95% interval's lower end (points) (rebuilt)"),
     ("accuracy_diff_high_pts", F, "its 95% interval's upper end (points) (rebuilt)"),
+    ("accuracy_seeds", I, "training seeds every framework ran that the verdict reads (rebuilt)"),
+    ("accuracy_seed_mean", F, "this framework's final validation accuracy, mean over those seeds (rebuilt)"),
+    ("accuracy_seed_sd_pts", F, "its standard deviation over those seeds (points; null under 2) (rebuilt)"),
+    ("accuracy_seeds_needed", I, "seeds that would resolve an unresolved verdict at the spread seen (rebuilt)"),
+    (
+        "converged",
+        B,
+        "whether this cell's last epoch moved validation accuracy by no more than accuracy_parity_pts "
+        "(one epoch: false, no curve) (rebuilt)",
+    ),
+    ("convergence_evidence", S, "the learning-curve figures `converged` rests on (rebuilt)"),
+    ("accuracy_convergence", S, "the group's cells still converging, which made it not_converged (rebuilt)"),
     (
         "accuracy_samples_needed",
         I,
@@ -391,10 +408,18 @@ DERIVED = [
     "accuracy_spread_pts",
     "accuracy_parity",
     "accuracy_parity_verdict",
+    "accuracy_pair",
     "accuracy_diff_pts",
     "accuracy_diff_low_pts",
     "accuracy_diff_high_pts",
     "accuracy_samples_needed",
+    "accuracy_seeds",
+    "accuracy_seed_mean",
+    "accuracy_seed_sd_pts",
+    "accuracy_seeds_needed",
+    "converged",
+    "convergence_evidence",
+    "accuracy_convergence",
     "peak_tflops",
     "mfu",
     "mfu_low",

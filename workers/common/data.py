@@ -95,6 +95,12 @@ class Dataset:
         return x if x.flags.writeable else np.array(x)  # frameworks want writable arrays
 
 
+def data_seed(cell: dict[str, Any]) -> int:
+    """The seed a cell's data is made from: the dataset's own where the suite set one apart from the
+    training seed (`seeds`: every training seed reads the same data), else the cell's seed."""
+    return (cell.get("dataset") or {}).get("seed", cell["seed"])
+
+
 def epoch_order(n: int, seed: int, epoch: int) -> np.ndarray:
     """The sample order of one epoch: the same in every framework for the same seed."""
     return np.random.default_rng(np.random.SeedSequence([seed, epoch, 0xDA7A])).permutation(n)
@@ -266,7 +272,7 @@ def read_cifar10(path: str, train: int | None, val: int | None) -> dict[str, np.
 def dataset_key(dataset: dict[str, Any], family: str, inp: InputSpec, seed: int) -> str:
     """Folder name of a dataset: what made it, hashed."""
     made_of = {
-        "dataset": dataset,
+        "dataset": {k: v for k, v in dataset.items() if k != "seed"},  # the seed is `seed`
         "family": family,
         "shape": inp.shape,
         "classes": inp.num_classes,

@@ -555,7 +555,9 @@ def verify(backend: Backend, spec: ModelSpec, ds: datasets.Dataset, cell: dict[s
 
 def _dataset(backend: Backend, cell: dict[str, Any]) -> tuple[ModelSpec, datasets.Dataset]:
     spec = get_spec(cell["model"], cell.get("model_overrides"))
-    ds = datasets.load(cell["dataset"], spec.family, input_spec(spec), cell["seed"], cell["data_dir"], backend.layout)
+    ds = datasets.load(
+        cell["dataset"], spec.family, input_spec(spec), datasets.data_seed(cell), cell["data_dir"], backend.layout
+    )
     return spec, ds
 
 
