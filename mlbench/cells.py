@@ -16,9 +16,11 @@ from workers.common.cellspec import CellSpec
 from workers.common.devices import Device
 
 
-def describe(framework: str, model: str, device: str, precision: str, batch_size: int | None) -> str:
+def describe(
+    framework: str, model: str, device: str, precision: str, batch_size: int | None, deterministic: bool = False
+) -> str:
     """A cell in words, the same in the progress bar, the journal and every output."""
-    return f"{framework} {model} {device} {precision} bs{batch_size}"
+    return f"{framework} {model} {device} {precision}{' deterministic' if deterministic else ''} bs{batch_size}"
 
 
 @dataclass(frozen=True, eq=False)
@@ -54,7 +56,9 @@ class Cell:
     def label(self) -> str:
         if self.spec.task == "calibrate":
             return f"{self.framework} calibration matmul {self.device} {self.precision}"
-        return describe(self.framework, self.model, self.device, self.precision, self.batch_size)
+        return describe(
+            self.framework, self.model, self.device, self.precision, self.batch_size, bool(self.spec.deterministic)
+        )
 
     def worker_payload(self, **run: Any) -> dict[str, Any]:
         """What the worker receives as `--cell JSON`: the spec, its id and how this run is set up."""
@@ -62,11 +66,19 @@ class Cell:
 
 
 def make_cell(
-    suite: Suite, framework: str, model: str, device: str, precision: str, batch_size: int, seed: int | None = None
+    suite: Suite,
+    framework: str,
+    model: str,
+    device: str,
+    precision: str,
+    batch_size: int,
+    seed: int | None = None,
+    deterministic: bool | None = None,
 ) -> Cell:
-    """One cell of a suite (at its first training seed unless `seed` says another)."""
+    """One cell of a suite (at its first training seed and first `deterministic` value unless told)."""
     model_spec = specs.get_spec(model, suite.model_overrides.get(model))
     seed = suite.seed if seed is None else seed
+    deterministic = suite.deterministic[0] if deterministic is None else deterministic
     dataset = suite.dataset.model_dump()
     data_seed = dataset.pop("seed")
     if data_seed is None:
@@ -96,6 +108,7 @@ def make_cell(
             malloc=suite.malloc,  # moves the figures (see workers/common/malloc.py): part of the cell
             target_accuracy=suite.target_accuracy,
             batchnorm="sync" if Device.parse(device).data_parallel else None,
+            deterministic=True if deterministic else None,  # in the spec only when on: earlier ids stay
         )
     )
 
@@ -135,10 +148,11 @@ def expand(suite: Suite, only: dict[str, list[Any]] | None = None) -> list[Cell]
     narrowed = axes(suite, only)
     cells = []
     for seed in suite.seeds:
-        for combo in itertools.product(*(narrowed[a] for a in CELL_AXES)):
-            values = dict(zip(CELL_AXES, combo))
-            if not _excluded(values, suite.excludes):
-                cells.append(make_cell(suite, **values, seed=seed))
+        for deterministic in suite.deterministic:
+            for combo in itertools.product(*(narrowed[a] for a in CELL_AXES)):
+                values = dict(zip(CELL_AXES, combo))
+                if not _excluded(values, suite.excludes):
+                    cells.append(make_cell(suite, **values, seed=seed, deterministic=deterministic))
     return cells
 
 

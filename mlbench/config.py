@@ -103,6 +103,10 @@ class Suite(Strict):
     warmup_steps: int = Field(5, ge=0)  # first training steps kept out of steady-state throughput
     inference: InferenceConfig = InferenceConfig()
     compile: bool = False  # torch.compile / XLA jit_compile where the framework offers a choice
+    # each framework's deterministic kernels (PyTorch's use_deterministic_algorithms with cuBLAS's
+    # workspace setting, TensorFlow's op determinism, XLA's deterministic GPU ops); a list, such as
+    # [false, true], makes it an axis whose cost the report gives as an effect, like precision's
+    deterministic: list[bool] = Field([False], min_length=1)
     verify: bool = False  # run `mlbench verify` on the suite's models and frameworks before timing
     calibrate: bool = True  # measure peak matmul FLOP/s per framework, device and precision (for MFU)
     accuracy_parity_pts: PositiveFloat = 2.0  # frameworks' validation accuracies must lie within this
@@ -157,6 +161,11 @@ class Suite(Strict):
             data = {**data, "seeds": seeds, "seed": seeds[0]}
         return data
 
+    @field_validator("deterministic", mode="before")
+    @classmethod
+    def _deterministic(cls, v: Any) -> Any:
+        return [v] if isinstance(v, bool) else v
+
     @field_validator("seeds")
     @classmethod
     def _seeds(cls, v: list[int]) -> list[int]:
@@ -164,7 +173,7 @@ class Suite(Strict):
             raise ValueError(f"a seed is a non-negative integer: {min(v)}")
         return cls._unique(v)
 
-    @field_validator("frameworks", "models", "devices", "precisions", "batch_sizes")
+    @field_validator("frameworks", "models", "devices", "precisions", "batch_sizes", "deterministic")
     @classmethod
     def _unique(cls, v: list[Any]) -> list[Any]:
         dupes = sorted({str(x) for x in v if v.count(x) > 1})

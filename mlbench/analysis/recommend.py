@@ -404,14 +404,18 @@ def ratios(rows: list[Row], axis: str, baseline: Callable[[Any], bool], key: str
     """Each ok cell's `key` over that of the cell equal to it in every axis but `axis`, where that
     one's `axis` value satisfies `baseline` (precision fp32, device cpu, ...). Adds the accuracy
     difference in points."""
-    axes = ["framework", "model_name", "device", "precision", "batch_size"]
+    axes = ["framework", "model_name", "device", "precision", "batch_size", "deterministic"]
     others = [a for a in axes if a != axis]
+
+    def value(r: Row, a: str) -> Any:
+        return bool(r.get(a)) if a == "deterministic" else r[a]  # a row from before the setting: off
+
     ok = ok_rows(rows)
-    base = {tuple(r[a] for a in others): r for r in ok if baseline(r[axis])}
+    base = {tuple(value(r, a) for a in others): r for r in ok if baseline(value(r, axis))}
     out = []
     for r in ok:
-        b = base.get(tuple(r[a] for a in others))
-        if b is None or b is r or r[axis] == b[axis] or not b.get(key) or r.get(key) is None:
+        b = base.get(tuple(value(r, a) for a in others))
+        if b is None or b is r or value(r, axis) == value(b, axis) or not b.get(key) or r.get(key) is None:
             continue
         acc = (
             100 * (r["final_val_accuracy"] - b["final_val_accuracy"])

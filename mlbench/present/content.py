@@ -89,6 +89,7 @@ def gather(
             "precision": recommend.effects(timed, "precision", lambda p: p == "fp32"),
             "batch": recommend.batch_effects(timed),
             "device": recommend.device_effects(timed),
+            "determinism": recommend.effects(timed, "deterministic", lambda d: not d),
         },
         scaling=scaling.verdicts(timed),
         bottlenecks=bottleneck.by_verdict(timed),

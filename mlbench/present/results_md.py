@@ -247,6 +247,7 @@ EFFECTS = (  # what an axis buys: key, heading, why where the run has no such pa
     ("precision", "What mixed precision buys", "no configuration ran both fp32 and a mixed precision"),
     ("batch", "What batch size buys", "no configuration ran at two batch sizes"),
     ("device", "What a second device buys", "no configuration ran on both the CPU and a GPU, nor data parallel"),
+    ("determinism", "What deterministic kernels cost", "no configuration ran with and without `deterministic`"),
 )
 
 
@@ -268,11 +269,18 @@ def effect_lines(content: Content, model: str) -> dict[str, list[str]]:
         effect_line(e, e.row["device"], "the CPU", f"{e.row['framework']} {e.row['precision']} bs{e.row['batch_size']}")
         for e in mine["device"]
     ] + [f"- {text(v.text, own=True)}" for v in content.scaling if v.row["model_name"] == model]
-    return {"precision": precision, "batch": batch, "device": device}
+    determinism = [
+        effect_line(
+            e, "deterministic kernels", "the defaults",
+            f"{e.row['framework']} {e.row['device']} {e.row['precision']} bs{e.row['batch_size']}",
+        )
+        for e in mine["determinism"]
+    ]  # fmt: skip
+    return {"precision": precision, "batch": batch, "device": device, "determinism": determinism}
 
 
 def measured_axes(content: Content) -> set[str]:
-    """The axes (precision, batch, device) some pair of cells of this run varies alone."""
+    """The axes (precision, batch, device, determinism) some pair of cells of this run varies alone."""
     found = {key for key, effects in content.effects.items() if effects}
     return found | ({"device"} if content.scaling else set())
 

@@ -13,12 +13,15 @@ NA = "—"  # a figure nothing measured: never 0
 
 def label(r: Row) -> str:
     """A stored cell in words: framework, model, device, precision and batch."""
-    return describe(r["framework"], r["model_name"], r["device"], r["precision"], r["batch_size"])
+    return describe(
+        r["framework"], r["model_name"], r["device"], r["precision"], r["batch_size"], bool(r.get("deterministic"))
+    )
 
 
 def config_label(r: Row) -> str:
     """A cell among those of one model and device: framework, precision and batch."""
-    return f"{r['framework']} {r['precision']} bs{r['batch_size']}"
+    det = " deterministic" if r.get("deterministic") else ""
+    return f"{r['framework']} {r['precision']}{det} bs{r['batch_size']}"
 
 
 def num(value: Any, digits: int = 3, missing: str = NA) -> str:

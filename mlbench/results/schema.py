@@ -49,6 +49,12 @@ COLUMNS: list[tuple[str, pa.DataType, str]] = [
     ("train_samples", I, "training samples in the dataset the worker read"),
     ("val_samples", I, "validation samples"),
     ("compile", B, "whether the framework's compiler was asked for"),
+    (
+        "deterministic",
+        B,
+        "whether the framework's deterministic kernels were asked for (the suite's `deterministic`; "
+        "docs/measurement.md)",
+    ),
     ("worker_module", S, "the module the cell ran in (`python -m MODULE --cell JSON`)"),
     ("spec_json", S, "the cell's canonical spec as JSON (what cell_id hashes)"),
     ("repeat", I, "which run of the cell this row is (0-based; in results.parquet, the first one combined)"),
@@ -333,6 +339,7 @@ COLUMNS: list[tuple[str, pa.DataType, str]] = [
         "how the worker ran fp32 matmuls and convolutions: ieee (true fp32, set explicitly in every framework) or tf32",
     ),
     ("compiler", S, "compiler used, or null"),
+    ("determinism", S, "the deterministic-kernel settings the framework reports in the worker (`deterministic`)"),
     ("python_version", S, "Python of the orchestrator and workers"),
     ("os", S, "operating system and kernel"),
     ("cpu_model", S, "CPU model name"),

@@ -50,7 +50,7 @@ KEYS: dict[str, tuple[str, ...]] = {
     ),
 }
 # in the canonical JSON only when set, so that earlier ids stay valid
-OPTIONAL = ("target_accuracy", "batchnorm")
+OPTIONAL = ("target_accuracy", "batchnorm", "deterministic")
 # How BatchNorm's statistics are taken in a data-parallel cell. "sync": over the global batch, all
 # replicas together, so a multi-device step computes what the one-device step computes; the only mode
 # all three frameworks can share (JAX's sharded jit takes the global batch's statistics by construction,
@@ -84,6 +84,7 @@ class CellSpec:
     calibrate: dict[str, Any] | None = None  # task calibrate: {n, max_s}
     verify: dict[str, Any] | None = None  # task verify: {batch, steps, recipe_optimizer}
     batchnorm: str | None = None  # a data-parallel cell's BatchNorm statistics (BATCHNORM_MODES)
+    deterministic: bool | None = None  # the framework's deterministic kernels (True; None: its defaults)
 
     def __post_init__(self) -> None:
         if self.task not in TASKS:

@@ -52,6 +52,7 @@ def _parser(framework: str) -> argparse.ArgumentParser:
     p.add_argument("--val-samples", type=int, default=DEFAULTS["dataset"]["val_samples"])
     p.add_argument("--warmup-steps", type=int, default=DEFAULTS["warmup_steps"])
     p.add_argument("--compile", action="store_true", help="use the framework's compiler")
+    p.add_argument("--deterministic", action="store_true", help="the framework's deterministic kernels")
     p.add_argument("--threads", type=int, default=None)
     p.add_argument(
         "--malloc",
@@ -101,6 +102,7 @@ def parse(argv: list[str] | None, framework: str) -> dict[str, Any]:
         seed=a.seed,
         warmup_steps=a.warmup_steps,
         compile=a.compile,
+        deterministic=True if a.deterministic else None,
         threads=a.threads,
         malloc=a.malloc,
         batchnorm="sync" if Device.parse(a.device).data_parallel else None,
@@ -117,6 +119,18 @@ def apply_threads(cell: dict[str, Any]) -> None:
             os.environ.setdefault(var, value)
     os.environ.setdefault("XLA_PYTHON_CLIENT_PREALLOCATE", "false")
     os.environ.setdefault("TF_FORCE_GPU_ALLOW_GROWTH", "true")
+    if cell.get("deterministic"):
+        for var, value in DETERMINISTIC_ENV.items():
+            os.environ.setdefault(var, value)
+        flags = os.environ.get("XLA_FLAGS", "")
+        if "xla_gpu_deterministic_ops" not in flags:  # JAX's and TensorFlow's XLA on a GPU (no effect on a CPU)
+            os.environ["XLA_FLAGS"] = f"{flags} --xla_gpu_deterministic_ops=true".strip()
+
+
+# what a `deterministic` cell needs in the environment before a framework is imported: cuBLAS's
+# deterministic workspace (PyTorch's use_deterministic_algorithms refuses CUDA matmuls without it) and
+# TensorFlow's op determinism (the backend also calls enable_op_determinism)
+DETERMINISTIC_ENV = {"CUBLAS_WORKSPACE_CONFIG": ":4096:8", "TF_DETERMINISTIC_OPS": "1"}
 
 
 def setup_process() -> IO[str]:

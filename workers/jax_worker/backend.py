@@ -168,6 +168,8 @@ class Backend:
             "devices": [str(d) for d in jax.devices()],
             "threads": {"XLA_FLAGS": os.environ.get("XLA_FLAGS"), "OMP_NUM_THREADS": os.environ.get("OMP_NUM_THREADS")},
             "compiler": "XLA (jax.jit, always on)",
+            # XLA's CPU kernels are deterministic already; on a GPU the flag picks deterministic ones
+            "determinism": f"XLA_FLAGS={os.environ.get('XLA_FLAGS')}",
             "precision_mode": {
                 "fp32": "fp32",
                 "fp16": "fp16 compute, fp32 params, dynamic loss scaling",

@@ -54,7 +54,8 @@ class Backend:
                     cell["device"], f"PyTorch {torch.__version__}", f"{torch.cuda.device_count()} CUDA device(s)"
                 )
             torch.cuda.set_device(index)  # the cell's (this rank's) device is current for every op
-            torch.backends.cudnn.benchmark = True  # autotuning happens in the warm-up steps
+            # autotuning happens in the warm-up steps; deterministic kernels rule it out (it picks by timing)
+            torch.backends.cudnn.benchmark = not cell.get("deterministic")
         self.device = torch.device(device)
         # CUDA kernels are queued and launch_step returns before they run; on the CPU each op runs as
         # it is called, so the step is done when launch_step returns
@@ -74,6 +75,9 @@ class Backend:
         if threads or cell.get("threads"):
             torch.set_num_threads(int(threads or cell["threads"]))
         torch.manual_seed(cell["seed"])
+        if cell.get("deterministic"):  # deterministic kernels, or an error naming an op that has none
+            torch.use_deterministic_algorithms(True)
+            torch.backends.cudnn.deterministic = True
         # several devices: one DDP rank per device; this process is rank 0 and starts the others
         self.group = distributed.Group(cell, rank, port, type(self)) if spec.data_parallel else None
         # fp16 needs loss scaling; bf16 has fp32's exponent range and does not
@@ -99,6 +103,13 @@ class Backend:
                 "OMP_NUM_THREADS": os.environ.get("OMP_NUM_THREADS"),
             },
             "compiler": "torch.compile (inductor)" if self.cell.get("compile") else None,
+            # what the framework reports switched on, not what was asked
+            "determinism": (
+                f"torch.are_deterministic_algorithms_enabled()={torch.are_deterministic_algorithms_enabled()}, "
+                f"cudnn.deterministic={torch.backends.cudnn.deterministic}, "
+                f"cudnn.benchmark={torch.backends.cudnn.benchmark}, "
+                f"CUBLAS_WORKSPACE_CONFIG={os.environ.get('CUBLAS_WORKSPACE_CONFIG')}"
+            ),
             "precision_mode": {"fp32": "fp32", "fp16": "autocast fp16 + GradScaler", "bf16": "autocast bf16"}[
                 self.precision
             ],

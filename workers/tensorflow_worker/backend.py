@@ -22,6 +22,7 @@ from typing import Any
 import keras
 import numpy as np
 import tensorflow as tf
+from tensorflow.python.framework import config as tf_config  # is_op_determinism_enabled has no public name
 
 from workers.common import precision, profile
 from workers.common.data import ALIGN
@@ -173,6 +174,8 @@ class Backend:
         self.precision = precision.compute_dtype(cell["precision"])
         keras.mixed_precision.set_global_policy(DTYPES[self.precision])
         keras.utils.set_random_seed(cell["seed"])  # dropout masks
+        if cell.get("deterministic"):  # deterministic kernels, or an error naming an op that has none
+            tf.config.experimental.enable_op_determinism()
         self.jit = bool(cell.get("compile"))
         # a GPU step's kernels are queued on the device's stream and its outputs returned before they
         # are computed; on the CPU the function returns once it has run (see `launch_step`)
@@ -195,6 +198,8 @@ class Backend:
                 "TF_NUM_INTRAOP_THREADS": os.environ.get("TF_NUM_INTRAOP_THREADS"),
             },
             "compiler": "XLA (tf.function jit_compile=True)" if self.jit else "tf.function graph (no XLA)",
+            # what the framework reports switched on, not what was asked
+            "determinism": f"op determinism={tf_config.is_op_determinism_enabled()}, XLA_FLAGS={os.environ.get('XLA_FLAGS')}",
             "precision_mode": {
                 "fp32": "fp32",
                 "fp16": "Keras mixed_float16 + LossScaleOptimizer",
