@@ -1,6 +1,7 @@
 """The PyTorch worker with a planted accuracy difference, chosen by the framework name it runs under:
-`lowlr` divides the learning rate by ten (a framework that trains worse on the same model, weights and
-data: accuracy parity over seeds must call it `different`); `rounding` perturbs every initial weight by
+`lowlr` divides the learning rate by ten (a framework that learns slower: still climbing where the
+others have settled, `not_converged`); `mislabel` trains on class 0 labelled as class 1 (one that trains
+worse and settles as fast: accuracy parity over seeds must call it `different`); `rounding` perturbs every initial weight by
 one part in a million (what another framework's arithmetic does: it must stay `equivalent`)."""
 
 from __future__ import annotations
@@ -41,6 +42,9 @@ def _load(cell):
             backend.scheduler.base_lrs = [lr / LR_FACTOR for lr in backend.scheduler.base_lrs]
 
     backend.build = planted
+    if MODE == "mislabel":  # trains on class 0 labelled as class 1: it learns never to answer 0
+        step = backend.launch_step
+        backend.launch_step = lambda x, y: step(x, np.where(y == 0, 1, y).astype(y.dtype))
     return backend
 
 
