@@ -228,7 +228,7 @@ def convergence(r: dict[str, Any], tolerance_pts: float) -> tuple[bool | None, s
         return None, ""
     if len(curve) == 1:
         return False, f"one epoch ({curve[0]:.1f}%): no learning curve shows it has settled"
-    moves = [b - a for a, b in zip(curve, curve[1:])]
+    moves = [b - a for a, b in itertools.pairwise(curve)]
     said = "validation accuracy by epoch " + ", ".join(f"{v:.1f}%" for v in curve[-3:])
     if abs(moves[-1]) <= tolerance_pts:
         return True, f"{said}: the last epoch moved it {moves[-1]:+.1f} points"

@@ -6,6 +6,8 @@ The single source for the Parquet files, the CSV/JSON exports and docs/results.m
 
 from __future__ import annotations
 
+import re
+
 import pyarrow as pa
 
 S, I, F, B = pa.string(), pa.int64(), pa.float64(), pa.bool_()
@@ -192,12 +194,16 @@ COLUMNS: list[tuple[str, pa.DataType, str]] = [
     ),
     ("mfu_low", F, "MFU over the calibration's best run (its lowest reading; rebuilt)"),
     ("mfu_high", F, "MFU over the calibration's worst run (its highest reading; rebuilt)"),
-    ("calibration_other_pct", F, "other processes' CPU during the calibration behind peak_tflops (% of one core)"),
+    (
+        "calibration_other_pct",
+        F,
+        "other processes' CPU during the calibration behind peak_tflops (% of one core) (rebuilt)",
+    ),
     (
         "peak_tflops_earlier",
         F,
         "the peak the same calibration measured last under this runs root (calibration-history.jsonl): MFU "
-        "across runs compares only where the peak held",
+        "across runs compares only where the peak held (rebuilt)",
     ),
     ("mfu", F, "model FLOPs utilisation: achieved_tflops / peak_tflops (rebuilt)"),
     (
@@ -409,36 +415,9 @@ COLUMNS: list[tuple[str, pa.DataType, str]] = [
 
 SCHEMA = pa.schema([pa.field(name, typ) for name, typ, _ in COLUMNS], metadata={b"mlbench_schema": b"1"})
 NESTED = [name for name, typ, _ in COLUMNS if pa.types.is_list(typ)]
-DERIVED = [
-    "verify_passed",
-    "verify_detail",
-    "accuracy_spread_pts",
-    "accuracy_parity",
-    "accuracy_parity_verdict",
-    "accuracy_pair",
-    "accuracy_diff_pts",
-    "accuracy_diff_low_pts",
-    "accuracy_diff_high_pts",
-    "accuracy_samples_needed",
-    "accuracy_seeds",
-    "accuracy_seed_mean",
-    "accuracy_seed_sd_pts",
-    "accuracy_seeds_needed",
-    "converged",
-    "convergence_evidence",
-    "accuracy_convergence",
-    "peak_tflops",
-    "mfu",
-    "mfu_low",
-    "mfu_high",
-    "calibration_other_pct",
-    "peak_tflops_earlier",
-    "scaling_efficiency",
-    "scaling_efficiency_low",
-    "scaling_efficiency_high",
-    "bottleneck",
-    "bottleneck_evidence",
-]  # filled by rebuild
+# filled by rebuild from the cell rows (verify, parity, calibration, scaling, bottleneck): null in a cell
+# row; each says "rebuilt" in its meaning
+DERIVED = [name for name, _, meaning in COLUMNS if re.search(r"\brebuilt\b", meaning)]
 FLAT = [name for name, _, _ in COLUMNS if name not in NESTED]
 
 
