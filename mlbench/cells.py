@@ -17,10 +17,18 @@ from workers.common.devices import Device
 
 
 def describe(
-    framework: str, model: str, device: str, precision: str, batch_size: int | None, deterministic: bool = False
+    framework: str,
+    model: str,
+    device: str,
+    precision: str,
+    batch_size: int | None,
+    deterministic: bool = False,
+    seed: int | None = None,
 ) -> str:
-    """A cell in words, the same in the progress bar, the journal and every output."""
-    return f"{framework} {model} {device} {precision}{' deterministic' if deterministic else ''} bs{batch_size}"
+    """A cell in words, the same in the progress bar, the journal and every output (a training seed
+    other than 0 is named: with `seeds`, one configuration has a cell per seed)."""
+    det = " deterministic" if deterministic else ""
+    return f"{framework} {model} {device} {precision}{det} bs{batch_size}" + (f" seed {seed}" if seed else "")
 
 
 @dataclass(frozen=True, eq=False)
@@ -57,7 +65,13 @@ class Cell:
         if self.spec.task == "calibrate":
             return f"{self.framework} calibration matmul {self.device} {self.precision}"
         return describe(
-            self.framework, self.model, self.device, self.precision, self.batch_size, bool(self.spec.deterministic)
+            self.framework,
+            self.model,
+            self.device,
+            self.precision,
+            self.batch_size,
+            bool(self.spec.deterministic),
+            self.spec.seed,
         )
 
     def worker_payload(self, **run: Any) -> dict[str, Any]:

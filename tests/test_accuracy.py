@@ -74,6 +74,8 @@ def test_a_curve_still_moving_is_not_converged_and_says_what_would_converge_it()
     assert parity.convergence(wobble, 2.0)[0] is True and "back and forth" in parity.convergence(wobble, 2.0)[1]
     climbing = row("a", right, curve=(0.174, 0.199, 0.252))  # +2.5 then +5.3: still climbing
     assert parity.convergence(climbing, 2.0)[0] is False
+    flat_then_up = row("a", right, curve=(0.10, 0.099, 0.40))  # -0.1 is no direction: +30 still moves
+    assert parity.convergence(flat_then_up, 2.0)[0] is False
     one = row("a", right, curve=(0.8,))
     assert parity.convergence(one, 2.0)[0] is False and "one epoch" in parity.convergence(one, 2.0)[1]
     assert parity.convergence({**row("a", right), "epochs_detail": None}, 2.0) == (None, "")
@@ -117,16 +119,27 @@ def test_over_seeds_arithmetic_noise_is_equivalent_and_a_model_that_trains_worse
 
 
 def test_seeds_that_spread_leave_it_unresolved_and_say_how_many_would_tell() -> None:
-    """Two seeds whose differences disagree by 3 points: t with one degree of freedom cannot place a
-    1-point mean difference inside +-2, and the verdict names the seeds that would."""
+    """Two seeds whose differences disagree by 3 points (+1.5, -1.5): t with one degree of freedom cannot
+    place a mean difference of 0 inside +-2, more validation samples would not either, and the verdict
+    names the seeds that would."""
     rows = []
-    for s, gap in ((0, 0.025), (1, -0.005)):
+    for s, gap in ((0, 0.015), (1, -0.015)):
         rows += [row("pytorch", model(s, 0.85 + gap), seed=s), row("jax", model(s, 0.85), seed=s)]
     groups = parity.annotate(rows, {}, 2.0)
     pair = groups[0]["pairs"][0]
     assert groups[0]["verdict"] == "unresolved" and pair["seeds"] == 2 and pair["seed_sd_pts"] > 1.5
     assert rows[0]["accuracy_seeds_needed"] is not None and rows[0]["accuracy_seeds_needed"] > 2
-    assert f"{rows[0]['accuracy_seeds_needed']} seeds" in parity.describe(rows[0], 2.0)
+    assert rows[0]["accuracy_samples_needed"] is None  # the seeds' spread is what no sample size removes
+    assert f"{rows[0]['accuracy_seeds_needed']} seeds would tell" in parity.describe(rows[0], 2.0)
+
+
+def test_two_seeds_that_agree_everywhere_on_few_samples_still_leave_the_samples_interval() -> None:
+    """Over seeds the samples' part is never narrower than McNemar's interval: two frameworks right on all
+    24 samples in both seeds allow a 17-point difference in the population, as one seed's pair does."""
+    right = np.ones(24, dtype=bool)
+    rows = [row(fw, right.copy(), seed=s) for fw in ("pytorch", "jax") for s in (0, 1)]
+    parity.annotate(rows, {}, 2.0)
+    assert rows[0]["accuracy_parity_verdict"] == "unresolved" and rows[0]["accuracy_diff_high_pts"] > 10
 
 
 def test_the_row_shows_the_pair_that_decided_the_verdict() -> None:
@@ -244,3 +257,9 @@ def test_real_runs_over_seeds_tell_rounding_from_a_worse_learner_and_a_slower_on
     groups = parity.annotate(rows, {}, 2.0)
     assert groups[0]["verdict"] == "different" and groups[0]["decided_by"]["b"] == "mislabel"
     assert "over 3 seeds" in parity.describe(next(r for r in rows if r["framework"] == "pytorch"), 2.0)
+
+
+def test_a_failed_first_seed_does_not_hide_the_configuration() -> None:
+    rows = [row("pytorch", model(s, 0.85), seed=s, samples_per_second=1000.0) for s in (0, 1, 2)]
+    rows[0]["status"] = "failed"
+    assert [r["seed"] for r in recommend.first_seed(rows)] == [1]

@@ -72,3 +72,16 @@ def test_a_deterministic_cell_runs_and_its_row_says_what_the_framework_switched_
     r = pd.read_parquet(tmp_path / "runs" / "t" / "results.parquet").iloc[0]
     assert r.status == "ok" and r.deterministic
     assert "are_deterministic_algorithms_enabled()=True" in r.determinism and "cudnn.benchmark=False" in r.determinism
+
+
+def test_parity_and_batch_1_latency_keep_deterministic_cells_apart() -> None:
+    from mlbench.analysis import parity
+
+    rows = [row(d, 1000.0) | {"framework": fw, "final_val_accuracy": acc, "val_samples": 1000, "dataset": "synthetic",
+            "epochs": 2, "seed": 0, "inference_b1_latency_p50_ms": 1.0}
+            for fw, d, acc in (("pytorch", False, 0.80), ("pytorch", True, 0.50), ("jax", False, 0.80), ("jax", True, 0.81))]  # fmt: skip
+    groups = parity.annotate(rows, {}, 2.0)
+    assert len(groups) == 2 and all(len(g["pairs"]) == 1 for g in groups)  # off with off, on with on
+    assert {e.name for e in recommend.latency_estimates(rows)} == {
+        "pytorch fp32", "pytorch fp32 deterministic", "jax fp32", "jax fp32 deterministic",
+    }  # fmt: skip

@@ -162,7 +162,7 @@ def flops_per_activation_byte(r: Row) -> float | None:
 def larger_batch(r: Row, rows: list[Row]) -> tuple[int, float] | None:
     """The next larger batch (at least twice this one) of the same framework, model, device and precision
     that ran ok, and its median step time: how the step grows with the batch."""
-    same = ("framework", "model_name", "device", "precision", "hostname")
+    same = ("framework", "model_name", "device", "precision", "hostname", "deterministic")
     bigger = [
         x
         for x in rows
@@ -182,7 +182,7 @@ def faster_elsewhere(r: Row, rows: list[Row]) -> str:
     rule of every throughput comparison), in words; '' where none is."""
     from mlbench.analysis import evidence
 
-    same = ("model_name", "device", "precision", "batch_size", "hostname")
+    same = ("model_name", "device", "precision", "batch_size", "hostname", "deterministic")
     best = ""
     for x in rows:
         if x.get("status") != "ok" or x["framework"] == r["framework"] or not all(x.get(k) == r.get(k) for k in same):

@@ -32,7 +32,12 @@ from mlbench.analysis import recommend
 from workers.common import specs, stats
 
 # the cells one verdict compares: every framework and every training seed of one configuration
-GROUP = ("model_name", "device", "precision", "batch_size", "dataset", "epochs")
+GROUP = ("model_name", "device", "precision", "batch_size", "dataset", "epochs", "deterministic")
+
+
+def group_key(r: dict[str, Any]) -> tuple[Any, ...]:
+    """A row's group: GROUP's values, `deterministic` as a bool (null in rows from before it: off)."""
+    return tuple(bool(r.get(k)) if k == "deterministic" else r.get(k) for k in GROUP)
 
 
 VERDICTS = ("equivalent", "different", "unresolved", "untrained", "not_converged")
@@ -187,18 +192,30 @@ def compare_seeds(a: list[dict[str, Any]], b: list[dict[str, Any]], tolerance_pt
     n = min(r.get("val_samples") or 0 for r in (*a, *b))
     bits = [correct_vector(r.get("val_correct_bits"), n) for r in (*a, *b)]
     paired = n > 0 and all(v is not None and len(v) == n for v in bits)
+    only = None
     if paired:
         delta = np.mean([x.astype(float) - y.astype(float) for x, y in zip(bits[:n_seeds], bits[n_seeds:])], axis=0)
         se_val = float(delta.std(ddof=1)) / math.sqrt(n) if n > 1 else math.inf
+        # each seed's discordant shares, averaged: McNemar's interval on them is the floor of the samples' part
+        # (a normal standard error of 0 where two models agree on 24 samples would claim an exact difference)
+        only = (
+            float(np.mean([np.sum(x & ~y) for x, y in zip(bits[:n_seeds], bits[n_seeds:])])) / n,
+            float(np.mean([np.sum(~x & y) for x, y in zip(bits[:n_seeds], bits[n_seeds:])])) / n,
+        )
     else:
         pa, pb = float(acc_a.mean()), float(acc_b.mean())
         se_val = math.sqrt((pa * (1 - pa) + pb * (1 - pb)) / n) if n else math.inf
     t = tolerance_pts / 100
 
+    def samples_half(m: int) -> float:
+        half = Z95 * se_val * math.sqrt(n / m)
+        if only is not None:
+            _, low, high = paired_interval(round(only[0] * m), round(only[1] * m), m)
+            half = max(half, (high - low) / 2)
+        return half
+
     def interval(seeds: int, samples: int) -> tuple[float, float]:
-        half = math.hypot(
-            stats.t_quantile(0.95, seeds - 1) * sd / math.sqrt(seeds), Z95 * se_val * math.sqrt(n / samples)
-        )
+        half = math.hypot(stats.t_quantile(0.95, seeds - 1) * sd / math.sqrt(seeds), samples_half(samples))
         return d - half, d + half
 
     low, high = interval(n_seeds, n)
@@ -217,9 +234,8 @@ def compare_seeds(a: list[dict[str, Any]], b: list[dict[str, Any]], tolerance_pt
 
 def convergence(r: dict[str, Any], tolerance_pts: float) -> tuple[bool | None, str]:
     """Whether a cell's learning curve has settled enough for its accuracy to be judged, and the
-    evidence. Still moving: the last epoch moved validation accuracy by more than the tolerance, the
-    same way as the epoch before it (a curve that climbs, or falls, epoch after epoch); a last move
-    against the one before is a settled curve's wobble on a finite validation set (a model near chance
+    evidence. Still moving: the last epoch moved validation accuracy by more than the tolerance, unless
+    it went back against a move beyond the tolerance the epoch before: that is a settled curve's wobble on a finite validation set (a model near chance
     went 22.9, 20.1, 25.2, 20.9% on 512 samples). With two epochs the last move alone decides; one
     epoch is no curve: not converged. (None, '') where the row holds no per-epoch record."""
     epochs = r.get("epochs_detail")
@@ -232,7 +248,7 @@ def convergence(r: dict[str, Any], tolerance_pts: float) -> tuple[bool | None, s
     said = "validation accuracy by epoch " + ", ".join(f"{v:.1f}%" for v in curve[-3:])
     if abs(moves[-1]) <= tolerance_pts:
         return True, f"{said}: the last epoch moved it {moves[-1]:+.1f} points"
-    if len(moves) >= 2 and (moves[-1] > 0) != (moves[-2] > 0):
+    if len(moves) >= 2 and abs(moves[-2]) > tolerance_pts and (moves[-1] > 0) != (moves[-2] > 0):
         return (
             True,
             f"{said}: it moves back and forth, {moves[-2]:+.1f} then {moves[-1]:+.1f} points, around where it settled",
@@ -262,6 +278,12 @@ def deciding(pairs: list[PairedDifference], verdict: str | None) -> PairedDiffer
     return max(pairs, key=lambda p: abs(p.diff_pts))
 
 
+def _most(pairs: list[PairedDifference], what: str) -> int | None:
+    """The most samples (or seeds) any unresolved pair needs; None where one of them no size resolves."""
+    needs = [getattr(p, what) for p in pairs if p.verdict == "unresolved"]
+    return None if not needs or any(n is None for n in needs) else max(needs)
+
+
 def _seed_sets(members: list[dict[str, Any]]) -> tuple[dict[str, dict[int, dict[str, Any]]], list[int]]:
     """Each framework's rows by training seed, and the seeds every framework ran."""
     by_fw: dict[str, dict[int, dict[str, Any]]] = defaultdict(dict)
@@ -278,7 +300,7 @@ def accuracy_groups(rows: list[dict[str, Any]], tolerance_pts: float) -> list[di
     groups: dict[tuple[Any, ...], list[dict[str, Any]]] = defaultdict(list)
     for r in rows:
         if r["status"] == "ok" and r["final_val_accuracy"] is not None and r.get("val_samples"):
-            groups[tuple(r[k] for k in GROUP)].append(r)
+            groups[group_key(r)].append(r)
     out = []
     for key, members in groups.items():
         by_fw, common = _seed_sets(members)
@@ -325,8 +347,9 @@ def accuracy_groups(rows: list[dict[str, Any]], tolerance_pts: float) -> list[di
                 "not_converged": [{"framework": fw, "seed": seed, "evidence": why} for fw, seed, why in moving],
                 "decided_by": None if decided is None else asdict(decided),
                 # more samples or seeds judge neither models that have not learned nor curves still moving
-                "samples_needed": (decided.samples_needed if decided and verdict == "unresolved" else None),
-                "seeds_needed": (decided.seeds_needed if decided and verdict == "unresolved" else None),
+                # what resolves every unresolved pair: the most any of them needs
+                "samples_needed": _most(pairs, "samples_needed") if verdict == "unresolved" else None,
+                "seeds_needed": _most(pairs, "seeds_needed") if verdict == "unresolved" else None,
                 "pairs": [asdict(p) for p in pairs],
                 "tolerance_pts": tolerance_pts,
             }
@@ -380,10 +403,10 @@ def annotate(
     """Fill the verify columns (from `verified`: model -> passed, detail) and the accuracy-parity ones,
     in place; returns the accuracy groups."""
     groups = accuracy_groups(rows, tolerance_pts)
-    by_key = {tuple(g[k] for k in GROUP): g for g in groups}
+    by_key = {group_key(g): g for g in groups}
     for r in rows:
         passed, detail = verified.get(r["model_name"], (None, None))
-        g = by_key.get(tuple(r[k] for k in GROUP)) if r["status"] == "ok" else None
+        g = by_key.get(group_key(r)) if r["status"] == "ok" else None
         w = (g and g["decided_by"]) or {}  # the pair that decided the group's verdict, with its interval
         settled, said = convergence(r, tolerance_pts) if r["status"] == "ok" else (None, "")
         moving = "; ".join(

@@ -93,16 +93,16 @@ def first_seed(rows: Iterable[Row]) -> list[Row]:
     seeds (`seeds`) serve accuracy parity; ranking them beside the first would count one configuration
     several times under one label (their repeats are what times a configuration again)."""
     rows = list(rows)
+
+    def key(r: Row) -> tuple[Any, ...]:
+        keys = ("framework", "model_name", "device", "precision", "batch_size")
+        return (*(r.get(k) for k in keys), bool(r.get("deterministic")))
+
     first: dict[tuple[Any, ...], int] = {}
-    for r in rows:
-        key = (r.get("framework"), r.get("model_name"), r.get("device"), r.get("precision"), r.get("batch_size"))
-        first[key] = min(first.get(key, r.get("seed") or 0), r.get("seed") or 0)
-    return [
-        r
-        for r in rows
-        if (r.get("seed") or 0)
-        == first[(r.get("framework"), r.get("model_name"), r.get("device"), r.get("precision"), r.get("batch_size"))]
-    ]
+    for r in rows:  # the first seed that finished ok, so a failed seed 0 does not hide the configuration
+        if r.get("status") == "ok":
+            first[key(r)] = min(first.get(key(r), r.get("seed") or 0), r.get("seed") or 0)
+    return [r for r in rows if (r.get("seed") or 0) == first.get(key(r), r.get("seed") or 0)]
 
 
 def wilson_interval(p: float, n: int, confidence: float = 0.95) -> tuple[float, float]:
@@ -133,12 +133,12 @@ def latency_estimates(rows: list[Row]) -> list[Estimate]:
     groups: dict[tuple[str, str], list[Row]] = {}
     for r in rows:
         if r.get("inference_b1_latency_p50_ms") is not None:
-            groups.setdefault((r["framework"], r["precision"]), []).append(r)
+            groups.setdefault((r["framework"], r["precision"], bool(r.get("deterministic"))), []).append(r)
     out = []
-    for (framework, precision), members in groups.items():
+    for (framework, precision, deterministic), members in groups.items():
         p50s = [x for r in members for x in (r.get("repeat_b1_latency_p50_ms") or [r["inference_b1_latency_p50_ms"]])]
         untrusted = "; ".join(w for w in (why_untrusted(r, latency=True) for r in members) if w)
-        name = f"{framework} {precision}"
+        name = f"{framework} {precision}" + (" deterministic" if deterministic else "")
         if len(p50s) > 1:
             lo, hi = stats.t_interval(p50s)
             out.append(Estimate(fmean(p50s), lo, hi, members[0], "runs", len(p50s), untrusted, name=name))

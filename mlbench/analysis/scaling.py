@@ -18,7 +18,7 @@ from mlbench.analysis import evidence
 from workers.common.devices import Device
 
 Row = dict[str, Any]
-MATCH = ("framework", "model_name", "precision", "dataset", "epochs", "seed", "hostname", "compile")
+MATCH = ("framework", "model_name", "precision", "dataset", "epochs", "seed", "hostname", "compile", "deterministic")
 
 
 def baseline(r: Row, rows: list[Row]) -> Row | None:

@@ -14,7 +14,13 @@ NA = "—"  # a figure nothing measured: never 0
 def label(r: Row) -> str:
     """A stored cell in words: framework, model, device, precision and batch."""
     return describe(
-        r["framework"], r["model_name"], r["device"], r["precision"], r["batch_size"], bool(r.get("deterministic"))
+        r["framework"],
+        r["model_name"],
+        r["device"],
+        r["precision"],
+        r["batch_size"],
+        bool(r.get("deterministic")),
+        r.get("seed"),
     )
 
 

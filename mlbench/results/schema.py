@@ -146,8 +146,8 @@ COLUMNS: list[tuple[str, pa.DataType, str]] = [
     (
         "noisy",
         B,
-        "true where the timed steps' robust CV (or, with repeats, the runs' CV) is above 10%: a single run too "
-        "noisy to rank on",
+        "true where the timed steps' robust CV (or, with repeats, the runs' CV) is above 10%: a single run then "
+        "needs a gap widened by twice its robust CV to be ranked",
     ),
     (
         "page_faults_per_step",
