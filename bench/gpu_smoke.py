@@ -109,6 +109,17 @@ def suites(frameworks: list[str], gpus: int = 1) -> dict[str, dict[str, Any]]:
             "dataset": {"name": "synthetic", "train_samples": 4096, "val_samples": 512},
             "calibrate": True,
         },
+        # each framework's deterministic kernels against its defaults (the cost is an effect in RESULTS.md)
+        "deterministic": {
+            **base,
+            "name": "gpu-smoke-deterministic",
+            "models": ["resnet18"],
+            "precisions": ["fp32"],
+            "batch_sizes": [128],
+            "deterministic": [False, True],
+            "dataset": {"name": "synthetic", "train_samples": 2048, "val_samples": 256},
+            "calibrate": False,
+        },
         "oversized": {
             **base,
             "name": "gpu-smoke-oom",
@@ -135,11 +146,28 @@ def run(suite: dict[str, Any], folder: Path) -> list[dict[str, Any]]:
     return pq.read_table(results).to_pylist() if results.is_file() else []
 
 
+# what each framework reports switched on in a deterministic cell (the row's `determinism`)
+SWITCHED_ON = {
+    "pytorch": "are_deterministic_algorithms_enabled()=True",
+    "tensorflow": "op determinism=True",
+    "jax": "--xla_gpu_deterministic_ops=true",
+}
+
+
 def problems(
-    normal: list[dict[str, Any]], oversized: list[dict[str, Any]], two: list[dict[str, Any]] | None = None
+    normal: list[dict[str, Any]],
+    oversized: list[dict[str, Any]],
+    two: list[dict[str, Any]] | None = None,
+    deterministic: list[dict[str, Any]] | None = None,
 ) -> list[str]:
     """What is wrong with the smoke run's rows (empty: the GPU path holds)."""
     out = []
+    for r in deterministic or []:
+        cell = f"{r['framework']} resnet18 {'deterministic' if r.get('deterministic') else 'defaults'}"
+        if r["status"] != "ok":
+            out.append(f"{cell}: {r['status']} ({r['reason']})")
+        elif r.get("deterministic") and SWITCHED_ON.get(r["framework"], "") not in str(r.get("determinism")):
+            out.append(f"{cell}: the framework reports {r.get('determinism')!r}")
     for r in normal:
         cell = f"{r['framework']} {r['model_name']} {r['precision']}"
         if r["status"] != "ok":
@@ -192,7 +220,7 @@ def main() -> int:
         runs = {name: run(suite, Path(tmp)) for name, suite in suites(frameworks, gpus).items()}
     if gpus < 2:
         say(f"gpu-smoke: {gpus} GPU here: the two-GPU data-parallel cells are not run")
-    for r in runs.get("two", []) + runs["normal"] + runs["oversized"]:
+    for r in runs.get("two", []) + runs["normal"] + runs.get("deterministic", []) + runs["oversized"]:
         say(
             f"  {r['framework']:<10} {r['model_name']:<8} {r['device']:<8} {r['precision']:<4} bs={r['batch_size']:<6} "
             f"{r['status']:<7} {(r.get('samples_per_second') or 0):>9.0f} samples/s  MFU {r.get('mfu')}  "
@@ -203,7 +231,7 @@ def main() -> int:
                 f"  {'':<10} memory {r.get('memory_source')}: peak {r.get('peak_memory_mb')} MiB, allocator peak "
                 f"{r.get('device_peak_allocated_mb')} MiB, outside the allocator {r.get('gpu_memory_outside_allocator_mb')} MiB"
             )
-    found = problems(runs["normal"], runs["oversized"], runs.get("two"))
+    found = problems(runs["normal"], runs["oversized"], runs.get("two"), runs.get("deterministic"))
     expected = len(frameworks) * 4
     if len(runs["normal"]) != expected:
         found.insert(0, f"{len(runs['normal'])} normal cells stored, {expected} expected")

@@ -218,6 +218,11 @@ def test_gpu_smoke_names_what_failed() -> None:
     assert any("MFU 1.3" in p for p in bad) and any("gpu_energy_j missing" in p for p in bad)
     assert any("power x time 1050 J" in p for p in bad) and any("saw 2 GPUs" in p for p in bad)
     assert any("failed (boom)" in p for p in bad) and any("not oom" in p for p in bad)
+    det = {"framework": "pytorch", "status": "ok", "reason": "", "deterministic": True}
+    switched = {**det, "determinism": "torch.are_deterministic_algorithms_enabled()=True, cudnn.deterministic=True"}
+    assert gpu_smoke.problems([good], [oom], deterministic=[switched, {**det, "deterministic": False}]) == []
+    (said,) = gpu_smoke.problems([good], [oom], deterministic=[{**det, "determinism": "...=False"}])
+    assert "pytorch resnet18 deterministic: the framework reports" in said
 
 
 # --- independent references, outside tools, profiles ---------------------------------------------
