@@ -198,10 +198,8 @@ def compare_seeds(a: list[dict[str, Any]], b: list[dict[str, Any]], tolerance_pt
         se_val = float(delta.std(ddof=1)) / math.sqrt(n) if n > 1 else math.inf
         # each seed's discordant shares, averaged: McNemar's interval on them is the floor of the samples' part
         # (a normal standard error of 0 where two models agree on 24 samples would claim an exact difference)
-        only = (
-            float(np.mean([np.sum(x & ~y) for x, y in zip(bits[:n_seeds], bits[n_seeds:])])) / n,
-            float(np.mean([np.sum(~x & y) for x, y in zip(bits[:n_seeds], bits[n_seeds:])])) / n,
-        )
+        discordant = np.array([(np.sum(x & ~y), np.sum(~x & y)) for x, y in zip(bits[:n_seeds], bits[n_seeds:])])
+        only = tuple(float(v) / n for v in discordant.mean(axis=0))
     else:
         pa, pb = float(acc_a.mean()), float(acc_b.mean())
         se_val = math.sqrt((pa * (1 - pa) + pb * (1 - pb)) / n) if n else math.inf
@@ -346,6 +344,7 @@ def accuracy_groups(rows: list[dict[str, Any]], tolerance_pts: float) -> list[di
                 "val_loss": {r["framework"]: r.get("final_val_loss") for r in judged},
                 "not_converged": [{"framework": fw, "seed": seed, "evidence": why} for fw, seed, why in moving],
                 "decided_by": None if decided is None else asdict(decided),
+                "pair": None if decided is None else decided.pair,
                 # more samples or seeds judge neither models that have not learned nor curves still moving
                 # what resolves every unresolved pair: the most any of them needs
                 "samples_needed": _most(pairs, "samples_needed") if verdict == "unresolved" else None,
@@ -420,7 +419,7 @@ def annotate(
             accuracy_spread_pts=g["spread_pts"] if g else None,
             accuracy_parity=g["parity"] if g else None,
             accuracy_parity_verdict=g["verdict"] if g else None,
-            accuracy_pair=f"{w['a']} vs {w['b']}" if w else None,
+            accuracy_pair=g["pair"] if g else None,
             accuracy_diff_pts=w.get("diff_pts"),
             accuracy_diff_low_pts=w.get("low_pts"),
             accuracy_diff_high_pts=w.get("high_pts"),
