@@ -60,8 +60,12 @@ browser:
 	  { $$SUDO apt-get update -q >/dev/null 2>&1 && $$SUDO env DEBIAN_FRONTEND=noninteractive apt-get install -y -q chromium >/dev/null 2>&1; } || \
 	  echo "warning: could not install chromium; the report's browser test will be skipped and RESULTS.md will say why it has no chart images"; }
 
+# two parts: two pytest workers share the machine (tests sharing a real run on one of them), then the
+# tests that time cells or measure other load run alone (`serial`); both parts always run
 test: venv browser
-	$(BIN)/python -m pytest -q
+	@$(BIN)/python -m pytest -q -n 2 --dist loadgroup -m "not serial"; a=$$?; \
+	$(BIN)/python -m pytest -q -p no:xdist -m serial; b=$$?; \
+	[ $$a -eq 0 ] && [ $$b -eq 0 ]
 
 test-fast: venv  ## unit tests only
 	$(BIN)/python -m pytest -q -m "not e2e"

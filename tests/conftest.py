@@ -18,8 +18,12 @@ ROOT = Path(__file__).resolve().parent.parent
 os.environ.setdefault("MLBENCH_CHART_IMAGES", "0")
 
 
+@pytest.hookimpl(tryfirst=True)  # before pytest-xdist reads the groups
 def pytest_collection_modifyitems(config: pytest.Config, items: list[pytest.Item]) -> None:
-    """Tests marked `gpu` run only where NVML sees an NVIDIA GPU; elsewhere they skip, saying why."""
+    """Tests marked `gpu` run only where NVML sees an NVIDIA GPU; elsewhere they skip, saying why. Under
+    pytest-xdist (`make test`), tests that share a real run go to one worker (`xdist_group`)."""
+    if config.pluginmanager.hasplugin("xdist"):
+        _group_shared_runs(items)
     gpu = [item for item in items if item.get_closest_marker("gpu")]
     if not gpu:
         return
@@ -29,6 +33,36 @@ def pytest_collection_modifyitems(config: pytest.Config, items: list[pytest.Item
         skip = pytest.mark.skip(reason=f"needs an NVIDIA GPU: NVML does not answer ({NVML.error})")
         for item in gpu:
             item.add_marker(skip)
+
+
+def _group_shared_runs(items: list[pytest.Item]) -> None:
+    """One `xdist_group` for every set of tests joined by a module- or session-scoped fixture of this
+    folder (a real run made once per worker process): `--dist loadgroup` then makes each such run once.
+    Tests without one are spread one by one."""
+    parent: dict[str, str] = {}
+
+    def find(key: str) -> str:
+        while parent.setdefault(key, key) != key:
+            key = parent[key]
+        return key
+
+    keys: dict[pytest.Item, list[str]] = {}
+    for item in items:
+        info = getattr(item, "_fixtureinfo", None)
+        shared = [
+            f"{Path(d.func.__code__.co_filename).stem}.{name}"
+            for name, defs in (info.name2fixturedefs.items() if info else ())
+            for d in defs[-1:]
+            if d.scope in ("module", "session") and Path(d.func.__code__.co_filename).parent == ROOT / "tests"
+        ]
+        keys[item] = shared
+        for key in shared[1:]:
+            a, b = find(shared[0]), find(key)
+            if a != b:
+                parent[max(a, b)] = min(a, b)
+    for item, shared in keys.items():
+        if shared:
+            item.add_marker(pytest.mark.xdist_group(find(shared[0])))
 
 
 def suite_dict(**overrides: Any) -> dict[str, Any]:
@@ -52,6 +86,9 @@ def suite_dict(**overrides: Any) -> dict[str, Any]:
         # no steps timed by part after the timed window (seconds a TensorFlow or JAX cell): the tests of
         # the breakdown ask for them (the shared run, tests/test_profile.py)
         "profile_steps": 0,
+        # one core a cell: `make test` runs two tests at once on two cores, and two workers with two
+        # spinning threads each slowed a step sixfold
+        "threads": 1,
     }
     base.update(overrides)
     return base
@@ -59,6 +96,16 @@ def suite_dict(**overrides: Any) -> dict[str, Any]:
 
 def fault_suite(*modes: str, **overrides: Any) -> dict[str, Any]:
     return suite_dict(frameworks=list(modes), workers={m: "tests.fault_worker" for m in modes}, **overrides)
+
+
+@pytest.fixture(autouse=True)
+def _keras_policy_put_back():
+    """A TensorFlow backend built in a test's process sets Keras' global precision policy (a worker runs one
+    cell, so it may); a later test's Keras model in that process must compute in float32 again."""
+    yield
+    keras = sys.modules.get("keras")
+    if keras is not None:
+        keras.mixed_precision.set_global_policy("float32")
 
 
 @pytest.fixture
@@ -174,7 +221,7 @@ def verify_run(
     run_dir.mkdir(parents=True, exist_ok=True)
     outcome = runner.run_cell(
         cell, run_dir, module=module, timeout_s=timeout_s, idle_timeout_s=timeout_s,
-        extra={"verify_dir": str(run_dir.resolve())}, threads=2,
+        extra={"verify_dir": str(run_dir.resolve())}, threads=1,
     )  # fmt: skip
     return outcome, next((e for e in outcome.events if e["event"] == "verify"), None)
 

@@ -11,7 +11,7 @@ import yaml
 from tests.conftest import cli, cli_here, suite_dict
 
 pytest.importorskip("torch")
-pytestmark = pytest.mark.e2e
+pytestmark = [pytest.mark.e2e, pytest.mark.serial]
 
 
 def suite(name: str, **kw) -> dict:

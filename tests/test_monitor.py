@@ -114,6 +114,7 @@ def test_without_nvml_nothing_is_measured(monkeypatch: pytest.MonkeyPatch) -> No
 
 
 @pytest.mark.e2e
+@pytest.mark.serial
 def test_load_from_other_processes_is_measured() -> None:
     busy = subprocess.Popen([sys.executable, "-c", "import time\nt = time.time()\nwhile time.time() - t < 3: pass"])
     idle = subprocess.Popen([sys.executable, "-c", "import time; time.sleep(2)"])
@@ -126,6 +127,7 @@ def test_load_from_other_processes_is_measured() -> None:
 
 
 @pytest.mark.e2e
+@pytest.mark.serial
 def test_other_load_is_measured_over_the_timed_window_alone() -> None:
     """A busy neighbour during the marked training window, none outside it: the window's figure says it,
     the whole cell's average halves it, and a phase never marked has no figure (not 0)."""
@@ -145,6 +147,7 @@ def test_other_load_is_measured_over_the_timed_window_alone() -> None:
 
 
 @pytest.mark.e2e
+@pytest.mark.serial
 def test_the_orchestrators_own_cpu_is_not_other_load() -> None:
     """A busy thread of the monitoring process itself (the orchestrator's readers, monitor, progress)
     is subtracted: only other processes are other load."""

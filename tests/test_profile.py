@@ -234,19 +234,29 @@ def test_every_cell_carries_its_breakdowns_and_the_parts_add_up(shared_run: Path
         assert r.bottleneck_evidence
 
 
+# the slow cell's verdict compares its profiled step with its timed ones: alone on the machine (`serial`),
+# as the profile and the timed steps of a cell beside another test's see different load
 @pytest_e2e
-def test_a_starved_input_path_is_called_input_bound_and_a_compute_heavy_cell_is_not(
-    shared_run: Path, slow_run: Path
-) -> None:
+@pytest.mark.serial
+def test_a_starved_input_path_is_called_input_bound(slow_run: Path) -> None:
     slow = pd.read_parquet(slow_run / "results.parquet").iloc[0]
     assert slow.bottleneck == "input", slow.bottleneck_evidence
     assert slow.step_data_s > slow.step_forward_s + slow.step_backward_s  # the 20 ms sleep is in the data part
+    assert pd.isna(slow.profile_trace) and not (slow_run / "profiles").exists()  # not asked: none kept
+    report = (slow_run / "report.html").read_text()
+    assert "id='bottlenecks'" in report and "a faster framework would not" in report  # input-bound, and what helps
+    results_md = (slow_run / "RESULTS.md").read_text()
+    assert "**input**" in results_md and "What would help" in results_md
+
+
+@pytest_e2e
+def test_a_compute_heavy_cell_is_not_input_bound(shared_run: Path) -> None:
     df = pd.read_parquet(shared_run / "results.parquet")
     assert set(df[df.model_name == "resnet18"].bottleneck) & {"input"} == set()
 
 
 @pytest_e2e
-def test_each_kept_trace_loads_in_the_viewer_it_is_meant_for(shared_run: Path, slow_run: Path) -> None:
+def test_each_kept_trace_loads_in_the_viewer_it_is_meant_for(shared_run: Path) -> None:
     df = pd.read_parquet(shared_run / "results.parquet").set_index(["framework", "model_name"])
     for (framework, model), r in df.iterrows():
         path = shared_run / r.profile_trace
@@ -264,15 +274,9 @@ def test_each_kept_trace_loads_in_the_viewer_it_is_meant_for(shared_run: Path, s
     report = (shared_run / "report.html").read_text()
     for trace in df.profile_trace:  # the report links each cell's trace, relative to where it lies
         assert f"href='{trace}'" in report
-    slow = pd.read_parquet(slow_run / "results.parquet").iloc[0]
-    assert pd.isna(slow.profile_trace) and not (slow_run / "profiles").exists()  # not asked: none kept
 
 
 @pytest_e2e
-def test_the_report_shows_the_breakdowns_and_the_verdicts(shared_run: Path, slow_run: Path) -> None:
+def test_the_report_shows_the_breakdowns(shared_run: Path) -> None:
     report = (shared_run / "report.html").read_text()
     assert "id='step-breakdown'" in report and "id='memory-breakdown'" in report
-    slow = (slow_run / "report.html").read_text()
-    assert "id='bottlenecks'" in slow and "a faster framework would not" in slow  # input-bound, and what helps
-    results_md = (slow_run / "RESULTS.md").read_text()
-    assert "**input**" in results_md and "What would help" in results_md

@@ -13,7 +13,7 @@ import yaml
 from mlbench.config import load_suite
 from tests.conftest import ROOT, TINY, cli, suite_dict
 
-pytestmark = pytest.mark.e2e
+pytestmark = [pytest.mark.e2e, pytest.mark.serial]
 COMPARING = ROOT / "configs" / "benchmark_config.yaml"  # a comparing suite: its repeats are the default here
 
 
