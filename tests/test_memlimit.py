@@ -184,10 +184,8 @@ def test_the_worker_joins_the_cells_cgroup_before_it_runs(tmp_path: Path, made) 
 
 @needs_cgroup
 def test_a_worker_that_cannot_join_the_cgroup_runs_under_the_watchdog(tmp_path: Path, made, monkeypatch) -> None:
-    def refuse(self) -> None:  # runs in the forked child, as the real one does
-        raise PermissionError(13, "Permission denied")
-
-    monkeypatch.setattr(memlimit.MemoryLimit, "preexec", refuse)
+    # the launcher's write of its pid fails for real, in the child (a folder is no cgroup.procs file)
+    monkeypatch.setattr(memlimit.MemoryLimit, "procs_file", property(lambda self: tmp_path))
     outcome = _hog(tmp_path, "hog", 600, 300)
     assert outcome.status == "oom", (outcome.reason, outcome.stderr_tail[-2000:])
     assert "(RSS watchdog)" in outcome.reason

@@ -64,14 +64,11 @@ class MemoryLimit:
             out["cgroup_peak_mb"] = round(peak / 2**20, 1)
         return out
 
-    def preexec(self) -> None:  # pragma: no cover - runs in the child between fork and exec
-        """Join the cell's cgroup (the worker itself, before exec: everything it starts is inside too)."""
-        if self.cgroup is not None:
-            fd = os.open(str(self.cgroup / "cgroup.procs"), os.O_WRONLY)
-            try:
-                os.write(fd, str(os.getpid()).encode())
-            finally:
-                os.close(fd)
+    @property
+    def procs_file(self) -> Path | None:
+        """The file a process writes its pid to to join the cell's cgroup (the launcher does, before it
+        execs the worker: everything the worker starts is inside too); None without a cgroup."""
+        return None if self.cgroup is None else self.cgroup / "cgroup.procs"
 
     def oom_kills(self) -> int | None:
         """How many processes the kernel's OOM killer ended in this cell's cgroup (its own counter, so a

@@ -152,33 +152,6 @@ def visible_device(device: str) -> str:
     return str(Device.parse(device).visible())
 
 
-def _die_with_parent() -> None:  # pragma: no cover - runs in the child between fork and exec
-    """Linux: the kernel SIGKILLs the worker if the orchestrator dies (even by SIGKILL)."""
-    if _LIBC is not None:
-        _LIBC.prctl(1, signal.SIGKILL)  # PR_SET_PDEATHSIG
-
-
-def _preexec(limit: memlimit.MemoryLimit | None) -> Callable[[], None] | None:
-    """What the worker runs between fork and exec: PR_SET_PDEATHSIG, then joining the cell's memory
-    cgroup, so that its first allocation and every process it starts are already under the limit."""
-    if limit is None or limit.cgroup is None:
-        return _die_with_parent if _LIBC is not None else None
-
-    def preexec() -> None:  # pragma: no cover - runs in the child
-        _die_with_parent()
-        limit.preexec()
-
-    return preexec
-
-
-try:
-    import ctypes
-
-    _LIBC = ctypes.CDLL("libc.so.6", use_errno=True) if sys.platform.startswith("linux") else None
-except OSError:  # pragma: no cover
-    _LIBC = None
-
-
 def _signal_group(pgid: int, sig: int) -> None:
     try:
         os.killpg(pgid, sig)
@@ -301,31 +274,55 @@ def _classify(
     return "crashed", f"exited with status {exit_code} without a result{last_line}"
 
 
-def _spawn(
+LAUNCHER = Path(__file__).with_name("launch.py")
+
+
+def spawn(
     argv: list[str], env: dict[str, str], limit: memlimit.MemoryLimit | None, interval_s: float
 ) -> tuple[subprocess.Popen[bytes], memlimit.MemoryLimit | None]:
-    """Start the worker in a process group of its own (and the cell's memory cgroup, where it has one);
-    where it cannot join the cgroup, the limit falls back to the monitor's RSS watchdog."""
+    """Start the worker in a session of its own through the launcher (launch.py: the parent-death signal,
+    the cell's memory cgroup where it has one, then exec), so no Python runs between fork and exec in this
+    threaded process; where the worker cannot join the cgroup, the limit falls back to the monitor's RSS
+    watchdog."""
 
-    def spawn() -> subprocess.Popen[bytes]:
-        return subprocess.Popen(
-            argv,
-            stdin=subprocess.DEVNULL,
-            stdout=subprocess.PIPE,
-            stderr=subprocess.PIPE,
-            env=env,
-            start_new_session=True,
-            preexec_fn=_preexec(limit),
-        )
+    def spawn(procs: Path | None) -> tuple[subprocess.Popen[bytes], str]:
+        read, write = os.pipe()
+        try:
+            proc = subprocess.Popen(
+                [
+                    sys.executable,
+                    "-I",
+                    "-S",
+                    str(LAUNCHER),
+                    str(os.getpid()),
+                    str(write),
+                    str(procs or ""),
+                    "--",
+                    *argv,
+                ],
+                stdin=subprocess.DEVNULL,
+                stdout=subprocess.PIPE,
+                stderr=subprocess.PIPE,
+                env=env,
+                start_new_session=True,
+                pass_fds=(write,),
+            )
+        finally:
+            os.close(write)
+        with os.fdopen(read, "rb") as said:  # until the launcher execs the worker or exits
+            return proc, said.read().decode(errors="replace")
 
     try:
-        return spawn(), limit
-    except subprocess.SubprocessError as exc:  # the worker could not join the cgroup before exec
-        if limit is None or limit.cgroup is None:
-            raise
+        proc, said = spawn(limit.procs_file if limit is not None else None)
+        if said in ("ok", "") or limit is None or limit.cgroup is None:
+            return proc, limit
+        proc.wait()  # it could not join the cgroup, and ended without starting the worker
+        for stream in (proc.stdout, proc.stderr):
+            if stream is not None:
+                stream.close()
         limit.remove()
-        limit = memlimit.watchdog(limit.mb, interval_s, f"joining {limit.cgroup} failed: {exc}")
-        return spawn(), limit
+        limit = memlimit.watchdog(limit.mb, interval_s, said)
+        return spawn(None)[0], limit
     except BaseException:
         if limit is not None:
             limit.remove()
@@ -486,7 +483,7 @@ def run_cell(
     limit = memlimit.make(memory_limit_mb, monitor_interval_s) if memory_limit_mb is not None else None
     started_at, t0 = time.time(), time.monotonic()
     env = worker_env(cell, threads, folder.cache, gpus)
-    proc, limit = _spawn(argv, env, limit, monitor_interval_s)
+    proc, limit = spawn(argv, env, limit, monitor_interval_s)
     STARTED_GROUPS.add(proc.pid)  # the worker leads its own process group
     if on_start is not None:
         on_start(proc.pid)
