@@ -1,6 +1,6 @@
 """The worker's launcher: what must happen between the orchestrator's fork and the worker's exec, done in
 an interpreter of its own (`python -I -S launch.py PARENT FD PROCS -- ARGV...`), not in the threaded
-orchestrator, where Python documents `preexec_fn` as unsafe (a lock another thread held at the fork can
+orchestrator, where Python documents a pre-exec function as unsafe (a lock another thread held at the fork can
 hang the child before it execs). It asks the kernel to SIGKILL it when the orchestrator's thread that
 started it ends (PR_SET_PDEATHSIG: kept across exec), joins the cell's memory cgroup (PROCS: the
 cgroup's cgroup.procs file, or empty for none), reports `ok` or why not on the pipe FD, and execs the
