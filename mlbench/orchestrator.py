@@ -101,6 +101,29 @@ def cells_to_run(
     return todo, len(every) - len(todo)
 
 
+def abandoned(run_dir: Path, unit_ids: list[str]) -> list[str]:
+    """Units among `unit_ids` an earlier orchestrator started and neither finished nor reported stopped (it
+    was killed, or its host went away), and that have no stored file, in the order they were started."""
+    journal = RunFolder(run_dir).journal
+    if not journal.is_file():
+        return []
+    open_: dict[str, None] = {}
+    for line in journal.read_text(encoding="utf-8", errors="replace").splitlines():
+        try:
+            entry = json.loads(line)
+        except ValueError:
+            continue  # a line torn by a kill
+        for cid in filter(None, str(entry.get("cell_id") or "").split(",")):
+            if entry.get("action") == "cell_start":
+                open_[cid] = None
+            elif entry.get("action") in ("cell", "interrupted", "cluster_lost", "abandoned"):
+                open_.pop(cid, None)
+    wanted = set(unit_ids)
+    candidates = [cid for cid in open_ if cid in wanted]
+    stored = store.stored_statuses(run_dir, candidates)
+    return [cid for cid in candidates if stored[cid] is None]
+
+
 def stored_versions(run_dir: Path, current: str) -> dict[str, int]:
     """mlbench versions other than `current` that measured this run folder's stored cells, with counts
     (unknown where a cell predates the column)."""
@@ -125,6 +148,17 @@ def prepare(suite: Suite, run_dir: Path, env: dict[str, Any]) -> None:
 def plan(suite: Suite, cells: list[Cell], run_dir: Path, env: dict[str, Any], resume: bool, retry: bool) -> Plan:
     """The units of the (narrowed) grid's cells this invocation runs."""
     todo, already = cells_to_run(suite, cells, run_dir, resume, retry)
+    every = {u.unit_id: u for u in units(cells, suite.repeats)}
+    for cid in abandoned(run_dir, list(every)):  # journaled once, by the first start that finds it
+        _journal(
+            run_dir,
+            action="abandoned",
+            cell_id=cid,
+            why="an earlier orchestrator started it and ended without storing it",
+        )
+        _say(
+            f"{'resume' if resume else 'run'}: {every[cid].label} was left unfinished by an earlier orchestrator that ended (killed?); it runs again"
+        )
     if already and (older := stored_versions(run_dir, env["mlbench_version"])):
         _say(
             f"resume: {sum(older.values())} stored cell(s) were measured by mlbench "
@@ -296,7 +330,10 @@ def run_suite(
         summary = RunSummary(run_dir, already_stored=the_plan.already_stored)
         executor = stack.enter_context(connect(suite, run_dir)) if the_plan.todo else None
         verify_models(suite, the_plan.todo, run_dir, resume)
-        _journal(run_dir, action="start", cells=len(the_plan.cells), to_run=len(the_plan.todo), resume=resume)
+        _journal(
+            run_dir, action="start", cells=len(the_plan.cells), to_run=len(the_plan.todo),
+            stored=the_plan.already_stored, resume=resume,
+        )  # fmt: skip
         calibrate(suite, the_plan.todo, run_dir, executor)
         if executor is not None:
             execute(executor, suite, the_plan.todo, run_dir, env, summary, tty)
