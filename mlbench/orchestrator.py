@@ -157,7 +157,8 @@ def plan(suite: Suite, cells: list[Cell], run_dir: Path, env: dict[str, Any], re
             why="an earlier orchestrator started it and ended without storing it",
         )
         _say(
-            f"{'resume' if resume else 'run'}: {every[cid].label} was left unfinished by an earlier orchestrator that ended (killed?); it runs again"
+            f"{'resume' if resume else 'run'}: {every[cid].label} was left unfinished by an earlier "
+            "orchestrator that ended (killed?); it runs again"
         )
     if already and (older := stored_versions(run_dir, env["mlbench_version"])):
         _say(

@@ -1,11 +1,11 @@
-"""The worker's launcher: what must happen between the orchestrator's fork and the worker's exec, done in
-an interpreter of its own (`python -I -S launch.py PARENT FD PROCS -- ARGV...`), not in the threaded
-orchestrator, where Python documents a pre-exec function as unsafe (a lock another thread held at the fork can
-hang the child before it execs). It asks the kernel to SIGKILL it when the orchestrator's thread that
-started it ends (PR_SET_PDEATHSIG: kept across exec), joins the cell's memory cgroup (PROCS: the
-cgroup's cgroup.procs file, or empty for none), reports `ok` or why not on the pipe FD, and execs the
-worker: one process, one pid, from the new session to the worker's end. Standard library only: it runs
-before anything is imported and costs one interpreter start (bench/README.md)."""
+"""The worker's launcher: what must happen between the orchestrator's fork and the worker's exec, done
+in an interpreter of its own (`python -I -S launch.py PARENT FD PROCS -- ARGV...`), not in the threaded
+orchestrator, where Python documents a pre-exec function as unsafe (a lock another thread held at the
+fork can hang the child before it execs). It asks the kernel to SIGKILL it when the orchestrator's
+thread that started it ends (PR_SET_PDEATHSIG: kept across exec), joins the cell's memory cgroup
+(PROCS: the cgroup's cgroup.procs file, or empty for none), reports `ok` or why not on the pipe FD, and
+execs the worker: one process, one pid, from the new session to the worker's end. Standard library
+only: it runs before anything is imported and costs one interpreter start (bench/README.md)."""
 
 from __future__ import annotations
 

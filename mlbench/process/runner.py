@@ -285,21 +285,12 @@ def spawn(
     threaded process; where the worker cannot join the cgroup, the limit falls back to the monitor's RSS
     watchdog."""
 
-    def spawn(procs: Path | None) -> tuple[subprocess.Popen[bytes], str]:
+    def launch(procs: Path | None) -> tuple[subprocess.Popen[bytes], str]:
         read, write = os.pipe()
+        command = [sys.executable, "-I", "-S", str(LAUNCHER), str(os.getpid()), str(write), str(procs or ""), "--"]
         try:
             proc = subprocess.Popen(
-                [
-                    sys.executable,
-                    "-I",
-                    "-S",
-                    str(LAUNCHER),
-                    str(os.getpid()),
-                    str(write),
-                    str(procs or ""),
-                    "--",
-                    *argv,
-                ],
+                [*command, *argv],
                 stdin=subprocess.DEVNULL,
                 stdout=subprocess.PIPE,
                 stderr=subprocess.PIPE,
@@ -307,13 +298,16 @@ def spawn(
                 start_new_session=True,
                 pass_fds=(write,),
             )
+        except BaseException:
+            os.close(read)
+            raise
         finally:
             os.close(write)
         with os.fdopen(read, "rb") as said:  # until the launcher execs the worker or exits
             return proc, said.read().decode(errors="replace")
 
     try:
-        proc, said = spawn(limit.procs_file if limit is not None else None)
+        proc, said = launch(limit.procs_file if limit is not None else None)
         if said in ("ok", "") or limit is None or limit.cgroup is None:
             return proc, limit
         proc.wait()  # it could not join the cgroup, and ended without starting the worker
@@ -322,7 +316,7 @@ def spawn(
                 stream.close()
         limit.remove()
         limit = memlimit.watchdog(limit.mb, interval_s, said)
-        return spawn(None)[0], limit
+        return launch(None)[0], limit
     except BaseException:
         if limit is not None:
             limit.remove()
