@@ -235,6 +235,10 @@ def main() -> int:
     expected = len(frameworks) * 4
     if len(runs["normal"]) != expected:
         found.insert(0, f"{len(runs['normal'])} normal cells stored, {expected} expected")
+    if len(runs.get("deterministic", [])) != 2 * len(frameworks):  # with and without, per framework
+        found.insert(
+            0, f"{len(runs.get('deterministic', []))} deterministic cells stored, {2 * len(frameworks)} expected"
+        )
     for p in found:
         say(f"FAILED: {p}")
     say(f"gpu-smoke: {'ok' if not found else f'{len(found)} problem(s)'}")

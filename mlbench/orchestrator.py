@@ -63,18 +63,26 @@ def _say(message: str) -> None:
     print(message, file=sys.stderr, flush=True)
 
 
+def _journal_entries(run_dir: Path) -> list[dict[str, Any]]:
+    """The journal's entries in order; a line torn by a kill is skipped."""
+    journal = RunFolder(run_dir).journal
+    if not journal.is_file():
+        return []
+    entries = []
+    for line in journal.read_text(encoding="utf-8", errors="replace").splitlines():
+        try:
+            entries.append(json.loads(line))
+        except ValueError:
+            continue
+    return entries
+
+
 def _reap_stale(run_dir: Path) -> list[int]:
     """Kill what an orchestrator killed earlier left behind on this host: its workers' process groups
     and the processes of a Ray instance it started."""
-    journal, reaped = RunFolder(run_dir).journal, []
-    if not journal.is_file():
-        return reaped
+    reaped: list[int] = []
     here = socket.gethostname()
-    for line in journal.read_text(encoding="utf-8", errors="replace").splitlines():
-        try:
-            entry = json.loads(line)
-        except ValueError:
-            continue  # a line torn by a kill
+    for entry in _journal_entries(run_dir):
         if entry.get("action") == "ray_session":
             reaped += executors.reap_session(entry.get("processes") or [])
         if entry.get("action") != "cell_start" or entry.get("host", here) != here:
@@ -104,15 +112,8 @@ def cells_to_run(
 def abandoned(run_dir: Path, unit_ids: list[str]) -> list[str]:
     """Units among `unit_ids` an earlier orchestrator started and neither finished nor reported stopped (it
     was killed, or its host went away), and that have no stored file, in the order they were started."""
-    journal = RunFolder(run_dir).journal
-    if not journal.is_file():
-        return []
     open_: dict[str, None] = {}
-    for line in journal.read_text(encoding="utf-8", errors="replace").splitlines():
-        try:
-            entry = json.loads(line)
-        except ValueError:
-            continue  # a line torn by a kill
+    for entry in _journal_entries(run_dir):
         for cid in filter(None, str(entry.get("cell_id") or "").split(",")):
             if entry.get("action") == "cell_start":
                 open_[cid] = None
