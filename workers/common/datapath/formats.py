@@ -1,0 +1,292 @@
+"""Shards on disk: the training set written as files of one format, and read back by index.
+
+Formats (`dataset.format`):
+- `raw`: fixed-length records, the label then the sample. Images follow CIFAR-10's binary layout
+  (one label byte, 3,072 pixel bytes, CHW); tokens and tabular rows a little-endian int32 label then
+  their int32 or float32 values. Read by memory map, or whole by tf.data's native ops.
+- `npz`: numpy's zip of arrays `x` and `y`, one file per shard (DLIO's npz with several samples per
+  file); no framework has a native reader.
+- `tfrecord`: `tf.train.Example` records with features `x` (the sample's bytes) and `y` (int64),
+  with an index of offsets beside each file (`.idx.npy`); read natively by tf.data, by offset (each
+  record's CRCs checked) elsewhere (workers/common/datapath/tfrecords.py).
+- `hdf5`: one HDF5 file per shard with datasets `x` and `y` (h5py), contiguous.
+
+A shard set is a folder `<dataset key>.<format>-<shards>` beside the dataset's .npy folder, written
+into a temporary folder and renamed, with `meta.json` last: whole or absent. The validation set is
+not sharded: evaluation reads it from memory in every cell.
+
+Bad data is a `DataError` whose one line names the file and the record: a truncated or corrupt
+shard, a missing file, a record size that does not match.
+"""
+
+from __future__ import annotations
+
+import json
+import os
+import shutil
+import tempfile
+import zipfile
+from dataclasses import dataclass
+from pathlib import Path
+from typing import Any
+
+import numpy as np
+
+from workers.common.datapath import tfrecords
+from workers.common.datapath.order import shard_bounds
+
+FORMATS = ("raw", "npz", "tfrecord", "hdf5")
+EXTENSIONS = {"raw": "bin", "npz": "npz", "tfrecord": "tfrecord", "hdf5": "h5"}
+META = "meta.json"
+LAYOUT_VERSION = 1
+
+
+class DataError(Exception):
+    """Data that cannot be read as described: the message names the file and the record."""
+
+
+@dataclass(frozen=True)
+class ShardSet:
+    """What `meta.json` says about a shard folder."""
+
+    folder: str
+    format: str
+    n: int
+    bounds: tuple[int, ...]
+    files: tuple[str, ...]
+    shape: tuple[int, ...]  # of one sample, as stored (images CHW)
+    dtype: str  # of the samples, numpy's str ('|u1', '<i4', '<f4')
+    label_dtype: str  # '|u1' (images: CIFAR's layout) or '<i4'
+
+    @property
+    def shards(self) -> int:
+        return len(self.files)
+
+    @property
+    def sample_bytes(self) -> int:
+        return int(np.prod(self.shape)) * np.dtype(self.dtype).itemsize
+
+    @property
+    def record_bytes(self) -> int:
+        return np.dtype(self.label_dtype).itemsize + self.sample_bytes
+
+    def path(self, shard: int) -> str:
+        return os.path.join(self.folder, self.files[shard])
+
+    def record_dtype(self) -> np.dtype:
+        return np.dtype([("y", self.label_dtype), ("x", self.dtype, self.shape)])
+
+    @classmethod
+    def open(cls, folder: str | Path) -> ShardSet:
+        meta_path = Path(folder) / META
+        try:
+            meta = json.loads(meta_path.read_text())
+        except FileNotFoundError:
+            raise DataError(f"{meta_path}: no such file (the shard folder is incomplete or absent)") from None
+        except (OSError, ValueError) as exc:
+            raise DataError(f"{meta_path}: unreadable ({exc})") from None
+        return cls(
+            folder=str(folder),
+            format=meta["format"],
+            n=meta["n"],
+            bounds=tuple(meta["bounds"]),
+            files=tuple(meta["files"]),
+            shape=tuple(meta["shape"]),
+            dtype=meta["dtype"],
+            label_dtype=meta["label_dtype"],
+        )
+
+
+def folder_name(dataset_key: str, fmt: str, shards: int) -> str:
+    return f"{dataset_key}.{fmt}-{shards}"
+
+
+# --- writing -----------------------------------------------------------------------------------
+
+
+def _write_shard(path: str, fmt: str, x: np.ndarray, y: np.ndarray, label_dtype: str) -> None:
+    if fmt == "raw":
+        rec = np.empty(len(y), np.dtype([("y", label_dtype), ("x", x.dtype.newbyteorder("<"), x.shape[1:])]))
+        rec["y"], rec["x"] = y, x
+        rec.tofile(path)
+    elif fmt == "npz":
+        with open(path, "wb") as f:
+            np.savez(f, x=x, y=y.astype("<i4"))
+    elif fmt == "tfrecord":
+        offsets, pos = [], 0
+        with open(path, "wb") as f:
+            for xi, yi in zip(x, y):
+                offsets.append(pos)
+                pos += tfrecords.write_record(f, tfrecords.encode_example(np.ascontiguousarray(xi).tobytes(), yi))
+        np.save(path + ".idx.npy", np.asarray(offsets, np.int64))  # each record's offset: random access
+    elif fmt == "hdf5":
+        import h5py
+
+        with h5py.File(path, "w") as f:
+            f.create_dataset("x", data=x)
+            f.create_dataset("y", data=y.astype("<i4"))
+    else:
+        raise ValueError(f"unknown format {fmt!r}; allowed: {', '.join(FORMATS)}")
+
+
+def write(folder: str | Path, fmt: str, x: np.ndarray, y: np.ndarray, shards: int) -> ShardSet:
+    """Write the samples (images NCHW uint8) as `shards` files of `fmt` into `folder`, atomically:
+    into a temporary folder beside it, renamed when whole. An existing folder is kept (another
+    process made it first: the same inputs make the same files)."""
+    folder = Path(folder)
+    if (folder / META).is_file():
+        return ShardSet.open(folder)
+    bounds = shard_bounds(len(y), shards)
+    label_dtype = "|u1" if x.dtype == np.uint8 else "<i4"
+    files = [f"train-{s:05d}-of-{shards:05d}.{EXTENSIONS[fmt]}" for s in range(shards)]
+    folder.parent.mkdir(parents=True, exist_ok=True)
+    tmp = Path(tempfile.mkdtemp(prefix=f".{folder.name}.", dir=folder.parent))
+    try:
+        for s, name in enumerate(files):
+            lo, hi = int(bounds[s]), int(bounds[s + 1])
+            _write_shard(str(tmp / name), fmt, x[lo:hi], y[lo:hi], label_dtype)
+        meta = {
+            "format": fmt,
+            "n": len(y),
+            "bounds": [int(b) for b in bounds],
+            "files": files,
+            "shape": list(x.shape[1:]),
+            "dtype": x.dtype.newbyteorder("<").str if x.dtype.itemsize > 1 else x.dtype.str,
+            "label_dtype": label_dtype,
+            "layout": LAYOUT_VERSION,
+        }
+        (tmp / META).write_text(json.dumps(meta, indent=1))
+        os.rename(tmp, folder)
+    except OSError:
+        shutil.rmtree(tmp, ignore_errors=True)
+        if (folder / META).is_file():  # another process renamed its copy first
+            return ShardSet.open(folder)
+        raise
+    return ShardSet.open(folder)
+
+
+# --- reading by index ----------------------------------------------------------------------------
+
+
+class Reader:
+    """Random access to a shard set by global sample index; files opened lazily in the process that
+    reads (a loader's worker process opens its own), the last shard's handle kept."""
+
+    def __init__(self, shardset: ShardSet) -> None:
+        self.ss = shardset
+        self._open: dict[int, Any] = {}
+
+    def __getstate__(self) -> dict[str, Any]:  # a worker process opens its own files
+        return {"ss": self.ss, "_open": {}}
+
+    def _file(self, shard: int) -> Any:
+        handle = self._open.get(shard)
+        if handle is None:
+            for old in list(self._open):  # one open shard at a time per process
+                self._close(old)
+            handle = self._open[shard] = self._openshard(shard)
+        return handle
+
+    def _close(self, shard: int) -> None:
+        handle = self._open.pop(shard)
+        if self.ss.format == "hdf5":
+            handle.close()
+
+    def _openshard(self, shard: int) -> Any:
+        ss, path = self.ss, self.ss.path(shard)
+        count = ss.bounds[shard + 1] - ss.bounds[shard]
+        if not os.path.isfile(path):
+            raise DataError(f"{path}: no such file (shard {shard} of {ss.shards})")
+        try:
+            if ss.format == "raw":
+                size = os.path.getsize(path)
+                if size != count * ss.record_bytes:
+                    raise DataError(
+                        f"{path}: {size} bytes, expected {count} records of {ss.record_bytes} bytes "
+                        f"(truncated, or another record size); record {size // ss.record_bytes} is the first incomplete"
+                    )
+                return np.memmap(path, ss.record_dtype(), mode="r", shape=(count,))
+            if ss.format == "npz":
+                with np.load(path, allow_pickle=False) as z:
+                    x, y = z["x"], z["y"]
+                if len(y) != count or x.shape[1:] != ss.shape:
+                    raise DataError(
+                        f"{path}: holds {len(y)} samples of shape {x.shape[1:]}, expected {count} of {ss.shape}"
+                    )
+                return x, y
+            if ss.format == "tfrecord":
+                index = np.load(path + ".idx.npy", allow_pickle=False)
+                if len(index) != count:
+                    raise DataError(f"{path}.idx.npy: {len(index)} records indexed, expected {count}")
+                return open(path, "rb"), index
+            if ss.format == "hdf5":
+                import h5py
+
+                f = h5py.File(path, "r")
+                if f["y"].shape[0] != count or f["x"].shape[1:] != ss.shape:
+                    raise DataError(f"{path}: holds {f['y'].shape[0]} samples, expected {count} of {ss.shape}")
+                return f
+        except DataError:
+            raise
+        except (OSError, ValueError, KeyError, zipfile.BadZipFile, EOFError) as exc:
+            raise DataError(f"{path}: cannot read shard {shard} ({type(exc).__name__}: {exc})") from None
+        raise ValueError(f"unknown format {ss.format!r}")
+
+    def _tfrecord(self, shard: int, local: np.ndarray) -> tuple[np.ndarray, np.ndarray]:
+        f, index = self._file(shard)
+        path = self.ss.path(shard)
+        x = np.empty((len(local), *self.ss.shape), self.ss.dtype)
+        y = np.empty(len(local), np.int32)
+        for j, i in enumerate(local):
+            where = f"{path}: record {int(i)}"
+            f.seek(int(index[i]))
+            try:
+                raw, y[j] = tfrecords.decode_example(tfrecords.read_record(f, where))
+            except ValueError as exc:
+                raise DataError(str(exc)) from None
+            except Exception as exc:  # protobuf's DecodeError, a missing feature
+                raise DataError(f"{where}: not a tf.train.Example with features x and y ({exc})") from None
+            if len(raw) != self.ss.sample_bytes:
+                raise DataError(f"{where}: {len(raw)} sample bytes, expected {self.ss.sample_bytes}")
+            x[j] = np.frombuffer(raw, self.ss.dtype).reshape(self.ss.shape)
+        return x, y
+
+    def _shard_part(self, shard: int, local: np.ndarray) -> tuple[np.ndarray, np.ndarray]:
+        fmt = self.ss.format
+        if fmt == "tfrecord":
+            return self._tfrecord(shard, local)
+        handle = self._file(shard)
+        if fmt == "raw":
+            rec = handle[local]
+            return rec["x"], rec["y"].astype(np.int32)
+        if fmt == "npz":
+            x, y = handle
+            return x[local], y[local].astype(np.int32)
+        try:  # hdf5: ascending indices
+            return handle["x"][local], handle["y"][local].astype(np.int32)
+        except (OSError, ValueError) as exc:
+            raise DataError(f"{self.ss.path(shard)}: cannot read records {local[0]}..{local[-1]} ({exc})") from None
+
+    def read(self, indices: np.ndarray) -> tuple[np.ndarray, np.ndarray]:
+        """Samples (as stored) and int32 labels of the given global indices, in that order (ascending
+        indices read fastest)."""
+        indices = np.asarray(indices, np.int64)
+        shard_of = np.searchsorted(np.asarray(self.ss.bounds), indices, side="right") - 1
+        x = np.empty((len(indices), *self.ss.shape), self.ss.dtype)
+        y = np.empty(len(indices), np.int32)
+        for shard in np.unique(shard_of):
+            pos = np.nonzero(shard_of == shard)[0]
+            local = indices[pos] - self.ss.bounds[shard]
+            order = np.argsort(local, kind="stable")
+            xs, ys = self._shard_part(int(shard), local[order])
+            x[pos[order]], y[pos[order]] = xs, ys
+        return x, y
+
+    def read_shard(self, shard: int) -> tuple[np.ndarray, np.ndarray]:
+        """A whole shard in stored order."""
+        count = self.ss.bounds[shard + 1] - self.ss.bounds[shard]
+        return self._shard_part(shard, np.arange(count))
+
+    def close(self) -> None:
+        for shard in list(self._open):
+            self._close(shard)

@@ -1,0 +1,160 @@
+"""tf.data over the shards, shaped as TensorFlow's data-performance guide advises.
+
+With the `two_level` order (the streaming case) the shards are read in the epoch's shard order, one
+shard at a time, by TensorFlow's native C++ ops where it has them (`raw`: read_file + decode_raw;
+`tfrecord`: TFRecordDataset, which checks every record's CRC), and by `tf.numpy_function` where it
+has none (`npz`, `hdf5`: the workaround TensorFlow's users reach for, Python under the GIL); each
+shard's records are permuted as the order says, the stream batched, each batch sorted and augmented
+in one vectorised `map`, then `prefetch`. With the `global` order every batch reads its rows by
+index through `tf.numpy_function` (tf.data has no random access to files).
+
+`workers` is the `num_parallel_calls` of the maps (0: none, and no prefetch: the batches are made
+on demand), `prefetch` the batches made ahead; `deterministic` is on, so parallel maps keep the
+order. In another framework's worker TensorFlow is shown no GPU.
+"""
+
+from __future__ import annotations
+
+from collections.abc import Iterator
+from typing import Any
+
+import numpy as np
+import tensorflow as tf
+
+from workers.common.datapath import order as orders
+from workers.common.datapath.loaders import Loader, LoaderSpec, Source, ThreadReaders
+
+_DTYPES = {"|u1": tf.uint8, "<i4": tf.int32, "<f4": tf.float32}
+
+
+def _burn(x: tf.Tensor, rounds: int) -> None:
+    """order.burn in TensorFlow ops: the same products per sample."""
+    b = tf.shape(x)[0]
+    flat = tf.reshape(tf.cast(x, tf.float32), [b, -1])
+    reps = -(-1024 // int(np.prod(x.shape[1:])))
+    m = tf.reshape(tf.tile(flat, [1, reps])[:, :1024] / 255.0, [b, 32, 32])
+    acc = tf.while_loop(lambda i, a: i < rounds, lambda i, a: (i + 1, tf.tanh(a @ m)), (0, m))[1]
+    return acc
+
+
+class TfDataLoader(Loader):
+    kind = "tfdata"
+
+    def __init__(self, source: Source, spec: LoaderSpec, framework: str) -> None:
+        if framework != "tensorflow":  # a loader here, not the framework: it sees no device
+            tf.config.set_visible_devices([], "GPU")
+        self.source, self.spec = source, spec
+        self.ss = source.shardset
+        self.readers = ThreadReaders(self.ss)  # parallel maps call numpy functions from several threads
+        self.par = spec.workers or None  # num_parallel_calls; None: sequential
+
+    def _shard_dataset(self, shard: tf.Tensor) -> tuple[tf.Tensor, tf.Tensor]:
+        """A whole shard in stored order: (samples, labels)."""
+        ss = self.ss
+        path = tf.gather(tf.constant([ss.path(s) for s in range(ss.shards)]), shard)
+        xdtype = _DTYPES[ss.dtype]
+        if ss.format == "raw":
+            records = tf.reshape(tf.io.decode_raw(tf.io.read_file(path), tf.uint8), [-1, ss.record_bytes])
+            lb = np.dtype(ss.label_dtype).itemsize
+            y = (
+                tf.cast(records[:, 0], tf.int32)
+                if lb == 1
+                else tf.bitcast(tf.reshape(records[:, :4], [-1, 4]), tf.int32)
+            )
+            body = records[:, lb:]
+            size = np.dtype(ss.dtype).itemsize
+            x = body if size == 1 else tf.bitcast(tf.reshape(body, [-1, ss.sample_bytes // size, size]), xdtype)
+            return tf.reshape(x, [-1, *ss.shape]), y
+        if ss.format == "tfrecord":
+            serialized = tf.data.TFRecordDataset(path).batch(1 << 30).get_single_element()
+            feats = tf.io.parse_example(
+                serialized,
+                {"x": tf.io.FixedLenFeature([], tf.string), "y": tf.io.FixedLenFeature([], tf.int64)},
+            )
+            x = tf.io.decode_raw(feats["x"], xdtype)
+            return tf.reshape(x, [-1, *ss.shape]), tf.cast(feats["y"], tf.int32)
+        # npz, hdf5: no reader in TensorFlow
+        x, y = tf.numpy_function(
+            lambda s: self.readers.get().read_shard(int(s)), [shard], [xdtype, tf.int32], stateful=False
+        )
+        return tf.reshape(x, [-1, *ss.shape]), tf.reshape(y, [-1])
+
+    def _augment(self, x: tf.Tensor, params: tf.Tensor) -> tf.Tensor:
+        """crop_flip on a uint8 NCHW batch with the hash's parameters per sample, by gathers."""
+        h, w = self.ss.shape[1], self.ss.shape[2]
+        pad = orders.PAD
+        padded = tf.transpose(tf.pad(x, [[0, 0], [0, 0], [pad, pad], [pad, pad]]), [0, 2, 3, 1])  # NHWC
+        p = tf.cast(params, tf.int32)
+        rows = p[:, 0:1] + tf.range(h)[None]
+        cols = p[:, 1:2] + tf.range(w)[None]
+        cols = tf.where(p[:, 2:3] == 1, tf.reverse(cols, [1]), cols)
+        out = tf.gather(tf.gather(padded, rows, axis=1, batch_dims=1), cols, axis=2, batch_dims=1)
+        return tf.transpose(out, [0, 3, 1, 2])
+
+    def _dataset(self, epoch: int, start: int) -> tf.data.Dataset:
+        src, ss = self.source, self.ss
+        bs = src.batch_size
+        if src.order == "global":
+            plan = src.plan(epoch)[start:]
+
+            def read_rows(row: np.ndarray) -> tuple[np.ndarray, np.ndarray]:
+                x, y = self.readers.get().read(row)
+                return src.finish(x, epoch, row), y
+
+            ds = tf.data.Dataset.from_tensor_slices(plan).map(
+                lambda row: tuple(tf.numpy_function(read_rows, [row], [_DTYPES[ss.dtype], tf.int32], stateful=False)),
+                num_parallel_calls=self.par,
+                deterministic=True,
+            )
+        else:
+            read = orders.sample_order(ss.n, src.seed, epoch, "two_level", src.shards)
+            bounds = np.asarray(ss.bounds)
+            shard_seq = [int(s) for s in orders._rng(src.seed, epoch).permutation(src.shards)]
+            ends = np.cumsum([bounds[s + 1] - bounds[s] for s in shard_seq])
+            read_t, ends_t = tf.constant(read), tf.constant(np.concatenate([[0], ends]))
+            bounds_t = tf.constant(bounds)
+            shard_t = tf.constant(shard_seq, tf.int64)
+
+            def one_shard(i: tf.Tensor) -> tf.data.Dataset:
+                shard = shard_t[i]
+                x, y = self._shard_dataset(shard)
+                idx = read_t[ends_t[i] : ends_t[i + 1]]  # the shard's records in the epoch's order
+                local = idx - bounds_t[shard]
+                return tf.data.Dataset.from_tensor_slices((tf.gather(x, local), tf.gather(y, local), idx))
+
+            params = tf.constant(
+                orders.crop_flip_params(src.seed, epoch, np.arange(ss.n))
+                if src.augment == "crop_flip"
+                else np.zeros((1, 3), np.uint8)
+            )
+
+            def finish(x: tf.Tensor, y: tf.Tensor, idx: tf.Tensor) -> tuple[tf.Tensor, tf.Tensor]:
+                o = tf.argsort(idx)  # a batch's indices in ascending order, as every loader has them
+                x, y, idx = tf.gather(x, o), tf.gather(y, o), tf.gather(idx, o)
+                if src.augment == "crop_flip" and len(ss.shape) == 3:  # images only
+                    x = self._augment(x, tf.gather(params, idx))
+                if src.burn:
+                    with tf.control_dependencies([_burn(x, src.burn)]):
+                        x = tf.identity(x)
+                return x, y
+
+            ds = (
+                tf.data.Dataset.range(len(shard_seq))
+                # one shard at a time, in order; with workers the next shard is read while this one is consumed
+                .interleave(one_shard, cycle_length=1, num_parallel_calls=1 if self.par else None, deterministic=True)
+                .batch(bs, drop_remainder=True)
+                .map(finish, num_parallel_calls=self.par, deterministic=True)
+                .skip(start)
+            )
+        if self.spec.workers and self.spec.prefetch:
+            ds = ds.prefetch(self.spec.prefetch)
+        options = tf.data.Options()
+        options.deterministic = True
+        return ds.with_options(options)
+
+    def epoch(self, epoch: int, start: int = 0) -> Iterator[tuple[np.ndarray, np.ndarray]]:
+        for x, y in self._dataset(epoch, start):
+            yield x.numpy(), y.numpy()
+
+    def describe(self) -> dict[str, Any]:
+        return {"num_parallel_calls": self.par}
