@@ -13,6 +13,7 @@ from mlbench.config import CELL_AXES, ConfigError, Suite
 from workers.common import data as datasets
 from workers.common import specs
 from workers.common.cellspec import CellSpec
+from workers.common.datapath import loaders
 from workers.common.devices import Device
 
 
@@ -24,11 +25,26 @@ def describe(
     batch_size: int | None,
     deterministic: bool = False,
     seed: int | None = None,
+    data: str | None = None,
 ) -> str:
     """A cell in words, the same in the progress bar, the journal and every output (a training seed
-    other than 0 is named: with `seeds`, one configuration has a cell per seed)."""
+    other than 0 is named: with `seeds`, one configuration has a cell per seed; a file-fed cell's
+    format and loader follow its batch size, e.g. `raw/torch w2`)."""
     det = " deterministic" if deterministic else ""
-    return f"{framework} {model} {device} {precision}{det} bs{batch_size}" + (f" seed {seed}" if seed else "")
+    return (
+        f"{framework} {model} {device} {precision}{det} bs{batch_size}"
+        + (f" {data}" if data else "")
+        + (f" seed {seed}" if seed else "")
+    )
+
+
+def data_label(framework: str, dataset: dict[str, Any] | None, loader: dict[str, Any] | None) -> str | None:
+    """A file-fed cell's data path in words (`raw/torch w2`: the native loader named); None for the
+    in-memory feed."""
+    if not loader:
+        return None
+    kind = loaders.LoaderSpec.from_dict(loader).resolved_kind(framework)
+    return f"{(dataset or {}).get('format')}/{kind} w{loader['workers']}"
 
 
 @dataclass(frozen=True, eq=False)
@@ -72,6 +88,7 @@ class Cell:
             self.batch_size,
             bool(self.spec.deterministic),
             self.spec.seed,
+            data_label(self.framework, self.spec.dataset, self.spec.loader),
         )
 
     def worker_payload(self, **run: Any) -> dict[str, Any]:
@@ -88,12 +105,23 @@ def make_cell(
     batch_size: int,
     seed: int | None = None,
     deterministic: bool | None = None,
+    fmt: str | None = None,
+    loader_kind: str | None = None,
+    loader_workers: int | None = None,
 ) -> Cell:
-    """One cell of a suite (at its first training seed and first `deterministic` value unless told)."""
+    """One cell of a suite (at its first training seed, `deterministic` value, data format and loader
+    unless told)."""
     model_spec = specs.get_spec(model, suite.model_overrides.get(model))
     seed = suite.seed if seed is None else seed
     deterministic = suite.deterministic[0] if deterministic is None else deterministic
-    dataset = suite.dataset.model_dump()
+    fmt = suite.dataset.format[0] if fmt is None else fmt
+    dataset = suite.dataset.cell_dict(fmt)
+    loader = None
+    if fmt != "memory":
+        loader = suite.loader.cell_dict(
+            suite.loader.kind[0] if loader_kind is None else loader_kind,
+            suite.loader.workers[0] if loader_workers is None else loader_workers,
+        )
     data_seed = dataset.pop("seed")
     if data_seed is None:
         data_seed = suite.seeds[0]
@@ -123,13 +151,15 @@ def make_cell(
             target_accuracy=suite.target_accuracy,
             batchnorm="sync" if Device.parse(device).data_parallel else None,
             deterministic=True if deterministic else None,  # in the spec only when on: earlier ids stay
+            loader=loader,  # a file-fed cell's; None (left out of the spec) for the in-memory feed
         )
     )
 
 
 def _excluded(values: dict[str, Any], excludes: Iterable[dict[str, Any]]) -> bool:
     return any(
-        all(values[k] == v or (isinstance(v, list) and values[k] in v) for k, v in ex.items()) for ex in excludes
+        all(values.get(k) == v or (isinstance(v, list) and values.get(k) in v) for k, v in ex.items())
+        for ex in excludes
     )
 
 
@@ -165,9 +195,29 @@ def expand(suite: Suite, only: dict[str, list[Any]] | None = None) -> list[Cell]
         for deterministic in suite.deterministic:
             for combo in itertools.product(*(narrowed[a] for a in CELL_AXES)):
                 values = dict(zip(CELL_AXES, combo))
-                if not _excluded(values, suite.excludes):
-                    cells.append(make_cell(suite, **values, seed=seed, deterministic=deterministic))
+                for data in data_axes(suite):
+                    named = {
+                        "format": data["fmt"],
+                        "loader": data.get("loader_kind"),
+                        "loader_workers": data.get("loader_workers"),
+                    }
+                    if not _excluded({**values, **named}, suite.excludes):
+                        cells.append(make_cell(suite, **values, seed=seed, deterministic=deterministic, **data))
     return cells
+
+
+def data_axes(suite: Suite) -> list[dict[str, Any]]:
+    """The data path's axes: each format, and for a file format each loader kind and worker count (a
+    `memory` cell has no loader, so it comes once)."""
+    out: list[dict[str, Any]] = []
+    for fmt in suite.dataset.format:
+        if fmt == "memory":
+            out.append({"fmt": fmt})
+            continue
+        for kind in suite.loader.kind:
+            for workers in suite.loader.workers:
+                out.append({"fmt": fmt, "loader_kind": kind, "loader_workers": workers})
+    return out
 
 
 @dataclass(frozen=True)

@@ -494,6 +494,29 @@ def compare(
         sys.exit(1)
 
 
+@main.group()
+def data() -> None:
+    """The suite's data on disk: datasets and the shard files file-fed cells read."""
+
+
+@data.command(name="prepare")
+@_config_arg
+@_run_folder
+def data_prepare(config: str | None, config_opt: str | None, name: str | None, runs_dir: str) -> None:
+    """Write every dataset and shard set CONFIG's cells read into runs/<name>/data/, atomically (a run
+    makes what is missing itself; this makes it first)."""
+    from mlbench.tasks.prepare import prepare
+
+    config = _config_path(config, config_opt)
+    suite = _load(config, name)
+    data_dir = RunFolder(Path(runs_dir) / suite.name).data
+    made = prepare(expand(suite), data_dir)
+    for p in made:
+        what = f"written in {p.seconds:.1f}s" if p.made else "there already"
+        click.echo(f"{p.folder}: {p.files} files, {p.bytes / 1e6:.1f} MB, {what}")
+    click.echo(f"{len(made)} folders in {data_dir}")
+
+
 @main.command()
 def schema() -> None:
     """Print the results columns as a Markdown table."""

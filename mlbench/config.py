@@ -20,6 +20,7 @@ from pydantic import (
 )
 
 from workers.common import precision, registry, specs
+from workers.common.datapath import formats
 from workers.common.devices import Device
 
 BUILTIN_WORKERS = {name: f.module for name, f in registry.FRAMEWORKS.items()}
@@ -27,6 +28,7 @@ PRECISIONS = precision.PRECISIONS
 MODULE_RE = re.compile(r"^[A-Za-z_][A-Za-z0-9_]*(\.[A-Za-z_][A-Za-z0-9_]*)*$")
 DATA_PARALLEL_CHECK_DEVICE = "cpu:0,1"  # where `mlbench verify` trains data parallel against one device
 CELL_AXES = ("framework", "model", "device", "precision", "batch_size")
+EXCLUDE_KEYS = (*CELL_AXES, "format", "loader", "loader_workers")  # the data path's axes too
 
 
 class ConfigError(Exception):
@@ -37,6 +39,9 @@ class Strict(BaseModel):
     model_config = ConfigDict(extra="forbid", frozen=True)
 
 
+DATA_FORMATS = ("memory", *formats.FORMATS)
+
+
 class DatasetConfig(Strict):
     name: Literal["synthetic", "cifar10"] = "synthetic"  # cifar10 reads a local folder, never downloads
     path: str | None = None  # folder with the CIFAR-10 python batches
@@ -45,12 +50,89 @@ class DatasetConfig(Strict):
     # the data's own seed (synthetic data and nothing else); None: the suite's first seed. Every training
     # seed of `seeds` reads the same data: a seed varies the initial weights, dropout and the batch order
     seed: int | None = Field(None, ge=0)
+    # where training batches come from (an axis: a list makes a cell of each). memory: gathered in host
+    # memory before each epoch (the baseline every file-fed cell is compared with); raw, npz, tfrecord,
+    # hdf5: the training set as `shards` files of that format, read by the cell's `loader`
+    # (workers/common/datapath/formats.py)
+    format: list[Literal["memory", "raw", "npz", "tfrecord", "hdf5"]] = Field(["memory"], min_length=1)
+    shards: PositiveInt = 1  # files the training set is split into (DLIO's num_files_train)
+    # global: one permutation per epoch; two_level: the shards permuted, then the records within each
+    # (DLIO's file and sample shuffle: what a sequential reader can follow), for every cell, memory too
+    order: Literal["global", "two_level"] = "global"
+    # crop_flip: pad 4, random 32x32 crop, horizontal flip (images), its parameters a hash of (seed,
+    # epoch, sample): the same bytes in every framework and for every loader worker count
+    augment: Literal["none", "crop_flip"] = "none"
+
+    @field_validator("format", mode="before")
+    @classmethod
+    def _one_format(cls, v: Any) -> Any:
+        return [v] if isinstance(v, str) else v
 
     @model_validator(mode="after")
     def _cifar_needs_path(self) -> DatasetConfig:
         if self.name == "cifar10" and not self.path:
             raise ValueError("dataset cifar10 needs `path`: a local folder holding cifar-10-batches-py")
+        if len(set(self.format)) != len(self.format):
+            raise ValueError(f"format: listed more than once: {', '.join(self.format)}")
+        if self.shards > self.train_samples:
+            raise ValueError(
+                f"shards: {self.shards} files for {self.train_samples} training samples; give at most that many"
+            )
         return self
+
+    def cell_dict(self, fmt: str) -> dict[str, Any]:
+        """The cell's `dataset`: one format; the data-path keys only where they are not the defaults,
+        so that cells of earlier runs keep their ids (seed is resolved by the caller)."""
+        out = self.model_dump(exclude={"format", "shards", "order", "augment"})
+        if fmt != "memory":
+            out["format"] = fmt
+        if self.order != "global":
+            out["order"] = self.order
+        if self.order != "global" or fmt != "memory":
+            out["shards"] = self.shards
+        if self.augment != "none":
+            out["augment"] = self.augment
+        return out
+
+
+class LoaderConfig(Strict):
+    """How a file-fed cell's batches are loaded (workers/common/datapath/loaders.py). `kind` and
+    `workers` are axes like batch_sizes; a `memory` cell has no loader."""
+
+    # native: the framework's own (PyTorch: torch's DataLoader, TensorFlow: tf.data, JAX: Grain);
+    # torch, tfdata, grain: that loader in any framework (a cross cell: the loader's cost apart from
+    # the framework's; a TensorFlow loader in another framework's worker sees no GPU)
+    kind: list[Literal["native", "torch", "tfdata", "grain"]] = Field(["native"], min_length=1)
+    # worker processes (torch's num_workers, Grain's worker_count) or parallel calls (tf.data's maps); 0:
+    # the training process loads each batch when the step asks for it
+    workers: list[int] = Field([0], min_length=1)
+    prefetch: int = Field(2, ge=0)  # batches made ahead (torch: per worker; tf.data, Grain: in all)
+    read_threads: PositiveInt = 1  # Grain's read threads per worker
+    pin_memory: bool = True  # page-locked batches (torch, on a CUDA device; nothing on a CPU)
+    persistent_workers: bool = True  # torch: the workers stay up across epochs
+    # a planted per-sample CPU cost (rounds of a 32x32 product per sample, in the loader's workers):
+    # makes a cell input-bound on purpose, to see what more workers buy
+    burn: int = Field(0, ge=0)
+    au_threshold: float = Field(0.90, gt=0, le=1)  # accelerator utilisation a cell must reach (DLIO's 0.90)
+
+    @field_validator("kind", "workers", mode="before")
+    @classmethod
+    def _axis(cls, v: Any) -> Any:
+        return [v] if isinstance(v, (str, int)) and not isinstance(v, bool) else v
+
+    @field_validator("workers")
+    @classmethod
+    def _workers(cls, v: list[int]) -> list[int]:
+        if any(w < 0 for w in v):
+            raise ValueError(f"workers: a count of loader workers is 0 or more, not {min(v)}")
+        if len(set(v)) != len(v):
+            raise ValueError("workers: listed more than once")
+        return v
+
+    def cell_dict(self, kind: str, workers: int) -> dict[str, Any]:
+        """One cell's loader: the knobs that change what it measures (au_threshold is a verdict's)."""
+        out = self.model_dump(exclude={"kind", "workers", "au_threshold"})
+        return {"kind": kind, "workers": workers, **out}
 
 
 class InferenceConfig(Strict):
@@ -100,6 +182,7 @@ class Suite(Strict):
     # spread over seeds (docs/measurement.md); performance verdicts read the first seed's cells
     seeds: list[int] = Field([0], min_length=1)
     dataset: DatasetConfig = DatasetConfig()
+    loader: LoaderConfig = LoaderConfig()
     warmup_steps: int = Field(5, ge=0)  # first training steps kept out of steady-state throughput
     inference: InferenceConfig = InferenceConfig()
     compile: bool = False  # torch.compile / XLA jit_compile where the framework offers a choice
@@ -229,7 +312,7 @@ class Suite(Strict):
             if not ex:
                 raise ValueError(f"excludes[{i}] is empty: it would exclude every cell")
             for key in ex:
-                _check_choice(key, list(CELL_AXES), f"key of excludes[{i}]")
+                _check_choice(key, list(EXCLUDE_KEYS), f"key of excludes[{i}]")
         return self
 
     def worker_module(self, framework: str) -> str:

@@ -20,7 +20,7 @@ import pyarrow as pa
 import pyarrow.parquet as pq
 
 from mlbench import executors
-from mlbench.analysis import bottleneck, parity, scaling
+from mlbench.analysis import bottleneck, datapath, parity, scaling
 from mlbench.cells import Cell, Unit, expand, units
 from mlbench.config import DATA_PARALLEL_CHECK_DEVICE, Suite, parse_suite
 from mlbench.present import content, report, results_md
@@ -368,6 +368,7 @@ def rebuild(run_dir: Path) -> list[Path]:
     groups = parity.annotate(rows_, verify.verdicts(verify.load(run_dir)), suite.accuracy_parity_pts)
     calibration.annotate(rows_, calibration.load(run_dir))
     scaling.annotate(rows_)
+    datapath.annotate(rows_, suite.loader.au_threshold)
     bottleneck.annotate(rows_)  # after calibration: the verdict reads MFU
     written = store.write_exports(run_dir, pa.Table.from_pylist(rows_, schema=schema.SCHEMA))
     if suite.repeats > 1:  # every repeat's own row, beside the combined results

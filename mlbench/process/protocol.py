@@ -42,6 +42,8 @@ REQUIRED: dict[str, dict[str, tuple[type, ...]]] = {
     # the monitor measures other load over each
     "phase": {"name": (str,), "state": (str,)},
     "profile": {},  # a step's time by part (workers/common/profile.py), or `skipped` with the reason
+    # the data path: format, loader, the first batches' digests, the loader alone (workers/common/datapath/)
+    "data": {"format": (str,), "digests": (list,)},
 }
 ERROR_KINDS = ("oom", "unsupported", "exception", "crashed")  # crashed: a data-parallel cell lost a rank
 

@@ -7,6 +7,8 @@ from datetime import datetime, timezone
 from pathlib import Path
 from typing import Any
 
+import numpy as np
+
 from mlbench.cells import Cell
 from mlbench.process import environment
 from mlbench.process.monitor import GPU_FIGURES
@@ -272,6 +274,42 @@ def _training(cell: Cell, ev: list[dict[str, Any]], ok: bool) -> dict[str, Any]:
     }
 
 
+def _data_path(cell: Cell, ev: list[dict[str, Any]], ok: bool) -> dict[str, Any]:
+    """The data path: the format and loader, the first batches' digests, the loader alone, and the
+    steady timed steps' waits for their batches (the same steps the throughput is made of)."""
+    data, steps = _last(ev, "data"), _last(ev, "steps")
+    dataset, loader = cell.spec.dataset or {}, cell.spec.loader
+    steady = stats.steady_throughput(steps.get("warmup_s", []), steps.get("step_s", []), cell.batch_size)
+    waits = [*steps.get("warmup_wait_s", []), *steps.get("step_wait_s", [])]
+    walls = [*steps.get("warmup_s", []), *steps.get("step_s", [])]
+    timed = steady["start"]
+    ok_waits = ok and len(waits) == len(walls) and len(walls) > timed
+    wait, wall = (waits[timed:], walls[timed:]) if ok_waits else ([], [])
+    au = 1.0 - sum(wait) / sum(wall) if wall and sum(wall) > 0 else None
+    p50 = float(np.percentile(wait, 50)) if wait else None
+    return {
+        "data_format": dataset.get("format", "memory") if cell.spec.task == "train" else None,
+        "loader": (data.get("loader") or loader["kind"])
+        if loader
+        else ("memory" if cell.spec.task == "train" else None),
+        "loader_workers": (loader or {}).get("workers"),
+        "data_shards": dataset.get("shards"),
+        "data_order": dataset.get("order", "global") if cell.spec.task == "train" else None,
+        "data_augment": dataset.get("augment", "none") if cell.spec.task == "train" else None,
+        "batch_digests": list(data.get("digests") or []),
+        "loader_samples_per_second": data.get("loader_samples_per_second"),
+        "loader_mb_per_second": data.get("loader_mb_per_second"),
+        "time_to_first_batch_s": data.get("time_to_first_batch_s"),
+        "data_wait_p50_s": p50,
+        "data_wait_p99_s": float(np.percentile(wait, 99)) if wait else None,
+        "data_wait_share": 1.0 - au if au is not None else None,
+        "accelerator_utilisation": au,
+        "au_pass": None,  # against the suite's loader.au_threshold, at rebuild
+        "input_ready": p50 <= 50e-6 if p50 is not None else None,
+        "page_cache": data.get("page_cache"),
+    }
+
+
 def _latency(cell: Cell, ev: list[dict[str, Any]]) -> dict[str, Any]:
     """Inference latency at batch 1 and at the cell's batch (a data-parallel cell's: one replica's, at
     the batch each replica trained on)."""
@@ -379,6 +417,7 @@ def build(cell: Cell, run_name: str, outcome: Outcome, head_env: dict[str, Any],
     row: dict[str, Any] = {
         **_identity(cell, run_name, outcome, _last(ev, "model"), repeat),
         **_training(cell, ev, outcome.status == "ok"),
+        **_data_path(cell, ev, outcome.status == "ok"),
         **_latency(cell, ev),
         **_memory(cell, ev, mon),
         **_monitor(mon),

@@ -50,7 +50,7 @@ KEYS: dict[str, tuple[str, ...]] = {
     ),
 }
 # in the canonical JSON only when set, so that earlier ids stay valid
-OPTIONAL = ("target_accuracy", "batchnorm", "deterministic")
+OPTIONAL = ("target_accuracy", "batchnorm", "deterministic", "loader")
 # How BatchNorm's statistics are taken in a data-parallel cell. "sync": over the global batch, all
 # replicas together, so a multi-device step computes what the one-device step computes; the only mode
 # all three frameworks can share (JAX's sharded jit takes the global batch's statistics by construction,
@@ -85,6 +85,9 @@ class CellSpec:
     verify: dict[str, Any] | None = None  # task verify: {batch, steps, recipe_optimizer}
     batchnorm: str | None = None  # a data-parallel cell's BatchNorm statistics (BATCHNORM_MODES)
     deterministic: bool | None = None  # the framework's deterministic kernels (True; None: its defaults)
+    # a file-fed cell's loader (kind, workers, prefetch, ...: workers/common/datapath/loaders.py); None
+    # for the in-memory feed, whose dataset has no `format` (or `memory`)
+    loader: dict[str, Any] | None = None
 
     def __post_init__(self) -> None:
         if self.task not in TASKS:
@@ -98,6 +101,9 @@ class CellSpec:
             raise ValueError(
                 f"batch size {self.batch_size} does not divide over the {device.count} devices of {device}"
             )
+        fmt = (self.dataset or {}).get("format", "memory")
+        if (fmt == "memory") != (self.loader is None):
+            raise ValueError(f"a cell reading {fmt} data needs a loader exactly when its data is in files")
         if self.task != "calibrate" and not self.model:
             raise ValueError(f"a {self.task} cell needs a model")
 

@@ -20,6 +20,8 @@ from typing import Any
 
 import numpy as np
 
+from workers.common.datapath import order as orders
+from workers.common.datapath.order import epoch_order  # noqa: F401 (its historical home)
 from workers.common.specs import InputSpec
 
 CIFAR_MEAN = np.array([0.4914, 0.4822, 0.4465], np.float32)
@@ -101,11 +103,6 @@ def data_seed(cell: dict[str, Any]) -> int:
     return (cell.get("dataset") or {}).get("seed", cell["seed"])
 
 
-def epoch_order(n: int, seed: int, epoch: int) -> np.ndarray:
-    """The sample order of one epoch: the same in every framework for the same seed."""
-    return np.random.default_rng(np.random.SeedSequence([seed, epoch, 0xDA7A])).permutation(n)
-
-
 class BatchFeed:
     """Full training batches of each epoch in the seed-stable order (the last partial one dropped),
     ready as model inputs.
@@ -121,8 +118,20 @@ class BatchFeed:
     cost: one more copy of the training set in host memory (images as float32: 4x their uint8 size).
     """
 
-    def __init__(self, ds: Dataset, batch_size: int) -> None:
+    def __init__(
+        self,
+        ds: Dataset,
+        batch_size: int,
+        order: str = "global",
+        shards: int = 1,
+        augment: str = "none",
+        digest_batches: int = 0,
+    ) -> None:
         self.ds, self.batch_size = ds, batch_size
+        # the order and augmentation a file-fed cell's loader follows (datapath/order.py), so a
+        # `memory` cell of a data-path comparison trains on the same batches
+        self.order, self.shards, self.augment = order, shards, augment
+        self.digest_batches, self.digests = digest_batches, []
         self.n = len(ds.y_train) // batch_size
         rows = self.n * batch_size
         self.raw = aligned_empty((rows, *ds.x_train.shape[1:]), ds.x_train.dtype)
@@ -137,19 +146,31 @@ class BatchFeed:
         return self.n
 
     @property
+    def layout_nchw(self) -> bool:
+        return self.ds.family != "image" or self.ds.layout == "NCHW"
+
+    @property
     def nbytes(self) -> int:
         """Host memory the feed's arrays hold."""
         return self.raw.nbytes + self.y.nbytes + (self.x.nbytes if self.x is not self.raw else 0)
 
     def epoch(self, seed: int, epoch: int) -> Iterator[tuple[np.ndarray, np.ndarray]]:
         """Gathers (and normalises) the epoch now; returns its batches (views, valid until the next call)."""
-        order = epoch_order(len(self.ds.y_train), seed, epoch)
         # each batch's indices sorted: the same set, a faster gather
-        idx = np.sort(order[: self.n * self.batch_size].reshape(self.n, self.batch_size), axis=1).ravel()
+        idx = orders.plan(len(self.ds.y_train), self.batch_size, seed, epoch, self.order, self.shards).ravel()
         # mode "clip": with the default "raise", numpy gathers into a fresh buffer first (the indices
         # are a permutation, always in range)
         np.take(self.ds.x_train, idx, axis=0, out=self.raw, mode="clip")
         np.take(self.ds.y_train, idx, axis=0, out=self.y, mode="clip")
+        nchw = self.raw if self.layout_nchw else self.raw.transpose(0, 3, 1, 2)  # a view
+        if self.augment == "crop_flip" and self.ds.family == "image":
+            nchw[...] = orders.crop_flip(nchw, orders.crop_flip_params(seed, epoch, idx))
+        if epoch == 0:
+            bs = self.batch_size
+            self.digests = [
+                orders.digest(nchw[i * bs : (i + 1) * bs], self.y[i * bs : (i + 1) * bs])
+                for i in range(min(self.digest_batches, self.n))
+            ]
         if self.x is not self.raw:
             for i in range(0, len(self.raw), self.batch_size):  # a batch at a time: in cache
                 self.ds.inputs(self.raw[i : i + self.batch_size], out=self.x[i : i + self.batch_size])
@@ -269,10 +290,14 @@ def read_cifar10(path: str, train: int | None, val: int | None) -> dict[str, np.
 # --- the cache in the run's folder ------------------------------------------------------------
 
 
+DATA_PATH_KEYS = ("format", "shards", "order", "augment")  # a cell's dataset keys that do not change the data
+
+
 def dataset_key(dataset: dict[str, Any], family: str, inp: InputSpec, seed: int) -> str:
     """Folder name of a dataset: what made it, hashed."""
     made_of = {
-        "dataset": {k: v for k, v in dataset.items() if k != "seed"},  # the seed is `seed`
+        # the seed is `seed`; the data path's keys say how the data is read, not what it is
+        "dataset": {k: v for k, v in dataset.items() if k not in ("seed", *DATA_PATH_KEYS)},
         "family": family,
         "shape": inp.shape,
         "classes": inp.num_classes,

@@ -37,6 +37,7 @@ import numpy as np
 
 from workers.common import data as datasets
 from workers.common import profile
+from workers.common.datapath import order as orders
 from workers.common.devices import Device
 from workers.common.events import PROTOCOL_VERSION, Emitter
 from workers.common.specs import (
@@ -245,10 +246,14 @@ class StepLog:
     step_faults: list[int] = dataclasses.field(default_factory=list)
     warmup_gc_s: list[float] = dataclasses.field(default_factory=list)  # GC time inside each step
     step_gc_s: list[float] = dataclasses.field(default_factory=list)
+    # how long each step waited for its batch (the feed's next(): a loader's queue, the last stage)
+    warmup_wait_s: list[float] = dataclasses.field(default_factory=list)
+    step_wait_s: list[float] = dataclasses.field(default_factory=list)
     in_window: bool = False
 
-    def add(self, seconds: float, faults: int, gc_s: float = 0.0) -> None:
+    def add(self, seconds: float, faults: int, gc_s: float = 0.0, wait_s: float = 0.0) -> None:
         timed = self.count >= self.warmup
+        (self.step_wait_s if timed else self.warmup_wait_s).append(wait_s)
         (self.step_s if timed else self.warmup_s).append(seconds)
         (self.step_faults if timed else self.warmup_faults).append(faults)
         (self.step_gc_s if timed else self.warmup_gc_s).append(gc_s)
@@ -271,6 +276,8 @@ class StepLog:
             "step_faults": self.step_faults,
             "warmup_gc_s": self.warmup_gc_s,
             "step_gc_s": self.step_gc_s,
+            "warmup_wait_s": self.warmup_wait_s,
+            "step_wait_s": self.step_wait_s,
         }
 
 
@@ -292,7 +299,7 @@ def train_epoch(
         f_end = minor_faults()  # ~1 us, after the clock: it falls in the next step's interval
         g_end = gc_clock.total_s if gc_clock else 0.0
         data_s += wait_s
-        log.add(t_end - t_prev, f_end - f_prev, g_end - g_prev)
+        log.add(t_end - t_prev, f_end - f_prev, g_end - g_prev, wait_s)
         t_prev, f_prev, g_prev = t_end, f_end, g_end
         loss_sum, correct, seen = loss_sum + loss * bs, correct + n_correct, seen + bs
         log.window(True)  # the next step is the first timed one once the warm-up is over
@@ -314,6 +321,43 @@ def evaluate(backend: Backend, ds: datasets.Dataset, bs: int) -> dict[str, Any]:
     }
 
 
+def make_feed(backend: Backend, ds: datasets.Dataset, cell: dict[str, Any]) -> Any:
+    """The cell's training batches: in memory (`dataset.format` memory, the default) or through a loader
+    from files (workers/common/datapath/feed.py); both in the order and augmentation the cell's
+    dataset asks for, and both digest their first batches."""
+    data = cell["dataset"]
+    if data.get("format", "memory") == "memory":
+        return datasets.BatchFeed(
+            ds,
+            cell["batch_size"],
+            order=data.get("order", "global"),
+            shards=data.get("shards", 1),
+            augment=data.get("augment", "none"),
+            digest_batches=int((cell.get("loader") or {}).get("digest_batches", orders.DIGEST_BATCHES)),
+        )
+    from workers.common.datapath.feed import FileFeed
+
+    return FileFeed(ds, cell["batch_size"], cell, backend.framework)
+
+
+def data_path(feed: Any, cell: dict[str, Any], em: Emitter) -> None:
+    """The data path's figures beside the steps' (a `data` event): the format and loader, the first
+    batches' digests and, for a file-fed cell, the loader alone over one epoch (before training)."""
+    data = cell["dataset"]
+    figures: dict[str, Any] = {
+        "format": data.get("format", "memory"),
+        "order": data.get("order", "global"),
+        "augment": data.get("augment", "none"),
+        "digests": feed.digests,
+        "page_cache": "warm",  # mlbench never drops the page cache: files just written or read are in it
+    }
+    if hasattr(feed, "probe"):
+        figures.update(feed.describe(), **feed.probe_figures)
+    else:
+        figures.update(loader="memory", loader_workers=None)
+    em.emit("data", **figures)
+
+
 def train(backend: Backend, ds: datasets.Dataset, cell: dict[str, Any], em: Emitter) -> dict[str, Any]:
     """Train for the cell's epochs, evaluating after each; returns the figures for the result."""
     bs, seed, warmup = cell["batch_size"], cell["seed"], cell["warmup_steps"]
@@ -325,7 +369,9 @@ def train(backend: Backend, ds: datasets.Dataset, cell: dict[str, Any], em: Emit
     epochs: list[dict[str, Any]] = []
     total_train_s = total_eval_s = 0.0
     target, reached = cell.get("target_accuracy"), None  # time to accuracy: training and evaluation time
-    feed = datasets.BatchFeed(ds, bs)
+    feed = make_feed(backend, ds, cell)
+    if hasattr(feed, "probe"):  # the loader alone first: its throughput and time to the first batch
+        feed.probe_figures = feed.probe()
 
     def progress(step: int) -> None:
         if step % max(1, total_steps // 20) == 0 or step == total_steps:
@@ -617,10 +663,13 @@ def run_train(backend: Backend, cell: dict[str, Any], em: Emitter) -> None:
     rss_before_build = current_rss_bytes()  # the framework, its runtime and the data, no model yet
     n_params = build_model(backend, spec, ds, cell, em)
     trained = train(backend, ds, cell, em)
+    data_path(trained["feed"], cell, em)
     correct_bits = val_correct_bits(backend, ds, cell["batch_size"])
     if cell.get("weights_out"):  # the trained weights in the canonical NPZ format, readable by every worker
         save_npz(cell["weights_out"], backend.export())
     profile_steps(backend, trained["feed"], cell, em)  # train on: after the export and the evaluation
+    if hasattr(trained["feed"], "close"):  # a loader's worker processes end here
+        trained["feed"].close()
     device = Device.parse(cell["device"])
     per_device = cell["batch_size"] // device.count
     # one replica's latency: at batch 1 and at the batch each device trained on
