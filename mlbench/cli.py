@@ -517,6 +517,36 @@ def data_prepare(config: str | None, config_opt: str | None, name: str | None, r
     click.echo(f"{len(made)} folders in {data_dir}")
 
 
+def _verify_data(config: str | None, runs_dir: str, name: str, models: list[str], frameworks: list[str]) -> None:
+    from rich.console import Console
+
+    from mlbench.tasks import verify_data
+
+    if not config:
+        _fail("verify --data: give --config, the suite whose data path (dataset, loader) to check")
+    suite = _load(config)
+    if frameworks:
+        suite = _load_data({**suite.model_dump(), "frameworks": frameworks}, config)
+    run_dir = Path(runs_dir) / name
+    try:
+        with store.RunLock(run_dir):
+            checks = verify_data.run(suite, run_dir, executors.Settings.of(suite), models or None)
+    except store.RunLocked as exc:
+        _fail(str(exc), 1)
+    Console(width=200).print(verify_data.table(checks))
+    failed = [c for c in checks if c.status != "ok"]
+    click.echo(f"{len(checks) - len(failed)} of {len(checks)} loader checks gave the reference's batches")
+    if failed:
+        sys.exit(1)
+
+
+def _load_data(data: dict[str, Any], source: str) -> Any:
+    try:
+        return parse_suite(data, source)
+    except ConfigError as exc:
+        _fail(str(exc))
+
+
 @main.command()
 def schema() -> None:
     """Print the results columns as a Markdown table."""
@@ -537,6 +567,13 @@ def schema() -> None:
     show_default=True,
     help=f"Also train each model data parallel on {DATA_PARALLEL_CHECK_DEVICE} and check it against one device.",
 )
+@click.option(
+    "--data",
+    "data_path",
+    is_flag=True,
+    help="Check the data path instead (needs --config): every framework's loaders, at each worker count "
+    "and after a restart mid-epoch, deliver the batches of a numpy reference.",
+)
 def verify_cmd(
     models: tuple[str, ...],
     frameworks: tuple[str, ...],
@@ -544,13 +581,18 @@ def verify_cmd(
     runs_dir: str,
     name: str,
     data_parallel: bool,
+    data_path: bool,
 ) -> None:
     """Check that every framework builds the same model: structure, weights, outputs, training losses;
-    and that each framework's data-parallel training equals its one-device training."""
+    and that each framework's data-parallel training equals its one-device training. With --data:
+    that every framework's loaders deliver the same batches."""
     from rich.console import Console
 
     from mlbench.tasks import verify
 
+    if data_path:
+        _verify_data(config, runs_dir, name, _split(models), _split(frameworks))
+        return
     suite = _load(config) if config else None
     workers = dict(suite.workers) if suite else {}
     chosen_models = _split(models) or (suite.models if suite else list(specs.MODELS))

@@ -47,8 +47,45 @@ def _tax(a: float | None, b: float | None) -> float | None:
     return 1.0 - a / b if a is not None and b else None
 
 
+# what fixes a cell's batches: cells that agree on these must have trained on the same bytes
+SAME_BATCHES = ("model_name", "dataset", "train_samples", "batch_size", "seed", "data_order", "data_augment")
+
+
+def _data_name(r: Row) -> str:
+    fmt = r.get("data_format")
+    return f"{r['framework']} {fmt}" + (f"/{r['loader']} w{r['loader_workers']}" if fmt != "memory" else "")
+
+
+def check_digests(rows: list[Row]) -> None:
+    """Cells that read the same batches (SAME_BATCHES, and the shards of a two_level order) must
+    report the same digests for them: digests_agree per row, and where not, the first batch that
+    differs and the cell it differs from (the group's first memory cell, else its first cell)."""
+    groups: dict[tuple[Any, ...], list[Row]] = {}
+    for r in rows:
+        if not r.get("batch_digests"):
+            r["digests_agree"] = r["digest_mismatch"] = None
+            continue
+        key = tuple(r.get(k) for k in SAME_BATCHES)
+        key += (r.get("data_shards") if r.get("data_order") == "two_level" else None,)
+        groups.setdefault(key, []).append(r)
+    for members in groups.values():
+        ref = next((m for m in members if m.get("data_format") == "memory"), members[0])
+        for r in members:
+            if len(members) < 2:
+                r["digests_agree"] = r["digest_mismatch"] = None
+                continue
+            n = min(len(r["batch_digests"]), len(ref["batch_digests"]))
+            first = next((i for i in range(n) if r["batch_digests"][i] != ref["batch_digests"][i]), None)
+            r["digests_agree"] = first is None
+            r["digest_mismatch"] = (
+                None if first is None else f"batch {first} differs from {_data_name(ref)} ({ref['cell_id']})"
+            )
+
+
 def annotate(rows: list[Row], au_threshold: float) -> None:
-    """Fill au_pass, data_tax (its bounds, or the reason it is missing) for every row (in place)."""
+    """Fill au_pass, data_tax (its bounds, or the reason it is missing) and the digest check for every
+    row (in place)."""
+    check_digests(rows)
     for r in rows:
         au = r.get("accelerator_utilisation")
         r["au_pass"] = au >= au_threshold if au is not None else None

@@ -179,6 +179,13 @@ COLUMNS: list[tuple[str, pa.DataType, str]] = [
         "sha256 (16 hex digits) of each of the first training batches, uint8 NCHW and labels",
     ),
     (
+        "digests_agree",
+        B,
+        "whether batch_digests equal those of every cell of the run that reads the same batches (model, data, "
+        "batch, seed, order, augmentation; rebuilt; null where no other cell does)",
+    ),
+    ("digest_mismatch", S, "the first batch whose digest differs, and the cell it differs from (rebuilt)"),
+    (
         "loader_samples_per_second",
         F,
         "the loader alone over one epoch of the same batches, no step, after its first batch: samples/s",

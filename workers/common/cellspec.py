@@ -7,7 +7,8 @@ exactly the keys of its task: a spec that measures the same thing always gets th
 new field changes no stored id unless it is set.
 
 Tasks: `train` (a benchmark cell: train, evaluate, time inference), `calibrate` (a peak-FLOP/s
-matmul, no model) and `verify` (the cross-framework model check).
+matmul, no model), `verify` (the cross-framework model check) and `data` (a loader's batches
+digested, no model: `mlbench verify --data`).
 """
 
 from __future__ import annotations
@@ -19,7 +20,7 @@ from typing import Any
 
 from workers.common.devices import Device
 
-TASKS = ("train", "calibrate", "verify")
+TASKS = ("train", "calibrate", "verify", "data")
 # the keys of each task's canonical JSON (beside `task`, which a train cell leaves out)
 _COMMON = ("framework", "worker", "device", "precision", "seed", "threads", "compile")
 KEYS: dict[str, tuple[str, ...]] = {
@@ -48,6 +49,8 @@ KEYS: dict[str, tuple[str, ...]] = {
         "inference",
         "verify",
     ),
+    # `mlbench verify --data`: a loader's batches alone, no model trained (workers/common/harness.run_data)
+    "data": (*_COMMON, "model", "model_overrides", "batch_size", "dataset", "data_check"),
 }
 # in the canonical JSON only when set, so that earlier ids stay valid
 OPTIONAL = ("target_accuracy", "batchnorm", "deterministic", "loader")
@@ -83,6 +86,7 @@ class CellSpec:
     target_accuracy: float | None = None
     calibrate: dict[str, Any] | None = None  # task calibrate: {n, max_s}
     verify: dict[str, Any] | None = None  # task verify: {batch, steps, recipe_optimizer}
+    data_check: dict[str, Any] | None = None  # task data: {epoch, start, batches}: which batches to digest
     batchnorm: str | None = None  # a data-parallel cell's BatchNorm statistics (BATCHNORM_MODES)
     deterministic: bool | None = None  # the framework's deterministic kernels (True; None: its defaults)
     # a file-fed cell's loader (kind, workers, prefetch, ...: workers/common/datapath/loaders.py); None

@@ -176,6 +176,17 @@ class BatchFeed:
                 self.ds.inputs(self.raw[i : i + self.batch_size], out=self.x[i : i + self.batch_size])
         return self._batches()
 
+    def digest_range(self, seed: int, epoch: int, start: int, count: int) -> list[str]:
+        """Digests of batches start .. start + count - 1 of an epoch (gathered and augmented as
+        training has them; the samples as stored, NCHW)."""
+        self.epoch(seed, epoch)
+        nchw = self.raw if self.layout_nchw else self.raw.transpose(0, 3, 1, 2)
+        bs = self.batch_size
+        return [
+            orders.digest(nchw[i * bs : (i + 1) * bs], self.y[i * bs : (i + 1) * bs])
+            for i in range(start, min(start + count, self.n))
+        ]
+
     def _batches(self) -> Iterator[tuple[np.ndarray, np.ndarray]]:
         bs = self.batch_size
         for i in range(self.n):

@@ -38,6 +38,8 @@ import numpy as np
 from workers.common import data as datasets
 from workers.common import profile
 from workers.common.datapath import order as orders
+from workers.common.datapath.formats import DataError
+from workers.common.datapath.loaders import LoaderCrashed
 from workers.common.devices import Device
 from workers.common.events import PROTOCOL_VERSION, Emitter
 from workers.common.specs import (
@@ -607,6 +609,23 @@ def _dataset(backend: Backend, cell: dict[str, Any]) -> tuple[ModelSpec, dataset
     return spec, ds
 
 
+def run_data(backend: Backend, cell: dict[str, Any], em: Emitter) -> None:
+    """`mlbench verify --data`: the digests of batches start .. start + batches - 1 of one epoch, as
+    the cell's feed delivers them (a loader asked to start there: a restart mid-epoch), no model."""
+    check = cell["data_check"]
+    _, ds = _dataset(backend, cell)
+    feed = make_feed(backend, ds, cell)
+    epoch, start, count = check["epoch"], check["start"], check["batches"]
+    if hasattr(feed, "loader"):
+        batches = itertools.islice(feed.loader.epoch(epoch, start), count)
+        digests = [orders.digest(x, y) for x, y in batches]
+        feed.close()
+    else:
+        digests = feed.digest_range(cell["seed"], epoch, start, count)
+    em.emit("data", format=cell["dataset"].get("format", "memory"), digests=digests, epoch=epoch, start=start)
+    em.emit("result", task="data")
+
+
 def run_calibrate(backend: Backend, cell: dict[str, Any], em: Emitter) -> None:
     calibrate(backend, cell, em)
     em.emit("result", task="calibrate")
@@ -716,7 +735,12 @@ def val_correct_bits(backend: Backend, ds: datasets.Dataset, bs: int) -> str | N
     return base64.b64encode(np.packbits(np.concatenate(right))).decode("ascii")
 
 
-TASKS = {"train": run_train, "calibrate": run_calibrate, "verify": run_verify}  # CellSpec.task -> what runs
+TASKS = {
+    "train": run_train,
+    "calibrate": run_calibrate,
+    "verify": run_verify,
+    "data": run_data,
+}  # CellSpec.task -> what runs
 
 
 def run(backend_loader: Any, cell: dict[str, Any], em: Emitter) -> int:
@@ -740,6 +764,12 @@ def run(backend_loader: Any, cell: dict[str, Any], em: Emitter) -> int:
     except datasets.DataUnavailable as exc:
         em.emit("error", kind="unsupported", message=str(exc), traceback="")
         return 3
+    except DataError as exc:  # bad data: one line naming the file and the record
+        em.emit("error", kind="exception", message=f"bad data: {exc}", traceback=traceback.format_exc()[-8000:])
+        return 1
+    except LoaderCrashed as exc:
+        em.emit("error", kind="crashed", message=str(exc), traceback=traceback.format_exc()[-8000:])
+        return 1
     except BaseException as exc:
         if isinstance(exc, KeyboardInterrupt):
             raise

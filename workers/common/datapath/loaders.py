@@ -77,6 +77,10 @@ class Source:
         return x
 
 
+class LoaderCrashed(RuntimeError):
+    """A loader's worker process died (killed, or out of memory): the cell `crashed`, with this cause."""
+
+
 class ThreadReaders:
     """One `Reader` per thread (a loader that reads from several threads: Grain's read threads)."""
 

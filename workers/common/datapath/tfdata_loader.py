@@ -15,6 +15,7 @@ order. In another framework's worker TensorFlow is shown no GPU.
 
 from __future__ import annotations
 
+import os
 from collections.abc import Iterator
 from typing import Any
 
@@ -22,6 +23,7 @@ import numpy as np
 import tensorflow as tf
 
 from workers.common.datapath import order as orders
+from workers.common.datapath.formats import DataError
 from workers.common.datapath.loaders import Loader, LoaderSpec, Source, ThreadReaders
 
 _DTYPES = {"|u1": tf.uint8, "<i4": tf.int32, "<f4": tf.float32}
@@ -47,6 +49,23 @@ class TfDataLoader(Loader):
         self.ss = source.shardset
         self.readers = ThreadReaders(self.ss)  # parallel maps call numpy functions from several threads
         self.par = spec.workers or None  # num_parallel_calls; None: sequential
+        self.det = True if self.par else None  # parallel maps keep their order (sequential ones do anyway)
+        self._check_files()
+
+    def _check_files(self) -> None:
+        """What TensorFlow's native readers would report without a file name: a missing shard, a raw
+        shard of the wrong size."""
+        ss = self.ss
+        for s in range(ss.shards):
+            path, count = ss.path(s), ss.bounds[s + 1] - ss.bounds[s]
+            if not os.path.isfile(path):
+                raise DataError(f"{path}: no such file (shard {s} of {ss.shards})")
+            size = os.path.getsize(path)
+            if ss.format == "raw" and size != count * ss.record_bytes:
+                raise DataError(
+                    f"{path}: {size} bytes, expected {count} records of {ss.record_bytes} bytes "
+                    f"(truncated, or another record size); record {size // ss.record_bytes} is the first incomplete"
+                )
 
     def _shard_dataset(self, shard: tf.Tensor) -> tuple[tf.Tensor, tf.Tensor]:
         """A whole shard in stored order: (samples, labels)."""
@@ -104,7 +123,7 @@ class TfDataLoader(Loader):
             ds = tf.data.Dataset.from_tensor_slices(plan).map(
                 lambda row: tuple(tf.numpy_function(read_rows, [row], [_DTYPES[ss.dtype], tf.int32], stateful=False)),
                 num_parallel_calls=self.par,
-                deterministic=True,
+                deterministic=True if self.par else None,
             )
         else:
             read = orders.sample_order(ss.n, src.seed, epoch, "two_level", src.shards)
@@ -141,9 +160,11 @@ class TfDataLoader(Loader):
             ds = (
                 tf.data.Dataset.range(len(shard_seq))
                 # one shard at a time, in order; with workers the next shard is read while this one is consumed
-                .interleave(one_shard, cycle_length=1, num_parallel_calls=1 if self.par else None, deterministic=True)
+                .interleave(
+                    one_shard, cycle_length=1, num_parallel_calls=1 if self.par else None, deterministic=self.det
+                )
                 .batch(bs, drop_remainder=True)
-                .map(finish, num_parallel_calls=self.par, deterministic=True)
+                .map(finish, num_parallel_calls=self.par, deterministic=self.det)
                 .skip(start)
             )
         if self.spec.workers and self.spec.prefetch:
@@ -153,8 +174,11 @@ class TfDataLoader(Loader):
         return ds.with_options(options)
 
     def epoch(self, epoch: int, start: int = 0) -> Iterator[tuple[np.ndarray, np.ndarray]]:
-        for x, y in self._dataset(epoch, start):
-            yield x.numpy(), y.numpy()
+        try:
+            for x, y in self._dataset(epoch, start):
+                yield x.numpy(), y.numpy()
+        except tf.errors.OpError as exc:  # a corrupt record (TFRecordDataset names the file), a reader's DataError
+            raise DataError(" ".join(exc.message.split())[:500]) from None
 
     def describe(self) -> dict[str, Any]:
         return {"num_parallel_calls": self.par}

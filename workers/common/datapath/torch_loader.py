@@ -19,7 +19,7 @@ import torch
 from torch.utils.data import DataLoader, Dataset
 
 from workers.common.datapath.formats import Reader
-from workers.common.datapath.loaders import Loader, LoaderSpec, Source
+from workers.common.datapath.loaders import Loader, LoaderCrashed, LoaderSpec, Source
 
 
 class ShardBatches(Dataset):
@@ -85,8 +85,15 @@ class TorchLoader(Loader):
 
     def epoch(self, epoch: int, start: int = 0) -> Iterator[tuple[np.ndarray, np.ndarray]]:
         self.sampler.epoch, self.sampler.start = epoch, start
-        for x, y in self.loader:
-            yield x.numpy(), y.numpy()
+        try:
+            for x, y in self.loader:
+                yield x.numpy(), y.numpy()
+        except RuntimeError as exc:
+            # torch's words for a worker that died: "DataLoader worker (pid N) is killed by signal: ..."
+            # or "... exited unexpectedly"; torch has stopped the others by then
+            if "DataLoader worker" in str(exc):
+                raise LoaderCrashed(f"a torch DataLoader worker died: {str(exc).splitlines()[0]}") from None
+            raise
 
     def close(self) -> None:
         it = getattr(self.loader, "_iterator", None)

@@ -1,0 +1,284 @@
+"""The data path (#37): one order every loader follows, shards in four formats, each framework's own
+loader delivering the same bytes (across worker counts and a restart mid-epoch), bad data as one
+line, a killed loader worker as `crashed`, and file-fed cells' figures in a real run."""
+
+from __future__ import annotations
+
+import json
+import os
+from pathlib import Path
+
+import numpy as np
+import pyarrow.parquet as pq
+import pytest
+
+from mlbench.cells import expand
+from mlbench.config import ConfigError, parse_suite
+from tests.conftest import suite_dict
+from workers.common.datapath import formats, loaders, order
+
+
+def _images(n: int = 300, seed: int = 0) -> tuple[np.ndarray, np.ndarray]:
+    rng = np.random.default_rng(seed)
+    return rng.integers(0, 256, (n, 3, 32, 32), dtype=np.uint8), rng.integers(0, 10, n).astype(np.int32)
+
+
+def _reference(x: np.ndarray, y: np.ndarray, src: loaders.Source, epoch: int) -> list[str]:
+    out = []
+    for row in src.plan(epoch):
+        xb = x[row]
+        if src.augment == "crop_flip":
+            xb = order.crop_flip(xb, order.crop_flip_params(src.seed, epoch, row))
+        out.append(order.digest(xb, y[row]))
+    return out
+
+
+# --- the order and the augmentation -------------------------------------------------------------
+
+
+def test_the_global_order_is_the_in_memory_feeds_order_of_every_earlier_run():
+    # plan() is what BatchFeed gathers; for `global` it must be the permutation runs always used
+    n, bs = 1000, 64
+    old = np.random.default_rng(np.random.SeedSequence([3, 2, 0xDA7A])).permutation(n)
+    want = np.sort(old[: (n // bs) * bs].reshape(n // bs, bs), axis=1)
+    assert np.array_equal(order.plan(n, bs, 3, 2), want)
+
+
+def test_the_two_level_order_reads_shard_after_shard_and_changes_with_the_epoch():
+    n, shards = 1003, 7
+    bounds = order.shard_bounds(n, shards)
+    seq = order.two_level_order(n, shards, seed=1, epoch=0)
+    assert sorted(seq) == list(range(n))
+    shard_of = np.searchsorted(bounds, seq, side="right") - 1
+    runs = [s for i, s in enumerate(shard_of) if i == 0 or s != shard_of[i - 1]]
+    assert sorted(runs) == list(range(shards))  # each shard once, whole
+    assert not np.array_equal(seq, order.two_level_order(n, shards, seed=1, epoch=1))
+
+
+def test_crop_flip_is_exact_integer_work_with_parameters_from_the_sample_not_the_worker():
+    x, _ = _images(8)
+    p = order.crop_flip_params(5, 1, np.arange(8))
+    assert p[:, :2].max() <= 2 * order.PAD and set(p[:, 2]) <= {0, 1}
+    # the same sample's parameters whichever batch (or worker) it is in
+    assert np.array_equal(order.crop_flip_params(5, 1, np.array([6]))[0], p[6])
+    out = order.crop_flip(x, p)
+    assert out.dtype == np.uint8 and out.shape == x.shape
+    # a sample drawn with offset (PAD, PAD) and no flip is unchanged
+    centre = order.crop_flip(x[:1], np.array([[order.PAD, order.PAD, 0]], np.uint8))
+    assert np.array_equal(centre, x[:1])
+    flipped = order.crop_flip(x[:1], np.array([[order.PAD, order.PAD, 1]], np.uint8))
+    assert np.array_equal(flipped, x[:1, :, :, ::-1])
+    # one changed byte changes the digest
+    y = np.zeros(8, np.int32)
+    x2 = x.copy()
+    x2[3, 1, 2, 3] ^= 1
+    assert order.digest(x, y) != order.digest(x2, y)
+
+
+# --- formats and bad data ----------------------------------------------------------------------
+
+
+@pytest.mark.parametrize("fmt", formats.FORMATS)
+def test_each_format_reads_back_what_was_written_by_index(tmp_path, fmt):
+    x, y = _images(101)
+    tokens = np.random.default_rng(1).integers(0, 30000, (101, 16)).astype(np.int32)
+    for name, xs in (("img", x), ("tok", tokens)):
+        ss = formats.write(tmp_path / f"{name}.{fmt}-4", fmt, xs, y, 4)
+        reader = formats.Reader(ss)
+        idx = np.array([0, 3, 25, 26, 50, 100])
+        got_x, got_y = reader.read(idx)
+        assert np.array_equal(got_x, xs[idx]) and np.array_equal(got_y, y[idx])
+    # raw images are CIFAR-10's binary layout: one label byte, then 3,072 pixel bytes
+    if fmt == "raw":
+        first = (tmp_path / "img.raw-4" / ss.files[0]).read_bytes()[:3073]
+        assert first[0] == y[0] and first[1:] == x[0].tobytes()
+
+
+def _one_line(exc: BaseException) -> str:
+    text = str(exc)
+    assert "\n" not in text
+    return text
+
+
+def test_bad_shards_are_one_line_naming_the_file_and_record(tmp_path):
+    x, y = _images(40)
+    raw = formats.write(tmp_path / "d.raw-2", "raw", x, y, 2)
+    with open(raw.path(1), "r+b") as f:  # truncated inside record 5 of shard 1
+        f.truncate(5 * raw.record_bytes + 100)
+    with pytest.raises(formats.DataError) as e:
+        formats.Reader(raw).read(np.array([30]))
+    assert raw.path(1) in _one_line(e.value) and "record 5" in str(e.value)
+
+    tfr = formats.write(tmp_path / "d.tfrecord-2", "tfrecord", x, y, 2)
+    offsets = np.load(tfr.path(0) + ".idx.npy")
+    data = bytearray(Path(tfr.path(0)).read_bytes())
+    data[int(offsets[3]) + 40] ^= 0xFF  # a flipped bit inside record 3
+    Path(tfr.path(0)).write_bytes(bytes(data))
+    with pytest.raises(formats.DataError) as e:
+        formats.Reader(tfr).read(np.array([3]))
+    assert f"{tfr.path(0)}: record 3" in _one_line(e.value) and "CRC" in str(e.value)
+
+    npz = formats.write(tmp_path / "d.npz-2", "npz", x, y, 2)
+    os.remove(npz.path(0))
+    with pytest.raises(formats.DataError) as e:
+        formats.Reader(npz).read(np.array([1]))
+    assert npz.path(0) in _one_line(e.value)
+
+
+# --- each framework's loader --------------------------------------------------------------------
+
+
+@pytest.mark.parametrize("kind", ["torch", "tfdata", "grain"])
+def test_every_loader_delivers_the_reference_batches_in_every_format(tmp_path, kind):
+    x, y = _images(300)
+    for fmt in formats.FORMATS:
+        ss = formats.write(tmp_path / f"k.{fmt}-5", fmt, x, y, 5)
+        src = loaders.Source(ss.folder, 32, seed=3, order="two_level", shards=5, augment="crop_flip")
+        loader = loaders.make(kind, src, loaders.LoaderSpec(kind=kind, workers=0), "jax")
+        got = [order.digest(a, b) for a, b in loader.epoch(1)]
+        loader.close()
+        assert got == _reference(x, y, src, 1), fmt
+
+
+@pytest.mark.parametrize("kind", ["torch", "tfdata", "grain"])
+def test_worker_counts_and_a_restart_mid_epoch_change_no_batch(tmp_path, kind):
+    x, y = _images(300)
+    ss = formats.write(tmp_path / "k.raw-5", "raw", x, y, 5)
+    src = loaders.Source(ss.folder, 32, seed=3, order="global", shards=5, augment="crop_flip")
+    want = _reference(x, y, src, 2)
+    loader = loaders.make(kind, src, loaders.LoaderSpec(kind=kind, workers=2), "pytorch")
+    try:
+        assert [order.digest(a, b) for a, b in loader.epoch(2)] == want
+        assert [order.digest(a, b) for a, b in loader.epoch(2, start=5)] == want[5:]
+    finally:
+        loader.close()
+
+
+# --- config -------------------------------------------------------------------------------------
+
+
+def _suite(**over):
+    base = {"name": "t", "frameworks": ["pytorch"], "models": ["mlp"], "batch_sizes": [32]}
+    return parse_suite({**base, **over})
+
+
+def test_formats_and_loader_workers_are_axes_and_memory_cells_keep_their_ids():
+    plain = expand(_suite())
+    grid = expand(_suite(dataset={"format": ["memory", "raw", "tfrecord"], "shards": 4}, loader={"workers": [0, 2]}))
+    assert len(grid) == 1 + 2 * 2  # a memory cell has no loader, so it comes once
+    assert grid[0].cell_id == plain[0].cell_id  # the default format stays out of the spec
+    assert [c.label.split("bs32 ")[-1] for c in grid[1:3]] == ["raw/torch w0", "raw/torch w2"]
+    only_raw = expand(
+        _suite(dataset={"format": ["memory", "raw"]}, loader={"workers": [0, 2]}, excludes=[{"loader_workers": 2}])
+    )
+    assert len(only_raw) == 2
+    with pytest.raises(ConfigError, match=r"dataset\.format\[0\]"):
+        _suite(dataset={"format": ["parquet"]})
+    with pytest.raises(ConfigError, match="loader.workers"):
+        _suite(loader={"workers": [-1]})
+
+
+# --- end to end ---------------------------------------------------------------------------------
+
+
+def _run(tmp_path: Path, **overrides) -> Path:
+    from mlbench.orchestrator import run_suite
+
+    suite = parse_suite(
+        suite_dict(
+            **{
+                "frameworks": ["pytorch", "tensorflow", "jax"],
+                "batch_sizes": [64],
+                "epochs": 2,
+                "inference": {"warmup": 1, "runs": 3, "min_runs": 2, "max_s": 1},
+                **overrides,
+            }
+        )
+    )
+    run_suite(suite, runs_root=tmp_path)
+    return tmp_path / suite.name
+
+
+@pytest.mark.e2e
+def test_file_fed_cells_store_the_data_path_and_train_on_the_memory_cells_batches(tmp_path):
+    dataset = {
+        "train_samples": 1024,
+        "val_samples": 128,
+        "format": ["memory", "raw"],
+        "shards": 4,
+        "order": "two_level",
+    }
+    run = _run(tmp_path, name="dp", dataset=dataset, loader={"workers": [0]})
+    rows = pq.read_table(run / "results.parquet").to_pylist()
+    assert [r["status"] for r in rows] == ["ok"] * 6
+    digests = {tuple(r["batch_digests"]) for r in rows}
+    assert len(digests) == 1 and len(next(iter(digests))) == order.DIGEST_BATCHES
+    assert all(r["digests_agree"] for r in rows)
+    for r in rows:
+        assert 0 < r["accelerator_utilisation"] <= 1 and r["data_wait_p50_s"] >= 0
+        if r["data_format"] == "raw":
+            assert r["loader"] == {"pytorch": "torch", "tensorflow": "tfdata", "jax": "grain"}[r["framework"]]
+            assert r["loader_samples_per_second"] > 0 and r["time_to_first_batch_s"] > 0
+            assert r["data_tax"] is not None and r["data_tax_low"] <= r["data_tax"] <= r["data_tax_high"]
+        else:
+            assert r["loader"] == "memory" and r["data_tax"] is None
+    # the same batches, the same model: the file-fed twin trains to the memory cell's accuracy
+    by = {(r["framework"], r["data_format"]): r for r in rows}
+    for fw in ("pytorch", "tensorflow", "jax"):
+        assert abs(by[fw, "raw"]["final_val_accuracy"] - by[fw, "memory"]["final_val_accuracy"]) < 0.02
+    assert "data_format" in (run / "results.csv").read_text().splitlines()[0]
+
+
+@pytest.mark.e2e
+def test_verify_data_names_the_first_batch_a_planted_loader_shuffles_differently(tmp_path):
+    from mlbench import executors
+    from mlbench.tasks import verify_data
+
+    suite = parse_suite(
+        suite_dict(
+            frameworks=["pytorch", "shuffled"],
+            batch_sizes=[64],
+            dataset={"train_samples": 640, "val_samples": 64, "format": ["raw"], "shards": 2},
+            workers={"shuffled": "tests.planted_loader_worker"},
+        )
+    )
+    checks = verify_data.run(suite, tmp_path / "vd", executors.Settings.of(suite))
+    got = {(c.framework, c.start): c for c in checks}
+    assert got["pytorch", 0].status == "ok" and got["pytorch", 5].status == "ok"
+    assert got["shuffled", 0].status == "mismatch" and got["shuffled", 0].first_difference == 2
+    assert "batch 2 of epoch 1" in got["shuffled", 0].problem
+    assert json.loads((tmp_path / "vd" / "verify-data.json").read_text())[0]["status"] == "ok"
+
+
+@pytest.mark.e2e
+def test_a_killed_loader_worker_crashes_the_cell_and_a_truncated_shard_fails_it_in_one_line(tmp_path, monkeypatch):
+    import psutil
+
+    from mlbench.tasks.prepare import prepare
+
+    monkeypatch.setenv("MLBENCH_PLANTED", "kill")
+    dataset = {"train_samples": 512, "val_samples": 64, "format": ["npz"], "shards": 2}
+    run = _run(
+        tmp_path,
+        name="kill",
+        frameworks=["killer"],
+        dataset=dataset,
+        loader={"workers": [1]},
+        workers={"killer": "tests.planted_loader_worker"},
+    )
+    (row,) = pq.read_table(run / "results.parquet").to_pylist()
+    # the planted worker SIGKILLs its DataLoader worker process at the epoch's third batch
+    assert row["status"] == "crashed" and "a torch DataLoader worker died" in row["reason"], row["reason"]
+    mine = psutil.Process().children(recursive=True)
+    assert not [p for p in mine if "planted_loader_worker" in " ".join(p.cmdline())]
+
+    bad = parse_suite(suite_dict(name="bad", dataset={**dataset, "format": ["raw"]}, loader={"workers": [0]}))
+    made = prepare(expand(bad), tmp_path / "bad" / "data")
+    shard = next(p.folder for p in made if p.folder.name.endswith(".raw-2")) / "train-00001-of-00002.bin"
+    shard.write_bytes(shard.read_bytes()[:5000])  # record 1 of shard 1 cut short
+    from mlbench.orchestrator import run_suite
+
+    run_suite(bad, runs_root=tmp_path)
+    (row,) = pq.read_table(tmp_path / "bad" / "results.parquet").to_pylist()
+    assert row["status"] == "failed" and "\n" not in row["reason"]
+    assert str(shard) in row["reason"] and "record 1 is the first incomplete" in row["reason"]
