@@ -174,7 +174,7 @@ def test_formats_and_loader_workers_are_axes_and_memory_cells_keep_their_ids():
     assert len(only_raw) == 2
     with pytest.raises(ConfigError, match=r"dataset\.format\[0\]"):
         _suite(dataset={"format": ["parquet"]})
-    with pytest.raises(ConfigError, match="loader.workers"):
+    with pytest.raises(ConfigError, match=r"loader\.workers"):
         _suite(loader={"workers": [-1]})
 
 
