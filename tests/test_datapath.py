@@ -146,7 +146,8 @@ def test_worker_counts_and_a_restart_mid_epoch_change_no_batch(tmp_path, kind):
     ss = formats.write(tmp_path / "k.raw-5", "raw", x, y, 5)
     src = loaders.Source(ss.folder, 32, seed=3, order="global", shards=5, augment="crop_flip")
     want = _reference(x, y, src, 2)
-    loader = loaders.make(kind, src, loaders.LoaderSpec(kind=kind, workers=2), "pytorch")
+    # started as in a JAX or TensorFlow worker (forkserver): this test process may hold JAX's threads
+    loader = loaders.make(kind, src, loaders.LoaderSpec(kind=kind, workers=2), "jax")
     try:
         assert [order.digest(a, b) for a, b in loader.epoch(2)] == want
         assert [order.digest(a, b) for a, b in loader.epoch(2, start=5)] == want[5:]
@@ -282,3 +283,23 @@ def test_a_killed_loader_worker_crashes_the_cell_and_a_truncated_shard_fails_it_
     (row,) = pq.read_table(tmp_path / "bad" / "results.parquet").to_pylist()
     assert row["status"] == "failed" and "\n" not in row["reason"]
     assert str(shard) in row["reason"] and "record 1 is the first incomplete" in row["reason"]
+
+
+@pytest.mark.e2e
+@pytest.mark.serial  # times a loader against the step: alone on the machine
+def test_a_loader_burning_cpu_is_input_bound_and_the_advice_is_what_the_worker_sweep_measured(tmp_path):
+    from mlbench.analysis.bottleneck import TF_DATA_READY_S
+
+    # ~25 ms of CPU per batch of 64 in the loader (order.burn), against a ~5 ms MLP step
+    dataset = {"train_samples": 1024, "val_samples": 64, "format": ["raw"], "shards": 2}
+    run = _run(tmp_path, name="burn", frameworks=["pytorch"], dataset=dataset, loader={"workers": [0, 1], "burn": 100})
+    rows = {r["loader_workers"]: r for r in pq.read_table(run / "results.parquet").to_pylist()}
+    w0, w1 = rows[0], rows[1]
+    assert w0["status"] == w1["status"] == "ok"
+    assert w0["bottleneck"] == "input" and w0["data_wait_share"] >= 0.25
+    assert w0["data_wait_p50_s"] > TF_DATA_READY_S and "above tf.data's 50 us" in w0["bottleneck_evidence"]
+    # the advice quotes the sweep's own measurement of one worker, whatever it was on this machine
+    assert f"1 loader worker: {w1['samples_per_second']:.0f} samples/s" in w0["bottleneck_evidence"]
+    assert any(word in w0["bottleneck_evidence"] for word in ("faster", "slower", "no clear change"))
+    results_md = (run / "RESULTS.md").read_text()
+    assert "1 loader worker" in results_md

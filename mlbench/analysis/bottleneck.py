@@ -68,7 +68,8 @@ THRESHOLDS: dict[str, Threshold] = {
 
 # what a verdict means for the reader's next step
 ADVICE = {
-    "input": "the step waits for its data: more loader threads, pinned memory or device prefetch would help; "
+    "input": "the step waits for its data: in a file-fed cell, what the run's own sweep over loader workers and "
+    "formats measured is said per cell; otherwise more loader workers, prefetch or another format would help, "
     "a faster framework would not",
     "host": "the device waits on the host: a larger batch, a compiler (torch.compile, XLA) or fewer Python-side "
     "operations per step would help more than a faster device",
@@ -98,13 +99,75 @@ def _pct(part: float, whole: float) -> str:
 
 CPU_BLIND = (
     "on a CPU the verdicts cannot see dispatch overhead (it sits inside the forward and backward laps; the "
-    "overhead rule reads batch scaling instead) nor a real input pipeline (the feed is in memory)"
+    "overhead rule reads batch scaling instead); a memory cell's feed is in host memory, so only file-fed "
+    "cells (dataset.format) show a real input pipeline's waits"
 )
+
+TF_DATA_READY_S = 50e-6  # tf.data's guide: input is not the bottleneck when the next batch is ready within 50 us
+
+
+def waited(r: Row) -> tuple[str, str] | None:
+    """The input verdict from a file-fed cell's real waits: the steady steps waited for their batch at
+    least `input_share` of their time (AU at most 1 - that)."""
+    share = r.get("data_wait_share")
+    if r.get("data_format") in (None, "memory") or share is None:
+        return None
+    if share < THRESHOLDS["input_share"].value:
+        return None
+    p50, p99 = r.get("data_wait_p50_s") or 0.0, r.get("data_wait_p99_s") or 0.0
+    ready = "above" if p50 > TF_DATA_READY_S else "within"
+    return "input", (
+        f"the steps waited for their batch {100 * share:.0f}% of their time (AU {100 * (1 - share):.0f}%; "
+        f"wait p50 {1000 * p50:.2f} ms, p99 {1000 * p99:.2f} ms, the median {ready} tf.data's 50 us)"
+    )
+
+
+def sweep(r: Row, rows: list[Row]) -> str:
+    """What the run's sweep measured for an input-bound file-fed cell: each sibling with another loader
+    worker count, or another format, at the same framework, model, device, precision, batch, loader
+    kind and data order, its throughput against this cell's, told as every comparison is told (beyond
+    the noise, or not)."""
+    from mlbench.analysis import evidence
+
+    same = ("framework", "model_name", "device", "precision", "batch_size", "hostname", "data_order", "data_augment")
+    said = []
+    for x in rows:
+        if x is r or x.get("status") != "ok" or not all(x.get(k) == r.get(k) for k in same):
+            continue
+        if x.get("data_format") == "memory" or not (x.get("samples_per_second") and r.get("samples_per_second")):
+            continue
+        if x["data_format"] == r["data_format"] and x.get("loader") == r.get("loader"):
+            if x.get("loader_workers") == r.get("loader_workers"):
+                continue
+            knob = f"{x['loader_workers']} loader worker{'s' if x['loader_workers'] != 1 else ''}"
+        elif x.get("loader_workers") == r.get("loader_workers") and x.get("loader") == r.get("loader"):
+            knob = f"the {x['data_format']} format"
+        else:
+            continue
+        a, b = x["samples_per_second"], r["samples_per_second"]
+        told = evidence.tell(
+            max(a, b), min(a, b),
+            tuple((y.get("samples_per_second_ci_low"), y.get("samples_per_second_ci_high")) for y in ((x, r) if a >= b else (r, x))),
+            (x.get("ci_kind"), r.get("ci_kind")), "throughput", noises=(evidence.noise(x), evidence.noise(r)),
+        )  # fmt: skip
+        au = x.get("accelerator_utilisation")
+        au_text = f", AU {100 * au:.0f}%" if au is not None else ""
+        if not told.clear:
+            said.append(f"{knob}: {a:.0f} samples/s{au_text}, no clear change ({told.why})")
+        elif a > b:
+            said.append(f"{knob}: {a:.0f} samples/s{au_text}, {told.ratio:.2f}x faster")
+        else:
+            more = x.get("loader_workers") is not None and x["loader_workers"] > (r.get("loader_workers") or 0)
+            compete = " (more workers compete with the step for the cores)" if more else ""
+            said.append(f"{knob}: {a:.0f} samples/s{au_text}, {told.ratio:.2f}x slower{compete}")
+    return "; the sweep measured " + "; ".join(said) if said else ""
 
 
 def verdict(r: Row, scaling: tuple[int, float] | None = None) -> tuple[str | None, str | None]:
     """(bottleneck, evidence) of an ok row with a step breakdown; (None, None) where it has none.
     `scaling`: (a larger batch, its median step time) of the same framework, model, device and precision."""
+    if r.get("status") == "ok" and waited(r):  # a real loader's waits, not a planted one
+        return waited(r)
     step = r.get("step_profiled_s")
     if r.get("status") != "ok" or not step:
         return None, None
@@ -209,3 +272,5 @@ def annotate(rows: list[Row]) -> None:
         r["bottleneck"], r["bottleneck_evidence"] = verdict(r, scaling)
         if r["bottleneck"] == "compute":
             r["bottleneck_evidence"] += faster_elsewhere(r, rows)
+        if r["bottleneck"] == "input" and r.get("data_format") not in (None, "memory"):
+            r["bottleneck_evidence"] += sweep(r, rows)

@@ -39,6 +39,24 @@ class Content:
     tradeoffs: list[charts.Chart] = field(default_factory=list)
 
     @property
+    def data_path(self) -> list[Row]:
+        """The cells of a run that read files (and their memory twins), for the data-path section; [] where
+        every cell was fed from memory."""
+        if not any(r.get("data_format") not in (None, "memory") for r in self.rows):
+            return []
+        mine = [r for r in self.rows if r.get("data_format")]
+        return sorted(
+            mine,
+            key=lambda r: (
+                r["model_name"],
+                r["framework"],
+                r["data_format"] != "memory",
+                r["data_format"],
+                r.get("loader_workers") or 0,
+            ),
+        )
+
+    @property
     def recommendations(self) -> list[Recommendation]:
         """The headline criteria's verdicts (GPU utilisation is analysis only), in a stable order."""
         return [rec for _, _, c, rec in self.leaders if rec is not None and c in recommend.CRITERIA]
@@ -109,6 +127,61 @@ RULES = (
     f"samples spread (robust CV over {evidence.NOISE_CV:.0%}) needs that gap widened by twice its robust CV; a cell "
     "under other load is named and left out of the ranking."
 )
+
+
+DATA_PATH_NOTE = (
+    "Each file-fed cell against its memory twin (the same steps on batches gathered in host memory): the "
+    "loader alone (steady samples/s and MB/s after its first batch, and the time to that batch), how long "
+    "each steady step waited for its batch, AU (DLIO's accelerator utilisation: the steps' time not spent "
+    "waiting, against the suite's loader.au_threshold), the data tax (the throughput lost to the loader, "
+    "bounded by the two throughputs' intervals) and whether the cell's first batches are byte for byte "
+    "those of every other cell that reads the same batches. The page cache is warm: files just written or "
+    "read are in memory, so storage speed is not in these figures."
+)
+
+
+def data_path_cells(r: Row) -> dict[str, Any]:
+    """One row of the data-path table as words and figures, for both writers."""
+    au, ok = r.get("accelerator_utilisation"), r.get("au_pass")
+    tax = r.get("data_tax")
+    if tax is not None:
+        bounds = (
+            f" [{100 * r['data_tax_low']:.0f}%, {100 * r['data_tax_high']:.0f}%]"
+            if r.get("data_tax_low") is not None and r.get("data_tax_high") is not None
+            else ""
+        )
+        tax_text = f"{100 * tax:.0f}%{bounds}"
+    else:
+        tax_text = "baseline" if r.get("data_format") == "memory" else (r.get("data_tax_reason") or "")
+    agree = r.get("digests_agree")
+    return {
+        "loader": "memory"
+        if r.get("data_format") == "memory"
+        else f"{r['data_format']}/{r.get('loader')} w{r.get('loader_workers')}",
+        "samples_per_second": r.get("samples_per_second"),
+        "loader_samples_per_second": r.get("loader_samples_per_second"),
+        "loader_mb_per_second": r.get("loader_mb_per_second"),
+        "time_to_first_batch_s": r.get("time_to_first_batch_s"),
+        "wait_p50_ms": 1000 * r["data_wait_p50_s"] if r.get("data_wait_p50_s") is not None else None,
+        "wait_p99_ms": 1000 * r["data_wait_p99_s"] if r.get("data_wait_p99_s") is not None else None,
+        "au": "" if au is None else f"{100 * au:.0f}% " + ("pass" if ok else "fail"),
+        "tax": tax_text,
+        "same_batches": "" if agree is None else ("yes" if agree else f"no: {r.get('digest_mismatch')}"),
+    }
+
+
+DATA_PATH_HEAD = [
+    ("loader", "data path"),
+    ("samples_per_second", "train samples/s"),
+    ("loader_samples_per_second", "loader alone samples/s"),
+    ("loader_mb_per_second", "loader MB/s"),
+    ("time_to_first_batch_s", "first batch s"),
+    ("wait_p50_ms", "wait p50 ms"),
+    ("wait_p99_ms", "wait p99 ms"),
+    ("au", "AU"),
+    ("tax", "data tax"),
+    ("same_batches", "same batches"),
+]
 
 
 def badge(rec: Recommendation) -> str:

@@ -11,7 +11,7 @@ from plotly.offline import get_plotlyjs
 
 from mlbench.analysis import bottleneck, parity, recommend, scaling
 from mlbench.present import charts
-from mlbench.present.content import RULES, STATUS_ORDER, Content
+from mlbench.present.content import DATA_PATH_HEAD, DATA_PATH_NOTE, RULES, STATUS_ORDER, Content, data_path_cells
 from mlbench.present.content import badge as content_badge
 from mlbench.results.labels import band_text, label, num
 from mlbench.results.store import atomic_write
@@ -193,6 +193,26 @@ def scaling_section(found: list[scaling.Verdict]) -> str:
     )
 
 
+def data_path_section(rows: list[dict[str, Any]]) -> str:
+    """The data path: each file-fed cell against its memory twin (mlbench/analysis/datapath.py)."""
+    if not rows:
+        return ""
+    head = "<th>cell</th>" + "".join(f"<th>{_esc(title)}</th>" for _, title in DATA_PATH_HEAD)
+    body = []
+    for r in rows:
+        cells = data_path_cells(r)
+        name = f"{r['framework']} {r['model_name']} {r['device']} {r['precision']} bs{r['batch_size']}"
+        tds = "".join(
+            f"<td>{_fmt(cells[key]) if cells[key] is None or isinstance(cells[key], (int, float)) else _esc(cells[key])}</td>"
+            for key, _ in DATA_PATH_HEAD
+        )
+        body.append(f"<tr class='st-{_esc(r['status'])}'><td>{_esc(name)}</td>{tds}</tr>")
+    return (
+        f"<h3 id='data-path'>Data path</h3><p class='sub'>{_esc(DATA_PATH_NOTE)}</p>"
+        f"<table><thead><tr>{head}</tr></thead><tbody>{''.join(body)}</tbody></table>"
+    )
+
+
 def bottleneck_section(found: dict[str, list[dict[str, Any]]]) -> str:
     """What holds each cell back (mlbench/analysis/bottleneck.py), and what would help, grouped by verdict."""
     if not found:
@@ -270,6 +290,7 @@ def build_html(content: Content) -> str:
 {headline(content.recommendations)}
 {scaling_section(content.scaling)}
 {bottleneck_section(content.bottlenecks)}
+{data_path_section(content.data_path)}
 <h2 id="tradeoffs">Trade-offs</h2>
 <p class="sub">Diamonds: the configurations no other beats on both axes (the Pareto front).</p>{_charts(content.tradeoffs)}
 <h2 id="charts">Charts</h2>{_charts(content.figures)}

@@ -21,7 +21,7 @@ import mlbench
 from mlbench.analysis import bottleneck, parity, recommend
 from mlbench.analysis.recommend import Effect, Recommendation, Row
 from mlbench.present import charts, images
-from mlbench.present.content import RULES, STATUS_ORDER, Content, badge
+from mlbench.present.content import DATA_PATH_HEAD, DATA_PATH_NOTE, RULES, STATUS_ORDER, Content, badge, data_path_cells
 from mlbench.results import labels
 from mlbench.results.labels import NA, band_text, label
 from mlbench.results.store import atomic_write
@@ -425,6 +425,24 @@ def models_section(rows: list[Row], suite: dict[str, Any]) -> str:
     return "\n".join(out)
 
 
+def data_path_section(rows: list[Row]) -> str:
+    if not rows:
+        return ""
+    head = ["cell"] + [title for _, title in DATA_PATH_HEAD]
+    body = []
+    for r in rows:
+        cells = data_path_cells(r)
+        name = f"{r['framework']} {r['model_name']} {r['device']} {r['precision']} bs{r['batch_size']}"
+        body.append(
+            [text(name)]
+            + [
+                num(cells[k]) if cells[k] is None or isinstance(cells[k], (int, float)) else text(cells[k])
+                for k, _ in DATA_PATH_HEAD
+            ]
+        )
+    return "## Data path\n\n" + DATA_PATH_NOTE + "\n\n" + table(head, body)
+
+
 def unfinished_section(rows: list[Row]) -> str:
     bad = sorted((r for r in rows if r["status"] != "ok"), key=lambda r: STATUS_ORDER.get(r["status"], 9))
     if not bad:
@@ -485,6 +503,7 @@ def markdown(content: Content, images: dict[str, str], made: dict[str, str]) -> 
         recommendations_section(content.recommendations),
         analysis_section(content),
         models_section(rows, suite),
+        data_path_section(content.data_path),
         unfinished_section(rows),
         maxbatch_section(content.searches),
         charts_section(content.every_chart, images),

@@ -12,7 +12,9 @@ NA = "—"  # a figure nothing measured: never 0
 
 
 def label(r: Row) -> str:
-    """A stored cell in words: framework, model, device, precision and batch."""
+    """A stored cell in words: framework, model, device, precision and batch (and a file-fed cell's data path)."""
+    fmt = r.get("data_format")
+    data = f"{fmt}/{r.get('loader')} w{r.get('loader_workers')}" if fmt not in (None, "memory") else None
     return describe(
         r["framework"],
         r["model_name"],
@@ -21,6 +23,7 @@ def label(r: Row) -> str:
         r["batch_size"],
         bool(r.get("deterministic")),
         r.get("seed"),
+        data,
     )
 
 

@@ -327,7 +327,7 @@ def make_feed(backend: Backend, ds: datasets.Dataset, cell: dict[str, Any]) -> A
     """The cell's training batches: in memory (`dataset.format` memory, the default) or through a loader
     from files (workers/common/datapath/feed.py); both in the order and augmentation the cell's
     dataset asks for, and both digest their first batches."""
-    data = cell["dataset"]
+    data = cell.get("dataset") or {}
     if data.get("format", "memory") == "memory":
         return datasets.BatchFeed(
             ds,
@@ -345,7 +345,7 @@ def make_feed(backend: Backend, ds: datasets.Dataset, cell: dict[str, Any]) -> A
 def data_path(feed: Any, cell: dict[str, Any], em: Emitter) -> None:
     """The data path's figures beside the steps' (a `data` event): the format and loader, the first
     batches' digests and, for a file-fed cell, the loader alone over one epoch (before training)."""
-    data = cell["dataset"]
+    data = cell.get("dataset") or {}
     figures: dict[str, Any] = {
         "format": data.get("format", "memory"),
         "order": data.get("order", "global"),
