@@ -44,7 +44,9 @@ def data_label(framework: str, dataset: dict[str, Any] | None, loader: dict[str,
     if not loader:
         return None
     kind = loaders.LoaderSpec.from_dict(loader).resolved_kind(framework)
-    return f"{(dataset or {}).get('format')}/{kind} w{loader['workers']}"
+    emulated = loader.get("emulate_compute_s")
+    sleep = "" if emulated is None else f" emulated {emulated}" + ("" if emulated == "measured" else " s")
+    return f"{(dataset or {}).get('format')}/{kind} w{loader['workers']}{sleep}"
 
 
 @dataclass(frozen=True, eq=False)
@@ -108,6 +110,7 @@ def make_cell(
     fmt: str | None = None,
     loader_kind: str | None = None,
     loader_workers: int | None = None,
+    emulate: float | str | None = None,
 ) -> Cell:
     """One cell of a suite (at its first training seed, `deterministic` value, data format and loader
     unless told)."""
@@ -121,6 +124,7 @@ def make_cell(
         loader = suite.loader.cell_dict(
             suite.loader.kind[0] if loader_kind is None else loader_kind,
             suite.loader.workers[0] if loader_workers is None else loader_workers,
+            emulate,
         )
     data_seed = dataset.pop("seed")
     if data_seed is None:
@@ -216,7 +220,8 @@ def data_axes(suite: Suite) -> list[dict[str, Any]]:
             continue
         for kind in suite.loader.kind:
             for workers in suite.loader.workers:
-                out.append({"fmt": fmt, "loader_kind": kind, "loader_workers": workers})
+                for emulate in suite.loader.emulate_compute_s:
+                    out.append({"fmt": fmt, "loader_kind": kind, "loader_workers": workers, "emulate": emulate})
     return out
 
 

@@ -517,6 +517,34 @@ def data_prepare(config: str | None, config_opt: str | None, name: str | None, r
     click.echo(f"{len(made)} folders in {data_dir}")
 
 
+@main.command(name="import-dlio")
+@click.argument("workload", type=click.Path(exists=True, dir_okay=False))
+@click.option("--output", "-o", type=click.Path(dir_okay=False), help="Write the suite here (default: print it).")
+@click.option(
+    "--model", help="The mlbench model the real-compute cells train (default: the workload's, where mlbench has it)."
+)
+@click.option("--name", help="The suite's name (default: dlio-<workload file name>).")
+def import_dlio(workload: str, output: str | None, model: str | None, name: str | None) -> None:
+    """A DLIO workload file (dataset, reader, train, metric) as an mlbench suite: real and emulated compute
+    cells over the workload's format, files and loader; what has no counterpart is named."""
+    import yaml
+
+    from mlbench.tasks import dlio
+
+    try:
+        suite, notes = dlio.import_workload(Path(workload), model=model, name=name)
+    except ConfigError as exc:
+        _fail(str(exc))
+    for note in notes:
+        click.echo(f"note: {note}", err=True)
+    text = f"# imported from {workload} by mlbench import-dlio\n" + yaml.safe_dump(suite, sort_keys=False)
+    if output:
+        Path(output).write_text(text, encoding="utf-8")
+        click.echo(f"{output}: {len(expand(parse_suite(suite)))} cells")
+    else:
+        click.echo(text, nl=False)
+
+
 def _verify_data(config: str | None, runs_dir: str, name: str, models: list[str], frameworks: list[str]) -> None:
     from rich.console import Console
 

@@ -28,7 +28,7 @@ PRECISIONS = precision.PRECISIONS
 MODULE_RE = re.compile(r"^[A-Za-z_][A-Za-z0-9_]*(\.[A-Za-z_][A-Za-z0-9_]*)*$")
 DATA_PARALLEL_CHECK_DEVICE = "cpu:0,1"  # where `mlbench verify` trains data parallel against one device
 CELL_AXES = ("framework", "model", "device", "precision", "batch_size")
-EXCLUDE_KEYS = (*CELL_AXES, "format", "loader", "loader_workers")  # the data path's axes too
+EXCLUDE_KEYS = (*CELL_AXES, "format", "loader", "loader_workers", "emulate_compute_s")  # the data path's axes too
 
 
 class ConfigError(Exception):
@@ -114,11 +114,15 @@ class LoaderConfig(Strict):
     # makes a cell input-bound on purpose, to see what more workers buy
     burn: int = Field(0, ge=0)
     au_threshold: float = Field(0.90, gt=0, le=1)  # accelerator utilisation a cell must reach (DLIO's 0.90)
+    # DLIO's emulated compute, an axis: each training step of a file-fed cell replaced by a sleep of this
+    # many seconds (the model is not trained), or `measured`: its memory twin's median step time, so a
+    # storage team gets AU with real loaders; null: the real step
+    emulate_compute_s: list[PositiveFloat | Literal["measured"] | None] = Field([None], min_length=1)
 
-    @field_validator("kind", "workers", mode="before")
+    @field_validator("kind", "workers", "emulate_compute_s", mode="before")
     @classmethod
     def _axis(cls, v: Any) -> Any:
-        return [v] if isinstance(v, (str, int)) and not isinstance(v, bool) else v
+        return [v] if v is None or (isinstance(v, (str, int, float)) and not isinstance(v, bool)) else v
 
     @field_validator("workers")
     @classmethod
@@ -129,10 +133,16 @@ class LoaderConfig(Strict):
             raise ValueError("workers: listed more than once")
         return v
 
-    def cell_dict(self, kind: str, workers: int) -> dict[str, Any]:
-        """One cell's loader: the knobs that change what it measures (au_threshold is a verdict's)."""
-        out = self.model_dump(exclude={"kind", "workers", "au_threshold"})
-        return {"kind": kind, "workers": workers, **out}
+    def cell_dict(self, kind: str, workers: int, emulate: float | str | None = None) -> dict[str, Any]:
+        """One cell's loader: the knobs that change what it measures (au_threshold is a verdict's);
+        emulate_compute_s only where set."""
+        out = self.model_dump(exclude={"kind", "workers", "au_threshold", "emulate_compute_s"})
+        return {
+            "kind": kind,
+            "workers": workers,
+            **out,
+            **({"emulate_compute_s": emulate} if emulate is not None else {}),
+        }
 
 
 class InferenceConfig(Strict):
@@ -308,6 +318,17 @@ class Suite(Strict):
                         f"batch_sizes: {bs} does not divide over the {n} devices of {device} "
                         "(batch_size is the global batch, split evenly over the devices)"
                     )
+        emulated = [e for e in self.loader.emulate_compute_s if e is not None]
+        if emulated and self.dataset.format == ["memory"]:
+            raise ValueError(
+                "loader.emulate_compute_s: emulated compute replaces a file-fed cell's step; "
+                "dataset.format lists only memory"
+            )
+        if "measured" in emulated and "memory" not in self.dataset.format:
+            raise ValueError(
+                "loader.emulate_compute_s: measured is the memory twin's step time; add memory "
+                "to dataset.format (its cells run first and give it)"
+            )
         for i, ex in enumerate(self.excludes):
             if not ex:
                 raise ValueError(f"excludes[{i}] is empty: it would exclude every cell")

@@ -303,3 +303,69 @@ def test_a_loader_burning_cpu_is_input_bound_and_the_advice_is_what_the_worker_s
     assert any(word in w0["bottleneck_evidence"] for word in ("faster", "slower", "no clear change"))
     results_md = (run / "RESULTS.md").read_text()
     assert "1 loader worker" in results_md
+
+
+# --- DLIO workloads -----------------------------------------------------------------------------
+
+RESNET50_SMALL = """
+# the shape of DLIO's configs/workload/resnet50_h100.yaml, scaled down
+model: {name: resnet50, type: cnn}
+framework: pytorch
+workflow: {generate_data: false, train: true}
+dataset: {num_files_train: 4, num_samples_per_file: 32, record_length_bytes: 114660, data_folder: data/resnet50,
+          format: tfrecord}
+train: {computation_time: 0.02, epochs: 1}
+reader: {data_loader: pytorch, read_threads: 1, computation_threads: 8, batch_size: 32, file_shuffle: seed,
+         sample_shuffle: seed}
+metric: {au: 0.90}
+"""
+
+UNET3D_SMALL = """
+# the shape of DLIO's configs/workload/unet3d_h100.yaml, scaled down
+model: {name: unet3d, type: cnn}
+framework: pytorch
+dataset: {format: npz, num_files_train: 16, num_samples_per_file: 1, record_length_bytes: 146600628,
+          record_length_bytes_stdev: 68341808}
+reader: {data_loader: pytorch, batch_size: 4, read_threads: 2, file_shuffle: seed, sample_shuffle: seed}
+train: {epochs: 5, computation_time: 0.323}
+checkpoint: {checkpoint_folder: checkpoints/unet3d}
+"""
+
+
+def test_a_dlio_workload_without_an_mlbench_model_imports_as_emulated_compute_and_names_what_did_not_map(tmp_path):
+    from mlbench.tasks import dlio
+
+    path = tmp_path / "unet3d_small.yaml"
+    path.write_text(UNET3D_SMALL)
+    suite, notes = dlio.import_workload(path)
+    assert suite["loader"]["emulate_compute_s"] == [0.323]  # emulated only: no real step to run
+    assert suite["dataset"]["format"] == ["npz"] and suite["dataset"]["shards"] == 16
+    assert suite["dataset"]["train_samples"] == 16 and suite["loader"]["workers"] == [2]
+    said = "\n".join(notes)
+    assert "model unet3d: mlbench builds no counterpart; the cells run with emulated compute only" in said
+    assert "checkpoint: no counterpart" in said and "record_length_bytes_stdev: no counterpart" in said
+    assert len(expand(parse_suite(suite))) == 1
+
+
+@pytest.mark.e2e
+def test_a_dlio_workload_imports_and_runs_with_real_and_emulated_compute(tmp_path):
+    from mlbench.orchestrator import run_suite
+    from mlbench.tasks import dlio
+
+    path = tmp_path / "resnet50_small.yaml"
+    path.write_text(RESNET50_SMALL)
+    suite, notes = dlio.import_workload(path, model="resnet18")
+    assert any("record_length_bytes 114660" in n for n in notes)
+    small = {"threads": 1, "warmup_steps": 1, "inference": {"warmup": 1, "runs": 2, "min_runs": 1, "max_s": 1}}
+    run_suite(parse_suite({**suite, **small}), runs_root=tmp_path)
+    rows = pq.read_table(tmp_path / suite["name"] / "results.parquet").to_pylist()
+    by = {(r["data_format"], r["emulated_compute_s"]): r for r in rows}
+    assert sorted(by, key=str) == sorted([("memory", None), ("tfrecord", None), ("tfrecord", 0.02)], key=str)
+    assert all(r["status"] == "ok" for r in rows)
+    emulated, real = by["tfrecord", 0.02], by["tfrecord", None]
+    # the emulated step is the sleep, and nothing was trained
+    assert emulated["step_time_median_s"] >= 0.02 and emulated["final_val_accuracy"] is None
+    assert 0 < emulated["accelerator_utilisation"] <= 1 and emulated["au_pass"] is not None
+    assert emulated["data_tax"] is None and "emulated compute" in emulated["data_tax_reason"]
+    assert real["final_val_accuracy"] is not None and real["data_tax"] is not None
+    assert emulated["batch_digests"] == real["batch_digests"] == by["memory", None]["batch_digests"]

@@ -13,6 +13,8 @@ from __future__ import annotations
 from dataclasses import dataclass
 from typing import Any
 
+from mlbench.results.rows import INPUT_READY_S
+
 Row = dict[str, Any]
 MIB = 2**20
 
@@ -103,7 +105,9 @@ CPU_BLIND = (
     "cells (dataset.format) show a real input pipeline's waits"
 )
 
-TF_DATA_READY_S = 50e-6  # tf.data's guide: input is not the bottleneck when the next batch is ready within 50 us
+TF_DATA_READY_S = (
+    INPUT_READY_S  # tf.data's guide: input is not the bottleneck when the next batch is ready within 50 us
+)
 
 
 def waited(r: Row) -> tuple[str, str] | None:

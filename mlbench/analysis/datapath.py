@@ -93,7 +93,9 @@ def annotate(rows: list[Row], au_threshold: float) -> None:
         if r.get("data_format") in (None, "memory"):
             continue
         b = twin(r, rows)
-        if r["status"] != "ok" or not r.get("samples_per_second"):
+        if r.get("emulated_compute_s") is not None:
+            r["data_tax_reason"] = "emulated compute: its steps sleep, so AU, not throughput, is its figure"
+        elif r["status"] != "ok" or not r.get("samples_per_second"):
             r["data_tax_reason"] = f"this cell is {r['status']}: no throughput"
         elif b is None:
             r["data_tax_reason"] = (

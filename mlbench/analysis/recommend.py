@@ -102,7 +102,12 @@ def first_seed(rows: Iterable[Row]) -> list[Row]:
     for r in rows:  # the first seed that finished ok, so a failed seed 0 does not hide the configuration
         if r.get("status") == "ok":
             first[key(r)] = min(first.get(key(r), r.get("seed") or 0), r.get("seed") or 0)
-    return [r for r in rows if (r.get("seed") or 0) == first.get(key(r), r.get("seed") or 0)]
+    # an emulated-compute cell (DLIO's sleep for a step) trained nothing: no performance verdict reads it
+    return [
+        r
+        for r in rows
+        if (r.get("seed") or 0) == first.get(key(r), r.get("seed") or 0) and r.get("emulated_compute_s") is None
+    ]
 
 
 def wilson_interval(p: float, n: int, confidence: float = 0.95) -> tuple[float, float]:

@@ -9,6 +9,7 @@ an executor stops every unit in flight, kills their workers, and raises runner.I
 
 from __future__ import annotations
 
+import dataclasses
 import importlib.util
 import queue
 import socket
@@ -24,6 +25,7 @@ from mlbench.cells import Cell, Unit
 from mlbench.config import BUILTIN_WORKERS, Suite
 from mlbench.process import gpus as host_gpus
 from mlbench.process import runner
+from mlbench.results import store
 from mlbench.runfolder import RunFolder
 from workers.common import data as datasets
 from workers.common import specs
@@ -149,8 +151,11 @@ def run_here(
         missing = None
     except host_gpus.NotHere as exc:
         missing, gpus = str(exc), []
-    if missing is not None or worker_missing(module):
-        why = missing or f"worker module {module} is not installed"
+    emulate, why_not = emulated_step(unit, run_dir)
+    if emulate is not None:
+        extra = {**(extra or {}), "emulate_s": emulate}
+    if missing is not None or worker_missing(module) or why_not:
+        why = missing or why_not or f"worker module {module} is not installed"
         outcome = skip_outcome(why + _on_host(executor))
         env = runner.worker_env(unit.cell, settings.threads, RunFolder(run_dir).cache, gpus)
         outcome.env_flags = runner.recorded_flags(env)
@@ -173,6 +178,31 @@ def run_here(
         )
     outcome.executor = executor
     return outcome
+
+
+def emulated_step(unit: Unit, run_dir: Path) -> tuple[float | None, str | None]:
+    """The sleep that replaces a file-fed cell's step (loader.emulate_compute_s), and why there is none
+    where `measured` has nothing to read: its memory twin's median step time, from the twin's stored
+    cell in this run folder (the twin comes first in the grid; a run that has not stored it yet skips
+    this cell, and --resume runs it once the twin is there)."""
+    emulate = (unit.cell.spec.loader or {}).get("emulate_compute_s")
+    if emulate is None:
+        return None, None
+    if emulate != "measured":
+        return float(emulate), None
+    spec = unit.cell.spec
+    dataset = {k: v for k, v in (spec.dataset or {}).items() if k != "format"}
+    if dataset.get("order", "global") == "global":
+        dataset.pop("shards", None)
+    twin = Cell(dataclasses.replace(spec, dataset=dataset, loader=None))
+    rows = store.read_cells(run_dir, [twin.cell_id]).to_pylist()
+    step = rows[0].get("step_time_median_s") if rows and rows[0]["status"] == "ok" else None
+    if not step:
+        return None, (
+            f"loader.emulate_compute_s measured: its memory twin {twin.cell_id} ({twin.label}) has no stored "
+            "ok step time in this run yet; run it first (it comes first in the grid), then --resume"
+        )
+    return float(step), None
 
 
 def profile_request(settings: Settings, folder: RunFolder, unit: Unit) -> dict[str, Any]:

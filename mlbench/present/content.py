@@ -154,10 +154,13 @@ def data_path_cells(r: Row) -> dict[str, Any]:
     else:
         tax_text = "baseline" if r.get("data_format") == "memory" else (r.get("data_tax_reason") or "")
     agree = r.get("digests_agree")
+    path = "memory"
+    if r.get("data_format") != "memory":
+        path = f"{r['data_format']}/{r.get('loader')} w{r.get('loader_workers')}"
+    if r.get("emulated_compute_s") is not None:
+        path += f", emulated step {1000 * r['emulated_compute_s']:.3g} ms"
     return {
-        "loader": "memory"
-        if r.get("data_format") == "memory"
-        else f"{r['data_format']}/{r.get('loader')} w{r.get('loader_workers')}",
+        "loader": path,
         "samples_per_second": r.get("samples_per_second"),
         "loader_samples_per_second": r.get("loader_samples_per_second"),
         "loader_mb_per_second": r.get("loader_mb_per_second"),

@@ -15,6 +15,8 @@ def label(r: Row) -> str:
     """A stored cell in words: framework, model, device, precision and batch (and a file-fed cell's data path)."""
     fmt = r.get("data_format")
     data = f"{fmt}/{r.get('loader')} w{r.get('loader_workers')}" if fmt not in (None, "memory") else None
+    if data and r.get("emulated_compute_s") is not None:
+        data += f" emulated {r['emulated_compute_s'] * 1000:.3g} ms"
     return describe(
         r["framework"],
         r["model_name"],

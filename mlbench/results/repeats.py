@@ -27,8 +27,19 @@ MAX_OF = (
     "memory_activations_mb",
 )
 # a step's time by part: the mean over the runs, so the parts still add up to the profiled step
-MEAN_OF = (*(f"step_{part}_s" for part in ("data", "forward", "backward", "optimizer", "other")), "step_profiled_s")
+MEAN_OF = (
+    *(f"step_{part}_s" for part in ("data", "forward", "backward", "optimizer", "other")),
+    "step_profiled_s",
+    # the data path's shares: the mean over the runs, so AU and the wait share still add up to 1
+    "data_wait_share",
+    "accelerator_utilisation",
+)
 MEDIAN_OF = (
+    "loader_samples_per_second",
+    "loader_mb_per_second",
+    "time_to_first_batch_s",
+    "data_wait_p50_s",
+    "data_wait_p99_s",
     "avg_memory_mb",
     "host_rss_avg_mb",
     "cpu_util_avg_pct",
@@ -108,6 +119,8 @@ def combine_one(runs: list[dict[str, Any]]) -> dict[str, Any]:
     for key in MEAN_OF:
         present = [r[key] for r in ok if r[key] is not None]
         row[key] = statistics.fmean(present) if present else None
+    if row.get("data_wait_p50_s") is not None:
+        row["input_ready"] = row["data_wait_p50_s"] <= rows.INPUT_READY_S
     return row
 
 

@@ -202,6 +202,12 @@ COLUMNS: list[tuple[str, pa.DataType, str]] = [
     ),
     ("au_pass", B, "accelerator_utilisation >= the suite's loader.au_threshold (DLIO: 0.90) (rebuilt)"),
     ("input_ready", B, "the median data wait is at most 50 us: tf.data's test for 'input is not the bottleneck'"),
+    (
+        "emulated_compute_s",
+        F,
+        "DLIO's emulated compute: the sleep that replaced each training step (loader.emulate_compute_s; "
+        "nothing trained, no model figure); null: the real step",
+    ),
     ("page_cache", S, "the page cache's state for the files read: warm (mlbench never drops it)"),
     (
         "data_tax",

@@ -49,6 +49,8 @@ def _cells(suite: Suite, model: str, start: int) -> list[Cell]:
     dataset_seed = suite.dataset.seed if suite.dataset.seed is not None else suite.seeds[0]
     for fw in suite.frameworks:
         for axes in data_axes(suite):
+            if axes.get("emulate") is not None:  # the same loader as its real-compute cell
+                continue
             dataset = suite.dataset.cell_dict(axes["fmt"])
             dataset.pop("seed")
             if dataset_seed != suite.seed:

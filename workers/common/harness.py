@@ -675,8 +675,67 @@ def build_model(backend: Backend, spec: ModelSpec, ds: datasets.Dataset, cell: d
     return n_params
 
 
+class EmulatedStep:
+    """DLIO's emulated compute: a training step that sleeps (loader.emulate_compute_s) instead of
+    training, so the loader is measured against a step of a given length. Nothing is trained."""
+
+    async_steps = False
+
+    def __init__(self, seconds: float) -> None:
+        self.seconds = seconds
+
+    def launch_step(self, x: np.ndarray, y: np.ndarray) -> tuple[float, int]:
+        time.sleep(self.seconds)
+        return 0.0, 0
+
+    def step_result(self, handle: tuple[float, int]) -> tuple[float, int]:
+        return handle
+
+
+def run_emulated(backend: Backend, cell: dict[str, Any], em: Emitter, seconds: float) -> None:
+    """A file-fed cell with emulated compute: the loader probed, then the cell's epochs of batches, each
+    step a sleep; the steps, their waits and the data path are reported, no model figure (none exists)."""
+    _, ds = _dataset(backend, cell)
+    bs, warmup = cell["batch_size"], cell["warmup_steps"]
+    feed = make_feed(backend, ds, cell)
+    feed.probe_figures = feed.probe()
+    log, step, epochs = StepLog(warmup, em), EmulatedStep(seconds), []
+    total = len(feed) * cell["epochs"]
+    for epoch in range(cell["epochs"]):
+        t0 = time.perf_counter()
+        figures = train_epoch(step, feed.epoch(cell["seed"], epoch), log, bs, lambda n: None)  # type: ignore[arg-type]
+        train_s = time.perf_counter() - t0
+        log.window(False)
+        record = {
+            "epoch": epoch,
+            **dict.fromkeys(("train_loss", "train_accuracy", "val_loss", "val_accuracy")),  # nothing trained
+            "samples": figures["samples"],
+            "train_s": train_s,
+            "data_wait_s": figures["data_wait_s"],
+        }
+        em.emit("epoch", **record, samples_per_second=figures["samples"] / train_s)
+        em.emit("progress", step=log.count, total_steps=total, epoch=epoch + 1)
+        epochs.append(record)
+    em.emit("steps", phase="train", **log.figures(), batch_size=bs)
+    data_path(feed, cell, em)
+    feed.close()
+    em.emit("memory", host_peak_rss_bytes=host_peak_rss_bytes())
+    em.emit(
+        "result",
+        emulated_compute_s=seconds,
+        total_train_s=sum(e["train_s"] for e in epochs),
+        samples_per_second=steady_throughput(log.warmup_s, log.step_s, bs)["samples_per_second"],
+        num_devices=Device.parse(cell["device"]).count,
+        per_device_batch_size=bs // Device.parse(cell["device"]).count,
+    )
+
+
 def run_train(backend: Backend, cell: dict[str, Any], em: Emitter) -> None:
     """A benchmark cell: build, train with evaluation, the step-time breakdown, inference latency, memory."""
+    emulate = (cell.get("loader") or {}).get("emulate_compute_s")
+    if emulate is not None:  # `measured` arrives resolved, from the memory twin's stored step (executors/base.py)
+        run_emulated(backend, cell, em, float(cell["emulate_s"] if emulate == "measured" else emulate))
+        return
     spec, ds = _dataset(backend, cell)
     spec = with_total_steps(spec, cell["epochs"] * (len(ds.y_train) // cell["batch_size"]))
     rss_before_build = current_rss_bytes()  # the framework, its runtime and the data, no model yet
