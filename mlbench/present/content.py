@@ -134,8 +134,9 @@ DATA_PATH_NOTE = (
     "loader alone (steady samples/s and MB/s after its first batch, and the time to that batch), how long "
     "each steady step waited for its batch, AU (DLIO's accelerator utilisation: the steps' time not spent "
     "waiting, against the suite's loader.au_threshold), the data tax (the throughput lost to the loader, "
-    "bounded by the two throughputs' intervals) and whether the cell's first batches are byte for byte "
-    "those of every other cell that reads the same batches. The page cache is warm: files just written or "
+    "bounded by the two throughputs' intervals), the CPU of the worker's child processes (the loader's "
+    "workers), the worker tree's peak PSS (pages shared with the loader's processes counted once), what it read, "
+    "and whether the cell's first batches are byte for byte those of every other cell that reads the same batches. The page cache is warm: files just written or "
     "read are in memory, so storage speed is not in these figures."
 )
 
@@ -170,6 +171,9 @@ def data_path_cells(r: Row) -> dict[str, Any]:
         "au": "" if au is None else f"{100 * au:.0f}% " + ("pass" if ok else "fail"),
         "tax": tax_text,
         "same_batches": "" if agree is None else ("yes" if agree else f"no: {r.get('digest_mismatch')}"),
+        "child_cpu": r.get("child_cpu_avg_pct"),
+        "pss": r.get("tree_pss_peak_mb"),
+        "read": r.get("read_chars_mb"),
     }
 
 
@@ -183,6 +187,9 @@ DATA_PATH_HEAD = [
     ("wait_p99_ms", "wait p99 ms"),
     ("au", "AU"),
     ("tax", "data tax"),
+    ("child_cpu", "loader processes CPU %"),
+    ("pss", "tree PSS MiB"),
+    ("read", "read MiB"),
     ("same_batches", "same batches"),
 ]
 

@@ -8,6 +8,7 @@ from __future__ import annotations
 
 import math
 import os
+import shutil
 import signal
 import threading
 import time
@@ -169,6 +170,17 @@ class _GpuSampler:
         }
 
 
+PSS_INTERVAL_S = 1.0  # between two readings of the tree's PSS
+
+
+def _shm_used() -> int | None:
+    """Bytes in use on /dev/shm (machine-wide: a loader's shared-memory batches show as its growth)."""
+    try:
+        return shutil.disk_usage("/dev/shm").used
+    except OSError:
+        return None
+
+
 def oom_kill_count(cgroup: Path) -> int | None:
     """How many processes the kernel's OOM killer has killed in a memory cgroup (None: unreadable)."""
     for name in ("memory.events", "memory.oom_control"):  # v2, v1
@@ -225,6 +237,14 @@ class Monitor:
         self.rss: list[int] = []
         self.cpu: list[float] = []
         self._procs: dict[int, psutil.Process] = {}
+        # the worker's child processes (a data loader's workers, a data-parallel cell's ranks): their
+        # CPU apart, and what every process of the tree read (cumulative counters, the last seen per pid)
+        self.child_cpu: list[float] = []
+        self._io: dict[int, tuple[int, int]] = {}
+        self.pss: list[int] = []  # the tree's proportional set size: shared pages split, not counted twice
+        self._pss_at = 0.0
+        self._shm0 = _shm_used()
+        self.shm_peak: int | None = None
         self._stop = threading.Event()
         self._thread = threading.Thread(target=self._loop, name=f"monitor-{pid}", daemon=True)
         self.gpu = None
@@ -277,12 +297,29 @@ class Monitor:
         return list(alive.values())
 
     def sample(self) -> None:
-        rss, cpu = 0, 0.0
+        rss, cpu, child_cpu = 0, 0.0, 0.0
+        now = time.monotonic()
+        # PSS reads /proc/<pid>/smaps_rollup (a few ms for a framework's process): once a second
+        pss_due = now - self._pss_at >= PSS_INTERVAL_S
+        pss: int | None = 0 if pss_due else None
         for p in self._tree():
             try:
                 with p.oneshot():
                     rss += p.memory_info().rss
-                    cpu += p.cpu_percent(None)
+                    c = p.cpu_percent(None)
+                    cpu += c
+                    if p.pid != self.pid:
+                        child_cpu += c
+                    try:
+                        io = p.io_counters()
+                        self._io[p.pid] = (io.read_chars, io.read_bytes)
+                    except (psutil.AccessDenied, AttributeError, NotImplementedError):
+                        pass
+                if pss is not None:
+                    try:
+                        pss += p.memory_full_info().pss
+                    except (psutil.AccessDenied, AttributeError):
+                        pss = None
             except psutil.Error:  # gone since the last walk of the tree
                 self._procs.pop(p.pid, None)
                 continue
@@ -291,6 +328,14 @@ class Monitor:
         if rss:
             self.rss.append(rss)
             self.cpu.append(cpu)
+            self.child_cpu.append(child_cpu)
+        if pss_due:
+            self._pss_at = now
+            if pss:
+                self.pss.append(pss)
+        shm = _shm_used()
+        if shm is not None and self._shm0 is not None:
+            self.shm_peak = max(self.shm_peak or 0, shm - self._shm0)
         if self.rss_limit_bytes is not None and rss > self.rss_limit_bytes and self.over_limit_rss is None:
             self.over_limit_rss = rss
             self._kill_tree()
@@ -372,6 +417,12 @@ class Monitor:
             # the first cpu_percent() of a process reads 0 by definition: leave it out
             "cpu_util_avg_pct": (sum(self.cpu[1:]) / (n - 1)) if n > 1 else None,
             "cpu_util_peak_pct": max(self.cpu[1:]) if n > 1 else None,
+            # the data path's cost beside the step's: the loader's worker processes (any child of the worker)
+            "child_cpu_avg_pct": (sum(self.child_cpu[1:]) / (n - 1)) if n > 1 else None,
+            "tree_pss_peak_bytes": max(self.pss) if self.pss else None,
+            "dev_shm_peak_bytes": self.shm_peak,
+            "read_chars_bytes": sum(c for c, _ in self._io.values()) if self._io else None,
+            "read_disk_bytes": sum(b for _, b in self._io.values()) if self._io else None,
         }
         host_busy = _host_busy_pct(*self._host0)
         if host_busy is not None and out["cpu_util_avg_pct"] is not None:

@@ -364,6 +364,7 @@ def _memory(cell: Cell, ev: list[dict[str, Any]], mon: dict[str, Any]) -> dict[s
 # the outside monitor's figures, stored as it gives them, and those it gives in bytes stored in MiB
 MONITOR_FIGURES = (
     "cpu_util_avg_pct",
+    "child_cpu_avg_pct",
     "cpu_other_pct",
     "cpu_other_train_pct",
     "cpu_orchestrator_train_pct",
@@ -375,6 +376,10 @@ MONITOR_BYTES = (
     *(k.removesuffix("_bytes") for k in GPU_FIGURES if k.endswith("_bytes")),
     "gpu_memory_before",
     "gpu_memory_after",
+    "tree_pss_peak",
+    "dev_shm_peak",
+    "read_chars",
+    "read_disk",
 )
 
 

@@ -356,6 +356,24 @@ COLUMNS: list[tuple[str, pa.DataType, str]] = [
     ),
     ("cpu_util_avg_pct", F, "average CPU use of the process tree (100 = one core busy)"),
     (
+        "child_cpu_avg_pct",
+        F,
+        "average CPU use of the worker's child processes alone (a data loader's workers, other ranks; 100 = one core)",
+    ),
+    (
+        "tree_pss_peak_mb",
+        F,
+        "peak proportional set size of the process tree, read once a second: pages shared between a worker and "
+        "its loader processes counted once, split between them (MiB)",
+    ),
+    ("dev_shm_peak_mb", F, "peak growth of /dev/shm over the cell (machine-wide; a loader's shared batches) (MiB)"),
+    (
+        "read_chars_mb",
+        F,
+        "bytes the process tree read (rchar: page cache included; the last count seen of each process) (MiB)",
+    ),
+    ("read_disk_mb", F, "of those, bytes that reached the storage device (read_bytes; 0 from a warm page cache) (MiB)"),
+    (
         "cpu_other_train_pct",
         F,
         "CPU other processes used during the timed training steps alone (% of one core; the orchestrator's own "
