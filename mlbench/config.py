@@ -43,7 +43,9 @@ DATA_FORMATS = ("memory", *formats.FORMATS)
 
 
 class DatasetConfig(Strict):
-    name: Literal["synthetic", "cifar10"] = "synthetic"  # cifar10 reads a local folder, never downloads
+    # cifar10: `path` (a local folder), else the official archive downloaded into a cache and checked
+    # against its published md5 (workers/common/data.py: fetch_cifar10)
+    name: Literal["synthetic", "cifar10"] = "synthetic"
     path: str | None = None  # folder with the CIFAR-10 python batches
     train_samples: PositiveInt = 1024
     val_samples: PositiveInt = 256
@@ -68,12 +70,16 @@ class DatasetConfig(Strict):
     def _one_format(cls, v: Any) -> Any:
         return [v] if isinstance(v, str) else v
 
+    @field_validator("format")
+    @classmethod
+    def _unique_formats(cls, v: list[str]) -> list[str]:
+        dupes = sorted({f for f in v if v.count(f) > 1})
+        if dupes:
+            raise ValueError(f"listed more than once: {', '.join(dupes)}")
+        return v
+
     @model_validator(mode="after")
     def _cifar_needs_path(self) -> DatasetConfig:
-        if self.name == "cifar10" and not self.path:
-            raise ValueError("dataset cifar10 needs `path`: a local folder holding cifar-10-batches-py")
-        if len(set(self.format)) != len(self.format):
-            raise ValueError(f"format: listed more than once: {', '.join(self.format)}")
         if self.shards > self.train_samples:
             raise ValueError(
                 f"shards: {self.shards} files for {self.train_samples} training samples; give at most that many"

@@ -22,13 +22,14 @@ import pyarrow.parquet as pq
 from mlbench import executors
 from mlbench.analysis import bottleneck, datapath, parity, scaling
 from mlbench.cells import Cell, Unit, expand, units
-from mlbench.config import DATA_PARALLEL_CHECK_DEVICE, Suite, parse_suite
+from mlbench.config import DATA_PARALLEL_CHECK_DEVICE, ConfigError, Suite, parse_suite
 from mlbench.present import content, report, results_md
 from mlbench.process import environment, runner
 from mlbench.progress import RunProgress
 from mlbench.results import repeats, rows, schema, store
 from mlbench.runfolder import RunFolder
 from mlbench.tasks import calibration, maxbatch, verify
+from workers.common import data as datasets
 from workers.common.devices import Device
 
 
@@ -142,6 +143,11 @@ def prepare(suite: Suite, run_dir: Path, env: dict[str, Any]) -> None:
     store.atomic_write(folder.suite, lambda p: p.write_text(suite.model_dump_json(indent=1)))
     store.atomic_write(folder.environment, lambda p: p.write_text(json.dumps(env, indent=1, default=str)))
     _reap_stale(run_dir)
+    if suite.dataset.name == "cifar10" and not suite.dataset.path:
+        try:  # once, here, rather than in every cell: a failure is one line that says what to do
+            datasets.fetch_cifar10()
+        except datasets.DownloadError as exc:
+            raise ConfigError(f"dataset cifar10: {exc}") from None
     for torn in store.cells_dir(run_dir).glob(".*.tmp"):  # a kill mid-write; never read as a cell
         torn.unlink(missing_ok=True)
 

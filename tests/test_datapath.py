@@ -369,3 +369,82 @@ def test_a_dlio_workload_imports_and_runs_with_real_and_emulated_compute(tmp_pat
     assert emulated["data_tax"] is None and "emulated compute" in emulated["data_tax_reason"]
     assert real["final_val_accuracy"] is not None and real["data_tax"] is not None
     assert emulated["batch_digests"] == real["batch_digests"] == by["memory", None]["batch_digests"]
+
+
+# --- CIFAR-10 downloaded -------------------------------------------------------------------------
+
+
+@pytest.fixture
+def cifar_server(tmp_path):
+    """A small archive of CIFAR-10's python layout served over HTTP on loopback; yields (url, md5)."""
+    import hashlib
+    import http.server
+    import io
+    import pickle
+    import tarfile
+    import threading
+
+    rng = np.random.default_rng(0)
+    archive = io.BytesIO()
+    with tarfile.open(fileobj=archive, mode="w:gz") as tar:
+        for name in [*(f"data_batch_{i}" for i in range(1, 6)), "test_batch"]:
+            batch = {
+                b"data": rng.integers(0, 256, (20, 3072), dtype=np.uint8),
+                b"labels": list(rng.integers(0, 10, 20)),
+            }
+            blob = pickle.dumps(batch)
+            info = tarfile.TarInfo(f"cifar-10-batches-py/{name}")
+            info.size = len(blob)
+            tar.addfile(info, io.BytesIO(blob))
+    (tmp_path / "www").mkdir()
+    (tmp_path / "www" / "cifar-10-python.tar.gz").write_bytes(archive.getvalue())
+
+    class Quiet(http.server.SimpleHTTPRequestHandler):
+        def __init__(self, *a, **k):
+            super().__init__(*a, directory=str(tmp_path / "www"), **k)
+
+        def log_message(self, *a):
+            pass
+
+    server = http.server.ThreadingHTTPServer(("127.0.0.1", 0), Quiet)  # loopback only
+    thread = threading.Thread(target=server.serve_forever, daemon=True)
+    thread.start()
+    url = f"http://127.0.0.1:{server.server_address[1]}/cifar-10-python.tar.gz"
+    try:
+        yield url, hashlib.md5(archive.getvalue()).hexdigest()
+    finally:
+        server.shutdown()
+        server.server_close()
+
+
+def test_cifar10_downloads_once_into_the_cache_checked_against_its_md5(tmp_path, monkeypatch, cifar_server):
+    from workers.common import data as datasets
+
+    url, md5 = cifar_server
+    monkeypatch.setenv("MLBENCH_DATA_CACHE", str(tmp_path / "cache"))
+    monkeypatch.setenv("MLBENCH_CIFAR10_URL", url)
+    monkeypatch.setenv("MLBENCH_CIFAR10_MD5", "0" * 32)
+    with pytest.raises(datasets.DownloadError) as e:  # another file than the published one
+        datasets.fetch_cifar10()
+    assert "not the published 0000" in _one_line(e.value) and "deleted" in str(e.value)
+    assert not list((tmp_path / "cache").glob("*.tar.gz")) and not list((tmp_path / "cache").glob(".*tar.gz"))
+
+    monkeypatch.setenv("MLBENCH_CIFAR10_MD5", md5)
+    folder = datasets.fetch_cifar10()
+    arrays = datasets.read_cifar10(str(folder), 64, 16)
+    assert arrays["x_train"].shape == (64, 3, 32, 32) and arrays["y_val"].shape == (16,)
+    monkeypatch.setenv("MLBENCH_CIFAR10_URL", "http://127.0.0.1:9/none.tar.gz")  # the cache serves it now
+    assert datasets.fetch_cifar10() == folder
+
+
+def test_cifar10_offline_is_one_line_saying_what_to_download_and_where(tmp_path, monkeypatch):
+    from mlbench.orchestrator import run_suite
+
+    monkeypatch.setenv("MLBENCH_DATA_CACHE", str(tmp_path / "cache"))
+    monkeypatch.setenv("MLBENCH_CIFAR10_URL", "http://127.0.0.1:9/cifar-10-python.tar.gz")  # nothing listens
+    suite = parse_suite(suite_dict(models=["resnet18"], dataset={"name": "cifar10", "train_samples": 64}))
+    with pytest.raises(ConfigError) as e:
+        run_suite(suite, runs_root=tmp_path)
+    said = _one_line(e.value)
+    assert "cannot download CIFAR-10 from http://127.0.0.1:9/" in said
+    assert "yourself" in said and "dataset.path" in said and str(tmp_path / "cache") in said

@@ -261,7 +261,7 @@ def make_synthetic(family: str, inp: InputSpec, train: int, val: int, seed: int)
     return {"x_train": x_train, "y_train": y_train, "x_val": x_val, "y_val": y_val}
 
 
-# --- CIFAR-10 from a local folder ------------------------------------------------------------
+# --- CIFAR-10 from a local folder, or downloaded ------------------------------------------------------------
 
 
 class _CifarUnpickler(pickle.Unpickler):
@@ -281,6 +281,70 @@ def _read_cifar_batch(path: Path) -> tuple[np.ndarray, np.ndarray]:
         d = _CifarUnpickler(f, encoding="bytes").load()
     x = np.asarray(d[b"data"], np.uint8).reshape(-1, 3, 32, 32)
     return x, np.asarray(d[b"labels"], np.int32)
+
+
+# The official archive (https://www.cs.toronto.edu/~kriz/cifar.html) and the md5 published beside it.
+# MLBENCH_CIFAR10_URL and MLBENCH_CIFAR10_MD5 name a mirror (and its file's checksum) instead.
+CIFAR10_URL = "https://www.cs.toronto.edu/~kriz/cifar-10-python.tar.gz"
+CIFAR10_MD5 = "c58f30108f718f92721af3b95e74349a"
+DOWNLOAD_TIMEOUT_S = 60.0
+
+
+class DownloadError(Exception):
+    """A dataset could not be fetched or failed its checksum: the message says what to do instead."""
+
+
+def cache_dir() -> Path:
+    """Where downloaded datasets are kept: $MLBENCH_DATA_CACHE, else ~/.cache/mlbench/datasets."""
+    return Path(os.environ.get("MLBENCH_DATA_CACHE") or Path.home() / ".cache" / "mlbench" / "datasets")
+
+
+def fetch_cifar10() -> Path:
+    """The CIFAR-10 python batches, downloaded into the cache on first use and checked against the
+    published md5 (a mismatch deletes the file and says so); the folder holding cifar-10-batches-py."""
+    url = os.environ.get("MLBENCH_CIFAR10_URL", CIFAR10_URL)
+    md5 = os.environ.get("MLBENCH_CIFAR10_MD5", CIFAR10_MD5)
+    root = cache_dir() / f"cifar10-{md5[:8]}"
+    if (root / "cifar-10-batches-py" / "test_batch").is_file():
+        return root
+    root.parent.mkdir(parents=True, exist_ok=True)
+    archive = root.parent / f".cifar10-{md5[:8]}.{os.getpid()}.tar.gz"
+    by_hand = (
+        f"download {url} yourself, unpack it and give its folder as dataset.path "
+        f"(or put cifar-10-batches-py under {root})"
+    )
+    import tarfile
+    import urllib.error
+    import urllib.request
+
+    digest = hashlib.md5(usedforsecurity=False)
+    try:
+        with urllib.request.urlopen(url, timeout=DOWNLOAD_TIMEOUT_S) as resp, open(archive, "wb") as out:
+            while chunk := resp.read(1 << 20):
+                digest.update(chunk)
+                out.write(chunk)
+    except (urllib.error.URLError, OSError, ValueError) as exc:
+        archive.unlink(missing_ok=True)
+        reason = getattr(exc, "reason", exc)
+        raise DownloadError(f"cannot download CIFAR-10 from {url} ({reason}); {by_hand}") from None
+    if digest.hexdigest() != md5:
+        archive.unlink(missing_ok=True)
+        raise DownloadError(
+            f"CIFAR-10 from {url} has md5 {digest.hexdigest()}, not the published {md5}: the file was "
+            f"damaged or replaced and is deleted; try again, or {by_hand}"
+        )
+    tmp = Path(tempfile.mkdtemp(prefix=".cifar10.", dir=root.parent))
+    try:
+        with tarfile.open(archive) as tar:
+            tar.extractall(tmp, filter="data")  # no path outside tmp, no links out, no devices
+        os.rename(tmp, root)
+    except OSError:
+        shutil.rmtree(tmp, ignore_errors=True)
+        if not (root / "cifar-10-batches-py" / "test_batch").is_file():
+            raise
+    finally:
+        archive.unlink(missing_ok=True)
+    return root
 
 
 def read_cifar10(path: str, train: int | None, val: int | None) -> dict[str, np.ndarray]:
@@ -330,10 +394,9 @@ def materialise(dataset: dict[str, Any], family: str, inp: InputSpec, seed: int,
     if not (folder / "y_val.npy").is_file():
         if dataset["name"] == "synthetic":
             arrays = make_synthetic(family, inp, dataset["train_samples"], dataset["val_samples"], seed)
-        elif dataset["name"] == "cifar10":
-            if not dataset.get("path"):
-                raise DataUnavailable("dataset cifar10 needs `path`: a local folder with the python batches")
-            arrays = read_cifar10(dataset["path"], dataset.get("train_samples"), dataset.get("val_samples"))
+        elif dataset["name"] == "cifar10":  # a local folder, else the download (cached)
+            where = dataset.get("path") or str(fetch_cifar10())
+            arrays = read_cifar10(where, dataset.get("train_samples"), dataset.get("val_samples"))
         else:
             raise DataUnavailable(f"unknown dataset {dataset['name']!r}")
         folder.parent.mkdir(parents=True, exist_ok=True)
