@@ -339,7 +339,10 @@ def make_feed(backend: Backend, ds: datasets.Dataset, cell: dict[str, Any]) -> A
         )
     from workers.common.datapath.feed import FileFeed
 
-    return FileFeed(ds, cell["batch_size"], cell, backend.framework)
+    pinned = (cell.get("loader") or {}).get("pin_memory", True)
+    return FileFeed(
+        ds, cell["batch_size"], cell, backend.framework, getattr(backend, "host_buffer", None) if pinned else None
+    )
 
 
 def data_path(feed: Any, cell: dict[str, Any], em: Emitter) -> None:
@@ -435,7 +438,11 @@ def profile_steps(backend: Backend, feed: datasets.BatchFeed, cell: dict[str, An
         em.emit("profile", skipped=f"not profiled: {why}")
         return
     t0 = time.perf_counter()
-    batches = list(feed.epoch(cell["seed"], cell["epochs"]))  # an epoch past the trained ones
+    epoch = feed.epoch(cell["seed"], cell["epochs"])  # an epoch past the trained ones
+    if hasattr(feed, "loader"):  # a loader's batches live in a ring of buffers: copied out of it as they come
+        batches = [(datasets.aligned(x), datasets.aligned(y)) for x, y in epoch]
+    else:
+        batches = list(epoch)
     prepare_s = (time.perf_counter() - t0) / len(batches)
     ring = itertools.islice(itertools.cycle(batches), steps + 1 + TRACED_STEPS)
     figures = profile.breakdown(backend.step_parts, ring, prepare_s, steps)

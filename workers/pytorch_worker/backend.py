@@ -313,6 +313,13 @@ class Backend:
 
         return run
 
+    def host_buffer(self, shape: tuple[int, ...], dtype: Any) -> np.ndarray:
+        """A host array a batch is made in (a file-fed cell's last stage): page-locked on a CUDA device,
+        so the step's copy to the device is a DMA that overlaps (`non_blocking`), else plain."""
+        if self.device.type != "cuda":
+            return np.empty(shape, dtype)
+        return torch.empty(shape, dtype=getattr(torch, np.dtype(dtype).name), pin_memory=True).numpy()
+
     def memory(self) -> dict[str, Any]:
         if self.device.type != "cuda":
             return {

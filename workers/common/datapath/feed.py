@@ -44,7 +44,14 @@ def materialise(ds_folder: Path, data: dict[str, Any]) -> formats.ShardSet:
 class FileFeed:
     """Training batches through a framework's loader (see the module's docstring)."""
 
-    def __init__(self, ds: datasets.Dataset, batch_size: int, cell: dict[str, Any], framework: str) -> None:
+    def __init__(
+        self,
+        ds: datasets.Dataset,
+        batch_size: int,
+        cell: dict[str, Any],
+        framework: str,
+        host_buffer: Any = None,
+    ) -> None:
         data = cell["dataset"]
         self.ds, self.batch_size = ds, batch_size
         self.spec = loaders_.LoaderSpec.from_dict(cell.get("loader"))
@@ -65,6 +72,9 @@ class FileFeed:
         )
         self.loader = loaders_.make(self.kind, self.source, self.spec, framework)
         self.n = self.shardset.n // batch_size
+        self.host_buffer = host_buffer  # the backend's allocator of batch buffers, where it has one
+        self._rings: dict[str, list[np.ndarray]] = {}
+        self._turn: dict[str, int] = {}
         self.digests: list[str] = []
         self.probe_figures: dict[str, Any] = {}
         self.nbytes = 0  # no copy of the training set is held
@@ -72,16 +82,36 @@ class FileFeed:
     def __len__(self) -> int:
         return self.n
 
-    def _inputs(self, x: np.ndarray) -> np.ndarray:
-        if self.ds.family == "image" and self.ds.layout == "NHWC":
-            x = x.transpose(0, 2, 3, 1)
-        return datasets.aligned(self.ds.inputs(x)) if self.ds.family == "image" else datasets.aligned(x)
+    RING = 4  # batches made into buffers in turn: a buffer is reused only after the step that read it is done
+
+    def _buffer(self, key: str, shape: tuple[int, ...], dtype: Any) -> np.ndarray:
+        """The next buffer of `key`'s ring: the backend's (page-locked where it copies to a GPU), or
+        ALIGN-byte aligned host memory every framework takes without a copy."""
+        ring = self._rings.setdefault(key, [])
+        if len(ring) < self.RING:
+            make = self.host_buffer if self.host_buffer is not None else datasets.aligned_empty
+            ring.append(make(shape, dtype))
+        self._turn[key] = (self._turn.get(key, -1) + 1) % self.RING
+        return ring[self._turn[key]]
+
+    def _inputs(self, x: np.ndarray, y: np.ndarray) -> tuple[np.ndarray, np.ndarray]:
+        if self.ds.family == "image":
+            if self.ds.layout == "NHWC":
+                x = x.transpose(0, 2, 3, 1)
+            out = self._buffer("x", x.shape, np.float32)
+            self.ds.inputs(x, out=out)
+        else:
+            out = self._buffer("x", x.shape, x.dtype)
+            out[...] = x
+        labels = self._buffer("y", y.shape, y.dtype)
+        labels[...] = y
+        return out, labels
 
     def epoch(self, seed: int, epoch: int, start: int = 0) -> Iterator[tuple[np.ndarray, np.ndarray]]:
         for i, (x, y) in enumerate(self.loader.epoch(epoch, start), start):
             if epoch == 0 and i < self.digest_batches and len(self.digests) == i:
                 self.digests.append(orders.digest(x, y))
-            yield self._inputs(x), datasets.aligned(y)
+            yield self._inputs(x, y)
 
     def probe(self, epoch: int = 0) -> dict[str, Any]:
         """The loader alone over one epoch's batches: the time to its first batch (worker start-up, the
