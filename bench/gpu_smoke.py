@@ -120,6 +120,24 @@ def suites(frameworks: list[str], gpus: int = 1) -> dict[str, dict[str, Any]]:
             "dataset": {"name": "synthetic", "train_samples": 2048, "val_samples": 256},
             "calibrate": False,
         },
+        # batches from files through each framework's own loader, with page-locked buffers on the GPU,
+        # against the same cells fed from memory: the same bytes, AU and the data tax
+        "datapath": {
+            **base,
+            "name": "gpu-smoke-datapath",
+            "models": ["resnet18"],
+            "precisions": ["fp32"],
+            "batch_sizes": [128],
+            "dataset": {
+                "name": "synthetic",
+                "train_samples": 4096,
+                "val_samples": 256,
+                "format": ["memory", "raw"],
+                "shards": 8,
+            },
+            "loader": {"workers": [2], "pin_memory": True},
+            "calibrate": False,
+        },
         "oversized": {
             **base,
             "name": "gpu-smoke-oom",
@@ -159,6 +177,7 @@ def problems(
     oversized: list[dict[str, Any]],
     two: list[dict[str, Any]] | None = None,
     deterministic: list[dict[str, Any]] | None = None,
+    datapath: list[dict[str, Any]] | None = None,
 ) -> list[str]:
     """What is wrong with the smoke run's rows (empty: the GPU path holds)."""
     out = []
@@ -197,6 +216,16 @@ def problems(
             out.append(f"{cell}: no collective recorded")
         if r["num_devices"] == 2 and not (r.get("scaling_efficiency") and 0 < r["scaling_efficiency"] <= 1.1):
             out.append(f"{cell}: scaling efficiency {r.get('scaling_efficiency')}")
+    for r in datapath or []:
+        cell = f"{r['framework']} resnet18 {r.get('data_format')}"
+        if r["status"] != "ok":
+            out.append(f"{cell}: {r['status']} ({r['reason']})")
+        elif r.get("digests_agree") is not True:
+            out.append(f"{cell}: its batches differ from the others' ({r.get('digest_mismatch')})")
+        elif r.get("data_format") != "memory" and (
+            r.get("accelerator_utilisation") is None or r.get("data_tax") is None
+        ):
+            out.append(f"{cell}: AU {r.get('accelerator_utilisation')}, data tax {r.get('data_tax')}")
     for r in oversized:
         if r["status"] != "oom":
             out.append(f"{r['framework']} bert fp16 bs={OVERSIZED_BATCH}: {r['status']}, not oom ({r['reason']})")
@@ -220,7 +249,9 @@ def main() -> int:
         runs = {name: run(suite, Path(tmp)) for name, suite in suites(frameworks, gpus).items()}
     if gpus < 2:
         say(f"gpu-smoke: {gpus} GPU here: the two-GPU data-parallel cells are not run")
-    for r in runs.get("two", []) + runs["normal"] + runs.get("deterministic", []) + runs["oversized"]:
+    for r in (
+        runs.get("two", []) + runs["normal"] + runs.get("deterministic", []) + runs["datapath"] + runs["oversized"]
+    ):
         say(
             f"  {r['framework']:<10} {r['model_name']:<8} {r['device']:<8} {r['precision']:<4} bs={r['batch_size']:<6} "
             f"{r['status']:<7} {(r.get('samples_per_second') or 0):>9.0f} samples/s  MFU {r.get('mfu')}  "
@@ -231,7 +262,11 @@ def main() -> int:
                 f"  {'':<10} memory {r.get('memory_source')}: peak {r.get('peak_memory_mb')} MiB, allocator peak "
                 f"{r.get('device_peak_allocated_mb')} MiB, outside the allocator {r.get('gpu_memory_outside_allocator_mb')} MiB"
             )
-    found = problems(runs["normal"], runs["oversized"], runs.get("two"), runs.get("deterministic"))
+    found = problems(
+        runs["normal"], runs["oversized"], runs.get("two"), runs.get("deterministic"), runs.get("datapath")
+    )
+    if len(runs.get("datapath", [])) != 2 * len(frameworks):  # memory and raw, per framework
+        found.insert(0, f"{len(runs.get('datapath', []))} data-path cells stored, {2 * len(frameworks)} expected")
     expected = len(frameworks) * 4
     if len(runs["normal"]) != expected:
         found.insert(0, f"{len(runs['normal'])} normal cells stored, {expected} expected")
