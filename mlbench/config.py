@@ -35,6 +35,14 @@ class ConfigError(Exception):
     """A suite file that cannot be used; the message is one line and says what is allowed."""
 
 
+def unique(v: list[Any]) -> list[Any]:
+    """An axis's values, each once (a value listed twice would make two identical cells)."""
+    dupes = sorted({str(x) for x in v if v.count(x) > 1})
+    if dupes:
+        raise ValueError(f"listed more than once: {', '.join(dupes)}")
+    return v
+
+
 class Strict(BaseModel):
     model_config = ConfigDict(extra="forbid", frozen=True)
 
@@ -73,10 +81,7 @@ class DatasetConfig(Strict):
     @field_validator("format")
     @classmethod
     def _unique_formats(cls, v: list[str]) -> list[str]:
-        dupes = sorted({f for f in v if v.count(f) > 1})
-        if dupes:
-            raise ValueError(f"listed more than once: {', '.join(dupes)}")
-        return v
+        return unique(v)
 
     @model_validator(mode="after")
     def _cifar_needs_path(self) -> DatasetConfig:
@@ -134,10 +139,8 @@ class LoaderConfig(Strict):
     @classmethod
     def _workers(cls, v: list[int]) -> list[int]:
         if any(w < 0 for w in v):
-            raise ValueError(f"workers: a count of loader workers is 0 or more, not {min(v)}")
-        if len(set(v)) != len(v):
-            raise ValueError("workers: listed more than once")
-        return v
+            raise ValueError(f"a count of loader workers is 0 or more, not {min(v)}")
+        return unique(v)
 
     def cell_dict(self, kind: str, workers: int, emulate: float | str | None = None) -> dict[str, Any]:
         """One cell's loader: the knobs that change what it measures (au_threshold is a verdict's);
@@ -275,10 +278,7 @@ class Suite(Strict):
     @field_validator("frameworks", "models", "devices", "precisions", "batch_sizes", "deterministic")
     @classmethod
     def _unique(cls, v: list[Any]) -> list[Any]:
-        dupes = sorted({str(x) for x in v if v.count(x) > 1})
-        if dupes:
-            raise ValueError(f"listed more than once: {', '.join(dupes)}")
-        return v
+        return unique(v)
 
     @field_validator("models")
     @classmethod
