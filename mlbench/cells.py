@@ -45,7 +45,11 @@ def data_label(framework: str, dataset: dict[str, Any] | None, loader: dict[str,
         return None
     kind = loaders.LoaderSpec.from_dict(loader).resolved_kind(framework)
     emulated = loader.get("emulate_compute_s")
-    sleep = "" if emulated is None else f" emulated {emulated}" + ("" if emulated == "measured" else " s")
+    sleep = (
+        ""
+        if emulated is None
+        else " emulated " + ("measured" if emulated == "measured" else f"{emulated * 1000:.3g} ms")
+    )
     return f"{(dataset or {}).get('format')}/{kind} w{loader['workers']}{sleep}"
 
 
@@ -204,6 +208,7 @@ def expand(suite: Suite, only: dict[str, list[Any]] | None = None) -> list[Cell]
                         "format": data["fmt"],
                         "loader": data.get("loader_kind"),
                         "loader_workers": data.get("loader_workers"),
+                        "emulate_compute_s": data.get("emulate"),
                     }
                     if not _excluded({**values, **named}, suite.excludes):
                         cells.append(make_cell(suite, **values, seed=seed, deterministic=deterministic, **data))

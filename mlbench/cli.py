@@ -26,6 +26,7 @@ from mlbench.process import environment, runner
 from mlbench.results import store
 from mlbench.runfolder import RunFolder
 from workers.common import registry, specs
+from workers.common.data import DataUnavailable, DownloadError
 
 EXIT_CONFIG = 2
 EXIT_INTERRUPTED = 130
@@ -510,7 +511,10 @@ def data_prepare(config: str | None, config_opt: str | None, name: str | None, r
     config = _config_path(config, config_opt)
     suite = _load(config, name)
     data_dir = RunFolder(Path(runs_dir) / suite.name).data
-    made = prepare(expand(suite), data_dir)
+    try:
+        made = prepare(expand(suite), data_dir)
+    except (DownloadError, DataUnavailable) as exc:
+        _fail(str(exc), 1)
     for p in made:
         what = f"written in {p.seconds:.1f}s" if p.made else "there already"
         click.echo(f"{p.folder}: {p.files} files, {p.bytes / 1e6:.1f} MB, {what}")
@@ -560,6 +564,8 @@ def _verify_data(config: str | None, runs_dir: str, name: str, models: list[str]
         with store.RunLock(run_dir):
             checks = verify_data.run(suite, run_dir, executors.Settings.of(suite), models or None)
     except store.RunLocked as exc:
+        _fail(str(exc), 1)
+    except (DownloadError, DataUnavailable) as exc:
         _fail(str(exc), 1)
     Console(width=200).print(verify_data.table(checks))
     failed = [c for c in checks if c.status != "ok"]

@@ -78,6 +78,31 @@ def test_crop_flip_is_exact_integer_work_with_parameters_from_the_sample_not_the
 # --- formats and bad data ----------------------------------------------------------------------
 
 
+def test_raw_images_keep_a_label_byte_only_where_every_label_fits_one(tmp_path):
+    x, _ = _images(20)
+    y = np.arange(20, dtype=np.int32) * 50  # up to 950: a 1000-class head
+    ss = formats.write(tmp_path / "many.raw-2", "raw", x, y, 2)
+    assert ss.label_dtype == "<i4" and np.array_equal(formats.Reader(ss).read(np.arange(20))[1], y)
+    assert formats.write(tmp_path / "ten.raw-2", "raw", x, y % 10, 2).label_dtype == "|u1"
+
+
+def test_au_where_waits_overlap_the_device_comes_from_the_memory_twin():
+    from mlbench.analysis import datapath
+
+    same = {"framework": "jax", "model_name": "mlp", "device": "cpu", "precision": "fp32", "batch_size": 64,
+            "seed": 0, "data_order": "global", "status": "ok", "cell_id": "x"}  # fmt: skip
+    memory = {**same, "data_format": "memory", "step_time_median_s": 0.010, "accelerator_utilisation": 0.999}
+    # the loader's 8 ms wait ran while the device worked on the last step: the step took 10.2 ms, not 18
+    fed = {**same, "data_format": "raw", "step_time_median_s": 0.0102, "waits_overlap_steps": True,
+           "accelerator_utilisation": None, "samples_per_second": 6274.0}  # fmt: skip
+    alone = {**fed, "model_name": "bert"}  # no twin: no AU, rather than one from overlapping waits
+    rows = [memory, fed, alone]
+    datapath.annotate(rows, 0.90)
+    assert fed["accelerator_utilisation"] == pytest.approx(0.010 / 0.0102) and fed["au_source"] == "memory twin"
+    assert fed["au_pass"] is True and fed["data_wait_share"] == pytest.approx(1 - 0.010 / 0.0102)
+    assert alone["accelerator_utilisation"] is None and alone["au_pass"] is None
+
+
 @pytest.mark.parametrize("fmt", formats.FORMATS)
 def test_each_format_reads_back_what_was_written_by_index(tmp_path, fmt):
     x, y = _images(101)
@@ -273,7 +298,8 @@ def test_a_killed_loader_worker_crashes_the_cell_and_a_truncated_shard_fails_it_
     mine = psutil.Process().children(recursive=True)
     assert not [p for p in mine if "planted_loader_worker" in " ".join(p.cmdline())]
 
-    bad = parse_suite(suite_dict(name="bad", dataset={**dataset, "format": ["raw"]}, loader={"workers": [0]}))
+    # read in a DataLoader worker process: torch wraps the error in that process's traceback
+    bad = parse_suite(suite_dict(name="bad", dataset={**dataset, "format": ["raw"]}, loader={"workers": [1]}))
     made = prepare(expand(bad), tmp_path / "bad" / "data")
     shard = next(p.folder for p in made if p.folder.name.endswith(".raw-2")) / "train-00001-of-00002.bin"
     shard.write_bytes(shard.read_bytes()[:5000])  # record 1 of shard 1 cut short

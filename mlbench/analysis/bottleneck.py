@@ -120,6 +120,12 @@ def waited(r: Row) -> tuple[str, str] | None:
         return None
     p50, p99 = r.get("data_wait_p50_s") or 0.0, r.get("data_wait_p99_s") or 0.0
     ready = "above" if p50 > TF_DATA_READY_S else "within"
+    if r.get("au_source") == "memory twin":
+        return "input", (
+            f"the steps ran at {100 * (1 - share):.0f}% of their memory twin's speed (AU; the backend queues steps, "
+            f"so a wait overlaps device work: wait p50 {1000 * p50:.2f} ms, p99 {1000 * p99:.2f} ms, the median "
+            f"{ready} tf.data's 50 us)"
+        )
     return "input", (
         f"the steps waited for their batch {100 * share:.0f}% of their time (AU {100 * (1 - share):.0f}%; "
         f"wait p50 {1000 * p50:.2f} ms, p99 {1000 * p99:.2f} ms, the median {ready} tf.data's 50 us)"
@@ -133,7 +139,10 @@ def sweep(r: Row, rows: list[Row]) -> str:
     the noise, or not)."""
     from mlbench.analysis import evidence
 
-    same = ("framework", "model_name", "device", "precision", "batch_size", "hostname", "data_order", "data_augment")
+    same = (
+        "framework", "model_name", "device", "precision", "batch_size", "hostname", "data_order", "data_augment",
+        "seed", "deterministic", "compile", "emulated_compute_s",
+    )  # fmt: skip
     said = []
     for x in rows:
         if x is r or x.get("status") != "ok" or not all(x.get(k) == r.get(k) for k in same):

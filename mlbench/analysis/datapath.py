@@ -87,6 +87,13 @@ def annotate(rows: list[Row], au_threshold: float) -> None:
     row (in place)."""
     check_digests(rows)
     for r in rows:
+        if r.get("waits_overlap_steps") and r.get("data_format") not in (None, "memory"):
+            b = twin(r, rows)
+            mine, base = r.get("step_time_median_s"), (b or {}).get("step_time_median_s")
+            au = min(1.0, base / mine) if r["status"] == "ok" and b and b["status"] == "ok" and mine and base else None
+            r["accelerator_utilisation"] = au
+            r["data_wait_share"] = 1.0 - au if au is not None else None
+            r["au_source"] = "memory twin" if au is not None else None
         au = r.get("accelerator_utilisation")
         r["au_pass"] = au >= au_threshold if au is not None else None
         r["data_tax"] = r["data_tax_low"] = r["data_tax_high"] = r["data_tax_reason"] = None

@@ -200,7 +200,8 @@ def emulated_step(unit: Unit, run_dir: Path) -> tuple[float | None, str | None]:
     if not step:
         return None, (
             f"loader.emulate_compute_s measured: its memory twin {twin.cell_id} ({twin.label}) has no stored "
-            "ok step time in this run yet; run it first (it comes first in the grid), then --resume"
+            "ok step time in this run yet; run it first (list memory first in dataset.format), then "
+            "--resume --retry-failed"
         )
     return float(step), None
 

@@ -288,7 +288,11 @@ def _data_path(cell: Cell, ev: list[dict[str, Any]], ok: bool) -> dict[str, Any]
     timed = steady["start"]
     ok_waits = ok and len(waits) == len(walls) and len(walls) > timed
     wait, wall = (waits[timed:], walls[timed:]) if ok_waits else ([], [])
-    au = 1.0 - sum(wait) / sum(wall) if wall and sum(wall) > 0 else None
+    # where waits overlap the device's work (a backend that queues steps) they are not its idle time: AU
+    # comes from the memory twin's step at rebuild (mlbench/analysis/datapath.py), except for a memory
+    # cell, whose batch is a view (its waits are microseconds either way)
+    overlap = bool(data.get("waits_overlap_steps")) and dataset.get("format", "memory") != "memory"
+    au = 1.0 - sum(wait) / sum(wall) if wall and sum(wall) > 0 and not overlap else None
     p50 = float(np.percentile(wait, 50)) if wait else None
     return {
         "data_format": dataset.get("format", "memory") if cell.spec.task == "train" else None,
@@ -310,6 +314,8 @@ def _data_path(cell: Cell, ev: list[dict[str, Any]], ok: bool) -> dict[str, Any]
         "au_pass": None,  # against the suite's loader.au_threshold, at rebuild
         "input_ready": p50 <= INPUT_READY_S if p50 is not None else None,
         "page_cache": data.get("page_cache"),
+        "waits_overlap_steps": data.get("waits_overlap_steps"),
+        "au_source": ("waits" if au is not None else None),
         "emulated_compute_s": _last(ev, "result").get("emulated_compute_s"),
     }
 

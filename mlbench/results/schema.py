@@ -194,11 +194,29 @@ COLUMNS: list[tuple[str, pa.DataType, str]] = [
     ("time_to_first_batch_s", F, "from asking the loader for an epoch (worker start-up included) to its first batch"),
     ("data_wait_p50_s", F, "median wait of a steady timed step for its batch (the feed's next())"),
     ("data_wait_p99_s", F, "99th percentile of that wait"),
-    ("data_wait_share", F, "the steady timed steps' waits over their wall time"),
+    (
+        "data_wait_share",
+        F,
+        "1 - accelerator_utilisation: the share of the steady steps' time the device waited for data",
+    ),
     (
         "accelerator_utilisation",
         F,
-        "DLIO's AU: the steady timed steps' compute (wall minus data wait) over their wall time; 1 = never waited",
+        "DLIO's AU: the steady timed steps' compute over their wall time (wall minus data wait, or from the memory "
+        "twin where waits overlap the device's work: see au_source); 1 = never waited",
+    ),
+    (
+        "au_source",
+        S,
+        "what AU is made of: waits (each steady step's wait is device idle time: the step ran after it) or memory "
+        "twin (the backend queues steps, so a wait overlaps the previous step's device work: AU = the twin's "
+        "median step over this cell's, at most 1; rebuilt)",
+    ),
+    (
+        "waits_overlap_steps",
+        B,
+        "the backend queues steps (JAX; PyTorch and TensorFlow on a GPU): a wait for the next batch overlaps "
+        "the device's work on the last",
     ),
     ("au_pass", B, "accelerator_utilisation >= the suite's loader.au_threshold (DLIO: 0.90) (rebuilt)"),
     ("input_ready", B, "the median data wait is at most 50 us: tf.data's test for 'input is not the bottleneck'"),

@@ -345,7 +345,7 @@ def make_feed(backend: Backend, ds: datasets.Dataset, cell: dict[str, Any]) -> A
     )
 
 
-def data_path(feed: Any, cell: dict[str, Any], em: Emitter) -> None:
+def data_path(feed: Any, cell: dict[str, Any], em: Emitter, overlap: bool = False) -> None:
     """The data path's figures beside the steps' (a `data` event): the format and loader, the first
     batches' digests and, for a file-fed cell, the loader alone over one epoch (before training)."""
     data = cell.get("dataset") or {}
@@ -355,6 +355,9 @@ def data_path(feed: Any, cell: dict[str, Any], em: Emitter) -> None:
         "augment": data.get("augment", "none"),
         "digests": feed.digests,
         "page_cache": "warm",  # mlbench never drops the page cache: files just written or read are in it
+        # the backend queues steps (`pipelined`): a wait for batch k+1 runs while the device works on step k,
+        # so a wait is not the device's idle time (AU then comes from the memory twin's step, at rebuild)
+        "waits_overlap_steps": overlap,
     }
     if hasattr(feed, "probe"):
         figures.update(feed.describe(), **feed.probe_figures)
@@ -748,7 +751,7 @@ def run_train(backend: Backend, cell: dict[str, Any], em: Emitter) -> None:
     rss_before_build = current_rss_bytes()  # the framework, its runtime and the data, no model yet
     n_params = build_model(backend, spec, ds, cell, em)
     trained = train(backend, ds, cell, em)
-    data_path(trained["feed"], cell, em)
+    data_path(trained["feed"], cell, em, overlap=bool(backend.async_steps))
     correct_bits = val_correct_bits(backend, ds, cell["batch_size"])
     if cell.get("weights_out"):  # the trained weights in the canonical NPZ format, readable by every worker
         save_npz(cell["weights_out"], backend.export())

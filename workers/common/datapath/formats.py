@@ -137,7 +137,9 @@ def write(folder: str | Path, fmt: str, x: np.ndarray, y: np.ndarray, shards: in
     if (folder / META).is_file():
         return ShardSet.open(folder)
     bounds = shard_bounds(len(y), shards)
-    label_dtype = "|u1" if x.dtype == np.uint8 else "<i4"
+    # CIFAR's layout (one label byte) where every label fits a byte; four bytes where one does not
+    small = x.dtype == np.uint8 and (len(y) == 0 or (int(np.min(y)) >= 0 and int(np.max(y)) < 256))
+    label_dtype = "|u1" if small else "<i4"
     files = [f"train-{s:05d}-of-{shards:05d}.{EXTENSIONS[fmt]}" for s in range(shards)]
     folder.parent.mkdir(parents=True, exist_ok=True)
     tmp = Path(tempfile.mkdtemp(prefix=f".{folder.name}.", dir=folder.parent))
@@ -170,7 +172,8 @@ def write(folder: str | Path, fmt: str, x: np.ndarray, y: np.ndarray, shards: in
 
 class Reader:
     """Random access to a shard set by global sample index; files opened lazily in the process that
-    reads (a loader's worker process opens its own), the last shard's handle kept."""
+    reads (a loader's worker process opens its own) and kept open: a globally shuffled batch touches
+    every shard (an npz shard is then held in memory whole, as np.load gives it)."""
 
     def __init__(self, shardset: ShardSet) -> None:
         self.ss = shardset
@@ -182,8 +185,6 @@ class Reader:
     def _file(self, shard: int) -> Any:
         handle = self._open.get(shard)
         if handle is None:
-            for old in list(self._open):  # one open shard at a time per process
-                self._close(old)
             handle = self._open[shard] = self._openshard(shard)
         return handle
 
@@ -224,7 +225,9 @@ class Reader:
 
                 f = h5py.File(path, "r")
                 if f["y"].shape[0] != count or f["x"].shape[1:] != ss.shape:
-                    raise DataError(f"{path}: holds {f['y'].shape[0]} samples, expected {count} of {ss.shape}")
+                    held = f["y"].shape[0]
+                    f.close()
+                    raise DataError(f"{path}: holds {held} samples, expected {count} of {ss.shape}")
                 return f
         except DataError:
             raise

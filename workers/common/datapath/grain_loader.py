@@ -19,7 +19,8 @@ from typing import Any
 import grain.python as grain
 import numpy as np
 
-from workers.common.datapath.loaders import Loader, LoaderSpec, Source, ThreadReaders
+from workers.common.datapath.formats import DataError
+from workers.common.datapath.loaders import Loader, LoaderCrashed, LoaderSpec, Source, ThreadReaders, worker_error
 
 
 class PlanBatches(grain.RandomAccessDataSource):
@@ -35,9 +36,10 @@ class PlanBatches(grain.RandomAccessDataSource):
 
     def __getitem__(self, key: int) -> dict[str, Any]:
         epoch, row = divmod(int(key), self.batches)
-        if self._plan is None or self._plan[0] != epoch:
-            self._plan = (epoch, self.source.plan(epoch))
-        index = self._plan[1][row]
+        plan = self._plan  # one read: another read thread may replace it (an epoch boundary)
+        if plan is None or plan[0] != epoch:
+            plan = self._plan = (epoch, self.source.plan(epoch))
+        index = plan[1][row]
         x, y = self.readers.get().read(index)
         return {"x": x, "y": y, "epoch": np.int64(epoch), "index": index}
 
@@ -110,6 +112,13 @@ class GrainLoader(Loader):
             self.close()
             self._it, self._next = iter(self._loader(key)), key
         for _ in range(start, nb):
-            batch = next(self._it)
+            try:
+                batch = next(self._it)
+            except DataError as exc:
+                raise DataError(worker_error(exc)) from None
+            except RuntimeError as exc:  # Grain's words for a worker process that died
+                if "terminated unexpectedly" in str(exc):
+                    raise LoaderCrashed(f"a Grain worker process died: {str(exc).splitlines()[0]}") from None
+                raise
             self._next += 1
             yield np.asarray(batch["x"]), np.asarray(batch["y"], np.int32)

@@ -81,6 +81,14 @@ class LoaderCrashed(RuntimeError):
     """A loader's worker process died (killed, or out of memory): the cell `crashed`, with this cause."""
 
 
+def worker_error(exc: BaseException) -> str:
+    """The one line of a DataError raised in a loader's worker process (torch and Grain re-raise it with
+    the worker's traceback around it)."""
+    lines = [ln.strip() for ln in str(exc).splitlines() if ln.strip()]
+    last = lines[-1] if lines else ""
+    return last.split("DataError: ", 1)[-1]
+
+
 class ThreadReaders:
     """One `Reader` per thread (a loader that reads from several threads: Grain's read threads)."""
 

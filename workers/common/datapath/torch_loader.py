@@ -18,8 +18,8 @@ import numpy as np
 import torch
 from torch.utils.data import DataLoader, Dataset
 
-from workers.common.datapath.formats import Reader
-from workers.common.datapath.loaders import Loader, LoaderCrashed, LoaderSpec, Source
+from workers.common.datapath.formats import DataError, Reader
+from workers.common.datapath.loaders import Loader, LoaderCrashed, LoaderSpec, Source, worker_error
 
 
 class ShardBatches(Dataset):
@@ -88,6 +88,8 @@ class TorchLoader(Loader):
         try:
             for x, y in self.loader:
                 yield x.numpy(), y.numpy()
+        except DataError as exc:  # raised in a worker process: torch wraps it in its traceback
+            raise DataError(worker_error(exc)) from None
         except RuntimeError as exc:
             # torch's words for a worker that died: "DataLoader worker (pid N) is killed by signal: ..."
             # or "... exited unexpectedly"; torch has stopped the others by then
