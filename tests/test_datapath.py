@@ -228,13 +228,13 @@ def _run(tmp_path: Path, **overrides) -> Path:
 @pytest.mark.e2e
 def test_file_fed_cells_store_the_data_path_and_train_on_the_memory_cells_batches(tmp_path):
     dataset = {
-        "train_samples": 1024,
+        "train_samples": 640,
         "val_samples": 128,
         "format": ["memory", "raw"],
         "shards": 4,
         "order": "two_level",
     }
-    run = _run(tmp_path, name="dp", dataset=dataset, loader={"workers": [0]})
+    run = _run(tmp_path, name="dp", epochs=1, dataset=dataset, loader={"workers": [0]})
     rows = pq.read_table(run / "results.parquet").to_pylist()
     assert [r["status"] for r in rows] == ["ok"] * 6
     digests = {tuple(r["batch_digests"]) for r in rows}
@@ -382,19 +382,26 @@ def test_a_dlio_workload_imports_and_runs_with_real_and_emulated_compute(tmp_pat
     path.write_text(RESNET50_SMALL)
     suite, notes = dlio.import_workload(path, model="resnet18")
     assert any("record_length_bytes 114660" in n for n in notes)
-    small = {"threads": 1, "warmup_steps": 1, "inference": {"warmup": 1, "runs": 2, "min_runs": 1, "max_s": 1}}
+    assert suite["dataset"]["format"] == ["memory", "tfrecord"]  # a memory twin for the real cell's data tax
+    small = {
+        "threads": 1,
+        "warmup_steps": 1,
+        "profile_steps": 0,
+        "inference": {"warmup": 1, "runs": 2, "min_runs": 1, "max_s": 1},
+        "excludes": [{"format": "memory"}],  # a ResNet cell less: the data tax is tested elsewhere
+    }
     run_suite(parse_suite({**suite, **small}), runs_root=tmp_path)
     rows = pq.read_table(tmp_path / suite["name"] / "results.parquet").to_pylist()
     by = {(r["data_format"], r["emulated_compute_s"]): r for r in rows}
-    assert sorted(by, key=str) == sorted([("memory", None), ("tfrecord", None), ("tfrecord", 0.02)], key=str)
+    assert sorted(by, key=str) == sorted([("tfrecord", None), ("tfrecord", 0.02)], key=str)
     assert all(r["status"] == "ok" for r in rows)
     emulated, real = by["tfrecord", 0.02], by["tfrecord", None]
     # the emulated step is the sleep, and nothing was trained
     assert emulated["step_time_median_s"] >= 0.02 and emulated["final_val_accuracy"] is None
     assert 0 < emulated["accelerator_utilisation"] <= 1 and emulated["au_pass"] is not None
     assert emulated["data_tax"] is None and "emulated compute" in emulated["data_tax_reason"]
-    assert real["final_val_accuracy"] is not None and real["data_tax"] is not None
-    assert emulated["batch_digests"] == real["batch_digests"] == by["memory", None]["batch_digests"]
+    assert real["final_val_accuracy"] is not None and "no memory cell" in real["data_tax_reason"]
+    assert emulated["batch_digests"] == real["batch_digests"] and emulated["digests_agree"] is True
 
 
 # --- CIFAR-10 downloaded -------------------------------------------------------------------------

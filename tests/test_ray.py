@@ -45,6 +45,10 @@ MEASURED = {
     "step_time_robust_cv", "steady_dropped_steps", "steady_capped", "inference_b1_latency_robust_cv",
     "inference_b1_outliers", "inference_b1_latency_p50_ci_low_ms", "inference_b1_latency_p50_ci_high_ms",
     "repeat_b1_latency_p50_ms", "ci_kind",
+    # the data path's timings and the monitor's readings of the tree
+    "data_wait_p50_s", "data_wait_p99_s", "data_wait_share", "accelerator_utilisation", "au_pass", "input_ready",
+    "loader_samples_per_second", "loader_mb_per_second", "time_to_first_batch_s", "data_tax", "data_tax_low",
+    "data_tax_high", "child_cpu_avg_pct", "tree_pss_peak_mb", "dev_shm_peak_mb", "read_chars_mb", "read_disk_mb",
 }  # fmt: skip
 
 

@@ -439,6 +439,8 @@ def build(cell: Cell, run_name: str, outcome: Outcome, head_env: dict[str, Any],
         **_environment(cell, _last(ev, "hello"), outcome, outcome.host or head_env, head_env),
         **{name: None for name in schema.DERIVED},
     }
+    if row["train_samples"] is None:  # an emulated-compute cell builds no model: its data event says
+        row["train_samples"] = _last(ev, "data").get("train_samples")
     missing = set(schema.FLAT + schema.NESTED) ^ set(row)
     assert not missing, f"row and schema differ: {sorted(missing)}"
     return {name: row[name] for name in schema.SCHEMA.names}

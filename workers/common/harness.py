@@ -354,6 +354,7 @@ def data_path(feed: Any, cell: dict[str, Any], em: Emitter, overlap: bool = Fals
         "order": data.get("order", "global"),
         "augment": data.get("augment", "none"),
         "digests": feed.digests,
+        "train_samples": len(feed.ds.y_train),
         "page_cache": "warm",  # mlbench never drops the page cache: files just written or read are in it
         # the backend queues steps (`pipelined`): a wait for batch k+1 runs while the device works on step k,
         # so a wait is not the device's idle time (AU then comes from the memory twin's step, at rebuild)
