@@ -1,7 +1,7 @@
 """Which samples make each batch of an epoch, and how each is augmented: pure functions of
 (seed, epoch, index) that every loader follows, so every framework trains on the same bytes.
 
-No loader's own shuffle is used (torch's RandomSampler, tf.data's shuffle buffer, Grain's index
+No loader's own shuffle is used (torch's random sampler, tf.data's shuffle buffer, Grain's index
 shuffle each give a different order). Two orders:
 
 - `global`: one permutation of the training set per epoch, `data.epoch_order`, the order the

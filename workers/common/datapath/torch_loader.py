@@ -2,7 +2,7 @@
 
 A map-style Dataset whose `__getitems__` reads a whole batch at once (one sorted read per shard: a
 memory-map gather, an HDF5 slice, the TFRecord offsets in order), a batch sampler that yields
-`order.plan`'s rows (no RandomSampler), `num_workers` worker processes with `prefetch_factor`
+`order.plan`'s rows (no random sampler of torch's), `num_workers` worker processes with `prefetch_factor`
 batches each in flight, `persistent_workers` and `pin_memory` (page-locked batches, where a CUDA
 device is there to copy them to), `in_order=True` so batches arrive in the sampler's order.
 A sample's key carries its epoch (key = epoch * n + index), so a persistent worker augments each
