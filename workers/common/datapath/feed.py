@@ -70,7 +70,12 @@ class FileFeed:
             augment=data.get("augment", "none"),
             burn=self.spec.burn,
         )
-        self.loader = loaders_.make(self.kind, self.source, self.spec, framework)
+        try:
+            self.loader = loaders_.make(self.kind, self.source, self.spec, framework)
+        except ImportError as exc:  # a cross cell's loader from a framework not installed here: skipped
+            raise datasets.DataUnavailable(
+                f"loader {self.kind} needs {exc.name or 'a package'}, not installed here ({exc})"
+            ) from None
         self.n = self.shardset.n // batch_size
         self.host_buffer = host_buffer  # the backend's allocator of batch buffers, where it has one
         self._rings: dict[str, list[np.ndarray]] = {}
