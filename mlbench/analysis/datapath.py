@@ -12,6 +12,8 @@ from __future__ import annotations
 
 from typing import Any
 
+from mlbench.analysis import evidence
+
 Row = dict[str, Any]
 MATCH = (
     "framework",
@@ -94,9 +96,11 @@ def annotate(rows: list[Row], au_threshold: float) -> None:
             r["accelerator_utilisation"] = au
             r["data_wait_share"] = 1.0 - au if au is not None else None
             r["au_source"] = "memory twin" if au is not None else None
+        elif r.get("accelerator_utilisation") is not None:
+            r["au_source"] = "waits"
         au = r.get("accelerator_utilisation")
         r["au_pass"] = au >= au_threshold if au is not None else None
-        r["data_tax"] = r["data_tax_low"] = r["data_tax_high"] = r["data_tax_reason"] = None
+        r["data_tax"] = r["data_tax_low"] = r["data_tax_high"] = r["data_tax_reason"] = r["data_tax_clear"] = None
         if r.get("data_format") in (None, "memory"):
             continue
         b = twin(r, rows)
@@ -115,3 +119,14 @@ def annotate(rows: list[Row], au_threshold: float) -> None:
             r["data_tax"] = _tax(r["samples_per_second"], b["samples_per_second"])
             r["data_tax_low"] = _tax(r.get("samples_per_second_ci_high"), b.get("samples_per_second_ci_low"))
             r["data_tax_high"] = _tax(r.get("samples_per_second_ci_low"), b.get("samples_per_second_ci_high"))
+            # told as every throughput comparison is (mlbench/analysis/evidence.py): single runs need a gap
+            # beyond what a rerun moves, which their own intervals do not cover
+            a, c = r["samples_per_second"], b["samples_per_second"]
+            told = evidence.tell(
+                max(a, c), min(a, c),
+                tuple((y.get("samples_per_second_ci_low"), y.get("samples_per_second_ci_high")) for y in ((r, b) if a >= c else (b, r))),
+                (r.get("ci_kind"), b.get("ci_kind")), "throughput", noises=(evidence.noise(r), evidence.noise(b)),
+            )  # fmt: skip
+            r["data_tax_clear"] = told.clear
+            if not told.clear:
+                r["data_tax_reason"] = f"cannot tell the loader's cost from the runs' noise: {told.why}"

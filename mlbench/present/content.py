@@ -151,10 +151,8 @@ def data_path_cells(r: Row) -> dict[str, Any]:
             if r.get("data_tax_low") is not None and r.get("data_tax_high") is not None
             else ""
         )
-        low, high = r.get("data_tax_low"), r.get("data_tax_high")
-        # an interval that holds 0 cannot tell the loader's cost from the runs' noise: said, not ranked
-        unsure = low is not None and high is not None and low < 0 < high
-        tax_text = ("cannot tell: " if unsure else "") + f"{100 * tax:.0f}%{bounds}"
+        # told as every throughput comparison is (data_tax_clear): where it cannot be, said, not ranked
+        tax_text = ("cannot tell: " if r.get("data_tax_clear") is False else "") + f"{100 * tax:.0f}%{bounds}"
     else:
         tax_text = "baseline" if r.get("data_format") == "memory" else (r.get("data_tax_reason") or "")
     agree = r.get("digests_agree")

@@ -235,7 +235,13 @@ COLUMNS: list[tuple[str, pa.DataType, str]] = [
     ),
     ("data_tax_low", F, "data_tax's lower bound from the two throughputs' 95% CIs (rebuilt)"),
     ("data_tax_high", F, "data_tax's upper bound from the two throughputs' 95% CIs (rebuilt)"),
-    ("data_tax_reason", S, "why data_tax is missing for a file-fed cell (rebuilt)"),
+    (
+        "data_tax_clear",
+        B,
+        "whether the cell and its memory twin differ in throughput beyond the evidence rule every comparison "
+        "follows (between-run intervals, or a single run's rerun floor); false: cannot tell (rebuilt)",
+    ),
+    ("data_tax_reason", S, "why data_tax is missing, or cannot be told from the noise (rebuilt)"),
     ("final_train_loss", F, "mean training loss over the last epoch"),
     ("final_train_accuracy", F, "training accuracy over the last epoch (running, in training mode)"),
     ("final_val_loss", F, "validation loss after the last epoch"),
