@@ -234,9 +234,11 @@ def test_file_fed_cells_store_the_data_path_and_train_on_the_memory_cells_batche
         "shards": 4,
         "order": "two_level",
     }
-    run = _run(tmp_path, name="dp", epochs=1, dataset=dataset, loader={"workers": [0]})
+    # TensorFlow's memory twin left out (its cells are the slowest to start): its file-fed cell's tax says why
+    excludes = [{"framework": "tensorflow", "format": "memory"}]
+    run = _run(tmp_path, name="dp", epochs=1, dataset=dataset, loader={"workers": [0]}, excludes=excludes)
     rows = pq.read_table(run / "results.parquet").to_pylist()
-    assert [r["status"] for r in rows] == ["ok"] * 6
+    assert [r["status"] for r in rows] == ["ok"] * 5
     digests = {tuple(r["batch_digests"]) for r in rows}
     assert len(digests) == 1 and len(next(iter(digests))) == order.DIGEST_BATCHES
     assert all(r["digests_agree"] for r in rows)
@@ -245,12 +247,15 @@ def test_file_fed_cells_store_the_data_path_and_train_on_the_memory_cells_batche
         if r["data_format"] == "raw":
             assert r["loader"] == {"pytorch": "torch", "tensorflow": "tfdata", "jax": "grain"}[r["framework"]]
             assert r["loader_samples_per_second"] > 0 and r["time_to_first_batch_s"] > 0
-            assert r["data_tax"] is not None and r["data_tax_low"] <= r["data_tax"] <= r["data_tax_high"]
+            if r["framework"] == "tensorflow":
+                assert r["data_tax"] is None and "no memory cell" in r["data_tax_reason"]
+            else:
+                assert r["data_tax"] is not None and r["data_tax_low"] <= r["data_tax"] <= r["data_tax_high"]
         else:
             assert r["loader"] == "memory" and r["data_tax"] is None
     # the same batches, the same model: the file-fed twin trains to the memory cell's accuracy
     by = {(r["framework"], r["data_format"]): r for r in rows}
-    for fw in ("pytorch", "tensorflow", "jax"):
+    for fw in ("pytorch", "jax"):
         assert abs(by[fw, "raw"]["final_val_accuracy"] - by[fw, "memory"]["final_val_accuracy"]) < 0.02
     assert "data_format" in (run / "results.csv").read_text().splitlines()[0]
 
@@ -294,7 +299,9 @@ def test_a_killed_loader_worker_crashes_the_cell_and_a_truncated_shard_fails_it_
     )
     (row,) = pq.read_table(run / "results.parquet").to_pylist()
     # the planted worker SIGKILLs its DataLoader worker process at the epoch's third batch
-    assert row["status"] == "crashed" and "a torch DataLoader worker died" in row["reason"], row["reason"]
+    # (the loader's next() says "a torch DataLoader worker died: ..."; torch's SIGCHLD handler may raise the
+    # same cause inside a step instead)
+    assert row["status"] == "crashed" and "DataLoader worker" in row["reason"], row["reason"]
     mine = psutil.Process().children(recursive=True)
     assert not [p for p in mine if "planted_loader_worker" in " ".join(p.cmdline())]
 

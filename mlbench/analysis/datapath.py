@@ -85,8 +85,8 @@ def check_digests(rows: list[Row]) -> None:
 
 
 def annotate(rows: list[Row], au_threshold: float) -> None:
-    """Fill au_pass, data_tax (its bounds, or the reason it is missing) and the digest check for every
-    row (in place)."""
+    """Fill AU where the twin gives it, au_pass, the data tax (its bounds and whether it is told apart
+    from the noise, or the reason it is missing) and the digest check for every row (in place)."""
     check_digests(rows)
     for r in rows:
         if r.get("waits_overlap_steps") and r.get("data_format") not in (None, "memory"):
@@ -100,33 +100,42 @@ def annotate(rows: list[Row], au_threshold: float) -> None:
             r["au_source"] = "waits"
         au = r.get("accelerator_utilisation")
         r["au_pass"] = au >= au_threshold if au is not None else None
-        r["data_tax"] = r["data_tax_low"] = r["data_tax_high"] = r["data_tax_reason"] = r["data_tax_clear"] = None
-        if r.get("data_format") in (None, "memory"):
-            continue
-        b = twin(r, rows)
-        if r.get("emulated_compute_s") is not None:
-            r["data_tax_reason"] = "emulated compute: its steps sleep, so AU, not throughput, is its figure"
-        elif r["status"] != "ok" or not r.get("samples_per_second"):
-            r["data_tax_reason"] = f"this cell is {r['status']}: no throughput"
-        elif b is None:
-            r["data_tax_reason"] = (
-                "no memory cell of the same framework, model, device, precision, batch, order and augmentation "
-                "in this run (add memory to dataset.format)"
-            )
-        elif b["status"] != "ok" or not b.get("samples_per_second"):
-            r["data_tax_reason"] = f"its memory twin {b['cell_id']} is {b['status']}: no throughput"
-        else:
-            r["data_tax"] = _tax(r["samples_per_second"], b["samples_per_second"])
-            r["data_tax_low"] = _tax(r.get("samples_per_second_ci_high"), b.get("samples_per_second_ci_low"))
-            r["data_tax_high"] = _tax(r.get("samples_per_second_ci_low"), b.get("samples_per_second_ci_high"))
-            # told as every throughput comparison is (mlbench/analysis/evidence.py): single runs need a gap
-            # beyond what a rerun moves, which their own intervals do not cover
-            a, c = r["samples_per_second"], b["samples_per_second"]
-            told = evidence.tell(
-                max(a, c), min(a, c),
-                tuple((y.get("samples_per_second_ci_low"), y.get("samples_per_second_ci_high")) for y in ((r, b) if a >= c else (b, r))),
-                (r.get("ci_kind"), b.get("ci_kind")), "throughput", noises=(evidence.noise(r), evidence.noise(b)),
-            )  # fmt: skip
-            r["data_tax_clear"] = told.clear
-            if not told.clear:
-                r["data_tax_reason"] = f"cannot tell the loader's cost from the runs' noise: {told.why}"
+        data_tax(r, rows)
+        if r.get("au_source") == "memory twin" and r.get("data_tax_clear") is False:
+            # AU from the twin is the tax seen from the other side: where the tax cannot be told from the
+            # runs' noise, neither can a pass or a fail
+            r["au_pass"] = None
+
+
+def data_tax(r: Row, rows: list[Row]) -> None:
+    """Fill r's data tax, its bounds and whether it is told apart from the noise, or why it is missing."""
+    r["data_tax"] = r["data_tax_low"] = r["data_tax_high"] = r["data_tax_reason"] = r["data_tax_clear"] = None
+    if r.get("data_format") in (None, "memory"):
+        return
+    b = twin(r, rows)
+    if r.get("emulated_compute_s") is not None:
+        r["data_tax_reason"] = "emulated compute: its steps sleep, so AU, not throughput, is its figure"
+    elif r["status"] != "ok" or not r.get("samples_per_second"):
+        r["data_tax_reason"] = f"this cell is {r['status']}: no throughput"
+    elif b is None:
+        r["data_tax_reason"] = (
+            "no memory cell of the same framework, model, device, precision, batch, order and augmentation "
+            "in this run (add memory to dataset.format)"
+        )
+    elif b["status"] != "ok" or not b.get("samples_per_second"):
+        r["data_tax_reason"] = f"its memory twin {b['cell_id']} is {b['status']}: no throughput"
+    else:
+        r["data_tax"] = _tax(r["samples_per_second"], b["samples_per_second"])
+        r["data_tax_low"] = _tax(r.get("samples_per_second_ci_high"), b.get("samples_per_second_ci_low"))
+        r["data_tax_high"] = _tax(r.get("samples_per_second_ci_low"), b.get("samples_per_second_ci_high"))
+        # told as every throughput comparison is (mlbench/analysis/evidence.py): single runs need a gap
+        # beyond what a rerun moves, which their own intervals do not cover
+        a, c = r["samples_per_second"], b["samples_per_second"]
+        told = evidence.tell(
+            max(a, c), min(a, c),
+            tuple((y.get("samples_per_second_ci_low"), y.get("samples_per_second_ci_high")) for y in ((r, b) if a >= c else (b, r))),
+            (r.get("ci_kind"), b.get("ci_kind")), "throughput", noises=(evidence.noise(r), evidence.noise(b)),
+        )  # fmt: skip
+        r["data_tax_clear"] = told.clear
+        if not told.clear:
+            r["data_tax_reason"] = f"cannot tell the loader's cost from the runs' noise: {told.why}"

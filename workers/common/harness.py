@@ -850,9 +850,12 @@ def run(backend_loader: Any, cell: dict[str, Any], em: Emitter) -> int:
             em.emit("error", kind=lost[0], message=lost[1], traceback=traceback.format_exc()[-8000:])
             return 1
         oom = isinstance(exc, MemoryError) or (backend is not None and backend.is_oom(exc))
+        # torch's SIGCHLD handler raises a dead DataLoader worker's RuntimeError wherever the main thread
+        # is (inside a step, not only inside the loader's next()): the cell crashed, with that cause
+        died = "DataLoader worker" in str(exc) and not oom
         em.emit(
             "error",
-            kind="oom" if oom else "exception",
+            kind="oom" if oom else "crashed" if died else "exception",
             message=f"{type(exc).__name__}: {exc}"[:2000],
             traceback=traceback.format_exc()[-8000:],
         )
