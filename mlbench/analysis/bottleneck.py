@@ -158,11 +158,7 @@ def sweep(r: Row, rows: list[Row]) -> str:
         else:
             continue
         a, b = x["samples_per_second"], r["samples_per_second"]
-        told = evidence.tell(
-            max(a, b), min(a, b),
-            tuple((y.get("samples_per_second_ci_low"), y.get("samples_per_second_ci_high")) for y in ((x, r) if a >= b else (r, x))),
-            (x.get("ci_kind"), r.get("ci_kind")), "throughput", noises=(evidence.noise(x), evidence.noise(r)),
-        )  # fmt: skip
+        told = evidence.tell_throughput(x, r)
         au = x.get("accelerator_utilisation")
         au_text = f", AU {100 * au:.0f}%" if au is not None else ""
         if not told.clear:
@@ -268,11 +264,7 @@ def faster_elsewhere(r: Row, rows: list[Row]) -> str:
             or x["samples_per_second"] <= r["samples_per_second"]
         ):
             continue
-        said = evidence.tell(
-            x["samples_per_second"], r["samples_per_second"],
-            tuple((y.get("samples_per_second_ci_low"), y.get("samples_per_second_ci_high")) for y in (x, r)),
-            (x.get("ci_kind"), r.get("ci_kind")), "throughput", noises=(evidence.noise(x), evidence.noise(r)),
-        )  # fmt: skip
+        said = evidence.tell_throughput(x, r)
         if said.clear:
             best = f"; {x['framework']} runs the same FLOPs {said.ratio:.2f}x faster here: the framework matters"
     return best

@@ -130,12 +130,7 @@ def data_tax(r: Row, rows: list[Row]) -> None:
         r["data_tax_high"] = _tax(r.get("samples_per_second_ci_low"), b.get("samples_per_second_ci_high"))
         # told as every throughput comparison is (mlbench/analysis/evidence.py): single runs need a gap
         # beyond what a rerun moves, which their own intervals do not cover
-        a, c = r["samples_per_second"], b["samples_per_second"]
-        told = evidence.tell(
-            max(a, c), min(a, c),
-            tuple((y.get("samples_per_second_ci_low"), y.get("samples_per_second_ci_high")) for y in ((r, b) if a >= c else (b, r))),
-            (r.get("ci_kind"), b.get("ci_kind")), "throughput", noises=(evidence.noise(r), evidence.noise(b)),
-        )  # fmt: skip
+        told = evidence.tell_throughput(r, b)
         r["data_tax_clear"] = told.clear
         if not told.clear:
             r["data_tax_reason"] = f"cannot tell the loader's cost from the runs' noise: {told.why}"

@@ -113,3 +113,16 @@ def tell(
     if ratio - 1 < floor:
         return Told(False, ratio, f"{runs}: {ratio - 1:.0%} apart, under the {floor:.0%} {moves}")
     return Told(True, ratio, f"{runs}, beyond the {floor:.0%} {moves}")
+
+
+def tell_throughput(a: Row, b: Row) -> Told:
+    """`tell` on two rows' throughputs, the faster first: their intervals, interval kinds and noise."""
+    fast, slow = (a, b) if a["samples_per_second"] >= b["samples_per_second"] else (b, a)
+    return tell(
+        fast["samples_per_second"],
+        slow["samples_per_second"],
+        tuple((x.get("samples_per_second_ci_low"), x.get("samples_per_second_ci_high")) for x in (fast, slow)),
+        (fast.get("ci_kind"), slow.get("ci_kind")),
+        "throughput",
+        noises=(noise(fast), noise(slow)),
+    )

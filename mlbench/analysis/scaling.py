@@ -103,15 +103,8 @@ def _faster(r: Row, b: Row) -> tuple[str, str]:
     )
     if untrusted:
         return "cannot tell", untrusted
-    fast, slow = (r, b) if r["samples_per_second"] >= b["samples_per_second"] else (b, r)
-    said = evidence.tell(
-        fast["samples_per_second"],
-        slow["samples_per_second"],
-        tuple((x.get("samples_per_second_ci_low"), x.get("samples_per_second_ci_high")) for x in (fast, slow)),
-        (fast.get("ci_kind"), slow.get("ci_kind")),
-        "throughput",
-        noises=(evidence.noise(fast), evidence.noise(slow)),
-    )
+    fast = r if r["samples_per_second"] >= b["samples_per_second"] else b
+    said = evidence.tell_throughput(r, b)
     if not said.clear:
         return "cannot tell", said.why
     return ("pays" if fast is r else "does not pay"), said.why
