@@ -40,16 +40,19 @@ run: venv  ## CONFIG=configs/benchmark_config.yaml ARGS=--resume
 # date and commit on top; nothing in it edited by hand (report.html stays in the run folder: 4 MB of
 # inlined plotly.js is no document). ARGS=--resume continues an interrupted run.
 SAMPLE_RUN := mlbench run configs/benchmark_config.yaml --name sample-cpu
-sample-results: venv browser  ## the CPU sample (about 50 minutes on 2 cores: 24 cells)
+SAMPLE_FILES := results.parquet results.csv epochs.parquet epochs.csv steps.parquet suite.json environment.json calibration.json parity.json
+sample-results: venv browser  ## the CPU sample (24 cells x 5 processes: about 4 hours on 2 cores; ARGS=--resume continues)
 	$(BIN)/$(SAMPLE_RUN) $(ARGS)
 	$(BIN)/mlbench report --results runs/sample-cpu --output docs/results --command "make sample-results: $(strip $(SAMPLE_RUN) $(ARGS))"
 	rm -f docs/results/report.html
+	cd runs/sample-cpu && cp $(SAMPLE_FILES) $(CURDIR)/docs/results/  # the rows behind every figure: mlbench report --results docs/results/results.parquet
 
 SAMPLE_GPU_RUN := mlbench run configs/benchmark_config.yaml --devices cuda:0 --name sample-gpu
 sample-results-gpu: venv browser  ## the same suite on the first GPU, into docs/results/gpu/
 	$(BIN)/$(SAMPLE_GPU_RUN) $(ARGS)
 	$(BIN)/mlbench report --results runs/sample-gpu --output docs/results/gpu --command "make sample-results-gpu: $(strip $(SAMPLE_GPU_RUN) $(ARGS))"
 	rm -f docs/results/gpu/report.html
+	cd runs/sample-gpu && cp $(SAMPLE_FILES) $(CURDIR)/docs/results/gpu/
 
 # Debian's Chromium for the report's browser test and RESULTS.md's chart images (root or sudo needed;
 # without it that test skips and RESULTS.md says, in place of each image, why there is none)
