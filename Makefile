@@ -6,11 +6,11 @@ BIN    := $(VENV)/bin
 # remembers it (.venv/.gpu), so a later `make test` never installs the CPU TensorFlow over it.
 GPU    ?= $(shell cat $(VENV)/.gpu 2>/dev/null)
 ifeq ($(GPU),1)
-EXTRAS ?= torch,tensorflow-gpu,jax-gpu,ray,dev
+EXTRAS ?= torch,tensorflow-gpu,jax-gpu,ray,storage,dev
 LOCKS  := -c requirements.lock -c requirements-gpu.lock
 STAMP  := $(VENV)/.installed-gpu
 else
-EXTRAS ?= torch,tensorflow,jax,ray,dev
+EXTRAS ?= torch,tensorflow,jax,ray,storage,dev
 LOCKS  := -c requirements.lock
 STAMP  := $(VENV)/.installed-stamp
 endif

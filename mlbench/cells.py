@@ -50,7 +50,8 @@ def data_label(framework: str, dataset: dict[str, Any] | None, loader: dict[str,
         if emulated is None
         else " emulated " + ("measured" if emulated == "measured" else f"{emulated * 1000:.3g} ms")
     )
-    return f"{(dataset or {}).get('format')}/{kind} w{loader['workers']}{sleep}"
+    where = f" {dataset['storage']}" if (dataset or {}).get("storage") else ""  # object storage: stream or cache
+    return f"{(dataset or {}).get('format')}/{kind} w{loader['workers']}{where}{sleep}"
 
 
 @dataclass(frozen=True, eq=False)
@@ -115,6 +116,7 @@ def make_cell(
     loader_kind: str | None = None,
     loader_workers: int | None = None,
     emulate: float | str | None = None,
+    storage: str | None = None,
 ) -> Cell:
     """One cell of a suite (at its first training seed, `deterministic` value, data format and loader
     unless told)."""
@@ -122,7 +124,7 @@ def make_cell(
     seed = suite.seed if seed is None else seed
     deterministic = suite.deterministic[0] if deterministic is None else deterministic
     fmt = suite.dataset.format[0] if fmt is None else fmt
-    dataset = suite.dataset.cell_dict(fmt)
+    dataset = suite.dataset.cell_dict(fmt, storage)
     loader = None
     if fmt != "memory":
         loader = suite.loader.cell_dict(
@@ -209,6 +211,7 @@ def expand(suite: Suite, only: dict[str, list[Any]] | None = None) -> list[Cell]
                         "loader": data.get("loader_kind"),
                         "loader_workers": data.get("loader_workers"),
                         "emulate_compute_s": data.get("emulate"),
+                        "storage": data.get("storage"),
                     }
                     if not _excluded({**values, **named}, suite.excludes):
                         cells.append(make_cell(suite, **values, seed=seed, deterministic=deterministic, **data))
@@ -216,9 +219,11 @@ def expand(suite: Suite, only: dict[str, list[Any]] | None = None) -> list[Cell]
 
 
 def data_axes(suite: Suite) -> list[dict[str, Any]]:
-    """The data path's axes: each format, and for a file format each loader kind and worker count (a
-    `memory` cell has no loader, so it comes once)."""
+    """The data path's axes: each format, and for a file format each loader kind and worker count, and
+    for shards in object storage each way to read them (a `memory` cell has no loader and reads no
+    files, so it comes once)."""
     out: list[dict[str, Any]] = []
+    modes = suite.dataset.storage if suite.dataset.remote else [None]
     for fmt in suite.dataset.format:
         if fmt == "memory":
             out.append({"fmt": fmt})
@@ -226,7 +231,9 @@ def data_axes(suite: Suite) -> list[dict[str, Any]]:
         for kind in suite.loader.kind:
             for workers in suite.loader.workers:
                 for emulate in suite.loader.emulate_compute_s:
-                    out.append({"fmt": fmt, "loader_kind": kind, "loader_workers": workers, "emulate": emulate})
+                    for mode in modes:
+                        axes = {"fmt": fmt, "loader_kind": kind, "loader_workers": workers, "emulate": emulate}
+                        out.append({**axes, "storage": mode} if mode else axes)
     return out
 
 

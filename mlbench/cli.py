@@ -507,13 +507,14 @@ def data_prepare(config: str | None, config_opt: str | None, name: str | None, r
     """Write every dataset and shard set CONFIG's cells read into runs/<name>/data/, atomically (a run
     makes what is missing itself; this makes it first)."""
     from mlbench.tasks.prepare import prepare
+    from workers.common.datapath.storage import StorageError
 
     config = _config_path(config, config_opt)
     suite = _load(config, name)
     data_dir = RunFolder(Path(runs_dir) / suite.name).data
     try:
         made = prepare(expand(suite), data_dir)
-    except (DownloadError, DataUnavailable) as exc:
+    except (DownloadError, DataUnavailable, StorageError) as exc:
         _fail(str(exc), 1)
     for p in made:
         what = f"written in {p.seconds:.1f}s" if p.made else "there already"

@@ -20,7 +20,7 @@ from pydantic import (
 )
 
 from workers.common import precision, registry, specs
-from workers.common.datapath import formats
+from workers.common.datapath import formats, storage
 from workers.common.devices import Device
 
 BUILTIN_WORKERS = {name: f.module for name, f in registry.FRAMEWORKS.items()}
@@ -28,7 +28,14 @@ PRECISIONS = precision.PRECISIONS
 MODULE_RE = re.compile(r"^[A-Za-z_][A-Za-z0-9_]*(\.[A-Za-z_][A-Za-z0-9_]*)*$")
 DATA_PARALLEL_CHECK_DEVICE = "cpu:0,1"  # where `mlbench verify` trains data parallel against one device
 CELL_AXES = ("framework", "model", "device", "precision", "batch_size")
-EXCLUDE_KEYS = (*CELL_AXES, "format", "loader", "loader_workers", "emulate_compute_s")  # the data path's axes too
+EXCLUDE_KEYS = (
+    *CELL_AXES,
+    "format",
+    "loader",
+    "loader_workers",
+    "emulate_compute_s",
+    "storage",
+)  # the data path's axes too
 
 
 class ConfigError(Exception):
@@ -72,11 +79,52 @@ class DatasetConfig(Strict):
     # crop_flip: pad 4, random 32x32 crop, horizontal flip (images), its parameters a hash of (seed,
     # epoch, sample): the same bytes in every framework and for every loader worker count
     augment: Literal["none", "crop_flip"] = "none"
+    # where a file-fed cell's shard folders live (workers/common/datapath/storage.py): a local folder
+    # (a path or file://) or object storage through fsspec (s3://, gs://, az://); None: beside the
+    # dataset in the run's data folder. Object storage is written by `mlbench data prepare`, never by a
+    # run; credentials come from the environment and the backend's config files, never from here
+    uri: str | None = None
+    # object storage only (an axis): stream (each batch's records fetched as the loader reads them) or
+    # cache (the shard folder copied to the run's local cache once, then read from there)
+    storage: list[Literal["stream", "cache"]] = Field(["stream"], min_length=1)
+    # fsspec's options for the backend (s3fs: endpoint_url, client_kwargs: {region_name: ...}); no secrets
+    storage_options: dict[str, Any] = Field(default_factory=dict)
 
-    @field_validator("format", mode="before")
+    @field_validator("format", "storage", mode="before")
     @classmethod
     def _one_format(cls, v: Any) -> Any:
         return [v] if isinstance(v, str) else v
+
+    @field_validator("storage")
+    @classmethod
+    def _unique_storage(cls, v: list[str]) -> list[str]:
+        return unique(v)
+
+    @field_validator("storage_options")
+    @classmethod
+    def _no_secrets(cls, v: dict[str, Any]) -> dict[str, Any]:
+        def walk(d: dict[str, Any], at: str) -> None:
+            for k, val in d.items():
+                if str(k).lower() in storage.SECRET_KEYS:
+                    raise ValueError(
+                        f"{at}{k} is a credential: it does not belong in a suite file (results and logs keep the "
+                        "suite); the backend reads it from the environment or its config files (for s3://: "
+                        "AWS_ACCESS_KEY_ID and AWS_SECRET_ACCESS_KEY, AWS_PROFILE, ~/.aws/credentials)"
+                    )
+                if isinstance(val, dict):
+                    walk(val, f"{at}{k}.")
+
+        walk(v, "")
+        return v
+
+    @field_validator("uri")
+    @classmethod
+    def _uri_without_secrets(cls, v: str | None) -> str | None:
+        if v is not None and storage.redact(v) != v:
+            raise ValueError(
+                "a URI with a user or password in it; credentials come from the environment, not the suite"
+            )
+        return v.rstrip("/") if v else v
 
     @field_validator("format")
     @classmethod
@@ -91,12 +139,23 @@ class DatasetConfig(Strict):
             )
         return self
 
-    def cell_dict(self, fmt: str) -> dict[str, Any]:
-        """The cell's `dataset`: one format; the data-path keys only where they are not the defaults,
-        so that cells of earlier runs keep their ids (seed is resolved by the caller)."""
-        out = self.model_dump(exclude={"format", "shards", "order", "augment"})
+    @property
+    def remote(self) -> bool:
+        return bool(self.uri) and storage.is_remote(self.uri)  # type: ignore[arg-type]
+
+    def cell_dict(self, fmt: str, mode: str | None = None) -> dict[str, Any]:
+        """The cell's `dataset`: one format (and for object storage one way to read it); the data-path
+        keys only where they are not the defaults, so that cells of earlier runs keep their ids (seed is
+        resolved by the caller). A memory cell reads no files, so it carries no uri."""
+        out = self.model_dump(exclude={"format", "shards", "order", "augment", "uri", "storage", "storage_options"})
         if fmt != "memory":
             out["format"] = fmt
+            if self.uri:
+                out["uri"] = self.uri
+                if self.remote:
+                    out["storage"] = mode or self.storage[0]
+                    if self.storage_options:
+                        out["storage_options"] = self.storage_options
         if self.order != "global":
             out["order"] = self.order
         if self.order != "global" or fmt != "memory":

@@ -55,7 +55,8 @@ SAME_BATCHES = ("model_name", "dataset", "train_samples", "batch_size", "seed", 
 
 def _data_name(r: Row) -> str:
     fmt = r.get("data_format")
-    return f"{r['framework']} {fmt}" + (f"/{r['loader']} w{r['loader_workers']}" if fmt != "memory" else "")
+    where = f" {r['data_storage']}" if r.get("data_storage") in ("stream", "cache") else ""
+    return f"{r['framework']} {fmt}" + (f"/{r['loader']} w{r['loader_workers']}{where}" if fmt != "memory" else "")
 
 
 def check_digests(rows: list[Row]) -> None:

@@ -191,7 +191,8 @@ def emulated_step(unit: Unit, run_dir: Path) -> tuple[float | None, str | None]:
     if emulate != "measured":
         return float(emulate), None
     spec = unit.cell.spec
-    dataset = {k: v for k, v in (spec.dataset or {}).items() if k != "format"}
+    files = ("format", "uri", "storage", "storage_options")  # a memory cell reads no files
+    dataset = {k: v for k, v in (spec.dataset or {}).items() if k not in files}
     if dataset.get("order", "global") == "global":
         dataset.pop("shards", None)
     twin = Cell(dataclasses.replace(spec, dataset=dataset, loader=None))

@@ -159,6 +159,9 @@ def data_path_cells(r: Row) -> dict[str, Any]:
     path = "memory"
     if r.get("data_format") != "memory":
         path = f"{r['data_format']}/{r.get('loader')} w{r.get('loader_workers')}"
+        if r.get("data_storage") in ("stream", "cache"):  # object storage: how, and what it fetched
+            hit = " (hit)" if r.get("storage_cache_hit") else ""
+            path += f", {r['data_storage']}{hit} from {r.get('data_uri')}"
     if r.get("emulated_compute_s") is not None:
         path += f", emulated step {1000 * r['emulated_compute_s']:.3g} ms"
     return {
@@ -175,6 +178,8 @@ def data_path_cells(r: Row) -> dict[str, Any]:
         "child_cpu": r.get("child_cpu_avg_pct"),
         "pss": r.get("tree_pss_peak_mb"),
         "read": r.get("read_chars_mb"),
+        "storage_mb": r.get("storage_read_mb"),
+        "storage_mb_s": r.get("storage_read_mb_per_second"),
     }
 
 
@@ -191,8 +196,19 @@ DATA_PATH_HEAD = [
     ("child_cpu", "loader processes CPU %"),
     ("pss", "tree PSS MiB"),
     ("read", "read MiB"),
+    ("storage_mb", "object storage MB"),
+    ("storage_mb_s", "object storage MB/s"),
     ("same_batches", "same batches"),
 ]
+
+
+STORAGE_COLUMNS = ("storage_mb", "storage_mb_s")
+
+
+def data_path_head(rows: list[Row]) -> list[tuple[str, str]]:
+    """DATA_PATH_HEAD, with the object-storage columns only where a cell read object storage."""
+    remote = any(r.get("data_storage") in ("stream", "cache") for r in rows)
+    return [(k, t) for k, t in DATA_PATH_HEAD if remote or k not in STORAGE_COLUMNS]
 
 
 def badge(rec: Recommendation) -> str:

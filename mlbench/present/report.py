@@ -11,7 +11,7 @@ from plotly.offline import get_plotlyjs
 
 from mlbench.analysis import bottleneck, parity, recommend, scaling
 from mlbench.present import charts
-from mlbench.present.content import DATA_PATH_HEAD, DATA_PATH_NOTE, RULES, STATUS_ORDER, Content, data_path_cells
+from mlbench.present.content import DATA_PATH_NOTE, RULES, STATUS_ORDER, Content, data_path_cells, data_path_head
 from mlbench.present.content import badge as content_badge
 from mlbench.results.labels import band_text, label, num
 from mlbench.results.store import atomic_write
@@ -197,14 +197,15 @@ def data_path_section(rows: list[dict[str, Any]]) -> str:
     """The data path: each file-fed cell against its memory twin (mlbench/analysis/datapath.py)."""
     if not rows:
         return ""
-    head = "<th>cell</th>" + "".join(f"<th>{_esc(title)}</th>" for _, title in DATA_PATH_HEAD)
+    columns = data_path_head(rows)
+    head = "<th>cell</th>" + "".join(f"<th>{_esc(title)}</th>" for _, title in columns)
     body = []
     for r in rows:
         cells = data_path_cells(r)
         name = f"{r['framework']} {r['model_name']} {r['device']} {r['precision']} bs{r['batch_size']}"
         tds = "".join(
             f"<td>{_fmt(cells[key]) if cells[key] is None or isinstance(cells[key], (int, float)) else _esc(cells[key])}</td>"
-            for key, _ in DATA_PATH_HEAD
+            for key, _ in columns
         )
         body.append(f"<tr class='st-{_esc(r['status'])}'><td>{_esc(name)}</td>{tds}</tr>")
     return (

@@ -21,7 +21,7 @@ import mlbench
 from mlbench.analysis import bottleneck, parity, recommend
 from mlbench.analysis.recommend import Effect, Recommendation, Row
 from mlbench.present import charts, images
-from mlbench.present.content import DATA_PATH_HEAD, DATA_PATH_NOTE, RULES, STATUS_ORDER, Content, badge, data_path_cells
+from mlbench.present.content import DATA_PATH_NOTE, RULES, STATUS_ORDER, Content, badge, data_path_cells, data_path_head
 from mlbench.results import labels
 from mlbench.results.labels import NA, band_text, label
 from mlbench.results.store import atomic_write
@@ -428,7 +428,8 @@ def models_section(rows: list[Row], suite: dict[str, Any]) -> str:
 def data_path_section(rows: list[Row]) -> str:
     if not rows:
         return ""
-    head = ["cell"] + [title for _, title in DATA_PATH_HEAD]
+    columns = data_path_head(rows)
+    head = ["cell"] + [title for _, title in columns]
     body = []
     for r in rows:
         cells = data_path_cells(r)
@@ -437,7 +438,7 @@ def data_path_section(rows: list[Row]) -> str:
             [text(name)]
             + [
                 num(cells[k]) if cells[k] is None or isinstance(cells[k], (int, float)) else text(cells[k])
-                for k, _ in DATA_PATH_HEAD
+                for k, _ in columns
             ]
         )
     return "## Data path\n\n" + DATA_PATH_NOTE + "\n\n" + table(head, body)

@@ -35,6 +35,7 @@ MEAN_OF = (
     "accelerator_utilisation",
 )
 MEDIAN_OF = (
+    "storage_read_mb_per_second",
     "loader_samples_per_second",
     "loader_mb_per_second",
     "time_to_first_batch_s",

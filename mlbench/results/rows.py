@@ -317,6 +317,14 @@ def _data_path(cell: Cell, ev: list[dict[str, Any]], ok: bool) -> dict[str, Any]
         "waits_overlap_steps": data.get("waits_overlap_steps"),
         "au_source": ("waits" if au is not None else None),
         "emulated_compute_s": _last(ev, "result").get("emulated_compute_s"),
+        # where the shards came from: local, or object storage streamed or cached (storage.py)
+        "data_storage": data.get("data_storage") if loader else None,
+        "data_uri": data.get("data_uri"),
+        "storage_read_mb": data.get("storage_read_mb"),
+        "storage_requests": data.get("storage_requests"),
+        "storage_read_mb_per_second": data.get("storage_read_mb_per_second"),
+        "storage_fetch_s": data.get("storage_fetch_s"),
+        "storage_cache_hit": data.get("storage_cache_hit"),
     }
 
 

@@ -191,6 +191,28 @@ COLUMNS: list[tuple[str, pa.DataType, str]] = [
         "the loader alone over one epoch of the same batches, no step, after its first batch: samples/s",
     ),
     ("loader_mb_per_second", F, "the same, in MB/s of records read (records x record bytes)"),
+    (
+        "data_storage",
+        S,
+        "where a file-fed cell's shards came from: local (a disk), stream (object storage, each batch's records "
+        "fetched as the loader reads them) or cache (object storage copied to the run's local cache first)",
+    ),
+    ("data_uri", S, "the object-storage URI of the shard folder (no user or password in it); null for local shards"),
+    (
+        "storage_read_mb",
+        F,
+        "MB fetched from object storage over the cell, by every process (loader workers too): streamed byte ranges "
+        "and whole objects, or the cache's copy (0 on a cache hit)",
+    ),
+    ("storage_requests", I, "requests made to object storage for those bytes (a coalesced byte range is one)"),
+    (
+        "storage_read_mb_per_second",
+        F,
+        "read throughput from object storage: the cache's copy over its time, or (stream) the MB the loader-alone "
+        "epoch fetched over its time",
+    ),
+    ("storage_fetch_s", F, "the time to copy the shard folder into the local cache (cache, on a miss)"),
+    ("storage_cache_hit", B, "the shard folder was in the local cache already (cache): nothing fetched"),
     ("time_to_first_batch_s", F, "from asking the loader for an epoch (worker start-up included) to its first batch"),
     ("data_wait_p50_s", F, "median wait of a steady timed step for its batch (the feed's next())"),
     ("data_wait_p99_s", F, "99th percentile of that wait"),

@@ -3,7 +3,9 @@ run's data folder before the run (a run makes what is missing itself; preparing 
 writing out of the first cells' time and lets a storage team place the files).
 
 Shards are written as workers/common/datapath/formats.py describes, atomically; nothing here imports
-a framework (TFRecord files are framed and encoded without TensorFlow).
+a framework (TFRecord files are framed and encoded without TensorFlow). Where `dataset.uri` names
+object storage, each shard folder is written locally, then uploaded there (meta.json last), unless
+the URI holds it already: a run reads object storage and never writes it.
 """
 
 from __future__ import annotations
@@ -15,12 +17,12 @@ from pathlib import Path
 from mlbench.cells import Cell
 from workers.common import data as datasets
 from workers.common import specs
-from workers.common.datapath import feed
+from workers.common.datapath import feed, storage
 
 
 @dataclass(frozen=True)
 class Prepared:
-    folder: Path
+    folder: Path | str  # a local folder, or the URI a shard folder was uploaded to
     files: int
     bytes: int
     seconds: float
@@ -55,10 +57,24 @@ def prepare(cells: list[Cell], data_dir: Path) -> list[Prepared]:
             t0 = time.perf_counter()
             feed.materialise(folder, spec.dataset)
             targets.append((shard_folder, 0.0 if existed else time.perf_counter() - t0))
+        remote = feed.remote_folder(folder, spec.dataset) if spec.dataset.get("format", "memory") != "memory" else None
         for target, seconds in targets:
             if target in seen:
                 continue
             seen.add(target)
             files, size = _size(target)
             out.append(Prepared(target, files, size, seconds, made=seconds > 0))
+        if remote is not None and remote not in seen:
+            seen.add(remote)
+            out.append(upload(targets[-1][0], remote, spec.dataset.get("storage_options") or None))
     return out
+
+
+def upload(local: Path, uri: str, options: dict | None) -> Prepared:
+    """A local shard folder copied to object storage where the URI does not hold it yet."""
+    files, size = _size(local)
+    if storage.exists(storage.join(uri, "meta.json"), options):
+        return Prepared(storage.redact(uri), files, size, 0.0, made=False)
+    t0 = time.perf_counter()
+    written = storage.put_folder(local, uri, options)
+    return Prepared(storage.redact(uri), files, written, time.perf_counter() - t0, made=True)

@@ -51,7 +51,7 @@ def _cells(suite: Suite, model: str, start: int) -> list[Cell]:
         for axes in data_axes(suite):
             if axes.get("emulate") is not None:  # the same loader as its real-compute cell
                 continue
-            dataset = suite.dataset.cell_dict(axes["fmt"])
+            dataset = suite.dataset.cell_dict(axes["fmt"], axes.get("storage"))
             dataset.pop("seed")
             if dataset_seed != suite.seed:
                 dataset["seed"] = dataset_seed

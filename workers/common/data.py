@@ -365,7 +365,7 @@ def read_cifar10(path: str, train: int | None, val: int | None) -> dict[str, np.
 # --- the cache in the run's folder ------------------------------------------------------------
 
 
-DATA_PATH_KEYS = ("format", "shards", "order", "augment")  # a cell's dataset keys that do not change the data
+DATA_PATH_KEYS = ("format", "shards", "order", "augment", "uri", "storage", "storage_options")  # read how, not what
 
 
 def dataset_key(dataset: dict[str, Any], family: str, inp: InputSpec, seed: int) -> str:

@@ -38,7 +38,7 @@ import numpy as np
 from workers.common import data as datasets
 from workers.common import profile
 from workers.common.datapath import order as orders
-from workers.common.datapath.formats import DataError
+from workers.common.datapath.formats import DataError, StorageUnavailable
 from workers.common.datapath.loaders import LoaderCrashed
 from workers.common.devices import Device
 from workers.common.events import PROTOCOL_VERSION, Emitter
@@ -834,8 +834,9 @@ def run(backend_loader: Any, cell: dict[str, Any], em: Emitter) -> int:
     except datasets.DataUnavailable as exc:
         em.emit("error", kind="unsupported", message=str(exc), traceback="")
         return 3
-    except DataError as exc:  # bad data: one line naming the file and the record
-        em.emit("error", kind="exception", message=f"bad data: {exc}", traceback=traceback.format_exc()[-8000:])
+    except DataError as exc:  # bad data, or object storage that did not answer: one line naming the file
+        what = "object storage" if isinstance(exc, StorageUnavailable) else "bad data"
+        em.emit("error", kind="exception", message=f"{what}: {exc}", traceback=traceback.format_exc()[-8000:])
         return 1
     except LoaderCrashed as exc:
         em.emit("error", kind="crashed", message=str(exc), traceback=traceback.format_exc()[-8000:])

@@ -14,6 +14,10 @@ the loader's time to the first batch and its steady throughput in samples/s and 
 
 from __future__ import annotations
 
+import atexit
+import os
+import shutil
+import tempfile
 import time
 from collections.abc import Iterator
 from pathlib import Path
@@ -22,17 +26,31 @@ from typing import Any
 import numpy as np
 
 from workers.common import data as datasets
-from workers.common.datapath import formats
+from workers.common.datapath import formats, storage
 from workers.common.datapath import loaders as loaders_
 from workers.common.datapath import order as orders
 
 
 def shard_folder(ds_folder: Path, data: dict[str, Any]) -> Path:
-    return ds_folder.parent / formats.folder_name(ds_folder.name, data["format"], data.get("shards", 1))
+    """The local shard folder: beside the dataset's folder, or under a file:// `dataset.uri`."""
+    name = formats.folder_name(ds_folder.name, data["format"], data.get("shards", 1))
+    uri = data.get("uri")
+    if uri and not storage.is_remote(uri):
+        return Path(storage.local_path(uri)) / name
+    return ds_folder.parent / name
+
+
+def remote_folder(ds_folder: Path, data: dict[str, Any]) -> str | None:
+    """The shard folder's URI where `dataset.uri` names object storage, else None."""
+    uri = data.get("uri")
+    if not uri or not storage.is_remote(uri):
+        return None
+    return storage.join(uri, formats.folder_name(ds_folder.name, data["format"], data.get("shards", 1)))
 
 
 def materialise(ds_folder: Path, data: dict[str, Any]) -> formats.ShardSet:
-    """The training set of a dataset folder as the cell's shards, written first where absent."""
+    """The training set of a dataset folder as the cell's shards, written first where absent (on the
+    local disk; object storage is written by `mlbench data prepare` only, never by a run)."""
     folder = shard_folder(ds_folder, data)
     if (folder / formats.META).is_file():
         return formats.ShardSet.open(folder)
@@ -58,11 +76,18 @@ class FileFeed:
         self.kind = self.spec.resolved_kind(framework)
         self.digest_batches = int((cell.get("loader") or {}).get("digest_batches", orders.DIGEST_BATCHES))
         ds_folder = Path(cell["data_dir"]) / ds.key
+        self.storage: dict[str, Any] = {"data_storage": "local"}
+        self.ledger: str | None = None
         t0 = time.perf_counter()
-        self.shardset = materialise(ds_folder, data)
+        remote = remote_folder(ds_folder, data)
+        if remote is None:
+            self.shardset = materialise(ds_folder, data)
+        else:
+            self.shardset = self._remote(remote, data, Path(cell["data_dir"]) / "cache")
         self.prepare_s = time.perf_counter() - t0
         self.source = loaders_.Source(
             folder=self.shardset.folder,
+            options=self.shardset.options,
             batch_size=batch_size,
             seed=cell["seed"],
             order=data.get("order", "global"),
@@ -86,6 +111,38 @@ class FileFeed:
 
     def __len__(self) -> int:
         return self.n
+
+    def _remote(self, uri: str, data: dict[str, Any], cache_root: Path) -> formats.ShardSet:
+        """The shards in object storage: streamed, or copied to the local cache first (storage.py). Every
+        process that fetches (loader workers too) counts into this cell's ledger folder."""
+        mode = data.get("storage", "stream")
+        options = data.get("storage_options") or None
+        self.ledger = tempfile.mkdtemp(prefix="mlbench-storage-")
+        atexit.register(shutil.rmtree, self.ledger, True)  # a cell that fails never reaches close()
+        os.environ[storage.LEDGER_ENV] = self.ledger  # inherited by the loader's worker processes
+        self.storage = {"data_storage": mode, "data_uri": storage.redact(uri)}
+        if mode == "cache":
+            try:
+                got = storage.fetch_folder(uri, options, cache_root)
+            except storage.StorageError as exc:
+                raise formats.StorageUnavailable(str(exc)) from None
+            self.storage.update(
+                storage_cache_hit=got["hit"],
+                storage_fetch_s=got["seconds"] if not got["hit"] else None,
+                storage_read_mb_per_second=got["bytes"] / got["seconds"] / 1e6
+                if not got["hit"] and got["seconds"] > 0
+                else None,
+            )
+            return formats.ShardSet.open(got["folder"])
+        return formats.ShardSet.open(uri, options)
+
+    def storage_figures(self) -> dict[str, Any]:
+        """Where the shards came from and what reading them fetched from storage, in every process so far."""
+        out = dict(self.storage)
+        if self.ledger is not None:
+            nbytes, requests = storage.ledger_totals(self.ledger)
+            out.update(storage_read_mb=nbytes / 1e6, storage_requests=requests)
+        return out
 
     RING = 4  # batches made into buffers in turn: a buffer is reused only after the step that read it is done
 
@@ -122,6 +179,7 @@ class FileFeed:
         """The loader alone over one epoch's batches: the time to its first batch (worker start-up, the
         first shard, a tf.data graph's tracing), then its steady throughput over the batches after the
         first, in samples/s and MB/s of records."""
+        fetched0 = storage.ledger_totals(self.ledger)[0] if self.ledger else 0
         t0 = time.perf_counter()
         first, batches = None, 0
         for _ in self.loader.epoch(epoch):
@@ -131,6 +189,9 @@ class FileFeed:
         end = time.perf_counter()
         samples = (batches - 1) * self.batch_size
         steady = samples > 0 and end > (first or end)
+        if self.storage["data_storage"] == "stream" and end > t0:  # what the loader drew from storage, per second
+            fetched = storage.ledger_totals(self.ledger)[0] - fetched0  # type: ignore[arg-type]
+            self.storage["storage_read_mb_per_second"] = fetched / (end - t0) / 1e6
         return {
             "time_to_first_batch_s": first - t0 if first is not None else None,
             "loader_samples_per_second": samples / (end - first) if steady else None,
@@ -146,7 +207,12 @@ class FileFeed:
             "loader_workers": self.spec.workers,
             "record_bytes": self.shardset.record_bytes,
             "shard_prepare_s": self.prepare_s,
+            **self.storage_figures(),
         }
 
     def close(self) -> None:
         self.loader.close()
+        if self.ledger is not None and os.environ.get(storage.LEDGER_ENV) == self.ledger:
+            self.storage = self.storage_figures()  # the totals kept past the ledger folder
+            self.ledger = None
+            shutil.rmtree(os.environ.pop(storage.LEDGER_ENV), ignore_errors=True)

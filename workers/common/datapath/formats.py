@@ -21,18 +21,19 @@ shard, a missing file, a record size that does not match.
 
 from __future__ import annotations
 
+import io
 import json
 import os
 import shutil
 import tempfile
 import zipfile
-from dataclasses import dataclass
+from dataclasses import dataclass, field
 from pathlib import Path
 from typing import Any
 
 import numpy as np
 
-from workers.common.datapath import tfrecords
+from workers.common.datapath import storage, tfrecords
 from workers.common.datapath.order import shard_bounds
 
 FORMATS = ("raw", "npz", "tfrecord", "hdf5")
@@ -43,6 +44,11 @@ LAYOUT_VERSION = 1
 
 class DataError(Exception):
     """Data that cannot be read as described: the message names the file and the record."""
+
+
+class StorageUnavailable(DataError):
+    """Object storage that did not answer as asked (storage.py): a missing object, a denied request, a
+    server gone; the message names the URI."""
 
 
 @dataclass(frozen=True)
@@ -57,6 +63,12 @@ class ShardSet:
     shape: tuple[int, ...]  # of one sample, as stored (images CHW)
     dtype: str  # of the samples, numpy's str ('|u1', '<i4', '<f4')
     label_dtype: str  # '|u1' (images: CIFAR's layout) or '<i4'
+    # where the folder is a URI (storage.py): fsspec's options for its backend (no secrets), else None
+    options: dict[str, Any] | None = field(default=None, compare=False)
+
+    @property
+    def remote(self) -> bool:
+        return storage.is_remote(self.folder)
 
     @property
     def shards(self) -> int:
@@ -71,21 +83,33 @@ class ShardSet:
         return np.dtype(self.label_dtype).itemsize + self.sample_bytes
 
     def path(self, shard: int) -> str:
-        return os.path.join(self.folder, self.files[shard])
+        return (
+            storage.join(self.folder, self.files[shard])
+            if self.remote
+            else os.path.join(self.folder, self.files[shard])
+        )
 
     def record_dtype(self) -> np.dtype:
         return np.dtype([("y", self.label_dtype), ("x", self.dtype, self.shape)])
 
     @classmethod
-    def open(cls, folder: str | Path) -> ShardSet:
-        meta_path = Path(folder) / META
+    def open(cls, folder: str | Path, options: dict[str, Any] | None = None) -> ShardSet:
+        remote = storage.is_remote(str(folder))
+        meta_path = storage.join(str(folder), META) if remote else Path(folder) / META
         try:
-            meta = json.loads(meta_path.read_text())
+            meta = json.loads(storage.cat(str(meta_path), options) if remote else Path(meta_path).read_text())
         except FileNotFoundError:
             raise DataError(f"{meta_path}: no such file (the shard folder is incomplete or absent)") from None
+        except storage.StorageError as exc:
+            if str(exc).endswith("no such object"):
+                raise StorageUnavailable(
+                    f"{exc} (the shard folder is absent: write it with `mlbench data prepare CONFIG`)"
+                ) from None
+            raise StorageUnavailable(str(exc)) from None
         except (OSError, ValueError) as exc:
             raise DataError(f"{meta_path}: unreadable ({exc})") from None
         return cls(
+            options=options if remote else None,
             folder=str(folder),
             format=meta["format"],
             n=meta["n"],
@@ -178,9 +202,10 @@ class Reader:
     def __init__(self, shardset: ShardSet) -> None:
         self.ss = shardset
         self._open: dict[int, Any] = {}
+        self._fileobjs: dict[int, Any] = {}  # a remote HDF5 shard's fsspec file
 
     def __getstate__(self) -> dict[str, Any]:  # a worker process opens its own files
-        return {"ss": self.ss, "_open": {}}
+        return {"ss": self.ss, "_open": {}, "_fileobjs": {}}
 
     def _file(self, shard: int) -> Any:
         handle = self._open.get(shard)
@@ -192,10 +217,18 @@ class Reader:
         handle = self._open.pop(shard)
         if self.ss.format == "hdf5":
             handle.close()
+        fileobj = self._fileobjs.pop(shard, None)
+        if fileobj is not None:
+            fileobj.close()
 
     def _openshard(self, shard: int) -> Any:
         ss, path = self.ss, self.ss.path(shard)
         count = ss.bounds[shard + 1] - ss.bounds[shard]
+        if ss.remote:
+            try:
+                return self._openremote(shard, path, count)
+            except storage.StorageError as exc:
+                raise StorageUnavailable(str(exc)) from None
         if not os.path.isfile(path):
             raise DataError(f"{path}: no such file (shard {shard} of {ss.shards})")
         try:
@@ -235,18 +268,89 @@ class Reader:
             raise DataError(f"{path}: cannot read shard {shard} ({type(exc).__name__}: {exc})") from None
         raise ValueError(f"unknown format {ss.format!r}")
 
+    def _openremote(self, shard: int, path: str, count: int) -> Any:
+        """A shard in object storage (storage.py): a raw or TFRecord shard as its records' byte offsets (read
+        by ranges), an npz shard fetched whole, an HDF5 shard through a buffered file h5py reads."""
+        ss, opts, what = self.ss, self.ss.options, f"shard {shard} of {self.ss.shards}"
+        if ss.format == "raw":
+            size = storage.size(path, opts, what)
+            if size != count * ss.record_bytes:
+                raise DataError(
+                    f"{storage.redact(path)}: {size} bytes, expected {count} records of {ss.record_bytes} bytes "
+                    f"(truncated, or another record size); record {size // ss.record_bytes} is the first incomplete"
+                )
+            return np.arange(count + 1, dtype=np.int64) * ss.record_bytes
+        if ss.format == "tfrecord":
+            index = np.load(io.BytesIO(storage.cat(path + ".idx.npy", opts, what)), allow_pickle=False)
+            if len(index) != count:
+                raise DataError(f"{storage.redact(path)}.idx.npy: {len(index)} records indexed, expected {count}")
+            return np.append(index.astype(np.int64), storage.size(path, opts, what))
+        if ss.format == "npz":
+            try:
+                with np.load(io.BytesIO(storage.cat(path, opts, what)), allow_pickle=False) as z:
+                    x, y = z["x"], z["y"]
+            except (ValueError, KeyError, zipfile.BadZipFile, EOFError) as exc:
+                raise DataError(
+                    f"{storage.redact(path)}: cannot read shard {shard} ({type(exc).__name__}: {exc})"
+                ) from None
+            if len(y) != count or x.shape[1:] != ss.shape:
+                raise DataError(
+                    f"{storage.redact(path)}: holds {len(y)} samples of shape {x.shape[1:]}, expected {count} of {ss.shape}"
+                )
+            return x, y
+        if ss.format == "hdf5":
+            import h5py
+
+            fileobj = storage.CountedFile(path, opts)
+            try:
+                f = h5py.File(fileobj, "r")
+            except OSError as exc:
+                fileobj.close()
+                raise DataError(f"{storage.redact(path)}: cannot read shard {shard} ({exc})") from None
+            if f["y"].shape[0] != count or f["x"].shape[1:] != ss.shape:
+                held = f["y"].shape[0]
+                f.close()
+                fileobj.close()
+                raise DataError(f"{storage.redact(path)}: holds {held} samples, expected {count} of {ss.shape}")
+            self._fileobjs[shard] = fileobj
+            return f
+        raise ValueError(f"unknown format {ss.format!r}")
+
+    def _remote_records(self, shard: int, local: np.ndarray) -> list[bytes]:
+        """The bytes of each record `local` names (ascending), consecutive ones fetched as one range."""
+        offsets = self._file(shard)
+        starts, ends = offsets[local], offsets[local + 1]
+        spans = storage.runs(starts, ends)
+        try:
+            blobs = storage.ranges(self.ss.path(shard), self.ss.options, [(a, b) for _, _, a, b in spans])
+        except storage.StorageError as exc:
+            raise StorageUnavailable(str(exc)) from None
+        out: list[bytes] = []
+        for (i0, i1, a, _), blob in zip(spans, blobs):
+            out.extend(blob[int(starts[k]) - a : int(ends[k]) - a] for k in range(i0, i1))
+        return out
+
     def _tfrecord(self, shard: int, local: np.ndarray) -> tuple[np.ndarray, np.ndarray]:
-        f, index = self._file(shard)
         path = self.ss.path(shard)
+        if self.ss.remote:
+            streams: Any = (io.BytesIO(b) for b in self._remote_records(shard, local))
+        else:
+            f, index = self._file(shard)
+
+            def seek() -> Any:
+                for i in local:
+                    f.seek(int(index[i]))
+                    yield f
+
+            streams = seek()
         x = np.empty((len(local), *self.ss.shape), self.ss.dtype)
         y = np.empty(len(local), np.int32)
-        for j, i in enumerate(local):
-            where = f"{path}: record {int(i)}"
-            f.seek(int(index[i]))
+        for j, (i, stream) in enumerate(zip(local, streams)):
+            where = f"{storage.redact(path)}: record {int(i)}"
             try:
-                raw, y[j] = tfrecords.decode_example(tfrecords.read_record(f, where))
+                raw, y[j] = tfrecords.decode_example(tfrecords.read_record(stream, where))
             except ValueError as exc:
-                raise DataError(str(exc)) from None
+                raise StorageUnavailable(str(exc)) from None
             except Exception as exc:  # protobuf's DecodeError, a missing feature
                 raise DataError(f"{where}: not a tf.train.Example with features x and y ({exc})") from None
             if len(raw) != self.ss.sample_bytes:
@@ -258,6 +362,10 @@ class Reader:
         fmt = self.ss.format
         if fmt == "tfrecord":
             return self._tfrecord(shard, local)
+        if fmt == "raw" and self.ss.remote:
+            blob = b"".join(self._remote_records(shard, local))
+            rec = np.frombuffer(blob, self.ss.record_dtype(), count=len(local))
+            return rec["x"], rec["y"].astype(np.int32)
         handle = self._file(shard)
         if fmt == "raw":
             rec = handle[local]

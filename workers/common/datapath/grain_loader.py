@@ -115,7 +115,7 @@ class GrainLoader(Loader):
             try:
                 batch = next(self._it)
             except DataError as exc:
-                raise DataError(worker_error(exc)) from None
+                raise type(exc)(worker_error(exc)) from None  # a storage failure stays one
             except RuntimeError as exc:  # Grain's words for a worker process that died
                 if "terminated unexpectedly" in str(exc):
                     raise LoaderCrashed(f"a Grain worker process died: {str(exc).splitlines()[0]}") from None

@@ -16,7 +16,8 @@ from __future__ import annotations
 
 import threading
 from collections.abc import Iterator
-from dataclasses import dataclass
+from dataclasses import dataclass, field
+from functools import cached_property
 from typing import Any
 
 import numpy as np
@@ -60,10 +61,11 @@ class Source:
     shards: int = 1
     augment: str = "none"
     burn: int = 0
+    options: dict[str, Any] | None = field(default=None, compare=False)  # object storage's (storage.py)
 
-    @property
-    def shardset(self) -> ShardSet:
-        return ShardSet.open(self.folder)
+    @cached_property
+    def shardset(self) -> ShardSet:  # read once: in object storage, meta.json is a request
+        return ShardSet.open(self.folder, self.options)
 
     def plan(self, epoch: int) -> np.ndarray:
         return orders.plan(self.shardset.n, self.batch_size, self.seed, epoch, self.order, self.shards)
@@ -86,7 +88,10 @@ def worker_error(exc: BaseException) -> str:
     the worker's traceback around it)."""
     lines = [ln.strip() for ln in str(exc).splitlines() if ln.strip()]
     last = lines[-1] if lines else ""
-    return last.split("DataError: ", 1)[-1]
+    for name in ("StorageUnavailable: ", "DataError: "):
+        if name in last:
+            return last.split(name, 1)[-1]
+    return last
 
 
 class ThreadReaders:

@@ -6,7 +6,10 @@ shard at a time, by TensorFlow's native C++ ops where it has them (`raw`: read_f
 has none (`npz`, `hdf5`: the workaround TensorFlow's users reach for, Python under the GIL); each
 shard's records are permuted as the order says, the stream batched, each batch sorted and augmented
 in one vectorised `map`, then `prefetch`. With the `global` order every batch reads its rows by
-index through `tf.numpy_function` (tf.data has no random access to files).
+index through `tf.numpy_function` (tf.data has no random access to files). Shards in object
+storage (`dataset.uri`, streamed) go through `tf.numpy_function` over fsspec in every format:
+TensorFlow 2.21 reads no s3://, gs:// or az:// path itself (tensorflow-io, which carried those
+filesystems, stopped at 0.37), so the native ops serve only local files and the local cache.
 
 `workers` is the `num_parallel_calls` of the maps (0: none, and no prefetch: the batches are made
 on demand), `prefetch` the batches made ahead; `deterministic` is on, so parallel maps keep the
@@ -54,8 +57,10 @@ class TfDataLoader(Loader):
 
     def _check_files(self) -> None:
         """What TensorFlow's native readers would report without a file name: a missing shard, a raw
-        shard of the wrong size."""
+        shard of the wrong size (a remote shard is checked by the Reader that streams it)."""
         ss = self.ss
+        if ss.remote:
+            return
         for s in range(ss.shards):
             path, count = ss.path(s), ss.bounds[s + 1] - ss.bounds[s]
             if not os.path.isfile(path):
@@ -72,7 +77,7 @@ class TfDataLoader(Loader):
         ss = self.ss
         path = tf.gather(tf.constant([ss.path(s) for s in range(ss.shards)]), shard)
         xdtype = _DTYPES[ss.dtype]
-        if ss.format == "raw":
+        if ss.format == "raw" and not ss.remote:
             records = tf.reshape(tf.io.decode_raw(tf.io.read_file(path), tf.uint8), [-1, ss.record_bytes])
             lb = np.dtype(ss.label_dtype).itemsize
             y = (
@@ -84,7 +89,7 @@ class TfDataLoader(Loader):
             size = np.dtype(ss.dtype).itemsize
             x = body if size == 1 else tf.bitcast(tf.reshape(body, [-1, ss.sample_bytes // size, size]), xdtype)
             return tf.reshape(x, [-1, *ss.shape]), y
-        if ss.format == "tfrecord":
+        if ss.format == "tfrecord" and not ss.remote:
             serialized = tf.data.TFRecordDataset(path).batch(1 << 30).get_single_element()
             feats = tf.io.parse_example(
                 serialized,
@@ -92,7 +97,7 @@ class TfDataLoader(Loader):
             )
             x = tf.io.decode_raw(feats["x"], xdtype)
             return tf.reshape(x, [-1, *ss.shape]), tf.cast(feats["y"], tf.int32)
-        # npz, hdf5: no reader in TensorFlow
+        # npz, hdf5: no reader in TensorFlow; object storage: no filesystem for it in TensorFlow 2.21
         x, y = tf.numpy_function(
             lambda s: self.readers.get().read_shard(int(s)), [shard], [xdtype, tf.int32], stateful=False
         )
@@ -181,4 +186,5 @@ class TfDataLoader(Loader):
             raise DataError(" ".join(exc.message.split())[:500]) from None
 
     def describe(self) -> dict[str, Any]:
-        return {"num_parallel_calls": self.par}
+        native = self.ss.format in ("raw", "tfrecord") and not self.ss.remote
+        return {"num_parallel_calls": self.par, "tfdata_reader": "native" if native else "numpy_function"}

@@ -89,7 +89,7 @@ class TorchLoader(Loader):
             for x, y in self.loader:
                 yield x.numpy(), y.numpy()
         except DataError as exc:  # raised in a worker process: torch wraps it in its traceback
-            raise DataError(worker_error(exc)) from None
+            raise type(exc)(worker_error(exc)) from None  # a storage failure stays one
         except RuntimeError as exc:
             # torch's words for a worker that died: "DataLoader worker (pid N) is killed by signal: ..."
             # or "... exited unexpectedly"; torch has stopped the others by then
