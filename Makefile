@@ -66,8 +66,8 @@ browser:
 # two parts: two pytest workers share the machine (tests sharing a real run on one of them), then the
 # tests that time cells or measure other load run alone (`serial`); both parts always run
 test: venv browser
-	@$(BIN)/python -m pytest -q -n 2 --dist loadgroup -m "not serial"; a=$$?; \
-	$(BIN)/python -m pytest -q -p no:xdist -m serial; b=$$?; \
+	@$(BIN)/python -m pytest -q -n 2 --dist loadgroup -m "not serial" --durations=15; a=$$?; \
+	$(BIN)/python -m pytest -q -p no:xdist -m serial --durations=5; b=$$?; \
 	[ $$a -eq 0 ] && [ $$b -eq 0 ]
 
 test-fast: venv  ## unit tests only

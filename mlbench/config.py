@@ -69,9 +69,13 @@ class DatasetConfig(Strict):
     seed: int | None = Field(None, ge=0)
     # where training batches come from (an axis: a list makes a cell of each). memory: gathered in host
     # memory before each epoch (the baseline every file-fed cell is compared with); raw, npz, tfrecord,
-    # hdf5: the training set as `shards` files of that format, read by the cell's `loader`
+    # hdf5: the training set as `shards` files of that format, read by the cell's `loader`; imagefolder: a JPEG
+    # or PNG file per image in a folder per class, decoded by the loader
     # (workers/common/datapath/formats.py)
-    format: list[Literal["memory", "raw", "npz", "tfrecord", "hdf5"]] = Field(["memory"], min_length=1)
+    format: list[Literal["memory", "raw", "npz", "tfrecord", "hdf5", "imagefolder"]] = Field(["memory"], min_length=1)
+    # imagefolder's files (images only; other models' imagefolder cells are skipped): jpeg (lossy:
+    # decoders may differ by a few levels) or png (lossless: the memory cell's bytes)
+    image_codec: Literal["jpeg", "png"] = "jpeg"
     shards: PositiveInt = 1  # files the training set is split into (DLIO's num_files_train)
     # global: one permutation per epoch; two_level: the shards permuted, then the records within each
     # (DLIO's file and sample shuffle: what a sequential reader can follow), for every cell, memory too
@@ -147,9 +151,13 @@ class DatasetConfig(Strict):
         """The cell's `dataset`: one format (and for object storage one way to read it); the data-path
         keys only where they are not the defaults, so that cells of earlier runs keep their ids (seed is
         resolved by the caller). A memory cell reads no files, so it carries no uri."""
-        out = self.model_dump(exclude={"format", "shards", "order", "augment", "uri", "storage", "storage_options"})
+        out = self.model_dump(
+            exclude={"format", "shards", "order", "augment", "uri", "storage", "storage_options", "image_codec"}
+        )
         if fmt != "memory":
             out["format"] = fmt
+            if fmt == "imagefolder":
+                out["image_codec"] = self.image_codec
             if self.uri:
                 out["uri"] = self.uri
                 if self.remote:
@@ -180,6 +188,9 @@ class LoaderConfig(Strict):
     read_threads: PositiveInt = 1  # Grain's read threads per worker
     pin_memory: bool = True  # page-locked batches (torch, on a CUDA device; nothing on a CPU)
     persistent_workers: bool = True  # torch: the workers stay up across epochs
+    # imagefolder: native decodes as each loader's users do (Pillow in DataLoader and Grain workers,
+    # tf.io.decode_image in tf.data); pillow: Pillow in every loader, so the decoded bytes are equal
+    decoder: Literal["native", "pillow"] = "native"
     # a planted per-sample CPU cost (rounds of a 32x32 product per sample, in the loader's workers):
     # makes a cell input-bound on purpose, to see what more workers buy
     burn: int = Field(0, ge=0)
@@ -204,7 +215,9 @@ class LoaderConfig(Strict):
     def cell_dict(self, kind: str, workers: int, emulate: float | str | None = None) -> dict[str, Any]:
         """One cell's loader: the knobs that change what it measures (au_threshold is a verdict's);
         emulate_compute_s only where set."""
-        out = self.model_dump(exclude={"kind", "workers", "au_threshold", "emulate_compute_s"})
+        out = self.model_dump(exclude={"kind", "workers", "au_threshold", "emulate_compute_s", "decoder"})
+        if self.decoder != "native":  # only where set: earlier runs' cells keep their ids
+            out["decoder"] = self.decoder
         return {
             "kind": kind,
             "workers": workers,

@@ -88,18 +88,20 @@ def test_every_format_streams_from_s3_with_the_local_bytes_and_counts_what_it_fe
     x, y = _images()
     rng = np.random.default_rng(2)
     for fmt in formats.FORMATS:
-        local = formats.write(tmp_path / f"k.{fmt}-3", fmt, x, y, 3)
+        local = formats.write(tmp_path / f"k.{fmt}-3", fmt, x, y, 3, codec="png")
         uri = f"s3://{BUCKET}/data/k.{fmt}-3"
         storage.put_folder(local.folder, uri, s3.options)
         remote = formats.ShardSet.open(uri, s3.options)
-        assert remote.remote and remote.n == local.n and remote.path(1).startswith("s3://")
+        first = remote.path(1) if remote.files else remote.image_path(1)  # an image folder: a file per sample
+        assert remote.remote and remote.n == local.n and first.startswith(f"s3://{BUCKET}/data/")
         before = storage.ledger_totals(tmp_path / "ledger")
         idx = rng.permutation(len(y))[:64]
         want, got = formats.Reader(local).read(idx), formats.Reader(remote).read(idx)
         assert np.array_equal(want[0], got[0]) and np.array_equal(want[1], got[1]), fmt
         after = storage.ledger_totals(tmp_path / "ledger")
         fetched = after[0] - before[0]
-        # at least the records asked for; an npz shard comes whole, an HDF5 one in 1 MiB blocks
+        # at least the records asked for; an npz shard comes whole, an HDF5 one in 1 MiB blocks, an image
+        # folder a file per sample (random pixels: PNG cannot shrink them)
         assert fetched >= 64 * local.record_bytes, fmt
         assert after[1] > before[1]
     # consecutive records are one range: a whole raw shard is one request
@@ -153,6 +155,12 @@ def test_the_cache_copies_a_folder_once_whole_and_a_second_cell_hits_it(tmp_path
     cached = formats.ShardSet.open(first["folder"])
     assert np.array_equal(formats.Reader(cached).read(np.arange(50))[0], x[:50])
     assert not [p for p in Path(first["folder"]).parent.iterdir() if p.name.startswith(".")]  # no temporary left
+    # an image folder: a file per sample in a folder per class, copied alike
+    images = formats.write(tmp_path / "k.imagefolder-png-2", "imagefolder", x, y, 2, codec="png")
+    storage.put_folder(images.folder, f"s3://{BUCKET}/c/k.imagefolder-png-2", s3.options)
+    got = storage.fetch_folder(f"s3://{BUCKET}/c/k.imagefolder-png-2", s3.options, tmp_path / "cache")
+    assert got["requests"] == 1 + len(y)
+    assert np.array_equal(formats.Reader(formats.ShardSet.open(got["folder"])).read(np.arange(len(y)))[0], x)
 
 
 def test_a_missing_object_and_a_denied_request_are_one_line_naming_the_uri(tmp_path, s3, monkeypatch):
@@ -322,7 +330,15 @@ def test_s3_faults_fail_the_cell_in_one_line_naming_the_uri_and_leave_nothing_ru
 
     # the server stops while the cell reads its epochs (each step a 20 ms sleep: the loader keeps reading)
     monkeypatch.setenv("TMPDIR", str(tmp_path))  # the worker's ledger folder, watched here
-    stops = _suite("stops", s3, "stops", epochs=6, loader={"workers": [0], "emulate_compute_s": 0.02})
+    stops = _suite(
+        "stops",
+        s3,
+        "stops",
+        epochs=6,
+        loader={"workers": [0], "emulate_compute_s": 0.02},
+        # botocore's own retries of a refused connection once, not five times (s3fs still retries five)
+        dataset={"storage_options": {**s3.options, "config_kwargs": {"retries": {"max_attempts": 1}}}},
+    )
     made = prepare(expand(stops), tmp_path / "stops" / "data")
     epoch_bytes = made[-1].bytes
 

@@ -70,9 +70,15 @@ def check_digests(rows: list[Row]) -> None:
             continue
         key = tuple(r.get(k) for k in SAME_BATCHES)
         key += (r.get("data_shards") if r.get("data_order") == "two_level" else None,)
+        # a lossy codec's files decode to other pixels than the arrays they were made from: such cells are
+        # checked against each other (the first Pillow decode is the reference), not against memory
+        key += ("jpeg" if r.get("image_codec") == "jpeg" else None,)
         groups.setdefault(key, []).append(r)
     for members in groups.values():
-        ref = next((m for m in members if m.get("data_format") == "memory"), members[0])
+        ref = next(
+            (m for m in members if m.get("data_format") == "memory"),
+            next((m for m in members if m.get("image_decoder") == "pillow"), members[0]),
+        )
         for r in members:
             if len(members) < 2:
                 r["digests_agree"] = r["digest_mismatch"] = None
@@ -102,10 +108,28 @@ def annotate(rows: list[Row], au_threshold: float) -> None:
         au = r.get("accelerator_utilisation")
         r["au_pass"] = au >= au_threshold if au is not None else None
         data_tax(r, rows)
+        decode_cost(r, rows)
         if r.get("au_source") == "memory twin" and r.get("data_tax_clear") is False:
             # AU from the twin is the tax seen from the other side: where the tax cannot be told from the
             # runs' noise, neither can a pass or a fail
             r["au_pass"] = None
+
+
+IMAGE_MATCH = (*MATCH, "loader", "loader_workers", "data_shards", "data_storage", "emulated_compute_s")
+
+
+def decode_cost(r: Row, rows: list[Row]) -> None:
+    """An image folder's cost against the raw cell of the same loader, workers and shards (the same pixels as
+    records, nothing to open or decode): 1 - its loader-alone samples/s over the raw cell's; None without one."""
+    r["image_decode_cost"] = None
+    if r.get("data_format") != "imagefolder" or not r.get("loader_samples_per_second"):
+        return
+    raw = next(
+        (b for b in rows if b.get("data_format") == "raw" and all(b.get(k) == r.get(k) for k in IMAGE_MATCH)),
+        None,
+    )
+    if raw is not None and raw.get("loader_samples_per_second"):
+        r["image_decode_cost"] = _tax(r["loader_samples_per_second"], raw["loader_samples_per_second"])
 
 
 def data_tax(r: Row, rows: list[Row]) -> None:

@@ -159,6 +159,11 @@ def data_path_cells(r: Row) -> dict[str, Any]:
     path = "memory"
     if r.get("data_format") != "memory":
         path = f"{r['data_format']}/{r.get('loader')} w{r.get('loader_workers')}"
+        if r.get("image_decoder"):  # an image folder: its codec, what decoded it, and how far from Pillow
+            diff = r.get("decode_max_abs_diff")
+            path += f", {r.get('image_codec')} by {r['image_decoder']}" + (
+                f" ({diff} levels from Pillow at most)" if diff else ""
+            )
         if r.get("data_storage") in ("stream", "cache"):  # object storage: how, and what it fetched
             hit = " (hit)" if r.get("storage_cache_hit") else ""
             path += f", {r['data_storage']}{hit} from {r.get('data_uri')}"

@@ -317,6 +317,9 @@ def _data_path(cell: Cell, ev: list[dict[str, Any]], ok: bool) -> dict[str, Any]
         "waits_overlap_steps": data.get("waits_overlap_steps"),
         "au_source": ("waits" if au is not None else None),
         "emulated_compute_s": _last(ev, "result").get("emulated_compute_s"),
+        "image_codec": dataset.get("image_codec"),
+        "image_decoder": data.get("image_decoder"),
+        "decode_max_abs_diff": data.get("decode_max_abs_diff"),
         # where the shards came from: local, or object storage streamed or cached (storage.py)
         "data_storage": data.get("data_storage") if loader else None,
         "data_uri": data.get("data_uri"),

@@ -191,6 +191,26 @@ COLUMNS: list[tuple[str, pa.DataType, str]] = [
         "the loader alone over one epoch of the same batches, no step, after its first batch: samples/s",
     ),
     ("loader_mb_per_second", F, "the same, in MB/s of records read (records x record bytes)"),
+    ("image_codec", S, "imagefolder: the files' codec, jpeg (lossy) or png (lossless)"),
+    (
+        "image_decoder",
+        S,
+        "imagefolder: what decoded the files, pillow (DataLoader and Grain workers, or loader.decoder: pillow) or "
+        "tf.io.decode_image (tf.data)",
+    ),
+    (
+        "decode_max_abs_diff",
+        I,
+        "imagefolder: the largest difference, in pixel levels, between this loader's decoded batches and the same "
+        "files decoded by Pillow, over the digested batches (0: the same bytes)",
+    ),
+    (
+        "image_decode_cost",
+        F,
+        "imagefolder: 1 - its loader-alone samples/s over the raw cell's with the same loader, workers and shards "
+        "(the same pixels as records): what opening a file per sample and decoding it costs the loader (rebuilt; "
+        "null without such a raw cell)",
+    ),
     (
         "data_storage",
         S,

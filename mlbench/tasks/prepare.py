@@ -44,8 +44,10 @@ def prepare(cells: list[Cell], data_dir: Path) -> list[Prepared]:
             continue
         model = specs.get_spec(spec.model, spec.model_overrides)
         inp = specs.input_spec(model)
-        if spec.dataset["name"] == "cifar10" and model.family != "image":
-            continue  # the cell is skipped at run time with that reason
+        if model.family != "image" and (
+            spec.dataset["name"] == "cifar10" or spec.dataset.get("format") == "imagefolder"
+        ):
+            continue  # images only: the cell is skipped at run time with that reason
         t0 = time.perf_counter()
         folder = datasets.materialise(
             spec.dataset, model.family, inp, datasets.data_seed(spec.to_dict()), str(data_dir)

@@ -6,7 +6,8 @@ epoch's first batch, and again from a batch in the middle (a loader started ther
 and a restart mid-epoch). Every digest list is compared with a reference made here, in numpy alone,
 from the dataset's arrays and the order and augmentation functions (workers/common/datapath/order.py):
 the first batch that differs is named. Epoch 1 is checked, not 0: the order and the augmentation
-both change with the epoch.
+both change with the epoch. JPEG files decode to other pixels than the arrays they were made from:
+their reference is Pillow's decode of the same files (what torchvision's ImageFolder uses).
 """
 
 from __future__ import annotations
@@ -26,6 +27,7 @@ from mlbench.runfolder import RunFolder
 from workers.common import data as datasets
 from workers.common import specs
 from workers.common.cellspec import CellSpec
+from workers.common.datapath import feed, formats
 from workers.common.datapath import order as orders
 
 EPOCH = 1
@@ -47,9 +49,12 @@ class DataCheck:
 def _cells(suite: Suite, model: str, start: int) -> list[Cell]:
     cells = []
     dataset_seed = suite.dataset.seed if suite.dataset.seed is not None else suite.seeds[0]
+    family = specs.get_spec(model, suite.model_overrides.get(model)).family
     for fw in suite.frameworks:
         for axes in data_axes(suite):
             if axes.get("emulate") is not None:  # the same loader as its real-compute cell
+                continue
+            if axes["fmt"] == "imagefolder" and family != "image":  # images only
                 continue
             dataset = suite.dataset.cell_dict(axes["fmt"], axes.get("storage"))
             dataset.pop("seed")
@@ -81,14 +86,19 @@ def _cells(suite: Suite, model: str, start: int) -> list[Cell]:
     return cells
 
 
-def reference(suite: Suite, model: str, data_dir: Path) -> list[str]:
-    """Every batch digest of the epoch, from the dataset's arrays in numpy alone."""
+def reference(suite: Suite, model: str, data_dir: Path, lossy: bool = False) -> list[str]:
+    """Every batch digest of the epoch, from the dataset's arrays in numpy alone; `lossy`: from the image
+    folder's JPEG files as Pillow decodes them (their pixels are not the arrays')."""
     spec = specs.get_spec(model, suite.model_overrides.get(model))
     dataset = suite.dataset.cell_dict("memory")
     seed = suite.dataset.seed if suite.dataset.seed is not None else suite.seeds[0]
     folder = datasets.materialise(dataset, spec.family, specs.input_spec(spec), seed, str(data_dir))
     x = np.load(folder / "x_train.npy", mmap_mode="r")
     y = np.load(folder / "y_train.npy")
+    if lossy:
+        imagefolder = {**dataset, "format": "imagefolder", "image_codec": "jpeg", "shards": suite.dataset.shards}
+        images = feed.materialise(folder, imagefolder)  # the files the cells read, written once
+        x = formats.Reader(images).read(np.arange(len(y)))[0]
     d = suite.dataset
     plan = orders.plan(len(y), suite.batch_sizes[0], suite.seed, EPOCH, d.order, d.shards)
     out = []
@@ -110,11 +120,15 @@ def run(suite: Suite, run_dir: Path, settings: Settings, models: list[str] | Non
     for m in models or suite.models:  # one model per kind of data: the data is the family's
         families.setdefault(specs.get_spec(m, suite.model_overrides.get(m)).family, m)
     for model in families.values():
-        ref = reference(suite, model, folder.data)
-        restart = max(1, len(ref) // 2)
+        refs = {False: reference(suite, model, folder.data)}
+        restart = max(1, len(refs[False]) // 2)
         for start in (0, restart):
             for cell in _cells(suite, model, start):
                 name = data_label(cell.framework, cell.spec.dataset, cell.spec.loader) or "memory"
+                lossy = (cell.spec.dataset or {}).get("image_codec") == "jpeg"
+                if lossy not in refs:
+                    refs[lossy] = reference(suite, model, folder.data, lossy=True)
+                ref = refs[lossy]
                 outcome = run_here(
                     Unit(cell),
                     run_dir,
@@ -136,7 +150,12 @@ def run(suite: Suite, run_dir: Path, settings: Settings, models: list[str] | Non
                 check = DataCheck(cell.framework, model, name, start, "ok", batches=len(got), first_difference=first)
                 if first is not None:
                     check.status = "mismatch"
-                    check.problem = f"batch {first} of epoch {EPOCH} differs from the numpy reference"
+                    check.problem = f"batch {first} of epoch {EPOCH} differs from " + (
+                        "Pillow's decode of the same JPEG files (this decoder rounds otherwise; "
+                        "loader.decoder: pillow gives the same bytes)"
+                        if lossy
+                        else "the numpy reference"
+                    )
                 checks.append(check)
     folder.root.mkdir(parents=True, exist_ok=True)
     (folder.root / "verify-data.json").write_text(json.dumps([asdict(c) for c in checks], indent=1))

@@ -365,7 +365,16 @@ def read_cifar10(path: str, train: int | None, val: int | None) -> dict[str, np.
 # --- the cache in the run's folder ------------------------------------------------------------
 
 
-DATA_PATH_KEYS = ("format", "shards", "order", "augment", "uri", "storage", "storage_options")  # read how, not what
+DATA_PATH_KEYS = (
+    "format",
+    "shards",
+    "order",
+    "augment",
+    "uri",
+    "storage",
+    "storage_options",
+    "image_codec",
+)  # read how, not what
 
 
 def dataset_key(dataset: dict[str, Any], family: str, inp: InputSpec, seed: int) -> str:

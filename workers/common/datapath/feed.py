@@ -33,7 +33,7 @@ from workers.common.datapath import order as orders
 
 def shard_folder(ds_folder: Path, data: dict[str, Any]) -> Path:
     """The local shard folder: beside the dataset's folder, or under a file:// `dataset.uri`."""
-    name = formats.folder_name(ds_folder.name, data["format"], data.get("shards", 1))
+    name = formats.folder_name(ds_folder.name, data["format"], data.get("shards", 1), data.get("image_codec"))
     uri = data.get("uri")
     if uri and not storage.is_remote(uri):
         return Path(storage.local_path(uri)) / name
@@ -45,7 +45,8 @@ def remote_folder(ds_folder: Path, data: dict[str, Any]) -> str | None:
     uri = data.get("uri")
     if not uri or not storage.is_remote(uri):
         return None
-    return storage.join(uri, formats.folder_name(ds_folder.name, data["format"], data.get("shards", 1)))
+    name = formats.folder_name(ds_folder.name, data["format"], data.get("shards", 1), data.get("image_codec"))
+    return storage.join(uri, name)
 
 
 def materialise(ds_folder: Path, data: dict[str, Any]) -> formats.ShardSet:
@@ -56,7 +57,9 @@ def materialise(ds_folder: Path, data: dict[str, Any]) -> formats.ShardSet:
         return formats.ShardSet.open(folder)
     x = np.load(ds_folder / "x_train.npy", allow_pickle=False)  # as stored: images NCHW uint8
     y = np.load(ds_folder / "y_train.npy", allow_pickle=False)
-    return formats.write(folder, data["format"], x, y, data.get("shards", 1))
+    if data["format"] == "imagefolder" and x.ndim != 4:
+        raise datasets.DataUnavailable("imagefolder holds images; this model reads tokens or rows")
+    return formats.write(folder, data["format"], x, y, data.get("shards", 1), data.get("image_codec") or "jpeg")
 
 
 class FileFeed:
@@ -76,6 +79,8 @@ class FileFeed:
         self.kind = self.spec.resolved_kind(framework)
         self.digest_batches = int((cell.get("loader") or {}).get("digest_batches", orders.DIGEST_BATCHES))
         ds_folder = Path(cell["data_dir"]) / ds.key
+        if data["format"] == "imagefolder" and ds.family != "image":
+            raise datasets.DataUnavailable(f"imagefolder holds images; {cell['model']} reads {ds.family} data")
         self.storage: dict[str, Any] = {"data_storage": "local"}
         self.ledger: str | None = None
         t0 = time.perf_counter()
@@ -106,6 +111,18 @@ class FileFeed:
         self._rings: dict[str, list[np.ndarray]] = {}
         self._turn: dict[str, int] = {}
         self.digests: list[str] = []
+        # imagefolder: the loader's decoder, and the largest difference from Pillow's pixels over the digested
+        # batches (0 where the loader decodes with Pillow; a few levels where another JPEG decoder rounds otherwise)
+        self.decoder = (
+            None
+            if self.shardset.format != "imagefolder"
+            else (
+                "tf.io.decode_image"
+                if self.kind == "tfdata" and self.spec.decoder == "native" and not self.shardset.remote
+                else "pillow"
+            )
+        )
+        self.decode_diff: int | None = None
         self.probe_figures: dict[str, Any] = {}
         self.nbytes = 0  # no copy of the training set is held
 
@@ -173,7 +190,16 @@ class FileFeed:
         for i, (x, y) in enumerate(self.loader.epoch(epoch, start), start):
             if epoch == 0 and i < self.digest_batches and len(self.digests) == i:
                 self.digests.append(orders.digest(x, y))
+                if self.decoder is not None:
+                    self._compare_decoder(x, epoch, i)
             yield self._inputs(x, y)
+
+    def _compare_decoder(self, x: np.ndarray, epoch: int, i: int) -> None:
+        """The batch against the same files decoded by Pillow (and augmented alike): the largest pixel gap."""
+        row = self.source.plan(epoch)[i]
+        ref = self.source.finish(formats.Reader(self.shardset).read(row)[0], epoch, row)
+        gap = int(np.max(np.abs(ref.astype(np.int16) - np.asarray(x).astype(np.int16)))) if len(row) else 0
+        self.decode_diff = max(self.decode_diff or 0, gap)
 
     def probe(self, epoch: int = 0) -> dict[str, Any]:
         """The loader alone over one epoch's batches: the time to its first batch (worker start-up, the
@@ -207,6 +233,8 @@ class FileFeed:
             "loader_workers": self.spec.workers,
             "record_bytes": self.shardset.record_bytes,
             "shard_prepare_s": self.prepare_s,
+            "image_decoder": self.decoder,
+            "decode_max_abs_diff": self.decode_diff,
             **self.storage_figures(),
         }
 

@@ -10,6 +10,12 @@ Formats (`dataset.format`):
   with an index of offsets beside each file (`.idx.npy`); read natively by tf.data, by offset (each
   record's CRCs checked) elsewhere (workers/common/datapath/tfrecords.py).
 - `hdf5`: one HDF5 file per shard with datasets `x` and `y` (h5py), contiguous.
+- `imagefolder`: images only, one folder per class (`000/`, `001/`, ...: the order torchvision's
+  ImageFolder and Keras sort them in) of JPEG (Pillow, quality 90, 4:2:0) or PNG files
+  (`dataset.image_codec`), one file per sample; `meta.json` lists them in the dataset's order. Read
+  by decoding each file: Pillow (torchvision's ImageFolder's decoder) in DataLoader and Grain workers,
+  `tf.io.decode_image` in tf.data (or Pillow everywhere: `loader.decoder: pillow`). `shards` groups
+  consecutive files for the `two_level` order.
 
 A shard set is a folder `<dataset key>.<format>-<shards>` beside the dataset's .npy folder, written
 into a temporary folder and renamed, with `meta.json` last: whole or absent. The validation set is
@@ -36,8 +42,10 @@ import numpy as np
 from workers.common.datapath import storage, tfrecords
 from workers.common.datapath.order import shard_bounds
 
-FORMATS = ("raw", "npz", "tfrecord", "hdf5")
+FORMATS = ("raw", "npz", "tfrecord", "hdf5", "imagefolder")
 EXTENSIONS = {"raw": "bin", "npz": "npz", "tfrecord": "tfrecord", "hdf5": "h5"}
+CODECS = {"jpeg": "jpg", "png": "png"}  # imagefolder's files
+JPEG_QUALITY = 90
 META = "meta.json"
 LAYOUT_VERSION = 1
 
@@ -65,6 +73,10 @@ class ShardSet:
     label_dtype: str  # '|u1' (images: CIFAR's layout) or '<i4'
     # where the folder is a URI (storage.py): fsspec's options for its backend (no secrets), else None
     options: dict[str, Any] | None = field(default=None, compare=False)
+    # imagefolder: each sample's file (relative to the folder) and label, in the dataset's order; the codec
+    images: tuple[str, ...] = field(default=(), compare=False, repr=False)
+    labels: tuple[int, ...] = field(default=(), compare=False, repr=False)
+    codec: str | None = None
 
     @property
     def remote(self) -> bool:
@@ -72,7 +84,11 @@ class ShardSet:
 
     @property
     def shards(self) -> int:
-        return len(self.files)
+        return len(self.bounds) - 1
+
+    def image_path(self, index: int) -> str:
+        rel = self.images[index]
+        return storage.join(self.folder, rel) if self.remote else os.path.join(self.folder, rel)
 
     @property
     def sample_bytes(self) -> int:
@@ -118,11 +134,33 @@ class ShardSet:
             shape=tuple(meta["shape"]),
             dtype=meta["dtype"],
             label_dtype=meta["label_dtype"],
+            images=tuple(meta.get("images", ())),
+            labels=tuple(meta.get("labels", ())),
+            codec=meta.get("codec"),
         )
 
 
-def folder_name(dataset_key: str, fmt: str, shards: int) -> str:
-    return f"{dataset_key}.{fmt}-{shards}"
+def folder_name(dataset_key: str, fmt: str, shards: int, codec: str | None = None) -> str:
+    return f"{dataset_key}.{fmt}{f'-{codec}' if fmt == 'imagefolder' else ''}-{shards}"
+
+
+def _write_images(folder: Path, x: np.ndarray, y: np.ndarray, codec: str) -> list[str]:
+    """One file per sample under its class's folder; the relative paths in the samples' order."""
+    from PIL import Image
+
+    if x.ndim != 4 or x.shape[1] != 3 or x.dtype != np.uint8:
+        raise ValueError(f"imagefolder holds RGB images (N, 3, H, W) of uint8, not {x.dtype} {x.shape}")
+    names = []
+    for i, (img, label) in enumerate(zip(x, y)):
+        rel = f"{int(label):03d}/{i:07d}.{CODECS[codec]}"
+        (folder / rel).parent.mkdir(exist_ok=True)
+        pic = Image.fromarray(np.ascontiguousarray(img.transpose(1, 2, 0)))
+        if codec == "jpeg":
+            pic.save(folder / rel, format="JPEG", quality=JPEG_QUALITY, subsampling="4:2:0")
+        else:
+            pic.save(folder / rel, format="PNG")
+        names.append(rel)
+    return names
 
 
 # --- writing -----------------------------------------------------------------------------------
@@ -153,7 +191,7 @@ def _write_shard(path: str, fmt: str, x: np.ndarray, y: np.ndarray, label_dtype:
         raise ValueError(f"unknown format {fmt!r}; allowed: {', '.join(FORMATS)}")
 
 
-def write(folder: str | Path, fmt: str, x: np.ndarray, y: np.ndarray, shards: int) -> ShardSet:
+def write(folder: str | Path, fmt: str, x: np.ndarray, y: np.ndarray, shards: int, codec: str = "jpeg") -> ShardSet:
     """Write the samples (images NCHW uint8) as `shards` files of `fmt` into `folder`, atomically:
     into a temporary folder beside it, renamed when whole. An existing folder is kept (another
     process made it first: the same inputs make the same files)."""
@@ -164,10 +202,13 @@ def write(folder: str | Path, fmt: str, x: np.ndarray, y: np.ndarray, shards: in
     # CIFAR's layout (one label byte) where every label fits a byte; four bytes where one does not
     small = x.dtype == np.uint8 and (len(y) == 0 or (int(np.min(y)) >= 0 and int(np.max(y)) < 256))
     label_dtype = "|u1" if small else "<i4"
-    files = [f"train-{s:05d}-of-{shards:05d}.{EXTENSIONS[fmt]}" for s in range(shards)]
+    files = [] if fmt == "imagefolder" else [f"train-{s:05d}-of-{shards:05d}.{EXTENSIONS[fmt]}" for s in range(shards)]
     folder.parent.mkdir(parents=True, exist_ok=True)
     tmp = Path(tempfile.mkdtemp(prefix=f".{folder.name}.", dir=folder.parent))
     try:
+        extra: dict[str, Any] = {}
+        if fmt == "imagefolder":
+            extra = {"images": _write_images(tmp, x, y, codec), "labels": [int(v) for v in y], "codec": codec}
         for s, name in enumerate(files):
             lo, hi = int(bounds[s]), int(bounds[s + 1])
             _write_shard(str(tmp / name), fmt, x[lo:hi], y[lo:hi], label_dtype)
@@ -180,6 +221,7 @@ def write(folder: str | Path, fmt: str, x: np.ndarray, y: np.ndarray, shards: in
             "dtype": x.dtype.newbyteorder("<").str if x.dtype.itemsize > 1 else x.dtype.str,
             "label_dtype": label_dtype,
             "layout": LAYOUT_VERSION,
+            **extra,
         }
         (tmp / META).write_text(json.dumps(meta, indent=1))
         os.rename(tmp, folder)
@@ -192,6 +234,22 @@ def write(folder: str | Path, fmt: str, x: np.ndarray, y: np.ndarray, shards: in
 
 
 # --- reading by index ----------------------------------------------------------------------------
+
+
+def decode_image(blob: bytes, where: str, shape: tuple[int, ...]) -> np.ndarray:
+    """One JPEG or PNG file's pixels by Pillow, CHW uint8 RGB; a file that is no image, or of another size,
+    is a DataError naming it."""
+    from PIL import Image, UnidentifiedImageError
+
+    try:
+        with Image.open(io.BytesIO(blob)) as pic:
+            hwc = np.asarray(pic.convert("RGB"))
+    except (UnidentifiedImageError, OSError, ValueError) as exc:
+        raise DataError(f"{where}: not an image Pillow decodes ({exc})") from None
+    chw = hwc.transpose(2, 0, 1)
+    if chw.shape != tuple(shape):
+        raise DataError(f"{where}: decodes to {hwc.shape[1]}x{hwc.shape[0]} pixels, expected {shape[2]}x{shape[1]}")
+    return chw
 
 
 class Reader:
@@ -358,8 +416,33 @@ class Reader:
             x[j] = np.frombuffer(raw, self.ss.dtype).reshape(self.ss.shape)
         return x, y
 
+    def _images(self, shard: int, local: np.ndarray) -> tuple[np.ndarray, np.ndarray]:
+        """Decode each sample's file with Pillow (what torchvision's ImageFolder does), as stored: CHW uint8."""
+        ss = self.ss
+        index = local + ss.bounds[shard]
+        paths = [ss.image_path(int(i)) for i in index]
+        if ss.remote:
+            try:
+                blobs = storage.cat_many(paths, ss.options)
+            except storage.StorageError as exc:
+                raise StorageUnavailable(str(exc)) from None
+        else:
+            blobs = []
+            for i, p in zip(index, paths):
+                try:
+                    with open(p, "rb") as f:
+                        blobs.append(f.read())
+                except OSError as exc:
+                    raise DataError(f"{p}: cannot read sample {int(i)} ({exc.strerror or exc})") from None
+        x = np.empty((len(index), *ss.shape), ss.dtype)
+        for j, (p, blob) in enumerate(zip(paths, blobs)):
+            x[j] = decode_image(blob, storage.redact(p), ss.shape)
+        return x, np.asarray([ss.labels[int(i)] for i in index], np.int32)
+
     def _shard_part(self, shard: int, local: np.ndarray) -> tuple[np.ndarray, np.ndarray]:
         fmt = self.ss.format
+        if fmt == "imagefolder":
+            return self._images(shard, local)
         if fmt == "tfrecord":
             return self._tfrecord(shard, local)
         if fmt == "raw" and self.ss.remote:

@@ -40,6 +40,7 @@ class LoaderSpec:
     pin_memory: bool = True
     persistent_workers: bool = True
     burn: int = 0  # planted per-sample CPU cost (order.burn rounds); 0: none
+    decoder: str = "native"  # imagefolder: native (tf.data: tf.io.decode_image; others: Pillow) or pillow
 
     @classmethod
     def from_dict(cls, d: dict[str, Any] | None) -> LoaderSpec:

@@ -10,6 +10,8 @@ index through `tf.numpy_function` (tf.data has no random access to files). Shard
 storage (`dataset.uri`, streamed) go through `tf.numpy_function` over fsspec in every format:
 TensorFlow 2.21 reads no s3://, gs:// or az:// path itself (tensorflow-io, which carried those
 filesystems, stopped at 0.37), so the native ops serve only local files and the local cache.
+An image folder's files are decoded by `tf.io.decode_image` (read_file, then decode, per file inside
+the batch's map), or by Pillow through `tf.numpy_function` with `loader.decoder: pillow`.
 
 `workers` is the `num_parallel_calls` of the maps (0: none, and no prefetch: the batches are made
 on demand), `prefetch` the batches made ahead; `deterministic` is on, so parallel maps keep the
@@ -53,13 +55,18 @@ class TfDataLoader(Loader):
         self.readers = ThreadReaders(self.ss)  # parallel maps call numpy functions from several threads
         self.par = spec.workers or None  # num_parallel_calls; None: sequential
         self.det = True if self.par else None  # parallel maps keep their order (sequential ones do anyway)
+        # an image folder decoded by TensorFlow's own ops (local files): the paths and labels as constants
+        self.tf_images = self.ss.format == "imagefolder" and spec.decoder == "native" and not self.ss.remote
+        if self.tf_images:
+            self.paths_t = tf.constant([self.ss.image_path(i) for i in range(self.ss.n)])
+            self.labels_t = tf.constant(np.asarray(self.ss.labels, np.int32))
         self._check_files()
 
     def _check_files(self) -> None:
         """What TensorFlow's native readers would report without a file name: a missing shard, a raw
         shard of the wrong size (a remote shard is checked by the Reader that streams it)."""
         ss = self.ss
-        if ss.remote:
+        if ss.remote or ss.format == "imagefolder":  # an image is checked when it is decoded
             return
         for s in range(ss.shards):
             path, count = ss.path(s), ss.bounds[s + 1] - ss.bounds[s]
@@ -72,11 +79,26 @@ class TfDataLoader(Loader):
                     f"(truncated, or another record size); record {size // ss.record_bytes} is the first incomplete"
                 )
 
+    def _decode(self, paths: tf.Tensor) -> tf.Tensor:
+        """Image files to a CHW uint8 batch by tf.io.decode_image (JPEG and PNG alike)."""
+        shape = self.ss.shape
+
+        def one(path: tf.Tensor) -> tf.Tensor:
+            hwc = tf.io.decode_image(tf.io.read_file(path), channels=3, expand_animations=False)
+            return tf.transpose(tf.ensure_shape(hwc, [shape[1], shape[2], 3]), [2, 0, 1])
+
+        return tf.map_fn(one, paths, fn_output_signature=tf.TensorSpec(shape, tf.uint8))
+
     def _shard_dataset(self, shard: tf.Tensor) -> tuple[tf.Tensor, tf.Tensor]:
         """A whole shard in stored order: (samples, labels)."""
         ss = self.ss
-        path = tf.gather(tf.constant([ss.path(s) for s in range(ss.shards)]), shard)
+        if self.tf_images:
+            bounds = tf.constant(np.asarray(ss.bounds, np.int64))
+            lo, hi = bounds[shard], bounds[shard + 1]
+            return self._decode(self.paths_t[lo:hi]), self.labels_t[lo:hi]
         xdtype = _DTYPES[ss.dtype]
+        if ss.files:
+            path = tf.gather(tf.constant([ss.path(s) for s in range(ss.shards)]), shard)
         if ss.format == "raw" and not ss.remote:
             records = tf.reshape(tf.io.decode_raw(tf.io.read_file(path), tf.uint8), [-1, ss.record_bytes])
             lb = np.dtype(ss.label_dtype).itemsize
@@ -118,7 +140,27 @@ class TfDataLoader(Loader):
     def _dataset(self, epoch: int, start: int) -> tf.data.Dataset:
         src, ss = self.source, self.ss
         bs = src.batch_size
-        if src.order == "global":
+        if src.order == "global" and self.tf_images:
+            plan = src.plan(epoch)[start:]
+            params_t = tf.constant(
+                orders.crop_flip_params(src.seed, epoch, np.arange(ss.n))
+                if src.augment == "crop_flip"
+                else np.zeros((1, 3), np.uint8)
+            )
+
+            def decode_rows(row: tf.Tensor) -> tuple[tf.Tensor, tf.Tensor]:
+                x = self._decode(tf.gather(self.paths_t, row))
+                if src.augment == "crop_flip":
+                    x = self._augment(x, tf.gather(params_t, row))
+                if src.burn:
+                    with tf.control_dependencies([_burn(x, src.burn)]):
+                        x = tf.identity(x)
+                return x, tf.gather(self.labels_t, row)
+
+            ds = tf.data.Dataset.from_tensor_slices(plan).map(
+                decode_rows, num_parallel_calls=self.par, deterministic=True if self.par else None
+            )
+        elif src.order == "global":
             plan = src.plan(epoch)[start:]
 
             def read_rows(row: np.ndarray) -> tuple[np.ndarray, np.ndarray]:
@@ -186,5 +228,5 @@ class TfDataLoader(Loader):
             raise DataError(" ".join(exc.message.split())[:500]) from None
 
     def describe(self) -> dict[str, Any]:
-        native = self.ss.format in ("raw", "tfrecord") and not self.ss.remote
+        native = (self.ss.format in ("raw", "tfrecord") and not self.ss.remote) or self.tf_images
         return {"num_parallel_calls": self.par, "tfdata_reader": "native" if native else "numpy_function"}

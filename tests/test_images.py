@@ -1,0 +1,116 @@
+"""Image files to decode (#38): `format: imagefolder` writes a JPEG or PNG file per image in a folder
+per class, each loader decodes them as its users do, the digest check tells two decoders' pixels
+apart and measures the gap, and `loader.decoder: pillow` gives every framework the same bytes."""
+
+from __future__ import annotations
+
+from pathlib import Path
+
+import numpy as np
+import pyarrow.parquet as pq
+import pytest
+
+from mlbench.config import parse_suite
+from tests.conftest import suite_dict
+from workers.common.datapath import formats, loaders, order
+
+
+def _images(n: int = 192) -> tuple[np.ndarray, np.ndarray]:
+    rng = np.random.default_rng(4)
+    # smooth images (a gradient per sample plus a little noise): what a JPEG encoder is made for
+    ramp = np.linspace(0, 200, 32, dtype=np.float32)
+    base = ramp[None, None, :, None] + ramp[None, None, None, :] * rng.uniform(0.2, 1, (n, 3, 1, 1))
+    x = np.clip(base / 2 + rng.normal(0, 4, (n, 3, 32, 32)), 0, 255).astype(np.uint8)
+    return x, rng.integers(0, 10, n).astype(np.int32)
+
+
+def test_an_image_folder_is_a_folder_per_class_in_the_order_torchvision_reads_and_png_is_lossless(tmp_path):
+    x, y = _images()
+    ss = formats.write(tmp_path / "k.imagefolder-png-3", "imagefolder", x, y, 3, "png")
+    classes = sorted(p.name for p in Path(ss.folder).iterdir() if p.is_dir())
+    assert classes == [f"{c:03d}" for c in sorted(set(y.tolist()))]  # sorted names: the label order
+    assert ss.shards == 3 and ss.codec == "png" and len(ss.images) == len(y)
+    got = formats.Reader(ss).read(np.arange(len(y)))
+    assert np.array_equal(got[0], x) and np.array_equal(got[1], y)
+    jpeg = formats.write(tmp_path / "k.imagefolder-jpeg-3", "imagefolder", x, y, 3, "jpeg")
+    decoded = formats.Reader(jpeg).read(np.arange(len(y)))[0]
+    gap = np.abs(decoded.astype(int) - x.astype(int))
+    assert gap.max() > 0 and gap.mean() < 4  # lossy, and close on smooth images
+
+
+def test_a_file_that_is_no_image_or_of_another_size_is_one_line_naming_it(tmp_path):
+    from PIL import Image
+
+    x, y = _images(20)
+    ss = formats.write(tmp_path / "k.imagefolder-jpeg-1", "imagefolder", x, y, 1, "jpeg")
+    broken = Path(ss.image_path(3))
+    broken.write_bytes(b"not a jpeg")
+    with pytest.raises(formats.DataError) as e:
+        formats.Reader(ss).read(np.arange(5))
+    assert str(e.value).startswith(f"{broken}: not an image Pillow decodes") and "\n" not in str(e.value)
+    Image.new("RGB", (16, 16)).save(ss.image_path(4), format="JPEG")
+    with pytest.raises(formats.DataError, match=r"decodes to 16x16 pixels, expected 32x32"):
+        formats.Reader(ss).read(np.arange(4, 6))
+
+
+def test_tf_data_decodes_jpeg_otherwise_than_pillow_and_the_pillow_decoder_gives_every_loader_the_same_bytes(tmp_path):
+    x, y = _images()
+    ss = formats.write(tmp_path / "k.imagefolder-jpeg-4", "imagefolder", x, y, 4, "jpeg")
+    got = {}
+    for order_ in ("global", "two_level"):
+        src = loaders.Source(ss.folder, 32, seed=3, order=order_, shards=4, augment="crop_flip")
+        reference = [
+            (src.finish(formats.Reader(ss).read(row)[0], 1, row), y[row]) for row in src.plan(1)
+        ]  # Pillow's pixels, augmented
+        for kind in ("torch", "tfdata", "grain"):
+            for decoder in ("native", "pillow"):
+                loader = loaders.make(kind, src, loaders.LoaderSpec(kind=kind, decoder=decoder), "jax")
+                batches = list(loader.epoch(1))
+                loader.close()
+                gaps = [int(np.abs(a.astype(int) - r.astype(int)).max()) for (a, _), (r, _) in zip(batches, reference)]
+                same = [order.digest(*b) == order.digest(*r) for b, r in zip(batches, reference)]
+                got[order_, kind, decoder] = (max(gaps), all(same), len(batches))
+    for (order_, kind, decoder), (gap, same, n) in got.items():
+        assert n == len(y) // 32
+        if kind == "tfdata" and decoder == "native":  # tf.io.decode_image: libjpeg's fast integer IDCT
+            assert 0 < gap <= 16 and not same, (order_, gap)
+        else:
+            assert gap == 0 and same, (order_, kind, decoder, gap)
+
+
+@pytest.mark.e2e
+def test_an_image_folder_run_reports_the_decoders_gap_the_digest_mismatch_and_the_decode_cost(tmp_path):
+    from mlbench.orchestrator import run_suite
+
+    suite = parse_suite(
+        suite_dict(
+            name="img",
+            frameworks=["pytorch", "tensorflow"],
+            models=["resnet18"],
+            batch_sizes=[32],
+            epochs=1,
+            dataset={"train_samples": 256, "val_samples": 32, "format": ["raw", "imagefolder"], "shards": 2},
+            # the loader is measured, not the model: each step a 1 ms sleep (DLIO's emulated compute)
+            loader={"workers": [0], "emulate_compute_s": 0.001},
+        )
+    )
+    run_suite(suite, runs_root=tmp_path)
+    rows = pq.read_table(tmp_path / "img" / "results.parquet").to_pylist()
+    assert [r["status"] for r in rows] == ["ok"] * 4, [r["reason"] for r in rows]
+    by = {(r["framework"], r["data_format"]): r for r in rows}
+    torch_img, tf_img = by["pytorch", "imagefolder"], by["tensorflow", "imagefolder"]
+    assert torch_img["image_codec"] == "jpeg" and torch_img["image_decoder"] == "pillow"
+    assert torch_img["decode_max_abs_diff"] == 0
+    assert tf_img["image_decoder"] == "tf.io.decode_image" and 0 < tf_img["decode_max_abs_diff"] <= 16
+    # JPEG cells are checked against each other, Pillow's decode the reference; the raw cells against each other
+    assert torch_img["digests_agree"] and not tf_img["digests_agree"]
+    assert "differs from pytorch imagefolder/torch w0" in tf_img["digest_mismatch"]
+    assert by["pytorch", "raw"]["digests_agree"] and by["tensorflow", "raw"]["digests_agree"]
+    for fw in ("pytorch", "tensorflow"):  # the loader alone, with and without a file per sample to decode
+        img, raw = by[fw, "imagefolder"], by[fw, "raw"]
+        assert img["image_decode_cost"] == pytest.approx(
+            1 - img["loader_samples_per_second"] / raw["loader_samples_per_second"]
+        )
+        assert raw["image_decode_cost"] is None
+    md = (tmp_path / "img" / "RESULTS.md").read_text()
+    assert "jpeg by tf.io.decode_image" in md and "levels from Pillow at most" in md
