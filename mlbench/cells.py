@@ -132,6 +132,7 @@ def make_cell(
             suite.loader.workers[0] if loader_workers is None else loader_workers,
             emulate,
         )
+    dataset["name"] = datasets.public_name(dataset["name"], model_spec.family)  # public: the family's own
     data_seed = dataset.pop("seed")
     if data_seed is None:
         data_seed = suite.seeds[0]

@@ -58,10 +58,14 @@ DATA_FORMATS = ("memory", *formats.FORMATS)
 
 
 class DatasetConfig(Strict):
-    # cifar10: `path` (a local folder), else the official archive downloaded into a cache and checked
-    # against its published md5 (workers/common/data.py: fetch_cifar10)
-    name: Literal["synthetic", "cifar10"] = "synthetic"
-    path: str | None = None  # folder with the CIFAR-10 python batches
+    # a public dataset (workers/common/public_data.py): cifar10 (images), sst2 (GLUE's SST-2, tokenised
+    # here: the BERT-like encoder), covertype (UCI Covertype: the MLP, with in_features 54 and
+    # num_classes 7), or public (each model's family's: all three in one suite); read from `path`, else
+    # downloaded into a cache and checked against the published checksum. Cells of a model whose data
+    # the set does not hold are skipped with the reason
+    name: Literal["synthetic", "cifar10", "sst2", "covertype", "public"] = "synthetic"
+    # cifar10: the folder with the python batches; sst2: SST-2.zip; covertype: covtype.data.gz
+    path: str | None = None
     train_samples: PositiveInt = 1024
     val_samples: PositiveInt = 256
     # the data's own seed (synthetic data and nothing else); None: the suite's first seed. Every training
@@ -137,6 +141,8 @@ class DatasetConfig(Strict):
 
     @model_validator(mode="after")
     def _cifar_needs_path(self) -> DatasetConfig:
+        if self.name == "public" and self.path:
+            raise ValueError("path names one dataset's file; name: public reads three (give one name, or no path)")
         if self.shards > self.train_samples:
             raise ValueError(
                 f"shards: {self.shards} files for {self.train_samples} training samples; give at most that many"

@@ -30,6 +30,7 @@ from mlbench.results import repeats, rows, schema, store
 from mlbench.runfolder import RunFolder
 from mlbench.tasks import calibration, maxbatch, verify
 from workers.common import data as datasets
+from workers.common import public_data, specs
 from workers.common.devices import Device
 
 
@@ -143,11 +144,13 @@ def prepare(suite: Suite, run_dir: Path, env: dict[str, Any]) -> None:
     store.atomic_write(folder.suite, lambda p: p.write_text(suite.model_dump_json(indent=1)))
     store.atomic_write(folder.environment, lambda p: p.write_text(json.dumps(env, indent=1, default=str)))
     _reap_stale(run_dir)
-    if suite.dataset.name == "cifar10" and not suite.dataset.path:
-        try:  # once, here, rather than in every cell: a failure is one line that says what to do
-            datasets.fetch_cifar10()
-        except datasets.DownloadError as exc:
-            raise ConfigError(f"dataset cifar10: {exc}") from None
+    if suite.dataset.name != "synthetic" and not suite.dataset.path:
+        families = {specs.get_spec(m, suite.model_overrides.get(m)).family for m in suite.models}
+        for name in sorted({datasets.public_name(suite.dataset.name, f) for f in families} & set(public_data.REMOTES)):
+            try:  # once, here, rather than in every cell: a failure is one line that says what to do
+                public_data.fetch(name)
+            except datasets.DownloadError as exc:
+                raise ConfigError(f"dataset {name}: {exc}") from None
     for torn in store.cells_dir(run_dir).glob(".*.tmp"):  # a kill mid-write; never read as a cell
         torn.unlink(missing_ok=True)
 

@@ -55,7 +55,7 @@ BAD = [
     ({"batch_sizes": "32"}, ["batch_sizes", "valid list"]),
     ({"batch_sizes": [32, 32]}, ["listed more than once: 32"]),
     ({"epochs": "two"}, ["epochs", "valid integer", "got 'two'"]),
-    ({"dataset": {"name": "imagenet"}}, ["dataset.name", "'synthetic' or 'cifar10'"]),
+    ({"dataset": {"name": "imagenet"}}, ["dataset.name", "'synthetic', 'cifar10', 'sst2', 'covertype' or 'public'"]),
     ({"dataset": {"format": ["memory", "memory"]}}, ["dataset.format", "listed more than once"]),
     ({"dataset": {"shards": 2000}}, ["dataset: shards", "2000 files for 1024 training samples"]),
     ({"dataset": {"train_sample": 5}}, ["dataset.train_sample: unknown key", "did you mean 'train_samples'"]),

@@ -20,6 +20,7 @@ from typing import Any
 
 import numpy as np
 
+from workers.common import public_data
 from workers.common.datapath import order as orders
 from workers.common.datapath.order import epoch_order  # noqa: F401 (its historical home)
 from workers.common.specs import InputSpec
@@ -283,68 +284,35 @@ def _read_cifar_batch(path: Path) -> tuple[np.ndarray, np.ndarray]:
     return x, np.asarray(d[b"labels"], np.int32)
 
 
-# The official archive (https://www.cs.toronto.edu/~kriz/cifar.html) and the md5 published beside it.
-# MLBENCH_CIFAR10_URL and MLBENCH_CIFAR10_MD5 name a mirror (and its file's checksum) instead.
-CIFAR10_URL = "https://www.cs.toronto.edu/~kriz/cifar-10-python.tar.gz"
-CIFAR10_MD5 = "c58f30108f718f92721af3b95e74349a"
-DOWNLOAD_TIMEOUT_S = 60.0
+DownloadError = public_data.DownloadError
+cache_dir = public_data.cache_dir
+# `dataset.name: public`: each model family's public dataset
+PUBLIC = {"image": "cifar10", "tokens": "sst2", "tabular": "covertype"}
 
 
-class DownloadError(Exception):
-    """A dataset could not be fetched or failed its checksum: the message says what to do instead."""
+def public_name(name: str, family: str) -> str:
+    return PUBLIC[family] if name == "public" else name
 
 
-def cache_dir() -> Path:
-    """Where downloaded datasets are kept: $MLBENCH_DATA_CACHE, else ~/.cache/mlbench/datasets."""
-    return Path(os.environ.get("MLBENCH_DATA_CACHE") or Path.home() / ".cache" / "mlbench" / "datasets")
+def fits(name: str, family: str, inp: InputSpec) -> str | None:
+    """Why a named dataset cannot feed this model (None: it can), with the override that would make it fit."""
+    wants = {"cifar10": "image", "sst2": "tokens", "covertype": "tabular"}.get(name)
+    if wants is None or wants == family:
+        if name == "covertype" and (inp.shape != (54,) or inp.num_classes < 7):
+            return (
+                f"covertype has 54 features in 7 classes; this model takes {inp.shape[0]} features in "
+                f"{inp.num_classes} classes (set model_overrides: {{mlp: {{in_features: 54, num_classes: 7}}}})"
+            )
+        if name == "sst2" and inp.num_classes < 2:
+            return "sst2 has 2 classes; this model has fewer"
+        return None
+    return f"{name} holds {wants} data; this model reads {family} data"
 
 
 def fetch_cifar10() -> Path:
     """The CIFAR-10 python batches, downloaded into the cache on first use and checked against the
-    published md5 (a mismatch deletes the file and says so); the folder holding cifar-10-batches-py."""
-    url = os.environ.get("MLBENCH_CIFAR10_URL", CIFAR10_URL)
-    md5 = os.environ.get("MLBENCH_CIFAR10_MD5", CIFAR10_MD5)
-    root = cache_dir() / f"cifar10-{md5[:8]}"
-    if (root / "cifar-10-batches-py" / "test_batch").is_file():
-        return root
-    root.parent.mkdir(parents=True, exist_ok=True)
-    archive = root.parent / f".cifar10-{md5[:8]}.{os.getpid()}.tar.gz"
-    by_hand = (
-        f"download {url} yourself, unpack it and give its folder as dataset.path "
-        f"(or put cifar-10-batches-py under {root})"
-    )
-    import tarfile
-    import urllib.error
-    import urllib.request
-
-    digest = hashlib.md5(usedforsecurity=False)
-    try:
-        with urllib.request.urlopen(url, timeout=DOWNLOAD_TIMEOUT_S) as resp, open(archive, "wb") as out:
-            while chunk := resp.read(1 << 20):
-                digest.update(chunk)
-                out.write(chunk)
-    except (urllib.error.URLError, OSError, ValueError) as exc:
-        archive.unlink(missing_ok=True)
-        reason = getattr(exc, "reason", exc)
-        raise DownloadError(f"cannot download CIFAR-10 from {url} ({reason}); {by_hand}") from None
-    if digest.hexdigest() != md5:
-        archive.unlink(missing_ok=True)
-        raise DownloadError(
-            f"CIFAR-10 from {url} has md5 {digest.hexdigest()}, not the published {md5}: the file was "
-            f"damaged or replaced and is deleted; try again, or {by_hand}"
-        )
-    tmp = Path(tempfile.mkdtemp(prefix=".cifar10.", dir=root.parent))
-    try:
-        with tarfile.open(archive) as tar:
-            tar.extractall(tmp, filter="data")  # no path outside tmp, no links out, no devices
-        os.rename(tmp, root)
-    except OSError:
-        shutil.rmtree(tmp, ignore_errors=True)
-        if not (root / "cifar-10-batches-py" / "test_batch").is_file():
-            raise
-    finally:
-        archive.unlink(missing_ok=True)
-    return root
+    published md5 (workers/common/public_data.py); the folder holding cifar-10-batches-py."""
+    return public_data.fetch("cifar10")
 
 
 def read_cifar10(path: str, train: int | None, val: int | None) -> dict[str, np.ndarray]:
@@ -396,8 +364,10 @@ def dataset_key(dataset: dict[str, Any], family: str, inp: InputSpec, seed: int)
 
 def materialise(dataset: dict[str, Any], family: str, inp: InputSpec, seed: int, data_dir: str) -> Path:
     """The folder of a dataset in data_dir, made there first if absent (atomically: whole or not at all)."""
-    if dataset["name"] == "cifar10" and family != "image":
-        raise DataUnavailable(f"cifar10 holds images; this model reads {family} data")
+    dataset = {**dataset, "name": public_name(dataset["name"], family)}
+    why = fits(dataset["name"], family, inp)
+    if why:
+        raise DataUnavailable(why)
     key = dataset_key(dataset, family, inp, seed)
     folder = Path(data_dir) / key
     if not (folder / "y_val.npy").is_file():
@@ -406,12 +376,22 @@ def materialise(dataset: dict[str, Any], family: str, inp: InputSpec, seed: int,
         elif dataset["name"] == "cifar10":  # a local folder, else the download (cached)
             where = dataset.get("path") or str(fetch_cifar10())
             arrays = read_cifar10(where, dataset.get("train_samples"), dataset.get("val_samples"))
+        elif dataset["name"] == "sst2":  # tokenised here, once: every framework reads the same ids
+            where = dataset.get("path") or str(public_data.fetch("sst2"))
+            arrays, vocab = public_data.read_sst2(
+                where, dataset.get("train_samples"), dataset.get("val_samples"), inp.extra["vocab_size"], inp.shape[0]
+            )
+        elif dataset["name"] == "covertype":
+            where = dataset.get("path") or str(public_data.fetch("covertype"))
+            arrays = public_data.read_covertype(where, dataset.get("train_samples"), dataset.get("val_samples"))
         else:
             raise DataUnavailable(f"unknown dataset {dataset['name']!r}")
         folder.parent.mkdir(parents=True, exist_ok=True)
         tmp = Path(tempfile.mkdtemp(prefix=f".{key}.", dir=folder.parent))
         for name, arr in arrays.items():
             np.save(tmp / f"{name}.npy", arr)
+        if dataset["name"] == "sst2":
+            (tmp / "vocab.txt").write_text("\n".join(vocab) + "\n")  # the ids' words, one per line
         try:
             os.rename(tmp, folder)
         except OSError:  # another worker made it first: theirs is identical
