@@ -197,6 +197,10 @@ class LoaderConfig(Strict):
     # imagefolder: native decodes as each loader's users do (Pillow in DataLoader and Grain workers,
     # tf.io.decode_image in tf.data); pillow: Pillow in every loader, so the decoded bytes are equal
     decoder: Literal["native", "pillow"] = "native"
+    # cold: the shard files' pages dropped from the page cache (posix_fadvise DONTNEED, no root needed)
+    # before the loader-alone epoch and before each training epoch, so reads reach the disk; warm: left as
+    # the last read left them (files just written or read are cached)
+    page_cache: Literal["warm", "cold"] = "warm"
     # a planted per-sample CPU cost (rounds of a 32x32 product per sample, in the loader's workers):
     # makes a cell input-bound on purpose, to see what more workers buy
     burn: int = Field(0, ge=0)
@@ -221,9 +225,11 @@ class LoaderConfig(Strict):
     def cell_dict(self, kind: str, workers: int, emulate: float | str | None = None) -> dict[str, Any]:
         """One cell's loader: the knobs that change what it measures (au_threshold is a verdict's);
         emulate_compute_s only where set."""
-        out = self.model_dump(exclude={"kind", "workers", "au_threshold", "emulate_compute_s", "decoder"})
+        out = self.model_dump(exclude={"kind", "workers", "au_threshold", "emulate_compute_s", "decoder", "page_cache"})
         if self.decoder != "native":  # only where set: earlier runs' cells keep their ids
             out["decoder"] = self.decoder
+        if self.page_cache != "warm":
+            out["page_cache"] = self.page_cache
         return {
             "kind": kind,
             "workers": workers,

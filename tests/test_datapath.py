@@ -490,3 +490,25 @@ def test_cifar10_offline_is_one_line_saying_what_to_download_and_where(tmp_path,
     said = _one_line(e.value)
     assert "cannot download CIFAR-10 from http://127.0.0.1:9/" in said
     assert "yourself" in said and "dataset.path" in said and str(tmp_path / "cache") in said
+
+
+def test_a_cold_page_cache_makes_the_next_read_reach_the_disk_and_a_warm_one_does_not(tmp_path, monkeypatch):
+    monkeypatch.setenv(formats.PAGE_CACHE_ENV, "cold")  # as FileFeed sets it: raw shards read, not mapped
+    x = np.random.default_rng(0).random((4096, 784), np.float32)
+    ss = formats.write(tmp_path / "c.raw-4", "raw", x, np.zeros(4096, np.int32), 4)
+    size = sum(os.path.getsize(ss.path(s)) for s in range(ss.shards))
+
+    def from_disk() -> int:  # bytes this process has caused to be read from the block device
+        with open("/proc/self/io") as f:
+            return int(next(line for line in f if line.startswith("read_bytes")).split()[1])
+
+    reader, every = formats.Reader(ss), np.arange(4096)
+    reader.read(every)
+    before = from_disk()
+    assert np.array_equal(reader.read(every)[0], x)
+    warm = from_disk() - before
+    assert formats.evict(ss) == size
+    before = from_disk()
+    assert np.array_equal(reader.read(every)[0], x)  # the same open files: the drop reached their pages
+    cold = from_disk() - before
+    assert cold >= 0.9 * size and warm < 0.1 * size, (cold, warm, size)

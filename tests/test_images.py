@@ -85,7 +85,7 @@ def test_an_image_folder_run_reports_the_decoders_gap_the_digest_mismatch_and_th
     suite = parse_suite(
         suite_dict(
             name="img",
-            frameworks=["pytorch", "tensorflow"],
+            frameworks=["pytorch", "tensorflow", "jax"],
             models=["resnet18"],
             batch_sizes=[32],
             epochs=1,
@@ -96,17 +96,17 @@ def test_an_image_folder_run_reports_the_decoders_gap_the_digest_mismatch_and_th
     )
     run_suite(suite, runs_root=tmp_path)
     rows = pq.read_table(tmp_path / "img" / "results.parquet").to_pylist()
-    assert [r["status"] for r in rows] == ["ok"] * 4, [r["reason"] for r in rows]
+    assert [r["status"] for r in rows] == ["ok"] * 6, [r["reason"] for r in rows]
     by = {(r["framework"], r["data_format"]): r for r in rows}
     torch_img, tf_img = by["pytorch", "imagefolder"], by["tensorflow", "imagefolder"]
     assert torch_img["image_codec"] == "jpeg" and torch_img["image_decoder"] == "pillow"
     assert torch_img["decode_max_abs_diff"] == 0
     assert tf_img["image_decoder"] == "tf.io.decode_image" and 0 < tf_img["decode_max_abs_diff"] <= 16
     # JPEG cells are checked against each other, Pillow's decode the reference; the raw cells against each other
-    assert torch_img["digests_agree"] and not tf_img["digests_agree"]
+    assert torch_img["digests_agree"] and by["jax", "imagefolder"]["digests_agree"] and not tf_img["digests_agree"]
     assert "differs from pytorch imagefolder/torch w0" in tf_img["digest_mismatch"]
     assert by["pytorch", "raw"]["digests_agree"] and by["tensorflow", "raw"]["digests_agree"]
-    for fw in ("pytorch", "tensorflow"):  # the loader alone, with and without a file per sample to decode
+    for fw in ("pytorch", "tensorflow", "jax"):  # the loader alone, with and without a file per sample to decode
         img, raw = by[fw, "imagefolder"], by[fw, "raw"]
         assert img["image_decode_cost"] == pytest.approx(
             1 - img["loader_samples_per_second"] / raw["loader_samples_per_second"]
@@ -114,3 +114,19 @@ def test_an_image_folder_run_reports_the_decoders_gap_the_digest_mismatch_and_th
         assert raw["image_decode_cost"] is None
     md = (tmp_path / "img" / "RESULTS.md").read_text()
     assert "jpeg by tf.io.decode_image" in md and "levels from Pillow at most" in md
+
+    # tf.data decoding with Pillow: the PyTorch cell's bytes
+    pillow = parse_suite(
+        {
+            **suite.model_dump(),
+            "name": "img-pillow",
+            "frameworks": ["tensorflow"],
+            "dataset": {**suite.dataset.model_dump(), "format": ["imagefolder"]},
+            "loader": {**suite.loader.model_dump(), "decoder": "pillow", "page_cache": "cold"},
+        }
+    )
+    run_suite(pillow, runs_root=tmp_path)
+    (row,) = pq.read_table(tmp_path / "img-pillow" / "results.parquet").to_pylist()
+    assert row["status"] == "ok" and row["image_decoder"] == "pillow" and row["decode_max_abs_diff"] == 0
+    assert row["page_cache"] == "cold"  # the image files dropped from the page cache before each epoch
+    assert row["batch_digests"] == torch_img["batch_digests"]

@@ -268,7 +268,13 @@ COLUMNS: list[tuple[str, pa.DataType, str]] = [
         "DLIO's emulated compute: the sleep that replaced each training step (loader.emulate_compute_s; "
         "nothing trained, no model figure); null: the real step",
     ),
-    ("page_cache", S, "the page cache's state for the files read: warm (mlbench never drops it)"),
+    (
+        "page_cache",
+        S,
+        "the page cache for the files read: warm (left as the last read left it), cold (loader.page_cache: "
+        "dropped with posix_fadvise before the loader-alone epoch and each training epoch) or none (streamed "
+        "from object storage)",
+    ),
     (
         "data_tax",
         F,

@@ -355,7 +355,7 @@ def data_path(feed: Any, cell: dict[str, Any], em: Emitter, overlap: bool = Fals
         "augment": data.get("augment", "none"),
         "digests": feed.digests,
         "train_samples": len(feed.ds.y_train),
-        "page_cache": "warm",  # mlbench never drops the page cache: files just written or read are in it
+        "page_cache": "warm",  # unless the feed says otherwise (loader.page_cache: cold drops it per epoch)
         # the backend queues steps (`pipelined`): a wait for batch k+1 runs while the device works on step k,
         # so a wait is not the device's idle time (AU then comes from the memory twin's step, at rebuild)
         "waits_overlap_steps": overlap,

@@ -82,6 +82,8 @@ class FileFeed:
         if data["format"] == "imagefolder" and ds.family != "image":
             raise datasets.DataUnavailable(f"imagefolder holds images; {cell['model']} reads {ds.family} data")
         self.storage: dict[str, Any] = {"data_storage": "local"}
+        if self.spec.page_cache == "cold":  # raw shards read, not mapped, in every process (formats.evict)
+            os.environ[formats.PAGE_CACHE_ENV] = "cold"
         self.ledger: str | None = None
         t0 = time.perf_counter()
         remote = remote_folder(ds_folder, data)
@@ -123,6 +125,7 @@ class FileFeed:
             )
         )
         self.decode_diff: int | None = None
+        self.evictions = 0  # page-cache drops made (loader.page_cache: cold)
         self.probe_figures: dict[str, Any] = {}
         self.nbytes = 0  # no copy of the training set is held
 
@@ -186,7 +189,17 @@ class FileFeed:
         labels[...] = y
         return out, labels
 
+    def cold(self) -> None:
+        """With loader.page_cache cold, the files' pages dropped now (before an epoch, outside any timed step)."""
+        if self.spec.page_cache == "cold" and not self.shardset.remote:
+            formats.evict(self.shardset)
+            self.evictions += 1
+
     def epoch(self, seed: int, epoch: int, start: int = 0) -> Iterator[tuple[np.ndarray, np.ndarray]]:
+        self.cold()  # here, when the epoch is asked for: the generator's first next() is a timed wait
+        return self._epoch(epoch, start)
+
+    def _epoch(self, epoch: int, start: int) -> Iterator[tuple[np.ndarray, np.ndarray]]:
         for i, (x, y) in enumerate(self.loader.epoch(epoch, start), start):
             if epoch == 0 and i < self.digest_batches and len(self.digests) == i:
                 self.digests.append(orders.digest(x, y))
@@ -205,6 +218,7 @@ class FileFeed:
         """The loader alone over one epoch's batches: the time to its first batch (worker start-up, the
         first shard, a tf.data graph's tracing), then its steady throughput over the batches after the
         first, in samples/s and MB/s of records."""
+        self.cold()
         fetched0 = storage.ledger_totals(self.ledger)[0] if self.ledger else 0
         t0 = time.perf_counter()
         first, batches = None, 0
@@ -234,6 +248,8 @@ class FileFeed:
             "record_bytes": self.shardset.record_bytes,
             "shard_prepare_s": self.prepare_s,
             "image_decoder": self.decoder,
+            # warm: as the last read left it; cold: dropped before each epoch; none: nothing local to cache
+            "page_cache": "none" if self.shardset.remote else ("cold" if self.spec.page_cache == "cold" else "warm"),
             "decode_max_abs_diff": self.decode_diff,
             **self.storage_figures(),
         }

@@ -252,6 +252,52 @@ def decode_image(blob: bytes, where: str, shape: tuple[int, ...]) -> np.ndarray:
     return chw
 
 
+PAGE_CACHE_ENV = "MLBENCH_PAGE_CACHE"  # cold: raw shards are read with pread, not mapped (see evict)
+
+
+class _Pread:
+    """A raw shard read by pread, consecutive records in one call (a page-cache drop cannot evict the pages
+    of a memory map that is still in use, so a cold cache reads this way)."""
+
+    def __init__(self, fd: int, record_bytes: int) -> None:
+        self.fd, self.record_bytes = fd, record_bytes
+
+    def records(self, local: np.ndarray, dtype: np.dtype) -> np.ndarray:
+        starts = local.astype(np.int64) * self.record_bytes
+        parts = [os.pread(self.fd, b - a, a) for _, _, a, b in storage.runs(starts, starts + self.record_bytes)]
+        return np.frombuffer(b"".join(parts), dtype, count=len(local))
+
+    def close(self) -> None:
+        os.close(self.fd)
+
+
+def local_files(ss: ShardSet) -> list[str]:
+    """Every file a local shard set's readers open: the shards (a TFRecord's index too) or the images."""
+    if ss.remote:
+        return []
+    files = [ss.image_path(i) for i in range(ss.n)] if ss.format == "imagefolder" else []
+    for s in range(len(ss.files)):
+        files.append(ss.path(s))
+        if ss.format == "tfrecord":
+            files.append(ss.path(s) + ".idx.npy")
+    return files
+
+
+def evict(ss: ShardSet) -> int:
+    """Drop a local shard set's pages from the page cache (written back first where dirty), so the next
+    reads reach the disk: posix_fadvise's DONTNEED, which needs no root. Returns the bytes it covered."""
+    total = 0
+    for path in local_files(ss):
+        fd = os.open(path, os.O_RDONLY)
+        try:
+            os.fsync(fd)
+            os.posix_fadvise(fd, 0, 0, os.POSIX_FADV_DONTNEED)
+            total += os.fstat(fd).st_size
+        finally:
+            os.close(fd)
+    return total
+
+
 class Reader:
     """Random access to a shard set by global sample index; files opened lazily in the process that
     reads (a loader's worker process opens its own) and kept open: a globally shuffled batch touches
@@ -273,7 +319,7 @@ class Reader:
 
     def _close(self, shard: int) -> None:
         handle = self._open.pop(shard)
-        if self.ss.format == "hdf5":
+        if self.ss.format == "hdf5" or isinstance(handle, _Pread):
             handle.close()
         fileobj = self._fileobjs.pop(shard, None)
         if fileobj is not None:
@@ -297,6 +343,8 @@ class Reader:
                         f"{path}: {size} bytes, expected {count} records of {ss.record_bytes} bytes "
                         f"(truncated, or another record size); record {size // ss.record_bytes} is the first incomplete"
                     )
+                if os.environ.get(PAGE_CACHE_ENV) == "cold":  # read, not mapped: a mapped page is never dropped
+                    return _Pread(os.open(path, os.O_RDONLY), ss.record_bytes)
                 return np.memmap(path, ss.record_dtype(), mode="r", shape=(count,))
             if ss.format == "npz":
                 with np.load(path, allow_pickle=False) as z:
@@ -451,7 +499,7 @@ class Reader:
             return rec["x"], rec["y"].astype(np.int32)
         handle = self._file(shard)
         if fmt == "raw":
-            rec = handle[local]
+            rec = handle.records(local, self.ss.record_dtype()) if isinstance(handle, _Pread) else handle[local]
             return rec["x"], rec["y"].astype(np.int32)
         if fmt == "npz":
             x, y = handle

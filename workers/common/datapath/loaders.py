@@ -41,6 +41,7 @@ class LoaderSpec:
     persistent_workers: bool = True
     burn: int = 0  # planted per-sample CPU cost (order.burn rounds); 0: none
     decoder: str = "native"  # imagefolder: native (tf.data: tf.io.decode_image; others: Pillow) or pillow
+    page_cache: str = "warm"  # cold: the files' pages dropped before each epoch (formats.evict)
 
     @classmethod
     def from_dict(cls, d: dict[str, Any] | None) -> LoaderSpec:
