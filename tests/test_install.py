@@ -23,9 +23,9 @@ def planned(venv: Path, *args: str) -> str:
 
 def test_a_gpu_venv_installs_the_cuda_builds_and_keeps_them(tmp_path: Path) -> None:
     cpu = planned(tmp_path)
-    assert "'.[torch,tensorflow,jax,ray,dev]'" in cpu and "requirements-gpu.lock" not in cpu
+    assert "'.[torch,tensorflow,jax,ray,storage,dev]'" in cpu and "requirements-gpu.lock" not in cpu
     gpu = planned(tmp_path, "GPU=1")
-    assert "'.[torch,tensorflow-gpu,jax-gpu,ray,dev]'" in gpu and "-c requirements-gpu.lock" in gpu
+    assert "'.[torch,tensorflow-gpu,jax-gpu,ray,storage,dev]'" in gpu and "-c requirements-gpu.lock" in gpu
     assert "uninstall --quiet --yes tensorflow-cpu" in gpu and "pip check" in gpu
     # built so once, the venv stays a GPU venv: a later plain `make test` does not bring tensorflow-cpu back
     (tmp_path / ".gpu").write_text("1\n")

@@ -306,7 +306,8 @@ def fits(name: str, family: str, inp: InputSpec) -> str | None:
         if name == "sst2" and inp.num_classes < 2:
             return "sst2 has 2 classes; this model has fewer"
         return None
-    return f"{name} holds {wants} data; this model reads {family} data"
+    held = {"image": "images", "tokens": "tokens", "tabular": "table rows"}[wants]
+    return f"{name} holds {held}; this model reads {family} data"
 
 
 def fetch_cifar10() -> Path:
