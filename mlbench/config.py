@@ -79,7 +79,9 @@ class DatasetConfig(Strict):
     format: list[Literal["memory", "raw", "npz", "tfrecord", "hdf5", "imagefolder"]] = Field(["memory"], min_length=1)
     # imagefolder's files (images only; other models' imagefolder cells are skipped): jpeg (lossy:
     # decoders may differ by a few levels) or png (lossless: the memory cell's bytes)
-    image_codec: Literal["jpeg", "png"] = "jpeg"
+    image_codec: Literal["jpeg", "png"] | None = None
+    # (imagefolder: jpeg unless set; tfrecord: each Example's x the image encoded so, as ImageNet's JPEG
+    # shards are, instead of its raw pixel bytes)
     shards: PositiveInt = 1  # files the training set is split into (DLIO's num_files_train)
     # global: one permutation per epoch; two_level: the shards permuted, then the records within each
     # (DLIO's file and sample shuffle: what a sequential reader can follow), for every cell, memory too
@@ -163,6 +165,8 @@ class DatasetConfig(Strict):
         if fmt != "memory":
             out["format"] = fmt
             if fmt == "imagefolder":
+                out["image_codec"] = self.image_codec or "jpeg"
+            elif fmt == "tfrecord" and self.image_codec:  # JPEG shards; raw-byte shards keep their ids
                 out["image_codec"] = self.image_codec
             if self.uri:
                 out["uri"] = self.uri

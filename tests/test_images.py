@@ -55,27 +55,36 @@ def test_a_file_that_is_no_image_or_of_another_size_is_one_line_naming_it(tmp_pa
 
 def test_tf_data_decodes_jpeg_otherwise_than_pillow_and_the_pillow_decoder_gives_every_loader_the_same_bytes(tmp_path):
     x, y = _images()
-    ss = formats.write(tmp_path / "k.imagefolder-jpeg-4", "imagefolder", x, y, 4, "jpeg")
+    folder = formats.write(tmp_path / "k.imagefolder-jpeg-4", "imagefolder", x, y, 4, "jpeg")
+    shards = formats.write(tmp_path / "k.tfrecord-jpeg-4", "tfrecord", x, y, 4, "jpeg")  # JPEG shards
+    # the same encoder on the same pixels: a JPEG shard's record is the image folder's file, byte for byte
+    assert np.array_equal(formats.Reader(shards).read(np.arange(50))[0], formats.Reader(folder).read(np.arange(50))[0])
     got = {}
-    for order_ in ("global", "two_level"):
-        src = loaders.Source(ss.folder, 32, seed=3, order=order_, shards=4, augment="crop_flip")
-        reference = [
-            (src.finish(formats.Reader(ss).read(row)[0], 1, row), y[row]) for row in src.plan(1)
-        ]  # Pillow's pixels, augmented
-        for kind in ("torch", "tfdata", "grain"):
-            for decoder in ("native", "pillow"):
-                loader = loaders.make(kind, src, loaders.LoaderSpec(kind=kind, decoder=decoder), "jax")
-                batches = list(loader.epoch(1))
-                loader.close()
-                gaps = [int(np.abs(a.astype(int) - r.astype(int)).max()) for (a, _), (r, _) in zip(batches, reference)]
-                same = [order.digest(*b) == order.digest(*r) for b, r in zip(batches, reference)]
-                got[order_, kind, decoder] = (max(gaps), all(same), len(batches))
-    for (order_, kind, decoder), (gap, same, n) in got.items():
+    for ss in (folder, shards):
+        for order_ in ("global", "two_level"):
+            src = loaders.Source(ss.folder, 32, seed=3, order=order_, shards=4, augment="crop_flip")
+            reference = [(src.finish(formats.Reader(ss).read(row)[0], 1, row), y[row]) for row in src.plan(1)]
+            for kind in ("torch", "tfdata", "grain"):
+                for decoder in ("native", "pillow"):
+                    loader = loaders.make(kind, src, loaders.LoaderSpec(kind=kind, decoder=decoder), "jax")
+                    batches = list(loader.epoch(1))
+                    named = getattr(loader, "image_decoder", "pillow")
+                    loader.close()
+                    gaps = [
+                        int(np.abs(a.astype(int) - r.astype(int)).max()) for (a, _), (r, _) in zip(batches, reference)
+                    ]
+                    same = all(order.digest(*b) == order.digest(*r) for b, r in zip(batches, reference))
+                    got[ss.format, order_, kind, decoder] = (max(gaps), same, len(batches), named)
+    for (fmt, order_, kind, decoder), (gap, same, n, named) in got.items():
         assert n == len(y) // 32
-        if kind == "tfdata" and decoder == "native":  # tf.io.decode_image: libjpeg's fast integer IDCT
-            assert 0 < gap <= 16 and not same, (order_, gap)
+        # tf.data decodes in its graph where it reads the files itself: every image folder, and JPEG shards
+        # read a whole shard at a time (two_level); by index it reads through Pillow
+        tf_decodes = kind == "tfdata" and decoder == "native" and (fmt == "imagefolder" or order_ == "two_level")
+        assert named == ("tf.io.decode_image" if tf_decodes else "pillow"), (fmt, order_, kind, decoder)
+        if tf_decodes:  # libjpeg's fast integer IDCT against Pillow's accurate one
+            assert 0 < gap <= 16 and not same, (fmt, order_, gap)
         else:
-            assert gap == 0 and same, (order_, kind, decoder, gap)
+            assert gap == 0 and same, (fmt, order_, kind, decoder, gap)
 
 
 @pytest.mark.e2e

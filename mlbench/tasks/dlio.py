@@ -24,7 +24,15 @@ from workers.common import specs
 
 # DLIO model names with an mlbench model of the same kind (the nearest ResNet for ResNet-50)
 MODELS = {"resnet50": "resnet34", "resnet": "resnet34", "resnet18": "resnet18", "resnet34": "resnet34", "bert": "bert"}
-FORMATS = {"npz": "npz", "tfrecord": "tfrecord", "hdf5": "hdf5", "indexed_binary": "raw", "mmap_indexed_binary": "raw"}
+FORMATS = {
+    "npz": "npz",
+    "tfrecord": "tfrecord",
+    "hdf5": "hdf5",
+    "indexed_binary": "raw",
+    "mmap_indexed_binary": "raw",
+    "jpeg": "imagefolder",  # DLIO's a file per sample: an image folder of that codec
+    "png": "imagefolder",
+}
 LOADERS = {"pytorch": ("pytorch", "native"), "tensorflow": ("tensorflow", "native")}
 RECORD_BYTES = {"image": 3073}  # a raw record of each family: label byte + CHW pixels
 MAPPED = {
@@ -131,6 +139,7 @@ def import_workload(path: Path, model: str | None = None, name: str | None = Non
             "format": ["memory", fmt] if real else [fmt],
             "shards": files,
             "order": "two_level",
+            **({"image_codec": str(dataset["format"])} if fmt == "imagefolder" else {}),
         },
         "loader": {
             "kind": [kind],

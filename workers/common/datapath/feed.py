@@ -59,7 +59,7 @@ def materialise(ds_folder: Path, data: dict[str, Any]) -> formats.ShardSet:
     y = np.load(ds_folder / "y_train.npy", allow_pickle=False)
     if data["format"] == "imagefolder" and x.ndim != 4:
         raise datasets.DataUnavailable("imagefolder holds images; this model reads tokens or rows")
-    return formats.write(folder, data["format"], x, y, data.get("shards", 1), data.get("image_codec") or "jpeg")
+    return formats.write(folder, data["format"], x, y, data.get("shards", 1), data.get("image_codec"))
 
 
 class FileFeed:
@@ -79,8 +79,10 @@ class FileFeed:
         self.kind = self.spec.resolved_kind(framework)
         self.digest_batches = int((cell.get("loader") or {}).get("digest_batches", orders.DIGEST_BATCHES))
         ds_folder = Path(cell["data_dir"]) / ds.key
-        if data["format"] == "imagefolder" and ds.family != "image":
-            raise datasets.DataUnavailable(f"imagefolder holds images; {cell['model']} reads {ds.family} data")
+        if (data["format"] == "imagefolder" or data.get("image_codec")) and ds.family != "image":
+            raise datasets.DataUnavailable(
+                f"{data['format']} of encoded images holds images; {cell['model']} reads {ds.family} data"
+            )
         self.storage: dict[str, Any] = {"data_storage": "local"}
         if self.spec.page_cache == "cold":  # raw shards read, not mapped, in every process (formats.evict)
             os.environ[formats.PAGE_CACHE_ENV] = "cold"
@@ -115,15 +117,7 @@ class FileFeed:
         self.digests: list[str] = []
         # imagefolder: the loader's decoder, and the largest difference from Pillow's pixels over the digested
         # batches (0 where the loader decodes with Pillow; a few levels where another JPEG decoder rounds otherwise)
-        self.decoder = (
-            None
-            if self.shardset.format != "imagefolder"
-            else (
-                "tf.io.decode_image"
-                if self.kind == "tfdata" and self.spec.decoder == "native" and not self.shardset.remote
-                else "pillow"
-            )
-        )
+        self.decoder = getattr(self.loader, "image_decoder", "pillow") if self.shardset.codec else None
         self.decode_diff: int | None = None
         self.evictions = 0  # page-cache drops made (loader.page_cache: cold)
         self.probe_figures: dict[str, Any] = {}
@@ -136,10 +130,11 @@ class FileFeed:
         """The shards in object storage: streamed, or copied to the local cache first (storage.py). Every
         process that fetches (loader workers too) counts into this cell's ledger folder."""
         mode = data.get("storage", "stream")
-        options = data.get("storage_options") or None
         self.ledger = tempfile.mkdtemp(prefix="mlbench-storage-")
         atexit.register(shutil.rmtree, self.ledger, True)  # a cell that fails never reaches close()
-        os.environ[storage.LEDGER_ENV] = self.ledger  # inherited by the loader's worker processes
+        os.environ[storage.LEDGER_ENV] = self.ledger
+        # the ledger rides in the options every loader process unpickles with the shard set
+        options = {**(data.get("storage_options") or {}), storage.LEDGER_KEY: self.ledger}
         self.storage = {"data_storage": mode, "data_uri": storage.redact(uri)}
         if mode == "cache":
             try:

@@ -10,6 +10,8 @@ Formats (`dataset.format`):
   with an index of offsets beside each file (`.idx.npy`); read natively by tf.data, by offset (each
   record's CRCs checked) elsewhere (workers/common/datapath/tfrecords.py).
 - `hdf5`: one HDF5 file per shard with datasets `x` and `y` (h5py), contiguous.
+- `tfrecord` with `dataset.image_codec` jpeg or png: each Example's `x` the image encoded so (JPEG
+  shards, as ImageNet's TFRecords hold), decoded by the loader as an image folder's files are.
 - `imagefolder`: images only, one folder per class (`000/`, `001/`, ...: the order torchvision's
   ImageFolder and Keras sort them in) of JPEG (Pillow, quality 90, 4:2:0) or PNG files
   (`dataset.image_codec`), one file per sample; `meta.json` lists them in the dataset's order. Read
@@ -141,32 +143,45 @@ class ShardSet:
 
 
 def folder_name(dataset_key: str, fmt: str, shards: int, codec: str | None = None) -> str:
-    return f"{dataset_key}.{fmt}{f'-{codec}' if fmt == 'imagefolder' else ''}-{shards}"
+    if fmt == "imagefolder":
+        codec = codec or "jpeg"
+    return f"{dataset_key}.{fmt}{f'-{codec}' if codec and fmt in ('imagefolder', 'tfrecord') else ''}-{shards}"
+
+
+def encode_image(chw: np.ndarray, codec: str) -> bytes:
+    """One CHW uint8 RGB image as a JPEG (Pillow, quality 90, 4:2:0) or PNG file's bytes."""
+    from PIL import Image
+
+    out = io.BytesIO()
+    pic = Image.fromarray(np.ascontiguousarray(chw.transpose(1, 2, 0)))
+    if codec == "jpeg":
+        pic.save(out, format="JPEG", quality=JPEG_QUALITY, subsampling="4:2:0")
+    else:
+        pic.save(out, format="PNG")
+    return out.getvalue()
 
 
 def _write_images(folder: Path, x: np.ndarray, y: np.ndarray, codec: str) -> list[str]:
     """One file per sample under its class's folder; the relative paths in the samples' order."""
-    from PIL import Image
-
-    if x.ndim != 4 or x.shape[1] != 3 or x.dtype != np.uint8:
-        raise ValueError(f"imagefolder holds RGB images (N, 3, H, W) of uint8, not {x.dtype} {x.shape}")
+    _check_images(x)
     names = []
     for i, (img, label) in enumerate(zip(x, y)):
         rel = f"{int(label):03d}/{i:07d}.{CODECS[codec]}"
         (folder / rel).parent.mkdir(exist_ok=True)
-        pic = Image.fromarray(np.ascontiguousarray(img.transpose(1, 2, 0)))
-        if codec == "jpeg":
-            pic.save(folder / rel, format="JPEG", quality=JPEG_QUALITY, subsampling="4:2:0")
-        else:
-            pic.save(folder / rel, format="PNG")
+        (folder / rel).write_bytes(encode_image(img, codec))
         names.append(rel)
     return names
+
+
+def _check_images(x: np.ndarray) -> None:
+    if x.ndim != 4 or x.shape[1] != 3 or x.dtype != np.uint8:
+        raise ValueError(f"encoded images are RGB (N, 3, H, W) of uint8, not {x.dtype} {x.shape}")
 
 
 # --- writing -----------------------------------------------------------------------------------
 
 
-def _write_shard(path: str, fmt: str, x: np.ndarray, y: np.ndarray, label_dtype: str) -> None:
+def _write_shard(path: str, fmt: str, x: np.ndarray, y: np.ndarray, label_dtype: str, codec: str | None = None) -> None:
     if fmt == "raw":
         rec = np.empty(len(y), np.dtype([("y", label_dtype), ("x", x.dtype.newbyteorder("<"), x.shape[1:])]))
         rec["y"], rec["x"] = y, x
@@ -179,7 +194,8 @@ def _write_shard(path: str, fmt: str, x: np.ndarray, y: np.ndarray, label_dtype:
         with open(path, "wb") as f:
             for xi, yi in zip(x, y):
                 offsets.append(pos)
-                pos += tfrecords.write_record(f, tfrecords.encode_example(np.ascontiguousarray(xi).tobytes(), yi))
+                blob = encode_image(xi, codec) if codec else np.ascontiguousarray(xi).tobytes()
+                pos += tfrecords.write_record(f, tfrecords.encode_example(blob, yi))
         np.save(path + ".idx.npy", np.asarray(offsets, np.int64))  # each record's offset: random access
     elif fmt == "hdf5":
         import h5py
@@ -191,7 +207,9 @@ def _write_shard(path: str, fmt: str, x: np.ndarray, y: np.ndarray, label_dtype:
         raise ValueError(f"unknown format {fmt!r}; allowed: {', '.join(FORMATS)}")
 
 
-def write(folder: str | Path, fmt: str, x: np.ndarray, y: np.ndarray, shards: int, codec: str = "jpeg") -> ShardSet:
+def write(
+    folder: str | Path, fmt: str, x: np.ndarray, y: np.ndarray, shards: int, codec: str | None = None
+) -> ShardSet:
     """Write the samples (images NCHW uint8) as `shards` files of `fmt` into `folder`, atomically:
     into a temporary folder beside it, renamed when whole. An existing folder is kept (another
     process made it first: the same inputs make the same files)."""
@@ -208,10 +226,14 @@ def write(folder: str | Path, fmt: str, x: np.ndarray, y: np.ndarray, shards: in
     try:
         extra: dict[str, Any] = {}
         if fmt == "imagefolder":
+            codec = codec or "jpeg"
             extra = {"images": _write_images(tmp, x, y, codec), "labels": [int(v) for v in y], "codec": codec}
+        elif fmt == "tfrecord" and codec:  # JPEG (or PNG) shards
+            _check_images(x)
+            extra = {"codec": codec}
         for s, name in enumerate(files):
             lo, hi = int(bounds[s]), int(bounds[s + 1])
-            _write_shard(str(tmp / name), fmt, x[lo:hi], y[lo:hi], label_dtype)
+            _write_shard(str(tmp / name), fmt, x[lo:hi], y[lo:hi], label_dtype, extra.get("codec"))
         meta = {
             "format": fmt,
             "n": len(y),
@@ -459,6 +481,9 @@ class Reader:
                 raise StorageUnavailable(str(exc)) from None
             except Exception as exc:  # protobuf's DecodeError, a missing feature
                 raise DataError(f"{where}: not a tf.train.Example with features x and y ({exc})") from None
+            if self.ss.codec:  # a JPEG shard: the image decoded as an image folder's file is
+                x[j] = decode_image(raw, where, self.ss.shape)
+                continue
             if len(raw) != self.ss.sample_bytes:
                 raise DataError(f"{where}: {len(raw)} sample bytes, expected {self.ss.sample_bytes}")
             x[j] = np.frombuffer(raw, self.ss.dtype).reshape(self.ss.shape)

@@ -18,7 +18,7 @@ Two ways to read (`dataset.storage`, an axis):
   and every later cell reads the cache (a hit).
 
 Every process that fetches (a loader's worker processes too) adds what it fetched to a ledger file of
-its own in the folder `MLBENCH_STORAGE_LEDGER` names, so the cell's bytes read and requests count
+its own in the folder the options' `mlbench_ledger` (or `MLBENCH_STORAGE_LEDGER`) names, so the cell's bytes read and requests count
 every process. TensorFlow reads no s3:// path by itself in 2.21 (tensorflow-io, which carried its S3
 filesystem, stopped at 0.37), so tf.data streams through `tf.numpy_function` over this module.
 """
@@ -42,6 +42,9 @@ import numpy as np
 
 MODES = ("stream", "cache")
 LEDGER_ENV = "MLBENCH_STORAGE_LEDGER"
+# the ledger folder travels in the options a ShardSet carries to every loader process (an environment
+# variable set after a forkserver started would not reach its children); fsspec never sees it
+LEDGER_KEY = "mlbench_ledger"
 # storage_options that hold a secret: refused in a suite (the backend reads them from the environment)
 SECRET_KEYS = frozenset(
     {
@@ -100,7 +103,8 @@ def filesystem(uri: str, options: dict[str, Any] | None = None) -> Any:
     import fsspec
 
     protocol = uri.split("://", 1)[0].lower()
-    key = (os.getpid(), protocol, json.dumps(options or {}, sort_keys=True, default=str))
+    options = {k: v for k, v in (options or {}).items() if k != LEDGER_KEY}
+    key = (os.getpid(), protocol, json.dumps(options, sort_keys=True, default=str))
     with _fs_lock:
         fs = _fs.get(key)
         if fs is None:
@@ -142,12 +146,16 @@ class _Ledger:
         self.requests = 0
         self.fd: int | None = None
         self.pid = -1
+        self.folder: str | None = None
 
-    def add(self, nbytes: int, requests: int) -> None:
-        folder = os.environ.get(LEDGER_ENV)
+    def add(self, nbytes: int, requests: int, folder: str | None) -> None:
         with self.lock:
             if self.pid != os.getpid():  # a forked child starts its own totals
                 self.bytes, self.requests, self.fd, self.pid = 0, 0, None, os.getpid()
+            if folder and folder != self.folder:  # another cell's ledger (a test process reads several)
+                if self.fd is not None:
+                    os.close(self.fd)
+                self.bytes, self.requests, self.fd, self.folder = 0, 0, None, folder
             self.bytes += int(nbytes)
             self.requests += int(requests)
             if not folder:
@@ -161,8 +169,8 @@ class _Ledger:
 _ledger = _Ledger()
 
 
-def count(nbytes: int, requests: int = 1) -> None:
-    _ledger.add(nbytes, requests)
+def count(nbytes: int, requests: int = 1, options: dict[str, Any] | None = None) -> None:
+    _ledger.add(nbytes, requests, (options or {}).get(LEDGER_KEY) or os.environ.get(LEDGER_ENV))
 
 
 def ledger_totals(folder: str | os.PathLike[str]) -> tuple[int, int]:
@@ -187,7 +195,7 @@ def cat(uri: str, options: dict[str, Any] | None, what: str = "") -> bytes:
         data = filesystem(uri, options).cat_file(uri)
     except Exception as exc:
         raise StorageError(describe_error(uri, exc, what)) from None
-    count(len(data))
+    count(len(data), 1, options)
     return data
 
 
@@ -206,7 +214,7 @@ def cat_many(uris: list[str], options: dict[str, Any] | None) -> list[bytes]:
         if isinstance(data, BaseException) or data is None:
             raise StorageError(describe_error(u, data if isinstance(data, BaseException) else FileNotFoundError(u)))
         out.append(data)
-    count(sum(len(d) for d in out), len(out))
+    count(sum(len(d) for d in out), len(out), options)
     return out
 
 
@@ -244,7 +252,7 @@ def ranges(uri: str, options: dict[str, Any] | None, spans: Iterable[tuple[int, 
     for g in got:
         if isinstance(g, BaseException):
             raise StorageError(describe_error(uri, g, what))
-    count(sum(len(g) for g in got), len(spans))
+    count(sum(len(g) for g in got), len(spans), options)
     return list(got)
 
 
@@ -262,7 +270,7 @@ class CountedFile(io.RawIOBase):
 
         def counted(start: int, end: int) -> bytes:
             data = fetch(start, end)
-            count(len(data))
+            count(len(data), 1, options)
             return data
 
         self.f.cache.fetcher = counted
@@ -334,7 +342,7 @@ def fetch_folder(uri: str, options: dict[str, Any] | None, cache_root: str | os.
             except Exception as exc:
                 raise StorageError(describe_error(join(uri, part[0]) if len(part) == 1 else uri, exc)) from None
             got = sum((tmp / n).stat().st_size for n in part)
-            count(got, len(part))
+            count(got, len(part), options)
             total, requests = total + got, requests + len(part)
         (tmp / "meta.json").write_bytes(meta_bytes)
         try:

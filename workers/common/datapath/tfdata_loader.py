@@ -57,6 +57,12 @@ class TfDataLoader(Loader):
         self.det = True if self.par else None  # parallel maps keep their order (sequential ones do anyway)
         # an image folder decoded by TensorFlow's own ops (local files): the paths and labels as constants
         self.tf_images = self.ss.format == "imagefolder" and spec.decoder == "native" and not self.ss.remote
+        # a JPEG shard decoded by TensorFlow's own ops: in the two_level order (a whole shard read natively)
+        self.tf_jpeg_shards = (
+            self.ss.format == "tfrecord" and bool(self.ss.codec) and spec.decoder == "native" and not self.ss.remote
+        )
+        native_decode = self.tf_images or (self.tf_jpeg_shards and source.order == "two_level")
+        self.image_decoder = "tf.io.decode_image" if native_decode else "pillow"
         if self.tf_images:
             self.paths_t = tf.constant([self.ss.image_path(i) for i in range(self.ss.n)])
             self.labels_t = tf.constant(np.asarray(self.ss.labels, np.int32))
@@ -81,13 +87,17 @@ class TfDataLoader(Loader):
 
     def _decode(self, paths: tf.Tensor) -> tf.Tensor:
         """Image files to a CHW uint8 batch by tf.io.decode_image (JPEG and PNG alike)."""
+        return self._decode_bytes(tf.map_fn(tf.io.read_file, paths, fn_output_signature=tf.string))
+
+    def _decode_bytes(self, blobs: tf.Tensor) -> tf.Tensor:
+        """Encoded images to a CHW uint8 batch by tf.io.decode_image."""
         shape = self.ss.shape
 
-        def one(path: tf.Tensor) -> tf.Tensor:
-            hwc = tf.io.decode_image(tf.io.read_file(path), channels=3, expand_animations=False)
+        def one(blob: tf.Tensor) -> tf.Tensor:
+            hwc = tf.io.decode_image(blob, channels=3, expand_animations=False)
             return tf.transpose(tf.ensure_shape(hwc, [shape[1], shape[2], 3]), [2, 0, 1])
 
-        return tf.map_fn(one, paths, fn_output_signature=tf.TensorSpec(shape, tf.uint8))
+        return tf.map_fn(one, blobs, fn_output_signature=tf.TensorSpec(shape, tf.uint8))
 
     def _shard_dataset(self, shard: tf.Tensor) -> tuple[tf.Tensor, tf.Tensor]:
         """A whole shard in stored order: (samples, labels)."""
@@ -111,12 +121,14 @@ class TfDataLoader(Loader):
             size = np.dtype(ss.dtype).itemsize
             x = body if size == 1 else tf.bitcast(tf.reshape(body, [-1, ss.sample_bytes // size, size]), xdtype)
             return tf.reshape(x, [-1, *ss.shape]), y
-        if ss.format == "tfrecord" and not ss.remote:
+        if ss.format == "tfrecord" and not ss.remote and (not ss.codec or self.tf_jpeg_shards):
             serialized = tf.data.TFRecordDataset(path).batch(1 << 30).get_single_element()
             feats = tf.io.parse_example(
                 serialized,
                 {"x": tf.io.FixedLenFeature([], tf.string), "y": tf.io.FixedLenFeature([], tf.int64)},
             )
+            if ss.codec:  # JPEG shards: each record's image decoded as an image folder's file is
+                return self._decode_bytes(feats["x"]), tf.cast(feats["y"], tf.int32)
             x = tf.io.decode_raw(feats["x"], xdtype)
             return tf.reshape(x, [-1, *ss.shape]), tf.cast(feats["y"], tf.int32)
         # npz, hdf5: no reader in TensorFlow; object storage: no filesystem for it in TensorFlow 2.21
@@ -228,5 +240,7 @@ class TfDataLoader(Loader):
             raise DataError(" ".join(exc.message.split())[:500]) from None
 
     def describe(self) -> dict[str, Any]:
-        native = (self.ss.format in ("raw", "tfrecord") and not self.ss.remote) or self.tf_images
+        native = (self.ss.format in ("raw", "tfrecord") and not self.ss.remote and not self.ss.codec) or (
+            self.image_decoder == "tf.io.decode_image"
+        )
         return {"num_parallel_calls": self.par, "tfdata_reader": "native" if native else "numpy_function"}
