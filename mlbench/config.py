@@ -82,6 +82,9 @@ class DatasetConfig(Strict):
     image_codec: Literal["jpeg", "png"] | None = None
     # (imagefolder: jpeg unless set; tfrecord: each Example's x the image encoded so, as ImageNet's JPEG
     # shards are, instead of its raw pixel bytes)
+    # encoded images stored at this side in pixels (None: the model's input); each loader then resizes the
+    # shorter side to the model's and centre-crops, as photographs are fed to a model
+    image_size: PositiveInt | None = None
     shards: PositiveInt = 1  # files the training set is split into (DLIO's num_files_train)
     # global: one permutation per epoch; two_level: the shards permuted, then the records within each
     # (DLIO's file and sample shuffle: what a sequential reader can follow), for every cell, memory too
@@ -160,7 +163,17 @@ class DatasetConfig(Strict):
         keys only where they are not the defaults, so that cells of earlier runs keep their ids (seed is
         resolved by the caller). A memory cell reads no files, so it carries no uri."""
         out = self.model_dump(
-            exclude={"format", "shards", "order", "augment", "uri", "storage", "storage_options", "image_codec"}
+            exclude={
+                "format",
+                "shards",
+                "order",
+                "augment",
+                "uri",
+                "storage",
+                "storage_options",
+                "image_codec",
+                "image_size",
+            }
         )
         if fmt != "memory":
             out["format"] = fmt
@@ -168,6 +181,8 @@ class DatasetConfig(Strict):
                 out["image_codec"] = self.image_codec or "jpeg"
             elif fmt == "tfrecord" and self.image_codec:  # JPEG shards; raw-byte shards keep their ids
                 out["image_codec"] = self.image_codec
+            if self.image_size and out.get("image_codec"):
+                out["image_size"] = self.image_size
             if self.uri:
                 out["uri"] = self.uri
                 if self.remote:

@@ -87,6 +87,56 @@ def test_tf_data_decodes_jpeg_otherwise_than_pillow_and_the_pillow_decoder_gives
             assert gap == 0 and same, (fmt, order_, kind, decoder, gap)
 
 
+def test_images_stored_larger_are_resized_and_centre_cropped_to_the_models_input_by_each_loader(tmp_path):
+    from PIL import Image
+
+    x, y = _images(96)
+    ss = formats.write(tmp_path / "k.imagefolder-png-48px-2", "imagefolder", x, y, 2, "png", image_size=48)
+    assert ss.stored_shape == (3, 48, 48) and ss.shape == (3, 32, 32)
+    assert Image.open(ss.image_path(0)).size == (48, 48)
+    pillow = formats.Reader(ss).read(np.arange(96))[0]
+    assert pillow.shape == (96, 3, 32, 32) and np.abs(pillow.astype(int) - x.astype(int)).mean() < 3
+    src = loaders.Source(ss.folder, 32, seed=3, order="global", shards=2)
+    reference = [pillow[row] for row in src.plan(1)]
+    gaps = {}
+    for kind in ("torch", "tfdata", "grain"):
+        loader = loaders.make(kind, src, loaders.LoaderSpec(kind=kind), "jax")
+        gaps[kind] = max(
+            int(np.abs(a.astype(int) - r.astype(int)).max()) for (a, _), r in zip(loader.epoch(1), reference)
+        )
+        loader.close()
+    # Pillow's resize in DataLoader and Grain workers; tf.image.resize in tf.data, the gap measured, not assumed
+    assert gaps["torch"] == 0 and gaps["grain"] == 0 and gaps["tfdata"] <= 16, gaps
+
+
+def test_verify_datas_reference_for_encoded_images_is_pillows_decode_of_the_files_the_cells_read(tmp_path):
+    from mlbench.tasks import verify_data
+    from workers.common.datapath import feed
+
+    suite = parse_suite(
+        suite_dict(
+            models=["resnet18"],
+            batch_sizes=[32],
+            dataset={
+                "train_samples": 128,
+                "format": ["tfrecord"],
+                "image_codec": "jpeg",
+                "image_size": 40,
+                "shards": 2,
+            },
+        )
+    )
+    want = verify_data.reference(suite, "resnet18", tmp_path, lossy=("jpeg", 40))
+    # the cells' own files: JPEG shards stored at 40 px, decoded and resized by Pillow
+    (folder,) = [p for p in tmp_path.iterdir() if p.is_dir() and "." not in p.name]
+    dataset = {**suite.dataset.cell_dict("tfrecord"), "seed": 0}
+    ss = feed.materialise(folder, dataset)
+    assert ss.codec == "jpeg" and ss.stored_shape == (3, 40, 40)
+    plan = order.plan(ss.n, 32, suite.seed, verify_data.EPOCH, "global", 2)
+    got = [order.digest(*formats.Reader(ss).read(row)) for row in plan]
+    assert got == want and want != verify_data.reference(suite, "resnet18", tmp_path)  # not the arrays' bytes
+
+
 @pytest.mark.e2e
 def test_an_image_folder_run_reports_the_decoders_gap_the_digest_mismatch_and_the_decode_cost(tmp_path):
     from mlbench.orchestrator import run_suite

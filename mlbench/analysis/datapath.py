@@ -72,7 +72,8 @@ def check_digests(rows: list[Row]) -> None:
         key += (r.get("data_shards") if r.get("data_order") == "two_level" else None,)
         # a lossy codec's files decode to other pixels than the arrays they were made from: such cells are
         # checked against each other (the first Pillow decode is the reference), not against memory
-        key += ("jpeg" if r.get("image_codec") == "jpeg" else None,)
+        resized = bool(r.get("image_codec")) and bool(r.get("image_size"))
+        key += ((r.get("image_codec"), r.get("image_size")) if r.get("image_codec") == "jpeg" or resized else None,)
         groups.setdefault(key, []).append(r)
     for members in groups.values():
         ref = next(

@@ -318,6 +318,7 @@ def _data_path(cell: Cell, ev: list[dict[str, Any]], ok: bool) -> dict[str, Any]
         "au_source": ("waits" if au is not None else None),
         "emulated_compute_s": _last(ev, "result").get("emulated_compute_s"),
         "image_codec": dataset.get("image_codec"),
+        "image_size": dataset.get("image_size"),
         "image_decoder": data.get("image_decoder"),
         "decode_max_abs_diff": data.get("decode_max_abs_diff"),
         # where the shards came from: local, or object storage streamed or cached (storage.py)

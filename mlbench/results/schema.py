@@ -191,7 +191,13 @@ COLUMNS: list[tuple[str, pa.DataType, str]] = [
         "the loader alone over one epoch of the same batches, no step, after its first batch: samples/s",
     ),
     ("loader_mb_per_second", F, "the same, in MB/s of records read (records x record bytes)"),
-    ("image_codec", S, "imagefolder: the files' codec, jpeg (lossy) or png (lossless)"),
+    ("image_codec", S, "imagefolder or JPEG shards: the images' codec, jpeg (lossy) or png (lossless)"),
+    (
+        "image_size",
+        I,
+        "encoded images stored at this side in pixels, resized and centre-cropped to the model's input by each "
+        "loader; null: stored at the model's size",
+    ),
     (
         "image_decoder",
         S,

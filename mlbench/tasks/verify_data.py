@@ -86,9 +86,9 @@ def _cells(suite: Suite, model: str, start: int) -> list[Cell]:
     return cells
 
 
-def reference(suite: Suite, model: str, data_dir: Path, lossy: bool = False) -> list[str]:
-    """Every batch digest of the epoch, from the dataset's arrays in numpy alone; `lossy`: from the image
-    folder's JPEG files as Pillow decodes them (their pixels are not the arrays')."""
+def reference(suite: Suite, model: str, data_dir: Path, lossy: tuple[str, int | None] | None = None) -> list[str]:
+    """Every batch digest of the epoch, from the dataset's arrays in numpy alone; `lossy` (a codec and a
+    stored size): from such image files as Pillow decodes (and resizes) them, whose pixels are not the arrays'."""
     spec = specs.get_spec(model, suite.model_overrides.get(model))
     dataset = suite.dataset.cell_dict("memory")
     seed = suite.dataset.seed if suite.dataset.seed is not None else suite.seeds[0]
@@ -96,7 +96,9 @@ def reference(suite: Suite, model: str, data_dir: Path, lossy: bool = False) -> 
     x = np.load(folder / "x_train.npy", mmap_mode="r")
     y = np.load(folder / "y_train.npy")
     if lossy:
-        imagefolder = {**dataset, "format": "imagefolder", "image_codec": "jpeg", "shards": suite.dataset.shards}
+        codec, size = lossy
+        imagefolder = {**dataset, "format": "imagefolder", "image_codec": codec, "shards": suite.dataset.shards}
+        imagefolder |= {"image_size": size} if size else {}
         images = feed.materialise(folder, imagefolder)  # the files the cells read, written once
         x = formats.Reader(images).read(np.arange(len(y)))[0]
     d = suite.dataset
@@ -120,14 +122,19 @@ def run(suite: Suite, run_dir: Path, settings: Settings, models: list[str] | Non
     for m in models or suite.models:  # one model per kind of data: the data is the family's
         families.setdefault(specs.get_spec(m, suite.model_overrides.get(m)).family, m)
     for model in families.values():
-        refs = {False: reference(suite, model, folder.data)}
-        restart = max(1, len(refs[False]) // 2)
+        refs = {None: reference(suite, model, folder.data)}
+        restart = max(1, len(refs[None]) // 2)
         for start in (0, restart):
             for cell in _cells(suite, model, start):
                 name = data_label(cell.framework, cell.spec.dataset, cell.spec.loader) or "memory"
-                lossy = (cell.spec.dataset or {}).get("image_codec") == "jpeg"
+                d = cell.spec.dataset or {}
+                lossy = (
+                    (d["image_codec"], d.get("image_size"))
+                    if d.get("image_codec") == "jpeg" or (d.get("image_codec") and d.get("image_size"))
+                    else None
+                )
                 if lossy not in refs:
-                    refs[lossy] = reference(suite, model, folder.data, lossy=True)
+                    refs[lossy] = reference(suite, model, folder.data, lossy=lossy)
                 ref = refs[lossy]
                 outcome = run_here(
                     Unit(cell),
@@ -151,7 +158,7 @@ def run(suite: Suite, run_dir: Path, settings: Settings, models: list[str] | Non
                 if first is not None:
                     check.status = "mismatch"
                     check.problem = f"batch {first} of epoch {EPOCH} differs from " + (
-                        "Pillow's decode of the same JPEG files (this decoder rounds otherwise; "
+                        "Pillow's decode of the same image files (this decoder, or its resize, rounds otherwise; "
                         "loader.decoder: pillow gives the same bytes)"
                         if lossy
                         else "the numpy reference"

@@ -343,6 +343,7 @@ DATA_PATH_KEYS = (
     "storage",
     "storage_options",
     "image_codec",
+    "image_size",
 )  # read how, not what
 
 

@@ -33,7 +33,9 @@ from workers.common.datapath import order as orders
 
 def shard_folder(ds_folder: Path, data: dict[str, Any]) -> Path:
     """The local shard folder: beside the dataset's folder, or under a file:// `dataset.uri`."""
-    name = formats.folder_name(ds_folder.name, data["format"], data.get("shards", 1), data.get("image_codec"))
+    name = formats.folder_name(
+        ds_folder.name, data["format"], data.get("shards", 1), data.get("image_codec"), data.get("image_size")
+    )
     uri = data.get("uri")
     if uri and not storage.is_remote(uri):
         return Path(storage.local_path(uri)) / name
@@ -45,7 +47,9 @@ def remote_folder(ds_folder: Path, data: dict[str, Any]) -> str | None:
     uri = data.get("uri")
     if not uri or not storage.is_remote(uri):
         return None
-    name = formats.folder_name(ds_folder.name, data["format"], data.get("shards", 1), data.get("image_codec"))
+    name = formats.folder_name(
+        ds_folder.name, data["format"], data.get("shards", 1), data.get("image_codec"), data.get("image_size")
+    )
     return storage.join(uri, name)
 
 
@@ -59,7 +63,9 @@ def materialise(ds_folder: Path, data: dict[str, Any]) -> formats.ShardSet:
     y = np.load(ds_folder / "y_train.npy", allow_pickle=False)
     if data["format"] == "imagefolder" and x.ndim != 4:
         raise datasets.DataUnavailable("imagefolder holds images; this model reads tokens or rows")
-    return formats.write(folder, data["format"], x, y, data.get("shards", 1), data.get("image_codec"))
+    return formats.write(
+        folder, data["format"], x, y, data.get("shards", 1), data.get("image_codec"), data.get("image_size")
+    )
 
 
 class FileFeed:

@@ -79,6 +79,8 @@ class ShardSet:
     images: tuple[str, ...] = field(default=(), compare=False, repr=False)
     labels: tuple[int, ...] = field(default=(), compare=False, repr=False)
     codec: str | None = None
+    # encoded images stored at another size than the samples delivered (`shape`): resized and cropped
+    stored_shape: tuple[int, ...] | None = None
 
     @property
     def remote(self) -> bool:
@@ -139,21 +141,29 @@ class ShardSet:
             images=tuple(meta.get("images", ())),
             labels=tuple(meta.get("labels", ())),
             codec=meta.get("codec"),
+            stored_shape=tuple(meta["stored_shape"]) if meta.get("stored_shape") else None,
         )
 
 
-def folder_name(dataset_key: str, fmt: str, shards: int, codec: str | None = None) -> str:
+def folder_name(
+    dataset_key: str, fmt: str, shards: int, codec: str | None = None, image_size: int | None = None
+) -> str:
     if fmt == "imagefolder":
         codec = codec or "jpeg"
-    return f"{dataset_key}.{fmt}{f'-{codec}' if codec and fmt in ('imagefolder', 'tfrecord') else ''}-{shards}"
+    encoded = f"-{codec}" if codec and fmt in ("imagefolder", "tfrecord") else ""
+    sized = f"-{image_size}px" if encoded and image_size else ""
+    return f"{dataset_key}.{fmt}{encoded}{sized}-{shards}"
 
 
-def encode_image(chw: np.ndarray, codec: str) -> bytes:
-    """One CHW uint8 RGB image as a JPEG (Pillow, quality 90, 4:2:0) or PNG file's bytes."""
+def encode_image(chw: np.ndarray, codec: str, size: int | None = None) -> bytes:
+    """One CHW uint8 RGB image as a JPEG (Pillow, quality 90, 4:2:0) or PNG file's bytes; `size`: stored
+    as a size x size image (Pillow's bicubic resize), as photographs come larger than a model's input."""
     from PIL import Image
 
     out = io.BytesIO()
     pic = Image.fromarray(np.ascontiguousarray(chw.transpose(1, 2, 0)))
+    if size and pic.size != (size, size):
+        pic = pic.resize((size, size), Image.Resampling.BICUBIC)
     if codec == "jpeg":
         pic.save(out, format="JPEG", quality=JPEG_QUALITY, subsampling="4:2:0")
     else:
@@ -161,14 +171,14 @@ def encode_image(chw: np.ndarray, codec: str) -> bytes:
     return out.getvalue()
 
 
-def _write_images(folder: Path, x: np.ndarray, y: np.ndarray, codec: str) -> list[str]:
+def _write_images(folder: Path, x: np.ndarray, y: np.ndarray, codec: str, size: int | None = None) -> list[str]:
     """One file per sample under its class's folder; the relative paths in the samples' order."""
     _check_images(x)
     names = []
     for i, (img, label) in enumerate(zip(x, y)):
         rel = f"{int(label):03d}/{i:07d}.{CODECS[codec]}"
         (folder / rel).parent.mkdir(exist_ok=True)
-        (folder / rel).write_bytes(encode_image(img, codec))
+        (folder / rel).write_bytes(encode_image(img, codec, size))
         names.append(rel)
     return names
 
@@ -181,7 +191,15 @@ def _check_images(x: np.ndarray) -> None:
 # --- writing -----------------------------------------------------------------------------------
 
 
-def _write_shard(path: str, fmt: str, x: np.ndarray, y: np.ndarray, label_dtype: str, codec: str | None = None) -> None:
+def _write_shard(
+    path: str,
+    fmt: str,
+    x: np.ndarray,
+    y: np.ndarray,
+    label_dtype: str,
+    codec: str | None = None,
+    size: int | None = None,
+) -> None:
     if fmt == "raw":
         rec = np.empty(len(y), np.dtype([("y", label_dtype), ("x", x.dtype.newbyteorder("<"), x.shape[1:])]))
         rec["y"], rec["x"] = y, x
@@ -194,7 +212,7 @@ def _write_shard(path: str, fmt: str, x: np.ndarray, y: np.ndarray, label_dtype:
         with open(path, "wb") as f:
             for xi, yi in zip(x, y):
                 offsets.append(pos)
-                blob = encode_image(xi, codec) if codec else np.ascontiguousarray(xi).tobytes()
+                blob = encode_image(xi, codec, size) if codec else np.ascontiguousarray(xi).tobytes()
                 pos += tfrecords.write_record(f, tfrecords.encode_example(blob, yi))
         np.save(path + ".idx.npy", np.asarray(offsets, np.int64))  # each record's offset: random access
     elif fmt == "hdf5":
@@ -208,7 +226,13 @@ def _write_shard(path: str, fmt: str, x: np.ndarray, y: np.ndarray, label_dtype:
 
 
 def write(
-    folder: str | Path, fmt: str, x: np.ndarray, y: np.ndarray, shards: int, codec: str | None = None
+    folder: str | Path,
+    fmt: str,
+    x: np.ndarray,
+    y: np.ndarray,
+    shards: int,
+    codec: str | None = None,
+    image_size: int | None = None,
 ) -> ShardSet:
     """Write the samples (images NCHW uint8) as `shards` files of `fmt` into `folder`, atomically:
     into a temporary folder beside it, renamed when whole. An existing folder is kept (another
@@ -227,13 +251,17 @@ def write(
         extra: dict[str, Any] = {}
         if fmt == "imagefolder":
             codec = codec or "jpeg"
-            extra = {"images": _write_images(tmp, x, y, codec), "labels": [int(v) for v in y], "codec": codec}
+            names = _write_images(tmp, x, y, codec, image_size)
+            extra = {"images": names, "labels": [int(v) for v in y], "codec": codec}
         elif fmt == "tfrecord" and codec:  # JPEG (or PNG) shards
             _check_images(x)
             extra = {"codec": codec}
+        size = image_size if extra.get("codec") and image_size and image_size != x.shape[-1] else None
+        if size:  # stored larger or smaller than the samples the readers deliver
+            extra["stored_shape"] = [x.shape[1], size, size]
         for s, name in enumerate(files):
             lo, hi = int(bounds[s]), int(bounds[s + 1])
-            _write_shard(str(tmp / name), fmt, x[lo:hi], y[lo:hi], label_dtype, extra.get("codec"))
+            _write_shard(str(tmp / name), fmt, x[lo:hi], y[lo:hi], label_dtype, extra.get("codec"), size)
         meta = {
             "format": fmt,
             "n": len(y),
@@ -258,20 +286,38 @@ def write(
 # --- reading by index ----------------------------------------------------------------------------
 
 
-def decode_image(blob: bytes, where: str, shape: tuple[int, ...]) -> np.ndarray:
-    """One JPEG or PNG file's pixels by Pillow, CHW uint8 RGB; a file that is no image, or of another size,
-    is a DataError naming it."""
+def decode_image(blob: bytes, where: str, shape: tuple[int, ...], stored: tuple[int, ...] | None = None) -> np.ndarray:
+    """One JPEG or PNG file's pixels by Pillow, CHW uint8 RGB, at the model's `shape`: an image stored at
+    another size (`stored`) is resized so its shorter side is the model's, bilinearly, then centre-cropped
+    (torchvision's Resize and CenterCrop). A file that is no image, or not of the stored size, is a
+    DataError naming it."""
     from PIL import Image, UnidentifiedImageError
 
+    stored = tuple(stored or shape)
     try:
         with Image.open(io.BytesIO(blob)) as pic:
-            hwc = np.asarray(pic.convert("RGB"))
+            rgb = pic.convert("RGB")
+            if rgb.size != (stored[2], stored[1]):
+                w, h = rgb.size
+                raise DataError(f"{where}: decodes to {w}x{h} pixels, expected {stored[2]}x{stored[1]}")
+            if stored != tuple(shape):
+                rgb = resize_crop(rgb, shape[1], shape[2])
+            hwc = np.asarray(rgb)
     except (UnidentifiedImageError, OSError, ValueError) as exc:
         raise DataError(f"{where}: not an image Pillow decodes ({exc})") from None
-    chw = hwc.transpose(2, 0, 1)
-    if chw.shape != tuple(shape):
-        raise DataError(f"{where}: decodes to {hwc.shape[1]}x{hwc.shape[0]} pixels, expected {shape[2]}x{shape[1]}")
-    return chw
+    return hwc.transpose(2, 0, 1)
+
+
+def resize_crop(pic: Any, height: int, width: int) -> Any:
+    """Pillow: the shorter side to the target's (bilinear, antialiased as Pillow does), then the centre crop."""
+    from PIL import Image
+
+    w, h = pic.size
+    scale = max(height / h, width / w)
+    rw, rh = max(width, round(w * scale)), max(height, round(h * scale))
+    pic = pic.resize((rw, rh), Image.Resampling.BILINEAR)
+    left, top = (rw - width) // 2, (rh - height) // 2
+    return pic.crop((left, top, left + width, top + height))
 
 
 PAGE_CACHE_ENV = "MLBENCH_PAGE_CACHE"  # cold: raw shards are read with pread, not mapped (see evict)
@@ -482,7 +528,7 @@ class Reader:
             except Exception as exc:  # protobuf's DecodeError, a missing feature
                 raise DataError(f"{where}: not a tf.train.Example with features x and y ({exc})") from None
             if self.ss.codec:  # a JPEG shard: the image decoded as an image folder's file is
-                x[j] = decode_image(raw, where, self.ss.shape)
+                x[j] = decode_image(raw, where, self.ss.shape, self.ss.stored_shape)
                 continue
             if len(raw) != self.ss.sample_bytes:
                 raise DataError(f"{where}: {len(raw)} sample bytes, expected {self.ss.sample_bytes}")
@@ -509,7 +555,7 @@ class Reader:
                     raise DataError(f"{p}: cannot read sample {int(i)} ({exc.strerror or exc})") from None
         x = np.empty((len(index), *ss.shape), ss.dtype)
         for j, (p, blob) in enumerate(zip(paths, blobs)):
-            x[j] = decode_image(blob, storage.redact(p), ss.shape)
+            x[j] = decode_image(blob, storage.redact(p), ss.shape, ss.stored_shape)
         return x, np.asarray([ss.labels[int(i)] for i in index], np.int32)
 
     def _shard_part(self, shard: int, local: np.ndarray) -> tuple[np.ndarray, np.ndarray]:

@@ -92,10 +92,19 @@ class TfDataLoader(Loader):
     def _decode_bytes(self, blobs: tf.Tensor) -> tf.Tensor:
         """Encoded images to a CHW uint8 batch by tf.io.decode_image."""
         shape = self.ss.shape
+        stored = self.ss.stored_shape or shape
 
         def one(blob: tf.Tensor) -> tf.Tensor:
-            hwc = tf.io.decode_image(blob, channels=3, expand_animations=False)
-            return tf.transpose(tf.ensure_shape(hwc, [shape[1], shape[2], 3]), [2, 0, 1])
+            hwc = tf.ensure_shape(tf.io.decode_image(blob, channels=3, expand_animations=False), [*stored[1:], 3])
+            if tuple(stored) != tuple(shape):  # Keras' idiom: resize (bilinear, antialiased), centre crop
+                scale = max(shape[1] / stored[1], shape[2] / stored[2])
+                rh, rw = max(shape[1], round(stored[1] * scale)), max(shape[2], round(stored[2] * scale))
+                big = tf.image.resize(tf.cast(hwc, tf.float32), [rh, rw], method="bilinear", antialias=True)
+                top, left = (rh - shape[1]) // 2, (rw - shape[2]) // 2
+                hwc = tf.cast(
+                    tf.clip_by_value(tf.round(big[top : top + shape[1], left : left + shape[2]]), 0, 255), tf.uint8
+                )
+            return tf.transpose(hwc, [2, 0, 1])
 
         return tf.map_fn(one, blobs, fn_output_signature=tf.TensorSpec(shape, tf.uint8))
 
