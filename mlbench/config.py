@@ -20,6 +20,7 @@ from pydantic import (
 )
 
 from workers.common import precision, registry, specs
+from workers.common.data import DATA_PATH_KEYS
 from workers.common.datapath import formats, storage
 from workers.common.devices import Device
 
@@ -162,19 +163,7 @@ class DatasetConfig(Strict):
         """The cell's `dataset`: one format (and for object storage one way to read it); the data-path
         keys only where they are not the defaults, so that cells of earlier runs keep their ids (seed is
         resolved by the caller). A memory cell reads no files, so it carries no uri."""
-        out = self.model_dump(
-            exclude={
-                "format",
-                "shards",
-                "order",
-                "augment",
-                "uri",
-                "storage",
-                "storage_options",
-                "image_codec",
-                "image_size",
-            }
-        )
+        out = self.model_dump(exclude=set(DATA_PATH_KEYS))  # each added below where not its default
         if fmt != "memory":
             out["format"] = fmt
             if fmt == "imagefolder":

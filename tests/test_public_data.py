@@ -9,6 +9,7 @@ import gzip
 import hashlib
 import http.server
 import io
+import os
 import threading
 import zipfile
 
@@ -109,20 +110,27 @@ def test_sst2_and_covertype_download_once_checked_and_read_as_the_models_arrays(
     assert set(np.unique(cov["x_train"][:, 10:])) <= {0.0, 1.0}  # one-hot columns kept
 
 
-def test_a_wrong_checksum_deletes_the_file_and_offline_is_one_line_saying_what_to_do(tmp_path, mirror, monkeypatch):
-    monkeypatch.setenv("MLBENCH_COVERTYPE_SHA256", "0" * 64)
+@pytest.mark.parametrize("name", ["sst2", "covertype"])
+def test_a_wrong_checksum_deletes_the_file_and_offline_is_one_line_saying_what_to_do(
+    tmp_path, mirror, monkeypatch, name
+):
+    remote = public_data.REMOTES[name]
+    key = f"MLBENCH_{name.upper()}_{remote.algo.upper()}"
+    right = os.environ[key]
+    monkeypatch.setenv(key, "0" * len(right))
     with pytest.raises(public_data.DownloadError) as e:
-        public_data.fetch("covertype")
+        public_data.fetch(name)
     said = str(e.value)
-    assert "\n" not in said and "not the published 0000" in said and "is deleted" in said
+    assert "\n" not in said and f"has {remote.algo} {right}, not the published 0000" in said and "is deleted" in said
     assert not [p for p in (tmp_path / "cache").rglob("*") if p.is_file()]
 
-    monkeypatch.setenv("MLBENCH_SST2_URL", "http://127.0.0.1:9/SST-2.zip")  # nothing listens
+    monkeypatch.setenv(key, right)
+    monkeypatch.setenv(f"MLBENCH_{name.upper()}_URL", f"http://127.0.0.1:9/{remote.filename}")  # nothing listens
     with pytest.raises(public_data.DownloadError) as e:
-        public_data.fetch("sst2")
+        public_data.fetch(name)
     said = str(e.value)
-    assert said.startswith("cannot download SST-2 from http://127.0.0.1:9/SST-2.zip")
-    assert "yourself" in said and "dataset.path" in said and str(tmp_path / "cache") in said
+    assert said.startswith(f"cannot download {remote.title} from http://127.0.0.1:9/{remote.filename}")
+    assert "\n" not in said and "yourself" in said and "dataset.path" in said and str(tmp_path / "cache") in said
 
 
 def test_public_names_each_models_own_dataset_and_a_model_it_cannot_feed_says_which_override_fits():

@@ -283,6 +283,10 @@ def test_every_framework_trains_on_s3_shards_with_the_memory_cells_batches(tmp_p
     digests = {tuple(r["batch_digests"]) for r in rows}
     assert len(digests) == 1 and len(next(iter(digests))) == order.DIGEST_BATCHES
     assert all(r["digests_agree"] for r in rows)
+    # the batches the local copy of the same shards gives, read here by index
+    local = formats.ShardSet.open(next((tmp_path / "s3" / "data").glob("*.raw-2")))
+    plan = order.plan(local.n, 32, suite.seed, 0, "global", 2)[: order.DIGEST_BATCHES]
+    assert next(iter(digests)) == tuple(order.digest(*formats.Reader(local).read(row)) for row in plan)
     by = {(r["framework"], r["data_storage"]): r for r in rows}
     assert set(by) == {
         ("pytorch", None),
