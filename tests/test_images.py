@@ -137,6 +137,22 @@ def test_verify_datas_reference_for_encoded_images_is_pillows_decode_of_the_file
     assert got == want and want != verify_data.reference(suite, "resnet18", tmp_path)  # not the arrays' bytes
 
 
+def test_an_emulated_image_cell_finds_its_memory_twin(tmp_path):
+    from mlbench.cells import Unit, expand
+    from mlbench.executors.base import emulated_step
+
+    suite = parse_suite(
+        suite_dict(
+            models=["resnet18"],
+            dataset={"format": ["memory", "imagefolder"], "image_size": 40},
+            loader={"emulate_compute_s": ["measured"]},
+        )
+    )
+    memory, images = expand(suite)
+    step, why = emulated_step(Unit(images), tmp_path)  # nothing stored yet: the reason names the twin sought
+    assert step is None and memory.cell_id in why
+
+
 @pytest.mark.e2e
 def test_an_image_folder_run_reports_the_decoders_gap_the_digest_mismatch_and_the_decode_cost(tmp_path):
     from mlbench.orchestrator import run_suite

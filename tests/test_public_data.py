@@ -151,6 +151,24 @@ def test_public_names_each_models_own_dataset_and_a_model_it_cannot_feed_says_wh
         parse_suite(suite_dict(dataset={"name": "public", "path": "/data/x"}))
 
 
+def test_a_cifar10_cache_from_before_the_completion_marker_is_still_whole(tmp_path, monkeypatch):
+    monkeypatch.setenv("MLBENCH_DATA_CACHE", str(tmp_path))
+    monkeypatch.setenv("MLBENCH_CIFAR10_URL", "http://127.0.0.1:9/cifar-10-python.tar.gz")  # nothing listens
+    root = tmp_path / "cifar10-c58f3010"  # the published md5's first 8: the folder earlier versions made
+    (root / "cifar-10-batches-py").mkdir(parents=True)
+    (root / "cifar-10-batches-py" / "test_batch").write_bytes(b"")
+    assert public_data.fetch("cifar10") == root
+
+
+def test_prepare_skips_a_model_the_named_set_cannot_feed_instead_of_stopping(tmp_path):
+    from mlbench.cells import expand
+    from mlbench.tasks.prepare import prepare
+
+    # covertype has 54 features; the default MLP takes 784: its cell is skipped at run time, so prepare skips it
+    suite = parse_suite(suite_dict(models=["mlp"], dataset={"name": "covertype"}))
+    assert prepare(expand(suite), tmp_path) == []
+
+
 @pytest.mark.e2e
 def test_parity_real_runs_on_the_loopback_copies_the_encoder_on_sst2_and_the_mlp_on_covertype(tmp_path, mirror):
     import yaml

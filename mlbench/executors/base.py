@@ -191,7 +191,8 @@ def emulated_step(unit: Unit, run_dir: Path) -> tuple[float | None, str | None]:
     if emulate != "measured":
         return float(emulate), None
     spec = unit.cell.spec
-    files = ("format", "uri", "storage", "storage_options")  # a memory cell reads no files
+    # a memory cell reads no files: none of the keys that say how files are read, but the order's
+    files = set(datasets.DATA_PATH_KEYS) - {"shards", "order", "augment"}
     dataset = {k: v for k, v in (spec.dataset or {}).items() if k not in files}
     if dataset.get("order", "global") == "global":
         dataset.pop("shards", None)

@@ -30,7 +30,7 @@ class Prepared:
 
 
 def _size(folder: Path) -> tuple[int, int]:
-    files = [p for p in folder.iterdir() if p.is_file()]
+    files = [p for p in folder.rglob("*") if p.is_file()]  # an image folder's files sit in a folder per class
     return len(files), sum(p.stat().st_size for p in files)
 
 
@@ -44,10 +44,9 @@ def prepare(cells: list[Cell], data_dir: Path) -> list[Prepared]:
             continue
         model = specs.get_spec(spec.model, spec.model_overrides)
         inp = specs.input_spec(model)
-        if model.family != "image" and (
-            spec.dataset["name"] == "cifar10" or spec.dataset.get("format") == "imagefolder"
-        ):
-            continue  # images only: the cell is skipped at run time with that reason
+        encoded = spec.dataset.get("format") == "imagefolder" or spec.dataset.get("image_codec")
+        if datasets.fits(spec.dataset["name"], model.family, inp) or (encoded and model.family != "image"):
+            continue  # data this model cannot read: the cell is skipped at run time with the reason
         t0 = time.perf_counter()
         folder = datasets.materialise(
             spec.dataset, model.family, inp, datasets.data_seed(spec.to_dict()), str(data_dir)

@@ -388,6 +388,8 @@ def train(backend: Backend, ds: datasets.Dataset, cell: dict[str, Any], em: Emit
 
     gc_clock = GcClock()
     for epoch in range(cell["epochs"]):
+        if hasattr(feed, "cold"):  # loader.page_cache: cold drops the files' pages here, outside the epoch's time
+            feed.cold()
         t_epoch = time.perf_counter()
         batches = feed.epoch(seed, epoch)  # the epoch gathered in batch order, before the step timers
         gather_s = time.perf_counter() - t_epoch
@@ -713,6 +715,7 @@ def run_emulated(backend: Backend, cell: dict[str, Any], em: Emitter, seconds: f
     log, step, epochs = StepLog(warmup, em), EmulatedStep(seconds), []
     total = len(feed) * cell["epochs"]
     for epoch in range(cell["epochs"]):
+        feed.cold()  # loader.page_cache: cold drops the files' pages here, outside the epoch's time
         t0 = time.perf_counter()
         figures = train_epoch(step, feed.epoch(cell["seed"], epoch), log, bs, lambda n: None)  # type: ignore[arg-type]
         train_s = time.perf_counter() - t0

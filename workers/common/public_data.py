@@ -58,6 +58,7 @@ class Remote:
     checksum: str
     filename: str  # as kept in the cache
     unpack: str  # tar (unpacked into a folder), zip or gz (kept as downloaded)
+    unpacked: str | None = None  # a tar's file whose presence says the folder is whole (caches made before .complete)
 
 
 REMOTES = {
@@ -71,6 +72,7 @@ REMOTES = {
             "c58f30108f718f92721af3b95e74349a",
             "cifar-10-python.tar.gz",
             "tar",
+            "cifar-10-batches-py/test_batch",
         ),
         Remote(
             "sst2",
@@ -113,7 +115,11 @@ def fetch(name: str) -> Path:
     root = cache_dir() / f"{name}-{expected[:8]}"
     target = root / r.filename if r.unpack != "tar" else root
     done = root / ".complete"
-    if done.is_file():
+
+    def whole() -> bool:
+        return done.is_file() or bool(r.unpacked and (root / r.unpacked).is_file())
+
+    if whole():
         return target
     by_hand = (
         f"download {url} yourself and give its {'unpacked folder' if r.unpack == 'tar' else 'file'} as dataset.path "
@@ -148,10 +154,12 @@ def fetch(name: str) -> Path:
             shutil.move(str(part), tmp / r.filename)
         (tmp / ".complete").touch()
         os.rename(tmp, root)
-    except OSError:
+    except OSError as exc:
         shutil.rmtree(tmp, ignore_errors=True)
-        if not done.is_file():  # not another process's copy renamed first
-            raise
+        if not whole():  # not another process's copy renamed first
+            raise DownloadError(
+                f"cannot keep {r.title} in {root} ({exc.strerror or exc}): remove that folder and try again, or {by_hand}"
+            ) from None
     finally:
         part.unlink(missing_ok=True)
     return target

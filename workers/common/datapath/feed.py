@@ -15,6 +15,7 @@ the loader's time to the first batch and its steady throughput in samples/s and 
 from __future__ import annotations
 
 import atexit
+import dataclasses
 import os
 import shutil
 import tempfile
@@ -125,6 +126,7 @@ class FileFeed:
         # batches (0 where the loader decodes with Pillow; a few levels where another JPEG decoder rounds otherwise)
         self.decoder = getattr(self.loader, "image_decoder", "pillow") if self.shardset.codec else None
         self.decode_diff: int | None = None
+        self._decoded: list[tuple[int, int, np.ndarray]] = []  # the digested batches of encoded images
         self.evictions = 0  # page-cache drops made (loader.page_cache: cold)
         self.probe_figures: dict[str, Any] = {}
         self.nbytes = 0  # no copy of the training set is held
@@ -191,29 +193,43 @@ class FileFeed:
         return out, labels
 
     def cold(self) -> None:
-        """With loader.page_cache cold, the files' pages dropped now (before an epoch, outside any timed step)."""
+        """With loader.page_cache cold, the files' pages dropped now: the harness calls it before each epoch's
+        clock starts, and the probe before its own."""
         if self.spec.page_cache == "cold" and not self.shardset.remote:
             formats.evict(self.shardset)
             self.evictions += 1
 
     def epoch(self, seed: int, epoch: int, start: int = 0) -> Iterator[tuple[np.ndarray, np.ndarray]]:
-        self.cold()  # here, when the epoch is asked for: the generator's first next() is a timed wait
-        return self._epoch(epoch, start)
-
-    def _epoch(self, epoch: int, start: int) -> Iterator[tuple[np.ndarray, np.ndarray]]:
         for i, (x, y) in enumerate(self.loader.epoch(epoch, start), start):
             if epoch == 0 and i < self.digest_batches and len(self.digests) == i:
                 self.digests.append(orders.digest(x, y))
-                if self.decoder is not None:
-                    self._compare_decoder(x, epoch, i)
+                if self.decoder is not None:  # kept, compared with Pillow's decode after training (describe)
+                    self._decoded.append((epoch, i, np.array(x, copy=True)))
             yield self._inputs(x, y)
 
-    def _compare_decoder(self, x: np.ndarray, epoch: int, i: int) -> None:
-        """The batch against the same files decoded by Pillow (and augmented alike): the largest pixel gap."""
-        row = self.source.plan(epoch)[i]
-        ref = self.source.finish(formats.Reader(self.shardset).read(row)[0], epoch, row)
-        gap = int(np.max(np.abs(ref.astype(np.int16) - np.asarray(x).astype(np.int16)))) if len(row) else 0
-        self.decode_diff = max(self.decode_diff or 0, gap)
+    def _compare_decoder(self) -> None:
+        """The digested batches against the same files decoded by Pillow (and augmented alike): the largest
+        pixel gap. Run once, after training (outside every timed step); its reads are not the cell's: a remote
+        shard set is read here without the ledger."""
+        if not self._decoded:
+            return
+        ss = self.shardset
+        if ss.remote:
+            ss = dataclasses.replace(
+                ss, options={k: v for k, v in (ss.options or {}).items() if k != storage.LEDGER_KEY}
+            )
+        reader, saved = formats.Reader(ss), os.environ.pop(storage.LEDGER_ENV, None)
+        try:
+            for epoch, i, x in self._decoded:
+                row = self.source.plan(epoch)[i]
+                ref = self.source.finish(reader.read(row)[0], epoch, row)
+                gap = int(np.max(np.abs(ref.astype(np.int16) - x.astype(np.int16)))) if len(row) else 0
+                self.decode_diff = max(self.decode_diff or 0, gap)
+        finally:
+            reader.close()
+            if saved is not None:
+                os.environ[storage.LEDGER_ENV] = saved
+        self._decoded = []
 
     def probe(self, epoch: int = 0) -> dict[str, Any]:
         """The loader alone over one epoch's batches: the time to its first batch (worker start-up, the
@@ -241,6 +257,8 @@ class FileFeed:
         }
 
     def describe(self) -> dict[str, Any]:
+        figures = self.storage_figures()  # before the decoder check reads anything
+        self._compare_decoder()
         return {
             "format": self.shardset.format,
             "shards": self.shardset.shards,
@@ -249,10 +267,10 @@ class FileFeed:
             "record_bytes": self.shardset.record_bytes,
             "shard_prepare_s": self.prepare_s,
             "image_decoder": self.decoder,
+            "decode_max_abs_diff": self.decode_diff,
             # warm: as the last read left it; cold: dropped before each epoch; none: nothing local to cache
             "page_cache": "none" if self.shardset.remote else ("cold" if self.spec.page_cache == "cold" else "warm"),
-            "decode_max_abs_diff": self.decode_diff,
-            **self.storage_figures(),
+            **figures,
         }
 
     def close(self) -> None:

@@ -478,6 +478,9 @@ class Reader:
             fileobj = storage.CountedFile(path, opts)
             try:
                 f = h5py.File(fileobj, "r")
+            except storage.StorageError:
+                fileobj.close()
+                raise
             except OSError as exc:
                 fileobj.close()
                 raise DataError(f"{storage.redact(path)}: cannot read shard {shard} ({exc})") from None
@@ -524,7 +527,7 @@ class Reader:
             try:
                 raw, y[j] = tfrecords.decode_example(tfrecords.read_record(stream, where))
             except ValueError as exc:
-                raise StorageUnavailable(str(exc)) from None
+                raise DataError(str(exc)) from None  # a bad CRC, a record cut short: the file
             except Exception as exc:  # protobuf's DecodeError, a missing feature
                 raise DataError(f"{where}: not a tf.train.Example with features x and y ({exc})") from None
             if self.ss.codec:  # a JPEG shard: the image decoded as an image folder's file is

@@ -29,6 +29,7 @@ import hashlib
 import io
 import json
 import os
+import re
 import shutil
 import tempfile
 import threading
@@ -36,7 +37,6 @@ import time
 from collections.abc import Iterable
 from pathlib import Path
 from typing import Any
-from urllib.parse import urlsplit, urlunsplit
 
 import numpy as np
 
@@ -59,9 +59,12 @@ SECRET_KEYS = frozenset(
         "sas_token",
         "connection_string",
         "client_secret",
+        "credential",  # adlfs
         "credentials",
     }
 )
+# a user and password before the host or bucket: `s3://KEY:SECRET@bucket/...` (a secret may hold a slash)
+_USERINFO = re.compile(r"^([A-Za-z][\w+.-]*://)[^@]*:[^@]*@(.*)$")
 
 
 class StorageError(OSError):
@@ -82,11 +85,10 @@ def local_path(path: str) -> str:
 
 
 def redact(uri: str) -> str:
-    """The URI without a user or password in it (s3://key:secret@bucket/...: s3://bucket/...)."""
-    parts = urlsplit(uri)
-    if "@" not in parts.netloc:
-        return uri
-    return urlunsplit(parts._replace(netloc=parts.netloc.rsplit("@", 1)[1]))
+    """The URI without a user or password in it (s3://key:secret@bucket/...: s3://bucket/...; a secret with
+    a slash in it too). `abfs://container@account...` keeps its container: no password before the @."""
+    m = _USERINFO.match(uri)
+    return f"{m.group(1)}{m.group(2)}" if m else uri
 
 
 def join(root: str, *names: str) -> str:
@@ -220,9 +222,11 @@ def cat_many(uris: list[str], options: dict[str, Any] | None) -> list[bytes]:
 
 def size(uri: str, options: dict[str, Any] | None, what: str = "") -> int:
     try:
-        return int(filesystem(uri, options).size(uri))
+        got = int(filesystem(uri, options).size(uri))
     except Exception as exc:
         raise StorageError(describe_error(uri, exc, what)) from None
+    count(0, 1, options)  # a request (HEAD), no bytes of the object
+    return got
 
 
 def runs(starts: np.ndarray, ends: np.ndarray) -> list[tuple[int, int, int, int]]:

@@ -28,7 +28,7 @@ import numpy as np
 import tensorflow as tf
 
 from workers.common.datapath import order as orders
-from workers.common.datapath.formats import DataError
+from workers.common.datapath.formats import DataError, StorageUnavailable
 from workers.common.datapath.loaders import Loader, LoaderSpec, Source, ThreadReaders
 
 _DTYPES = {"|u1": tf.uint8, "<i4": tf.int32, "<f4": tf.float32}
@@ -246,10 +246,11 @@ class TfDataLoader(Loader):
             for x, y in self._dataset(epoch, start):
                 yield x.numpy(), y.numpy()
         except tf.errors.OpError as exc:  # a corrupt record (TFRecordDataset names the file), a reader's DataError
+            for kind in (StorageUnavailable, DataError):  # raised in a numpy_function: its own line, unwrapped
+                said = [ln.strip() for ln in exc.message.splitlines() if f"{kind.__name__}: " in ln]
+                if said:
+                    raise kind(said[-1].split(f"{kind.__name__}: ", 1)[1]) from None
             raise DataError(" ".join(exc.message.split())[:500]) from None
 
     def describe(self) -> dict[str, Any]:
-        native = (self.ss.format in ("raw", "tfrecord") and not self.ss.remote and not self.ss.codec) or (
-            self.image_decoder == "tf.io.decode_image"
-        )
-        return {"num_parallel_calls": self.par, "tfdata_reader": "native" if native else "numpy_function"}
+        return {"num_parallel_calls": self.par}
