@@ -4,6 +4,7 @@ line, a killed loader worker as `crashed`, and file-fed cells' figures in a real
 
 from __future__ import annotations
 
+import dataclasses
 import json
 import os
 from pathlib import Path
@@ -494,10 +495,10 @@ def test_cifar10_offline_is_one_line_saying_what_to_download_and_where(tmp_path,
     assert "yourself" in said and "dataset.path" in said and str(tmp_path / "cache") in said
 
 
-def test_a_cold_page_cache_makes_the_next_read_reach_the_disk_and_a_warm_one_does_not(tmp_path, monkeypatch):
-    monkeypatch.setenv(formats.PAGE_CACHE_ENV, "cold")  # as FileFeed sets it: raw shards read, not mapped
+def test_a_cold_page_cache_makes_the_next_read_reach_the_disk_and_a_warm_one_does_not(tmp_path):
     x = np.random.default_rng(0).random((4096, 784), np.float32)
     ss = formats.write(tmp_path / "c.raw-4", "raw", x, np.zeros(4096, np.int32), 4)
+    ss = dataclasses.replace(ss, mapped=False)  # as a cold cache's Source makes it: read, not mapped
     size = sum(os.path.getsize(ss.path(s)) for s in range(ss.shards))
 
     def from_disk() -> int:  # bytes this process has caused to be read from the block device

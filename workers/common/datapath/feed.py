@@ -91,8 +91,6 @@ class FileFeed:
                 f"{data['format']} of encoded images holds images; {cell['model']} reads {ds.family} data"
             )
         self.storage: dict[str, Any] = {"data_storage": "local"}
-        if self.spec.page_cache == "cold":  # raw shards read, not mapped, in every process (formats.evict)
-            os.environ[formats.PAGE_CACHE_ENV] = "cold"
         self.ledger: str | None = None
         t0 = time.perf_counter()
         remote = remote_folder(ds_folder, data)
@@ -110,6 +108,7 @@ class FileFeed:
             shards=data.get("shards", 1),
             augment=data.get("augment", "none"),
             burn=self.spec.burn,
+            mapped=self.spec.page_cache != "cold",  # a cold cache reads raw shards with pread, in every process
         )
         try:
             self.loader = loaders_.make(self.kind, self.source, self.spec, framework)

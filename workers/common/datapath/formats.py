@@ -81,6 +81,8 @@ class ShardSet:
     codec: str | None = None
     # encoded images stored at another size than the samples delivered (`shape`): resized and cropped
     stored_shape: tuple[int, ...] | None = None
+    # raw shards read through a memory map (False under a cold page cache: pread, see evict)
+    mapped: bool = field(default=True, compare=False)
 
     @property
     def remote(self) -> bool:
@@ -320,9 +322,6 @@ def resize_crop(pic: Any, height: int, width: int) -> Any:
     return pic.crop((left, top, left + width, top + height))
 
 
-PAGE_CACHE_ENV = "MLBENCH_PAGE_CACHE"  # cold: raw shards are read with pread, not mapped (see evict)
-
-
 class _Pread:
     """A raw shard read by pread, consecutive records in one call (a page-cache drop cannot evict the pages
     of a memory map that is still in use, so a cold cache reads this way)."""
@@ -411,7 +410,7 @@ class Reader:
                         f"{path}: {size} bytes, expected {count} records of {ss.record_bytes} bytes "
                         f"(truncated, or another record size); record {size // ss.record_bytes} is the first incomplete"
                     )
-                if os.environ.get(PAGE_CACHE_ENV) == "cold":  # read, not mapped: a mapped page is never dropped
+                if not ss.mapped:  # read, not mapped: a page-cache drop never evicts a mapped page (evict)
                     return _Pread(os.open(path, os.O_RDONLY), ss.record_bytes)
                 return np.memmap(path, ss.record_dtype(), mode="r", shape=(count,))
             if ss.format == "npz":

@@ -16,7 +16,7 @@ from __future__ import annotations
 
 import threading
 from collections.abc import Iterator
-from dataclasses import dataclass, field
+from dataclasses import dataclass, field, replace
 from functools import cached_property
 from typing import Any
 
@@ -64,10 +64,11 @@ class Source:
     augment: str = "none"
     burn: int = 0
     options: dict[str, Any] | None = field(default=None, compare=False)  # object storage's (storage.py)
+    mapped: bool = True  # False under a cold page cache: raw shards read with pread (formats.evict)
 
     @cached_property
     def shardset(self) -> ShardSet:  # read once: in object storage, meta.json is a request
-        return ShardSet.open(self.folder, self.options)
+        return replace(ShardSet.open(self.folder, self.options), mapped=self.mapped)
 
     def plan(self, epoch: int) -> np.ndarray:
         return orders.plan(self.shardset.n, self.batch_size, self.seed, epoch, self.order, self.shards)
