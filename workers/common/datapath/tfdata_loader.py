@@ -239,6 +239,10 @@ class TfDataLoader(Loader):
             ds = ds.prefetch(self.spec.prefetch)
         options = tf.data.Options()
         options.deterministic = True
+        if not self.spec.workers:
+            # no workers: batches made on demand, as the docstring says; tf.data's optimiser would otherwise
+            # inject a prefetch that reads ahead in a thread of its own (and reads on after an error)
+            options.experimental_optimization.inject_prefetch = False
         return ds.with_options(options)
 
     def epoch(self, epoch: int, start: int = 0) -> Iterator[tuple[np.ndarray, np.ndarray]]:
