@@ -126,7 +126,6 @@ class FileFeed:
         self.decoder = getattr(self.loader, "image_decoder", "pillow") if self.shardset.codec else None
         self.decode_diff: int | None = None
         self._decoded: list[tuple[int, int, np.ndarray]] = []  # the digested batches of encoded images
-        self.evictions = 0  # page-cache drops made (loader.page_cache: cold)
         self.probe_figures: dict[str, Any] = {}
         self.nbytes = 0  # no copy of the training set is held
 
@@ -196,7 +195,6 @@ class FileFeed:
         clock starts, and the probe before its own."""
         if self.spec.page_cache == "cold" and not self.shardset.remote:
             formats.evict(self.shardset)
-            self.evictions += 1
 
     def epoch(self, seed: int, epoch: int, start: int = 0) -> Iterator[tuple[np.ndarray, np.ndarray]]:
         for i, (x, y) in enumerate(self.loader.epoch(epoch, start), start):

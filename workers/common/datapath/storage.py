@@ -40,7 +40,6 @@ from typing import Any
 
 import numpy as np
 
-MODES = ("stream", "cache")
 LEDGER_ENV = "MLBENCH_STORAGE_LEDGER"
 # the ledger folder travels in the options a ShardSet carries to every loader process (an environment
 # variable set after a forkserver started would not reach its children); fsspec never sees it
