@@ -48,7 +48,7 @@ def test_every_criterion_names_a_leader_or_no_clear_winner() -> None:
     text = section(doc(rows), "Analysis")
     lines = {line.split("**")[1]: line for line in text.splitlines() if line.startswith("- **")}
     assert "**pytorch** leads" in lines["Training throughput"] and "is 2.00x jax" in lines["Training throughput"]
-    assert "cannot order" in lines["Inference latency (batch 1, median)"]  # the same latency: the intervals overlap
+    assert "cannot order" in lines["Inference latency (batch 1, median)"]  # the same latency
     assert "**pytorch** leads" in lines["Peak memory"] and "is 1/2.00 of jax" in lines["Peak memory"]
     assert "cannot order" in lines["Validation accuracy"]  # equal
     assert "not measured" in lines["GPU utilisation (training)"]  # no NVML on a CPU: never 0
@@ -59,7 +59,7 @@ def test_every_criterion_names_a_leader_or_no_clear_winner() -> None:
 def test_a_lead_inside_the_intervals_is_no_clear_winner() -> None:
     rows = [row("pytorch", sps=1000, spread=0.05), row("jax", sps=1040, spread=0.05)]
     line = next(x for x in doc(rows).splitlines() if x.startswith("- **Training throughput**"))
-    assert "**cannot order**" in line and "intervals overlap" in line
+    assert "**cannot order**" in line and "within the between-run uncertainty" in line
 
 
 def test_what_precision_batch_size_and_a_gpu_buy() -> None:
@@ -71,15 +71,15 @@ def test_what_precision_batch_size_and_a_gpu_buy() -> None:
     ]
     text = section(doc(rows), "Analysis")
     precision = text.split("**What mixed precision buys**")[1].split("**")[0]
-    assert "bf16 trains at 2.50x the throughput of fp32: faster, beyond the between-run intervals" in precision
+    assert "bf16 trains at 2.50x the throughput of fp32: faster, beyond the between-run uncertainty" in precision
     assert "validation accuracy -2.0 points (within the 95% intervals)" in precision
     batch = text.split("**What batch size buys**")[1].split("**")[0]
-    assert "bs64 trains at 1.01x the throughput of bs32; cannot tell: the between-run intervals overlap" in batch
+    assert "bs64 trains at 1.01x the throughput of bs32; cannot tell: within the between-run uncertainty" in batch
     # half the optimizer updates in the same epochs: its accuracy is not the batch size's doing
     assert "5 optimizer updates against 10" in batch and "not comparable: 5 against 10 updates" in batch
     assert "peak memory 1.40x (more)" in batch
     device = text.split("**What a second device buys**")[1]
-    assert "cuda:0 trains at 9.00x the throughput of the CPU: faster, beyond the between-run intervals" in device
+    assert "cuda:0 trains at 9.00x the throughput of the CPU: faster, beyond the between-run uncertainty" in device
     gpu = next(x for x in text.splitlines() if x.startswith("- **GPU utilisation (training)** (compared at"))
     assert "**one ranked**: only pytorch" in gpu  # one GPU cell: nothing to rank it against
 

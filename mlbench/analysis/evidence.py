@@ -6,7 +6,9 @@ over independent worker processes, which is what a rerun would give; or `within_
 samples, which says nothing of where the next process lands (reruns of one cell on a 2-core machine
 moved 1.4-33% against within-run intervals of about 1%: docs/measurement.md). So two figures are told
 apart only when
-- both have between-run intervals that do not overlap and the gap is worth reporting (MIN_EFFECT), or
+- both are between-run figures and the 95% interval of their ratio (Welch, from the two t-intervals)
+  lies wholly beyond the gap worth reporting (MIN_EFFECT): the gap clears both the runs' uncertainty
+  and the minimum effect, or
 - either is a single run and the gap clears what a rerun of the same code moves (SINGLE_RUN_FLOOR,
   measured: docs/compare.md);
 and never when either cell is untrusted (its own samples too noisy, or other load during it).
@@ -18,7 +20,7 @@ import math
 from dataclasses import dataclass
 from typing import Any
 
-from workers.common.stats import NOISE_CV
+from workers.common.stats import NOISE_CV, t_quantile
 
 Row = dict[str, Any]
 MIN_EFFECT = 0.05  # a gap under 5% is no verdict, whatever the intervals say (400,000 vs 399,000 samples/s)
@@ -37,7 +39,7 @@ class Told:
 
     clear: bool
     ratio: float  # the better figure over the worse (>= 1)
-    why: str  # the rule that decided: "beyond the between-run intervals", "single run: under the 45% ..."
+    why: str  # the rule that decided: "beyond the between-run uncertainty: ...", "single runs: ... under the 45% ..."
 
 
 def other_load_limit_pct(r: Row) -> float:
@@ -78,6 +80,26 @@ def why_untrusted(r: Row, latency: bool = False) -> str:
     return ", ".join(reasons)
 
 
+def ratio_interval(
+    ratio: float,
+    intervals: tuple[tuple[float, float], tuple[float, float]],
+    values: tuple[float, float],
+    runs: tuple[int, int],
+    confidence: float = 0.95,
+) -> tuple[float, float]:
+    """The `confidence` interval of `ratio` (one between-run mean over another) from each mean's t-interval
+    over `runs` processes: each interval gives its mean's standard error, relative on the log scale (the
+    delta method), and Welch's degrees of freedom join the two. The ratio's own interval is the test of
+    the gap (asking that two 95% intervals do not overlap is a test near the 99.5% level)."""
+    ses = [(hi - lo) / 2 / t_quantile(confidence, n - 1) / v for (lo, hi), v, n in zip(intervals, values, runs)]
+    se = math.hypot(*ses)
+    if se == 0:
+        return ratio, ratio
+    df = se**4 / sum(s**4 / (n - 1) for s, n in zip(ses, runs))
+    half = t_quantile(confidence, df) * se
+    return ratio * math.exp(-half), ratio * math.exp(half)
+
+
 def tell(
     better: float,
     worse: float,
@@ -86,33 +108,37 @@ def tell(
     what: str,
     higher_is_better: bool = True,
     noises: tuple[float | None, float | None] = (None, None),
+    runs: tuple[int | None, int | None] = (None, None),
 ) -> Told:
     """Whether `better` is ahead of `worse` beyond their evidence. `intervals`: each figure's (low, high);
     `kinds`: each one's ci_kind; `what`: throughput or latency (its single-run floor); `noises`: a noisy
-    single run's own spread (`noise`), which widens the floor by twice itself."""
+    single run's own spread (`noise`), which widens the floor by twice itself; `runs`: how many processes
+    each between-run figure is the mean of (its interval is their t-interval)."""
     if not (better and worse) or not (math.isfinite(better) and math.isfinite(worse)):
         return Told(False, math.nan, "no figure to compare")
-    ratio = better / worse if higher_is_better else worse / better
-    ratio = max(ratio, 1 / ratio)
+    oriented = better / worse if higher_is_better else worse / better  # above 1 where `better` is ahead
+    ratio = max(oriented, 1 / oriented)
     if all(k == "runs" for k in kinds):
         (bl, bh), (wl, wh) = intervals
-        if None in (bl, bh, wl, wh):
+        if None in (bl, bh, wl, wh) or any(n is None or n < 2 for n in runs):
             return Told(False, ratio, "no interval")
-        apart = bl > wh if higher_is_better else bh < wl
-        if not apart:
-            return Told(False, ratio, "the between-run intervals overlap")
-        if ratio - 1 < MIN_EFFECT:
-            return Told(False, ratio, f"{ratio - 1:.1%} apart, under the {MIN_EFFECT:.0%} worth reporting")
-        return Told(True, ratio, "beyond the between-run intervals")
+        pair = ((bl, bh), (wl, wh))
+        low, high = ratio_interval(oriented, pair, (better, worse), runs)  # type: ignore[arg-type]
+        span = f"{low:.2f}x to {high:.2f}x at 95%"
+        if low <= 1:
+            return Told(False, ratio, f"within the between-run uncertainty: {span}")
+        if low - 1 < MIN_EFFECT:
+            return Told(False, ratio, f"{span}, not clearly the {MIN_EFFECT:.0%} worth reporting")
+        return Told(True, ratio, f"beyond the between-run uncertainty: {span}")
     spread = max((n for n in noises if n), default=0.0)
     floor = SINGLE_RUN_FLOOR[what] + 2 * spread
-    runs = "single runs" if all(k != "runs" for k in kinds) else "a single run"
+    runs_said = "single runs" if all(k != "runs" for k in kinds) else "a single run"
     moves = (
         f"a rerun of a run this noisy (robust CV {spread:.0%}) moves" if spread else "a rerun of the same code moves"
     )
     if ratio - 1 < floor:
-        return Told(False, ratio, f"{runs}: {ratio - 1:.0%} apart, under the {floor:.0%} {moves}")
-    return Told(True, ratio, f"{runs}, beyond the {floor:.0%} {moves}")
+        return Told(False, ratio, f"{runs_said}: {ratio - 1:.0%} apart, under the {floor:.0%} {moves}")
+    return Told(True, ratio, f"{runs_said}, beyond the {floor:.0%} {moves}")
 
 
 def tell_throughput(a: Row, b: Row) -> Told:
@@ -125,4 +151,5 @@ def tell_throughput(a: Row, b: Row) -> Told:
         (fast.get("ci_kind"), slow.get("ci_kind")),
         "throughput",
         noises=(noise(fast), noise(slow)),
+        runs=(fast.get("repeats"), slow.get("repeats")),
     )

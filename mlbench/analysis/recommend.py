@@ -4,8 +4,8 @@ Pure functions of result rows (dicts with the schema's columns), framework-free,
 RESULTS.md and the tests draw the same conclusions from the same numbers. A recommendation ranks the
 cells whose evidence can rank them and names the ones it leaves out (noisy single runs, cells under
 other load); it names a winner only where the evidence tells the top two apart (mlbench/analysis/
-evidence.py: between-run intervals that do not overlap and a gap worth reporting, or a gap beyond what
-a single run's rerun moves). Accuracy: Wilson intervals of the validation samples. Peak memory, one
+evidence.py: a ratio whose between-run 95% interval lies beyond the gap worth reporting, or a gap
+beyond what a single run's rerun moves). Accuracy: Wilson intervals of the validation samples. Peak memory, one
 reading: a gap beyond what a rerun moves it (15% for a host RSS, 5% for an allocator's or NVML's
 figure). Otherwise it says "cannot order" and why: not "alike".
 """
@@ -283,6 +283,7 @@ def told(c: Criterion, winner: Estimate, runner: Estimate) -> Told:
             "throughput" if c.key == "train_throughput" else "latency",
             c.higher_is_better,
             (winner.noise, runner.noise),
+            (winner.runs, runner.runs),
         )
     ratio = winner.value / runner.value if runner.value else math.inf
     ratio = max(ratio, 1 / ratio) if ratio else math.inf
@@ -501,6 +502,7 @@ def _throughput_verdict(r: Row, b: Row) -> tuple[str, str]:
     said = evidence.tell(
         faster.value, slower.value, ((faster.low, faster.high), (slower.low, slower.high)),
         (faster.kind, slower.kind), "throughput", noises=(faster.noise, slower.noise),
+        runs=(faster.runs, slower.runs),
     )  # fmt: skip
     if not said.clear:
         return "cannot tell", said.why

@@ -119,8 +119,8 @@ def gather(
 
 
 RULES = (
-    "A clear winner only where the evidence tells the top two apart: intervals across runs (independent "
-    f"processes) that do not overlap and a gap of at least {evidence.MIN_EFFECT:.0%}, or, where a cell ran once, "
+    "A clear winner only where the evidence tells the top two apart: a ratio whose 95% interval across runs "
+    f"(independent processes) lies beyond a gap of {evidence.MIN_EFFECT:.0%}, or, where a cell ran once, "
     f"a gap beyond what a rerun of the same code moves ({evidence.SINGLE_RUN_FLOOR['throughput']:.0%} "
     f"throughput, {evidence.SINGLE_RUN_FLOOR['latency']:.0%} latency); peak memory, one reading, a gap over "
     f"{recommend.MEMORY_RSS_FLOOR:.0%} (host RSS) or {recommend.MEMORY_TOLERANCE:.0%}. A single run whose own "

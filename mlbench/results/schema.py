@@ -293,7 +293,7 @@ COLUMNS: list[tuple[str, pa.DataType, str]] = [
         "data_tax_clear",
         B,
         "whether the cell and its memory twin differ in throughput beyond the evidence rule every comparison "
-        "follows (between-run intervals, or a single run's rerun floor); false: cannot tell (rebuilt)",
+        "follows (the ratio's between-run interval, or a single run's rerun floor); false: cannot tell (rebuilt)",
     ),
     ("data_tax_reason", S, "why data_tax is missing, or cannot be told from the noise (rebuilt)"),
     ("final_train_loss", F, "mean training loss over the last epoch"),
