@@ -108,8 +108,11 @@ def main(argv: list[str] | None = None) -> int:
     ap.add_argument("--threads", type=int, default=None)
     ap.add_argument("--label", default="cpu")
     a = ap.parse_args(argv)
-    repeats = a.repeats or load_suite(COMPARING).repeats
+    comparing = load_suite(COMPARING)
+    repeats = a.repeats or comparing.repeats
     spec = suite(repeats, a.frameworks, a.models, a.threads)
+    if a.repeats is None and comparing.max_repeats:  # the comparing suites' adaptive repeats too
+        spec.update(max_repeats=comparing.max_repeats, repeat_target=comparing.repeat_target)
     started = time.time()
     with tempfile.TemporaryDirectory(prefix="mlbench-coverage-") as tmp:
         rounds, single = [], []

@@ -292,6 +292,10 @@ class Suite(Strict):
     batch_sizes: list[PositiveInt] = Field(min_length=1)
     epochs: PositiveInt = 1
     repeats: PositiveInt = 1  # runs of every cell, interleaved across the grid; results combine them
+    # adaptive repeats: after `repeats` rounds, a cell whose throughput interval across its runs is still
+    # wider than +-repeat_target (relative half-width) runs again, a round at a time, up to max_repeats
+    max_repeats: PositiveInt | None = None
+    repeat_target: float = Field(0.08, gt=0, lt=1)
     seed: int = Field(0, ge=0)
     # training seeds, one cell each (the initial weights, dropout, the batch order; not the data, see
     # dataset.seed): a list, or a count n for 0..n-1. Accuracy parity compares frameworks against the
@@ -431,6 +435,11 @@ class Suite(Strict):
             raise ValueError(
                 "loader.emulate_compute_s: measured is the memory twin's step time; add memory "
                 "to dataset.format (its cells run first and give it)"
+            )
+        if self.max_repeats is not None and (self.repeats < 2 or self.max_repeats < self.repeats):
+            raise ValueError(
+                f"max_repeats: {self.max_repeats} with repeats {self.repeats}: adaptive repeats need repeats of "
+                "at least 2 (a spread to judge) and max_repeats of at least repeats"
             )
         for i, ex in enumerate(self.excludes):
             if not ex:

@@ -111,6 +111,33 @@ def cells_to_run(
     return todo, len(every) - len(todo)
 
 
+def further_runs(suite: Suite, cells: list[Cell], run_dir: Path) -> list[Unit]:
+    """Adaptive repeats (`max_repeats`): one more run of each cell whose throughput interval across its
+    stored runs is still wider than the suite's target, as one more interleaved round; [] when none is."""
+    if suite.max_repeats is None:
+        return []
+    out = []
+    for cell in cells:
+        ids = [Unit(cell, r).unit_id for r in range(suite.max_repeats)]
+        stored = store.read_cells(run_dir, ids, columns=["repeat", "status", "samples_per_second"]).to_pylist()
+        nxt = repeats.next_repeat(stored, suite.repeat_target, suite.max_repeats)
+        if nxt is not None:
+            out.append(Unit(cell, nxt))
+    return out
+
+
+def adaptive_round(suite: Suite, cells: list[Cell], run_dir: Path) -> list[Unit]:
+    """`further_runs`, said and journaled where there are any."""
+    todo = further_runs(suite, cells, run_dir)
+    if todo:
+        _say(
+            f"adaptive repeats: {len(todo)} cell(s) still spread wider than +-{suite.repeat_target:.0%} "
+            f"across their runs: another run of each (at most {suite.max_repeats})"
+        )
+        _journal(run_dir, action="adaptive_round", to_run=len(todo), units=[u.unit_id for u in todo])
+    return todo
+
+
 def abandoned(run_dir: Path, unit_ids: list[str]) -> list[str]:
     """Units among `unit_ids` an earlier orchestrator started and neither finished nor reported stopped (it
     was killed, or its host went away), and that have no stored file, in the order they were started."""
@@ -339,15 +366,18 @@ def run_suite(
         prepare(suite, run_dir, env)
         the_plan = plan(suite, cells, run_dir, env, resume, retry_failed)
         summary = RunSummary(run_dir, already_stored=the_plan.already_stored)
-        executor = stack.enter_context(connect(suite, run_dir)) if the_plan.todo else None
-        verify_models(suite, the_plan.todo, run_dir, resume)
+        # a resumed run whose planned rounds are stored may still owe adaptive ones
+        todo = the_plan.todo or adaptive_round(suite, cells, run_dir)
+        executor = stack.enter_context(connect(suite, run_dir)) if todo else None
+        verify_models(suite, todo, run_dir, resume)
         _journal(
-            run_dir, action="start", cells=len(the_plan.cells), to_run=len(the_plan.todo),
+            run_dir, action="start", cells=len(the_plan.cells), to_run=len(todo),
             stored=the_plan.already_stored, resume=resume,
         )  # fmt: skip
-        calibrate(suite, the_plan.todo, run_dir, executor)
-        if executor is not None:
-            execute(executor, suite, the_plan.todo, run_dir, env, summary, tty)
+        calibrate(suite, todo, run_dir, executor)
+        while executor is not None and todo:
+            execute(executor, suite, todo, run_dir, env, summary, tty)
+            todo = adaptive_round(suite, cells, run_dir)
         rebuild(run_dir)
         _journal(
             run_dir,
@@ -366,7 +396,7 @@ def rebuild(run_dir: Path) -> list[Path]:
     suite_data = json.loads(folder.suite.read_text())
     suite = parse_suite(suite_data, str(folder.suite))
     grid = expand(suite)
-    unit_ids = [u.unit_id for u in units(grid, suite.repeats)]
+    unit_ids = [u.unit_id for u in units(grid, suite.max_repeats or suite.repeats)]  # adaptive ones too
     per_repeat = store.read_cells(run_dir, unit_ids)
     # cells stored under another spec (an older mlbench's defaults, a changed config): kept, not shown
     stored = {p.stem for p in folder.cells.glob("*.parquet")} if folder.cells.is_dir() else set()

@@ -14,12 +14,13 @@ import signal
 import subprocess
 import sys
 import time
+from pathlib import Path
 
 from workers.common.cli import setup_process
 from workers.common.events import Emitter
 
 
-def _finish(em: Emitter) -> None:
+def _finish(em: Emitter, step_s: float = 0.001) -> None:
     em.emit("model", num_parameters=1, size_on_disk_bytes=4)
     em.emit(
         "epoch",
@@ -34,7 +35,7 @@ def _finish(em: Emitter) -> None:
         samples_per_second=800.0,
         data_wait_s=0.0,
     )
-    em.emit("steps", phase="train", warmup_s=[0.002], step_s=[0.001] * 8, batch_size=8)
+    em.emit("steps", phase="train", warmup_s=[0.002], step_s=[step_s] * 8, batch_size=8)
     em.emit(
         "inference", batch_size=8, runs=3, mean_ms=1.0, p50_ms=1.0, p95_ms=1.0, p99_ms=1.0, times_ms=[1.0, 1.0, 1.0]
     )
@@ -60,6 +61,11 @@ def main() -> int:
     _note_pid(f"{mode}-worker", os.getpid())
     if mode == "fine":
         _finish(em)
+    elif mode == "spread":  # its runs alternate between two speeds, 2x apart (counted in FAULT_PIDDIR)
+        counter = Path(os.environ["FAULT_PIDDIR"]) / "spread.runs"
+        n = int(counter.read_text()) if counter.exists() else 0
+        counter.write_text(str(n + 1))
+        _finish(em, 0.001 * (1 + n % 2))
     elif mode == "raise":
         raise_it = {"x": 1}
         try:

@@ -419,3 +419,13 @@ def test_coverage_counts_a_rerun_inside_the_first_rounds_interval() -> None:
         sum(widths) / 2
     )
     assert found["inference_b1_latency_p50_ms"]["pairs"] == 0  # nothing measured: no pair, not a hit
+
+
+def test_the_power_simulation_calls_the_planted_gap_and_not_the_twins(capsys) -> None:
+    """bench/power.py through the run's own next_repeat and evidence.tell: at a 5% spread a 1.3x gap is
+    always called and twins never are; the table says how many runs a cell took."""
+    from bench.power import main
+
+    assert main(["--pairs", "60", "--cvs", "0.05"]) == 0
+    row = capsys.readouterr().out.strip().splitlines()[-1].split(" | ")
+    assert row[0] == "| 5%" and 5.0 <= float(row[1]) <= 8.0 and row[2] == "100.0%" and row[3] == "0.00%", row

@@ -168,3 +168,15 @@ def test_a_device_outside_the_grammar_is_refused(text: str, message: str) -> Non
 
     with pytest.raises(ValueError, match=message):
         Device.parse(text)
+
+
+@pytest.mark.parametrize(("repeats", "max_repeats"), [(1, 4), (5, 3)], ids=["no spread to judge", "max under repeats"])
+def test_adaptive_repeats_need_a_spread_and_room(repeats: int, max_repeats: int) -> None:
+    with pytest.raises(ConfigError) as info:
+        parse_suite(suite_dict(repeats=repeats, max_repeats=max_repeats), "s.yaml")
+    assert str(info.value) == (
+        f"s.yaml: (top level): max_repeats: {max_repeats} with repeats {repeats}: adaptive repeats need repeats of at least 2 "
+        "(a spread to judge) and max_repeats of at least repeats"
+    )
+    with pytest.raises(ConfigError, match="repeat_target: Input should be less than 1"):
+        parse_suite(suite_dict(repeats=2, max_repeats=4, repeat_target=1.5), "s.yaml")

@@ -9,7 +9,7 @@ import yaml
 from mlbench.cells import expand, units
 from mlbench.config import parse_suite
 from mlbench.results import schema
-from mlbench.results.repeats import combine_one
+from mlbench.results.repeats import combine_one, next_repeat
 from tests.conftest import cli, fault_suite, suite_dict
 
 
@@ -69,3 +69,36 @@ def test_repeats_are_stored_resumed_and_combined(tmp_path) -> None:
     df = pd.read_parquet(tmp_path / "runs" / "t" / "results.parquet")
     assert len(df) == 1 and df.repeats[0] == 3 and len(df.repeat_samples_per_second[0]) == 3
     assert len(pd.read_parquet(tmp_path / "runs" / "t" / "repeats.parquet")) == 3
+
+
+def test_a_cell_runs_again_only_while_its_runs_spread_wider_than_the_target() -> None:
+    """Adaptive repeats read the spread alone: a cell whose runs agree stops at its repeats; one whose
+    interval is wider than the target runs again, the lowest repeat not stored, up to max_repeats; a
+    failed run stops it (the cell has failed)."""
+    quiet = [_run(0, 100.0, []), _run(1, 101.0, [])]  # +-6.4% at t(1) = 12.7
+    assert next_repeat(quiet, 0.08, 8) is None
+    noisy = [_run(0, 100.0, []), _run(1, 120.0, []), _run(3, 90.0, [])]  # repeat 2 lost to a killed run
+    assert next_repeat(noisy, 0.08, 8) == 2
+    assert next_repeat(noisy, 0.08, 3) is None  # at most max_repeats
+    assert next_repeat([*noisy[:2], _run(2, 0.0, [], status="crashed")], 0.08, 8) is None
+
+
+@pytest.mark.e2e
+def test_adaptive_repeats_add_runs_to_a_spread_cell_on_resume_and_keep_them(tmp_path) -> None:
+    """A run stored with repeats 2, resumed with max_repeats 4: the cell whose two runs are 2x apart runs
+    twice more (one round at a time), the one whose runs agree does not; a second resume runs nothing."""
+    env = {"FAULT_PIDDIR": str(tmp_path)}
+    (tmp_path / "s.yaml").write_text(yaml.safe_dump(fault_suite("fine", "spread", repeats=2)))
+    assert cli("run", "s.yaml", "--runs-dir", "runs", cwd=tmp_path, env=env).returncode == 0
+    adaptive = fault_suite("fine", "spread", repeats=2, max_repeats=4, repeat_target=0.08)
+    (tmp_path / "s.yaml").write_text(yaml.safe_dump(adaptive))
+    proc = cli("run", "s.yaml", "--runs-dir", "runs", "--resume", cwd=tmp_path, env=env)
+    assert proc.returncode == 0, proc.stdout + proc.stderr
+    assert proc.stderr.count("adaptive repeats: 1 cell(s) still spread wider than +-8%") == 2, proc.stderr
+    df = pd.read_parquet(tmp_path / "runs" / "t" / "results.parquet").set_index("framework")
+    assert df.repeats["fine"] == 2 and df.repeats["spread"] == 4
+    assert sorted(df.repeat_samples_per_second["spread"]) == [8000.0, 8000.0, 16000.0, 16000.0]  # batch 16
+    assert len(pd.read_parquet(tmp_path / "runs" / "t" / "repeats.parquet")) == 6
+    again = cli("run", "s.yaml", "--runs-dir", "runs", "--resume", cwd=tmp_path, env=env)
+    assert again.returncode == 0 and "adaptive" not in again.stderr
+    assert (tmp_path / "spread.runs").read_text() == "4"

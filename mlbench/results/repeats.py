@@ -125,6 +125,21 @@ def combine_one(runs: list[dict[str, Any]]) -> dict[str, Any]:
     return row
 
 
+def next_repeat(runs: list[dict[str, Any]], target: float, max_repeats: int) -> int | None:
+    """Adaptive repeats: the repeat a cell runs next, given its stored runs (rows with repeat, status and
+    samples_per_second), or None when it has enough: every run ok, fewer than `max_repeats`, and its
+    throughput's 95% interval across the runs still wider than +-`target` of their mean. Only the spread
+    decides, never the figure or another cell's, so stopping does not pick the result."""
+    done = {r["repeat"] for r in runs}
+    if not runs or len(runs) >= max_repeats or any(r["status"] != "ok" for r in runs):
+        return None
+    sps = [r["samples_per_second"] for r in runs if r["samples_per_second"] is not None]
+    low, high = stats.t_interval(sps)
+    if low is None or high is None or (high - low) / 2 <= target * statistics.fmean(sps):
+        return None
+    return min(set(range(max_repeats)) - done)
+
+
 def combine(table: pa.Table) -> pa.Table:
     """Per-repeat rows -> one row per cell, in the order the cells first appear."""
     by_cell: dict[str, list[dict[str, Any]]] = defaultdict(list)

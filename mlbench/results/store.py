@@ -119,8 +119,9 @@ def conform(table: pa.Table) -> pa.Table:
     return table.select(schema.SCHEMA.names).cast(schema.SCHEMA)
 
 
-def read_cells(run_dir: Path, cell_ids: Iterable[str] | None = None) -> pa.Table:
-    """Valid cell files as one table: those of `cell_ids` in that order, or all of them by file name."""
+def read_cells(run_dir: Path, cell_ids: Iterable[str] | None = None, columns: list[str] | None = None) -> pa.Table:
+    """Valid cell files as one table: those of `cell_ids` in that order, or all of them by file name;
+    only `columns` where given (columns every mlbench wrote)."""
     folder = cells_dir(run_dir)
     if cell_ids is None:
         paths = sorted(folder.glob("*.parquet")) if folder.is_dir() else []
@@ -129,11 +130,12 @@ def read_cells(run_dir: Path, cell_ids: Iterable[str] | None = None) -> pa.Table
     tables = []
     for path in paths:
         try:
-            t = pq.read_table(path)
+            t = pq.read_table(path, columns=columns)
         except (OSError, pa.ArrowException):
             continue  # a damaged file counts as not stored; --resume runs its cell again
-        tables.append(conform(t))
-    return pa.concat_tables(tables) if tables else schema.SCHEMA.empty_table()
+        tables.append(conform(t) if columns is None else t.cast(pa.schema([schema.SCHEMA.field(c) for c in columns])))
+    empty = schema.SCHEMA.empty_table()
+    return pa.concat_tables(tables) if tables else (empty if columns is None else empty.select(columns))
 
 
 def epochs_table(results: pa.Table) -> pa.Table:
