@@ -181,7 +181,14 @@ def test_compute_bound_reads_the_calibrations_spread_and_other_frameworks() -> N
     assert bottleneck.verdict(row(mfu=0.62, mfu_low=0.45, mfu_high=0.70))[0] == "none"  # its spread crosses 50%
     got, why = bottleneck.verdict(row(mfu=0.62, mfu_low=0.55, mfu_high=0.70))
     assert got == "compute" and "(55-70% over the calibration's runs)" in why
-    same = {"model_name": "resnet18", "precision": "fp32", "batch_size": 64, "hostname": "h", "ci_kind": "runs"}
+    same = {
+        "model_name": "resnet18",
+        "precision": "fp32",
+        "batch_size": 64,
+        "hostname": "h",
+        "ci_kind": "runs",
+        "repeats": 5,
+    }
     slow = row(framework="tensorflow", mfu=0.62, samples_per_second=30.0, **same)
     fast = row(framework="pytorch", mfu=0.3, samples_per_second=60.0, **same)
     for r, sps in ((slow, 30.0), (fast, 60.0)):
