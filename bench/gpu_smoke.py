@@ -121,7 +121,8 @@ def suites(frameworks: list[str], gpus: int = 1) -> dict[str, dict[str, Any]]:
             "calibrate": False,
         },
         # batches from files through each framework's own loader, with page-locked buffers on the GPU,
-        # against the same cells fed from memory: the same bytes, AU and the data tax
+        # placed two steps ahead (device prefetch: a side stream's copies), against the same cells fed
+        # from memory: the same bytes, AU and the data tax
         "datapath": {
             **base,
             "name": "gpu-smoke-datapath",
@@ -135,7 +136,7 @@ def suites(frameworks: list[str], gpus: int = 1) -> dict[str, dict[str, Any]]:
                 "format": ["memory", "raw"],
                 "shards": 8,
             },
-            "loader": {"workers": [2], "pin_memory": True},
+            "loader": {"workers": [2], "pin_memory": True, "device_prefetch": 2},
             "calibrate": False,
         },
         "oversized": {
@@ -223,9 +224,14 @@ def problems(
         elif r.get("digests_agree") is not True:
             out.append(f"{cell}: its batches differ from the others' ({r.get('digest_mismatch')})")
         elif r.get("data_format") != "memory" and (
-            r.get("accelerator_utilisation") is None or r.get("data_tax") is None
+            r.get("accelerator_utilisation") is None
+            or r.get("data_tax") is None
+            or r.get("loader_device_prefetch") != 2
         ):
-            out.append(f"{cell}: AU {r.get('accelerator_utilisation')}, data tax {r.get('data_tax')}")
+            out.append(
+                f"{cell}: AU {r.get('accelerator_utilisation')}, data tax {r.get('data_tax')}, "
+                f"device prefetch {r.get('loader_device_prefetch')}"
+            )
     for r in oversized:
         if r["status"] != "oom":
             out.append(f"{r['framework']} bert fp16 bs={OVERSIZED_BATCH}: {r['status']}, not oom ({r['reason']})")

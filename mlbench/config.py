@@ -206,6 +206,10 @@ class LoaderConfig(Strict):
     prefetch: int = Field(2, ge=0)  # batches made ahead (torch: per worker; tf.data, Grain: in all)
     read_threads: PositiveInt = 1  # Grain's read threads per worker
     pin_memory: bool = True  # page-locked batches (torch, on a CUDA device; nothing on a CPU)
+    # batches placed on the device this many steps ahead of their step, so their host-to-device copies run
+    # while earlier steps compute (a CUDA side stream in PyTorch, jax.device_put, a copy under tf.device);
+    # 0: each batch is copied as its step starts. On a CPU device there is no copy to hide
+    device_prefetch: int = Field(0, ge=0, le=4)
     persistent_workers: bool = True  # torch: the workers stay up across epochs
     # imagefolder: native decodes as each loader's users do (Pillow in DataLoader and Grain workers,
     # tf.io.decode_image in tf.data); pillow: Pillow in every loader, so the decoded bytes are equal
@@ -238,9 +242,13 @@ class LoaderConfig(Strict):
     def cell_dict(self, kind: str, workers: int, emulate: float | str | None = None) -> dict[str, Any]:
         """One cell's loader: the knobs that change what it measures (au_threshold is a verdict's);
         emulate_compute_s only where set."""
-        out = self.model_dump(exclude={"kind", "workers", "au_threshold", "emulate_compute_s", "decoder", "page_cache"})
+        out = self.model_dump(
+            exclude={"kind", "workers", "au_threshold", "emulate_compute_s", "decoder", "page_cache", "device_prefetch"}
+        )
         if self.decoder != "native":  # only where set: earlier runs' cells keep their ids
             out["decoder"] = self.decoder
+        if self.device_prefetch:
+            out["device_prefetch"] = self.device_prefetch
         if self.page_cache != "warm":
             out["page_cache"] = self.page_cache
         return {

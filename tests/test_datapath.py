@@ -209,6 +209,19 @@ def test_formats_and_loader_workers_are_axes_and_memory_cells_keep_their_ids():
         _suite(loader={"workers": [-1]})
 
 
+def test_device_prefetch_is_in_a_file_fed_cells_spec_only_where_set():
+    raw = {"dataset": {"format": ["raw"]}}
+    before = expand(_suite(**raw))[0]
+    assert (
+        "device_prefetch" not in before.spec.loader
+        and expand(_suite(**raw, loader={"device_prefetch": 0}))[0] == before
+    )
+    ahead = expand(_suite(**raw, loader={"device_prefetch": 2}))[0]
+    assert ahead.spec.loader["device_prefetch"] == 2 and ahead.cell_id != before.cell_id
+    with pytest.raises(ConfigError, match=r"loader\.device_prefetch: Input should be less than or equal to 4"):
+        _suite(loader={"device_prefetch": 5})
+
+
 # --- end to end ---------------------------------------------------------------------------------
 
 
@@ -241,7 +254,9 @@ def test_file_fed_cells_store_the_data_path_and_train_on_the_memory_cells_batche
     }
     # TensorFlow's memory twin left out (its cells are the slowest to start): its file-fed cell's tax says why
     excludes = [{"framework": "tensorflow", "format": "memory"}]
-    run = _run(tmp_path, name="dp", epochs=1, dataset=dataset, loader={"workers": [0]}, excludes=excludes)
+    # file-fed batches placed two steps ahead of their step (device_prefetch), through each framework's to_device
+    loader = {"workers": [0], "device_prefetch": 2}
+    run = _run(tmp_path, name="dp", epochs=1, dataset=dataset, loader=loader, excludes=excludes)
     rows = pq.read_table(run / "results.parquet").to_pylist()
     assert [r["status"] for r in rows] == ["ok"] * 5
     digests = {tuple(r["batch_digests"]) for r in rows}
@@ -252,12 +267,13 @@ def test_file_fed_cells_store_the_data_path_and_train_on_the_memory_cells_batche
         if r["data_format"] == "raw":
             assert r["loader"] == {"pytorch": "torch", "tensorflow": "tfdata", "jax": "grain"}[r["framework"]]
             assert r["loader_samples_per_second"] > 0 and r["time_to_first_batch_s"] > 0
+            assert r["loader_device_prefetch"] == 2
             if r["framework"] == "tensorflow":
                 assert r["data_tax"] is None and "no memory cell" in r["data_tax_reason"]
             else:
                 assert r["data_tax"] is not None and r["data_tax_low"] <= r["data_tax"] <= r["data_tax_high"]
         else:
-            assert r["loader"] == "memory" and r["data_tax"] is None
+            assert r["loader"] == "memory" and r["data_tax"] is None and r["loader_device_prefetch"] is None
     # the same batches, the same model: the file-fed twin trains to the memory cell's accuracy
     by = {(r["framework"], r["data_format"]): r for r in rows}
     for fw in ("pytorch", "jax"):

@@ -487,3 +487,40 @@ def test_mfu_carries_the_calibrations_spread_and_a_moved_peak_is_said(tmp_path) 
     assert row["mfu_high"] == pytest.approx(0.625) and row["peak_tflops_earlier"] == 0.4
     said = content.warnings([row], [])
     assert any("The calibrated peak moved more than 25%" in w and "0.2 against 0.4" in w for w in said), said
+
+
+@pytest.mark.parametrize("framework", ["pytorch", "tensorflow", "jax"])
+def test_batches_placed_ahead_train_exactly_as_batches_placed_at_their_step(framework: str) -> None:
+    """loader.device_prefetch: the same batches through `to_device` two steps ahead give the same losses,
+    bit for bit, as the same batches handed to each step; the batches come out of `ahead` placed (tensors
+    of the framework), in order. The host buffers are reused in a ring, as the file feed reuses them,
+    so a placed batch that still read its buffer after the buffer was refilled would train on other data."""
+    from workers.common import harness
+
+    spec = specs.get_spec("mlp")
+    rng = np.random.default_rng(0)
+    data = [
+        (rng.standard_normal((16, 784)).astype(np.float32), rng.integers(0, 10, 16).astype(np.int32)) for _ in range(8)
+    ]
+    ring = [(np.empty_like(data[0][0]), np.empty_like(data[0][1])) for _ in range(4 + 2)]
+
+    def feed():  # each batch written into the next buffer of the ring, as FileFeed does
+        for k, (x, y) in enumerate(data):
+            bx, by = ring[k % len(ring)]
+            bx[...], by[...] = x, y
+            yield bx, by
+
+    losses, kinds = {}, []
+
+    def seen(batches):
+        for x, y in batches:
+            kinds.append(type(x))
+            yield x, y
+
+    for depth in (0, 2):
+        backend = _backend(framework)
+        backend.build(spec, initial_weights(spec, 0))
+        steps = harness.pipelined(backend, seen(harness.ahead(backend, feed(), depth)))
+        losses[depth] = [loss for loss, _, _ in steps]
+    assert losses[2] == losses[0] and len(losses[0]) == 8
+    assert set(kinds[:8]) == {np.ndarray} and np.ndarray not in kinds[8:] and len(kinds) == 16

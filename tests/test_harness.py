@@ -60,6 +60,33 @@ def test_each_step_is_read_back_after_the_next_is_launched() -> None:
     ]
 
 
+class Placer(Recorder):
+    """A recorder that also logs each batch placed ahead (`to_device`)."""
+
+    def to_device(self, x: np.ndarray, y: np.ndarray) -> tuple[str, np.ndarray]:
+        self.log.append(f"place {len([e for e in self.log if e.startswith('place')])}")
+        return "placed", y
+
+
+@pytest.mark.parametrize("depth", [0, 1, 2])
+def test_device_prefetch_places_each_batch_depth_steps_ahead(depth: int) -> None:
+    """Batch k+depth is placed before step k is launched (its copy then runs behind the queued steps),
+    every batch once, in order; depth 0 places nothing ahead."""
+    b = Placer()
+    placed = []
+    for x, y in harness.ahead(b, batches(4), depth):
+        placed.append(x)
+        b.launch_step(x, y)
+    launches = [e for e in b.log if e.startswith("launch")]
+    assert len(launches) == 4 and placed == (["placed"] * 4 if depth else placed)
+    if depth:
+        for k in range(4):  # every batch up to k + depth placed before launch k
+            before = b.log[: b.log.index(f"launch {k}")]
+            assert sum(e.startswith("place") for e in before) == min(4, k + depth + 1)
+    else:
+        assert not any(e.startswith("place") for e in b.log)
+
+
 @pytest.mark.parametrize("n", [0, 1])
 def test_no_batch_or_one(n: int) -> None:
     b = Recorder()

@@ -300,6 +300,7 @@ def _data_path(cell: Cell, ev: list[dict[str, Any]], ok: bool) -> dict[str, Any]
         if loader
         else ("memory" if cell.spec.task == "train" else None),
         "loader_workers": (loader or {}).get("workers"),
+        "loader_device_prefetch": (loader or {}).get("device_prefetch", 0) if loader else None,
         "data_shards": dataset.get("shards"),
         "data_order": dataset.get("order", "global") if cell.spec.task == "train" else None,
         "data_augment": dataset.get("augment", "none") if cell.spec.task == "train" else None,

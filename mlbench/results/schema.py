@@ -166,6 +166,11 @@ COLUMNS: list[tuple[str, pa.DataType, str]] = [
     ),
     ("loader", S, "what loaded them: memory, or torch (DataLoader), tfdata (tf.data), grain"),
     ("loader_workers", I, "the loader's worker processes (torch, Grain) or parallel calls (tf.data); null for memory"),
+    (
+        "loader_device_prefetch",
+        I,
+        "batches placed on the device ahead of their step (loader.device_prefetch; 0: copied as the step starts)",
+    ),
     ("data_shards", I, "files the training set was split into (the two_level order's shards, for memory too)"),
     ("data_order", S, "global (one permutation per epoch) or two_level (shards, then records within each)"),
     (

@@ -20,6 +20,7 @@ batch. Where the replicas are processes (PyTorch's ranks) each runs this loop; o
 from __future__ import annotations
 
 import base64
+import collections
 import dataclasses
 import gc
 import itertools
@@ -103,6 +104,9 @@ class Backend(Protocol):
     # one training step launched, not waited for: a handle on its (mean loss, correct) still on the device
     def launch_step(self, x: np.ndarray, y: np.ndarray) -> Any: ...
     def step_result(self, handle: Any) -> tuple[float, int]: ...  # waits for that step; (mean loss, correct)
+    # a host batch placed on the step's device(s), its copy started, not waited for (loader.device_prefetch);
+    # launch_step takes what this returns as it takes host batches
+    def to_device(self, x: np.ndarray, y: np.ndarray) -> tuple[Any, Any]: ...
     def eval_step(self, x: np.ndarray, y: np.ndarray) -> tuple[float, int]: ...  # (summed loss, correct)
     def predict(self, x: np.ndarray) -> None: ...  # inference forward pass, synced
     def save(self, path: str) -> str: ...  # native format; returns the file or folder written
@@ -208,6 +212,23 @@ def pipelined(backend: Backend, batches: Iterable[tuple[np.ndarray, np.ndarray]]
         if handle is None:
             return
         pending = handle
+
+
+def ahead(backend: Backend, batches: Iterable[tuple[Any, Any]], depth: int) -> Iterator[tuple[Any, Any]]:
+    """Device prefetch (`loader.device_prefetch`): each host batch handed to the backend's `to_device`
+    `depth` batches before its step is launched, so its host-to-device copy runs while the steps before
+    it compute; the batches come out placed, in order. The call that places batch k+depth runs inside the
+    `next()` that `pipelined` times for batch k (a data wait, as a loader's own prefetch would be)."""
+    if depth <= 0:
+        yield from batches
+        return
+    queue: collections.deque[tuple[Any, Any]] = collections.deque()
+    for x, y in batches:
+        queue.append(backend.to_device(x, y))
+        if len(queue) > depth:
+            yield queue.popleft()
+    while queue:
+        yield queue.popleft()
 
 
 class GcClock:
@@ -392,6 +413,7 @@ def train(backend: Backend, ds: datasets.Dataset, cell: dict[str, Any], em: Emit
             feed.cold()
         t_epoch = time.perf_counter()
         batches = feed.epoch(seed, epoch)  # the epoch gathered in batch order, before the step timers
+        batches = ahead(backend, batches, (cell.get("loader") or {}).get("device_prefetch", 0))
         gather_s = time.perf_counter() - t_epoch
         with gc_clock:
             figures = train_epoch(backend, batches, log, bs, progress, gc_clock)
@@ -696,6 +718,9 @@ class EmulatedStep:
 
     def __init__(self, seconds: float) -> None:
         self.seconds = seconds
+
+    def to_device(self, x: np.ndarray, y: np.ndarray) -> tuple[np.ndarray, np.ndarray]:
+        return x, y  # nothing is trained: nothing to place
 
     def launch_step(self, x: np.ndarray, y: np.ndarray) -> tuple[float, int]:
         time.sleep(self.seconds)

@@ -350,6 +350,15 @@ class Backend:
         # the batch is placed explicitly.
         return a if self._default_device else jax.device_put(a, self.batch_sharding)
 
+    def to_device(self, x: np.ndarray, y: np.ndarray) -> tuple[jax.Array, jax.Array]:
+        """A batch placed ahead of its step by `jax.device_put` (asynchronous: it returns once the copy is
+        queued), split over the replicas by the step's batch sharding in a data-parallel cell; the jitted
+        step takes the placed arrays as they are."""
+        if len(y) % self.replicas:
+            raise ValueError(f"a global batch of {len(y)} does not split over {self.replicas} replicas")
+        where = self.device if self.mesh is None else self.batch_sharding
+        return jax.device_put(x, where), jax.device_put(y, where)
+
     def launch_step(self, x: np.ndarray, y: np.ndarray) -> tuple[jax.Array, jax.Array]:
         # returns once the step is dispatched; the next one can be queued behind it
         if self.mesh is None:

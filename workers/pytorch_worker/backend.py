@@ -2,6 +2,7 @@
 
 from __future__ import annotations
 
+import collections
 import contextlib
 import os
 from collections.abc import Iterator
@@ -88,6 +89,10 @@ class Backend:
             enabled=self.precision == "fp16",
         )
         self.training: bool | None = None
+        # device prefetch (to_device): a side stream for the copies of batches placed ahead, and an event
+        # after each, in the order the steps will take them
+        self._copy_stream = torch.cuda.Stream(self.device) if cuda else None
+        self._copied: collections.deque[torch.cuda.Event] = collections.deque()
 
     def info(self) -> dict[str, Any]:
         cuda = torch.cuda.is_available()
@@ -148,6 +153,38 @@ class Backend:
     def num_parameters(self) -> int:
         return sum(p.numel() for p in self.model.parameters() if p.requires_grad)
 
+    def _share(self, x: np.ndarray, y: np.ndarray) -> tuple[np.ndarray, np.ndarray]:
+        """This rank's slice of a global batch (data parallel); the batch itself on one device."""
+        if self.group is None:
+            return x, y
+        share = len(x) // self.replicas
+        return x[self.rank * share : (self.rank + 1) * share], y[self.rank * share : (self.rank + 1) * share]
+
+    def to_device(self, x: np.ndarray, y: np.ndarray) -> tuple[torch.Tensor, torch.Tensor]:
+        """A batch placed ahead of its step: on a GPU copied on a side stream (from page-locked memory
+        where the loader made it there), an event recorded after the copy that its step's stream waits
+        for, so the copy overlaps the steps queued before it; on the CPU the tensors share the batch's
+        memory (there is nothing to copy)."""
+        x, y = self._share(x, y)
+        if self._copy_stream is None:
+            return self._inputs(x, y)  # type: ignore[return-value]
+        with torch.cuda.stream(self._copy_stream):
+            xb, yb = self._inputs(x, y)
+            done = torch.cuda.Event()
+            done.record(self._copy_stream)
+        self._copied.append(done)
+        return xb, yb  # type: ignore[return-value]
+
+    def _placed(self, xb: torch.Tensor, yb: torch.Tensor) -> None:
+        """A batch from to_device, about to be read by a step on the current stream: the stream waits for
+        its copy alone, and the allocator keeps its memory until the step is done with it."""
+        if self._copy_stream is None:
+            return
+        stream = torch.cuda.current_stream(self.device)
+        stream.wait_event(self._copied.popleft())
+        xb.record_stream(stream)
+        yb.record_stream(stream)
+
     def _inputs(self, x: np.ndarray, y: np.ndarray | None = None) -> tuple[torch.Tensor, torch.Tensor | None]:
         xb = torch.from_numpy(x).to(self.device, non_blocking=True)
         if xb.dtype == torch.int32:
@@ -162,10 +199,11 @@ class Backend:
 
     def launch_step(self, x: np.ndarray, y: np.ndarray) -> tuple[torch.Tensor, torch.cuda.Event | None]:
         self._mode(True)
-        if self.group is not None:  # this rank's slice of the global batch
-            share = len(x) // self.replicas
-            x, y = x[self.rank * share : (self.rank + 1) * share], y[self.rank * share : (self.rank + 1) * share]
-        xb, yb = self._inputs(x, y)
+        if isinstance(x, torch.Tensor):  # placed ahead by to_device (this rank's slice already)
+            xb, yb = x, y
+            self._placed(xb, yb)
+        else:
+            xb, yb = self._inputs(*self._share(x, y))
         # the last step's gradients freed before the forward pass, as the reference loop and PyTorch's
         # AMP recipe order it, so the activations can take their memory
         self.optimizer.zero_grad(set_to_none=True)

@@ -361,7 +361,22 @@ class Backend:
     def num_parameters(self) -> int:
         return int(sum(np.prod(v.shape) for v in self.model.trainable_variables))
 
+    def to_device(self, x: np.ndarray, y: np.ndarray) -> tuple[Any, Any]:
+        """A batch placed ahead of its step: copied under the step's device scope (eager TensorFlow queues
+        a GPU copy and returns), or split into per-replica values on each replica's device in a
+        data-parallel cell; on the CPU a tensor over the batch's memory."""
+
+        if self.strategy is not None:
+            return tuple(distributed.split_batch(self.strategy, a, host_tensor, place=True) for a in (x, y))
+        with tf.device(self.device):
+            return tf.identity(host_tensor(x)), tf.identity(host_tensor(y))
+
     def launch_step(self, x: np.ndarray, y: np.ndarray) -> tuple[tf.Tensor, tf.Tensor]:
+        if not isinstance(x, np.ndarray):  # placed ahead by to_device
+            if self.strategy is not None:
+                return self._train(x, y)
+            with tf.device(self.device):
+                return self._train(x, y)
         if self.strategy is not None:
             return self._train(
                 distributed.split_batch(self.strategy, x, host_tensor),

@@ -13,15 +13,26 @@ import numpy as np
 import tensorflow as tf
 
 
-def split_batch(strategy: tf.distribute.Strategy, a: np.ndarray, to_tensor: Callable[[np.ndarray], tf.Tensor]) -> Any:
+def split_batch(
+    strategy: tf.distribute.Strategy, a: np.ndarray, to_tensor: Callable[[np.ndarray], tf.Tensor], place: bool = False
+) -> Any:
     """The global batch as per-replica values: replica r gets rows r*B/N .. (r+1)*B/N, the rows a
     one-device step sees in that order. Host tensors: each replica's step copies only its own rows to
-    its device, as the one-device step copies the whole batch."""
+    its device, as the one-device step copies the whole batch. `place`: each replica's rows copied to
+    its device now (device prefetch), not by its step."""
     n = strategy.num_replicas_in_sync
     b = len(a) // n
-    return strategy.experimental_distribute_values_from_function(
-        lambda ctx: to_tensor(a[ctx.replica_id_in_sync_group * b : (ctx.replica_id_in_sync_group + 1) * b])
-    )
+    devices = strategy.extended.worker_devices
+
+    def value(ctx: tf.distribute.experimental.ValueContext) -> tf.Tensor:
+        i = ctx.replica_id_in_sync_group
+        rows = to_tensor(a[i * b : (i + 1) * b])
+        if not place:
+            return rows
+        with tf.device(devices[i]):
+            return tf.identity(rows)
+
+    return strategy.experimental_distribute_values_from_function(value)
 
 
 def cpu_replicas(n: int) -> None:

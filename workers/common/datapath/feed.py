@@ -118,6 +118,9 @@ class FileFeed:
             ) from None
         self.n = self.shardset.n // batch_size
         self.host_buffer = host_buffer  # the backend's allocator of batch buffers, where it has one
+        # a buffer is reused only after the step that read it is done: with batches placed ahead of their
+        # step (device_prefetch), that many more are in flight
+        self.ring = self.RING + self.spec.device_prefetch
         self._rings: dict[str, list[np.ndarray]] = {}
         self._turn: dict[str, int] = {}
         self.digests: list[str] = []
@@ -165,16 +168,16 @@ class FileFeed:
             out.update(storage_read_mb=nbytes / 1e6, storage_requests=requests)
         return out
 
-    RING = 4  # batches made into buffers in turn: a buffer is reused only after the step that read it is done
+    RING = 4  # batches made into buffers in turn (more with device_prefetch: `ring`)
 
     def _buffer(self, key: str, shape: tuple[int, ...], dtype: Any) -> np.ndarray:
         """The next buffer of `key`'s ring: the backend's (page-locked where it copies to a GPU), or
         ALIGN-byte aligned host memory every framework takes without a copy."""
         ring = self._rings.setdefault(key, [])
-        if len(ring) < self.RING:
+        if len(ring) < self.ring:
             make = self.host_buffer if self.host_buffer is not None else datasets.aligned_empty
             ring.append(make(shape, dtype))
-        self._turn[key] = (self._turn.get(key, -1) + 1) % self.RING
+        self._turn[key] = (self._turn.get(key, -1) + 1) % self.ring
         return ring[self._turn[key]]
 
     def _inputs(self, x: np.ndarray, y: np.ndarray) -> tuple[np.ndarray, np.ndarray]:
@@ -261,6 +264,7 @@ class FileFeed:
             "shards": self.shardset.shards,
             "loader": self.kind,
             "loader_workers": self.spec.workers,
+            "device_prefetch": self.spec.device_prefetch,
             "record_bytes": self.shardset.record_bytes,
             "shard_prepare_s": self.prepare_s,
             "image_decoder": self.decoder,

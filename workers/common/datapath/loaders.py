@@ -38,6 +38,7 @@ class LoaderSpec:
     prefetch: int = 2
     read_threads: int = 1
     pin_memory: bool = True
+    device_prefetch: int = 0  # batches placed on the device ahead of their step (harness.ahead)
     persistent_workers: bool = True
     burn: int = 0  # planted per-sample CPU cost (order.burn rounds); 0: none
     decoder: str = "native"  # imagefolder: native (tf.data: tf.io.decode_image; others: Pillow) or pillow
