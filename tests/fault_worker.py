@@ -150,6 +150,12 @@ def main() -> int:
     elif mode == "slow":
         time.sleep(float(os.environ.get("FAULT_SLOW_S", "3")))
         _finish(em)
+    elif mode == "hangonce":  # hangs the first time (until killed), then finishes at once (noted in FAULT_PIDDIR)
+        marker = Path(os.environ["FAULT_PIDDIR"]) / "hangonce.ran"
+        if not marker.exists():
+            marker.touch()
+            time.sleep(3600)
+        _finish(em)
     else:
         em.emit("error", kind="exception", message=f"unknown fault mode {mode!r}", traceback="")
         return 1

@@ -4,6 +4,7 @@ reaches nothing else), with fixed small resources; it stops with the run."""
 
 from __future__ import annotations
 
+import contextlib
 import json
 import os
 import signal
@@ -132,7 +133,8 @@ def test_real_cells_through_ray_equal_the_local_executors_rows(tmp_path: Path, n
         assert (x["executor"], y["executor"]) == ("local", "ray")
         assert y["hostname"] == socket.gethostname()
         assert _normalised_flags(x["env_flags"]) == _normalised_flags(y["env_flags"])
-        for column in sorted(set(x) - MEASURED - {"executor", "env_flags"}):
+        assert x["ray_node_id"] is None and len(y["ray_node_id"]) == 56  # the node that ran it, by its id
+        for column in sorted(set(x) - MEASURED - {"executor", "env_flags", "ray_node_id"}):
             if column.startswith("final_") and x[column] is not None:
                 assert y[column] == pytest.approx(x[column], rel=1e-6), column  # the same arithmetic and threads
             else:
@@ -206,7 +208,10 @@ def test_a_dead_node_marks_its_cell_crashed_and_the_run_goes_on(tmp_path: Path, 
     df = pd.read_parquet(tmp_path / "runs" / "t" / "results.parquet").set_index("framework")
     assert df.loc["fine", "status"] == "ok"
     assert df.loc["slow", "status"] == "crashed"
-    assert f"the Ray task on {socket.gethostname()} died" in df.loc["slow", "reason"]
+    assert (
+        f"the Ray task on {socket.gethostname()} (node " in df.loc["slow", "reason"]
+        and ") died" in df.loc["slow", "reason"]
+    )
     assert descendants_alive([slow_pid]) == []
 
 
@@ -231,3 +236,60 @@ def test_a_lost_cluster_stops_the_run_with_one_line_and_the_resume_command(tmp_p
     assert any(e["action"] == "cluster_lost" for e in _journal(run))
     assert descendants_alive([int((piddir / "slow-worker.pid").read_text())]) == []
     assert _ray_processes(run) == []
+
+
+def test_a_cluster_of_nodes_places_cells_loses_one_takes_a_joiner_and_resumes(tmp_path: Path, netns: list[str]) -> None:
+    """Three raylets on this machine (a head without CPUs and, first, one node of one CPU): the hanging
+    cell takes the node, a node that joins mid-run takes the other cell, then the first node is killed
+    (its raylet and every process under it) in the middle of its cell: that cell is `crashed` naming the
+    lost node's id, the other cell's row names the node that ran it, the run ends in good order, and
+    `--resume --retry-failed` runs that cell alone, on the node left. Nothing keeps running."""
+    suite = fault_suite("hangonce", "fine", executor="ray", threads=1)
+    (tmp_path / "s.yaml").write_text(yaml.safe_dump(suite))
+    piddir = tmp_path / "pids"
+    piddir.mkdir()
+    run = [sys.executable, "-m", "mlbench", "run", "s.yaml", "--runs-dir", "runs"]
+    resume = [*run, "--resume", "--retry-failed"]  # the hanging cell finishes at once the second time
+    proc = subprocess.Popen(
+        [*netns, sys.executable, "-m", "tests.ray_nodes", str(tmp_path), "1", *run, "--then", *resume],
+        cwd=tmp_path, env=_env(FAULT_PIDDIR=str(piddir)),
+        stdout=subprocess.PIPE, stderr=subprocess.PIPE, text=True,
+    )  # fmt: skip
+    cells = tmp_path / "runs" / "t" / "cells"
+    try:
+        _wait_for(piddir / "hangonce-worker.pid", 180)
+        cluster = json.loads((tmp_path / "cluster.json").read_text())
+        ((first, raylet),) = cluster["nodes"].items()
+        slow_pid = int((piddir / "hangonce-worker.pid").read_text())
+        assert raylet in [p.pid for p in psutil.Process(slow_pid).parents()]  # the one node runs it
+        assert not (piddir / "fine-worker.pid").exists()  # one CPU in the cluster: the other cell waits
+        (tmp_path / "add-node").touch()  # a node joins mid-run ...
+        _wait_for(piddir / "fine-worker.pid", 120)  # ... and receives the waiting cell
+        deadline = time.monotonic() + 120
+        while len(list(cells.glob("*.parquet"))) < 1:
+            assert time.monotonic() < deadline, "the joining node's cell never finished"
+            time.sleep(0.2)
+        node = psutil.Process(raylet)  # the first node lost: its raylet and everything under it
+        doomed = [node, *node.children(recursive=True)]
+        for p in doomed:
+            with contextlib.suppress(psutil.Error):
+                p.kill()
+        out, err = proc.communicate(timeout=240)
+    finally:
+        if proc.poll() is None:
+            proc.kill()
+            proc.communicate()
+    first_run = (tmp_path / "run0.out").read_text() + (tmp_path / "run0.err").read_text()
+    second_run = (tmp_path / "run1.out").read_text() + (tmp_path / "run1.err").read_text()
+    assert proc.returncode == 0, (err[-2000:], first_run[-3000:], second_run[-3000:])
+    cluster = json.loads((tmp_path / "cluster.json").read_text())
+    (second,) = set(cluster["nodes"]) - {first}
+    journal = _journal(tmp_path / "runs" / "t")
+    crashed = [e for e in journal if e["action"] == "cell" and e["status"] == "crashed"]
+    assert len(crashed) == 1 and f"(node {first[:12]})" in crashed[0]["reason"] and "died" in crashed[0]["reason"]
+    assert "1 ok (1 already stored)" in second_run, second_run[-3000:]
+    rows = pd.read_parquet(tmp_path / "runs" / "t" / "results.parquet").set_index("framework")
+    assert set(rows.status) == {"ok"} and set(rows.executor) == {"ray"}
+    assert rows.loc["fine", "ray_node_id"] == second and rows.loc["hangonce", "ray_node_id"] == second
+    assert rows.loc["fine", "hostname"] == rows.loc["hangonce", "hostname"] == socket.gethostname()
+    assert descendants_alive([slow_pid, int((piddir / "fine-worker.pid").read_text()), *cluster["pids"]]) == []

@@ -30,6 +30,8 @@ from mlbench.runfolder import RunFolder
 from workers.common import data as datasets
 from workers.common import specs
 
+POLL_S = 2.0  # a pool with no report for this long asks again what may start
+
 
 class ExecutorUnavailable(Exception):
     """The chosen executor cannot run here (its extra is not installed); the message says what to do."""
@@ -289,7 +291,10 @@ class Pool:
         try:
             while pending or self.running:
                 self._start_what_fits(pending, reports, cancel)
-                item = reports.get()
+                try:  # woken every POLL_S with no report, so what fits is asked again (a Ray node may join)
+                    item = reports.get(timeout=POLL_S)
+                except queue.Empty:
+                    continue
                 if isinstance(item, _Done):
                     self.running.pop(item.unit).join()
                     if item.error is not None:

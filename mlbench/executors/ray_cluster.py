@@ -16,6 +16,7 @@ Module named after its role, not `ray.py`: that would shadow the library.
 from __future__ import annotations
 
 import logging
+import math
 import os
 import queue
 import signal
@@ -52,6 +53,7 @@ KILL_WAIT_S = 30.0  # for the node to confirm it killed a cancelled cell's worke
 PROBE_EVERY_S = 2.0  # how often the head checks that the cluster's GCS still answers
 LOST_AFTER_S = 10.0  # no answer for this long: the cluster is lost (Ray itself ends the driver at 60 s)
 LOG_LIMIT = 16 << 20  # bytes of a cell's logs sent back to the head
+CAPACITY_EVERY_S = 2.0  # how often the cluster's CPUs are counted again (a node that joins adds its own)
 
 
 def import_ray() -> Any:
@@ -227,7 +229,9 @@ class RayExecutor(Executor):
         self.started_local = False
         self.address = os.environ.get("RAY_ADDRESS") or address or None
         self._connect(num_cpus, num_gpus, on_session)
-        self.parallel = parallel or max(1, int(self.ray.cluster_resources().get("CPU", 1)))
+        self.fixed_parallel = parallel
+        self._counted_at = -math.inf
+        self.parallel = self._capacity()
         self._task = self.ray.remote(max_retries=0, retry_exceptions=False)(node_task)
         self._kill = self.ray.remote(num_cpus=0, max_retries=0)(kill_on_node)
         self._checksums: dict[str, str] = {}
@@ -294,6 +298,19 @@ class RayExecutor(Executor):
                     # the orchestrator stops as for Ctrl-C, then says why (a real signal: it wakes a blocked wait)
                     signal.pthread_kill(threading.main_thread().ident, signal.SIGINT)
                     return
+
+    def _capacity(self) -> int:
+        """Units in flight at once: the suite's `parallel`, else the cluster's CPUs as they are now (a node
+        that joins mid-run adds its own; one that is lost takes its own away), counted every few seconds."""
+        if self.fixed_parallel:
+            return self.fixed_parallel
+        if time.monotonic() - self._counted_at >= CAPACITY_EVERY_S:
+            self._counted_at = time.monotonic()
+            try:
+                self.parallel = max(1, int(self.ray.cluster_resources().get("CPU", 1)))
+            except Exception:  # the cluster does not answer: the GCS probe says so; keep the last count
+                pass
+        return self.parallel
 
     def describe(self) -> dict[str, Any]:
         nodes = [n for n in self.ray.nodes() if n.get("Alive")]
@@ -386,7 +403,9 @@ class RayExecutor(Executor):
                     report(Event(unit, item["event"]))
                 else:
                     self._keep_logs(item["logs"])
-                    return item["outcome"]
+                    outcome = item["outcome"]
+                    outcome.ray_node = where.get("node_id")
+                    return outcome
         except ray.exceptions.TaskCancelledError:
             raise runner.Interrupted(unit.unit_id) from None
         except ray.exceptions.RayError as exc:
@@ -409,9 +428,11 @@ class RayExecutor(Executor):
         except Exception as gone:
             raise ClusterLost(f"lost the Ray cluster: {gone}") from None
         node = where.get("host") or "its node"
+        if where.get("node_id"):  # nodes on one machine share a hostname: the node's id tells them apart
+            node += f" (node {where['node_id'][:12]})"
         first = (str(exc).strip().splitlines() or [type(exc).__name__])[0][:300]
         out = skip_outcome(f"the Ray task on {node} died ({type(exc).__name__}: {first})")
-        out.status, out.executor = "crashed", self.name
+        out.status, out.executor, out.ray_node = "crashed", self.name, where.get("node_id")
         return out
 
     def _cancel(self, stream: Any, where: dict[str, Any], unit: Unit) -> None:
@@ -442,7 +463,7 @@ class RayExecutor(Executor):
             (folder / name).write_bytes(content)
 
     def execute(self, units: list[Unit]) -> Iterator[Report]:
-        self._pool = Pool(self._run_one, lambda u, running: len(running) < self.parallel)
+        self._pool = Pool(self._run_one, lambda u, running: len(running) < self._capacity())
         stop = threading.Event()
         threading.Thread(target=self._watch_gcs, args=(stop,), name="mlbench-gcs-probe", daemon=True).start()
         try:

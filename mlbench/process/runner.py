@@ -107,6 +107,7 @@ class Outcome:
     executor: str = "local"  # what ran it: local or ray
     physical_device: str | None = None  # the GPUs it ran on as NVML numbers them ("cuda:3"), or "cpu"
     host: dict[str, Any] | None = None  # the environment record of the machine it ran on (None: the head's)
+    ray_node: str | None = None  # the Ray node that ran it (nodes on one machine share a hostname)
     # the memory limit it ran under and how it was enforced: {"mb", "how"} (mlbench/process/memlimit.py); None: none
     memory_limit: dict[str, Any] | None = None
 

@@ -430,6 +430,7 @@ def _environment(
         "gpu_model": environment.gpu_model(env, outcome.physical_device or cell.device),
         "gpu_driver": env.get("gpu_driver"),
         "hostname": env["hostname"],
+        "ray_node_id": getattr(outcome, "ray_node", None),
         "memory_limit_mb": limit.get("mb"),
         "memory_limit_how": limit.get("how"),
         "executor": outcome.executor,

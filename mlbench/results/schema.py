@@ -518,6 +518,7 @@ COLUMNS: list[tuple[str, pa.DataType, str]] = [
     ("hostname", S, "machine the cell ran on"),
     ("memory_limit_mb", F, "the suite's memory_limit_mb the worker's process tree ran under (null: none)"),
     ("memory_limit_how", S, "how that limit was enforced: a memory cgroup, or an RSS watchdog (null: none)"),
+    ("ray_node_id", S, "the Ray node that ran the cell (nodes on one machine share a hostname); null: not on Ray"),
     ("executor", S, "what ran the cell: local (this machine) or ray (a task on a Ray cluster's node)"),
     ("env_flags", S, "allocator, thread and cache environment variables given to the worker (JSON)"),
     ("mlbench_version", S, "mlbench version"),
