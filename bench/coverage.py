@@ -131,14 +131,15 @@ def main(argv: list[str] | None = None) -> int:
         "between_runs": coverage(rounds),
         "single_run": coverage(single),
     }
-    print_report(found, repeats)
-    out = ROOT / "bench" / "results" / f"coverage-{time.strftime('%Y-%m-%d')}-{a.label}-{repeats}runs.json"
+    runs = f"{repeats}-{spec['max_repeats']}" if spec.get("max_repeats") else str(repeats)  # adaptive: a range
+    print_report(found, runs)
+    out = ROOT / "bench" / "results" / f"coverage-{time.strftime('%Y-%m-%d')}-{a.label}-{runs}runs.json"
     out.write_text(json.dumps(found, indent=1))
     print(f"written: {out.relative_to(ROOT)}")
     return 0 if all((f["coverage"] or 0) >= TARGET for f in found["between_runs"].values()) else 1
 
 
-def print_report(found: dict, repeats: int) -> None:
+def print_report(found: dict, repeats: int | str) -> None:
     for kind, title in (
         ("between_runs", f"between-run intervals ({repeats} processes a cell)"),
         ("single_run", "one run's within-run interval"),

@@ -247,7 +247,7 @@ class LoaderConfig(Strict):
         )
         if self.decoder != "native":  # only where set: earlier runs' cells keep their ids
             out["decoder"] = self.decoder
-        if self.device_prefetch:
+        if self.device_prefetch and emulate is None:  # an emulated step trains nothing: nothing to place
             out["device_prefetch"] = self.device_prefetch
         if self.page_cache != "warm":
             out["page_cache"] = self.page_cache

@@ -102,13 +102,21 @@ def _reap_stale(run_dir: Path) -> list[int]:
 def cells_to_run(
     suite: Suite, cells: list[Cell], run_dir: Path, resume: bool, retry_failed: bool
 ) -> tuple[list[Unit], int]:
-    """The units (cell repeats) this invocation runs, and how many it leaves because they are stored."""
+    """The units (cell repeats) this invocation runs, and how many it leaves because they are stored.
+    Adaptive repeats past `repeats` are the rounds' to add (`further_runs`); a fresh run drops those an
+    earlier run stored, and `--retry-failed` runs again those that failed."""
     every = units(cells, suite.repeats)
+    extra = [Unit(c, r) for r in range(suite.repeats, suite.max_repeats or suite.repeats) for c in cells]
     if not resume:
+        for u in extra:  # a fresh run's figures are its own runs alone
+            store.cell_path(run_dir, u.unit_id).unlink(missing_ok=True)
         return every, 0
-    stored = store.stored_statuses(run_dir, [u.unit_id for u in every])
+    stored = store.stored_statuses(run_dir, [u.unit_id for u in [*every, *extra]])
     todo = [u for u in every if stored[u.unit_id] is None or (retry_failed and stored[u.unit_id] != "ok")]
-    return todo, len(every) - len(todo)
+    already = len(every) - len(todo)
+    if retry_failed:  # a failed adaptive run would fail its cell: it runs again as well
+        todo += [u for u in extra if stored[u.unit_id] not in (None, "ok")]
+    return todo, already
 
 
 def further_runs(suite: Suite, cells: list[Cell], run_dir: Path) -> list[Unit]:

@@ -102,3 +102,30 @@ def test_adaptive_repeats_add_runs_to_a_spread_cell_on_resume_and_keep_them(tmp_
     again = cli("run", "s.yaml", "--runs-dir", "runs", "--resume", cwd=tmp_path, env=env)
     assert again.returncode == 0 and "adaptive" not in again.stderr
     assert (tmp_path / "spread.runs").read_text() == "4"
+
+
+def test_a_fresh_run_drops_earlier_adaptive_runs_and_retry_failed_runs_failed_ones_again(tmp_path) -> None:
+    """Runs past `repeats` belong to the run that added them: a run without --resume removes those an
+    earlier run stored (its figures are its own runs alone); --resume --retry-failed runs a failed one
+    again (it would fail its cell), and leaves an ok one."""
+    import pyarrow as pa
+    import pyarrow.parquet as pq
+
+    from mlbench.cells import Unit
+    from mlbench.orchestrator import cells_to_run
+    from mlbench.results import store
+
+    suite = parse_suite(suite_dict(repeats=2, max_repeats=4))
+    cells = expand(suite)
+    store.cells_dir(tmp_path).mkdir(parents=True)
+    for r, status in ((0, "ok"), (1, "ok"), (2, "crashed"), (3, "ok")):
+        pq.write_table(pa.table({"status": [status]}), store.cell_path(tmp_path, Unit(cells[0], r).unit_id))
+    todo, already = cells_to_run(suite, cells, tmp_path, resume=True, retry_failed=True)
+    assert [u.repeat for u in todo] == [2] and already == 2
+    todo, already = cells_to_run(suite, cells, tmp_path, resume=True, retry_failed=False)
+    assert todo == [] and already == 2
+    todo, already = cells_to_run(suite, cells, tmp_path, resume=False, retry_failed=False)
+    assert [u.repeat for u in todo] == [0, 1] and already == 0
+    assert sorted(p.name for p in store.cells_dir(tmp_path).iterdir()) == sorted(
+        f"{Unit(cells[0], r).unit_id}.parquet" for r in (0, 1)
+    )

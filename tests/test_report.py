@@ -112,6 +112,18 @@ def test_the_ratios_interval_calls_a_1_3x_gap_and_no_twin_on_a_noisy_machine() -
     assert told.clear and told.why.startswith("beyond the between-run uncertainty: 1.") and "at 95%" in told.why
 
 
+def test_the_bounds_beside_a_throughput_verdict_are_the_interval_it_read() -> None:
+    """Speed-ups and the data tax print the ratio's bounds: between runs the ratio's own 95% interval (the
+    one `tell` decides by, so a clear gap never sits beside bounds that include no difference); a single
+    run's crossed within-run intervals otherwise."""
+    a, b = row("pytorch", sps=1300, spread=0.139), row("jax", sps=1000, spread=0.139)
+    said, (low, high) = evidence.tell_throughput(a, b), evidence.throughput_ratio_bounds(a, b)
+    assert said.clear and 1.05 < low < 1.3 < high and f"{low:.2f}x to {high:.2f}x at 95%" in said.why
+    assert (a["samples_per_second_ci_low"] / b["samples_per_second_ci_high"]) < 1  # crossing them would not
+    one, other = row("pytorch", sps=1300, runs=1), row("jax", sps=1000, runs=1)
+    assert evidence.throughput_ratio_bounds(one, other) == pytest.approx((1287 / 1010, 1313 / 990))
+
+
 def test_single_runs_are_told_apart_only_beyond_what_a_rerun_moves() -> None:
     """One process's interval says nothing of the next: between single runs only a gap beyond the measured
     single-run floor (45%) is a verdict, however narrow the within-run intervals."""

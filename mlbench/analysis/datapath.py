@@ -152,8 +152,8 @@ def data_tax(r: Row, rows: list[Row]) -> None:
         r["data_tax_reason"] = f"its memory twin {b['cell_id']} is {b['status']}: no throughput"
     else:
         r["data_tax"] = _tax(r["samples_per_second"], b["samples_per_second"])
-        r["data_tax_low"] = _tax(r.get("samples_per_second_ci_high"), b.get("samples_per_second_ci_low"))
-        r["data_tax_high"] = _tax(r.get("samples_per_second_ci_low"), b.get("samples_per_second_ci_high"))
+        low, high = evidence.throughput_ratio_bounds(r, b)  # of the cell's throughput over its twin's
+        r["data_tax_low"], r["data_tax_high"] = _tax(high, 1.0), _tax(low, 1.0)
         # told as every throughput comparison is (mlbench/analysis/evidence.py): single runs need a gap
         # beyond what a rerun moves, which their own intervals do not cover
         told = evidence.tell_throughput(r, b)

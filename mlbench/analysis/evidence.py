@@ -141,6 +141,25 @@ def tell(
     return Told(True, ratio, f"{runs_said}, beyond the {floor:.0%} {moves}")
 
 
+def runs_of(r: Row) -> int | None:
+    """How many processes a between-run throughput is the mean of: the runs that gave a figure."""
+    return len(r["repeat_samples_per_second"]) if r.get("repeat_samples_per_second") else r.get("repeats")
+
+
+def throughput_ratio_bounds(a: Row, b: Row) -> tuple[float | None, float | None]:
+    """The 95% bounds of a's throughput over b's: the ratio's own interval where both are between-run
+    figures (the one `tell` decides by), else the ratio of the crossed intervals (a single run's own
+    interval, which no verdict reads as covering a rerun)."""
+    (al, ah), (bl, bh) = ((x.get("samples_per_second_ci_low"), x.get("samples_per_second_ci_high")) for x in (a, b))
+    va, vb = a.get("samples_per_second"), b.get("samples_per_second")
+    if None in (al, ah, bl, bh, va, vb) or not vb:
+        return None, None
+    runs = (runs_of(a), runs_of(b))
+    if a.get("ci_kind") == b.get("ci_kind") == "runs" and all(n and n >= 2 for n in runs):
+        return ratio_interval(va / vb, ((al, ah), (bl, bh)), (va, vb), runs)  # type: ignore[arg-type]
+    return (al / bh if bh else None), (ah / bl if bl else None)
+
+
 def tell_throughput(a: Row, b: Row) -> Told:
     """`tell` on two rows' throughputs, the faster first: their intervals, interval kinds and noise."""
     fast, slow = (a, b) if a["samples_per_second"] >= b["samples_per_second"] else (b, a)
@@ -151,5 +170,5 @@ def tell_throughput(a: Row, b: Row) -> Told:
         (fast.get("ci_kind"), slow.get("ci_kind")),
         "throughput",
         noises=(noise(fast), noise(slow)),
-        runs=(fast.get("repeats"), slow.get("repeats")),
+        runs=(runs_of(fast), runs_of(slow)),
     )

@@ -127,7 +127,7 @@ def throughput_estimate(r: Row) -> Estimate | None:
     if v is None:
         return None
     lo, hi = r.get("samples_per_second_ci_low"), r.get("samples_per_second_ci_high")
-    return Estimate(v, lo, hi, r, r.get("ci_kind"), r.get("repeats") or 1, why_untrusted(r), evidence.noise(r))
+    return Estimate(v, lo, hi, r, r.get("ci_kind"), evidence.runs_of(r) or 1, why_untrusted(r), evidence.noise(r))
 
 
 def latency_estimates(rows: list[Row]) -> list[Estimate]:

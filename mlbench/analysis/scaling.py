@@ -49,12 +49,9 @@ def annotate(rows: list[Row]) -> None:
         b = baseline(r, rows) if r["status"] == "ok" and r.get("samples_per_second") else None
         n = r.get("num_devices") or 1
         r["scaling_efficiency"] = _ratio(r["samples_per_second"], b["samples_per_second"], n) if b else None
-        r["scaling_efficiency_low"] = (
-            _ratio(r.get("samples_per_second_ci_low"), b.get("samples_per_second_ci_high"), n) if b else None
-        )
-        r["scaling_efficiency_high"] = (
-            _ratio(r.get("samples_per_second_ci_high"), b.get("samples_per_second_ci_low"), n) if b else None
-        )
+        low, high = evidence.throughput_ratio_bounds(r, b) if b else (None, None)  # the speedup's bounds
+        r["scaling_efficiency_low"] = _ratio(low, 1.0, n)
+        r["scaling_efficiency_high"] = _ratio(high, 1.0, n)
 
 
 @dataclass

@@ -131,9 +131,10 @@ def read_cells(run_dir: Path, cell_ids: Iterable[str] | None = None, columns: li
     for path in paths:
         try:
             t = pq.read_table(path, columns=columns)
+            t = conform(t) if columns is None else t.cast(pa.schema([schema.SCHEMA.field(c) for c in columns]))
         except (OSError, pa.ArrowException):
             continue  # a damaged file counts as not stored; --resume runs its cell again
-        tables.append(conform(t) if columns is None else t.cast(pa.schema([schema.SCHEMA.field(c) for c in columns])))
+        tables.append(t)
     empty = schema.SCHEMA.empty_table()
     return pa.concat_tables(tables) if tables else (empty if columns is None else empty.select(columns))
 

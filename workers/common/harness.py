@@ -719,9 +719,6 @@ class EmulatedStep:
     def __init__(self, seconds: float) -> None:
         self.seconds = seconds
 
-    def to_device(self, x: np.ndarray, y: np.ndarray) -> tuple[np.ndarray, np.ndarray]:
-        return x, y  # nothing is trained: nothing to place
-
     def launch_step(self, x: np.ndarray, y: np.ndarray) -> tuple[float, int]:
         time.sleep(self.seconds)
         return 0.0, 0
