@@ -15,7 +15,7 @@ LOCKS  := -c requirements.lock
 STAMP  := $(VENV)/.installed-stamp
 endif
 
-.PHONY: venv browser quick run sample-results sample-results-gpu test test-fast bench bench-fidelity bench-coverage bench-power gpu-smoke lint format clean
+.PHONY: venv browser quick run sample-results sample-results-gpu test test-fast bench bench-fidelity bench-coverage bench-power bench-scale gpu-smoke lint format clean
 
 $(STAMP): pyproject.toml requirements.lock requirements-gpu.lock
 	$(PYTHON) -m venv $(VENV)
@@ -73,7 +73,7 @@ test: venv browser
 test-fast: venv  ## unit tests only
 	$(BIN)/python -m pytest -q -m "not e2e"
 
-bench: bench-fidelity bench-coverage bench-power  ## the three below: about 40 minutes on 2 cores
+bench: bench-fidelity bench-coverage bench-power bench-scale  ## the four below
 
 bench-fidelity: venv  ## mlbench vs hand-written loops per framework and model (about 30 minutes at 3 rounds on 2 cores)
 	$(BIN)/python -m bench.fidelity $(ARGS)
@@ -83,6 +83,9 @@ bench-coverage: venv  ## do the printed intervals cover a rerun? (about 10 minut
 
 bench-power: venv  ## how often the verdict rule calls a planted 1.3x, and twins (seconds: a simulation)
 	$(BIN)/python -m bench.power
+
+bench-scale: venv  ## the orchestrator at 100, 1,000 and 10,000 instant cells (SCALE_ARGS: e.g. --sizes 100 1000)
+	$(BIN)/python -m bench.scale $(SCALE_ARGS)
 
 # PYTHON=python3 on the command line: that interpreter and the frameworks it has, no venv built
 ifeq ($(origin PYTHON),command line)

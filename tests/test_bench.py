@@ -429,3 +429,17 @@ def test_the_power_simulation_calls_the_planted_gap_and_not_the_twins(capsys) ->
     assert main(["--pairs", "60", "--cvs", "0.05"]) == 0
     row = capsys.readouterr().out.strip().splitlines()[-1].split(" | ")
     assert row[0] == "| 5%" and 5.0 <= float(row[1]) <= 8.0 and row[2] == "100.0%" and row[3] == "0.00%", row
+
+
+@pytest.mark.e2e
+def test_the_scale_bench_runs_grids_of_instant_cells_and_writes_its_figures(tmp_path) -> None:
+    """bench/scale.py on two tiny grids: every cell a real worker process of bench/instant_worker.py, the
+    figures per size written (wall per cell, the orchestrator's peak RSS, the rebuild, the report)."""
+    from bench.scale import main
+
+    main(["--sizes", "2", "3", "--out", str(tmp_path), "--no-browser", "--label", "t"])
+    (found,) = [json.loads(p.read_text()) for p in tmp_path.glob("scale-*-t.json")]
+    assert [r["cells"] for r in found["sizes"]] == [2, 3]
+    for r in found["sizes"]:
+        assert r["per_cell_s"] > 0 and 50 < r["orchestrator_rss_mb"] < 1024 and r["rebuild_s"] > 0
+        assert r["report_mb"] > 0.1 and r["report_load_s"] is None
