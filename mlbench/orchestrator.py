@@ -6,7 +6,6 @@ from __future__ import annotations
 
 import contextlib
 import json
-import resource
 import socket
 import sys
 import threading
@@ -32,6 +31,7 @@ from mlbench.tasks import calibration, maxbatch, verify
 from workers.common import data as datasets
 from workers.common import public_data, specs
 from workers.common.devices import Device
+from workers.common.harness import host_peak_rss_bytes
 
 
 @dataclass
@@ -391,7 +391,7 @@ def run_suite(
             run_dir,
             action="end",
             counts=summary.counts,
-            orchestrator_max_rss_mb=resource.getrusage(resource.RUSAGE_SELF).ru_maxrss / 1024,
+            orchestrator_max_rss_mb=host_peak_rss_bytes() / 2**20,
         )
     return summary
 

@@ -311,3 +311,18 @@ def test_garbage_collection_inside_a_step_is_timed_and_named() -> None:
     pauses = [0.0] * 20 + [0.028]  # ... with a collection inside it
     assert gc_figures(steps, pauses) == {"gc_pause_s": 0.028, "gc_steps": 1, "step_outliers_with_gc": 1}
     assert gc_figures(steps, []) == {"gc_pause_s": None, "gc_steps": None, "step_outliers_with_gc": None}
+
+
+def test_a_workers_peak_rss_is_its_own_not_its_parents(tmp_path) -> None:
+    """Linux carries getrusage's ru_maxrss over fork and exec: a worker started by a big process reported
+    that process's size. VmHWM is the started program's own: a child of a parent holding 300 MB peaks far
+    under it."""
+    import subprocess
+    import sys
+
+    held = bytearray(300 << 20)
+    held[:: 1 << 12] = b"x" * len(held[:: 1 << 12])  # touched: resident
+    code = "from workers.common.harness import host_peak_rss_bytes; print(host_peak_rss_bytes())"
+    out = subprocess.run([sys.executable, "-c", code], capture_output=True, text=True, check=True).stdout
+    assert int(out) < 200 << 20, int(out) >> 20
+    del held
