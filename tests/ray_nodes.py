@@ -19,7 +19,7 @@ import sys
 import threading
 from pathlib import Path
 
-# a lost node is declared dead after a few missed one-second health checks (Ray's default is 30 s)
+# a lost node is declared dead after three missed one-second health checks (Ray's defaults wait longer)
 SYSTEM_CONFIG = {
     "health_check_initial_delay_ms": 0,
     "health_check_period_ms": 1000,
