@@ -18,6 +18,29 @@ ROOT = Path(__file__).resolve().parent.parent
 os.environ.setdefault("MLBENCH_CHART_IMAGES", "0")
 
 
+def pytest_configure(config: pytest.Config) -> None:
+    """One JAX compile cache for the whole session (the xdist workers inherit it), every program kept:
+    the same tiny models compile in many tests' workers, and a cold cache at each session still
+    compiles each program once. Removed at the end."""
+    if os.environ.get("MLBENCH_COMPILE_CACHE") or os.environ.get("PYTEST_XDIST_WORKER"):
+        return
+    import tempfile
+
+    folder = tempfile.mkdtemp(prefix="mlbench-test-compile-cache-")
+    os.environ["MLBENCH_COMPILE_CACHE"] = folder
+    os.environ.setdefault("JAX_PERSISTENT_CACHE_MIN_COMPILE_TIME_SECS", "0")
+    config._mlbench_compile_cache = folder  # type: ignore[attr-defined]
+
+
+def pytest_unconfigure(config: pytest.Config) -> None:
+    folder = getattr(config, "_mlbench_compile_cache", None)
+    if folder:
+        import shutil
+
+        shutil.rmtree(folder, ignore_errors=True)
+        os.environ.pop("MLBENCH_COMPILE_CACHE", None)
+
+
 @pytest.hookimpl(tryfirst=True)  # before pytest-xdist reads the groups
 def pytest_collection_modifyitems(config: pytest.Config, items: list[pytest.Item]) -> None:
     """Tests marked `gpu` run only where NVML sees an NVIDIA GPU; elsewhere they skip, saying why. Under

@@ -123,6 +123,9 @@ def worker_env(cell: Cell, threads: int | None, cache_dir: Path, gpus: list[str]
     env["XLA_PYTHON_CLIENT_PREALLOCATE"] = "false"  # memory figures mean the same in every framework
     env["TF_FORCE_GPU_ALLOW_GROWTH"] = "true"
     env.setdefault("TF_CPP_MIN_LOG_LEVEL", "1")
+    # compile caches in the run's folder, or in MLBENCH_COMPILE_CACHE where it names one that runs share
+    # (a warm cache moves first-step figures: the folder is recorded with every row)
+    cache_dir = Path(env["MLBENCH_COMPILE_CACHE"]) if env.get("MLBENCH_COMPILE_CACHE") else cache_dir
     env["TORCHINDUCTOR_CACHE_DIR"] = str(cache_dir / "inductor")
     env["JAX_COMPILATION_CACHE_DIR"] = str(cache_dir / "jax")
     # Only the cell's GPUs are visible (renumbered from 0), numbered in PCI bus order as NVML does;
