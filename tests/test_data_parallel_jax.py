@@ -21,16 +21,32 @@ def _rel(a: list[float], b: list[float]) -> float:
     return float(np.max(np.abs(np.asarray(a, np.float64) - np.asarray(b, np.float64)) / np.abs(np.asarray(b))))
 
 
+@pytest.fixture(scope="module")
+def one_device(tmp_path_factory):
+    """A model's verify on one device, run once for the module's tests that compare with it."""
+    done: dict[str, tuple[Any, dict]] = {}
+
+    def get(model: str) -> tuple[Any, dict]:
+        if model not in done:
+            small = SMALL.get(model)
+            done[model] = verify_run("jax", model, "cpu", tmp_path_factory.mktemp(f"one-{model}"), overrides=small)
+        return done[model]
+
+    return get
+
+
+SMALL = {"resnet18": {"widths": [8, 16, 32, 64]}}  # seconds, not half a minute
+
+
 @pytest.mark.e2e
 @pytest.mark.parametrize("model", ["mlp", "resnet18"])
-def test_two_cpu_replicas_take_the_one_device_steps(model: str, tmp_path: Path) -> None:
+def test_two_cpu_replicas_take_the_one_device_steps(model: str, one_device, tmp_path: Path) -> None:
     """The sharded step is the one-device step's mathematics: the global batch's mean loss and its
     gradient, and (resnet18) BatchNorm over the global batch. Measured: mlp equal to 1e-7 relative,
     resnet18's three momentum steps to 7e-6 at a constant rate and 3.2e-5 under verify's rising one
     (lr/3, 2lr/3, lr); the replicas' copies identical."""
-    small = {"widths": [8, 16, 32, 64]} if model == "resnet18" else None  # seconds, not half a minute
-    one_out, one = verify_run("jax", model, "cpu", tmp_path / "one", overrides=small)
-    two_out, two = verify_run("jax", model, "cpu:0,1", tmp_path / "two", overrides=small)
+    one_out, one = one_device(model)
+    two_out, two = verify_run("jax", model, "cpu:0,1", tmp_path / "two", overrides=SMALL.get(model))
     assert one is not None and two is not None, (one_out.status, one_out.reason, two_out.status, two_out.reason)
     assert one["replica_divergence"] is None and two["device"] == "cpu:0,1"
     assert two["replica_divergence"] is not None and two["replica_divergence"] <= 1e-7, two["replica_divergence"]
@@ -44,10 +60,10 @@ def test_two_cpu_replicas_take_the_one_device_steps(model: str, tmp_path: Path) 
 
 
 @pytest.mark.e2e
-def test_a_missing_all_reduce_shows_as_divergence_and_other_losses(tmp_path: Path) -> None:
+def test_a_missing_all_reduce_shows_as_divergence_and_other_losses(one_device, tmp_path: Path) -> None:
     """tests/broken_dp_jax_worker.py: each replica steps on its own half of the batch."""
     _, broken = verify_run("jax", "mlp", "cpu:0,1", tmp_path / "broken", module="tests.broken_dp_jax_worker")
-    _, one = verify_run("jax", "mlp", "cpu", tmp_path / "one")
+    _, one = one_device("mlp")
     assert broken["replica_divergence"] > 1e-4, broken["replica_divergence"]  # measured 6e-3
     assert _rel(broken["losses"], one["losses"]) > 1e-3, (broken["losses"], one["losses"])
 

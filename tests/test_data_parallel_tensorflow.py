@@ -23,6 +23,19 @@ def _verify(model: str, device: str, run_dir: Path, module: str | None = None) -
     return verify_run("tensorflow", model, device, run_dir, overrides=TINY.get(model), module=module)
 
 
+@pytest.fixture(scope="module")
+def one_device(tmp_path_factory):
+    """A model's verify on one device, run once for the module's tests that compare with it."""
+    done: dict[str, tuple[Any, dict]] = {}
+
+    def get(model: str) -> tuple[Any, dict]:
+        if model not in done:
+            done[model] = _verify(model, "cpu", tmp_path_factory.mktemp(f"one-{model}"))
+        return done[model]
+
+    return get
+
+
 @pytest.mark.e2e
 @pytest.mark.parametrize(
     "model,recipe_rtol",
@@ -30,8 +43,8 @@ def _verify(model: str, device: str, run_dir: Path, module: str | None = None) -
     # gradients cancel); its math is exact (float64 gradients equal to 1e-15), see SyncBatchNormalization
     [("mlp", 1e-5), ("resnet18", 1e-3)],
 )
-def test_two_cpu_replicas_give_one_devices_losses(model: str, recipe_rtol: float, tmp_path) -> None:
-    one, one_ev = _verify(model, "cpu", tmp_path / "one")
+def test_two_cpu_replicas_give_one_devices_losses(model: str, recipe_rtol: float, one_device, tmp_path) -> None:
+    one, one_ev = one_device(model)
     two, two_ev = _verify(model, "cpu:0,1", tmp_path / "two")
     assert one.status == "ok" and two.status == "ok", (one.reason, two.reason)
     assert one_ev["replica_divergence"] is None
@@ -53,8 +66,8 @@ def test_two_cpu_replicas_give_one_devices_losses(model: str, recipe_rtol: float
 
 
 @pytest.mark.e2e
-def test_a_broken_all_reduce_shows_as_divergence_and_other_losses(tmp_path) -> None:
-    one, one_ev = _verify("mlp", "cpu", tmp_path / "one")
+def test_a_broken_all_reduce_shows_as_divergence_and_other_losses(one_device, tmp_path) -> None:
+    one, one_ev = one_device("mlp")
     two, two_ev = _verify("mlp", "cpu:0,1", tmp_path / "broken", module="tests.broken_dp_tensorflow_worker")
     assert one.status == "ok" and two.status == "ok", (one.reason, two.reason)
     assert two_ev["replica_divergence"] > 1e-4

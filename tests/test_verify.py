@@ -47,11 +47,12 @@ def test_verify_passes_for_every_model_across_the_three_frameworks(shared_run) -
 @pytest.mark.usefixtures("frameworks")
 def test_verify_fails_an_optimizer_that_keeps_the_learning_rate_in_its_momentum(tmp_path) -> None:
     """Keras' own momentum SGD equals PyTorch's only while the rate stays put: verify's check with the
-    model's own optimizer changes the rate at every update and names the second update."""
+    model's own optimizer changes the rate at every update and names the second update. (The shipped
+    TensorFlow worker passes the same check: the shared run's verify, the first test of this module.)"""
     (tmp_path / "s.yaml").write_text(
         yaml.safe_dump(
             suite_dict(
-                frameworks=["pytorch", "tensorflow", "keras_sgd"],
+                frameworks=["pytorch", "keras_sgd"],
                 models=["resnet18"],
                 model_overrides={"resnet18": TINY["resnet18"]},
                 workers={"keras_sgd": "tests.keras_sgd_worker"},
@@ -61,7 +62,6 @@ def test_verify_fails_an_optimizer_that_keeps_the_learning_rate_in_its_momentum(
     proc = cli("verify", "--config", "s.yaml", "--no-data-parallel", cwd=tmp_path)
     assert proc.returncode == 1, proc.stdout + proc.stderr
     checks = {c["framework"]: c for c in json.loads((tmp_path / "runs" / "verify" / "verify.json").read_text())}
-    assert checks["tensorflow"]["status"] == "ok", checks["tensorflow"]  # the shipped worker: PyTorch's arithmetic
     bad = checks["keras_sgd"]
     assert bad["status"] == "mismatch" and bad["recipe_update_rel_err"] > 0.1, bad
     assert any("second update with the model's own optimizer" in p for p in bad["problems"]), bad["problems"]
