@@ -239,6 +239,29 @@ def test_pareto_front() -> None:
     assert recommend.pareto_front(pts, (False, True)) == [True, True, False, True, True]
 
 
+def test_pareto_front_is_the_pairwise_definition_on_points_with_ties() -> None:
+    """The sweep against the definition (no other point at least as good on both axes and better on one),
+    on small grids of tied values in every direction of the axes."""
+    import random
+
+    def pairwise(points, up):
+        def good(a, b, u):
+            return a >= b if u else a <= b
+
+        return [
+            not any(
+                j != i and good(q[0], p[0], up[0]) and good(q[1], p[1], up[1]) and q != p for j, q in enumerate(points)
+            )
+            for i, p in enumerate(points)
+        ]
+
+    rng = random.Random(1)
+    for _ in range(2000):
+        pts = [(float(rng.randint(0, 4)), float(rng.randint(0, 4))) for _ in range(rng.randint(0, 12))]
+        up = (rng.random() < 0.5, rng.random() < 0.5)
+        assert recommend.pareto_front(pts, up) == pairwise(pts, up), (pts, up)
+
+
 def test_precision_speedup_pairs_cells_that_differ_only_in_precision() -> None:
     rows = [
         row("pytorch", sps=1000),
@@ -417,3 +440,23 @@ def test_single_runs_confirm_only_what_clears_the_floor_and_never_under_other_lo
         row("pytorch", runs=1, sps=1600.0, step_times_s=list(base * 2.0)), cpu_other_pct=180.0, cpu_count_logical=2
     )
     assert compare.compare_metric(m, a, busy, 0.01, 0.05).verdict == "unconfirmed"
+
+
+def test_a_big_grids_per_cell_charts_draw_each_models_fastest_cells_and_say_so() -> None:
+    """Past DRAWN_PER_MODEL cells of a model, a chart with a mark per cell draws that model's fastest cells
+    and its title says how many of how many; a chart of series (batch scaling) still reads every cell."""
+    n = charts.DRAWN_PER_MODEL
+    small = [row("pytorch", sps=1000.0 + i, batch_size=i + 1, cell_id=f"s{i}") for i in range(n)]
+    assert all("highest training throughput" not in c.title for c in charts.figures(small))
+    big = [row(fw, sps=100.0 + i, batch_size=i + 1, cell_id=f"{fw}{i}") for fw in ("pytorch", "jax") for i in range(n)]
+    big += [row("pytorch", model="bert", sps=50.0, cell_id="bert")]  # a model with one cell: drawn
+    kept, note = charts.drawn_cells(big)
+    assert (
+        len(kept) == n + 1
+        and note == f"the {n} of highest training throughput of each model, {n + 1} of {2 * n + 1} cells"
+    )
+    assert min(r["samples_per_second"] for r in kept if r["model_name"] == "mlp") == 100.0 + n / 2  # the top half
+    by_id = {c.id: c for c in charts.figures(big)}
+    assert by_id["throughput"].title.endswith(f"({note})") and by_id["latency"].title.endswith(f"({note})")
+    assert sum(len(t.x) for t in by_id["throughput"].figure.data) == n + 1
+    assert "highest training throughput" not in by_id["batch-scaling"].title

@@ -231,22 +231,23 @@ def flops_per_activation_byte(r: Row) -> float | None:
     return per_sample * batch / (act * MIB)
 
 
-def larger_batch(r: Row, rows: list[Row]) -> tuple[int, float] | None:
-    """The next larger batch (at least twice this one) of the same framework, model, device and precision
-    that ran ok, and its median step time: how the step grows with the batch."""
-    same = ("framework", "model_name", "device", "precision", "hostname", "deterministic")
-    bigger = [
-        x
-        for x in rows
-        if x.get("status") == "ok"
-        and all(x.get(k) == r.get(k) for k in same)
-        and x["batch_size"] >= 2 * r["batch_size"]
-        and x.get("step_time_median_s")
-    ]
-    if not bigger:
-        return None
-    x = min(bigger, key=lambda x: x["batch_size"])
-    return x["batch_size"], x["step_time_median_s"]
+SAME_SERIES = ("framework", "model_name", "device", "precision", "hostname", "deterministic")
+SAME_WORK = ("model_name", "device", "precision", "batch_size", "hostname", "deterministic")  # across frameworks
+
+
+def ladders(rows: list[Row]) -> dict[tuple, list[Row]]:
+    """The ok, timed rows of each framework, model, device and precision, by batch size."""
+    timed = [x for x in rows if x.get("status") == "ok" and x.get("step_time_median_s")]
+    return {k: sorted(v, key=lambda x: x["batch_size"]) for k, v in _by(timed, SAME_SERIES).items()}
+
+
+def larger_batch(r: Row, ladder: list[Row]) -> tuple[int, float] | None:
+    """The next larger batch (at least twice this one) in `r`'s ladder (`ladders`), and its median step
+    time: how the step grows with the batch."""
+    import bisect
+
+    i = bisect.bisect_left(ladder, 2 * r["batch_size"], key=lambda x: x["batch_size"])
+    return (ladder[i]["batch_size"], ladder[i]["step_time_median_s"]) if i < len(ladder) else None
 
 
 def faster_elsewhere(r: Row, rows: list[Row]) -> str:
@@ -254,10 +255,13 @@ def faster_elsewhere(r: Row, rows: list[Row]) -> str:
     rule of every throughput comparison), in words; '' where none is."""
     from mlbench.analysis import evidence
 
-    same = ("model_name", "device", "precision", "batch_size", "hostname", "deterministic")
     best = ""
     for x in rows:
-        if x.get("status") != "ok" or x["framework"] == r["framework"] or not all(x.get(k) == r.get(k) for k in same):
+        if (
+            x.get("status") != "ok"
+            or x["framework"] == r["framework"]
+            or not all(x.get(k) == r.get(k) for k in SAME_WORK)
+        ):
             continue
         if (
             not (x.get("samples_per_second") and r.get("samples_per_second"))
@@ -270,12 +274,23 @@ def faster_elsewhere(r: Row, rows: list[Row]) -> str:
     return best
 
 
+def _by(rows: list[Row], keys: tuple[str, ...]) -> dict[tuple, list[Row]]:
+    groups: dict[tuple, list[Row]] = {}
+    for x in rows:
+        groups.setdefault(tuple(x.get(k) for k in keys), []).append(x)
+    return groups
+
+
 def annotate(rows: list[Row]) -> None:
-    """Fill bottleneck and bottleneck_evidence, in place (after calibration: the verdict reads MFU)."""
+    """Fill bottleneck and bottleneck_evidence, in place (after calibration: the verdict reads MFU). Each
+    row is compared only with the rows that share its key (a grid's rows grouped once, not scanned per row)."""
+    series = ladders(rows)
+    peers = _by(rows, SAME_WORK)
     for r in rows:
-        scaling = larger_batch(r, rows) if r.get("status") == "ok" else None
+        ladder = series.get(tuple(r.get(k) for k in SAME_SERIES))
+        scaling = larger_batch(r, ladder) if r.get("status") == "ok" and ladder else None
         r["bottleneck"], r["bottleneck_evidence"] = verdict(r, scaling)
         if r["bottleneck"] == "compute":
-            r["bottleneck_evidence"] += faster_elsewhere(r, rows)
+            r["bottleneck_evidence"] += faster_elsewhere(r, peers[tuple(r.get(k) for k in SAME_WORK)])
         if r["bottleneck"] == "input" and r.get("data_format") not in (None, "memory"):
             r["bottleneck_evidence"] += sweep(r, rows)

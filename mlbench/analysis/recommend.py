@@ -390,19 +390,24 @@ def recommendations(rows: list[Row]) -> list[Recommendation]:
 def pareto_front(points: list[tuple[float, float]], maximise: tuple[bool, bool]) -> list[bool]:
     """Which points no other point beats on both axes (at least as good on both, better on one)."""
 
-    def as_good(a: float, b: float, up: bool) -> bool:
-        return a >= b if up else a <= b
-
-    flags = []
-    for i, p in enumerate(points):
-        dominated = any(
-            j != i
-            and as_good(q[0], p[0], maximise[0])
-            and as_good(q[1], p[1], maximise[1])
-            and (q[0] != p[0] or q[1] != p[1])
-            for j, q in enumerate(points)
-        )
-        flags.append(not dominated)
+    # both axes turned to "higher is better", then one sweep from the best x down (n log n: a grid of
+    # thousands of cells): a point is beaten by one of larger x and y at least its own (seen before its
+    # x), or by one of the same x and larger y
+    pts = [(x if maximise[0] else -x, y if maximise[1] else -y) for x, y in points]
+    order = sorted(range(len(pts)), key=lambda i: (-pts[i][0], -pts[i][1]))
+    flags = [True] * len(pts)
+    best_y = float("-inf")  # the largest y among points of larger x
+    i = 0
+    while i < len(order):
+        j = i
+        while j < len(order) and pts[order[j]][0] == pts[order[i]][0]:
+            j += 1
+        group = order[i:j]
+        top = max(pts[k][1] for k in group)
+        for k in group:
+            flags[k] = not (best_y >= pts[k][1] or top > pts[k][1])
+        best_y = max(best_y, top)
+        i = j
     return flags
 
 

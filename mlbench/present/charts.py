@@ -592,6 +592,40 @@ def pareto(rows: list[Row]) -> list[Chart]:
     return charts
 
 
+# a big grid's per-cell charts draw this many cells of each model (a bar, box or line each: thousands
+# of them make a page that takes minutes to open and a chart no one can read); the tables keep every cell
+DRAWN_PER_MODEL = 24
+
+
+def drawn_cells(rows: list[Row], per_model: int = DRAWN_PER_MODEL) -> tuple[list[Row], str]:
+    """The ok cells a per-cell chart draws: every one, or where a model has more than `per_model`, its
+    `per_model` of highest training throughput; and the words for the chart's title ('' where all)."""
+    ok = recommend.ok_rows(rows)
+    models = _models(ok)
+    by_model = {m: [r for r in ok if r["model_name"] == m] for m in models}
+    if all(len(rs) <= per_model for rs in by_model.values()):
+        return ok, ""
+    kept = []
+    for rs in by_model.values():
+        ranked = sorted(rs, key=lambda r: -(r.get("samples_per_second") or 0.0))
+        kept += ranked[:per_model]
+    return kept, f"the {per_model} of highest training throughput of each model, {len(kept):,} of {len(ok):,} cells"
+
+
+def figures(rows: list[Row]) -> list[Chart]:
+    """Every chart of ALL; those that draw a mark per cell drawn from `drawn_cells`, titled so."""
+    kept, note = drawn_cells(rows)
+    out = []
+    for chart in ALL:
+        if note and chart in PER_CELL:
+            c = chart(kept)
+            c.title = f"{c.title} ({note})"
+            out.append(c)
+        else:
+            out.append(chart(rows))
+    return out
+
+
 ALL: list[Callable[[list[Row]], Chart]] = [
     throughput,
     batch_scaling,
@@ -608,3 +642,6 @@ ALL: list[Callable[[list[Row]], Chart]] = [
     mfu,
     gpu,
 ]
+PER_CELL = {  # the charts with a mark per cell (the others draw a line per series or a ratio per pair)
+    throughput, memory, step_breakdown, memory_breakdown, latency, latency_percentiles, epochs, compile_time, mfu, gpu,
+}  # fmt: skip

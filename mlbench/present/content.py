@@ -113,7 +113,7 @@ def gather(
         bottlenecks=bottleneck.by_verdict(timed),
         searches=frontier[0],
         probes=frontier[1],
-        figures=[c(timed) for c in charts.ALL] if charts_too else [],
+        figures=charts.figures(timed) if charts_too else [],
         tradeoffs=charts.pareto(timed) if charts_too else [],
     )
 
