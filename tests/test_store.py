@@ -47,6 +47,20 @@ def test_cell_round_trip(tmp_path: Path) -> None:
     assert not list((tmp_path / "cells").glob(".*tmp"))
 
 
+def test_many_cells_are_read_in_compacted_blocks_in_their_order(tmp_path: Path, monkeypatch) -> None:
+    """read_cells joins every COMPACT files into one contiguous block; the rows keep the asked order, a
+    damaged file among them is left out."""
+    monkeypatch.setattr(store, "COMPACT", 2)
+    ids = [f"c{i}" for i in range(7)]
+    for i, cid in enumerate(ids):
+        store.write_cell(tmp_path, row(cid, batch_size=i + 1))
+    store.cell_path(tmp_path, "c3").write_bytes(b"PAR1 not a parquet file")
+    table = store.read_cells(tmp_path, list(reversed(ids)))
+    assert table.column("cell_id").to_pylist() == ["c6", "c5", "c4", "c2", "c1", "c0"]
+    assert table.column("batch_size").to_pylist() == [7, 6, 5, 3, 2, 1]
+    assert table.schema.equals(schema.SCHEMA) and table.column("step_times_s")[0].as_py() == [0.1, 0.2]
+
+
 def test_stored_statuses_distrust_damaged_files(tmp_path: Path) -> None:
     store.write_cell(tmp_path, row("good"))
     store.write_cell(tmp_path, row("bad", status="failed"))
