@@ -235,6 +235,13 @@ SAME_SERIES = ("framework", "model_name", "device", "precision", "hostname", "de
 SAME_WORK = ("model_name", "device", "precision", "batch_size", "hostname", "deterministic")  # across frameworks
 
 
+def _by(rows: list[Row], keys: tuple[str, ...]) -> dict[tuple, list[Row]]:
+    groups: dict[tuple, list[Row]] = {}
+    for x in rows:
+        groups.setdefault(tuple(x.get(k) for k in keys), []).append(x)
+    return groups
+
+
 def ladders(rows: list[Row]) -> dict[tuple, list[Row]]:
     """The ok, timed rows of each framework, model, device and precision, by batch size."""
     timed = [x for x in rows if x.get("status") == "ok" and x.get("step_time_median_s")]
@@ -272,13 +279,6 @@ def faster_elsewhere(r: Row, rows: list[Row]) -> str:
         if said.clear:
             best = f"; {x['framework']} runs the same FLOPs {said.ratio:.2f}x faster here: the framework matters"
     return best
-
-
-def _by(rows: list[Row], keys: tuple[str, ...]) -> dict[tuple, list[Row]]:
-    groups: dict[tuple, list[Row]] = {}
-    for x in rows:
-        groups.setdefault(tuple(x.get(k) for k in keys), []).append(x)
-    return groups
 
 
 def annotate(rows: list[Row]) -> None:

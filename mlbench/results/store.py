@@ -122,7 +122,7 @@ def conform(table: pa.Table) -> pa.Table:
     return table.select(schema.SCHEMA.names).cast(schema.SCHEMA)
 
 
-COMPACT = 256
+COMPACT = 256  # files joined into one block: a table read from a file holds ~300 KB beside its data
 
 
 def read_cells(run_dir: Path, cell_ids: Iterable[str] | None = None, columns: list[str] | None = None) -> pa.Table:
@@ -145,7 +145,7 @@ def read_cells(run_dir: Path, cell_ids: Iterable[str] | None = None, columns: li
         except (OSError, pa.ArrowException):
             continue  # a damaged file counts as not stored; --resume runs its cell again
         tables.append(t)
-        if len(tables) == COMPACT:  # a table read from a file holds ~300 KB beside its data: 10,000 held 3 GB
+        if len(tables) == COMPACT:  # 10,000 tables held 3 GB
             blocks.append(pa.concat_tables(tables).combine_chunks())
             tables = []
     if tables:
