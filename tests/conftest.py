@@ -300,6 +300,20 @@ def shared_run(tmp_path_factory) -> Path:
     return tmp / "runs" / "shared"
 
 
+def one_device_verifies(framework: str, tmp_path_factory: pytest.TempPathFactory):
+    """`get(model)`: `framework`'s verify of `model` (small as TINY) on one device, run at most once for the
+    module fixture that holds it: the side a data-parallel module's checks compare with."""
+    done: dict[str, tuple[Any, dict]] = {}
+
+    def get(model: str) -> tuple[Any, dict]:
+        if model not in done:
+            folder = tmp_path_factory.mktemp(f"one-{framework}-{model}")
+            done[model] = verify_run(framework, model, "cpu", folder, overrides=TINY.get(model))
+        return done[model]
+
+    return get
+
+
 def copy_run(run: Path, to: Path) -> Path:
     """A copy of a run folder, for a test that changes it (the shared one stays as it was)."""
     import shutil

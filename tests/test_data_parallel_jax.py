@@ -12,7 +12,7 @@ from typing import Any
 import numpy as np
 import pytest
 
-from tests.conftest import verify_run
+from tests.conftest import TINY, one_device_verifies, verify_run
 
 pytest.importorskip("jax")
 
@@ -23,19 +23,7 @@ def _rel(a: list[float], b: list[float]) -> float:
 
 @pytest.fixture(scope="module")
 def one_device(tmp_path_factory):
-    """A model's verify on one device, run once for the module's tests that compare with it."""
-    done: dict[str, tuple[Any, dict]] = {}
-
-    def get(model: str) -> tuple[Any, dict]:
-        if model not in done:
-            small = SMALL.get(model)
-            done[model] = verify_run("jax", model, "cpu", tmp_path_factory.mktemp(f"one-{model}"), overrides=small)
-        return done[model]
-
-    return get
-
-
-SMALL = {"resnet18": {"widths": [8, 16, 32, 64]}}  # seconds, not half a minute
+    return one_device_verifies("jax", tmp_path_factory)
 
 
 @pytest.mark.e2e
@@ -46,7 +34,7 @@ def test_two_cpu_replicas_take_the_one_device_steps(model: str, one_device, tmp_
     resnet18's three momentum steps to 7e-6 at a constant rate and 3.2e-5 under verify's rising one
     (lr/3, 2lr/3, lr); the replicas' copies identical."""
     one_out, one = one_device(model)
-    two_out, two = verify_run("jax", model, "cpu:0,1", tmp_path / "two", overrides=SMALL.get(model))
+    two_out, two = verify_run("jax", model, "cpu:0,1", tmp_path / "two", overrides=TINY.get(model))
     assert one is not None and two is not None, (one_out.status, one_out.reason, two_out.status, two_out.reason)
     assert one["replica_divergence"] is None and two["device"] == "cpu:0,1"
     assert two["replica_divergence"] is not None and two["replica_divergence"] <= 1e-7, two["replica_divergence"]

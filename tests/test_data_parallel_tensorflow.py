@@ -12,11 +12,9 @@ from typing import Any
 import numpy as np
 import pytest
 
-from tests.conftest import verify_run
+from tests.conftest import TINY, one_device_verifies, verify_run
 
 pytest.importorskip("tensorflow")
-
-TINY = {"resnet18": {"widths": [8, 16, 32, 64]}}
 
 
 def _verify(model: str, device: str, run_dir: Path, module: str | None = None) -> tuple[Any, dict]:
@@ -25,15 +23,7 @@ def _verify(model: str, device: str, run_dir: Path, module: str | None = None) -
 
 @pytest.fixture(scope="module")
 def one_device(tmp_path_factory):
-    """A model's verify on one device, run once for the module's tests that compare with it."""
-    done: dict[str, tuple[Any, dict]] = {}
-
-    def get(model: str) -> tuple[Any, dict]:
-        if model not in done:
-            done[model] = _verify(model, "cpu", tmp_path_factory.mktemp(f"one-{model}"))
-        return done[model]
-
-    return get
+    return one_device_verifies("tensorflow", tmp_path_factory)
 
 
 @pytest.mark.e2e
