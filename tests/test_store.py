@@ -89,7 +89,8 @@ def test_unwritable_run_folder_is_a_store_error(tmp_path: Path) -> None:
         store.write_cell(blocker / "run", row("a"))
 
 
-def test_exports_have_the_same_rows(tmp_path: Path) -> None:
+def test_exports_have_the_same_rows(tmp_path: Path, monkeypatch: pytest.MonkeyPatch) -> None:
+    monkeypatch.setattr(store, "JSON_BLOCK", 2)  # results.json written across blocks
     for i, status in enumerate(["ok", "failed", "ok"]):
         store.write_cell(tmp_path, row(f"c{i}", status=status, reason="" if status == "ok" else "KeyError: 'x'"))
     table = store.read_cells(tmp_path, ["c2", "c0", "c1"])
@@ -100,9 +101,22 @@ def test_exports_have_the_same_rows(tmp_path: Path) -> None:
     json_ = pd.read_json(tmp_path / "results.json")
     assert list(parquet.cell_id) == list(csv.cell_id) == list(json_.cell_id) == ["c2", "c0", "c1"]
     assert set(csv.columns) == set(schema.FLAT)
+    assert json_.loc[2, "reason"] == "KeyError: 'x'" and "step_times_s" not in json_.columns
     steps = pd.read_parquet(tmp_path / "steps.parquet")
-    assert len(steps) == 3 * 4 and set(steps.kind) == {"warmup_step", "train_step", "inference"}
-    assert pq.read_table(tmp_path / "epochs.parquet").num_rows == 3
+    # a cell's samples together, warm-up, timed steps, inference, each indexed from 0 (inference in s)
+    one = [("warmup_step", 0, 0.5), ("train_step", 0, 0.1), ("train_step", 1, 0.2), ("inference", 0, 0.001)]
+    assert list(steps.itertuples(index=False, name=None)) == [(c, *s) for c in ["c2", "c0", "c1"] for s in one]
+    epochs = pq.read_table(tmp_path / "epochs.parquet").to_pylist()
+    assert [(e["cell_id"], e["framework"], e["epoch"], e["train_loss"], e["val_accuracy"]) for e in epochs] == [
+        (c, "pytorch", 0, 1.0, 0.5) for c in ["c2", "c0", "c1"]
+    ]
+
+
+def test_exports_of_no_rows_keep_their_columns(tmp_path: Path) -> None:
+    store.write_exports(tmp_path, schema.SCHEMA.empty_table())
+    assert pd.read_json(tmp_path / "results.json").empty
+    assert pq.read_table(tmp_path / "steps.parquet").schema.equals(store.STEPS)
+    assert "val_accuracy" in pq.read_table(tmp_path / "epochs.parquet").column_names
 
 
 @pytest.mark.e2e
