@@ -103,6 +103,13 @@ class DatasetConfig(Strict):
     storage: list[Literal["stream", "cache"]] = Field(["stream"], min_length=1)
     # fsspec's options for the backend (s3fs: endpoint_url, client_kwargs: {region_name: ...}); no secrets
     storage_options: dict[str, Any] = Field(default_factory=dict)
+    # npz, tfrecord, hdf5: each record's bytes on disk drawn from N(record_bytes, record_bytes_stdev), the
+    # sample padded with ballast that every loader reads and discards (DLIO's record_length_bytes and
+    # its stdev, for I/O studies: the loader moves the workload's bytes, the model still trains on its
+    # own samples); None: the sample's own size. Raw records are the model's fixed layout and image
+    # folders hold images: neither takes it
+    record_bytes: PositiveInt | None = None
+    record_bytes_stdev: int = Field(0, ge=0)
 
     @field_validator("format", "storage", mode="before")
     @classmethod
@@ -154,6 +161,14 @@ class DatasetConfig(Strict):
     def _cifar_needs_path(self) -> DatasetConfig:
         if self.name == "public" and self.path:
             raise ValueError("path names one dataset's file; name: public reads three (give one name, or no path)")
+        if self.record_bytes_stdev and not self.record_bytes:
+            raise ValueError("record_bytes_stdev spreads record_bytes: give record_bytes too")
+        padless = [f for f in self.format if f in ("raw", "imagefolder")]
+        if self.record_bytes and padless:
+            raise ValueError(
+                f"record_bytes: {padless[0]} records take no ballast (raw: the model's fixed layout, imagefolder: "
+                "its images); give npz, tfrecord or hdf5 (memory reads no records)"
+            )
         if self.shards > self.train_samples:
             raise ValueError(
                 f"shards: {self.shards} files for {self.train_samples} training samples; give at most that many"
@@ -177,6 +192,10 @@ class DatasetConfig(Strict):
                 out["image_codec"] = self.image_codec
             if self.image_size and out.get("image_codec"):
                 out["image_size"] = self.image_size
+            if self.record_bytes:  # npz, tfrecord, hdf5 (the validator refuses the others)
+                out["record_bytes"] = self.record_bytes
+                if self.record_bytes_stdev:
+                    out["record_bytes_stdev"] = self.record_bytes_stdev
             if self.uri:
                 out["uri"] = self.uri
                 if self.remote:

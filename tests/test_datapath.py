@@ -123,6 +123,38 @@ def test_each_format_reads_back_what_was_written_by_index(tmp_path, fmt):
         assert first[0] == y[0] and first[1:] == x[0].tobytes()
 
 
+@pytest.mark.parametrize("fmt", formats.BALLAST_FORMATS)
+def test_records_padded_to_a_workload_size_hold_it_on_disk_and_read_back_the_samples(tmp_path, fmt):
+    x, y = _images(400)
+    ss = formats.write(tmp_path / f"a.{fmt}-4", fmt, x, y, 4, record=(6000, 1500))
+    meta = json.loads((tmp_path / f"a.{fmt}-4" / formats.META).read_text())["records"]
+    # the drawn sizes: N(6000, 1500) over 400 records (their mean within 4 standard errors), none below
+    # the sample's own 3,073 bytes
+    assert abs(meta["mean_bytes"] - 6000) < 4 * 1500 / 20 and 1200 < meta["stdev_bytes"] < 1800
+    assert meta["min_bytes"] >= 3073 and ss.mean_record_bytes == pytest.approx(meta["mean_bytes"])
+    on_disk = sum(os.path.getsize(ss.path(s)) for s in range(ss.shards))
+    assert on_disk >= meta["ballast_bytes"] + x.nbytes  # the ballast is in the files, not only in meta.json
+    idx = np.array([0, 3, 99, 100, 250, 399])
+    got_x, got_y = formats.Reader(ss).read(idx)
+    assert np.array_equal(got_x, x[idx]) and np.array_equal(got_y, y[idx])
+    # the same request makes the same records (a second process writing the folder makes the same files)
+    again = formats.write(tmp_path / f"b.{fmt}-4", fmt, x, y, 4, record=(6000, 1500))
+    if fmt == "npz":
+        with np.load(ss.path(1)) as a, np.load(again.path(1)) as b:
+            assert np.array_equal(a["pad"], b["pad"]) and len(a["pad"]) == int(a["pad_offsets"][-1]) > 0
+    elif fmt == "tfrecord":
+        assert Path(ss.path(1)).read_bytes() == Path(again.path(1)).read_bytes()
+    else:
+        import h5py
+
+        with h5py.File(ss.path(2)) as a, h5py.File(again.path(2)) as b:
+            pads = list(a["pad"])
+            assert len(pads) == 100 and all(np.array_equal(p, q) for p, q in zip(pads, b["pad"]))
+            assert sum(map(len, pads)) > 100 * (6000 - 1500 - 3073)  # most records padded
+    with pytest.raises(ValueError, match="raw records take no ballast"):
+        formats.write(tmp_path / "c.raw-1", "raw", x, y, 1, record=(6000, 0))
+
+
 def _one_line(exc: BaseException) -> str:
     text = str(exc)
     assert "\n" not in text
@@ -161,13 +193,16 @@ def test_bad_shards_are_one_line_naming_the_file_and_record(tmp_path):
 @pytest.mark.parametrize("kind", ["torch", "tfdata", "grain"])
 def test_every_loader_delivers_the_reference_batches_in_every_format(tmp_path, kind):
     x, y = _images(300)
-    for fmt in formats.FORMATS:
-        ss = formats.write(tmp_path / f"k.{fmt}-5", fmt, x, y, 5, codec="png" if fmt == "imagefolder" else None)
+    # every format, and those that take it with records padded to a workload's size (ballast read, discarded)
+    padded = [(fmt, (5000, 1000)) for fmt in formats.BALLAST_FORMATS]
+    for fmt, record in [(fmt, None) for fmt in formats.FORMATS] + padded:
+        codec = "png" if fmt == "imagefolder" else None
+        ss = formats.write(tmp_path / f"k.{fmt}-5-{bool(record)}", fmt, x, y, 5, codec=codec, record=record)
         src = loaders.Source(ss.folder, 32, seed=3, order="two_level", shards=5, augment="crop_flip")
         loader = loaders.make(kind, src, loaders.LoaderSpec(kind=kind, workers=0), "jax")
         got = [order.digest(a, b) for a, b in loader.epoch(1)]
         loader.close()
-        assert got == _reference(x, y, src, 1), fmt
+        assert got == _reference(x, y, src, 1), (fmt, record)
 
 
 @pytest.mark.parametrize("kind", ["torch", "tfdata", "grain"])
@@ -207,6 +242,18 @@ def test_formats_and_loader_workers_are_axes_and_memory_cells_keep_their_ids():
         _suite(dataset={"format": ["parquet"]})
     with pytest.raises(ConfigError, match=r"loader\.workers"):
         _suite(loader={"workers": [-1]})
+
+
+def test_record_bytes_is_in_the_spec_of_the_formats_that_take_it_and_a_one_line_error_elsewhere():
+    plain = expand(_suite(dataset={"format": ["memory", "npz"]}))
+    sized = expand(_suite(dataset={"format": ["memory", "npz"], "record_bytes": 114660, "record_bytes_stdev": 9}))
+    assert sized[0] == plain[0]  # a memory cell reads no records: its id stays
+    assert sized[1].spec.dataset["record_bytes"] == 114660 and sized[1].spec.dataset["record_bytes_stdev"] == 9
+    assert sized[1].cell_id != plain[1].cell_id
+    with pytest.raises(ConfigError, match=r"dataset: .*record_bytes: raw records take no ballast.*give npz, tfrecord"):
+        _suite(dataset={"format": ["memory", "raw"], "record_bytes": 4096})
+    with pytest.raises(ConfigError, match=r"record_bytes_stdev spreads record_bytes: give record_bytes too"):
+        _suite(dataset={"format": ["npz"], "record_bytes_stdev": 10})
 
 
 def test_device_prefetch_is_in_a_file_fed_cells_spec_only_where_set():
@@ -397,7 +444,9 @@ def test_a_dlio_workload_without_an_mlbench_model_imports_as_emulated_compute_an
     assert suite["dataset"]["train_samples"] == 16 and suite["loader"]["workers"] == [2]
     said = "\n".join(notes)
     assert "model unet3d: mlbench builds no counterpart; the cells run with emulated compute only" in said
-    assert "checkpoint: no counterpart" in said and "record_length_bytes_stdev: no counterpart" in said
+    assert "checkpoint: no counterpart" in said and "no counterpart" not in said.split("record_length")[-1]
+    # the workload's record size, with its spread: mlbench's samples padded to it on disk
+    assert suite["dataset"]["record_bytes"] == 146600628 and suite["dataset"]["record_bytes_stdev"] == 68341808
     assert len(expand(parse_suite(suite))) == 1
 
 
@@ -430,6 +479,11 @@ def test_a_dlio_workload_imports_and_runs_with_real_and_emulated_compute(tmp_pat
     assert emulated["data_tax"] is None and "emulated compute" in emulated["data_tax_reason"]
     assert real["final_val_accuracy"] is not None and "no memory cell" in real["data_tax_reason"]
     assert emulated["batch_digests"] == real["batch_digests"] and emulated["digests_agree"] is True
+    # both read the workload's 114,660-byte records (the sample and its ballast), and the loader's MB/s counts them
+    for r in (emulated, real):
+        assert r["data_record_bytes"] == 114660 and r["data_record_bytes_stdev"] == 0
+        mb = r["loader_samples_per_second"] * 114660 / 1e6
+        assert r["loader_mb_per_second"] == pytest.approx(mb, rel=1e-6)
 
 
 # --- CIFAR-10 downloaded -------------------------------------------------------------------------

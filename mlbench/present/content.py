@@ -164,6 +164,10 @@ def data_path_cells(r: Row) -> dict[str, Any]:
             path += f", {r.get('image_codec')} by {r['image_decoder']}" + (
                 f" ({diff} levels from Pillow at most)" if diff else ""
             )
+        if r.get("data_record_bytes") is not None and '"record_bytes"' in (r.get("spec_json") or ""):
+            # records padded to the workload's size (dataset.record_bytes): what the files held
+            sd = r.get("data_record_bytes_stdev") or 0
+            path += f", records {r['data_record_bytes']:,.0f}" + (f" ± {sd:,.0f}" if sd else "") + " B"
         if r.get("data_storage") in ("stream", "cache"):  # object storage: how, and what it fetched
             hit = " (hit)" if r.get("storage_cache_hit") else ""
             path += f", {r['data_storage']}{hit} from {r.get('data_uri')}"

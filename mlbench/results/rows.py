@@ -307,6 +307,8 @@ def _data_path(cell: Cell, ev: list[dict[str, Any]], ok: bool) -> dict[str, Any]
         "batch_digests": list(data.get("digests") or []),
         "loader_samples_per_second": data.get("loader_samples_per_second"),
         "loader_mb_per_second": data.get("loader_mb_per_second"),
+        "data_record_bytes": data.get("record_bytes") if loader else None,
+        "data_record_bytes_stdev": data.get("record_bytes_stdev") if loader else None,
         "time_to_first_batch_s": data.get("time_to_first_batch_s"),
         "data_wait_p50_s": p50,
         "data_wait_p99_s": float(np.percentile(wait, 99)) if wait else None,

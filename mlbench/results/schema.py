@@ -196,6 +196,13 @@ COLUMNS: list[tuple[str, pa.DataType, str]] = [
         "the loader alone over one epoch of the same batches, no step, after its first batch: samples/s",
     ),
     ("loader_mb_per_second", F, "the same, in MB/s of records read (records x record bytes)"),
+    (
+        "data_record_bytes",
+        F,
+        "a training record's bytes on disk on average, as written: label and sample, and the ballast that "
+        "dataset.record_bytes pads it with (a workload's own record size); null for memory",
+    ),
+    ("data_record_bytes_stdev", F, "their standard deviation over the training set, as written (0: all one size)"),
     ("image_codec", S, "imagefolder or JPEG shards: the images' codec, jpeg (lossy) or png (lossless)"),
     (
         "image_size",

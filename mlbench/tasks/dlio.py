@@ -8,8 +8,10 @@ the one `--model` names): with the real training step, and with DLIO's emulated 
 `train.computation_time` a step), so the emulation is checked against the real thing; a workload
 whose model mlbench does not build runs with emulated compute only, and says so.
 
-mlbench's records are its model family's (images: CIFAR's 3,073 bytes), not the workload's
-`record_length_bytes`: the import says so where they differ.
+A record on disk is the workload's size, `record_length_bytes` with its stdev (`dataset.record_bytes`):
+mlbench's sample (images: CIFAR's 3,073 bytes) padded with ballast every loader reads and discards,
+in npz, tfrecord and hdf5; DLIO's indexed_binary (raw: the model's fixed layout) and image files
+keep mlbench's own records, and the import says so.
 """
 
 from __future__ import annotations
@@ -21,6 +23,7 @@ import yaml
 
 from mlbench.config import ConfigError, parse_suite
 from workers.common import specs
+from workers.common.datapath.formats import BALLAST_FORMATS
 
 # DLIO model names with an mlbench model of the same kind (the nearest ResNet for ResNet-50)
 MODELS = {"resnet50": "resnet34", "resnet": "resnet34", "resnet18": "resnet18", "resnet34": "resnet34", "bert": "bert"}
@@ -38,7 +41,14 @@ RECORD_BYTES = {"image": 3073}  # a raw record of each family: label byte + CHW 
 MAPPED = {
     "model": {"name"},
     "framework": set(),
-    "dataset": {"format", "num_files_train", "num_samples_per_file", "num_files_eval", "record_length_bytes"},
+    "dataset": {
+        "format",
+        "num_files_train",
+        "num_samples_per_file",
+        "num_files_eval",
+        "record_length_bytes",
+        "record_length_bytes_stdev",
+    },
     "reader": {
         "data_loader",
         "batch_size",
@@ -108,11 +118,20 @@ def import_workload(path: Path, model: str | None = None, name: str | None = Non
     files = int(dataset.get("num_files_train", 1))
     per_file = int(dataset.get("num_samples_per_file", 1))
     family = specs.get_spec(carrier).family
-    record = dataset.get("record_length_bytes")
-    if record is not None and record != RECORD_BYTES.get(family):
+    record, spread = dataset.get("record_length_bytes"), dataset.get("record_length_bytes_stdev")
+    sized: dict[str, Any] = {}
+    if record is not None and fmt in BALLAST_FORMATS:
+        sized = {"record_bytes": int(record), **({"record_bytes_stdev": int(spread)} if spread else {})}
         notes.append(
-            f"dataset.record_length_bytes {record}: mlbench's {family} records are its own "
-            f"({RECORD_BYTES.get(family, 'another size')} bytes as raw), not the workload's"
+            f"dataset.record_length_bytes {record}"
+            + (f" +- {spread}" if spread else "")
+            + f": each record padded to that size with ballast the loader reads and discards; the model trains "
+            f"on mlbench's {family} samples ({RECORD_BYTES.get(family, 'their own size')} bytes)"
+        )
+    elif record is not None and record != RECORD_BYTES.get(family):
+        notes.append(
+            f"dataset.record_length_bytes {record}: {fmt} records take no ballast, so mlbench's {family} records "
+            f"are its own ({RECORD_BYTES.get(family, 'another size')} bytes as raw), not the workload's"
         )
     val = int(dataset.get("num_files_eval", 0)) * per_file or 256
     compute = _mean(train.get("computation_time"))
@@ -140,6 +159,7 @@ def import_workload(path: Path, model: str | None = None, name: str | None = Non
             "shards": files,
             "order": "two_level",
             **({"image_codec": str(dataset["format"])} if fmt == "imagefolder" else {}),
+            **sized,
         },
         "loader": {
             "kind": [kind],

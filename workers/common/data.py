@@ -344,6 +344,8 @@ DATA_PATH_KEYS = (
     "storage_options",
     "image_codec",
     "image_size",
+    "record_bytes",
+    "record_bytes_stdev",
 )  # read how, not what
 
 

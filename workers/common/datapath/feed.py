@@ -32,11 +32,25 @@ from workers.common.datapath import loaders as loaders_
 from workers.common.datapath import order as orders
 
 
+def record(data: dict[str, Any]) -> tuple[int, int] | None:
+    """(mean, stdev) bytes of a record on disk where `dataset.record_bytes` sets them, else None."""
+    return (int(data["record_bytes"]), int(data.get("record_bytes_stdev") or 0)) if data.get("record_bytes") else None
+
+
+def folder_name(ds_folder: Path, data: dict[str, Any]) -> str:
+    return formats.folder_name(
+        ds_folder.name,
+        data["format"],
+        data.get("shards", 1),
+        data.get("image_codec"),
+        data.get("image_size"),
+        record(data),
+    )
+
+
 def shard_folder(ds_folder: Path, data: dict[str, Any]) -> Path:
     """The local shard folder: beside the dataset's folder, or under a file:// `dataset.uri`."""
-    name = formats.folder_name(
-        ds_folder.name, data["format"], data.get("shards", 1), data.get("image_codec"), data.get("image_size")
-    )
+    name = folder_name(ds_folder, data)
     uri = data.get("uri")
     if uri and not storage.is_remote(uri):
         return Path(storage.local_path(uri)) / name
@@ -48,10 +62,7 @@ def remote_folder(ds_folder: Path, data: dict[str, Any]) -> str | None:
     uri = data.get("uri")
     if not uri or not storage.is_remote(uri):
         return None
-    name = formats.folder_name(
-        ds_folder.name, data["format"], data.get("shards", 1), data.get("image_codec"), data.get("image_size")
-    )
-    return storage.join(uri, name)
+    return storage.join(uri, folder_name(ds_folder, data))
 
 
 def materialise(ds_folder: Path, data: dict[str, Any]) -> formats.ShardSet:
@@ -65,7 +76,14 @@ def materialise(ds_folder: Path, data: dict[str, Any]) -> formats.ShardSet:
     if data["format"] == "imagefolder" and x.ndim != 4:
         raise datasets.DataUnavailable("imagefolder holds images; this model reads tokens or rows")
     return formats.write(
-        folder, data["format"], x, y, data.get("shards", 1), data.get("image_codec"), data.get("image_size")
+        folder,
+        data["format"],
+        x,
+        y,
+        data.get("shards", 1),
+        data.get("image_codec"),
+        data.get("image_size"),
+        record(data),
     )
 
 
@@ -252,7 +270,7 @@ class FileFeed:
         return {
             "time_to_first_batch_s": first - t0 if first is not None else None,
             "loader_samples_per_second": samples / (end - first) if steady else None,
-            "loader_mb_per_second": samples * self.shardset.record_bytes / (end - first) / 1e6 if steady else None,
+            "loader_mb_per_second": samples * self.shardset.mean_record_bytes / (end - first) / 1e6 if steady else None,
             "loader_probe_batches": batches,
         }
 
@@ -265,7 +283,8 @@ class FileFeed:
             "loader": self.kind,
             "loader_workers": self.spec.workers,
             "device_prefetch": self.spec.device_prefetch,
-            "record_bytes": self.shardset.record_bytes,
+            "record_bytes": self.shardset.mean_record_bytes,
+            "record_bytes_stdev": self.shardset.record_stdev,
             "shard_prepare_s": self.prepare_s,
             "image_decoder": self.decoder,
             "decode_max_abs_diff": self.decode_diff,

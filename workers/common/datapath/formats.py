@@ -12,6 +12,12 @@ Formats (`dataset.format`):
 - `hdf5`: one HDF5 file per shard with datasets `x` and `y` (h5py), contiguous.
 - `tfrecord` with `dataset.image_codec` jpeg or png: each Example's `x` the image encoded so (JPEG
   shards, as ImageNet's TFRecords hold), decoded by the loader as an image folder's files are.
+- `npz`, `tfrecord` and `hdf5` with `dataset.record_bytes` (and `record_bytes_stdev`): each record padded
+  to a length drawn from a normal distribution (DLIO's `record_length_bytes` and its stdev) with
+  ballast, random bytes beside the sample (npz: one array `pad` and its offsets `pad_offsets`; hdf5: a
+  variable-length dataset `pad`; tfrecord: a bytes feature `pad`), read by every loader with the
+  sample and discarded, so a loader moves the workload's bytes and the model still sees its own.
+  A draw below the sample's own size adds nothing; meta.json records what was written.
 - `imagefolder`: images only, one folder per class (`000/`, `001/`, ...: the order torchvision's
   ImageFolder and Keras sort them in) of JPEG (Pillow, quality 90, 4:2:0) or PNG files
   (`dataset.image_codec`), one file per sample; `meta.json` lists them in the dataset's order. Read
@@ -83,6 +89,13 @@ class ShardSet:
     stored_shape: tuple[int, ...] | None = None
     # raw shards read through a memory map (False under a cold page cache: pread, see evict)
     mapped: bool = field(default=True, compare=False)
+    ballast_bytes: int = 0  # the records' ballast in all (dataset.record_bytes), read and discarded
+    record_stdev: float = 0.0  # of the records' bytes on disk, as written (0: all one size)
+
+    @property
+    def mean_record_bytes(self) -> float:
+        """A record's bytes on average: label, sample and ballast (what a loader moves a sample)."""
+        return self.record_bytes + (self.ballast_bytes / self.n if self.n else 0.0)
 
     @property
     def remote(self) -> bool:
@@ -144,17 +157,45 @@ class ShardSet:
             labels=tuple(meta.get("labels", ())),
             codec=meta.get("codec"),
             stored_shape=tuple(meta["stored_shape"]) if meta.get("stored_shape") else None,
+            ballast_bytes=int((meta.get("records") or {}).get("ballast_bytes", 0)),
+            record_stdev=float((meta.get("records") or {}).get("stdev_bytes") or 0.0),
         )
 
 
+BALLAST_FORMATS = ("npz", "tfrecord", "hdf5")  # formats whose records take dataset.record_bytes
+
+
 def folder_name(
-    dataset_key: str, fmt: str, shards: int, codec: str | None = None, image_size: int | None = None
+    dataset_key: str,
+    fmt: str,
+    shards: int,
+    codec: str | None = None,
+    image_size: int | None = None,
+    record: tuple[int, int] | None = None,
 ) -> str:
     if fmt == "imagefolder":
         codec = codec or "jpeg"
     encoded = f"-{codec}" if codec and fmt in ("imagefolder", "tfrecord") else ""
     sized = f"-{image_size}px" if encoded and image_size else ""
-    return f"{dataset_key}.{fmt}{encoded}{sized}-{shards}"
+    padded = f"-{record[0]}B" + (f"sd{record[1]}" if record[1] else "") if record and fmt in BALLAST_FORMATS else ""
+    return f"{dataset_key}.{fmt}{encoded}{sized}{padded}-{shards}"
+
+
+def ballast(n: int, base: int, record: tuple[int, int]) -> np.ndarray:
+    """Each of n records' ballast bytes: a length drawn from N(mean, stdev) (rounded, at least the record's
+    own `base` bytes) less `base`. A function of (n, mean, stdev) alone: the same files every time."""
+    mean, stdev = record
+    rng = np.random.default_rng([n, mean, stdev])
+    drawn = np.rint(rng.normal(mean, stdev, n)) if stdev else np.full(n, float(mean))
+    return np.maximum(drawn - base, 0).astype(np.int64)
+
+
+def ballast_bytes(lengths: np.ndarray, seed: int) -> list[bytes]:
+    """Random (incompressible) bytes of each length: no file system or codec shrinks them."""
+    rng = np.random.default_rng([seed, len(lengths)])
+    blob = rng.integers(0, 256, int(lengths.sum()), dtype=np.uint8).tobytes()
+    ends = np.cumsum(lengths)
+    return [blob[int(e - k) : int(e)] for e, k in zip(ends, lengths)]
 
 
 def encode_image(chw: np.ndarray, codec: str, size: int | None = None) -> bytes:
@@ -201,21 +242,31 @@ def _write_shard(
     label_dtype: str,
     codec: str | None = None,
     size: int | None = None,
+    pads: list[bytes] | None = None,
 ) -> None:
+    if pads is not None and fmt not in BALLAST_FORMATS:
+        raise ValueError(f"{fmt} records take no ballast; record_bytes is for {', '.join(BALLAST_FORMATS)}")
     if fmt == "raw":
         rec = np.empty(len(y), np.dtype([("y", label_dtype), ("x", x.dtype.newbyteorder("<"), x.shape[1:])]))
         rec["y"], rec["x"] = y, x
         rec.tofile(path)
     elif fmt == "npz":
+        extra = {}
+        if pads is not None:
+            lengths = np.asarray([len(b) for b in pads], np.int64)
+            extra = {
+                "pad": np.frombuffer(b"".join(pads), np.uint8),
+                "pad_offsets": np.concatenate([[0], np.cumsum(lengths)]),
+            }
         with open(path, "wb") as f:
-            np.savez(f, x=x, y=y.astype("<i4"))
+            np.savez(f, x=x, y=y.astype("<i4"), **extra)
     elif fmt == "tfrecord":
         offsets, pos = [], 0
         with open(path, "wb") as f:
-            for xi, yi in zip(x, y):
+            for k, (xi, yi) in enumerate(zip(x, y)):
                 offsets.append(pos)
                 blob = encode_image(xi, codec, size) if codec else np.ascontiguousarray(xi).tobytes()
-                pos += tfrecords.write_record(f, tfrecords.encode_example(blob, yi))
+                pos += tfrecords.write_record(f, tfrecords.encode_example(blob, yi, pads[k] if pads else None))
         np.save(path + ".idx.npy", np.asarray(offsets, np.int64))  # each record's offset: random access
     elif fmt == "hdf5":
         import h5py
@@ -223,6 +274,10 @@ def _write_shard(
         with h5py.File(path, "w") as f:
             f.create_dataset("x", data=x)
             f.create_dataset("y", data=y.astype("<i4"))
+            if pads is not None:  # one variable-length entry a record: HDF5's own way to hold them
+                pad = f.create_dataset("pad", (len(pads),), dtype=h5py.vlen_dtype(np.uint8))
+                for k, b in enumerate(pads):
+                    pad[k] = np.frombuffer(b, np.uint8)
     else:
         raise ValueError(f"unknown format {fmt!r}; allowed: {', '.join(FORMATS)}")
 
@@ -235,10 +290,12 @@ def write(
     shards: int,
     codec: str | None = None,
     image_size: int | None = None,
+    record: tuple[int, int] | None = None,
 ) -> ShardSet:
     """Write the samples (images NCHW uint8) as `shards` files of `fmt` into `folder`, atomically:
     into a temporary folder beside it, renamed when whole. An existing folder is kept (another
-    process made it first: the same inputs make the same files)."""
+    process made it first: the same inputs make the same files). `record`: (mean, stdev) bytes of a
+    record on disk, the sample padded with ballast (npz, tfrecord, hdf5)."""
     folder = Path(folder)
     if (folder / META).is_file():
         return ShardSet.open(folder)
@@ -261,9 +318,26 @@ def write(
         size = image_size if extra.get("codec") and image_size and image_size != x.shape[-1] else None
         if size:  # stored larger or smaller than the samples the readers deliver
             extra["stored_shape"] = [x.shape[1], size, size]
+        pad = None
+        if record is not None:
+            if fmt not in BALLAST_FORMATS:
+                raise ValueError(f"{fmt} records take no ballast; record_bytes is for {', '.join(BALLAST_FORMATS)}")
+            base = np.dtype(label_dtype).itemsize + int(np.prod(x.shape[1:])) * x.dtype.itemsize
+            pad = ballast(len(y), base, record)
+            sizes = base + pad
+            extra["records"] = {
+                "requested_bytes": record[0],
+                "requested_stdev": record[1],
+                "mean_bytes": float(sizes.mean()) if len(sizes) else None,
+                "stdev_bytes": float(sizes.std()) if len(sizes) else None,
+                "min_bytes": int(sizes.min()) if len(sizes) else None,
+                "max_bytes": int(sizes.max()) if len(sizes) else None,
+                "ballast_bytes": int(pad.sum()),
+            }
         for s, name in enumerate(files):
             lo, hi = int(bounds[s]), int(bounds[s + 1])
-            _write_shard(str(tmp / name), fmt, x[lo:hi], y[lo:hi], label_dtype, extra.get("codec"), size)
+            pads = ballast_bytes(pad[lo:hi], s) if pad is not None else None
+            _write_shard(str(tmp / name), fmt, x[lo:hi], y[lo:hi], label_dtype, extra.get("codec"), size, pads)
         meta = {
             "format": fmt,
             "n": len(y),
@@ -320,6 +394,16 @@ def resize_crop(pic: Any, height: int, width: int) -> Any:
     pic = pic.resize((rw, rh), Image.Resampling.BILINEAR)
     left, top = (rw - width) // 2, (rh - height) // 2
     return pic.crop((left, top, left + width, top + height))
+
+
+def _read_ballast(z: Any, where: str, count: int) -> None:
+    """An npz shard's ballast read (as a loader of such records reads it) and discarded."""
+    if "pad" in z.files:
+        pad, offsets = z["pad"], z["pad_offsets"]
+        if len(offsets) != count + 1 or int(offsets[-1]) != len(pad):
+            raise DataError(
+                f"{where}: pad_offsets index {len(offsets) - 1} records of {len(pad)} bytes, expected {count}"
+            )
 
 
 class _Pread:
@@ -416,6 +500,7 @@ class Reader:
             if ss.format == "npz":
                 with np.load(path, allow_pickle=False) as z:
                     x, y = z["x"], z["y"]
+                    _read_ballast(z, path, count)
                 if len(y) != count or x.shape[1:] != ss.shape:
                     raise DataError(
                         f"{path}: holds {len(y)} samples of shape {x.shape[1:]}, expected {count} of {ss.shape}"
@@ -462,6 +547,7 @@ class Reader:
             try:
                 with np.load(io.BytesIO(storage.cat(path, opts, what)), allow_pickle=False) as z:
                     x, y = z["x"], z["y"]
+                    _read_ballast(z, storage.redact(path), count)
             except (ValueError, KeyError, zipfile.BadZipFile, EOFError) as exc:
                 raise DataError(
                     f"{storage.redact(path)}: cannot read shard {shard} ({type(exc).__name__}: {exc})"
@@ -578,6 +664,8 @@ class Reader:
             x, y = handle
             return x[local], y[local].astype(np.int32)
         try:  # hdf5: ascending indices
+            if "pad" in handle:  # the records' ballast: read with them, discarded
+                handle["pad"][local]
             return handle["x"][local], handle["y"][local].astype(np.int32)
         except (OSError, ValueError) as exc:
             raise DataError(f"{self.ss.path(shard)}: cannot read records {local[0]}..{local[-1]} ({exc})") from None

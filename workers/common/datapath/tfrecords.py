@@ -62,11 +62,14 @@ def example_class() -> Any:
     return message_factory.GetMessageClass(pool.FindMessageTypeByName("tensorflow.Example"))
 
 
-def encode_example(x: bytes, y: int) -> bytes:
-    """An Example with features x (one bytes value) and y (one int64)."""
+def encode_example(x: bytes, y: int, pad: bytes | None = None) -> bytes:
+    """An Example with features x (one bytes value) and y (one int64), and `pad` (ballast: a record of a
+    workload's own size) where given."""
     ex = example_class()()
     ex.features.feature["x"].bytes_list.value.append(x)
     ex.features.feature["y"].int64_list.value.append(int(y))
+    if pad is not None:
+        ex.features.feature["pad"].bytes_list.value.append(pad)
     return ex.SerializeToString()
 
 
