@@ -164,6 +164,8 @@ class DatasetConfig(Strict):
         if self.record_bytes_stdev and not self.record_bytes:
             raise ValueError("record_bytes_stdev spreads record_bytes: give record_bytes too")
         padless = [f for f in self.format if f in ("raw", "imagefolder")]
+        if self.record_bytes and self.format == ["memory"]:
+            raise ValueError("record_bytes: memory reads no records; add npz, tfrecord or hdf5 to format")
         if self.record_bytes and padless:
             raise ValueError(
                 f"record_bytes: {padless[0]} records take no ballast (raw: the model's fixed layout, imagefolder: "

@@ -4,6 +4,7 @@ charts. The two writers only word and lay it out."""
 
 from __future__ import annotations
 
+import json
 from dataclasses import dataclass, field
 from typing import Any
 
@@ -141,6 +142,11 @@ DATA_PATH_NOTE = (
 )
 
 
+def _dataset(r: Row) -> dict[str, Any]:
+    """The cell's dataset block, from its spec."""
+    return (json.loads(r["spec_json"]).get("dataset") or {}) if r.get("spec_json") else {}
+
+
 def data_path_cells(r: Row) -> dict[str, Any]:
     """One row of the data-path table as words and figures, for both writers."""
     au, ok = r.get("accelerator_utilisation"), r.get("au_pass")
@@ -164,7 +170,7 @@ def data_path_cells(r: Row) -> dict[str, Any]:
             path += f", {r.get('image_codec')} by {r['image_decoder']}" + (
                 f" ({diff} levels from Pillow at most)" if diff else ""
             )
-        if r.get("data_record_bytes") is not None and '"record_bytes"' in (r.get("spec_json") or ""):
+        if r.get("data_record_bytes") is not None and "record_bytes" in _dataset(r):
             # records padded to the workload's size (dataset.record_bytes): what the files held
             sd = r.get("data_record_bytes_stdev") or 0
             path += f", records {r['data_record_bytes']:,.0f}" + (f" ± {sd:,.0f}" if sd else "") + " B"

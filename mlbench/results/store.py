@@ -166,7 +166,7 @@ def epochs_table(results: pa.Table) -> pa.Table:
     owner = pc.list_parent_indices(nested)
     flat = pc.list_flatten(nested)
     cells = results.select(CELL_KEYS).take(owner)
-    fields = {f.name: flat.field(i) for i, f in enumerate(schema.EPOCH)}
+    fields = dict(zip(schema.EPOCH.names, flat.flatten()))  # a null epoch: nulls (field() would read 0s)
     return pa.table({**{c: cells.column(c) for c in CELL_KEYS if c not in fields}, **fields})
 
 

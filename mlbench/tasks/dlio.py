@@ -122,16 +122,19 @@ def import_workload(path: Path, model: str | None = None, name: str | None = Non
     sized: dict[str, Any] = {}
     if record is not None and fmt in BALLAST_FORMATS:
         sized = {"record_bytes": int(record), **({"record_bytes_stdev": int(spread)} if spread else {})}
+        own = RECORD_BYTES.get(family)
         notes.append(
             f"dataset.record_length_bytes {record}"
             + (f" +- {spread}" if spread else "")
             + f": each record padded to that size with ballast the loader reads and discards; the model trains "
-            f"on mlbench's {family} samples ({RECORD_BYTES.get(family, 'their own size')} bytes)"
+            f"on mlbench's {family} samples ({own or 'their own size'} bytes"
+            + ("; a size below that pads nothing)" if own and record - 2 * (spread or 0) < own else ")")
         )
-    elif record is not None and record != RECORD_BYTES.get(family):
+    elif record is not None:
         notes.append(
-            f"dataset.record_length_bytes {record}: {fmt} records take no ballast, so mlbench's {family} records "
-            f"are its own ({RECORD_BYTES.get(family, 'another size')} bytes as raw), not the workload's"
+            f"dataset.record_length_bytes {record}" + (f" +- {spread}" if spread else "") + f": {fmt} records "
+            f"take no ballast, so mlbench's {family} records are its own "
+            f"({RECORD_BYTES.get(family, 'another size')} bytes as raw), not the workload's"
         )
     val = int(dataset.get("num_files_eval", 0)) * per_file or 256
     compute = _mean(train.get("computation_time"))

@@ -13,11 +13,14 @@ Formats (`dataset.format`):
 - `tfrecord` with `dataset.image_codec` jpeg or png: each Example's `x` the image encoded so (JPEG
   shards, as ImageNet's TFRecords hold), decoded by the loader as an image folder's files are.
 - `npz`, `tfrecord` and `hdf5` with `dataset.record_bytes` (and `record_bytes_stdev`): each record padded
-  to a length drawn from a normal distribution (DLIO's `record_length_bytes` and its stdev) with
-  ballast, random bytes beside the sample (npz: one array `pad` and its offsets `pad_offsets`; hdf5: a
-  variable-length dataset `pad`; tfrecord: a bytes feature `pad`), read by every loader with the
-  sample and discarded, so a loader moves the workload's bytes and the model still sees its own.
-  A draw below the sample's own size adds nothing; meta.json records what was written.
+  to a size drawn from a normal distribution (DLIO's `record_length_bytes` and its stdev) with
+  ballast, random bytes beside the sample (npz: a member `padNNNNNNN` a record; hdf5: a dataset `pad`
+  of the records' ballast end to end and `pad_offsets`; tfrecord: a bytes feature `pad`), read by every
+  loader with its record, each time, and discarded: a loader moves the workload's bytes and the
+  model still sees its own. A draw below the record's own size adds nothing; meta.json's `records`
+  holds the sizes as written (npz, hdf5: sample, int32 label and ballast; tfrecord: the framed
+  Example). An npz shard's samples are held in memory once read; from object storage the whole file
+  is fetched once a process, so there its ballast is then read from memory.
 - `imagefolder`: images only, one folder per class (`000/`, `001/`, ...: the order torchvision's
   ImageFolder and Keras sort them in) of JPEG (Pillow, quality 90, 4:2:0) or PNG files
   (`dataset.image_codec`), one file per sample; `meta.json` lists them in the dataset's order. Read
@@ -89,13 +92,15 @@ class ShardSet:
     stored_shape: tuple[int, ...] | None = None
     # raw shards read through a memory map (False under a cold page cache: pread, see evict)
     mapped: bool = field(default=True, compare=False)
-    ballast_bytes: int = 0  # the records' ballast in all (dataset.record_bytes), read and discarded
-    record_stdev: float = 0.0  # of the records' bytes on disk, as written (0: all one size)
+    # records padded to a workload's size (dataset.record_bytes): their mean and stdev on disk, as written
+    record_mean: float | None = None
+    record_stdev: float = 0.0
 
     @property
     def mean_record_bytes(self) -> float:
-        """A record's bytes on average: label, sample and ballast (what a loader moves a sample)."""
-        return self.record_bytes + (self.ballast_bytes / self.n if self.n else 0.0)
+        """A record's bytes on average, what a loader moves a sample: as written where padded (label, sample
+        and ballast), else label and sample."""
+        return self.record_mean if self.record_mean is not None else float(self.record_bytes)
 
     @property
     def remote(self) -> bool:
@@ -157,7 +162,7 @@ class ShardSet:
             labels=tuple(meta.get("labels", ())),
             codec=meta.get("codec"),
             stored_shape=tuple(meta["stored_shape"]) if meta.get("stored_shape") else None,
-            ballast_bytes=int((meta.get("records") or {}).get("ballast_bytes", 0)),
+            record_mean=(meta.get("records") or {}).get("mean_bytes"),
             record_stdev=float((meta.get("records") or {}).get("stdev_bytes") or 0.0),
         )
 
@@ -181,21 +186,23 @@ def folder_name(
     return f"{dataset_key}.{fmt}{encoded}{sized}{padded}-{shards}"
 
 
-def ballast(n: int, base: int, record: tuple[int, int]) -> np.ndarray:
-    """Each of n records' ballast bytes: a length drawn from N(mean, stdev) (rounded, at least the record's
-    own `base` bytes) less `base`. A function of (n, mean, stdev) alone: the same files every time."""
+def record_sizes(n: int, record: tuple[int, int]) -> np.ndarray:
+    """Each of n records' size on disk, drawn from N(mean, stdev) and rounded (DLIO's record_length_bytes
+    and its stdev). A function of (n, mean, stdev) alone: the same files every time."""
     mean, stdev = record
-    rng = np.random.default_rng([n, mean, stdev])
-    drawn = np.rint(rng.normal(mean, stdev, n)) if stdev else np.full(n, float(mean))
-    return np.maximum(drawn - base, 0).astype(np.int64)
+    drawn = np.rint(np.random.default_rng([n, mean, stdev]).normal(mean, stdev, n)) if stdev else np.full(n, mean)
+    return np.maximum(drawn, 0).astype(np.int64)
 
 
-def ballast_bytes(lengths: np.ndarray, seed: int) -> list[bytes]:
-    """Random (incompressible) bytes of each length: no file system or codec shrinks them."""
-    rng = np.random.default_rng([seed, len(lengths)])
-    blob = rng.integers(0, 256, int(lengths.sum()), dtype=np.uint8).tobytes()
-    ends = np.cumsum(lengths)
-    return [blob[int(e - k) : int(e)] for e, k in zip(ends, lengths)]
+class Ballast:
+    """A shard's ballast: random (incompressible: no file system or codec shrinks it) bytes, made a
+    record at a time (a shard's at once would hold it all in memory), the same for the same shard."""
+
+    def __init__(self, shard: int) -> None:
+        self.rng = np.random.default_rng([shard, 0xBA11A57])
+
+    def take(self, n: int) -> bytes:
+        return self.rng.bytes(int(n))
 
 
 def encode_image(chw: np.ndarray, codec: str, size: int | None = None) -> bytes:
@@ -234,6 +241,19 @@ def _check_images(x: np.ndarray) -> None:
 # --- writing -----------------------------------------------------------------------------------
 
 
+def _pad_field(n: int) -> int:
+    """The bytes a TFRecord Example's `pad` feature of n bytes adds beside them: its map entry's key and the
+    protobuf lengths around it (the Example's own length may grow a byte or two more)."""
+
+    def varint(v: int) -> int:
+        return max(1, (v.bit_length() + 6) // 7)
+
+    values = 1 + varint(n) + n  # BytesList
+    feature = 1 + varint(values) + values
+    entry = 5 + 1 + varint(feature) + feature  # key "pad", then the Feature
+    return 1 + varint(entry) + entry - n
+
+
 def _write_shard(
     path: str,
     fmt: str,
@@ -242,31 +262,49 @@ def _write_shard(
     label_dtype: str,
     codec: str | None = None,
     size: int | None = None,
-    pads: list[bytes] | None = None,
-) -> None:
-    if pads is not None and fmt not in BALLAST_FORMATS:
+    targets: np.ndarray | None = None,
+    shard: int = 0,
+) -> list[int] | None:
+    """One shard's file(s). With `targets` (each record's size on disk, dataset.record_bytes) every record
+    is padded with ballast to its target, where its own bytes fall short; returns the records' sizes as
+    written (label, sample and ballast; a TFRecord's the framed Example), else None."""
+    if targets is not None and fmt not in BALLAST_FORMATS:
         raise ValueError(f"{fmt} records take no ballast; record_bytes is for {', '.join(BALLAST_FORMATS)}")
+    own = int(np.prod(x.shape[1:])) * x.dtype.itemsize + 4  # npz and hdf5: the sample and an int32 label
+    sizes: list[int] = []
     if fmt == "raw":
         rec = np.empty(len(y), np.dtype([("y", label_dtype), ("x", x.dtype.newbyteorder("<"), x.shape[1:])]))
         rec["y"], rec["x"] = y, x
         rec.tofile(path)
-    elif fmt == "npz":
-        extra = {}
-        if pads is not None:
-            lengths = np.asarray([len(b) for b in pads], np.int64)
-            extra = {
-                "pad": np.frombuffer(b"".join(pads), np.uint8),
-                "pad_offsets": np.concatenate([[0], np.cumsum(lengths)]),
-            }
+    elif fmt == "npz" and targets is None:
         with open(path, "wb") as f:
-            np.savez(f, x=x, y=y.astype("<i4"), **extra)
+            np.savez(f, x=x, y=y.astype("<i4"))
+    elif fmt == "npz":  # numpy's npz layout, written as np.savez does, with a member `padNNNNNNN` a record
+        ballast = Ballast(shard)
+        with zipfile.ZipFile(path, "w", zipfile.ZIP_STORED, allowZip64=True) as z:
+            members = [("x", x), ("y", y.astype("<i4"))]
+            for k, target in enumerate(targets):
+                members.append((pad_name(k), None))
+                sizes.append(own + max(int(target) - own, 0))
+            for name, arr in members:
+                if arr is None:
+                    arr = np.frombuffer(ballast.take(sizes[int(name[3:])] - own), np.uint8)
+                with z.open(name + ".npy", "w", force_zip64=True) as f:
+                    np.lib.format.write_array(f, np.asanyarray(arr), allow_pickle=False)
     elif fmt == "tfrecord":
+        ballast = Ballast(shard)
         offsets, pos = [], 0
         with open(path, "wb") as f:
             for k, (xi, yi) in enumerate(zip(x, y)):
                 offsets.append(pos)
                 blob = encode_image(xi, codec, size) if codec else np.ascontiguousarray(xi).tobytes()
-                pos += tfrecords.write_record(f, tfrecords.encode_example(blob, yi, pads[k] if pads else None))
+                example = tfrecords.encode_example(blob, yi)
+                if targets is not None:  # the pad fills what the Example and its framing (16 bytes) leave
+                    short = int(targets[k]) - len(example) - 16
+                    example = tfrecords.encode_example(blob, yi, ballast.take(max(short - _pad_field(short), 0)))
+                written = tfrecords.write_record(f, example)
+                pos += written
+                sizes.append(written)
         np.save(path + ".idx.npy", np.asarray(offsets, np.int64))  # each record's offset: random access
     elif fmt == "hdf5":
         import h5py
@@ -274,12 +312,26 @@ def _write_shard(
         with h5py.File(path, "w") as f:
             f.create_dataset("x", data=x)
             f.create_dataset("y", data=y.astype("<i4"))
-            if pads is not None:  # one variable-length entry a record: HDF5's own way to hold them
-                pad = f.create_dataset("pad", (len(pads),), dtype=h5py.vlen_dtype(np.uint8))
-                for k, b in enumerate(pads):
-                    pad[k] = np.frombuffer(b, np.uint8)
+            if targets is not None:  # the records' ballast end to end, and where each record's starts
+                # (not a variable-length dataset: HDF5 keeps those in heaps it caches, so a second
+                # epoch would read them from memory)
+                ballast = Ballast(shard)
+                lengths = np.maximum(targets.astype(np.int64) - own, 0)
+                ends = np.cumsum(lengths)
+                f.create_dataset("pad_offsets", data=np.concatenate([[0], ends]).astype("<i8"))
+                pad = f.create_dataset("pad", (int(ends[-1]) if len(ends) else 0,), dtype=np.uint8)
+                for k, n in enumerate(lengths):
+                    if n:
+                        pad[int(ends[k] - n) : int(ends[k])] = np.frombuffer(ballast.take(n), np.uint8)
+                    sizes.append(own + int(n))
     else:
         raise ValueError(f"unknown format {fmt!r}; allowed: {', '.join(FORMATS)}")
+    return sizes if targets is not None else None
+
+
+def pad_name(k: int) -> str:
+    """An npz shard's member holding record k's ballast (a member a record: read alone, as the record is)."""
+    return f"pad{k:07d}"
 
 
 def write(
@@ -318,13 +370,17 @@ def write(
         size = image_size if extra.get("codec") and image_size and image_size != x.shape[-1] else None
         if size:  # stored larger or smaller than the samples the readers deliver
             extra["stored_shape"] = [x.shape[1], size, size]
-        pad = None
-        if record is not None:
-            if fmt not in BALLAST_FORMATS:
-                raise ValueError(f"{fmt} records take no ballast; record_bytes is for {', '.join(BALLAST_FORMATS)}")
-            base = np.dtype(label_dtype).itemsize + int(np.prod(x.shape[1:])) * x.dtype.itemsize
-            pad = ballast(len(y), base, record)
-            sizes = base + pad
+        if record is not None and fmt not in BALLAST_FORMATS:
+            raise ValueError(f"{fmt} records take no ballast; record_bytes is for {', '.join(BALLAST_FORMATS)}")
+        targets = record_sizes(len(y), record) if record is not None else None
+        written: list[int] = []
+        for s, name in enumerate(files):
+            lo, hi = int(bounds[s]), int(bounds[s + 1])
+            part = targets[lo:hi] if targets is not None else None
+            got = _write_shard(str(tmp / name), fmt, x[lo:hi], y[lo:hi], label_dtype, extra.get("codec"), size, part, s)
+            written += got or []
+        if record is not None:  # what the files hold, beside what was asked
+            sizes = np.asarray(written, np.float64)
             extra["records"] = {
                 "requested_bytes": record[0],
                 "requested_stdev": record[1],
@@ -332,12 +388,7 @@ def write(
                 "stdev_bytes": float(sizes.std()) if len(sizes) else None,
                 "min_bytes": int(sizes.min()) if len(sizes) else None,
                 "max_bytes": int(sizes.max()) if len(sizes) else None,
-                "ballast_bytes": int(pad.sum()),
             }
-        for s, name in enumerate(files):
-            lo, hi = int(bounds[s]), int(bounds[s + 1])
-            pads = ballast_bytes(pad[lo:hi], s) if pad is not None else None
-            _write_shard(str(tmp / name), fmt, x[lo:hi], y[lo:hi], label_dtype, extra.get("codec"), size, pads)
         meta = {
             "format": fmt,
             "n": len(y),
@@ -396,14 +447,18 @@ def resize_crop(pic: Any, height: int, width: int) -> Any:
     return pic.crop((left, top, left + width, top + height))
 
 
-def _read_ballast(z: Any, where: str, count: int) -> None:
-    """An npz shard's ballast read (as a loader of such records reads it) and discarded."""
-    if "pad" in z.files:
-        pad, offsets = z["pad"], z["pad_offsets"]
-        if len(offsets) != count + 1 or int(offsets[-1]) != len(pad):
-            raise DataError(
-                f"{where}: pad_offsets index {len(offsets) - 1} records of {len(pad)} bytes, expected {count}"
-            )
+def _npz(z: Any, where: str, count: int) -> tuple[np.ndarray, np.ndarray, Any]:
+    """An npz shard's samples and labels, and the open file where its records carry ballast (a member a
+    record, read with its record and discarded, every time it is read), else None (closed)."""
+    x, y = z["x"], z["y"]
+    pads = sum(name.startswith("pad") for name in z.files)
+    if not pads:
+        z.close()
+        return x, y, None
+    if pads != count:
+        z.close()
+        raise DataError(f"{where}: {pads} records' ballast, expected {count}")
+    return x, y, z
 
 
 class _Pread:
@@ -458,9 +513,10 @@ class Reader:
         self.ss = shardset
         self._open: dict[int, Any] = {}
         self._fileobjs: dict[int, Any] = {}  # a remote HDF5 shard's fsspec file
+        self._pad_offsets: dict[int, np.ndarray] = {}  # an HDF5 shard's ballast index, read once
 
     def __getstate__(self) -> dict[str, Any]:  # a worker process opens its own files
-        return {"ss": self.ss, "_open": {}, "_fileobjs": {}}
+        return {"ss": self.ss, "_open": {}, "_fileobjs": {}, "_pad_offsets": {}}
 
     def _file(self, shard: int) -> Any:
         handle = self._open.get(shard)
@@ -470,8 +526,11 @@ class Reader:
 
     def _close(self, shard: int) -> None:
         handle = self._open.pop(shard)
+        self._pad_offsets.pop(shard, None)
         if self.ss.format == "hdf5" or isinstance(handle, _Pread):
             handle.close()
+        elif self.ss.format == "npz" and handle[2] is not None:
+            handle[2].close()
         fileobj = self._fileobjs.pop(shard, None)
         if fileobj is not None:
             fileobj.close()
@@ -498,14 +557,12 @@ class Reader:
                     return _Pread(os.open(path, os.O_RDONLY), ss.record_bytes)
                 return np.memmap(path, ss.record_dtype(), mode="r", shape=(count,))
             if ss.format == "npz":
-                with np.load(path, allow_pickle=False) as z:
-                    x, y = z["x"], z["y"]
-                    _read_ballast(z, path, count)
+                x, y, pads = _npz(np.load(path, allow_pickle=False), path, count)
                 if len(y) != count or x.shape[1:] != ss.shape:
                     raise DataError(
                         f"{path}: holds {len(y)} samples of shape {x.shape[1:]}, expected {count} of {ss.shape}"
                     )
-                return x, y
+                return x, y, pads
             if ss.format == "tfrecord":
                 index = np.load(path + ".idx.npy", allow_pickle=False)
                 if len(index) != count:
@@ -545,9 +602,9 @@ class Reader:
             return np.append(index.astype(np.int64), storage.size(path, opts, what))
         if ss.format == "npz":
             try:
-                with np.load(io.BytesIO(storage.cat(path, opts, what)), allow_pickle=False) as z:
-                    x, y = z["x"], z["y"]
-                    _read_ballast(z, storage.redact(path), count)
+                # fetched whole, once a process: its ballast is then read from memory
+                z = np.load(io.BytesIO(storage.cat(path, opts, what)), allow_pickle=False)
+                x, y, pads = _npz(z, storage.redact(path), count)
             except (ValueError, KeyError, zipfile.BadZipFile, EOFError) as exc:
                 raise DataError(
                     f"{storage.redact(path)}: cannot read shard {shard} ({type(exc).__name__}: {exc})"
@@ -556,7 +613,7 @@ class Reader:
                 raise DataError(
                     f"{storage.redact(path)}: holds {len(y)} samples of shape {x.shape[1:]}, expected {count} of {ss.shape}"
                 )
-            return x, y
+            return x, y, pads
         if ss.format == "hdf5":
             import h5py
 
@@ -661,11 +718,24 @@ class Reader:
             rec = handle.records(local, self.ss.record_dtype()) if isinstance(handle, _Pread) else handle[local]
             return rec["x"], rec["y"].astype(np.int32)
         if fmt == "npz":
-            x, y = handle
+            x, y, pads = handle
+            if pads is not None:  # each record's ballast read from the file, discarded
+                try:
+                    for i in local:
+                        pads[pad_name(int(i))]
+                except (OSError, ValueError, KeyError, zipfile.BadZipFile, EOFError) as exc:
+                    raise DataError(
+                        f"{self.ss.path(shard)}: cannot read the ballast of record {int(i)} ({exc})"
+                    ) from None
             return x[local], y[local].astype(np.int32)
         try:  # hdf5: ascending indices
-            if "pad" in handle:  # the records' ballast: read with them, discarded
-                handle["pad"][local]
+            if "pad" in handle:  # the records' ballast, a range a run of consecutive records, discarded
+                if shard not in self._pad_offsets:
+                    self._pad_offsets[shard] = handle["pad_offsets"][...]
+                offsets = self._pad_offsets[shard]
+                for _, _, a, b in storage.runs(offsets[local], offsets[local + 1]):
+                    if b > a:
+                        handle["pad"][a:b]
             return handle["x"][local], handle["y"][local].astype(np.int32)
         except (OSError, ValueError) as exc:
             raise DataError(f"{self.ss.path(shard)}: cannot read records {local[0]}..{local[-1]} ({exc})") from None
