@@ -15,7 +15,7 @@ LOCKS  := -c requirements.lock
 STAMP  := $(VENV)/.installed-stamp
 endif
 
-.PHONY: venv browser quick run sample-results sample-results-gpu test test-fast bench bench-fidelity bench-coverage bench-power bench-scale gpu-smoke lint format clean
+.PHONY: venv browser quick run sample-results sample-results-gpu test test-fast bench bench-fidelity bench-coverage bench-power bench-scale bench-au gpu-smoke lint format clean
 
 $(STAMP): pyproject.toml requirements.lock requirements-gpu.lock
 	$(PYTHON) -m venv $(VENV)
@@ -73,7 +73,7 @@ test: venv browser
 test-fast: venv  ## unit tests only
 	$(BIN)/python -m pytest -q -m "not e2e"
 
-bench: bench-fidelity bench-coverage bench-power bench-scale  ## the four below
+bench: bench-fidelity bench-coverage bench-power bench-scale bench-au  ## the five below
 
 bench-fidelity: venv  ## mlbench vs hand-written loops per framework and model (about 30 minutes at 3 rounds on 2 cores)
 	$(BIN)/python -m bench.fidelity $(ARGS)
@@ -86,6 +86,9 @@ bench-power: venv  ## how often the verdict rule calls a planted 1.3x, and twins
 
 bench-scale: venv  ## the orchestrator at 100, 1,000 and 10,000 instant cells (SCALE_ARGS: e.g. --sizes 100 1000)
 	$(BIN)/python -m bench.scale $(SCALE_ARGS)
+
+bench-au: venv  ## how far a rerun moves AU: the floor a single run's AU pass or fail needs (about 10 minutes)
+	$(BIN)/python -m bench.au_floor $(AU_ARGS)
 
 # PYTHON=python3 on the command line: that interpreter and the frameworks it has, no venv built
 ifeq ($(origin PYTHON),command line)

@@ -93,16 +93,57 @@ def test_au_where_waits_overlap_the_device_comes_from_the_memory_twin():
 
     same = {"framework": "jax", "model_name": "mlp", "device": "cpu", "precision": "fp32", "batch_size": 64,
             "seed": 0, "data_order": "global", "status": "ok", "cell_id": "x"}  # fmt: skip
-    memory = {**same, "data_format": "memory", "step_time_median_s": 0.010, "accelerator_utilisation": 0.999}
+    runs = {"ci_kind": "runs", "repeats": 5}
+    memory = {**same, **runs, "data_format": "memory", "step_time_median_s": 0.010, "accelerator_utilisation": 0.999,
+              "samples_per_second": 6400.0, "samples_per_second_ci_low": 6390.0, "samples_per_second_ci_high": 6410.0,
+              "repeat_samples_per_second": [6390.0, 6400.0, 6400.0, 6400.0, 6410.0]}  # fmt: skip
     # the loader's 8 ms wait ran while the device worked on the last step: the step took 10.2 ms, not 18
-    fed = {**same, "data_format": "raw", "step_time_median_s": 0.0102, "waits_overlap_steps": True,
-           "accelerator_utilisation": None, "samples_per_second": 6274.0}  # fmt: skip
+    fed = {**same, **runs, "data_format": "raw", "step_time_median_s": 0.0102, "waits_overlap_steps": True,
+           "accelerator_utilisation": None, "samples_per_second": 6274.0, "samples_per_second_ci_low": 6264.0,
+           "samples_per_second_ci_high": 6284.0, "repeat_samples_per_second": [6264.0, 6274.0, 6274.0, 6274.0, 6284.0]}  # fmt: skip
     alone = {**fed, "model_name": "bert"}  # no twin: no AU, rather than one from overlapping waits
+    single = {**fed, "ci_kind": "within_run", "repeats": 1, "repeat_samples_per_second": None}
     rows = [memory, fed, alone]
     datapath.annotate(rows, 0.90)
     assert fed["accelerator_utilisation"] == pytest.approx(0.010 / 0.0102) and fed["au_source"] == "memory twin"
-    assert fed["au_pass"] is True and fed["data_wait_share"] == pytest.approx(1 - 0.010 / 0.0102)
+    assert fed["data_wait_share"] == pytest.approx(1 - 0.010 / 0.0102)
+    # between runs, AU's interval is the throughput ratio's: wholly above 0.90, a pass
+    assert 0.9 < fed["accelerator_utilisation_ci_low"] < fed["accelerator_utilisation_ci_high"] <= 1.0
+    assert fed["au_pass"] is True and fed["au_pass_reason"] is None
     assert alone["accelerator_utilisation"] is None and alone["au_pass"] is None
+    # one run of each: the ratio moves as far as a rerun moves throughput, which holds 0.90
+    datapath.annotate([memory, single], 0.90)
+    assert single["au_pass"] is None and single["au_pass_reason"].startswith("cannot tell from one run: AU 98%")
+
+
+def test_au_passes_or_fails_only_beyond_what_a_rerun_moves():
+    from mlbench.analysis import datapath, evidence
+    from mlbench.present import content
+
+    floor = evidence.AU_SINGLE_RUN_FLOOR
+
+    def told(au: float, low: float | None = None, high: float | None = None, **extra) -> tuple:
+        r = {"accelerator_utilisation": au, "au_source": "waits", "data_format": "npz", "status": "ok",
+             "accelerator_utilisation_ci_low": low, "accelerator_utilisation_ci_high": high, **extra}  # fmt: skip
+        return (*datapath.au_verdict(r, 0.90), r)
+
+    # one run: a pass or a fail only beyond the single-run floor (what reruns of the same cells moved)
+    assert told(0.90 + floor + 0.005)[:2] == (True, None)
+    assert told(0.90 - floor - 0.005)[:2] == (False, None)
+    ok, why, r = told(0.905)
+    assert ok is None and "within the" in why and "a rerun moves AU" in why
+    r["au_pass"] = ok
+    assert content.data_path_cells(r)["au"] == "90% cannot tell"  # not "fail"
+    # runs: the interval decides, and one that holds the threshold cannot
+    assert told(0.93, 0.91, 0.95)[:2] == (True, None)
+    assert told(0.87, 0.85, 0.89)[:2] == (False, None)
+    ok, why, r = told(0.905, 0.88, 0.93)
+    assert ok is None and why == "cannot tell: AU's 95% interval 88-93% holds the 90% threshold"
+    r["au_pass"] = True
+    assert content.data_path_cells(r)["au"] == "90% [88-93%] pass"
+    # a cell that shared the machine with other work: no verdict at all
+    ok, why, _ = told(0.99, 0.98, 1.0, cpu_other_train_pct=80.0, cpu_count_logical=2)
+    assert ok is None and "other processes used 80% of a core" in why
 
 
 @pytest.mark.parametrize("fmt", formats.FORMATS)
@@ -494,7 +535,9 @@ def test_a_dlio_workload_imports_and_runs_with_real_and_emulated_compute(tmp_pat
     emulated, real = by["tfrecord", 0.02], by["tfrecord", None]
     # the emulated step is the sleep, and nothing was trained
     assert emulated["step_time_median_s"] >= 0.02 and emulated["final_val_accuracy"] is None
-    assert 0 < emulated["accelerator_utilisation"] <= 1 and emulated["au_pass"] is not None
+    assert 0 < emulated["accelerator_utilisation"] <= 1
+    # one run: a pass or a fail beyond the single-run floor, else the reason it cannot tell
+    assert (emulated["au_pass"] is None) == (emulated["au_pass_reason"] is not None)
     assert emulated["data_tax"] is None and "emulated compute" in emulated["data_tax_reason"]
     assert real["final_val_accuracy"] is not None and "no memory cell" in real["data_tax_reason"]
     assert emulated["batch_digests"] == real["batch_digests"] and emulated["digests_agree"] is True

@@ -49,6 +49,16 @@ def test_combine_pools_the_runs_steps() -> None:
     assert row["steps_timed"] == 18 and row["step_time_median_s"] == pytest.approx(0.1)
     assert row["inference_runs"] == 6 and row["peak_memory_mb"] == 102.0
     assert row["noisy"] is False  # CV exactly 10% is not above the 10% line
+    assert row["accelerator_utilisation_ci_low"] is None  # no AU measured, no interval
+
+
+def test_au_is_the_runs_mean_with_their_t_interval() -> None:
+    runs = [_run(k, 100.0, [0.1] * 6) | {"accelerator_utilisation": au} for k, au in enumerate([0.90, 0.92, 0.94])]
+    row = combine_one(runs)
+    # 0.92 +- t(0.975, 2) x 0.02 / sqrt(3) = 0.92 +- 0.0497: what a rerun gives, which au_pass reads
+    assert row["accelerator_utilisation"] == pytest.approx(0.92)
+    assert row["accelerator_utilisation_ci_low"] == pytest.approx(0.8703, abs=1e-4)
+    assert row["accelerator_utilisation_ci_high"] == pytest.approx(0.9697, abs=1e-4)
 
 
 def test_a_failed_repeat_marks_the_cell() -> None:

@@ -1,5 +1,5 @@
 """The data path's derived figures (rebuilt with the results): whether each cell kept its device fed
-(AU against the suite's threshold) and what its loader costs against its `memory` twin (the data
+(AU against the suite's threshold, a pass or a fail only beyond what a rerun moves AU) and what its loader costs against its `memory` twin (the data
 tax), like scaling efficiency against the one-device cell.
 
 A file-fed cell's twin is the `memory` cell of the same framework, model, device, precision, batch,
@@ -104,16 +104,48 @@ def annotate(rows: list[Row], au_threshold: float) -> None:
             r["accelerator_utilisation"] = au
             r["data_wait_share"] = 1.0 - au if au is not None else None
             r["au_source"] = "memory twin" if au is not None else None
+            # the twin's step over this cell's is their throughputs' ratio: between runs, its interval is AU's
+            runs = au is not None and b and r.get("ci_kind") == b.get("ci_kind") == "runs"
+            low, high = evidence.throughput_ratio_bounds(r, b) if runs else (None, None)
+            r["accelerator_utilisation_ci_low"] = min(1.0, low) if low is not None else None
+            r["accelerator_utilisation_ci_high"] = min(1.0, high) if high is not None else None
         elif r.get("accelerator_utilisation") is not None:
             r["au_source"] = "waits"
-        au = r.get("accelerator_utilisation")
-        r["au_pass"] = au >= au_threshold if au is not None else None
         data_tax(r, rows)
         decode_cost(r, rows)
-        if r.get("au_source") == "memory twin" and r.get("data_tax_clear") is False:
-            # AU from the twin is the tax seen from the other side: where the tax cannot be told from the
-            # runs' noise, neither can a pass or a fail
-            r["au_pass"] = None
+        r["au_pass"], r["au_pass_reason"] = au_verdict(r, au_threshold)
+
+
+def au_verdict(r: Row, threshold: float) -> tuple[bool | None, str | None]:
+    """AU against the threshold, told as every figure is (mlbench/analysis/evidence.py): a pass or a fail only
+    where what a rerun gives lies wholly on one side, the runs' interval (or, from the memory twin, the
+    throughput ratio's), or one run's AU beyond the single-run floor; else (None, why)."""
+    au = r.get("accelerator_utilisation")
+    if au is None:
+        return None, None
+    untrusted = evidence.why_untrusted(r)
+    if untrusted:
+        return None, f"cannot tell: {untrusted} during its steps"
+    low, high = r.get("accelerator_utilisation_ci_low"), r.get("accelerator_utilisation_ci_high")
+    if low is not None and high is not None:  # between runs
+        if low >= threshold or high < threshold:
+            return low >= threshold, None
+        return (
+            None,
+            f"cannot tell: AU's 95% interval {100 * low:.0f}-{100 * high:.0f}% holds the {threshold:.0%} threshold",
+        )
+    if r.get("au_source") == "memory twin":  # one run of each: AU moves as their throughputs' ratio does
+        move = 1.0 + evidence.SINGLE_RUN_FLOOR["throughput"]
+        low, high, what = au / move, min(1.0, au * move), f"the {move - 1:.0%} a rerun moves throughput"
+    else:
+        floor = evidence.AU_SINGLE_RUN_FLOOR
+        low, high, what = au - floor, min(1.0, au + floor), f"the {100 * floor:.0f} points a rerun moves AU"
+    if low >= threshold or high < threshold:
+        return low >= threshold, None
+    return None, (
+        f"cannot tell from one run: AU {100 * au:.0f}% lies within {what} of the {threshold:.0%} threshold "
+        "(repeats: 3 gives an interval)"
+    )
 
 
 IMAGE_MATCH = (*MATCH, "loader", "loader_workers", "data_shards", "data_storage", "emulated_compute_s")

@@ -142,6 +142,16 @@ DATA_PATH_NOTE = (
 )
 
 
+def _au_text(r: Row) -> str:
+    """AU, its interval where runs give one, and pass, fail or cannot tell (the reason is the row's)."""
+    au, ok = r.get("accelerator_utilisation"), r.get("au_pass")
+    if au is None:
+        return ""
+    low, high = r.get("accelerator_utilisation_ci_low"), r.get("accelerator_utilisation_ci_high")
+    bounds = f" [{100 * low:.0f}-{100 * high:.0f}%]" if low is not None and high is not None else ""
+    return f"{100 * au:.0f}%{bounds} " + ("pass" if ok is True else "fail" if ok is False else "cannot tell")
+
+
 def _dataset(r: Row) -> dict[str, Any]:
     """The cell's dataset block, from its spec."""
     return (json.loads(r["spec_json"]).get("dataset") or {}) if r.get("spec_json") else {}
@@ -149,7 +159,6 @@ def _dataset(r: Row) -> dict[str, Any]:
 
 def data_path_cells(r: Row) -> dict[str, Any]:
     """One row of the data-path table as words and figures, for both writers."""
-    au, ok = r.get("accelerator_utilisation"), r.get("au_pass")
     tax = r.get("data_tax")
     if tax is not None:
         bounds = (
@@ -187,7 +196,7 @@ def data_path_cells(r: Row) -> dict[str, Any]:
         "time_to_first_batch_s": r.get("time_to_first_batch_s"),
         "wait_p50_ms": 1000 * r["data_wait_p50_s"] if r.get("data_wait_p50_s") is not None else None,
         "wait_p99_ms": 1000 * r["data_wait_p99_s"] if r.get("data_wait_p99_s") is not None else None,
-        "au": "" if au is None else f"{100 * au:.0f}% " + ("pass" if ok else "fail"),
+        "au": _au_text(r),
         "tax": tax_text,
         "same_batches": "" if agree is None else ("yes" if agree else f"no: {r.get('digest_mismatch')}"),
         "child_cpu": r.get("child_cpu_avg_pct"),

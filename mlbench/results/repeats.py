@@ -120,6 +120,9 @@ def combine_one(runs: list[dict[str, Any]]) -> dict[str, Any]:
     for key in MEAN_OF:
         present = [r[key] for r in ok if r[key] is not None]
         row[key] = statistics.fmean(present) if present else None
+    # AU's interval across the runs, as throughput's: what a rerun would give (au_pass reads it)
+    au = [r["accelerator_utilisation"] for r in ok if r["accelerator_utilisation"] is not None]
+    row["accelerator_utilisation_ci_low"], row["accelerator_utilisation_ci_high"] = stats.t_interval(au)
     if row.get("data_wait_p50_s") is not None:
         row["input_ready"] = row["data_wait_p50_s"] <= rows.INPUT_READY_S
     return row

@@ -266,6 +266,13 @@ COLUMNS: list[tuple[str, pa.DataType, str]] = [
         "twin where waits overlap the device's work: see au_source); 1 = never waited",
     ),
     (
+        "accelerator_utilisation_ci_low",
+        F,
+        "the 95% interval of AU a rerun would give: across the runs (repeats, au_source waits), or from the "
+        "throughput ratio's over the memory twin (au_source memory twin; rebuilt); null from one run",
+    ),
+    ("accelerator_utilisation_ci_high", F, "its upper end (rebuilt)"),
+    (
         "au_source",
         S,
         "what AU is made of: waits (each steady step's wait is device idle time: the step ran after it) or memory "
@@ -278,7 +285,14 @@ COLUMNS: list[tuple[str, pa.DataType, str]] = [
         "the backend queues steps (JAX; PyTorch and TensorFlow on a GPU): a wait for the next batch overlaps "
         "the device's work on the last",
     ),
-    ("au_pass", B, "accelerator_utilisation >= the suite's loader.au_threshold (DLIO: 0.90) (rebuilt)"),
+    (
+        "au_pass",
+        B,
+        "AU against the suite's loader.au_threshold (DLIO: 0.90) beyond what a rerun moves: true at or above it "
+        "(the interval's low end, or one run's AU less the single-run floor), false below it; null where the "
+        "evidence cannot tell (au_pass_reason) (rebuilt)",
+    ),
+    ("au_pass_reason", S, "why au_pass is null although AU was measured (rebuilt)"),
     ("input_ready", B, "the median data wait is at most 50 us: tf.data's test for 'input is not the bottleneck'"),
     (
         "emulated_compute_s",
