@@ -14,17 +14,15 @@ from __future__ import annotations
 
 import argparse
 import json
-import os
-import subprocess
 import sys
 import tempfile
 import time
 from pathlib import Path
 
 import pyarrow.parquet as pq
-import yaml
 
-ROOT = Path(__file__).resolve().parent.parent
+from bench import ROOT, run_suite
+
 TINY_INFERENCE = {"warmup": 1, "runs": 5, "min_runs": 2, "max_s": 1}
 
 
@@ -72,18 +70,11 @@ def suites(repeats: int) -> list[dict]:
 
 
 def measure(folder: Path, suite: dict) -> list[dict]:
-    (folder / f"{suite['name']}.yaml").write_text(yaml.safe_dump(suite))
-    env = {**os.environ, "PYTHONPATH": str(ROOT), "MLBENCH_CHART_IMAGES": "0"}
-    proc = subprocess.run(
-        [sys.executable, "-m", "mlbench", "run", f"{suite['name']}.yaml", "--runs-dir", "runs"],
-        cwd=folder, env=env, capture_output=True, text=True,
-    )  # fmt: skip
-    if proc.returncode != 0:
-        raise SystemExit(f"{suite['name']} failed: {proc.stderr[-2000:]}")
+    run = run_suite(folder, suite)
     from mlbench.analysis import evidence
 
     runs: dict[str, list[dict]] = {}
-    for r in pq.read_table(folder / "runs" / suite["name"] / "repeats.parquet").to_pylist():
+    for r in pq.read_table(run / "repeats.parquet").to_pylist():
         if r["status"] == "ok" and r["accelerator_utilisation"] is not None:
             runs.setdefault(r["cell_id"], []).append(r)
     out = []

@@ -13,19 +13,16 @@ from __future__ import annotations
 import argparse
 import itertools
 import json
-import os
-import subprocess
 import sys
 import tempfile
 import time
 from pathlib import Path
 
 import pandas as pd
-import yaml
 
+from bench import ROOT, run_suite
 from mlbench.config import load_suite
 
-ROOT = Path(__file__).resolve().parent.parent
 COMPARING = ROOT / "configs" / "benchmark_config.yaml"
 TARGET = 0.80
 SMALL = {"resnet18": {"widths": [16, 32, 64, 128]}}  # a quarter of the channels: seconds a cell on 2 cores
@@ -52,15 +49,7 @@ def suite(repeats: int, frameworks: list[str], models: list[str], threads: int |
 def run_round(folder: Path, spec: dict, name: str) -> tuple[pd.DataFrame, pd.DataFrame]:
     """One independent round: a whole `mlbench run` into runs/<name>; its combined rows, and its first
     process's own rows (what a single run of the cell would have printed)."""
-    (folder / f"{name}.yaml").write_text(yaml.safe_dump({**spec, "name": name}))
-    env = {**os.environ, "PYTHONPATH": str(ROOT), "MLBENCH_CHART_IMAGES": "0"}
-    proc = subprocess.run(
-        [sys.executable, "-m", "mlbench", "run", f"{name}.yaml", "--runs-dir", "runs"],
-        cwd=folder, env=env, capture_output=True, text=True,
-    )  # fmt: skip
-    if proc.returncode != 0:
-        raise SystemExit(f"round {name} failed: {proc.stderr[-2000:]}")
-    run = folder / "runs" / name
+    run = run_suite(folder, {**spec, "name": name})
     each = pd.read_parquet(run / "repeats.parquet") if (run / "repeats.parquet").is_file() else None
     combined = pd.read_parquet(run / "results.parquet")
     return combined, (each[each.repeat == 0] if each is not None else combined)

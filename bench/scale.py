@@ -22,9 +22,8 @@ import tempfile
 import time
 from pathlib import Path
 
-import yaml
+from bench import ENV, ROOT, run_suite
 
-ROOT = Path(__file__).resolve().parent.parent
 TARGETS = {"per_cell_growth": 1.5, "orchestrator_rss_mb": 1024.0, "report_load_s": 10.0}
 
 
@@ -62,18 +61,10 @@ def load_time(report: Path) -> float | None:
 
 
 def measure(folder: Path, n: int, parallel: int, browser: bool = True) -> dict:
-    name = f"scale{n}"
-    (folder / f"{name}.yaml").write_text(yaml.safe_dump(suite(n, parallel)))
-    env = {**os.environ, "PYTHONPATH": str(ROOT), "MLBENCH_CHART_IMAGES": "0"}
+    env = {**os.environ, **ENV}
     t0 = time.perf_counter()
-    proc = subprocess.run(
-        [sys.executable, "-m", "mlbench", "run", f"{name}.yaml", "--runs-dir", "runs"],
-        cwd=folder, env=env, capture_output=True, text=True,
-    )  # fmt: skip
+    run = run_suite(folder, suite(n, parallel))
     wall = time.perf_counter() - t0
-    if proc.returncode != 0:
-        raise SystemExit(f"the {n}-cell run failed: {proc.stderr[-2000:]}")
-    run = folder / "runs" / name
     end = [json.loads(x) for x in (run / "journal.ndjson").read_text().splitlines() if '"action": "end"' in x][-1]
     t0 = time.perf_counter()
     subprocess.run([sys.executable, "-m", "mlbench", "report", str(run)], cwd=folder, env=env, check=True,
