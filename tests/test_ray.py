@@ -48,6 +48,7 @@ MEASURED = {
     "repeat_b1_latency_p50_ms", "ci_kind",
     # the data path's timings and the monitor's readings of the tree
     "data_wait_p50_s", "data_wait_p99_s", "data_wait_share", "accelerator_utilisation", "au_pass", "input_ready",
+    "accelerator_utilisation_ci_low", "accelerator_utilisation_ci_high", "au_pass_reason",
     "loader_samples_per_second", "loader_mb_per_second", "time_to_first_batch_s", "data_tax", "data_tax_low",
     "data_tax_high", "child_cpu_avg_pct", "tree_pss_peak_mb", "dev_shm_peak_mb", "read_chars_mb", "read_disk_mb",
 }  # fmt: skip
