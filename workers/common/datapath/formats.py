@@ -267,9 +267,8 @@ def _write_shard(
 ) -> list[int] | None:
     """One shard's file(s). With `targets` (each record's size on disk, dataset.record_bytes) every record
     is padded with ballast to its target, where its own bytes fall short; returns the records' sizes as
-    written (label, sample and ballast; a TFRecord's the framed Example), else None."""
-    if targets is not None and fmt not in BALLAST_FORMATS:
-        raise ValueError(f"{fmt} records take no ballast; record_bytes is for {', '.join(BALLAST_FORMATS)}")
+    written (label, sample and ballast; a TFRecord's the framed Example), else None (`write` checks that
+    the format takes ballast)."""
     own = int(np.prod(x.shape[1:])) * x.dtype.itemsize + 4  # npz and hdf5: the sample and an int32 label
     sizes: list[int] = []
     if fmt == "raw":
@@ -282,15 +281,17 @@ def _write_shard(
     elif fmt == "npz":  # numpy's npz layout, written as np.savez does, with a member `padNNNNNNN` a record
         ballast = Ballast(shard)
         with zipfile.ZipFile(path, "w", zipfile.ZIP_STORED, allowZip64=True) as z:
-            members = [("x", x), ("y", y.astype("<i4"))]
-            for k, target in enumerate(targets):
-                members.append((pad_name(k), None))
-                sizes.append(own + max(int(target) - own, 0))
-            for name, arr in members:
-                if arr is None:
-                    arr = np.frombuffer(ballast.take(sizes[int(name[3:])] - own), np.uint8)
+
+            def member(name: str, arr: np.ndarray) -> None:
                 with z.open(name + ".npy", "w", force_zip64=True) as f:
-                    np.lib.format.write_array(f, np.asanyarray(arr), allow_pickle=False)
+                    np.lib.format.write_array(f, arr, allow_pickle=False)
+
+            member("x", np.asarray(x))
+            member("y", y.astype("<i4"))
+            for k, target in enumerate(targets):
+                pad = max(int(target) - own, 0)
+                member(pad_name(k), np.frombuffer(ballast.take(pad), np.uint8))
+                sizes.append(own + pad)
     elif fmt == "tfrecord":
         ballast = Ballast(shard)
         offsets, pos = [], 0
@@ -447,18 +448,20 @@ def resize_crop(pic: Any, height: int, width: int) -> Any:
     return pic.crop((left, top, left + width, top + height))
 
 
-def _npz(z: Any, where: str, count: int) -> tuple[np.ndarray, np.ndarray, Any]:
-    """An npz shard's samples and labels, and the open file where its records carry ballast (a member a
-    record, read with its record and discarded, every time it is read), else None (closed)."""
+def _npz(z: Any, where: str, count: int, shape: tuple[int, ...]) -> tuple[np.ndarray, np.ndarray, Any]:
+    """An npz shard's samples and labels, checked against `count` records of `shape`, and the open file
+    where its records carry ballast (a member a record, read with its record and discarded, every time it
+    is read), else None (closed)."""
     x, y = z["x"], z["y"]
     pads = sum(name.startswith("pad") for name in z.files)
     if not pads:
         z.close()
-        return x, y, None
-    if pads != count:
+    if len(y) != count or x.shape[1:] != shape or pads not in (0, count):
         z.close()
-        raise DataError(f"{where}: {pads} records' ballast, expected {count}")
-    return x, y, z
+        raise DataError(
+            f"{where}: holds {len(y)} samples of shape {x.shape[1:]} ({pads} with ballast), expected {count} of {shape}"
+        )
+    return x, y, z if pads else None
 
 
 class _Pread:
@@ -557,12 +560,7 @@ class Reader:
                     return _Pread(os.open(path, os.O_RDONLY), ss.record_bytes)
                 return np.memmap(path, ss.record_dtype(), mode="r", shape=(count,))
             if ss.format == "npz":
-                x, y, pads = _npz(np.load(path, allow_pickle=False), path, count)
-                if len(y) != count or x.shape[1:] != ss.shape:
-                    raise DataError(
-                        f"{path}: holds {len(y)} samples of shape {x.shape[1:]}, expected {count} of {ss.shape}"
-                    )
-                return x, y, pads
+                return _npz(np.load(path, allow_pickle=False), path, count, ss.shape)
             if ss.format == "tfrecord":
                 index = np.load(path + ".idx.npy", allow_pickle=False)
                 if len(index) != count:
@@ -604,16 +602,11 @@ class Reader:
             try:
                 # fetched whole, once a process: its ballast is then read from memory
                 z = np.load(io.BytesIO(storage.cat(path, opts, what)), allow_pickle=False)
-                x, y, pads = _npz(z, storage.redact(path), count)
+                return _npz(z, storage.redact(path), count, ss.shape)
             except (ValueError, KeyError, zipfile.BadZipFile, EOFError) as exc:
                 raise DataError(
                     f"{storage.redact(path)}: cannot read shard {shard} ({type(exc).__name__}: {exc})"
                 ) from None
-            if len(y) != count or x.shape[1:] != ss.shape:
-                raise DataError(
-                    f"{storage.redact(path)}: holds {len(y)} samples of shape {x.shape[1:]}, expected {count} of {ss.shape}"
-                )
-            return x, y, pads
         if ss.format == "hdf5":
             import h5py
 
