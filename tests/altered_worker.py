@@ -2,7 +2,8 @@
 
 The framework name picks the change (map it in a suite's `workers`):
   altered_activation: GELU instead of ReLU after the first layer (same shapes, different math);
-  altered_shape: the second hidden layer one unit wider (a different structure).
+  altered_shape: the second hidden layer one unit wider (a different structure);
+  no_bert: the MLP as shipped, BERT unsupported (one model of a verify process raising).
 """
 
 from __future__ import annotations
@@ -15,6 +16,7 @@ import torch.nn.functional as F
 from torch import nn
 
 from workers.common.cli import main
+from workers.common.harness import Unsupported
 from workers.pytorch_worker import models
 
 
@@ -40,6 +42,15 @@ def _load(cell):
 
     backend = Backend(cell)
     backend.framework = cell["framework"]
+    if cell["framework"] == "no_bert":
+        build = backend.build
+
+        def _build(spec, weights):
+            if spec.family == "tokens":
+                raise Unsupported("no_bert builds no text model")
+            return build(spec, weights)
+
+        backend.build = _build
     return backend
 
 

@@ -240,7 +240,7 @@ def verify_run(
     from mlbench.tasks import verify
 
     module = module or BUILTIN_WORKERS[framework]
-    cell = verify.verify_cell(framework, model, module, overrides, 0, device=device)
+    cell = verify.verify_cell(framework, [model], module, {model: overrides}, 0, device=device)
     run_dir.mkdir(parents=True, exist_ok=True)
     outcome = runner.run_cell(
         cell, run_dir, module=module, timeout_s=timeout_s, idle_timeout_s=timeout_s,

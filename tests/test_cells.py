@@ -158,7 +158,7 @@ def test_a_spec_holds_exactly_its_tasks_keys() -> None:
     calib = calibration_cell(grid(), "pytorch", "cpu", "fp32")
     assert json.loads(calib.spec_json)["task"] == "calibrate" and "model" not in json.loads(calib.spec_json)
     assert calib.label == "pytorch calibration matmul cpu fp32"  # not a model called "matmul"
-    check = verify_cell("jax", "mlp", "workers.jax_worker", None, 0)
+    check = verify_cell("jax", ["mlp"], "workers.jax_worker", None, 0)
     assert json.loads(check.spec_json)["task"] == "verify"
     payload = train.worker_payload(data_dir="/d")
     assert payload["task"] == "train" and payload["cell_id"] == train.cell_id

@@ -91,6 +91,25 @@ def test_verify_fails_on_an_altered_model_naming_the_layer(tmp_path, altered: st
 
 
 @pytest.mark.e2e
+def test_one_process_checks_each_model_and_a_model_that_raises_does_not_stop_the_next(tmp_path) -> None:
+    """A framework's models are verified in one process: BERT raising there (a worker without it) is that
+    model's error, in the runner's words; the MLP checked after it in the same process still passes."""
+    pytest.importorskip("torch")
+    suite = suite_dict(
+        frameworks=["pytorch", "no_bert"], models=["bert", "mlp"], workers={"no_bert": "tests.altered_worker"},
+        model_overrides={"bert": TINY["bert"]},
+    )  # fmt: skip
+    (tmp_path / "s.yaml").write_text(yaml.safe_dump(suite))
+    proc = cli("verify", "--config", "s.yaml", "--no-data-parallel", cwd=tmp_path)
+    assert proc.returncode == 1 and "3 of 4 checks passed" in proc.stdout, proc.stdout + proc.stderr
+    checks = {(c["framework"], c["model"]): c for c in json.loads((tmp_path / "runs/verify/verify.json").read_text())}
+    assert checks[("no_bert", "bert")]["problems"] == ["skipped: Unsupported: no_bert builds no text model"]
+    assert checks[("no_bert", "mlp")]["status"] == "ok" and checks[("pytorch", "bert")]["status"] == "ok"
+    # a process a framework, not a model: one log each
+    assert len(list((tmp_path / "runs/verify/verify/logs").glob("*.ndjson"))) == 2
+
+
+@pytest.mark.e2e
 @pytest.mark.usefixtures("frameworks")
 def test_verify_fails_a_data_parallel_step_that_does_not_all_reduce(tmp_path) -> None:
     """A DDP forward that bypasses the wrapper (each rank steps on its own slice's gradient): the

@@ -36,7 +36,8 @@ REQUIRED: dict[str, dict[str, tuple[type, ...]]] = {
     "error": {"kind": (str,), "message": (str,)},
     "log": {"message": (str,)},
     "calibration": {"n": (int,), "peak_tflops": _NUM, "best_s": _NUM},
-    "verify": {"num_parameters": (int,), "shapes": (dict,), "losses": (list,), "arrays": (str,)},
+    "verify": {"model": (str,), "num_parameters": (int,), "shapes": (dict,), "losses": (list,), "arrays": (str,)},
+    "verify_error": {"model": (str,), "kind": (str,), "message": (str,)},  # one model's check raised; the next goes on
     "progress": {"step": (int,), "total_steps": (int,)},
     # the timed training steps (name train: GPU window figures) or the timed inference passes start or end;
     # the monitor measures other load over each
@@ -70,6 +71,6 @@ def parse_line(line: str) -> dict[str, Any]:
             raise ProtocolError(f"{kind} event without `{key}`")
         if not isinstance(obj[key], types) or (isinstance(obj[key], bool) and bool not in types):
             raise ProtocolError(f"{kind} event: `{key}` has type {type(obj[key]).__name__}")
-    if kind == "error" and obj["kind"] not in ERROR_KINDS:
+    if kind in ("error", "verify_error") and obj["kind"] not in ERROR_KINDS:
         raise ProtocolError(f"error event of unknown kind {obj['kind']!r}")
     return obj

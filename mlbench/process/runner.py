@@ -211,6 +211,9 @@ def _wait_exit(proc: subprocess.Popen[bytes], q: queue.Queue[tuple[str, Any]]) -
     q.put(("exit", proc.wait()))
 
 
+STATUS_OF_ERROR = {"oom": "oom", "unsupported": "skipped", "exception": "failed", "crashed": "crashed"}  # a worker's error kind
+
+
 def classify(
     exit_code: int | None,
     events: list[dict[str, Any]],
@@ -260,9 +263,7 @@ def _classify(
     has_result = any(e["event"] == "result" for e in events)
     if error is not None:
         message = error["message"].splitlines()[0][:500] if error["message"] else error["kind"]
-        return {"oom": "oom", "unsupported": "skipped", "exception": "failed", "crashed": "crashed"}[
-            error["kind"]
-        ], message
+        return STATUS_OF_ERROR[error["kind"]], message
     if exit_code is not None and exit_code < 0:
         try:
             name = signal.Signals(-exit_code).name

@@ -1,7 +1,7 @@
 """`mlbench verify`: prove, rather than assume, that the frameworks run the same model.
 
-For each model, every framework's worker (a fresh process each) builds the model from the same
-canonical initial weights and reports: its parameter count and every tensor's shape; whether the
+For each model, every framework's worker (a fresh process a framework, checking the models in turn)
+builds the model from the same canonical initial weights and reports: its parameter count and every tensor's shape; whether the
 weights survive an import/export round trip unchanged; the output of every parametrised module
 and the logits on one batch (inference mode, fp32); and the losses of a few plain-SGD steps on
 the same batches (dropout off). Each framework is compared with the first one that ran.
@@ -20,7 +20,7 @@ import numpy as np
 
 from mlbench.cells import Cell, Unit
 from mlbench.executors.base import Settings, run_here
-from mlbench.process.runner import CancelToken, Outcome
+from mlbench.process.runner import STATUS_OF_ERROR, CancelToken
 from mlbench.results import store
 from mlbench.runfolder import RunFolder
 from workers.common import specs
@@ -90,17 +90,23 @@ def recipe_optimizer(model: str, overrides: dict[str, Any] | None) -> dict[str, 
 
 
 def verify_cell(
-    framework: str, model: str, module: str, overrides: dict[str, Any] | None, seed: int, device: str = "cpu"
+    framework: str,
+    models: list[str],
+    module: str,
+    overrides: dict[str, dict[str, Any]] | None,
+    seed: int,
+    device: str = "cpu",
 ) -> Cell:
-    """The verify task of one framework and model; on several devices (`cpu:0,1`) the same steps data
-    parallel, to compare with the one-device run."""
+    """The verify task of one framework for `models`, in one process (the first model is the cell's);
+    on several devices (`cpu:0,1`) the same steps data parallel, to compare with the one-device run."""
+    overrides = overrides or {}
     return Cell(
         CellSpec(
             task="verify",
             framework=framework,
             worker=module,
-            model=model,
-            model_overrides=verify_overrides(model, overrides),
+            model=models[0],
+            model_overrides=verify_overrides(models[0], overrides.get(models[0])),
             device=device,
             batchnorm="sync" if Device.parse(device).data_parallel else None,
             precision="fp32",
@@ -112,7 +118,18 @@ def verify_cell(
             threads=None,
             dataset={"name": "synthetic", "train_samples": BATCH * STEPS, "val_samples": BATCH, "path": None},
             inference={"warmup": 0, "runs": 1, "min_runs": 1, "max_s": 1.0},
-            verify={"batch": BATCH, "steps": STEPS, "recipe_optimizer": recipe_optimizer(model, overrides)},
+            verify={
+                "batch": BATCH,
+                "steps": STEPS,
+                "models": [
+                    {
+                        "model": m,
+                        "model_overrides": verify_overrides(m, overrides.get(m)),
+                        "recipe_optimizer": recipe_optimizer(m, overrides.get(m)),
+                    }
+                    for m in models
+                ],
+            },
         )
     )
 
@@ -305,61 +322,59 @@ def run(
     # its arrays are compared here, so it runs on this host; its worker may stay silent for a while
     settings = replace(settings, idle_timeout_s=max(settings.idle_timeout_s, settings.timeout_s))
 
-    def launch(cell: Cell) -> tuple[Outcome, dict[str, Any] | None]:
+    def launch(framework: str, device: str) -> dict[str, tuple[dict[str, Any] | None, str]]:
+        """One process verifies every model: model -> (its verify event, or None and the problem)."""
+        cell = verify_cell(framework, models, settings.modules[framework], overrides, seed, device=device)
         unit = Unit(cell)
         outcome = run_here(
             unit,
             out_dir,
-            settings,
+            # a process's limit was one model's: it checks them all
+            replace(settings, timeout_s=settings.timeout_s * len(models)),
             executor="local",
             on_start=lambda pid: on_start(unit, pid) if on_start else None,
             on_event=lambda e: None,
             cancel=CancelToken(),
             extra={"verify_dir": str(out_dir.resolve())},
         )
-        return outcome, next((e for e in outcome.events if e["event"] == "verify"), None)
+        found: dict[str, tuple[dict[str, Any] | None, str]] = {}
+        for e in outcome.events:
+            if e["event"] == "verify":
+                found[e["model"]] = (e, "")
+            elif e["event"] == "verify_error":
+                found[e["model"]] = (None, f"{STATUS_OF_ERROR[e['kind']]}: {e['message'].splitlines()[0][:500]}")
+        lost = f"{outcome.status}: {outcome.reason}" if outcome.status != "ok" else "ok: no verify event"
+        return {m: found.get(m, (None, lost)) for m in models}
 
+    one = {fw: launch(fw, "cpu") for fw in frameworks}
+    several = {fw: launch(fw, data_parallel) for fw in frameworks} if data_parallel else {}
     checks: list[Check] = []
     for model in models:
         spec = specs.get_spec(model, verify_overrides(model, (overrides or {}).get(model)))
         probe = list(dict.fromkeys(n.rsplit(".", 1)[0] for n in specs.canonical_params(spec)))
         reference: tuple[str, dict[str, Any], dict[str, np.ndarray]] | None = None
         for fw in frameworks:
-            module = settings.modules[fw]
-            outcome, event = launch(verify_cell(fw, model, module, (overrides or {}).get(model), seed))
-            if outcome.status != "ok" or event is None:
+            event, problem = one[fw][model]
+            if event is None:
                 ref = reference[0] if reference else ""
-                checks.append(Check(model, fw, ref, "error", problems=[f"{outcome.status}: {outcome.reason}"]))
+                checks.append(Check(model, fw, ref, "error", problems=[problem]))
                 continue
             arrays = _load_arrays(event["arrays"])
             if reference is None:
                 reference = (fw, event, arrays)
             checks.append(compare(model, fw, reference[0], event, reference[1], arrays, reference[2], probe))
             if data_parallel:
-                cell = verify_cell(fw, model, module, (overrides or {}).get(model), seed, device=data_parallel)
-                dp_outcome, dp_event = launch(cell)
-                checks.append(_data_parallel_check(model, fw, data_parallel, dp_outcome, dp_event, event))
+                dp_event, dp_problem = several[fw][model]
+                checks.append(_data_parallel_check(model, fw, data_parallel, dp_event, dp_problem, event))
     save(run_dir, checks)
     return checks
 
 
 def _data_parallel_check(
-    model: str,
-    framework: str,
-    device: str,
-    outcome: Outcome,
-    event: dict[str, Any] | None,
-    one_device: dict[str, Any],
+    model: str, framework: str, device: str, event: dict[str, Any] | None, problem: str, one_device: dict[str, Any]
 ) -> Check:
-    if outcome.status != "ok" or event is None:
-        return Check(
-            model,
-            framework,
-            f"{framework} on cpu",
-            "error",
-            problems=[f"{device}: {outcome.status}: {outcome.reason}"],
-            device=device,
-        )
+    if event is None:
+        return Check(model, framework, f"{framework} on cpu", "error", problems=[f"{device}: {problem}"], device=device)
     return compare_data_parallel(model, framework, device, event, one_device)
 
 

@@ -626,6 +626,7 @@ def verify(backend: Backend, spec: ModelSpec, ds: datasets.Dataset, cell: dict[s
         np.savez(path, logits=logits, **{f"act:{k}": np.asarray(v, np.float32) for k, v in acts.items()})
     em.emit(
         "verify",
+        model=cell["model"],
         num_parameters=backend.num_parameters(),
         expected_parameters=num_parameters(spec),
         shapes={k: list(v.shape) for k, v in exported.items()},
@@ -673,8 +674,21 @@ def run_calibrate(backend: Backend, cell: dict[str, Any], em: Emitter) -> None:
 
 
 def run_verify(backend: Backend, cell: dict[str, Any], em: Emitter) -> None:
-    spec, ds = _dataset(backend, cell)
-    verify(backend, spec, ds, cell, em)
+    """Verify each of the cell's models in turn (one process a framework: its start costs more than a
+    small model's check). A model that raises is told as `verify_error` and the next one goes on; a
+    data-parallel process that lost a rank cannot, and ends as any cell does."""
+    for item in cell["verify"]["models"]:
+        one = {**cell, "model": item["model"], "model_overrides": item["model_overrides"]}
+        one["verify"] = {**cell["verify"], "recipe_optimizer": item["recipe_optimizer"]}
+        try:
+            spec, ds = _dataset(backend, one)
+            verify(backend, spec, ds, one, em)
+        except Exception as exc:
+            if getattr(backend, "lost_rank", lambda: None)():
+                raise
+            kind = "unsupported" if isinstance(exc, Unsupported | datasets.DataUnavailable) else "exception"
+            kind = "oom" if isinstance(exc, MemoryError) or backend.is_oom(exc) else kind
+            em.emit("verify_error", model=item["model"], kind=kind, message=f"{type(exc).__name__}: {exc}"[:2000])
     em.emit("result", task="verify")
 
 
