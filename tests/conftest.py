@@ -2,6 +2,7 @@
 
 from __future__ import annotations
 
+import json
 import os
 import subprocess
 import sys
@@ -235,18 +236,33 @@ def verify_run(
     """One framework's `mlbench verify` task for one model on `device` (cpu, cpu:0,1), in its built-in
     worker or `module` (a test's deliberately broken one): the worker's outcome and its verify event
     (None when it did not finish)."""
+    outcome, events = verify_models(framework, [model], device, run_dir, timeout_s, {model: overrides}, module)
+    return outcome, events.get(model)
+
+
+def verify_models(
+    framework: str,
+    models: list[str],
+    device: str,
+    run_dir: Path,
+    timeout_s: float = 600,
+    overrides: dict[str, dict | None] | None = None,
+    module: str | None = None,
+) -> tuple[Any, dict[str, dict]]:
+    """The verify task of `models` in one worker process, as `mlbench verify` runs a framework's: the
+    outcome and each model's verify event."""
     from mlbench.config import BUILTIN_WORKERS
     from mlbench.process import runner
     from mlbench.tasks import verify
 
     module = module or BUILTIN_WORKERS[framework]
-    cell = verify.verify_cell(framework, [model], module, {model: overrides}, 0, device=device)
+    cell = verify.verify_cell(framework, models, module, overrides, 0, device=device)
     run_dir.mkdir(parents=True, exist_ok=True)
     outcome = runner.run_cell(
-        cell, run_dir, module=module, timeout_s=timeout_s, idle_timeout_s=timeout_s,
+        cell, run_dir, module=module, timeout_s=timeout_s * len(models), idle_timeout_s=timeout_s,
         extra={"verify_dir": str(run_dir.resolve())}, threads=1,
     )  # fmt: skip
-    return outcome, next((e for e in outcome.events if e["event"] == "verify"), None)
+    return outcome, {e["model"]: e for e in outcome.events if e["event"] == "verify"}
 
 
 # --- one real run that the tests reading a real run share ------------------------------------------
@@ -300,18 +316,16 @@ def shared_run(tmp_path_factory) -> Path:
     return tmp / "runs" / "shared"
 
 
-def one_device_verifies(framework: str, tmp_path_factory: pytest.TempPathFactory):
-    """`get(model)`: `framework`'s verify of `model` (small as TINY) on one device, run at most once for the
-    module fixture that holds it: the side a data-parallel module's checks compare with."""
-    done: dict[str, tuple[Any, dict]] = {}
+def shared_verifies(framework: str, run: Path) -> dict[str, dict]:
+    """The shared run's one-device verify events of `framework` (one process checked every model), by
+    model: the side a data-parallel module's checks compare with."""
+    from mlbench.runfolder import RunFolder
 
-    def get(model: str) -> tuple[Any, dict]:
-        if model not in done:
-            folder = tmp_path_factory.mktemp(f"one-{framework}-{model}")
-            done[model] = verify_run(framework, model, "cpu", folder, overrides=TINY.get(model))
-        return done[model]
-
-    return get
+    for log in sorted((RunFolder(run).verify_runs / "logs").glob("*.ndjson")):
+        events = [json.loads(line) for line in log.read_text().splitlines() if line.startswith("{")]
+        if any(e["event"] == "hello" and e["framework"] == framework for e in events):
+            return {e["model"]: e for e in events if e["event"] == "verify"}
+    raise AssertionError(f"the shared run verified nothing in {framework}")
 
 
 def copy_run(run: Path, to: Path) -> Path:

@@ -12,9 +12,10 @@ from typing import Any
 import numpy as np
 import pytest
 
-from tests.conftest import TINY, one_device_verifies, verify_run
+from tests.conftest import TINY, shared_verifies, verify_models, verify_run
 
 pytest.importorskip("jax")
+MODELS = ["mlp", "resnet18"]
 
 
 def _rel(a: list[float], b: list[float]) -> float:
@@ -22,20 +23,28 @@ def _rel(a: list[float], b: list[float]) -> float:
 
 
 @pytest.fixture(scope="module")
-def one_device(tmp_path_factory):
-    return one_device_verifies("jax", tmp_path_factory)
+def one_device(shared_run: Path) -> dict[str, dict]:
+    """The one-device side: the shared run's verify of the same models (TINY, seed 0, one thread)."""
+    return shared_verifies("jax", shared_run)
+
+
+@pytest.fixture(scope="module")
+def two_devices(tmp_path_factory) -> tuple[Any, dict[str, dict]]:
+    """Both models' data-parallel verify in one process, as `mlbench verify` runs it."""
+    folder = tmp_path_factory.mktemp("two-jax")
+    return verify_models("jax", MODELS, "cpu:0,1", folder, overrides={m: TINY.get(m) for m in MODELS})
 
 
 @pytest.mark.e2e
-@pytest.mark.parametrize("model", ["mlp", "resnet18"])
-def test_two_cpu_replicas_take_the_one_device_steps(model: str, one_device, tmp_path: Path) -> None:
+@pytest.mark.parametrize("model", MODELS)
+def test_two_cpu_replicas_take_the_one_device_steps(model: str, one_device, two_devices) -> None:
     """The sharded step is the one-device step's mathematics: the global batch's mean loss and its
     gradient, and (resnet18) BatchNorm over the global batch. Measured: mlp equal to 1e-7 relative,
     resnet18's three momentum steps to 7e-6 at a constant rate and 3.2e-5 under verify's rising one
     (lr/3, 2lr/3, lr); the replicas' copies identical."""
-    one_out, one = one_device(model)
-    two_out, two = verify_run("jax", model, "cpu:0,1", tmp_path / "two", overrides=TINY.get(model))
-    assert one is not None and two is not None, (one_out.status, one_out.reason, two_out.status, two_out.reason)
+    one, (two_out, two_events) = one_device[model], two_devices
+    two = two_events.get(model)
+    assert two is not None, (two_out.status, two_out.reason)
     assert one["replica_divergence"] is None and two["device"] == "cpu:0,1"
     assert two["replica_divergence"] is not None and two["replica_divergence"] <= 1e-7, two["replica_divergence"]
     assert _rel(two["losses"], one["losses"]) <= 1e-5, (two["losses"], one["losses"])
@@ -51,7 +60,7 @@ def test_two_cpu_replicas_take_the_one_device_steps(model: str, one_device, tmp_
 def test_a_missing_all_reduce_shows_as_divergence_and_other_losses(one_device, tmp_path: Path) -> None:
     """tests/broken_dp_jax_worker.py: each replica steps on its own half of the batch."""
     _, broken = verify_run("jax", "mlp", "cpu:0,1", tmp_path / "broken", module="tests.broken_dp_jax_worker")
-    _, one = one_device("mlp")
+    one = one_device["mlp"]
     assert broken["replica_divergence"] > 1e-4, broken["replica_divergence"]  # measured 6e-3
     assert _rel(broken["losses"], one["losses"]) > 1e-3, (broken["losses"], one["losses"])
 

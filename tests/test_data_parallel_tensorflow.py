@@ -12,9 +12,10 @@ from typing import Any
 import numpy as np
 import pytest
 
-from tests.conftest import TINY, one_device_verifies, verify_run
+from tests.conftest import TINY, shared_verifies, verify_models, verify_run
 
 pytest.importorskip("tensorflow")
+MODELS = ["mlp", "resnet18"]
 
 
 def _verify(model: str, device: str, run_dir: Path, module: str | None = None) -> tuple[Any, dict]:
@@ -22,8 +23,16 @@ def _verify(model: str, device: str, run_dir: Path, module: str | None = None) -
 
 
 @pytest.fixture(scope="module")
-def one_device(tmp_path_factory):
-    return one_device_verifies("tensorflow", tmp_path_factory)
+def one_device(shared_run: Path) -> dict[str, dict]:
+    """The one-device side: the shared run's verify of the same models (TINY, seed 0, one thread)."""
+    return shared_verifies("tensorflow", shared_run)
+
+
+@pytest.fixture(scope="module")
+def two_devices(tmp_path_factory) -> tuple[Any, dict[str, dict]]:
+    """Both models' data-parallel verify in one process, as `mlbench verify` runs it."""
+    folder = tmp_path_factory.mktemp("two-tensorflow")
+    return verify_models("tensorflow", MODELS, "cpu:0,1", folder, overrides={m: TINY.get(m) for m in MODELS})
 
 
 @pytest.mark.e2e
@@ -33,10 +42,10 @@ def one_device(tmp_path_factory):
     # gradients cancel); its math is exact (float64 gradients equal to 1e-15), see SyncBatchNormalization
     [("mlp", 1e-5), ("resnet18", 1e-3)],
 )
-def test_two_cpu_replicas_give_one_devices_losses(model: str, recipe_rtol: float, one_device, tmp_path) -> None:
-    one, one_ev = one_device(model)
-    two, two_ev = _verify(model, "cpu:0,1", tmp_path / "two")
-    assert one.status == "ok" and two.status == "ok", (one.reason, two.reason)
+def test_two_cpu_replicas_give_one_devices_losses(model: str, recipe_rtol: float, one_device, two_devices) -> None:
+    one_ev, (two, two_events) = one_device[model], two_devices
+    assert two.status == "ok", two.reason
+    two_ev = two_events[model]
     assert one_ev["replica_divergence"] is None
     np.testing.assert_allclose(two_ev["losses"], one_ev["losses"], rtol=1e-5)
     np.testing.assert_allclose(two_ev["recipe_losses"], one_ev["recipe_losses"], rtol=recipe_rtol)
@@ -57,9 +66,9 @@ def test_two_cpu_replicas_give_one_devices_losses(model: str, recipe_rtol: float
 
 @pytest.mark.e2e
 def test_a_broken_all_reduce_shows_as_divergence_and_other_losses(one_device, tmp_path) -> None:
-    one, one_ev = one_device("mlp")
+    one_ev = one_device["mlp"]
     two, two_ev = _verify("mlp", "cpu:0,1", tmp_path / "broken", module="tests.broken_dp_tensorflow_worker")
-    assert one.status == "ok" and two.status == "ok", (one.reason, two.reason)
+    assert two.status == "ok", two.reason
     assert two_ev["replica_divergence"] > 1e-4
     # a working all-reduce matches one device to ~1e-7 here; the broken one ~1e-5 (plain SGD at lr 1e-3
     # moves little in 3 steps) and more with the recipe's momentum
