@@ -64,10 +64,12 @@ browser:
 	  echo "warning: could not install chromium; the report's browser test will be skipped and RESULTS.md will say why it has no chart images"; }
 
 # two parts: two pytest workers share the machine (tests sharing a real run on one of them), then the
-# tests that time cells or measure other load run alone (`serial`); both parts always run
+# tests that time cells or measure other load run alone (`serial`); both parts always run. The second
+# collects only the files that mark tests serial (tests/conftest.py fails a serial test found elsewhere)
+SERIAL_FILES = $(shell grep -l "mark.serial" tests/test_*.py)
 test: venv browser
 	@$(BIN)/python -m pytest -q -n 2 --dist loadgroup -m "not serial" --durations=15; a=$$?; \
-	$(BIN)/python -m pytest -q -p no:xdist -m serial --durations=5; b=$$?; \
+	$(BIN)/python -m pytest -q -p no:xdist -m serial --durations=5 $(SERIAL_FILES); b=$$?; \
 	[ $$a -eq 0 ] && [ $$b -eq 0 ]
 
 test-fast: venv  ## unit tests only

@@ -48,6 +48,9 @@ def pytest_collection_modifyitems(config: pytest.Config, items: list[pytest.Item
     pytest-xdist (`make test`), tests that share a real run go to one worker (`xdist_group`)."""
     if config.pluginmanager.hasplugin("xdist"):
         _group_shared_runs(items)
+    for item in items:  # `make test` runs the serial tests from the files that say "mark.serial"
+        if item.get_closest_marker("serial") and "mark.serial" not in Path(item.path).read_text():
+            raise pytest.UsageError(f"{item.nodeid} is marked serial where its file does not say mark.serial")
     gpu = [item for item in items if item.get_closest_marker("gpu")]
     if not gpu:
         return
