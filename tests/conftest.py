@@ -331,6 +331,17 @@ def shared_verifies(framework: str, run: Path) -> dict[str, dict]:
     raise AssertionError(f"the shared run verified nothing in {framework}")
 
 
+DATA_PARALLEL_MODELS = ["mlp", "resnet18"]  # what the data-parallel modules check on two CPU replicas
+
+
+def two_device_verifies(framework: str, tmp_path_factory: pytest.TempPathFactory) -> tuple[Any, dict[str, dict]]:
+    """`framework`'s verify of DATA_PARALLEL_MODELS (small as TINY) on `cpu:0,1`, in one process as
+    `mlbench verify` runs it: the outcome and each model's event."""
+    folder = tmp_path_factory.mktemp(f"two-{framework}")
+    models = DATA_PARALLEL_MODELS
+    return verify_models(framework, models, "cpu:0,1", folder, overrides={m: TINY.get(m) for m in models})
+
+
 def copy_run(run: Path, to: Path) -> Path:
     """A copy of a run folder, for a test that changes it (the shared one stays as it was)."""
     import shutil

@@ -12,10 +12,9 @@ from typing import Any
 import numpy as np
 import pytest
 
-from tests.conftest import TINY, shared_verifies, verify_models, verify_run
+from tests.conftest import TINY, shared_verifies, two_device_verifies, verify_run
 
 pytest.importorskip("tensorflow")
-MODELS = ["mlp", "resnet18"]
 
 
 def _verify(model: str, device: str, run_dir: Path, module: str | None = None) -> tuple[Any, dict]:
@@ -30,9 +29,7 @@ def one_device(shared_run: Path) -> dict[str, dict]:
 
 @pytest.fixture(scope="module")
 def two_devices(tmp_path_factory) -> tuple[Any, dict[str, dict]]:
-    """Both models' data-parallel verify in one process, as `mlbench verify` runs it."""
-    folder = tmp_path_factory.mktemp("two-tensorflow")
-    return verify_models("tensorflow", MODELS, "cpu:0,1", folder, overrides={m: TINY.get(m) for m in MODELS})
+    return two_device_verifies("tensorflow", tmp_path_factory)
 
 
 @pytest.mark.e2e
