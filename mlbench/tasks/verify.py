@@ -1,10 +1,11 @@
 """`mlbench verify`: prove, rather than assume, that the frameworks run the same model.
 
-For each model, every framework's worker (a fresh process a framework, checking the models in turn)
-builds the model from the same canonical initial weights and reports: its parameter count and every tensor's shape; whether the
-weights survive an import/export round trip unchanged; the output of every parametrised module
-and the logits on one batch (inference mode, fp32); and the losses of a few plain-SGD steps on
-the same batches (dropout off). Each framework is compared with the first one that ran.
+For each model, every framework's worker (a fresh process a framework, checking the models in
+turn) builds the model from the same canonical initial weights and reports: its parameter count
+and every tensor's shape; whether the weights survive an import/export round trip unchanged; the
+output of every parametrised module and the logits on one batch (inference mode, fp32); and the
+losses of a few plain-SGD steps on the same batches (dropout off). Each framework is compared with
+the first one that ran.
 """
 
 from __future__ import annotations
@@ -343,7 +344,7 @@ def run(
                 found[e["model"]] = (e, "")
             elif e["event"] == "verify_error":
                 found[e["model"]] = (None, f"{STATUS_OF_ERROR[e['kind']]}: {e['message'].splitlines()[0][:500]}")
-        lost = f"{outcome.status}: {outcome.reason}" if outcome.status != "ok" else "ok: no verify event"
+        lost = f"{outcome.status}: {outcome.reason}" if outcome.status != "ok" else "its worker did not check it"
         return {m: found.get(m, (None, lost)) for m in models}
 
     one = {fw: launch(fw, "cpu") for fw in frameworks}
