@@ -211,7 +211,8 @@ def _wait_exit(proc: subprocess.Popen[bytes], q: queue.Queue[tuple[str, Any]]) -
     q.put(("exit", proc.wait()))
 
 
-STATUS_OF_ERROR = {"oom": "oom", "unsupported": "skipped", "exception": "failed", "crashed": "crashed"}  # a worker's error kind
+# a worker's error kind -> the cell's status
+STATUS_OF_ERROR = {"oom": "oom", "unsupported": "skipped", "exception": "failed", "crashed": "crashed"}
 
 
 def classify(
