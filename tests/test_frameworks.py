@@ -200,35 +200,20 @@ def test_an_mfu_above_one_is_refused_and_said() -> None:
 
 @pytest.mark.e2e
 @pytest.mark.parametrize("framework", ["pytorch", "tensorflow", "jax"])
-def test_calibration_is_sustained_on_random_data_and_reports_its_spread(tmp_path, framework) -> None:
+def test_calibration_is_sustained_on_random_data_and_reports_its_spread(shared_run, framework) -> None:
     """The calibration cell runs chains of products for at least a second in all and reports the
-    median run as the peak, with the best and worst beside it."""
+    median run as the peak, with the best and worst beside it (the shared run's, on its one thread)."""
     import json
-    import subprocess
-    import sys
 
-    from tests.conftest import ROOT
+    from mlbench.runfolder import RunFolder
 
-    pytest.importorskip({"pytorch": "torch", "tensorflow": "tensorflow", "jax": "jax"}[framework])
-    cell = {
-        "framework": framework,
-        "worker": f"workers.{framework}_worker",
-        "device": "cpu",
-        "precision": "fp32",
-        "task": "calibrate",
-        "threads": 1,
-        "malloc": "system",
-        "calibrate": {"n": 256, "max_s": 3.0},
-    }
-    out = subprocess.run(
-        [sys.executable, "-m", f"workers.{framework}_worker", "--cell", json.dumps(cell)],
-        cwd=tmp_path, env={**__import__("os").environ, "PYTHONPATH": str(ROOT)}, capture_output=True, text=True,
-        timeout=300,
-    )  # fmt: skip
-    event = next(json.loads(x) for x in out.stdout.splitlines() if '"calibration"' in x)
+    stored = next(c for c in json.loads((shared_run / "calibration.json").read_text()) if c["framework"] == framework)
+    log = (RunFolder(shared_run).logs / f"{stored['cell_id']}.ndjson").read_text()
+    event = next(json.loads(x) for x in log.splitlines() if '"calibration"' in x)
     assert event["sustained_s"] >= 1.0 and event["runs"] >= 5 and event["reps"] >= 1
     assert event["worst_tflops"] <= event["peak_tflops"] <= event["best_tflops"]
     assert event["peak_tflops"] == pytest.approx(event["flops"] / event["median_s"] / 1e12)
+    assert stored["peak_tflops"] == event["peak_tflops"] and stored["threads"] == 1
 
 
 @pytest.mark.e2e
