@@ -3,6 +3,7 @@
 from __future__ import annotations
 
 import json
+import os
 
 import pytest
 
@@ -124,6 +125,8 @@ def test_worker_environment_fixes_threads_and_hides_gpus_from_a_cpu_cell(tmp_pat
         assert env[var] == "3"
     assert env["CUDA_VISIBLE_DEVICES"] == ""  # a CPU cell initialises no CUDA
     assert "XLA_FLAGS" not in env  # the JAX worker sets XLA's pool itself, before importing jax
+    # the workers/ beside this mlbench come first, whatever else is installed (a second checkout, a worktree)
+    assert env["PYTHONPATH"].split(os.pathsep)[0] == str(ROOT) and (ROOT / "workers").is_dir()
     # no `threads` in the suite: the physical cores, the same figure for every framework
     physical = psutil.cpu_count(logical=False) or psutil.cpu_count()
     assert runner.worker_env(cell, None, tmp_path)["OMP_NUM_THREADS"] == str(physical)

@@ -22,6 +22,7 @@ from typing import Any
 
 import psutil
 
+import mlbench
 from mlbench.cells import Cell
 from mlbench.process import gpus as host_gpus
 from mlbench.process import memlimit, protocol
@@ -116,7 +117,7 @@ def worker_env(cell: Cell, threads: int | None, cache_dir: Path, gpus: list[str]
     """The worker's environment, fixed before it imports anything; `gpus`: the CUDA_VISIBLE_DEVICES
     entries of the GPUs it runs on (default: those the cell names, see mlbench/process/gpus.py)."""
     env = dict(os.environ)
-    root = str(Path(__file__).resolve().parent.parent)
+    root = str(Path(mlbench.__file__).resolve().parent.parent)  # the checkout whose workers/ go with this mlbench
     env["PYTHONPATH"] = root + (os.pathsep + env["PYTHONPATH"] if env.get("PYTHONPATH") else "")
     env["PYTHONUNBUFFERED"] = "1"
     env["PYTHONFAULTHANDLER"] = "1"
