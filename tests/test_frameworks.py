@@ -326,6 +326,21 @@ def test_fp16_loss_scaling_starts_alike_in_every_framework(framework: str) -> No
         assert float(backend.state.loss_scale) == FP16_INITIAL_SCALE
 
 
+@pytest.mark.parametrize("precision", ["fp32", "fp16"])
+def test_jax_compiles_its_training_step_once(precision: str) -> None:
+    """The state a build makes lies on the device as the step's outputs do: a scalar left uncommitted
+    (the step counter, the loss scale, optax's count) made the second step compile the whole step
+    again, a second compile in every JAX cell and two in every model verify checks."""
+    backend = _class("jax")({**CELL, "precision": precision})
+    spec = specs.get_spec("mlp")
+    backend.build(spec, initial_weights(spec, 0))
+    x = np.random.default_rng(0).standard_normal((8, spec.in_features)).astype(np.float32)
+    y = np.zeros(8, np.int32)
+    for _ in range(3):
+        backend.step_result(backend.launch_step(x, y))
+    assert backend._train._cache_size() == 1
+
+
 def _updates_made(backend) -> int:
     """The optimizer's own count of the updates it applied (what its lr schedule reads)."""
     if backend.framework == "pytorch":

@@ -200,7 +200,9 @@ class Backend:
         self._eval = jax.jit(self._eval_step)
         self._predict = jax.jit(self._predict_step)
         if self.mesh is None:
-            self.state = state
+            # every leaf committed to the device, as the step's outputs will be: an uncommitted scalar
+            # (jnp.asarray, optax's counters) made the second step compile the whole step again
+            self.state = jax.device_put(state, self.device)
             self._train = jax.jit(self._train_step, donate_argnums=0)
             return
         # every leaf of the state replicated (a full copy on each device), the batch split by rows; the
