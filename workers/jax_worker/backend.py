@@ -393,13 +393,13 @@ class Backend:
         return np.asarray(self._predict(self._served(), self._put(x)), dtype=np.float32)
 
     def activations(self, x: np.ndarray, modules: list[str]) -> dict[str, np.ndarray]:
-        _, state = self.model.apply(
-            self._variables(self._served()),
-            self._put(x),
-            train=False,
-            capture_intermediates=True,
-            mutable=["intermediates"],
+        # jitted: run op by op, each of a ResNet's ~100 operations compiled on its own (seconds a model)
+        capture = jax.jit(
+            lambda variables, x: self.model.apply(
+                variables, x, train=False, capture_intermediates=True, mutable=["intermediates"]
+            )[1]
         )
+        state = capture(self._variables(self._served()), self._put(x))
         flat = models._flat(flax.core.unfreeze(state["intermediates"]))
         out = {}
         for name in modules:
