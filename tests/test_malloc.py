@@ -2,6 +2,7 @@
 
 from __future__ import annotations
 
+import json
 import platform
 import subprocess
 import sys
@@ -112,3 +113,28 @@ def test_a_process_started_by_hand_restarts_itself_once_with_the_malloc_setting(
     assert proc.stderr.count("restarting with GLIBC_TUNABLES") == (1 if restarted else 0), proc.stderr
     # and glibc took them: the freed blocks are kept (see the test above)
     assert (float(faults) < 10) == (mode == "steady"), faults
+
+
+@pytest.mark.parametrize("mode", ["steady", "system"])
+def test_no_worker_the_orchestrator_starts_restarts_itself(mode: str, tmp_path: Path, monkeypatch) -> None:
+    """Whatever the task (a grid cell, calibration, verify, a data check), the malloc its worker reads
+    from its payload is what the orchestrator already put in its environment: a verify or data payload
+    carries no malloc, and the by-hand default (steady) made such a worker restart itself."""
+    from mlbench.tasks import calibration, verify, verify_data
+    from workers.common import cli
+
+    monkeypatch.delenv("GLIBC_TUNABLES", raising=False)
+    suite = parse_suite(suite_dict(frameworks=["pytorch"], models=["mlp"], batch_sizes=[8], malloc=mode))
+    cells = {
+        "train": expand(suite)[0],
+        "calibrate": calibration.calibration_cell(suite, "pytorch", "cpu", "fp32"),
+        "verify": verify.verify_cell("pytorch", ["mlp"], "workers.pytorch_worker", None, 0),
+        "data": verify_data._cells(suite, "mlp", 0)[0],
+    }
+    for task, cell in cells.items():
+        env = runner.worker_env(cell, 1, tmp_path)
+        payload = cell.worker_payload(data_dir=str(tmp_path), device="cpu", threads=1)
+        read = cli.parse(["--cell", json.dumps(payload)], "pytorch")["malloc"]
+        assert malloc.restart_env(read, env) is None, (task, read, env.get("GLIBC_TUNABLES"))
+    # the grid cell and calibration take the suite's setting
+    assert runner.worker_env(cells["train"], 1, tmp_path).get("GLIBC_TUNABLES") == malloc.TUNABLES[mode]

@@ -38,12 +38,21 @@ def env_for(mode: str, env: Mapping[str, str]) -> dict[str, str]:
     return {"GLIBC_TUNABLES": f"{ours}:{own}" if own else ours}
 
 
+def restart_env(mode: str, environ: Mapping[str, str]) -> dict[str, str] | None:
+    """What a process with environment `environ` must restart with for `malloc: mode`, or None: it has
+    it already (under the orchestrator, which sets it), `system` asks for nothing, or it restarted once."""
+    want = env_for(mode, environ)
+    if not want or all(environ.get(k) == v for k, v in want.items()) or environ.get(_REEXEC):
+        return None
+    return want
+
+
 def ensure(mode: str) -> None:
-    """Re-execute this process, once, when its environment lacks what `malloc: mode` sets; a no-op
-    under the orchestrator (which sets it) and for `system`. Call it first, before anything imports a
-    framework or touches stdout: the process image is replaced, with the same command line."""
-    want = env_for(mode, os.environ)
-    if not want or all(os.environ.get(k) == v for k, v in want.items()) or os.environ.get(_REEXEC):
+    """Re-execute this process, once, when its environment lacks what `malloc: mode` sets (see
+    restart_env). Call it first, before anything imports a framework or touches stdout: the process
+    image is replaced, with the same command line."""
+    want = restart_env(mode, os.environ)
+    if want is None:
         return
     sys.stderr.write(f"mlbench worker: malloc: {mode}: restarting with GLIBC_TUNABLES={want['GLIBC_TUNABLES']}\n")
     sys.stderr.flush()
