@@ -136,5 +136,5 @@ def test_no_worker_the_orchestrator_starts_restarts_itself(mode: str, tmp_path: 
         payload = cell.worker_payload(data_dir=str(tmp_path), device="cpu", threads=1)
         read = cli.parse(["--cell", json.dumps(payload)], "pytorch")["malloc"]
         assert malloc.restart_env(read, env) is None, (task, read, env.get("GLIBC_TUNABLES"))
-    # the grid cell and calibration take the suite's setting
-    assert runner.worker_env(cells["train"], 1, tmp_path).get("GLIBC_TUNABLES") == malloc.TUNABLES[mode]
+    for task in ("train", "calibrate"):  # these take the suite's setting
+        assert runner.worker_env(cells[task], 1, tmp_path).get("GLIBC_TUNABLES") == malloc.TUNABLES[mode], task
