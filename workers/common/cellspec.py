@@ -138,8 +138,9 @@ class CellSpec:
 
     def payload(self, **run: Any) -> dict[str, Any]:
         """What the worker receives as `--cell JSON`: the spec, its id, and how this run of it is set
-        up (data_dir, the device as the worker sees it, threads, weights files ...)."""
-        return {**self.to_dict(), "task": self.task, "cell_id": self.cell_id, **run}
+        up (data_dir, the device as the worker sees it, threads, weights files ...). `malloc` always: the
+        worker would otherwise take the by-hand default and restart itself into what was not set for it."""
+        return {**self.to_dict(), "task": self.task, "cell_id": self.cell_id, "malloc": self.malloc, **run}
 
     @classmethod
     def from_dict(cls, data: dict[str, Any]) -> CellSpec:

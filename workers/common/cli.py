@@ -85,16 +85,7 @@ def parse(argv: list[str] | None, framework: str) -> dict[str, Any]:
     }
     if a.cell:  # the orchestrator's payload: a whole spec, checked here as the contract it is
         given = {k: v for k, v in run.items() if v and k != "profile_steps"}  # the payload's profile_steps wins
-        # a task whose spec carries no malloc (verify, data) keeps the environment it was started with, as
-        # CellSpec's default says: by-hand's `steady` would restart it
-        cell = {
-            **DEFAULTS,
-            "profile_steps": 0,
-            "malloc": "system",
-            **json.loads(a.cell),
-            **given,
-            "framework": framework,
-        }
+        cell = {**DEFAULTS, "profile_steps": 0, **json.loads(a.cell), **given, "framework": framework}
         try:
             CellSpec.from_dict(cell)
         except (TypeError, ValueError) as exc:

@@ -393,7 +393,7 @@ class Backend:
         return np.asarray(self._predict(self._served(), self._put(x)), dtype=np.float32)
 
     def activations(self, x: np.ndarray, modules: list[str]) -> dict[str, np.ndarray]:
-        # jitted: run op by op, each of a ResNet's ~100 operations compiled on its own (seconds a model)
+        # one jitted call: op by op, each of a ResNet's ~100 operations was compiled on its own (seconds)
         capture = jax.jit(
             lambda variables, x: self.model.apply(
                 variables, x, train=False, capture_intermediates=True, mutable=["intermediates"]
